@@ -1,0 +1,33 @@
+"""Building outbound envelopes: one producer id, its signer, and its id source."""
+
+from __future__ import annotations
+
+from messages.envelope import Envelope
+from messages.ids import IdSource, format_time
+from messages.schema import Body
+from messages.signing import Signer, sign_envelope
+
+
+class Outbox:
+    """Wraps typed bodies in envelopes from ``source``, signed when a signer is given."""
+
+    def __init__(self, source: str, signer: Signer | None = None, ids: IdSource | None = None):
+        self.source = source
+        self.signer = signer
+        self.ids = ids or IdSource()
+
+    def envelope(
+        self, body: Body, *, corr: str | None = None, causation: str | None = None
+    ) -> Envelope:
+        """A fresh envelope around ``body``, stamped with a new id and the current time."""
+        env = Envelope(
+            type=body.TYPE,
+            v=body.VERSION,
+            id=self.ids.new(),
+            at=format_time(self.ids.now_ms()),
+            source=self.source,
+            body=body.to_json(),
+            corr=corr,
+            causation=causation,
+        )
+        return sign_envelope(env, self.signer) if self.signer is not None else env

@@ -1,0 +1,165 @@
+"""Signers, trusted keys, and signature checks over canonical bytes.
+
+A :class:`Signer` is anything that can sign bytes with a key it names: a software key here, a
+key inside an HSM backend in ``node/``. Receivers hold a :class:`TrustStore` that says which keys
+they trust, who owns each, and for which roles; a message counts only if its signature verifies
+under a key trusted for the role it claims and owned by its ``source``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from messages.envelope import Envelope, Signature
+from messages.errors import (
+    BadSignature,
+    CanonicalizationError,
+    MalformedMessage,
+    MissingSignature,
+    UnknownSigner,
+)
+
+ED25519 = "ed25519"
+ECDSA_P256 = "ecdsa-p256-sha256"
+ALGORITHMS = (ED25519, ECDSA_P256)
+
+
+def key_id(alg: str, public_key: bytes) -> str:
+    """Stable id of a public key: the first 8 bytes of SHA-256 over algorithm and key, in hex."""
+    return hashlib.sha256(b"hsmfleet/v1/key\n" + alg.encode() + b"\n" + public_key).hexdigest()[:16]
+
+
+class Signer(Protocol):
+    """Signs bytes with one key; the private half may live in an HSM and never leave it."""
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def alg(self) -> str: ...
+
+    @property
+    def public_key(self) -> bytes: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+class Ed25519Signer:
+    """A software Ed25519 key, for the operator's tools, cosigners and tests."""
+
+    alg = ED25519
+
+    def __init__(self, private_key: ed25519.Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.kid = key_id(ED25519, self.public_key)
+
+    @classmethod
+    def generate(cls) -> Ed25519Signer:
+        return cls(ed25519.Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Ed25519Signer:
+        return cls(ed25519.Ed25519PrivateKey.from_private_bytes(seed))
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+
+def verify_bytes(alg: str, public_key: bytes, signature: bytes, data: bytes) -> bool:
+    """True when ``signature`` by ``public_key`` verifies over ``data``; False on any defect.
+
+    Ed25519 keys are 32 raw bytes; P-256 keys are X9.62 uncompressed points and signatures DER.
+    """
+    try:
+        if alg == ED25519:
+            ed25519.Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+        elif alg == ECDSA_P256:
+            point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
+            point.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A public key the receiver trusts, who owns it, and the roles it may sign for."""
+
+    owner: str
+    alg: str
+    public_key: bytes
+    roles: frozenset[str]
+
+    @property
+    def kid(self) -> str:
+        return key_id(self.alg, self.public_key)
+
+
+class TrustStore:
+    """The keys a receiver trusts, by key id."""
+
+    def __init__(self, keys: list[TrustedKey] | None = None) -> None:
+        self._keys: dict[str, TrustedKey] = {}
+        for key in keys or ():
+            self.add(key)
+
+    def add(self, key: TrustedKey) -> None:
+        self._keys[key.kid] = key
+
+    def remove(self, kid: str) -> None:
+        self._keys.pop(kid, None)
+
+    def trust(self, owner: str, signer: Signer, *roles: str) -> TrustedKey:
+        """Trust ``signer``'s public key for ``roles`` on behalf of ``owner``."""
+        key = TrustedKey(owner, signer.alg, signer.public_key, frozenset(roles))
+        self.add(key)
+        return key
+
+    def key_for(self, kid: str, role: str, owner: str) -> TrustedKey:
+        """The trusted key ``kid`` if ``owner`` holds it and it may sign for ``role``."""
+        key = self._keys.get(kid)
+        if key is None:
+            raise UnknownSigner("signing key is not trusted", kid=kid)
+        if role not in key.roles:
+            raise UnknownSigner("key is not trusted for this role", kid=kid, role=role)
+        if key.owner != owner:
+            raise UnknownSigner(
+                "key belongs to another party", kid=kid, owner=key.owner, source=owner
+            )
+        return key
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def sign_envelope(env: Envelope, signer: Signer) -> Envelope:
+    """Return ``env`` carrying ``signer``'s signature over its canonical bytes."""
+    value = signer.sign(env.signing_bytes())
+    return env.with_signature(Signature(kid=signer.kid, alg=signer.alg, value=value))
+
+
+def verify_envelope(env: Envelope, trust: TrustStore, role: str) -> TrustedKey:
+    """Check that ``env`` is signed by a key trusted for ``role`` and owned by its source."""
+    if env.sig is None:
+        raise MissingSignature("message must be signed", type=env.type, id=env.id)
+    key = trust.key_for(env.sig.kid, role, env.source)
+    if key.alg != env.sig.alg:
+        raise BadSignature("signature algorithm differs from the key's", kid=key.kid)
+    try:
+        signed = env.signing_bytes()
+    except CanonicalizationError as exc:
+        raise MalformedMessage(f"message has no canonical form: {exc}", id=env.id) from exc
+    if not verify_bytes(key.alg, key.public_key, env.sig.value, signed):
+        raise BadSignature("signature does not verify", type=env.type, id=env.id, kid=key.kid)
+    return key

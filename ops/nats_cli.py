@@ -1,0 +1,38 @@
+"""``hsmfleet nats up``: run an embedded JetStream server in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+from ops.natsserver import NatsServer
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    nats_parser = verbs.add_parser("nats", help="run the embedded NATS server")
+    sub = nats_parser.add_subparsers(dest="nats_verb", metavar="ACTION")
+    sub.required = True
+    up = sub.add_parser("up", help="run one JetStream server until Ctrl-C, printing its URL")
+    up.add_argument("--state", type=Path, default=Path("state/nats"), help="state directory")
+    up.add_argument("--port", type=int, default=4222, help="client port (0: any free port)")
+    up.set_defaults(run=up_command)
+
+
+async def up_command(args: argparse.Namespace) -> int:
+    server = NatsServer(args.state, port=args.port)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(server.url, flush=True)
+    try:
+        while not stop.is_set() and server.running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        await server.stop()
+    return 0 if stop.is_set() else 1

@@ -1,0 +1,31 @@
+"""Signers, a trust store, an outbox and a gate for the pure tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from messages import Ed25519Signer, Outbox, TrustStore
+from messages.gate import Gate
+from tests.unit.sample_messages import registry
+
+
+@pytest.fixture
+def alice() -> Ed25519Signer:
+    return Ed25519Signer.generate()
+
+
+@pytest.fixture
+def trust(alice: Ed25519Signer) -> TrustStore:
+    store = TrustStore()
+    store.trust("alice", alice, "tester")
+    return store
+
+
+@pytest.fixture
+def outbox(alice: Ed25519Signer) -> Outbox:
+    return Outbox("alice", alice)
+
+
+@pytest.fixture
+def gate(trust: TrustStore) -> Gate:
+    return Gate(trust, registry=registry)
