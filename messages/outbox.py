@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from messages.envelope import Envelope
-from messages.ids import IdSource, format_time
+from messages.ids import IdSource, format_time, id_time_ms
 from messages.schema import Body
 from messages.signing import Signer, sign_envelope
 
@@ -19,12 +19,13 @@ class Outbox:
     def envelope(
         self, body: Body, *, corr: str | None = None, causation: str | None = None
     ) -> Envelope:
-        """A fresh envelope around ``body``, stamped with a new id and the current time."""
+        """A fresh envelope around ``body``, stamped with a new id and the time inside that id."""
+        message_id = self.ids.new()
         env = Envelope(
             type=body.TYPE,
             v=body.VERSION,
-            id=self.ids.new(),
-            at=format_time(self.ids.now_ms()),
+            id=message_id,
+            at=format_time(id_time_ms(message_id)),
             source=self.source,
             body=body.to_json(),
             corr=corr,
