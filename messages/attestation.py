@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import verification
 
 from messages.canonical import canonical, digest, loads_strict
@@ -30,9 +30,8 @@ from messages.errors import CanonicalizationError, HsmfleetError, SchemaViolatio
 from messages.schema import Body, message
 from messages.signing import ALGORITHMS, ECDSA_P256, ED25519, verify_bytes
 
-X25519 = "x25519"
 ECDH_P256 = "ecdh-p256"
-TRANSPORT_ALGORITHMS = (X25519, ECDH_P256)
+TRANSPORT_ALGORITHMS = (ECDH_P256,)
 HSM_KINDS = ("soft", "pkcs11")
 STATEMENT_DOMAIN = b"hsmfleet/v1/attestation-statement\n"
 MIN_NONCE_BYTES = 16
@@ -263,8 +262,6 @@ def _check_key(alg: str, key: bytes, known: tuple[str, ...]) -> None:
             raise ValueError(f"unknown key algorithm {alg!r}")
         if alg == ED25519:
             ed25519.Ed25519PublicKey.from_public_bytes(key)
-        elif alg == X25519:
-            x25519.X25519PublicKey.from_public_bytes(key)
         else:
             ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), key)
     except ValueError as exc:

@@ -1,0 +1,188 @@
+"""The interface every HSM backend offers: keys are made and kept inside, addressed by label.
+
+No method returns private key material. A private key leaves a backend only wrapped to another
+HSM's transport key (:meth:`Hsm.wrap`), and only if it was generated as ``wrappable``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+from messages.attestation import ECDH_P256
+from messages.errors import HsmfleetError
+from messages.signing import ECDSA_P256, ED25519, key_id
+
+SIGNING_ALGORITHMS = (ED25519, ECDSA_P256)
+AGREEMENT_ALGORITHMS = (ECDH_P256,)
+KEY_ALGORITHMS = SIGNING_ALGORITHMS + AGREEMENT_ALGORITHMS
+
+
+class HsmError(HsmfleetError):
+    """An HSM backend refused or failed an operation."""
+
+    kind = "hsm"
+
+
+class KeyNotFound(HsmError):
+    """No key has this label."""
+
+    kind = "hsm_key_not_found"
+
+
+class KeyExists(HsmError):
+    """A key with this label exists already; labels are never reused silently."""
+
+    kind = "hsm_key_exists"
+
+
+class UnsupportedAlgorithm(HsmError):
+    """The backend (or this token) cannot make or use keys of this algorithm for this use."""
+
+    kind = "hsm_unsupported_algorithm"
+
+
+class NotWrappable(HsmError):
+    """The key was generated to never leave the HSM, even wrapped."""
+
+    kind = "hsm_not_wrappable"
+
+
+class UnwrapFailed(HsmError):
+    """A wrapped key does not open under this transport key, or is not the key it claims."""
+
+    kind = "hsm_unwrap_failed"
+
+
+class HsmStateTampered(HsmError):
+    """The software HSM's sealed state does not authenticate: it was altered or truncated."""
+
+    kind = "hsm_state_tampered"
+
+
+class OperatorKeyError(HsmError):
+    """The operator's sealing key is missing, malformed, or not the state's sealing key."""
+
+    kind = "hsm_operator_key"
+
+
+class HsmUnavailable(HsmError):
+    """The HSM cannot be reached, even after logging in again."""
+
+    kind = "hsm_unavailable"
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """The public half of a key inside an HSM.
+
+    Ed25519 keys are 32 raw bytes; P-256 keys (ECDSA and ECDH) X9.62 uncompressed points.
+    """
+
+    label: str
+    alg: str
+    public_key: bytes
+
+    @property
+    def kid(self) -> str:
+        return key_id(self.alg, self.public_key)
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A private key sealed to one HSM's ECDH P-256 transport key.
+
+    ``ciphertext`` is AES key wrap with padding (RFC 5649) of the key's PKCS#8 DER, under the
+    shared secret of ``ephemeral`` and the recipient's transport key.
+    """
+
+    alg: str
+    public_key: bytes
+    ephemeral: bytes
+    ciphertext: bytes
+
+
+class HsmSigner:
+    """A :class:`messages.signing.Signer` whose private key stays in an HSM."""
+
+    def __init__(self, hsm: Hsm, key: PublicKey) -> None:
+        if key.alg not in SIGNING_ALGORITHMS:
+            raise UnsupportedAlgorithm("key cannot sign", label=key.label, alg=key.alg)
+        self._hsm = hsm
+        self.label = key.label
+        self.alg = key.alg
+        self.public_key = key.public_key
+        self.kid = key.kid
+
+    def sign(self, data: bytes) -> bytes:
+        return self._hsm.sign(self.label, data)
+
+
+class Hsm(abc.ABC):
+    """One HSM: generate keys inside, sign, unwrap, export public keys only, destroy."""
+
+    kind: ClassVar[str]
+
+    @abc.abstractmethod
+    def supports(self, alg: str) -> bool:
+        """Whether this HSM can generate and use keys of ``alg``."""
+
+    @abc.abstractmethod
+    def generate(self, label: str, alg: str, *, wrappable: bool = False) -> PublicKey:
+        """Make a new key inside the HSM under ``label``; raises :class:`KeyExists` if taken."""
+
+    @abc.abstractmethod
+    def public_key(self, label: str) -> PublicKey:
+        """The public half of the key ``label``; raises :class:`KeyNotFound`."""
+
+    @abc.abstractmethod
+    def labels(self) -> list[str]:
+        """The labels of every key inside, sorted."""
+
+    @abc.abstractmethod
+    def sign(self, label: str, data: bytes) -> bytes:
+        """Sign ``data`` with key ``label`` (Ed25519, or ECDSA P-256 SHA-256 as DER)."""
+
+    @abc.abstractmethod
+    def wrap(self, label: str, recipient: bytes) -> WrappedKey:
+        """Key ``label`` sealed to the ECDH P-256 transport public key ``recipient``."""
+
+    @abc.abstractmethod
+    def unwrap(self, transport_label: str, wrapped: WrappedKey, label: str) -> PublicKey:
+        """Open ``wrapped`` with transport key ``transport_label`` and keep it as ``label``."""
+
+    @abc.abstractmethod
+    def destroy(self, label: str) -> None:
+        """Erase key ``label`` and the certificate under its label; raises :class:`KeyNotFound`."""
+
+    @abc.abstractmethod
+    def certificate(self, label: str) -> bytes | None:
+        """The DER certificate stored under ``label``, if any."""
+
+    @abc.abstractmethod
+    def store_certificate(self, label: str, der: bytes) -> None:
+        """Keep a certificate in the HSM under ``label`` (its key's, or a CA's of its own)."""
+
+    @abc.abstractmethod
+    def healthy(self) -> bool:
+        """Whether the HSM answers now (logging in again if it has to)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the backend's resources; the keys stay."""
+
+    def signer(self, label: str) -> HsmSigner:
+        """A :class:`messages.signing.Signer` over the key ``label``."""
+        return HsmSigner(self, self.public_key(label))
+
+    def signing_alg(self) -> str:
+        """Ed25519 where this HSM has it, ECDSA P-256 otherwise."""
+        return ED25519 if self.supports(ED25519) else ECDSA_P256
+
+    def ensure(self, label: str, alg: str) -> PublicKey:
+        """The key ``label``, generated with ``alg`` if the HSM does not hold it yet."""
+        try:
+            return self.public_key(label)
+        except KeyNotFound:
+            return self.generate(label, alg)

@@ -1,0 +1,166 @@
+"""The software HSM: the embedded default backend.
+
+Keys live in process memory and, sealed under the operator's key, in one state file; no method
+returns a private key (they leave only wrapped to another HSM's transport key). The software HSM
+stands in for real hardware in development and tests: it protects against a stolen disk, not
+against someone who can read the node process's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from messages.canonical import b64, unb64
+from node.hsm import keys
+from node.hsm.base import (
+    AGREEMENT_ALGORITHMS,
+    KEY_ALGORITHMS,
+    SIGNING_ALGORITHMS,
+    Hsm,
+    HsmStateTampered,
+    KeyExists,
+    KeyNotFound,
+    NotWrappable,
+    PublicKey,
+    UnsupportedAlgorithm,
+    WrappedKey,
+)
+from node.hsm.sealing import seal, unseal, write_atomic
+
+STATE_FILE = "softhsm.sealed"
+
+
+@dataclass(frozen=True)
+class _Key:
+    alg: str
+    private: keys.PrivateKey
+    public: bytes
+    wrappable: bool
+
+
+class SoftHsm(Hsm):
+    """Keys in memory, persisted sealed with AES-GCM under ``state_dir``."""
+
+    kind = "soft"
+
+    def __init__(self, state_dir: Path, operator_key: bytes) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._path = state_dir / STATE_FILE
+        self._operator_key = operator_key
+        self._lock = threading.Lock()
+        self._keys: dict[str, _Key] = {}
+        self._certs: dict[str, bytes] = {}
+        if self._path.exists():
+            self._load(unseal(operator_key, self._path.read_bytes(), str(self._path)))
+
+    def supports(self, alg: str) -> bool:
+        return alg in KEY_ALGORITHMS
+
+    def generate(self, label: str, alg: str, *, wrappable: bool = False) -> PublicKey:
+        if not self.supports(alg):
+            raise UnsupportedAlgorithm("software HSM cannot make this key", alg=alg)
+        private = keys.generate_private(alg)
+        return self._add(label, _Key(alg, private, keys.public_bytes(private), wrappable))
+
+    def public_key(self, label: str) -> PublicKey:
+        key = self._get(label)
+        return PublicKey(label, key.alg, key.public)
+
+    def labels(self) -> list[str]:
+        return sorted(self._keys)
+
+    def sign(self, label: str, data: bytes) -> bytes:
+        key = self._get(label)
+        if key.alg not in SIGNING_ALGORITHMS:
+            raise UnsupportedAlgorithm("key cannot sign", label=label, alg=key.alg)
+        return keys.software_sign(key.private, data)
+
+    def wrap(self, label: str, recipient: bytes) -> WrappedKey:
+        key = self._get(label)
+        if not key.wrappable:
+            raise NotWrappable("key never leaves this HSM", label=label)
+        return keys.wrap_pkcs8(keys.pkcs8(key.private), key.alg, key.public, recipient)
+
+    def unwrap(self, transport_label: str, wrapped: WrappedKey, label: str) -> PublicKey:
+        transport = self._get(transport_label)
+        if transport.alg not in AGREEMENT_ALGORITHMS or not isinstance(
+            transport.private, ec.EllipticCurvePrivateKey
+        ):
+            raise UnsupportedAlgorithm("key is not a transport key", label=transport_label)
+        if wrapped.alg not in SIGNING_ALGORITHMS:
+            raise UnsupportedAlgorithm("only signing keys are wrapped", alg=wrapped.alg)
+        secret = transport.private.exchange(ec.ECDH(), keys.p256_public(wrapped.ephemeral))
+        private = keys.unwrap_pkcs8(secret, wrapped)
+        return self._add(label, _Key(wrapped.alg, private, wrapped.public_key, wrappable=True))
+
+    def destroy(self, label: str) -> None:
+        with self._lock:
+            if label not in self._keys:
+                raise KeyNotFound("no key with this label", label=label)
+            kept_keys = {k: v for k, v in self._keys.items() if k != label}
+            kept_certs = {k: v for k, v in self._certs.items() if k != label}
+            self._commit(kept_keys, kept_certs)
+
+    def certificate(self, label: str) -> bytes | None:
+        return self._certs.get(label)
+
+    def store_certificate(self, label: str, der: bytes) -> None:
+        with self._lock:
+            self._commit(self._keys, {**self._certs, label: der})
+
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to release: every change is on disk when its call returns."""
+
+    def _get(self, label: str) -> _Key:
+        try:
+            return self._keys[label]
+        except KeyError:
+            raise KeyNotFound("no key with this label", label=label) from None
+
+    def _add(self, label: str, key: _Key) -> PublicKey:
+        with self._lock:
+            if label in self._keys:
+                raise KeyExists("a key with this label exists", label=label)
+            self._commit({**self._keys, label: key}, self._certs)
+        return PublicKey(label, key.alg, key.public)
+
+    def _commit(self, new_keys: dict[str, _Key], certs: dict[str, bytes]) -> None:
+        """Write the new state to disk first, then adopt it, so a failed write changes nothing."""
+        state = {
+            "keys": {
+                label: {
+                    "alg": k.alg,
+                    "private": b64(keys.pkcs8(k.private)),
+                    "wrappable": k.wrappable,
+                }
+                for label, k in new_keys.items()
+            },
+            "certificates": {label: b64(der) for label, der in certs.items()},
+        }
+        write_atomic(self._path, seal(self._operator_key, json.dumps(state).encode()))
+        self._keys, self._certs = new_keys, certs
+
+    def _load(self, plaintext: bytes) -> None:
+        try:
+            state = json.loads(plaintext)
+            for label, raw in state["keys"].items():
+                private = serialization.load_der_private_key(unb64(raw["private"]), None)
+                if raw["alg"] not in KEY_ALGORITHMS:
+                    raise ValueError(f"unknown algorithm {raw['alg']!r}")
+                self._keys[label] = _Key(
+                    raw["alg"], private, keys.public_bytes(private), bool(raw["wrappable"])
+                )
+            self._certs = {label: unb64(der) for label, der in state["certificates"].items()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HsmStateTampered(
+                f"sealed HSM state authenticates but does not parse: {exc}", file=str(self._path)
+            ) from exc

@@ -1,0 +1,174 @@
+"""The software HSM: keys stay inside, state is sealed at rest, tampering stops it from starting."""
+
+import os
+from dataclasses import replace
+
+import pytest
+
+from messages import Outbox, TrustStore
+from messages.attestation import ECDH_P256
+from messages.canonical import b64
+from messages.gate import Gate
+from messages.signing import ECDSA_P256, ED25519, verify_bytes, verify_envelope
+from node.hsm import (
+    HsmStateTampered,
+    KeyExists,
+    KeyNotFound,
+    NotWrappable,
+    OperatorKeyError,
+    SoftHsm,
+    UnsupportedAlgorithm,
+    UnwrapFailed,
+)
+from node.hsm.sealing import KEY_ENV, load_operator_key, new_operator_key
+from node.hsm.soft import STATE_FILE
+from tests.unit.sample_messages import Ping, registry
+
+KEY = bytes(range(32))
+
+
+@pytest.fixture
+def hsm(tmp_path):
+    return SoftHsm(tmp_path / "hsm", KEY)
+
+
+@pytest.mark.parametrize("alg", [ED25519, ECDSA_P256])
+def test_signs_with_keys_made_inside(hsm, alg):
+    key = hsm.generate("k", alg)
+    assert verify_bytes(alg, key.public_key, hsm.sign("k", b"data"), b"data")
+    assert not verify_bytes(alg, key.public_key, hsm.sign("k", b"data"), b"other")
+
+
+def test_transport_key_cannot_sign(hsm):
+    hsm.generate("t", ECDH_P256)
+    with pytest.raises(UnsupportedAlgorithm):
+        hsm.sign("t", b"x")
+
+
+def test_signer_signs_envelopes_through_the_hsm(hsm):
+    hsm.generate("identity", ED25519)
+    signer = hsm.signer("identity")
+    trust = TrustStore()
+    trust.trust("n1", signer, "node")
+    env = Outbox("n1", signer).envelope(Ping(count=1, label="x"))
+    assert verify_envelope(env, trust, "node").kid == signer.kid
+    assert Gate(trust, registry=registry).admit(env.encode(), "node").body == Ping(1, "x")
+
+
+def test_state_survives_restart_and_is_sealed(tmp_path):
+    first = SoftHsm(tmp_path, KEY)
+    ed = first.generate("id", ED25519)
+    p256 = first.generate("dev", ECDSA_P256)
+    first.store_certificate("dev", b"certificate bytes")
+    again = SoftHsm(tmp_path, KEY)
+    assert again.labels() == ["dev", "id"]
+    assert again.public_key("id") == ed and again.public_key("dev") == p256
+    assert again.certificate("dev") == b"certificate bytes"
+    assert verify_bytes(ED25519, ed.public_key, again.sign("id", b"m"), b"m")
+    sealed = (tmp_path / STATE_FILE).read_bytes()
+    for plain in (ed.public_key, b64(ed.public_key).encode(), b"certificate", b"ed25519"):
+        assert plain not in sealed
+
+
+def test_labels_are_never_reused_and_missing_keys_are_typed(hsm):
+    hsm.generate("k", ED25519)
+    with pytest.raises(KeyExists):
+        hsm.generate("k", ECDSA_P256)
+    with pytest.raises(KeyNotFound):
+        hsm.sign("nope", b"x")
+    with pytest.raises(KeyNotFound):
+        hsm.public_key("nope")
+    with pytest.raises(UnsupportedAlgorithm):
+        hsm.generate("rsa", "rsa-2048")
+
+
+def test_destroy_is_persisted(tmp_path):
+    hsm = SoftHsm(tmp_path, KEY)
+    hsm.generate("k", ED25519)
+    hsm.store_certificate("k", b"c")
+    hsm.destroy("k")
+    with pytest.raises(KeyNotFound):
+        hsm.destroy("k")
+    again = SoftHsm(tmp_path, KEY)
+    assert again.labels() == [] and again.certificate("k") is None
+
+
+def _flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("offset", [-1, -20, 40])
+def test_tampered_state_refuses_to_start(tmp_path, offset):
+    SoftHsm(tmp_path, KEY).generate("k", ED25519)
+    _flip(tmp_path / STATE_FILE, offset)
+    before = (tmp_path / STATE_FILE).read_bytes()
+    with pytest.raises(HsmStateTampered, match="altered"):
+        SoftHsm(tmp_path, KEY)
+    assert (tmp_path / STATE_FILE).read_bytes() == before
+
+
+def test_truncated_state_refuses_to_start(tmp_path):
+    SoftHsm(tmp_path, KEY).generate("k", ED25519)
+    path = tmp_path / STATE_FILE
+    path.write_bytes(path.read_bytes()[:30])
+    with pytest.raises(HsmStateTampered, match="truncated"):
+        SoftHsm(tmp_path, KEY)
+
+
+def test_wrong_operator_key_is_told_apart_from_tampering(tmp_path):
+    SoftHsm(tmp_path, KEY).generate("k", ED25519)
+    with pytest.raises(OperatorKeyError, match="does not match"):
+        SoftHsm(tmp_path, bytes(32))
+
+
+def test_operator_key_from_file_or_environment(tmp_path):
+    key = new_operator_key()
+    path = tmp_path / "key"
+    path.write_text(key + "\n")
+    assert load_operator_key(path, env={}) == bytes.fromhex(key)
+    assert load_operator_key(None, env={KEY_ENV: key}) == bytes.fromhex(key)
+    with pytest.raises(OperatorKeyError, match="no operator key"):
+        load_operator_key(None, env={})
+    with pytest.raises(OperatorKeyError, match="32 bytes"):
+        load_operator_key(None, env={KEY_ENV: "abcd"})
+    with pytest.raises(OperatorKeyError, match="cannot read"):
+        load_operator_key(tmp_path / "missing", env={})
+
+
+def test_keys_leave_only_wrapped_to_a_transport_key(tmp_path):
+    sender = SoftHsm(tmp_path / "a", KEY)
+    receiver = SoftHsm(tmp_path / "b", KEY)
+    fleet = sender.generate("fleet", ECDSA_P256, wrappable=True)
+    sender.generate("identity", ED25519)
+    transport = receiver.generate("transport", ECDH_P256)
+    with pytest.raises(NotWrappable):
+        sender.wrap("identity", transport.public_key)
+    wrapped = sender.wrap("fleet", transport.public_key)
+    assert receiver.unwrap("transport", wrapped, "fleet") == fleet
+    assert verify_bytes(ECDSA_P256, fleet.public_key, receiver.sign("fleet", b"m"), b"m")
+    assert SoftHsm(tmp_path / "b", KEY).public_key("fleet") == fleet
+
+
+def test_unwrap_refuses_tampered_or_misdescribed_keys(tmp_path):
+    sender = SoftHsm(tmp_path / "a", KEY)
+    receiver = SoftHsm(tmp_path / "b", KEY)
+    sender.generate("fleet", ED25519, wrappable=True)
+    other = sender.generate("other", ED25519, wrappable=True)
+    transport = receiver.generate("transport", ECDH_P256)
+    wrapped = sender.wrap("fleet", transport.public_key)
+    garbled = bytes([wrapped.ciphertext[0] ^ 1]) + wrapped.ciphertext[1:]
+    with pytest.raises(UnwrapFailed, match="does not open"):
+        receiver.unwrap("transport", replace(wrapped, ciphertext=garbled), "x")
+    lying = replace(wrapped, public_key=other.public_key)
+    with pytest.raises(UnwrapFailed, match="not the key it claims"):
+        receiver.unwrap("transport", lying, "x")
+    assert receiver.labels() == ["transport"]
+
+
+def test_state_dir_is_created_with_no_state_until_a_key_exists(tmp_path):
+    hsm = SoftHsm(tmp_path / "new", KEY)
+    assert hsm.labels() == []
+    assert not (tmp_path / "new" / STATE_FILE).exists()
+    assert os.path.isdir(tmp_path / "new")
