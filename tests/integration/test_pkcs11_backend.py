@@ -1,0 +1,182 @@
+"""The PKCS#11 backend on a real SoftHSM2 token: keys, certificates, wrapping, lost sessions.
+
+In CI (``CI`` set) these tests must run: a missing SoftHSM2 fails them instead of skipping.
+"""
+
+import os
+import threading
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pkcs11
+import pytest
+
+from messages.attestation import ECDH_P256
+from messages.signing import ECDSA_P256, ED25519, verify_bytes
+from node.hsm import (
+    HsmError,
+    HsmUnavailable,
+    KeyExists,
+    KeyNotFound,
+    NotWrappable,
+    SoftHsm,
+    UnsupportedAlgorithm,
+    UnwrapFailed,
+    softhsm,
+)
+from node.hsm.cryptoki import Pkcs11Hsm
+from node.vendor import DEVICE, VendorCA, device_chain, provision
+
+PIN = "1234"
+# A lost session leaves python-pkcs11's unfinished object searches to fail in their finalizers.
+session_loss = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(scope="session")
+def softhsm_dir(tmp_path_factory):
+    """A SoftHSM2 token directory for this test session (required in CI)."""
+    if not softhsm.available():
+        if os.environ.get("CI"):
+            pytest.fail("SoftHSM2 is not installed, and CI must run the PKCS#11 tests")
+        pytest.skip("SoftHSM2 is not installed")
+    return softhsm.configure(tmp_path_factory.mktemp("softhsm"))
+
+
+@pytest.fixture
+def token_label(softhsm_dir):
+    """A fresh, initialized token of its own for one test."""
+    label = f"t-{uuid.uuid4().hex[:12]}"
+    softhsm.init_token(label, PIN, "so-" + PIN)
+    return label
+
+
+@pytest.fixture
+def p11(token_label):
+    hsm = Pkcs11Hsm(softhsm.MODULE, token_label, PIN)
+    yield hsm
+    hsm.close()
+
+
+@pytest.mark.parametrize("alg", [ED25519, ECDSA_P256])
+def test_signs_with_keys_made_on_the_token(p11, alg):
+    assert p11.supports(alg)
+    key = p11.generate("k", alg)
+    assert verify_bytes(alg, key.public_key, p11.sign("k", b"data"), b"data")
+    assert p11.public_key("k") == key
+    assert p11.signer("k").kid == key.kid
+
+
+def test_keys_and_certificates_persist_on_the_token(p11, token_label, tmp_path):
+    ident = p11.generate("identity", ED25519)
+    transport = p11.generate("transport", ECDH_P256)
+    vendor = VendorCA.init(tmp_path, datetime.now(UTC))
+    chain = provision(p11, vendor, datetime.now(UTC))
+    p11.close()
+    again = Pkcs11Hsm(softhsm.MODULE, token_label, PIN)
+    try:
+        assert again.labels() == [DEVICE, "identity", "transport"]
+        assert again.public_key("identity") == ident
+        assert again.public_key("transport") == transport
+        assert device_chain(again) == chain
+        assert provision(again, vendor, datetime.now(UTC)) == chain
+    finally:
+        again.close()
+
+
+@session_loss
+def test_typed_errors_for_bad_requests(p11, token_label):
+    p11.generate("k", ED25519)
+    p11.generate("t", ECDH_P256)
+    with pytest.raises(KeyExists):
+        p11.generate("k", ECDSA_P256)
+    with pytest.raises(KeyNotFound):
+        p11.sign("missing", b"x")
+    with pytest.raises(UnsupportedAlgorithm):
+        p11.sign("t", b"x")
+    with pytest.raises(HsmError, match="PIN"):
+        Pkcs11Hsm(softhsm.MODULE, token_label, "wrong-pin")
+    with pytest.raises(HsmUnavailable):
+        Pkcs11Hsm(softhsm.MODULE, "no-such-token", PIN)
+    p11.destroy("k")
+    with pytest.raises(KeyNotFound):
+        p11.destroy("k")
+    assert p11.labels() == ["t"]
+
+
+@session_loss
+def test_logs_in_again_after_the_session_is_closed(p11):
+    key = p11.generate("k", ED25519)
+    p11._session.close()
+    assert verify_bytes(ED25519, key.public_key, p11.sign("k", b"m"), b"m")
+    assert p11.relogins == 1
+
+
+@session_loss
+def test_logs_in_again_after_the_library_is_reloaded(p11):
+    key = p11.generate("k", ECDSA_P256)
+    pkcs11.lib(softhsm.MODULE).reinitialize()
+    assert verify_bytes(ECDSA_P256, key.public_key, p11.sign("k", b"m"), b"m")
+    pkcs11.lib(softhsm.MODULE).finalize()
+    assert p11.healthy()
+    assert verify_bytes(ECDSA_P256, key.public_key, p11.sign("k", b"m"), b"m")
+    assert p11.relogins == 2
+
+
+def test_parallel_signers_are_serialized_per_token(p11):
+    key = p11.generate("k", ECDSA_P256)
+    results, errors = [], []
+
+    def work(n):
+        try:
+            for i in range(25):
+                msg = f"{n}-{i}".encode()
+                results.append(verify_bytes(ECDSA_P256, key.public_key, p11.sign("k", msg), msg))
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == [] and results == [True] * 100
+
+
+def test_token_without_ed25519_signs_with_p256(token_label):
+    hsm = Pkcs11Hsm(softhsm.MODULE, token_label, PIN, algorithms=(ECDSA_P256, ECDH_P256))
+    try:
+        assert not hsm.supports(ED25519)
+        assert hsm.signing_alg() == ECDSA_P256
+        with pytest.raises(UnsupportedAlgorithm):
+            hsm.generate("k", ED25519)
+    finally:
+        hsm.close()
+
+
+def test_keys_move_between_backends_only_wrapped(p11, tmp_path):
+    soft = SoftHsm(tmp_path, bytes(32))
+    p11_transport = p11.generate("transport", ECDH_P256)
+    soft_transport = soft.generate("transport", ECDH_P256)
+    fleet = soft.generate("fleet", ECDSA_P256, wrappable=True)
+    assert p11.unwrap("transport", soft.wrap("fleet", p11_transport.public_key), "fleet") == fleet
+    assert verify_bytes(ECDSA_P256, fleet.public_key, p11.sign("fleet", b"m"), b"m")
+    back = p11.wrap("fleet", soft_transport.public_key)
+    assert soft.unwrap("transport", back, "fleet-again") == replace(fleet, label="fleet-again")
+    p11.generate("identity", ED25519)
+    with pytest.raises(NotWrappable):
+        p11.wrap("identity", soft_transport.public_key)
+
+
+def test_tampered_wrapped_key_is_refused(p11, tmp_path):
+    soft = SoftHsm(tmp_path, bytes(32))
+    transport = p11.generate("transport", ECDH_P256)
+    soft.generate("fleet", ECDSA_P256, wrappable=True)
+    other = soft.generate("other", ECDSA_P256, wrappable=True)
+    wrapped = soft.wrap("fleet", transport.public_key)
+    garbled = replace(wrapped, ciphertext=wrapped.ciphertext[:-1] + b"\x00")
+    with pytest.raises(UnwrapFailed):
+        p11.unwrap("transport", garbled, "x")
+    with pytest.raises(UnwrapFailed, match="not the key it claims"):
+        p11.unwrap("transport", replace(wrapped, public_key=other.public_key), "y")
+    assert p11.labels() == ["transport"]
