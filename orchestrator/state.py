@@ -1,0 +1,199 @@
+"""The orchestrator's state: a frozen value, and :func:`evolve`, the one pure fold over events.
+
+Maps are persistent (``immutables.Map``): each event yields a new state that shares all but
+the changed entries with the old one, so a log of a million events folds in linear time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from immutables import Map
+
+from messages.canonical import b64
+from messages.events import (
+    ChallengeIssued,
+    Decision,
+    LeaseTaken,
+    LogEntry,
+    NodeAnnounced,
+    NodeEnrolled,
+    NodeRejected,
+    PolicySet,
+)
+
+NodeStatus = Literal["announced", "enrolling", "enrolled", "rejected"]
+EnrollmentStatus = Literal["open", "enrolled", "rejected"]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who acts as the orchestrator, under which epoch (0: nobody yet)."""
+
+    holder: str = ""
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Enrollment policy in force: trusted vendor roots (DER), allowed software, nonce lifetime."""
+
+    vendor_roots: tuple[bytes, ...]
+    allowed_measurements: tuple[str, ...]
+    nonce_ttl_ms: int
+    auto_enroll: bool
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What an accepted attestation established about a node."""
+
+    identity_alg: str
+    identity_key: bytes
+    transport_alg: str
+    transport_key: bytes
+    measurement: str
+    device_fingerprint: str
+    attestation_digest: str
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node as the orchestrator knows it."""
+
+    node_id: str
+    domain: str
+    hsm: str
+    measurement: str
+    status: NodeStatus = "announced"
+    enrollment_id: str | None = None
+    reason: str | None = None
+    identity: Identity | None = None
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """One challenge and its outcome. ``nonce`` may be answered once, until ``expires_ms``."""
+
+    enrollment_id: str
+    node_id: str
+    nonce: bytes
+    expires_ms: int
+    requested_by: str
+    status: EnrollmentStatus = "open"
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything the orchestrator knows, folded from its log."""
+
+    lease: Lease = Lease()
+    policy: Policy | None = None
+    nodes: Map[str, Node] = field(default_factory=Map)
+    enrollments: Map[str, Enrollment] = field(default_factory=Map)
+    open_enrollments: Map[str, str] = field(default_factory=Map)
+    """Enrollment id -> node id of every challenge still waiting for its answer."""
+    used_nonces: Map[str, str] = field(default_factory=Map)
+    """Base64 nonce -> enrollment id of every challenge that was answered or closed."""
+
+    def open_enrollment_of(self, node_id: str) -> Enrollment | None:
+        node = self.nodes.get(node_id)
+        if node is None or node.status != "enrolling" or node.enrollment_id is None:
+            return None
+        return self.enrollments[node.enrollment_id]
+
+
+def _lease_taken(state: State, e: LeaseTaken) -> State:
+    return replace(state, lease=Lease(e.holder, e.epoch))
+
+
+def _policy_set(state: State, e: PolicySet) -> State:
+    policy = Policy(e.vendor_roots, e.allowed_measurements, e.nonce_ttl_ms, e.auto_enroll)
+    return replace(state, policy=policy)
+
+
+def _node_announced(state: State, e: NodeAnnounced) -> State:
+    old = state.nodes.get(e.node_id)
+    node = (
+        Node(e.node_id, e.domain, e.hsm, e.measurement)
+        if old is None
+        else replace(old, domain=e.domain, hsm=e.hsm, measurement=e.measurement)
+    )
+    return replace(state, nodes=state.nodes.set(e.node_id, node))
+
+
+def _challenge_issued(state: State, e: ChallengeIssued) -> State:
+    enrollment = Enrollment(e.enrollment_id, e.node_id, e.nonce, e.expires_ms, e.requested_by)
+    node = replace(state.nodes[e.node_id], status="enrolling", enrollment_id=e.enrollment_id)
+    return replace(
+        state,
+        nodes=state.nodes.set(e.node_id, node),
+        enrollments=state.enrollments.set(e.enrollment_id, enrollment),
+        open_enrollments=state.open_enrollments.set(e.enrollment_id, e.node_id),
+    )
+
+
+def _close(state: State, enrollment_id: str, status: EnrollmentStatus, reason: str | None) -> State:
+    enrollment = replace(state.enrollments[enrollment_id], status=status, reason=reason)
+    return replace(
+        state,
+        enrollments=state.enrollments.set(enrollment_id, enrollment),
+        open_enrollments=state.open_enrollments.delete(enrollment_id),
+        used_nonces=state.used_nonces.set(b64(enrollment.nonce), enrollment_id),
+    )
+
+
+def _node_enrolled(state: State, e: NodeEnrolled) -> State:
+    identity = Identity(
+        e.identity_alg,
+        e.identity_key,
+        e.transport_alg,
+        e.transport_key,
+        e.measurement,
+        e.device_fingerprint,
+        e.attestation_digest,
+    )
+    node = replace(
+        state.nodes[e.node_id],
+        status="enrolled",
+        enrollment_id=e.enrollment_id,
+        reason=None,
+        identity=identity,
+    )
+    state = _close(state, e.enrollment_id, "enrolled", None)
+    return replace(state, nodes=state.nodes.set(e.node_id, node))
+
+
+def _node_rejected(state: State, e: NodeRejected) -> State:
+    old = state.nodes[e.node_id]
+    # A rejected re-attempt leaves an enrolled node enrolled; only its enrollment failed.
+    node = old if old.status == "enrolled" else replace(old, status="rejected", reason=e.reason)
+    state = _close(state, e.enrollment_id, "rejected", e.reason)
+    return replace(state, nodes=state.nodes.set(e.node_id, node))
+
+
+def _decision(state: State, _: Decision) -> State:
+    # The record of a decision changes nothing itself; the events it emitted do.
+    return state
+
+
+_FOLDS: dict[type[LogEntry], Callable[[State, LogEntry], State]] = {
+    Decision: _decision,
+    LeaseTaken: _lease_taken,
+    PolicySet: _policy_set,
+    NodeAnnounced: _node_announced,
+    ChallengeIssued: _challenge_issued,
+    NodeEnrolled: _node_enrolled,
+    NodeRejected: _node_rejected,
+}
+
+
+def evolve(state: State, entry: LogEntry) -> State:
+    """The state after ``entry``. Pure: the same state and entry always give the same result."""
+    fold = _FOLDS.get(type(entry))
+    if fold is None:
+        raise TypeError(f"{type(entry).__name__} is not an entry of the orchestrator's log")
+    return fold(state, entry)
