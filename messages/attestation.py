@@ -8,6 +8,7 @@ inside the HSM. The host running the node is untrusted, so the claims count only
 what the device signed, and the device counts only if its certificate chains to a trusted vendor
 root at the time given.
 
+:func:`request_attestation` sends the challenge over NATS (the orchestrator's shell);
 :func:`verify_attestation` is pure: the time, the expected nonce, the roots and the allow-list are
 inputs; it reads no clock and keeps no state. Whether a nonce was already used or has expired is the
 orchestrator's bookkeeping, not this module's.
@@ -24,11 +25,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import verification
+from nats.aio.client import Client as NATS
 
+from messages import subjects
+from messages.bus import request
 from messages.canonical import canonical, digest, loads_strict
-from messages.errors import CanonicalizationError, HsmfleetError, SchemaViolation
+from messages.errors import CanonicalizationError, HsmfleetError, MessageError, SchemaViolation
+from messages.gate import Gate
+from messages.outbox import Outbox
 from messages.schema import Body, message
-from messages.signing import ALGORITHMS, ECDSA_P256, ED25519, verify_bytes
+from messages.signing import ALGORITHMS, ECDSA_P256, ED25519, TrustStore, verify_bytes
 
 ECDH_P256 = "ecdh-p256"
 TRANSPORT_ALGORITHMS = (ECDH_P256,)
@@ -173,6 +179,36 @@ def load_vendor_roots(data: bytes) -> list[x509.Certificate]:
         return [x509.load_der_x509_certificate(data)]
     except ValueError as exc:
         raise SchemaViolation(f"vendor roots are not X.509 certificates: {exc}") from exc
+
+
+async def request_attestation(
+    nc: NATS,
+    outbox: Outbox,
+    node_id: str,
+    nonce: bytes,
+    expires_ms: int,
+    *,
+    corr: str | None = None,
+    timeout: float = 2.0,
+) -> Attestation:
+    """Send a signed :class:`AttestRequest` to ``node_id`` and return its answer, unverified.
+
+    The answer is not signed by a key the orchestrator trusts yet (that is what attestation
+    establishes), so it passes the gate unsigned; an answer that does not decode raises
+    :class:`AttestationRejected` (``garbled``). No answer raises the bus's typed errors.
+    """
+    env = outbox.envelope(AttestRequest(nonce=nonce, expires_ms=expires_ms), corr=corr)
+    try:
+        received = await request(
+            nc, subjects.node_command(node_id, "attest"), env, Gate(TrustStore()), None, timeout
+        )
+    except MessageError as exc:
+        raise AttestationRejected(GARBLED, f"the answer does not decode: {exc}") from exc
+    if not isinstance(received.body, Attestation):
+        raise AttestationRejected(
+            GARBLED, "the answer is not an attestation", type=received.envelope.type
+        )
+    return received.body
 
 
 def verify_attestation(

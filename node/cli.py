@@ -1,0 +1,153 @@
+"""``hsmfleet vendor ...`` and ``hsmfleet node ...``: provision HSMs and run a node daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nats
+
+from messages.errors import HsmfleetError
+from node.daemon import NodeDaemon
+from node.hsm.base import Hsm
+from node.hsm.cryptoki import Pkcs11Hsm
+from node.hsm.sealing import load_operator_key, new_operator_key
+from node.hsm.soft import SoftHsm
+from node.hsm.softhsm import MODULE
+from node.measurement import measure
+from node.pins import read_pins
+from node.vendor import DEVICE, VendorCA, provision
+
+PIN_ENV = "HSMFLEET_PKCS11_PIN"
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    vendor = verbs.add_parser("vendor", help="HSM vendor stand-in: root CA, device certificates")
+    vendor_verbs = vendor.add_subparsers(dest="vendor_verb", metavar="ACTION")
+    vendor_verbs.required = True
+    init = vendor_verbs.add_parser("init", help="create a vendor root CA in a directory")
+    init.add_argument("--dir", type=Path, required=True, help="vendor directory (keep it private)")
+    init.set_defaults(run=vendor_init)
+    certify = vendor_verbs.add_parser(
+        "certify", help="give a PKCS#11 token a device key and a certificate from the vendor CA"
+    )
+    certify.add_argument("--dir", type=Path, required=True, help="vendor directory")
+    _pkcs11_arguments(certify)
+    certify.set_defaults(run=vendor_certify)
+
+    node = verbs.add_parser("node", help="the node daemon beside each HSM")
+    node_verbs = node.add_subparsers(dest="node_verb", metavar="ACTION")
+    node_verbs.required = True
+    run = node_verbs.add_parser("run", help="run a node daemon until interrupted")
+    run.add_argument("--hsm", choices=("soft", "pkcs11"), default="soft", help="HSM backend")
+    run.add_argument("--state", type=Path, required=True, help="node state directory")
+    run.add_argument("--domain", required=True, help="failure domain (data centre) of this node")
+    run.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
+    run.add_argument("--node-id", help="node id (default: derived from the identity key)")
+    run.add_argument(
+        "--orchestrator-key", type=Path, required=True, help="file pinning the orchestrator's key"
+    )
+    run.add_argument(
+        "--vendor", type=Path, help="vendor directory: certifies a software HSM at first start"
+    )
+    run.add_argument(
+        "--hsm-key-file", type=Path, help="operator key sealing the software HSM (or env key)"
+    )
+    run.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    _pkcs11_arguments(run, required=False)
+    run.set_defaults(run=node_run)
+    measured = node_verbs.add_parser("measure", help="print this install's software measurement")
+    measured.set_defaults(run=node_measure)
+    key = node_verbs.add_parser("sealing-key", help="write a new operator key for a software HSM")
+    key.add_argument("--out", type=Path, required=True, help="key file to create (mode 0600)")
+    key.set_defaults(run=node_sealing_key)
+
+
+def _pkcs11_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--module", default=MODULE, help="PKCS#11 library")
+    parser.add_argument("--token", required=required, help="PKCS#11 token label")
+    parser.add_argument("--pin-env", default=PIN_ENV, help="environment variable holding the PIN")
+
+
+def _pkcs11(args: argparse.Namespace) -> Hsm:
+    if not args.token:
+        raise HsmfleetError("--token is required with --hsm pkcs11")
+    pin = os.environ.get(args.pin_env)
+    if pin is None:
+        raise HsmfleetError(f"set the token PIN in ${args.pin_env}")
+    return Pkcs11Hsm(args.module, args.token, pin)
+
+
+def vendor_init(args: argparse.Namespace) -> int:
+    ca = VendorCA.init(args.dir, datetime.now(UTC))
+    print(f"vendor root CA in {args.dir}: {ca.root.subject.rfc4514_string()}")
+    return 0
+
+
+def vendor_certify(args: argparse.Namespace) -> int:
+    hsm = _pkcs11(args)
+    try:
+        provision(hsm, VendorCA.open(args.dir), datetime.now(UTC))
+        print(f"token {args.token}: device key {hsm.public_key(DEVICE).kid} certified")
+    finally:
+        hsm.close()
+    return 0
+
+
+def node_measure(args: argparse.Namespace) -> int:
+    print(measure())
+    return 0
+
+
+def node_sealing_key(args: argparse.Namespace) -> int:
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_operator_key() + "\n")
+    return 0
+
+
+def open_hsm(args: argparse.Namespace) -> Hsm:
+    """The HSM backend the arguments name; a new software HSM is certified by ``--vendor``."""
+    if args.hsm == "pkcs11":
+        return _pkcs11(args)
+    hsm = SoftHsm(args.state / "hsm", load_operator_key(args.hsm_key_file))
+    if hsm.certificate(DEVICE) is None:
+        if args.vendor is None:
+            raise HsmfleetError("a new software HSM needs --vendor to get its device certificate")
+        provision(hsm, VendorCA.open(args.vendor), datetime.now(UTC))
+    return hsm
+
+
+async def node_run(args: argparse.Namespace) -> int:
+    hsm = open_hsm(args)
+    try:
+        daemon = NodeDaemon(
+            hsm,
+            args.state,
+            args.domain,
+            read_pins(args.orchestrator_key),
+            node_id=args.node_id,
+            heartbeat_s=args.heartbeat,
+        )
+        nc = await nats.connect(args.nats, name=f"node-{daemon.node_id}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await daemon.start(nc)
+        print(daemon.node_id, flush=True)
+        try:
+            while not stop.is_set() and not nc.is_closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+        finally:
+            await daemon.stop()
+            await nc.close()
+    finally:
+        hsm.close()
+    return 0 if stop.is_set() else 1
