@@ -1,0 +1,145 @@
+"""``hsmfleet vendor`` and ``hsmfleet node run`` as an operator runs them: real processes."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from messages import Ed25519Signer, Outbox
+from messages.attestation import load_vendor_roots, request_attestation, verify_attestation
+from messages.signing import ED25519
+from node.hsm.sealing import load_operator_key
+from node.hsm.soft import STATE_FILE, SoftHsm
+from node.measurement import measure
+from node.pins import write_pin
+from node.vendor import VendorCA, provision
+from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
+
+HSMFLEET = [sys.executable, "-m", "ops.cli"]
+
+
+def hsmfleet(*args, env=None):
+    return subprocess.run(
+        [*HSMFLEET, *args], capture_output=True, text=True, timeout=60, env=env or os.environ
+    )
+
+
+@pytest.fixture
+def operator(tmp_path):
+    """A vendor CA, an operator sealing key and a pinned orchestrator key, made by the CLI."""
+    assert hsmfleet("vendor", "init", "--dir", str(tmp_path / "vendor")).returncode == 0
+    out = hsmfleet("node", "sealing-key", "--out", str(tmp_path / "hsm.key"))
+    assert out.returncode == 0, out.stderr
+    orchestrator = Ed25519Signer.generate()
+    write_pin(tmp_path / "orch.json", "orchestrator", orchestrator)
+    return orchestrator
+
+
+async def run_node(nats_server, tmp_path, *extra, env=None):
+    """Start ``hsmfleet node run``; returns the process and the node id it prints."""
+    proc = await asyncio.create_subprocess_exec(
+        *HSMFLEET,
+        "--log-json",
+        "node",
+        "run",
+        "--state",
+        str(tmp_path / "state"),
+        "--domain",
+        "dc1",
+        "--nats",
+        nats_server.url,
+        "--orchestrator-key",
+        str(tmp_path / "orch.json"),
+        *extra,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env or os.environ,
+    )
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if not line:
+        await proc.wait()
+        pytest.fail((await proc.stderr.read()).decode())
+    return proc, line.decode().strip()
+
+
+async def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(proc.wait(), 30)
+
+
+async def enroll(nc, orchestrator, tmp_path, node_id):
+    nonce, now = os.urandom(32), time.time_ns() // 1_000_000
+    answer = await request_attestation(
+        nc, Outbox("orchestrator", orchestrator), node_id, nonce, now + 5000, timeout=10
+    )
+    roots = load_vendor_roots((tmp_path / "vendor" / "root.pem").read_bytes())
+    return verify_attestation(
+        answer, nonce=nonce, vendor_roots=roots, allowed_measurements={measure()}, now_ms=now
+    )
+
+
+async def test_software_node_runs_enrolls_and_restarts_as_itself(
+    nats_server, nc, tmp_path, operator
+):
+    soft = ["--hsm", "soft", "--hsm-key-file", str(tmp_path / "hsm.key")]
+    proc, node_id = await run_node(
+        nats_server, tmp_path, *soft, "--vendor", str(tmp_path / "vendor")
+    )
+    try:
+        first = await enroll(nc, operator, tmp_path, node_id)
+    finally:
+        assert await stop(proc) == 0
+    proc, again = await run_node(nats_server, tmp_path, *soft)
+    try:
+        second = await enroll(nc, operator, tmp_path, again)
+    finally:
+        assert await stop(proc) == 0
+    assert again == node_id == first.node_id
+    assert second.identity_key == first.identity_key and first.identity_alg == ED25519
+
+
+def test_software_hsm_without_vendor_or_with_tampered_state_refuses_to_start(
+    nats_server, tmp_path, operator
+):
+    state = tmp_path / "state"
+    args = ["node", "run", "--state", str(state), "--domain", "dc1", "--nats", nats_server.url]
+    args += ["--orchestrator-key", str(tmp_path / "orch.json")]
+    key_env = {**os.environ, "HSMFLEET_HSM_KEY": (tmp_path / "hsm.key").read_text().strip()}
+    out = hsmfleet(*args, "--vendor", str(tmp_path / "no-vendor"), env=key_env)
+    assert out.returncode == 2 and "cannot open the vendor CA" in out.stderr
+    hsm = SoftHsm(state / "hsm", load_operator_key(tmp_path / "hsm.key"))
+    provision(hsm, VendorCA.open(tmp_path / "vendor"), datetime.now(UTC))
+    path = state / "hsm" / STATE_FILE
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10
+    path.write_bytes(bytes(data))
+    out = hsmfleet(*args, env=key_env)
+    assert out.returncode == 2
+    assert "sealed HSM state fails authentication: the file was altered" in out.stderr
+
+
+async def test_pkcs11_node_is_certified_by_the_vendor_tool_and_enrolls(
+    nats_server,
+    nc,
+    tmp_path,
+    operator,
+    token_label,  # noqa: F811
+):
+    env = {**os.environ, "HSMFLEET_PKCS11_PIN": PIN}
+    out = hsmfleet(
+        "vendor", "certify", "--dir", str(tmp_path / "vendor"), "--token", token_label, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    proc, node_id = await run_node(
+        nats_server, tmp_path, "--hsm", "pkcs11", "--token", token_label, env=env
+    )
+    try:
+        node = await enroll(nc, operator, tmp_path, node_id)
+    finally:
+        assert await stop(proc) == 0
+    assert node.node_id == node_id
