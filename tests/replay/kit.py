@@ -177,16 +177,29 @@ class PureLog:
         """Decide on ``command`` at ``now_ms``, record the decision and fold its events."""
         ctx = self.context(now_ms)
         events = decide(self.state, command, ctx)
+        self.record(command, events, ctx)
+        return events
+
+    def record(
+        self,
+        command: Body,
+        events: list[LogEntry],
+        ctx: Context,
+        written: list[LogEntry] | None = None,
+    ) -> None:
+        """Seal ``events`` as the decision on ``command`` (whatever decide would say) and fold.
+
+        ``written``, when given, is what goes into the log instead: the same events as an older
+        version of their types wrote them.
+        """
         if not events:
-            return events
-        for sealed, entry in zip(
-            seal(command, events, ctx, self.head, self.signer), [None, *events], strict=True
-        ):
-            self.entries.append(sealed.data)
-            self.head = entry_digest(sealed.data)
+            return
+        sealed = seal(command, written or events, ctx, self.head, self.signer)
+        for item, entry in zip(sealed, [None, *events], strict=True):
+            self.entries.append(item.data)
+            self.head = entry_digest(item.data)
             if entry is not None:
                 self.state = evolve(self.state, entry)
-        return events
 
     def take_lease(self, epoch: int, now_ms: int = T0) -> None:
         self.epoch = epoch
