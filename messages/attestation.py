@@ -14,8 +14,8 @@ inputs; it reads no clock and keeps no state. Whether a nonce was already used o
 orchestrator's bookkeeping, not this module's.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: the bodies' field types stay evaluated, so
+# decoding does not re-evaluate annotation strings on every message (see messages.schema).
 import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -30,7 +30,7 @@ from nats.aio.client import Client as NATS
 from messages import subjects
 from messages.bus import request
 from messages.canonical import canonical, digest, loads_strict
-from messages.errors import CanonicalizationError, HsmfleetError, MessageError, SchemaViolation
+from messages.errors import HsmfleetError, MessageError, SchemaViolation
 from messages.gate import Gate
 from messages.outbox import Outbox
 from messages.schema import Body, message
@@ -235,26 +235,22 @@ def verify_attestation(
         raise AttestationRejected(
             WRONG_DEVICE, "the statement is not signed by the certified device key"
         )
-    stmt = _statement(att.statement)
-    if stmt.nonce != nonce:
-        raise AttestationRejected(WRONG_NONCE, "the device signed another nonce")
-    if _claims(att) != _claims(stmt):
-        raise AttestationRejected(
-            KEY_MISMATCH, "the claimed keys differ from the ones the device signed"
-        )
-    if stmt.measurement not in allowed_measurements:
+    expected = AttestationStatement(nonce=nonce, **{name: getattr(att, name) for name in _CLAIMS})
+    if att.statement != expected.encode():
+        _explain_statement(att, nonce)
+    if att.measurement not in allowed_measurements:
         raise AttestationRejected(
             MEASUREMENT_NOT_ALLOWED,
             "node software is not on the allow-list",
-            measurement=stmt.measurement,
+            measurement=att.measurement,
         )
     return AttestedNode(
-        node_id=stmt.node_id,
-        identity_alg=stmt.identity_alg,
-        identity_key=stmt.identity_key,
-        transport_alg=stmt.transport_alg,
-        transport_key=stmt.transport_key,
-        measurement=stmt.measurement,
+        node_id=att.node_id,
+        identity_alg=att.identity_alg,
+        identity_key=att.identity_key,
+        transport_alg=att.transport_alg,
+        transport_key=att.transport_key,
+        measurement=att.measurement,
         device_fingerprint=hashlib.sha256(att.chain[-1]).hexdigest(),
         attestation_digest=digest(att.to_json()).hex(),
     )
@@ -304,14 +300,19 @@ def _check_key(alg: str, key: bytes, known: tuple[str, ...]) -> None:
         raise AttestationRejected(GARBLED, f"a public key is malformed: {exc}") from exc
 
 
-def _statement(data: bytes) -> AttestationStatement:
+def _explain_statement(att: Attestation, nonce: bytes) -> None:
+    """Raise the reason why the signed statement is not the canonical one of the claims."""
     try:
-        stmt = AttestationStatement.from_json(loads_strict(data))
-        if stmt.encode() != data:
-            raise ValueError("statement is not in canonical form")
-    except (SchemaViolation, CanonicalizationError, ValueError, UnicodeDecodeError) as exc:
+        stmt = AttestationStatement.from_json(loads_strict(att.statement))
+    except (SchemaViolation, ValueError, UnicodeDecodeError) as exc:
         raise AttestationRejected(GARBLED, f"the signed statement does not decode: {exc}") from exc
-    return stmt
+    if stmt.nonce != nonce:
+        raise AttestationRejected(WRONG_NONCE, "the device signed another nonce")
+    if _claims(att) != _claims(stmt):
+        raise AttestationRejected(
+            KEY_MISMATCH, "the claimed keys differ from the ones the device signed"
+        )
+    raise AttestationRejected(GARBLED, "the signed statement is not in canonical form")
 
 
 def _verify_chain(

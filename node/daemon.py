@@ -107,7 +107,7 @@ class NodeDaemon:
         if not isinstance(received.body, AttestRequest):
             raise SchemaViolation("attest expects an attest request", type=received.envelope.type)
         answer = attest(self.node, self.hsm, self.measurement, received.body)
-        self.log.info("attested", corr=received.envelope.corr)
+        self.log.debug("attested", corr=received.envelope.corr)
         return answer
 
     async def _beat(self) -> None:

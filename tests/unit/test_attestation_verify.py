@@ -197,6 +197,14 @@ def test_signed_but_unreadable_statement_is_garbled(world):
         _rejected(world, replace(att, statement=junk, signature=signature), "garbled")
 
 
+def test_equivalent_but_not_canonical_statement_is_garbled(world):
+    att = _answer(world)
+    reordered = json.dumps(dict(reversed(json.loads(att.statement).items()))).encode()
+    signature = world["hsm"].sign(DEVICE, statement_signing_bytes(reordered))
+    err = _rejected(world, replace(att, statement=reordered, signature=signature), "garbled")
+    assert "canonical" in str(err)
+
+
 def test_every_reason_is_tested_and_distinct():
     assert len(set(REASONS)) == len(REASONS) == 8
 

@@ -1,0 +1,1 @@
+"""Benchmarks: runnable modules measuring speed goals against a baseline from the same run."""
