@@ -282,42 +282,20 @@ def verify_consistency(
         raise BadConsistencyProof("proof does not lead to the new root", new=new_size)
 
 
-class Tree:
-    """An append-only Merkle tree in memory: every perfect subtree's hash, kept once.
+class TreeView:
+    """Tree heads and proofs of an append-only tree whose perfect-subtree nodes can be read.
 
-    For tests, benchmarks and small logs; the cosigner's durable log stores the same nodes.
+    Subclasses provide :attr:`size` and :meth:`node` (a :data:`NodeSource`).
     """
-
-    def __init__(self, entries: Sequence[bytes] = ()) -> None:
-        self._levels: list[list[bytes]] = [[]]
-        for entry in entries:
-            self.append(entry)
 
     @property
     def size(self) -> int:
-        return len(self._levels[0])
-
-    def append(self, entry: bytes) -> int:
-        """Add ``entry`` as the next leaf and return its index."""
-        return self.append_hash(leaf_hash(entry))
-
-    def append_hash(self, entry_hash: bytes) -> int:
-        """Add a leaf by its leaf hash and return its index."""
-        index = self.size
-        node, level = entry_hash, 0
-        while True:
-            nodes = self._levels[level]
-            nodes.append(node)
-            if len(nodes) % 2:
-                return index
-            node = node_hash(nodes[-2], nodes[-1])
-            level += 1
-            if level == len(self._levels):
-                self._levels.append([])
+        raise NotImplementedError
 
     def node(self, level: int, index: int) -> bytes:
-        """The hash of a perfect subtree (a :data:`NodeSource`)."""
-        return self._levels[level][index]
+        """The hash of the perfect subtree of ``2**level`` leaves starting at leaf
+        ``index * 2**level``."""
+        raise NotImplementedError
 
     def root(self, size: int | None = None) -> bytes:
         """``MTH`` of the first ``size`` leaves (all of them by default)."""
@@ -339,3 +317,66 @@ class Tree:
         if size > self.size:
             raise TreeSizeOutOfRange("tree is smaller than the size asked", size=size)
         return size
+
+
+class Frontier:
+    """The roots of the perfect subtrees that make up a tree, largest first: all that is needed
+    to append a leaf and to hash the whole tree."""
+
+    def __init__(self) -> None:
+        self._nodes: list[tuple[int, bytes]] = []
+
+    def copy(self) -> Frontier:
+        frontier = Frontier()
+        frontier._nodes = list(self._nodes)
+        return frontier
+
+    def append(self, entry_hash: bytes) -> list[bytes]:
+        """Add a leaf; return its hash and then the hashes of the perfect subtrees it completes,
+        lowest level first (level ``L`` of the list is node ``(L, (index + 1) // 2**L - 1)``)."""
+        completed = [entry_hash]
+        node, level = entry_hash, 0
+        while self._nodes and self._nodes[-1][0] == level:
+            node = node_hash(self._nodes.pop()[1], node)
+            level += 1
+            completed.append(node)
+        self._nodes.append((level, node))
+        return completed
+
+    def root(self) -> bytes:
+        """``MTH`` of the whole tree: the perfect subtrees' roots folded from the right."""
+        if not self._nodes:
+            return EMPTY_ROOT
+        root = self._nodes[-1][1]
+        for _, node in reversed(self._nodes[:-1]):
+            root = node_hash(node, root)
+        return root
+
+
+class Tree(TreeView):
+    """An append-only Merkle tree in memory: every perfect subtree's hash, kept once.
+
+    For tests, benchmarks and small logs; the cosigner's durable log stores the same nodes.
+    """
+
+    def __init__(self, entries: Sequence[bytes] = ()) -> None:
+        self._levels: list[list[bytes]] = [[]]
+        self._frontier = Frontier()
+        for entry in entries:
+            self.append(entry)
+
+    @property
+    def size(self) -> int:
+        return len(self._levels[0])
+
+    def append(self, entry: bytes) -> int:
+        """Add ``entry`` as the next leaf and return its index."""
+        index = self.size
+        for level, node in enumerate(self._frontier.append(leaf_hash(entry))):
+            if level == len(self._levels):
+                self._levels.append([])
+            self._levels[level].append(node)
+        return index
+
+    def node(self, level: int, index: int) -> bytes:
+        return self._levels[level][index]
