@@ -5,13 +5,18 @@ software HSMs in this process, then runs the orchestrator's side of enrollment (
 challenge with a fresh nonce over request/reply, then :func:`verify_attestation`) with many
 challenges in flight. In the same run it measures bare X.509 chain verifications (vendor root ->
 device certificate), the cost that bounds an enrollment, and prints both rates and their ratio.
+
+With ``--node-process`` the node daemons run in a second process, as they would beside real HSMs,
+so the orchestrator's side and the nodes' side each get a core.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -21,15 +26,17 @@ import nats
 from cryptography import x509
 from cryptography.x509 import verification
 
-from messages import Ed25519Signer, Outbox, TrustStore
+from messages import Ed25519Signer, Outbox
 from messages.attestation import request_attestation, verify_attestation
 from node.daemon import NodeDaemon
 from node.hsm.soft import SoftHsm
 from node.measurement import measure
-from node.pins import ORCHESTRATOR_ROLE
+from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops import logs
 from ops.natsserver import NatsServer
+
+PINS = "orchestrator.json"
 
 
 def chain_verifications_per_second(
@@ -85,37 +92,78 @@ async def enrollments_per_second(
     return done / (time.perf_counter() - start)
 
 
-async def run(nodes: int, total: int, concurrency: int, baseline: int) -> dict[str, float]:
+async def start_nodes(url: str, root_dir: Path, n: int) -> tuple[nats.NATS, list[NodeDaemon]]:
+    """``n`` node daemons with software HSMs certified by the vendor CA in ``root_dir``."""
+    vendor = VendorCA.open(root_dir / "vendor")
+    pins = read_pins(root_dir / PINS)
+    nc = await nats.connect(url, name="bench-nodes")
+    daemons = []
+    for i in range(n):
+        hsm = SoftHsm(root_dir / f"node{i}" / "hsm", os.urandom(32))
+        provision(hsm, vendor, datetime.now(UTC))
+        daemon = NodeDaemon(hsm, root_dir / f"node{i}", f"dc{i % 3}", pins)
+        await daemon.start(nc)
+        daemons.append(daemon)
+    return nc, daemons
+
+
+async def stop_nodes(nc: nats.NATS, daemons: list[NodeDaemon]) -> None:
+    """Stop the daemons and close their connection."""
+    for daemon in daemons:
+        await daemon.stop()
+    await nc.close()
+
+
+async def serve_nodes(url: str, root_dir: Path, n: int) -> None:
+    """Child process: run the node daemons, print their ids, stop when stdin closes."""
+    nc, daemons = await start_nodes(url, root_dir, n)
+    print(json.dumps([d.node_id for d in daemons]), flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+    await stop_nodes(nc, daemons)
+
+
+async def run(
+    nodes: int, total: int, concurrency: int, baseline: int, node_process: bool
+) -> dict[str, float]:
+    """Measure both rates; node daemons run in this process unless ``node_process``."""
     with tempfile.TemporaryDirectory(prefix="hsmfleet-bench-") as tmp:
         root_dir = Path(tmp)
         server = NatsServer(root_dir / "nats", name="bench")
         await server.start()
         vendor = VendorCA.init(root_dir / "vendor", datetime.now(UTC))
         orchestrator = Ed25519Signer.generate()
-        pins = TrustStore()
-        pins.trust("orchestrator", orchestrator, ORCHESTRATOR_ROLE)
-        node_nc = await nats.connect(server.url, name="bench-nodes")
+        write_pin(root_dir / PINS, "orchestrator", orchestrator)
         orch_nc = await nats.connect(server.url, name="bench-orchestrator")
-        daemons = []
+        child, node_nc, daemons = None, None, []
         try:
-            for i in range(nodes):
-                hsm = SoftHsm(root_dir / f"node{i}" / "hsm", os.urandom(32))
-                provision(hsm, vendor, datetime.now(UTC))
-                daemon = NodeDaemon(hsm, root_dir / f"node{i}", f"dc{i % 3}", pins)
-                await daemon.start(node_nc)
-                daemons.append(daemon)
+            if node_process:
+                child = await asyncio.create_subprocess_exec(
+                    *[sys.executable, "-m", "ops.bench.enrollment", "--serve-nodes", server.url],
+                    *["--dir", str(root_dir), "--nodes", str(nodes)],
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                assert child.stdout is not None
+                node_ids = json.loads(await asyncio.wait_for(child.stdout.readline(), 60))
+            else:
+                node_nc, daemons = await start_nodes(server.url, root_dir, nodes)
+                node_ids = [d.node_id for d in daemons]
             outbox = Outbox("orchestrator", orchestrator)
-            node_ids = [d.node_id for d in daemons]
             await enrollments_per_second(orch_nc, outbox, node_ids, vendor.root, 200, concurrency)
-            chain = daemons[0].node.chain
+            chain = provision(
+                SoftHsm(root_dir / "probe", os.urandom(32)), vendor, datetime.now(UTC)
+            )
             chains = chain_verifications_per_second(vendor.root, chain, baseline)
             enrollments = await enrollments_per_second(
                 orch_nc, outbox, node_ids, vendor.root, total, concurrency
             )
         finally:
-            for daemon in daemons:
-                await daemon.stop()
-            await node_nc.close()
+            if child is not None:
+                assert child.stdin is not None
+                child.stdin.close()
+                await asyncio.wait_for(child.wait(), 30)
+            elif node_nc is not None:
+                await stop_nodes(node_nc, daemons)
             await orch_nc.close()
             await server.stop()
     return {"enrollments": enrollments, "chains": chains, "ratio": enrollments / chains}
@@ -127,9 +175,23 @@ def main() -> None:
     parser.add_argument("--enrollments", type=int, default=4000, help="enrollments to time")
     parser.add_argument("--concurrency", type=int, default=64, help="challenges in flight")
     parser.add_argument("--baseline", type=int, default=4000, help="chain verifications to time")
+    parser.add_argument(
+        "--node-process",
+        action="store_true",
+        help="run the node daemons in a second process, as beside real HSMs (uses both cores)",
+    )
+    parser.add_argument("--serve-nodes", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logs.configure(level="warning")
-    result = asyncio.run(run(args.nodes, args.enrollments, args.concurrency, args.baseline))
+    if args.serve_nodes:
+        asyncio.run(serve_nodes(args.serve_nodes, args.dir, args.nodes))
+        return
+    result = asyncio.run(
+        run(args.nodes, args.enrollments, args.concurrency, args.baseline, args.node_process)
+    )
+    where = "a second process" if args.node_process else "this process"
+    print(f"{args.nodes} node daemons in {where}, {args.concurrency} challenges in flight")
     print(f"enrollments end to end over NATS: {result['enrollments']:9.0f} /s")
     print(f"bare X.509 chain verifications:   {result['chains']:9.0f} /s")
     print(f"ratio enrollments / chains:       {result['ratio']:9.3f}")
