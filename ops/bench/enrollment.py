@@ -66,11 +66,11 @@ async def enrollments_per_second(
     outbox: Outbox,
     node_ids: list[str],
     root: x509.Certificate,
+    allowed: set[str],
     total: int,
     concurrency: int,
 ) -> float:
     """Enroll ``total`` times round-robin over ``node_ids`` with ``concurrency`` in flight."""
-    allowed = {measure()}
     todo = iter(range(total))
 
     async def worker() -> int:
@@ -128,6 +128,7 @@ async def run(
     """Measure both rates; node daemons run in this process unless ``node_process``."""
     with tempfile.TemporaryDirectory(prefix="hsmfleet-bench-") as tmp:
         root_dir = Path(tmp)
+        allowed = {measure()}
         server = NatsServer(root_dir / "nats", name="bench")
         await server.start()
         vendor = VendorCA.init(root_dir / "vendor", datetime.now(UTC))
@@ -149,13 +150,15 @@ async def run(
                 node_nc, daemons = await start_nodes(server.url, root_dir, nodes)
                 node_ids = [d.node_id for d in daemons]
             outbox = Outbox("orchestrator", orchestrator)
-            await enrollments_per_second(orch_nc, outbox, node_ids, vendor.root, 200, concurrency)
+            await enrollments_per_second(
+                orch_nc, outbox, node_ids, vendor.root, allowed, 200, concurrency
+            )
             chain = provision(
                 SoftHsm(root_dir / "probe", os.urandom(32)), vendor, datetime.now(UTC)
             )
             chains = chain_verifications_per_second(vendor.root, chain, baseline)
             enrollments = await enrollments_per_second(
-                orch_nc, outbox, node_ids, vendor.root, total, concurrency
+                orch_nc, outbox, node_ids, vendor.root, allowed, total, concurrency
             )
         finally:
             if child is not None:
