@@ -142,7 +142,12 @@ class AuditLog(TreeView):
             if not tables:
                 _create(db)
                 _fsync_directory(path.parent)
+            elif not {"meta", "leaves"} <= tables:
+                raise LogCorrupted("not an audit log", path=str(path))
             frontier, size = _check(db)
+        except sqlite3.OperationalError as exc:
+            db.close()
+            raise LogUnavailable(f"cannot read the log: {exc}", path=str(path)) from exc
         except sqlite3.DatabaseError as exc:
             db.close()
             raise LogCorrupted(f"cannot read the log: {exc}", path=str(path)) from exc
@@ -266,10 +271,14 @@ def _check(db: sqlite3.Connection) -> tuple[Frontier, int]:
     if meta.get("format") != FORMAT:
         raise LogCorrupted("not an audit log of a known format", format=meta.get("format"))
     frontier, size = Frontier(), 0
-    for idx, entry, hashes in db.execute("SELECT idx, entry, hashes FROM leaves ORDER BY idx"):
+    rows = db.execute(
+        "SELECT idx, typeof(entry) = 'blob' AND typeof(hashes) = 'blob',"
+        " CAST(entry AS BLOB), CAST(hashes AS BLOB) FROM leaves ORDER BY idx"
+    )
+    for idx, blobs, entry, hashes in rows:
         if idx != size:
             raise LogCorrupted("the log has a gap", expected=size, found=idx)
-        if not isinstance(entry, bytes) or b"".join(frontier.append(leaf_hash(entry))) != hashes:
+        if not blobs or b"".join(frontier.append(leaf_hash(entry))) != hashes:
             raise LogCorrupted("stored hashes differ from the entry's", index=idx)
         size += 1
     if meta.get("size") != size or meta.get("root") != frontier.root():

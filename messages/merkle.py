@@ -195,7 +195,8 @@ def verify_inclusion(
     """
     _check_size(size)
     _check_index(index, size)
-    _check_hashes([entry_hash], BadInclusionProof)
+    if not isinstance(entry_hash, bytes) or len(entry_hash) != HASH_SIZE:
+        raise BadInclusionProof("leaf hash must be 32 bytes", index=index)
     _check_hashes(proof, BadInclusionProof)
     fn, sn, r = index, size - 1, entry_hash
     for p in proof:
@@ -333,7 +334,8 @@ class Frontier:
 
     def append(self, entry_hash: bytes) -> list[bytes]:
         """Add a leaf; return its hash and then the hashes of the perfect subtrees it completes,
-        lowest level first (level ``L`` of the list is node ``(L, (index + 1) // 2**L - 1)``)."""
+        lowest level first: for the leaf at ``index``, item ``L`` of the list is node
+        ``(L, (index + 1) // 2**L - 1)``."""
         completed = [entry_hash]
         node, level = entry_hash, 0
         while self._nodes and self._nodes[-1][0] == level:

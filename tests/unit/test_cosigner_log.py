@@ -161,8 +161,8 @@ def tamper(path: Path, *statements: str) -> None:
         ["UPDATE leaves SET entry = x'00' WHERE idx = 17"],
         # Leaf 7 completes the level-3 node over leaves 0..7: change only that stored node.
         [
-            "UPDATE leaves SET hashes = substr(hashes, 1, 96) || zeroblob(32) "
-            "|| substr(hashes, 129) WHERE idx = 7"
+            "UPDATE leaves SET hashes = CAST(substr(hashes, 1, 96) || zeroblob(32) AS BLOB) "
+            "WHERE idx = 7"
         ],
         ["UPDATE leaves SET hashes = substr(hashes, 1, 32) WHERE idx = 255"],
         ["DELETE FROM leaves WHERE idx = 299"],
@@ -174,6 +174,7 @@ def tamper(path: Path, *statements: str) -> None:
         ["UPDATE meta SET value = 2 WHERE key = 'format'"],
         ["DROP TABLE meta"],
         ["UPDATE leaves SET entry = 'text' WHERE idx = 3"],
+        ["UPDATE leaves SET hashes = CAST(hashes AS TEXT) WHERE idx = 4"],
     ],
 )
 def test_corruption_is_detected_at_open(filled: Path, statements: list[str]) -> None:
