@@ -13,6 +13,7 @@ import pytest
 
 from messages import Ed25519Signer, Outbox, TrustStore, subjects
 from messages.attestation import (
+    ECDH_P256,
     Attestation,
     AttestationRejected,
     AttestRequest,
@@ -114,7 +115,7 @@ async def test_five_software_and_one_pkcs11_node_enroll(
     daemons = [
         soft_daemon(tmp_path / f"soft{i}", vendor, pins, domain=f"dc{i % 3}") for i in range(5)
     ]
-    token = Pkcs11Hsm(softhsm.MODULE, token_label, PIN, algorithms=(ECDSA_P256, "ecdh-p256"))
+    token = Pkcs11Hsm(softhsm.MODULE, token_label, PIN, algorithms=(ECDSA_P256, ECDH_P256))
     provision(token, vendor, datetime.now(UTC))
     daemons.append(NodeDaemon(token, tmp_path / "p11", "dc9", pins, node_id="hsm-p11"))
     for daemon in daemons:
