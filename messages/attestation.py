@@ -33,6 +33,7 @@ from messages.canonical import canonical, digest, loads_strict
 from messages.errors import HsmfleetError, MessageError, SchemaViolation
 from messages.gate import Gate
 from messages.outbox import Outbox
+from messages.replay import ReplayGuard
 from messages.schema import Body, message
 from messages.signing import ALGORITHMS, ECDSA_P256, ED25519, TrustStore, verify_bytes
 
@@ -41,6 +42,7 @@ TRANSPORT_ALGORITHMS = (ECDH_P256,)
 HSM_KINDS = ("soft", "pkcs11")
 STATEMENT_DOMAIN = b"hsmfleet/v1/attestation-statement\n"
 MIN_NONCE_BYTES = 16
+_ANY_CLOCK_MS = 1 << 62
 
 # Reasons an attestation is refused; each is the ``reason`` of one :class:`AttestationRejected`.
 UNKNOWN_ROOT = "unknown_root"
@@ -194,13 +196,16 @@ async def request_attestation(
     """Send a signed :class:`AttestRequest` to ``node_id`` and return its answer, unverified.
 
     The answer is not signed by a key the orchestrator trusts yet (that is what attestation
-    establishes), so it passes the gate unsigned; an answer that does not decode raises
-    :class:`AttestationRejected` (``garbled``). No answer raises the bus's typed errors.
+    establishes), so it passes the gate unsigned, whatever the node's clock says; an answer that
+    does not decode raises :class:`AttestationRejected` (``garbled``). No answer raises the
+    bus's typed errors.
     """
     env = outbox.envelope(AttestRequest(nonce=nonce, expires_ms=expires_ms), corr=corr)
+    # The nonce makes the answer fresh; the node's clock (its envelope's ``at``) must not matter.
+    gate = Gate(TrustStore(), replay=ReplayGuard(window_ms=_ANY_CLOCK_MS))
     try:
         received = await request(
-            nc, subjects.node_command(node_id, "attest"), env, Gate(TrustStore()), None, timeout
+            nc, subjects.node_command(node_id, "attest"), env, gate, None, timeout
         )
     except MessageError as exc:
         raise AttestationRejected(GARBLED, f"the answer does not decode: {exc}") from exc

@@ -24,6 +24,7 @@ from messages.attestation import (
 )
 from messages.bus import RequestRejected, request
 from messages.gate import Gate
+from messages.ids import IdSource
 from messages.signing import ECDSA_P256, ED25519, TrustedKey, verify_envelope
 from node.attest import attest
 from node.daemon import NodeDaemon
@@ -194,6 +195,17 @@ async def test_a_garbled_answer_is_rejected_as_garbled(nc, tmp_path, vendor, pin
             assert info.value.reason == "garbled"
     finally:
         await sub.unsubscribe()
+
+
+async def test_node_with_a_skewed_clock_still_enrolls(nc, tmp_path, vendor, pins, orchestrator):
+    daemon = soft_daemon(tmp_path, vendor, pins)
+    hours_behind = IdSource(clock_ms=lambda: time.time_ns() // 1_000_000 - 3 * 3600 * 1000)
+    daemon.outbox = Outbox(daemon.node_id, daemon.outbox.signer, ids=hours_behind)
+    await daemon.start(nc)
+    try:
+        assert (await enroll(nc, orchestrator, vendor, daemon.node_id)).node_id == daemon.node_id
+    finally:
+        await daemon.stop()
 
 
 async def test_restart_keeps_identity(nc, tmp_path, vendor, pins, orchestrator):
