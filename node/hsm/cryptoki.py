@@ -119,16 +119,13 @@ class Pkcs11Hsm(Hsm):
         def op(session: Any) -> PublicKey:
             if self._find(session, ObjectClass.PRIVATE_KEY, label) is not None:
                 raise KeyExists("a key with this label exists", label=label)
-            agreement = alg == ECDH_P256
-            key_type = KeyType.EC_EDWARDS if alg == ED25519 else KeyType.EC
+            signing = MechanismFlag.SIGN | MechanismFlag.VERIFY
             public, _ = session.generate_keypair(
-                key_type,
+                KeyType.EC_EDWARDS if alg == ED25519 else KeyType.EC,
                 mechanism=_NEEDS[alg][0],
                 store=True,
                 label=label,
-                capabilities=MechanismFlag.DERIVE
-                if agreement
-                else MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                capabilities=MechanismFlag.DERIVE if alg == ECDH_P256 else signing,
                 public_template={Attribute.EC_PARAMS: _ED25519 if alg == ED25519 else _P256},
                 private_template={
                     Attribute.SENSITIVE: True,
