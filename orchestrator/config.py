@@ -1,0 +1,101 @@
+"""The orchestrator's configuration file (JSON) and what it yields: policy, tokens, keys.
+
+Paths in the file are relative to the file. Unknown keys are refused, so a typo is an error,
+not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from messages.attestation import load_vendor_roots
+from messages.errors import HsmfleetError
+from messages.events import SetPolicy
+from messages.subjects import token
+
+ROLES = ("read", "operator")
+
+
+class ConfigError(HsmfleetError):
+    """The configuration file is missing, not JSON, or holds a bad or unknown setting."""
+
+    kind = "config"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an orchestrator process is configured with."""
+
+    holder: str
+    key_file: Path
+    vendor_roots: tuple[Path, ...]
+    allowed_measurements: tuple[str, ...]
+    nats: str = "nats://127.0.0.1:4222"
+    nonce_ttl_ms: int = 30_000
+    auto_enroll: bool = False
+    listen: str = "127.0.0.1:8080"
+    tokens: dict[str, str] = field(default_factory=dict)
+    """Bearer token -> role (``read`` or ``operator``)."""
+    lease_ttl_s: float = 2.0
+    replicas: int = 1
+
+    @classmethod
+    def load(cls, path: Path) -> Settings:
+        """Read and check a configuration file."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the configuration: {exc}", path=str(path)) from None
+        return cls.from_json(raw, path.parent)
+
+    @classmethod
+    def from_json(cls, raw: Any, base: Path) -> Settings:
+        if not isinstance(raw, dict):
+            raise ConfigError("the configuration must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError("unknown settings", unknown=unknown)
+        try:
+            values = dict(raw)
+            values["key_file"] = base / values["key_file"]
+            values["vendor_roots"] = tuple(base / p for p in values["vendor_roots"])
+            values["allowed_measurements"] = tuple(values["allowed_measurements"])
+            settings = cls(**values)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"a required setting is missing or malformed: {exc}") from None
+        token(settings.holder, "holder")
+        bad_roles = sorted({r for r in settings.tokens.values() if r not in ROLES})
+        if bad_roles:
+            raise ConfigError("token roles must be read or operator", roles=bad_roles)
+        return settings
+
+    def policy(self) -> SetPolicy:
+        """The enrollment policy this configuration asks for, vendor roots read as DER."""
+        roots: list[bytes] = []
+        for path in self.vendor_roots:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cannot read a vendor root: {exc}", path=str(path)) from None
+            roots += [cert.public_bytes(Encoding.DER) for cert in load_vendor_roots(data)]
+        return SetPolicy(
+            vendor_roots=tuple(roots),
+            allowed_measurements=self.allowed_measurements,
+            nonce_ttl_ms=self.nonce_ttl_ms,
+            auto_enroll=self.auto_enroll,
+        )
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        try:
+            return host or "127.0.0.1", int(port)
+        except ValueError:
+            raise ConfigError("listen must be HOST:PORT", listen=self.listen) from None
