@@ -58,9 +58,8 @@ async def test_five_software_and_one_pkcs11_node_enroll_through_the_orchestrator
     config,
     token_label,  # noqa: F811
 ):
-    write_pin(
-        tmp_path / "pins.json", "orchestrator", load_signer(tmp_path / "orch" / "orchestrator.key")
-    )
+    signer = load_signer(tmp_path / "orch" / "orchestrator.key")
+    write_pin(tmp_path / "pins.json", "orchestrator", signer)
     pins = read_pins(tmp_path / "pins.json")
     daemons = [soft_node(tmp_path, f"soft{i}", f"dc-{i % 3}", vendor, pins) for i in range(5)]
     token = Pkcs11Hsm(softhsm.MODULE, token_label, PIN, algorithms=(ECDSA_P256, ECDH_P256))
