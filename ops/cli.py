@@ -10,12 +10,14 @@ from collections.abc import Callable, Sequence
 from messages.errors import HsmfleetError
 from node import cli as node_cli
 from ops import logs, nats_cli
+from orchestrator import cli as orchestrator_cli
 
 # Each part adds its verbs to the parser; the chosen verb's ``run`` gets the parsed arguments
 # and returns the process exit code.
 VERB_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     nats_cli.register,
     node_cli.register,
+    orchestrator_cli.register,
 ]
 
 

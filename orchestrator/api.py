@@ -1,0 +1,303 @@
+"""The operator HTTP API (aiohttp): nodes, enrollments, fleets, the event log, health, metrics.
+
+Every ``/v1`` route needs a bearer token: ``read`` tokens may read, ``operator`` tokens may also
+command. Errors are JSON ``{"error": kind, "message": ...}``: 401/403 for credentials, 4xx for
+the caller's mistakes (malformed JSON, unknown fields, unknown ids, conflicts), 503 when this
+orchestrator is a standby or the log is unreachable, and 500 without a traceback otherwise.
+The NATS connection and the orchestrator run inside the app's cleanup context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import nats
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from messages.errors import HsmfleetError
+from messages.events import ChallengeIssued, EnrollNode
+from messages.signing import Signer
+from orchestrator.config import Settings
+from orchestrator.errors import (
+    CommandRefused,
+    EnrollmentConflict,
+    NoPolicy,
+    NotActive,
+    StoreUnavailable,
+    UnknownEnrollment,
+    UnknownNode,
+)
+from orchestrator.lease import LeaseLost
+from orchestrator.openapi import OPENAPI
+from orchestrator.service import Orchestrator
+from orchestrator.views import enrollment_view, entry_view, node_view
+
+ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)
+SETTINGS = web.AppKey("settings", Settings)
+SIGNER = web.AppKey("signer", Signer)
+CALLER = web.RequestKey("caller", str)
+MAX_PAGE = 1000
+
+log = structlog.get_logger("hsmfleet.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class UnknownId(HsmfleetError):
+    """The path names something that does not exist."""
+
+    kind = "not_found"
+
+
+class BadRequest(HsmfleetError):
+    """The request is malformed: not JSON, unknown fields, bad parameters."""
+
+    kind = "bad_request"
+
+
+_STATUS: list[tuple[type[HsmfleetError], int]] = [
+    (UnknownNode, 404),
+    (UnknownEnrollment, 404),
+    (UnknownId, 404),
+    (EnrollmentConflict, 409),
+    (NoPolicy, 409),
+    (CommandRefused, 422),
+    (BadRequest, 400),
+    (NotActive, 503),
+    (LeaseLost, 503),
+    (StoreUnavailable, 503),
+]
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    return web.json_response({"error": kind, "message": message}, status=status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error; none shows a traceback."""
+    try:
+        return await handler(request)
+    except HsmfleetError as exc:
+        status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
+        return _error(status, exc.kind, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except Exception:
+        log.exception("request failed", path=request.path)
+        return _error(500, "internal", "the orchestrator failed; see its log")
+
+
+def _needs(role: str) -> Callable[[Handler], Handler]:
+    """Route decorator: the bearer token must carry ``role`` (``operator`` implies ``read``)."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            tokens = request.app[SETTINGS].tokens
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            granted = tokens.get(token) if scheme.lower() == "bearer" else None
+            if granted is None:
+                return _error(401, "unauthenticated", "a valid bearer token is required")
+            if role == "operator" and granted != "operator":
+                return _error(403, "forbidden", "this token may only read")
+            request[CALLER] = f"{granted}:{hashlib.sha256(token.encode()).hexdigest()[:8]}"
+            return await handler(request)
+
+        return checked
+
+    return wrap
+
+
+def _orchestrator(request: web.Request) -> Orchestrator:
+    return request.app[ORCHESTRATOR]
+
+
+async def health(request: web.Request) -> web.Response:
+    orch = _orchestrator(request)
+    lease = orch.state.lease
+    return web.json_response(
+        {
+            "status": "ok",
+            "holder": orch.holder,
+            "active": orch.active,
+            "lease": {"holder": lease.holder, "epoch": lease.epoch},
+            "last_seq": orch.last_seq,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(_orchestrator(request).metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+@_needs("read")
+async def list_nodes(request: web.Request) -> web.Response:
+    orch = _orchestrator(request)
+    nodes = [node_view(n, orch.liveness.get(n.node_id)) for n in orch.state.nodes.values()]
+    return web.json_response({"nodes": sorted(nodes, key=lambda n: n["node_id"])})
+
+
+@_needs("read")
+async def get_node(request: web.Request) -> web.Response:
+    orch = _orchestrator(request)
+    node_id = request.match_info["node_id"]
+    node = orch.state.nodes.get(node_id)
+    if node is None:
+        raise UnknownNode("no node of this id has announced itself", node_id=node_id)
+    return web.json_response(node_view(node, orch.liveness.get(node_id)))
+
+
+@_needs("operator")
+async def enroll(request: web.Request) -> web.Response:
+    body = await _command_body(request, allowed={"requested_by"})
+    requested_by = body.get("requested_by", request[CALLER])
+    if not isinstance(requested_by, str) or not requested_by:
+        raise BadRequest("requested_by must be a non-empty string")
+    command = EnrollNode(node_id=request.match_info["node_id"], requested_by=requested_by)
+    orch = _orchestrator(request)
+    events = await orch.submit(command)
+    issued = next(e for e in events if isinstance(e, ChallengeIssued))
+    return web.json_response(
+        enrollment_view(orch.state.enrollments[issued.enrollment_id]), status=202
+    )
+
+
+@_needs("read")
+async def get_enrollment(request: web.Request) -> web.Response:
+    enrollment_id = request.match_info["enrollment_id"]
+    enrollment = _orchestrator(request).state.enrollments.get(enrollment_id)
+    if enrollment is None:
+        raise UnknownEnrollment("no enrollment of this id", enrollment_id=enrollment_id)
+    return web.json_response(enrollment_view(enrollment))
+
+
+@_needs("read")
+async def list_fleets(_: web.Request) -> web.Response:
+    return web.json_response({"fleets": []})
+
+
+@_needs("read")
+async def get_fleet(request: web.Request) -> web.Response:
+    raise UnknownId("no fleet of this id", fleet_id=request.match_info["fleet_id"])
+
+
+@_needs("read")
+async def list_events(request: web.Request) -> web.Response:
+    from_seq = _int_param(request, "from", 1, minimum=1)
+    limit = _int_param(request, "limit", 100, minimum=1, maximum=MAX_PAGE)
+    store = _orchestrator(request).store
+    last = min(await store.last_seq(), from_seq + limit - 1)
+    entries: list[dict[str, Any]] = []
+    await store.scan(from_seq, last, lambda seq, data: entries.append(entry_view(seq, data)))
+    return web.json_response({"events": entries, "next": from_seq + len(entries)})
+
+
+@_needs("read")
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: every entry from ``from`` (default: the next one) as it is appended."""
+    store = _orchestrator(request).store
+    from_seq = _int_param(request, "from", 0, minimum=0) or await store.last_seq() + 1
+    count = _int_param(request, "count", 0, minimum=0)
+    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(maxsize=10_000)
+    sub = await store.follow(from_seq, lambda seq, data: queue.put_nowait((seq, data)))
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    sent = 0
+    try:
+        while not count or sent < count:
+            try:
+                seq, data = await asyncio.wait_for(queue.get(), 15)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            view = entry_view(seq, data)
+            frame = f"id: {seq}\nevent: {view['type']}\ndata: {json.dumps(view)}\n\n"
+            await response.write(frame.encode())
+            sent += 1
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return response
+
+
+async def _command_body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest("unknown fields in the command", unknown=unknown)
+    return body
+
+
+def _int_param(
+    request: web.Request, name: str, default: int, *, minimum: int, maximum: int | None = None
+) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be an integer", value=text) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise BadRequest(f"query parameter {name} is out of range", value=value)
+    return value
+
+
+async def _service(app: web.Application) -> AsyncIterator[None]:
+    """Connect to NATS, run the orchestrator for the app's lifetime, then stop and close."""
+    settings = app[SETTINGS]
+    nc = await nats.connect(settings.nats, name=f"orchestrator-{settings.holder}")
+    orch = Orchestrator(nc, settings, app[SIGNER])
+    app[ORCHESTRATOR] = orch
+    task = asyncio.create_task(orch.run(), name=f"orchestrator-{settings.holder}")
+    yield
+    orch.stop()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    await nc.close()
+
+
+def create_app(settings: Settings, signer: Signer) -> web.Application:
+    """The API app; the orchestrator runs while the app does."""
+    app = web.Application(middlewares=[errors])
+    app[SETTINGS] = settings
+    app[SIGNER] = signer
+    app.cleanup_ctx.append(_service)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/v1/nodes", list_nodes)
+    app.router.add_get("/v1/nodes/{node_id}", get_node)
+    app.router.add_post("/v1/nodes/{node_id}/enroll", enroll)
+    app.router.add_get("/v1/enrollments/{enrollment_id}", get_enrollment)
+    app.router.add_get("/v1/fleets", list_fleets)
+    app.router.add_get("/v1/fleets/{fleet_id}", get_fleet)
+    app.router.add_get("/v1/events", list_events)
+    app.router.add_get("/v1/events/stream", stream_events)
+    return app

@@ -1,0 +1,225 @@
+"""The OpenAPI 3.1 document of the operator API, served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "401": _json(_ref("Error"), "No valid bearer token"),
+    "403": _json(_ref("Error"), "The token may only read"),
+}
+_READ = [{"bearer": []}]
+
+
+def _path_id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query_int(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "hsmfleet orchestrator",
+        "version": "1",
+        "description": "Operate a fleet of HSM nodes: enrollment, fleets, the event log.",
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "message"],
+                "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "Node": {
+                "type": "object",
+                "required": ["node_id", "domain", "hsm", "status"],
+                "properties": {
+                    "node_id": {"type": "string"},
+                    "domain": {"type": "string", "description": "failure domain"},
+                    "hsm": {"type": "string"},
+                    "status": {"enum": ["announced", "enrolling", "enrolled", "rejected"]},
+                    "measurement": {"type": "string"},
+                    "enrollment_id": {"type": ["string", "null"]},
+                    "reason": {"type": ["string", "null"]},
+                    "last_seen_ms": {"type": ["integer", "null"]},
+                    "hsm_ok": {"type": ["boolean", "null"]},
+                    "identity": {"type": "object"},
+                },
+            },
+            "Enrollment": {
+                "type": "object",
+                "required": ["enrollment_id", "node_id", "status"],
+                "properties": {
+                    "enrollment_id": {"type": "string"},
+                    "node_id": {"type": "string"},
+                    "status": {"enum": ["open", "enrolled", "rejected"]},
+                    "reason": {"type": ["string", "null"]},
+                    "expires_ms": {"type": "integer"},
+                    "requested_by": {"type": "string"},
+                },
+            },
+            "EnrollCommand": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"requested_by": {"type": "string", "minLength": 1}},
+            },
+            "Entry": {
+                "type": "object",
+                "required": ["seq", "type"],
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "type": {"type": "string"},
+                    "entry": {"type": "object", "description": "the signed envelope"},
+                },
+            },
+        },
+    },
+    "paths": {
+        "/health": {
+            "get": {
+                "summary": "Liveness, lease holder and log position",
+                "responses": {"200": {"description": "Health"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Text exposition format"}},
+            }
+        },
+        "/v1/nodes": {
+            "get": {
+                "summary": "Nodes with their state and failure domain",
+                "security": _READ,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"nodes": {"type": "array", "items": _ref("Node")}},
+                        },
+                        "Nodes",
+                    ),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/nodes/{node_id}": {
+            "get": {
+                "summary": "One node",
+                "security": _READ,
+                "parameters": [_path_id("node_id")],
+                "responses": {
+                    "200": _json(_ref("Node"), "The node"),
+                    "404": _json(_ref("Error"), "Unknown node"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/nodes/{node_id}/enroll": {
+            "post": {
+                "summary": "Challenge the node to attest itself (operator)",
+                "security": _READ,
+                "parameters": [_path_id("node_id")],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("EnrollCommand")}},
+                },
+                "responses": {
+                    "202": _json(_ref("Enrollment"), "Challenge issued"),
+                    "400": _json(_ref("Error"), "Malformed JSON or unknown fields"),
+                    "404": _json(_ref("Error"), "Unknown node"),
+                    "409": _json(_ref("Error"), "Enrolled already, or in progress"),
+                    "503": _json(_ref("Error"), "This orchestrator is a standby"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/enrollments/{enrollment_id}": {
+            "get": {
+                "summary": "One enrollment and its outcome",
+                "security": _READ,
+                "parameters": [_path_id("enrollment_id")],
+                "responses": {
+                    "200": _json(_ref("Enrollment"), "The enrollment"),
+                    "404": _json(_ref("Error"), "Unknown enrollment"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/fleets": {
+            "get": {
+                "summary": "Fleets",
+                "security": _READ,
+                "responses": {"200": {"description": "Fleets"}, **_ERRORS},
+            }
+        },
+        "/v1/fleets/{fleet_id}": {
+            "get": {
+                "summary": "One fleet",
+                "security": _READ,
+                "parameters": [_path_id("fleet_id")],
+                "responses": {"404": _json(_ref("Error"), "Unknown fleet"), **_ERRORS},
+            }
+        },
+        "/v1/events": {
+            "get": {
+                "summary": "A page of log entries",
+                "security": _READ,
+                "parameters": [
+                    _query_int("from", "first sequence (default 1)"),
+                    _query_int("limit", "at most this many (1-1000, default 100)"),
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "events": {"type": "array", "items": _ref("Entry")},
+                                "next": {"type": "integer"},
+                            },
+                        },
+                        "Entries",
+                    ),
+                    "400": _json(_ref("Error"), "Bad parameters"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/events/stream": {
+            "get": {
+                "summary": "Server-sent events: log entries as they are appended",
+                "security": _READ,
+                "parameters": [
+                    _query_int("from", "first sequence (default: the next entry)"),
+                    _query_int("count", "close after this many entries (default: never)"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "An event stream; each event's data is an Entry",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_ERRORS,
+                },
+            }
+        },
+    },
+}
