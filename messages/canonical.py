@@ -5,19 +5,48 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from typing import Any
 
 import rfc8785
 
 from messages.errors import CanonicalizationError
 
+_SAFE_INT = 2**53
+# Python sorts keys by code point, RFC 8785 by UTF-16 code unit; the two orders differ only for
+# characters at U+D800 and above.
+_BEYOND_UTF16_AGREEMENT = re.compile("[\ud800-\U0010ffff]")
+
 
 def canonical(value: Any) -> bytes:
-    """Return the RFC 8785 canonical JSON bytes of ``value``."""
+    """Return the RFC 8785 canonical JSON bytes of ``value``.
+
+    Values made only of objects with string keys, arrays, strings, booleans, null and integers
+    in the IEEE-754 safe range, with no character at U+D800 or above, have the same canonical
+    form as the C JSON encoder's sorted, compact output, which is several times faster than the
+    general RFC 8785 serializer; every other value takes the general path.
+    """
+    if _plain(value):
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        if text.isascii() or not _BEYOND_UTF16_AGREEMENT.search(text):
+            return text.encode()
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise CanonicalizationError(f"cannot canonicalize value: {exc}") from exc
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_SAFE_INT < value < _SAFE_INT
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return all(_plain(v) for v in value)
+    return False
 
 
 def digest(value: Any) -> bytes:

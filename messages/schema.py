@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -46,22 +47,38 @@ class Body:
         """Check ``raw`` against this schema and build the body, keeping unknown fields."""
         if not isinstance(raw, dict):
             raise SchemaViolation(f"{path} must be an object")
-        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name == "extra":
+        for name, hint, required in _schema(cls):
+            if name not in raw:
+                if required:
+                    raise SchemaViolation(f"{path}.{name} is missing")
                 continue
-            if f.name not in raw:
-                has_default = (
-                    f.default is not dataclasses.MISSING
-                    or f.default_factory is not dataclasses.MISSING
-                )
-                if has_default:
-                    continue
-                raise SchemaViolation(f"{path}.{f.name} is missing")
-            values[f.name] = _decode(hints[f.name], raw[f.name], f"{path}.{f.name}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**values, extra={k: v for k, v in raw.items() if k not in known})
+            values[name] = _decode(hint, raw[name], f"{path}.{name}")
+        extra = {k: v for k, v in raw.items() if k not in values and k not in _field_names(cls)}
+        return cls(**values, extra=extra)
+
+
+@functools.cache
+def _schema(cls: type[Body]) -> tuple[tuple[str, Any, bool], ...]:
+    """Each declared field of ``cls``: its name, its resolved type, and whether it is required.
+
+    Resolving postponed annotations is costly, so it is done once per class.
+    """
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (
+            f.name,
+            hints[f.name],
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)
+        if f.name != "extra"
+    )
+
+
+@functools.cache
+def _field_names(cls: type[Body]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def _encode(value: Any) -> Any:

@@ -1,6 +1,9 @@
 import hashlib
 
 import pytest
+import rfc8785
+from hypothesis import given
+from hypothesis import strategies as st
 
 from messages.canonical import b64, canonical, digest, loads_strict, unb64
 from messages.errors import CanonicalizationError
@@ -44,3 +47,35 @@ def test_base64_must_be_canonical():
         unb64("AQJ=")
     with pytest.raises(ValueError):
         unb64("AQI")
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=16,
+)
+
+
+@given(json_values)
+def test_fast_path_agrees_with_the_reference_serializer(value):
+    try:
+        expected = rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError):
+        with pytest.raises(CanonicalizationError):
+            canonical(value)
+        return
+    assert canonical(value) == expected
+
+
+def test_keys_beyond_the_bmp_sort_by_utf16_code_units():
+    # U+1F600 sorts after U+FB33 by code point but before it by UTF-16 code unit.
+    assert canonical({"\U0001f600": 1, "\ufb33": 2}) == '{"\U0001f600":1,"\ufb33":2}'.encode()
+
+
+def test_lone_surrogates_have_no_canonical_form():
+    with pytest.raises(CanonicalizationError):
+        canonical({"k": "\ud800"})
