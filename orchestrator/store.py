@@ -63,9 +63,11 @@ class EventStore:
         )
 
     async def last_seq(self) -> int:
-        """The sequence of the last entry (0 when the log is empty)."""
+        """The sequence of the last entry (0 when the log is empty or not created yet)."""
         try:
             info = await self.js.stream_info(self.stream)
+        except NotFoundError:
+            return 0
         except NatsTimeout:
             raise StoreUnavailable("JetStream did not answer", stream=self.stream) from None
         return info.state.last_seq

@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NATS
 
+from messages.envelope import Envelope
+from messages.events import LogEntry
+from messages.signing import TrustStore
 from orchestrator.config import Settings
 from orchestrator.keys import generate, load_signer
+from orchestrator.log import LogReader
+from orchestrator.replay import Replayer
 from orchestrator.service import Orchestrator
+from orchestrator.state import State
+from orchestrator.store import EventStore
 
 OPERATOR_TOKEN = "op-token-0123456789"
 READ_TOKEN = "read-token-0123456789"
@@ -76,3 +86,75 @@ async def running(config: Path) -> AsyncIterator[Orchestrator]:
         orchestrator.stop()
         await asyncio.wait_for(task, 10)
         await nc.close()
+
+
+@dataclass
+class AuditedLog:
+    """A log read back from the stream, every signature checked and every decision re-run."""
+
+    state: State
+    envelopes: list[Envelope]
+
+    def of_type(self, cls: type[LogEntry]) -> list[Envelope]:
+        return [e for e in self.envelopes if e.type == cls.TYPE]
+
+
+async def audit(nc: NATS, trust: TrustStore) -> AuditedLog:
+    """Read the whole log from JetStream and replay it as an auditor would."""
+    store = EventStore(nc)
+    reader, replayer, envelopes = LogReader(trust), Replayer(check=True), []
+    last = await store.last_seq()
+
+    def fold(seq: int, data: bytes) -> None:
+        record = reader.admit(data, f"seq {seq}")
+        replayer.apply(record)
+        envelopes.append(record.envelope)
+
+    await store.scan(1, last, fold)
+    return AuditedLog(replayer.finish(f"seq {last}"), envelopes)
+
+
+HSMFLEET = [sys.executable, "-m", "ops.cli", "--log-json"]
+
+
+class OrchestratorProcess:
+    """``hsmfleet orchestrator --config FILE`` as a real process, to be killed or paused."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.proc: asyncio.subprocess.Process | None = None
+        self.api = ""
+
+    async def start(self) -> OrchestratorProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            *HSMFLEET,
+            "orchestrator",
+            "--config",
+            str(self.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=open(self.config.with_suffix(".log"), "ab"),  # noqa: ASYNC230, SIM115
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        if not line:
+            raise AssertionError(
+                f"orchestrator did not start; see {self.config.with_suffix('.log')}"
+            )
+        self.api = json.loads(line)["api"]
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def stop(self) -> int | None:
+        """SIGTERM (after SIGCONT, in case it is paused) and wait; SIGKILL if it hangs."""
+        if self.proc is None or self.proc.returncode is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            return await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            self.proc.kill()
+            return await self.proc.wait()
