@@ -1,0 +1,190 @@
+"""The operator HTTP API on a real server with a real node: roles, JSON errors for every bad
+input (nothing changes), enrollment, the event log as pages and as server-sent events."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import aiohttp
+import nats
+import pytest
+from aiohttp import web
+
+from node.daemon import NodeDaemon
+from node.hsm import SoftHsm
+from node.measurement import measure
+from node.pins import read_pins, write_pin
+from node.vendor import VendorCA, provision
+from ops.natsserver import NatsServer
+from orchestrator.api import ORCHESTRATOR, create_app
+from orchestrator.config import Settings
+from orchestrator.keys import load_signer
+from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for, write_config
+
+OP = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+
+
+@pytest.fixture
+async def server(tmp_path):
+    async with NatsServer(tmp_path / "nats", name="api") as server:
+        yield server
+
+
+@pytest.fixture
+async def api(tmp_path, server):
+    """The API app served on a free port, its orchestrator active, one node announced."""
+    VendorCA.init(tmp_path / "vendor", datetime.now(UTC))
+    config = write_config(
+        tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", measure()
+    )
+    settings = Settings.load(config)
+    signer = load_signer(settings.key_file)
+    app = create_app(settings, signer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    orch = app[ORCHESTRATOR]
+    await wait_for(lambda: orch.active, what="the orchestrator to become active")
+    write_pin(tmp_path / "pins.json", "orchestrator", signer)
+    hsm = SoftHsm(tmp_path / "node" / "hsm", bytes(32))
+    provision(hsm, VendorCA.open(tmp_path / "vendor"), datetime.now(UTC))
+    daemon = NodeDaemon(hsm, tmp_path / "node", "dc-7", read_pins(tmp_path / "pins.json"))
+    nc = await nats.connect(server.url)
+    await daemon.start(nc)
+    await wait_for(lambda: daemon.node_id in orch.state.nodes, what="the announcement")
+    async with aiohttp.ClientSession(base_url=f"http://{host}:{port}") as http:
+        yield http, orch, daemon.node_id
+    await daemon.stop()
+    await nc.close()
+    await runner.cleanup()
+
+
+async def call(http, method, path, headers=None, **kw):
+    async with http.request(method, path, headers=headers or {}, **kw) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_nodes_and_enrollment(api):
+    http, orch, node_id = api
+    status, body = await call(http, "GET", "/v1/nodes", READ)
+    assert status == 200
+    assert [(n["node_id"], n["domain"], n["status"]) for n in body["nodes"]] == [
+        (node_id, "dc-7", "announced")
+    ]
+    status, enrollment = await call(http, "POST", f"/v1/nodes/{node_id}/enroll", OP)
+    assert status == 202 and enrollment["status"] in ("open", "enrolled")
+    assert enrollment["requested_by"].startswith("operator:")
+    await wait_for(lambda: orch.state.nodes[node_id].status == "enrolled", what="enrollment")
+    status, enrollment = await call(
+        http, "GET", f"/v1/enrollments/{enrollment['enrollment_id']}", READ
+    )
+    assert (status, enrollment["status"]) == (200, "enrolled")
+    status, node = await call(http, "GET", f"/v1/nodes/{node_id}", READ)
+    assert node["identity"]["identity_alg"] == "ed25519"
+    status, body = await call(http, "POST", f"/v1/nodes/{node_id}/enroll", OP)
+    assert (status, body["error"]) == (409, "enrollment_conflict")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status", "error"),
+    [
+        ("GET", "/v1/nodes", {}, 401, "unauthenticated"),
+        ("GET", "/v1/nodes", {"Authorization": "Bearer wrong"}, 401, "unauthenticated"),
+        ("GET", "/v1/nodes", {"Authorization": f"Basic {READ_TOKEN}"}, 401, "unauthenticated"),
+        ("POST", "/v1/nodes/{node}/enroll", {}, 401, "unauthenticated"),
+        ("POST", "/v1/nodes/{node}/enroll", READ, 403, "forbidden"),
+        ("GET", "/v1/nodes/ghost", READ, 404, "unknown_node"),
+        ("POST", "/v1/nodes/ghost/enroll", OP, 404, "unknown_node"),
+        ("GET", "/v1/enrollments/nope", READ, 404, "unknown_enrollment"),
+        ("GET", "/v1/fleets/nope", READ, 404, "not_found"),
+        ("GET", "/v1/nowhere", READ, 404, "not_found"),
+        ("GET", "/v1/events?from=abc", READ, 400, "bad_request"),
+        ("GET", "/v1/events?limit=100000", READ, 400, "bad_request"),
+        ("DELETE", "/v1/nodes", OP, 405, "method_not_allowed"),
+    ],
+)
+async def test_bad_requests_get_json_errors_and_change_nothing(
+    api, method, path, headers, status, error
+):
+    http, orch, node_id = api
+    before, seq = orch.state, orch.last_seq
+    got, body = await call(http, method, path.format(node=node_id), headers)
+    assert (got, body["error"]) == (status, error)
+    assert body["message"] and "Traceback" not in body["message"]
+    assert orch.state == before and orch.last_seq == seq
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"requested_by": "me", "force": true}', "unknown fields"),
+        (b'{"requested_by": 5}', "non-empty string"),
+    ],
+)
+async def test_malformed_commands_are_refused(api, data, words):
+    http, orch, node_id = api
+    before = orch.state
+    status, body = await call(http, "POST", f"/v1/nodes/{node_id}/enroll", OP, data=data)
+    assert (status, body["error"]) == (400, "bad_request")
+    assert words in body["message"]
+    assert orch.state == before
+
+
+async def test_event_pages_and_stream(api):
+    http, _, node_id = api
+    status, page = await call(http, "GET", "/v1/events?from=1&limit=2", READ)
+    assert status == 200 and [e["seq"] for e in page["events"]] == [1, 2]
+    assert page["events"][1]["type"] == "orchestrator.lease_taken" and page["next"] == 3
+    async with http.get("/v1/events/stream?count=2", headers=READ) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        await call(http, "POST", f"/v1/nodes/{node_id}/enroll", OP)
+        frames = []
+        async for raw in resp.content:
+            if raw.startswith(b"data: "):
+                frames.append(json.loads(raw[6:]))
+    assert [f["type"] for f in frames] == [
+        "orchestrator.decision",
+        "enrollment.challenge_issued",
+    ]
+    assert frames[0]["seq"] + 1 == frames[1]["seq"]
+
+
+async def test_health_openapi_and_metrics(api):
+    http, _, _ = api
+    status, health = await call(http, "GET", "/health")
+    assert status == 200 and health["active"] and health["lease"]["holder"] == "orch-a"
+    status, doc = await call(http, "GET", "/openapi.json")
+    assert doc["openapi"].startswith("3.") and "/v1/nodes/{node_id}/enroll" in doc["paths"]
+    async with http.get("/metrics") as resp:
+        text = await resp.text()
+    assert 'hsmfleet_decisions_total{input="node.announce"} 1.0' in text
+    assert "hsmfleet_events_appended_total" in text
+    assert 'hsmfleet_stage_duration_seconds_count{stage="append"}' in text
+
+
+async def test_a_standby_refuses_commands(api, tmp_path, server):
+    _, orch, node_id = api
+    config = write_config(
+        tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", measure(), holder="orch-b"
+    )
+    standby = create_app(Settings.load(config), load_signer(tmp_path / "orch" / "orchestrator.key"))
+    runner = web.AppRunner(standby)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        await wait_for(lambda: standby[ORCHESTRATOR].last_seq == orch.last_seq, what="catch-up")
+        async with aiohttp.ClientSession(base_url=f"http://{host}:{port}") as other:
+            status, body = await call(other, "POST", f"/v1/nodes/{node_id}/enroll", OP)
+            assert (status, body["error"]) == (503, "not_active")
+            status, nodes = await call(other, "GET", "/v1/nodes", READ)
+            assert [n["node_id"] for n in nodes["nodes"]] == [node_id]
+    finally:
+        await runner.cleanup()
