@@ -1,0 +1,260 @@
+"""Quorum replication messages (DESIGN 5.5, subjects ``fleet.q.<fleet_id>.<phase>``).
+
+The protocol is CASPaxos (D. Rystsov, "CASPaxos: Replicated State Machines without logs",
+2018, arXiv:1802.07000): one single-decree register per record, changed by a prepare round and an
+accept round, each needing a quorum of the fleet's members. Every vote (promise, accepted) is an
+envelope signed by the member that casts it, so nobody can assemble a majority they did not get.
+
+Bodies are batched (group commit): one message carries many records, in parallel columns of
+equal length: ``keys[i]`` goes with ``ballots[i]``, ``values[i]`` and so on. A ballot is the pair
+``(n, by)``: a counter and the member id of the proposer, compared counter first. ``n == 0``
+means "none".
+"""
+
+import hashlib
+from dataclasses import dataclass, fields
+
+from messages.errors import HsmfleetError, SchemaViolation
+from messages.schema import Body, message
+
+PREPARE = "prepare"
+ACCEPT = "accept"
+SNAPSHOT = "snapshot"
+CONFIG = "config"
+PHASES = (PREPARE, ACCEPT, SNAPSHOT, CONFIG)
+
+MEMBER_ROLE = "member"
+OPERATOR_ROLE = "operator"
+
+
+def value_digest(value: bytes | None) -> bytes:
+    """SHA-256 naming a record value in signed votes; the empty value has its own digest."""
+    if value is None:
+        return hashlib.sha256(b"hsmfleet/v1/quorum/empty").digest()
+    return hashlib.sha256(b"hsmfleet/v1/quorum/value\n" + value).digest()
+
+
+class _Columns(Body):
+    """A batch body whose tuple fields are parallel columns, one entry per record."""
+
+    def __post_init__(self) -> None:
+        columns = [getattr(self, f.name) for f in fields(self)]
+        lengths = {len(c) for c in columns if isinstance(c, tuple)}
+        if len(lengths) > 1:
+            raise SchemaViolation(f"{self.TYPE} columns differ in length", lengths=sorted(lengths))
+
+
+@message
+@dataclass(frozen=True)
+class Prepare(_Columns):
+    """Phase 1a: asks acceptors to promise ballot ``(ballots[i], source)`` for ``keys[i]``."""
+
+    TYPE = "quorum.prepare"
+    fleet: str
+    keys: tuple[str, ...]
+    ballots: tuple[int, ...]
+
+
+@message
+@dataclass(frozen=True)
+class Promise(_Columns):
+    """Phase 1b, one acceptor's signed answer to a :class:`Prepare`.
+
+    ``grants[i]`` says whether the promise was made. ``seens``/``seen_bys`` name the highest
+    ballot the acceptor knew for the record, so a refused proposer can jump past it;
+    ``accepteds``/``accepted_bys``/``values`` are the ballot and value the acceptor accepted
+    last (a granted promise only; ``accepteds[i] == 0`` when it has none).
+    """
+
+    TYPE = "quorum.promise"
+    fleet: str
+    proposer: str
+    keys: tuple[str, ...]
+    ballots: tuple[int, ...]
+    grants: tuple[bool, ...]
+    seens: tuple[int, ...]
+    seen_bys: tuple[str, ...]
+    accepteds: tuple[int, ...]
+    accepted_bys: tuple[str, ...]
+    values: tuple[bytes | None, ...]
+
+
+@message
+@dataclass(frozen=True)
+class Accept(_Columns):
+    """Phase 2a: asks acceptors to accept ``values[i]`` under ballot ``(ballots[i], source)``.
+
+    When ``next_ballots[i]`` is above ``ballots[i]``, an acceptor that accepts also promises
+    ``(next_ballots[i], source)``: the next prepare rides on this accept, so the proposer's next
+    change of the record needs one round trip (CASPaxos 2.2.1). 0 asks for no promise.
+    """
+
+    TYPE = "quorum.accept"
+    fleet: str
+    keys: tuple[str, ...]
+    ballots: tuple[int, ...]
+    next_ballots: tuple[int, ...]
+    values: tuple[bytes | None, ...]
+
+
+@message
+@dataclass(frozen=True)
+class Accepted(_Columns):
+    """Phase 2b, one acceptor's signed answer to an :class:`Accept`.
+
+    A granted entry says: this member durably accepted the value whose :func:`value_digest` is
+    ``digests[i]`` for ``keys[i]`` under ballot ``(ballots[i], proposer)``, and promised the
+    request's next ballot if it asked for one. A quorum of such signed entries is the proof that
+    a write committed.
+    """
+
+    TYPE = "quorum.accepted"
+    fleet: str
+    proposer: str
+    keys: tuple[str, ...]
+    ballots: tuple[int, ...]
+    grants: tuple[bool, ...]
+    seens: tuple[int, ...]
+    seen_bys: tuple[str, ...]
+    digests: tuple[bytes, ...]
+
+
+@message
+@dataclass(frozen=True)
+class SnapshotRequest(Body):
+    """Catch-up: asks ``member`` for its accepted records with keys after ``after``, in order."""
+
+    TYPE = "quorum.snapshot"
+    fleet: str
+    member: str
+    after: str
+    limit: int
+
+
+@message
+@dataclass(frozen=True)
+class Snapshot(_Columns):
+    """One page of a member's accepted records; ``more`` when records after the last remain."""
+
+    TYPE = "quorum.snapshot.page"
+    fleet: str
+    keys: tuple[str, ...]
+    accepteds: tuple[int, ...]
+    accepted_bys: tuple[str, ...]
+    values: tuple[bytes | None, ...]
+    more: bool
+
+
+@dataclass(frozen=True)
+class MemberKey(Body):
+    """A fleet member and the public key its votes are signed with."""
+
+    member: str
+    alg: str
+    public_key: bytes
+
+
+@message
+@dataclass(frozen=True)
+class Config(Body):
+    """The replication configuration of a fleet at ``epoch``, signed by the operator.
+
+    Prepare messages go to ``prepare_set`` and need ``prepare_quorum`` promises; accept messages
+    go to ``accept_set`` and need ``accept_quorum`` acceptances. Every prepare quorum meets every
+    accept quorum (flexible quorums, CASPaxos 2.3); membership changes move through such
+    configurations one step at a time.
+    """
+
+    TYPE = "quorum.config"
+    fleet: str
+    epoch: int
+    members: tuple[MemberKey, ...]
+    prepare_set: tuple[str, ...]
+    accept_set: tuple[str, ...]
+    prepare_quorum: int
+    accept_quorum: int
+
+
+@message
+@dataclass(frozen=True)
+class ConfigAck(Body):
+    """A member's signed statement that it stored and now uses configuration ``epoch``."""
+
+    TYPE = "quorum.config.ack"
+    fleet: str
+    epoch: int
+    member: str
+    ready: bool
+
+
+class QuorumError(HsmfleetError):
+    """Root of the errors of quorum replication."""
+
+    kind = "quorum"
+
+
+class QuorumUnavailable(QuorumError):
+    """Fewer members than a quorum answered before any value was sent: nothing was written."""
+
+    kind = "quorum_unavailable"
+
+
+class OutcomeUnknown(QuorumError):
+    """The value was sent for acceptance but no quorum confirmed it in time: it may or may not
+    have committed; a later read decides."""
+
+    kind = "outcome_unknown"
+
+
+class Contention(QuorumError):
+    """Other proposers kept winning the record's ballots until the attempts ran out."""
+
+    kind = "contention"
+
+
+class BadConfig(QuorumError):
+    """A replication configuration is inconsistent, older than the current one, or unsigned."""
+
+    kind = "bad_config"
+
+
+class CatchUpFailed(QuorumError):
+    """A member could not copy the latest values from a majority of the fleet."""
+
+    kind = "catch_up_failed"
+
+
+class BadProof(QuorumError):
+    """A commit proof does not show a quorum of valid, signed acceptances for the value."""
+
+    kind = "bad_proof"
+
+
+class BadVote(QuorumError):
+    """A vote that must not count; the proposer ignores it and counts it by ``kind``."""
+
+    kind = "bad_vote"
+
+
+class VoteBadSignature(BadVote):
+    """The vote's signature does not verify, or the vote cannot be decoded."""
+
+    kind = "vote_bad_signature"
+
+
+class VoteFromNonMember(BadVote):
+    """The vote is signed by a key that is not a current member's, or for another member."""
+
+    kind = "vote_non_member"
+
+
+class VoteOldBallot(BadVote):
+    """The vote answers another round or ballot than the one being counted."""
+
+    kind = "vote_old_ballot"
+
+
+class VoteReplayed(BadVote):
+    """The vote was already delivered, or the member already voted in this round."""
+
+    kind = "vote_replayed"

@@ -1,0 +1,262 @@
+"""The acceptor on NATS: durable, signed votes, one transaction per batch of requests.
+
+Every member subscribes to ``fleet.q.<fleet>.prepare`` and ``.accept``. Requests pass the gate
+(signed by a member), queue up, and a single worker takes everything queued at once: it applies
+the CASPaxos rules (:mod:`node.quorum.rules`) in arrival order, saves the changed slots in one
+fsynced transaction, and only then signs and sends each answer. While the disk is busy the next
+requests gather, so fsyncs are shared by all the requests that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from messages import subjects
+from messages.bus import headers_for
+from messages.errors import MessageError
+from messages.gate import Gate, Received
+from messages.outbox import Outbox
+from messages.quorum import (
+    ACCEPT,
+    MEMBER_ROLE,
+    PREPARE,
+    Accept,
+    Accepted,
+    Prepare,
+    Promise,
+    Snapshot,
+    SnapshotRequest,
+    value_digest,
+)
+from messages.schema import Body
+from node.quorum import metrics, rules
+from node.quorum.membership import Membership
+from node.quorum.rules import Ballot, Slot
+from node.quorum.store import SlotStore
+
+log = structlog.get_logger("hsmfleet.quorum.acceptor")
+
+MAX_SNAPSHOT_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class _Request:
+    received: Received
+    reply: str
+
+
+class Acceptor:
+    """One member's acceptor: answers prepares and accepts once its answer is on disk.
+
+    ``voting`` is False until the member has caught up; meanwhile requests are dropped (and
+    counted) and only snapshots are served.
+    """
+
+    def __init__(
+        self,
+        member: str,
+        store: SlotStore,
+        outbox: Outbox,
+        membership: Callable[[], Membership],
+        executor: ThreadPoolExecutor,
+        *,
+        max_batch: int = 512,
+    ) -> None:
+        self.member = member
+        self.store = store
+        self.outbox = outbox
+        self.membership = membership
+        self.executor = executor
+        self.max_batch = max_batch
+        self.voting = False
+        self.rejects: Counter[str] = Counter()
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._gate: Gate | None = None
+        self._trust_epoch = 0
+        self._subs: list[Subscription] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._nc: NATS | None = None
+
+    def gate(self) -> Gate:
+        """The gate for requests, rebuilt when the configuration's members change."""
+        current = self.membership()
+        if self._gate is None or self._trust_epoch != current.epoch:
+            replay = self._gate.replay if self._gate is not None else None
+            self._gate = Gate(current.trust(), replay=replay)
+            self._trust_epoch = current.epoch
+        return self._gate
+
+    async def start(self, nc: NATS) -> None:
+        """Subscribe to the prepare and accept subjects and start the worker."""
+        self._nc = nc
+        fleet = self.membership().fleet
+        for phase in (PREPARE, ACCEPT):
+            self._subs.append(await nc.subscribe(subjects.quorum(fleet, phase), cb=self._on_msg))
+        self._worker = asyncio.create_task(self._work(), name=f"acceptor-{self.member}")
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    def _refuse(self, kind: str) -> None:
+        self.rejects[kind] += 1
+        metrics.REQUESTS_REJECTED.labels(self.member, kind).inc()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if not msg.reply:
+            self._refuse("no_reply_subject")
+            return
+        try:
+            received = self.gate().admit(msg.data, MEMBER_ROLE)
+        except MessageError as exc:
+            self._refuse(exc.kind)
+            return
+        current = self.membership()
+        body = received.body
+        phase = msg.subject.rsplit(".", 1)[1]
+        expected = {PREPARE: (Prepare, current.prepare_set), ACCEPT: (Accept, current.accept_set)}
+        kind, members = expected[phase]
+        if not isinstance(body, kind) or body.fleet != current.fleet:
+            self._refuse("wrong_request")
+        elif self.member not in members:
+            self._refuse("not_in_set")
+        elif not self.voting:
+            self._refuse("not_voting")
+        else:
+            self._queue.put_nowait(_Request(received, msg.reply))
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            records = _records(batch[0])
+            while not self._queue.empty() and records < self.max_batch:
+                batch.append(self._queue.get_nowait())
+                records += _records(batch[-1])
+            try:
+                answers = await loop.run_in_executor(self.executor, self._decide, batch)
+            except Exception:
+                log.exception("acceptor could not persist a batch; answering nothing")
+                continue
+            metrics.BATCH_SIZE.labels(self.member).observe(records)
+            for request, answer in zip(batch, answers, strict=True):
+                env = self.outbox.envelope(answer, causation=request.received.envelope.id)
+                await self._nc.publish(request.reply, env.encode(), headers=headers_for(env))
+
+    def _decide(self, batch: list[_Request]) -> list[Body]:
+        """Apply the rules to every request in order and save the result (database thread)."""
+        keys = {k for r in batch for k in r.received.body.keys}
+        slots = self.store.load(keys)
+        changed: dict[str, Slot] = {}
+        answers: list[Body] = []
+        for request in batch:
+            body = request.received.body
+            proposer = request.received.envelope.source
+            if isinstance(body, Prepare):
+                answers.append(_promise(body, proposer, slots, changed))
+            else:
+                answers.append(_accepted(body, proposer, slots, changed))
+        self.store.save(changed)
+        return answers
+
+    async def snapshot(self, received: Received) -> Snapshot:
+        """A page of this member's accepted records, for a member catching up."""
+        request = received.body
+        if not isinstance(request, SnapshotRequest):
+            raise MessageError("not a snapshot request", type=received.envelope.type)
+        limit = max(1, min(request.limit, MAX_SNAPSHOT_PAGE))
+        loop = asyncio.get_running_loop()
+        page = await loop.run_in_executor(self.executor, self.store.page, request.after, limit)
+        return Snapshot(
+            fleet=request.fleet,
+            keys=tuple(k for k, _ in page),
+            accepteds=tuple(s.accepted.n for _, s in page),
+            accepted_bys=tuple(s.accepted.by for _, s in page),
+            values=tuple(s.value for _, s in page),
+            more=len(page) == limit,
+        )
+
+    async def adopt(self, copies: dict[str, tuple[Ballot, bytes | None]]) -> int:
+        """Take copied values under the accept rule (:func:`rules.adopt`); returns how many."""
+
+        def apply() -> int:
+            slots = self.store.load(copies)
+            changed = {}
+            for key, (ballot, value) in copies.items():
+                new = rules.adopt(slots[key], ballot, value)
+                if new is not None:
+                    changed[key] = new
+            self.store.save(changed)
+            return len(changed)
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, apply)
+
+
+def _records(request: _Request) -> int:
+    return len(request.received.body.keys)
+
+
+def _promise(body: Prepare, proposer: str, slots: dict[str, Slot], changed: dict) -> Promise:
+    grants, seens, seen_bys, accepteds, accepted_bys, values = [], [], [], [], [], []
+    for key, n in zip(body.keys, body.ballots, strict=True):
+        slot = slots[key]
+        new = rules.prepare(slot, Ballot(n, proposer))
+        if new is not None:
+            slots[key] = changed[key] = new
+        grants.append(new is not None)
+        seens.append(slot.seen.n)
+        seen_bys.append(slot.seen.by)
+        accepteds.append(slot.accepted.n if new else 0)
+        accepted_bys.append(slot.accepted.by if new else "")
+        values.append(slot.value if new else None)
+    return Promise(
+        fleet=body.fleet,
+        proposer=proposer,
+        keys=body.keys,
+        ballots=body.ballots,
+        grants=tuple(grants),
+        seens=tuple(seens),
+        seen_bys=tuple(seen_bys),
+        accepteds=tuple(accepteds),
+        accepted_bys=tuple(accepted_bys),
+        values=tuple(values),
+    )
+
+
+def _accepted(body: Accept, proposer: str, slots: dict[str, Slot], changed: dict) -> Accepted:
+    grants, seens, seen_bys, digests = [], [], [], []
+    columns = zip(body.keys, body.ballots, body.next_ballots, body.values, strict=True)
+    for key, n, following, value in columns:
+        slot = slots[key]
+        then = Ballot(following, proposer) if following > n else None
+        new = rules.accept_then_promise(slot, Ballot(n, proposer), value, then)
+        if new is not None:
+            slots[key] = changed[key] = new
+        grants.append(new is not None)
+        seens.append(slot.seen.n)
+        seen_bys.append(slot.seen.by)
+        digests.append(value_digest(value) if new else b"")
+    return Accepted(
+        fleet=body.fleet,
+        proposer=proposer,
+        keys=body.keys,
+        ballots=body.ballots,
+        grants=tuple(grants),
+        seens=tuple(seens),
+        seen_bys=tuple(seen_bys),
+        digests=tuple(digests),
+    )

@@ -1,0 +1,184 @@
+"""One fleet member as a process: replica (acceptor, proposer, configuration) and vault service.
+
+Run it with ``python -m node.quorum.member --settings FILE [--new]`` or
+``hsmfleet member run --settings FILE [--new]``. Its vote key lives in its HSM backend (the
+software HSM, sealed under the operator key file the settings name); the fleet's vault keys come
+from the vault key file (see :mod:`node.vault.keys`). ``--new`` allows starting with no quorum
+state: a new fleet, or a member joining one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+
+from messages.errors import HsmfleetError
+from messages.quorum import OPERATOR_ROLE, Config, MemberKey
+from messages.schema import Body
+from messages.signing import Signer, TrustedKey
+from messages.vault import DEFAULT_LIMIT
+from node.hsm.base import Hsm
+from node.hsm.sealing import load_operator_key
+from node.hsm.soft import SoftHsm
+from node.quorum.membership import Membership
+from node.quorum.replica import Replica
+from node.vault.evaluator import EvaluationJournal, GuessEvaluator
+from node.vault.keys import VaultKeys
+from node.vault.service import VaultService
+from ops import logs
+
+log = structlog.get_logger("hsmfleet.member")
+
+VOTE_KEY = "quorum-vote"
+EVALUATIONS_FILE = "evaluations.sqlite3"
+
+
+@dataclass(frozen=True)
+class MemberSettings(Body):
+    """What a member process needs to know, as kept in its settings file (JSON)."""
+
+    fleet: str
+    member: str
+    nats: tuple[str, ...]
+    state_dir: str
+    hsm_key_file: str
+    vault_keys: str
+    config: Config
+    operator: MemberKey | None = None
+    limit: int = DEFAULT_LIMIT
+    max_batch: int = 128
+    phase_timeout: float = 0.5
+    deadline: float = 3.0
+
+    @classmethod
+    def load(cls, path: Path) -> MemberSettings:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise HsmfleetError(f"cannot read member settings: {exc}", path=str(path)) from exc
+        return cls.from_json(raw, "settings")
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2))
+
+
+def open_vote_signer(state_dir: Path, hsm_key_file: Path) -> tuple[Hsm, Signer]:
+    """The member's software HSM and the signer of its vote key, made inside on first use."""
+    hsm = SoftHsm(Path(state_dir) / "hsm", load_operator_key(Path(hsm_key_file)))
+    hsm.ensure(VOTE_KEY, hsm.signing_alg())
+    return hsm, hsm.signer(VOTE_KEY)
+
+
+class Member:
+    """A running member: its NATS connection, replica and vault service."""
+
+    def __init__(self, settings: MemberSettings, *, new: bool = False) -> None:
+        self.settings = settings
+        state = Path(settings.state_dir)
+        self.hsm, signer = open_vote_signer(state, Path(settings.hsm_key_file))
+        operator = None
+        if settings.operator is not None:
+            operator = TrustedKey(
+                "operator",
+                settings.operator.alg,
+                settings.operator.public_key,
+                frozenset({OPERATOR_ROLE}),
+            )
+        self.replica = Replica(
+            settings.member,
+            signer,
+            state,
+            Membership.from_config(settings.config),
+            operator=operator,
+            new=new,
+            max_batch=settings.max_batch,
+            phase_timeout=settings.phase_timeout,
+            deadline=settings.deadline,
+        )
+        self.journal = EvaluationJournal(state / EVALUATIONS_FILE)
+        self._vault_executor = ThreadPoolExecutor(1, thread_name_prefix=f"vault-{settings.member}")
+        keys = VaultKeys.load(Path(settings.vault_keys))
+        evaluator = GuessEvaluator(settings.member, keys, self.replica.current, self.journal)
+        self.vault = VaultService(
+            settings.fleet,
+            settings.member,
+            self.replica.proposer,
+            evaluator,
+            keys,
+            self._vault_executor,
+            limit=settings.limit,
+        )
+        self.nc: NATS | None = None
+
+    async def start(self) -> None:
+        """Connect (reconnecting for ever), start the replica, then serve the vault."""
+        self.nc = await nats.connect(
+            servers=list(self.settings.nats),
+            name=f"member-{self.settings.member}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+            connect_timeout=2,
+        )
+        await self.replica.start(self.nc)
+        await self.vault.start(self.nc)
+        log.info("member started", member=self.settings.member, fleet=self.settings.fleet)
+
+    async def stop(self) -> None:
+        await self.vault.stop()
+        await self.replica.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        self._vault_executor.shutdown(wait=True)
+        self.journal.close()
+        self.hsm.close()
+
+
+async def run(settings_path: Path, new: bool) -> int:
+    """Run a member until SIGTERM or SIGINT."""
+    member = Member(MemberSettings.load(settings_path), new=new)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await member.start()
+    try:
+        await stop.wait()
+    finally:
+        await member.stop()
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", type=Path, required=True, help="member settings (JSON)")
+    parser.add_argument(
+        "--new", action="store_true", help="allow starting without quorum state (new or joining)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m node.quorum.member", description=__doc__)
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logs.configure(json=True, level=args.log_level)
+    try:
+        return asyncio.run(run(args.settings, args.new))
+    except HsmfleetError as exc:
+        print(f"member: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Prometheus counters of quorum replication, labelled by member and by kind."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+VOTES_REJECTED = Counter(
+    "hsmfleet_quorum_votes_rejected",
+    "Votes a proposer ignored, by the kind of defect",
+    ["member", "kind"],
+)
+REQUESTS_REJECTED = Counter(
+    "hsmfleet_quorum_requests_rejected",
+    "Prepare and accept requests an acceptor refused to consider, by kind",
+    ["member", "kind"],
+)
+COMMITS = Counter(
+    "hsmfleet_quorum_commits",
+    "Record changes committed by a quorum, by proposing member",
+    ["member"],
+)
+FAILURES = Counter(
+    "hsmfleet_quorum_failures",
+    "Record changes that failed, by proposing member and error kind",
+    ["member", "kind"],
+)
+BATCH_SIZE = Histogram(
+    "hsmfleet_quorum_batch_records",
+    "Records per acceptor transaction (one fsync and one signature each)",
+    ["member"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)

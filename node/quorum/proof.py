@@ -1,0 +1,73 @@
+"""Commit proofs: the signed acceptances of a quorum, checkable by anyone who knows the members.
+
+A proof names a record, the ballot and the digest of the committed value, and carries the
+``Accepted`` envelopes exactly as the members signed them. Whoever acts on a committed value
+(the guess evaluator before it spends an attempt) checks the proof against the configuration it
+trusts, so a host cannot make up a commit that a quorum never made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from messages.envelope import Envelope
+from messages.errors import MessageError
+from messages.quorum import MEMBER_ROLE, Accepted, BadProof, value_digest
+from messages.schema import REGISTRY
+from messages.signing import verify_envelope
+from node.quorum.membership import Membership
+from node.quorum.rules import Ballot
+
+
+@dataclass(frozen=True)
+class CommitProof:
+    """Evidence that a quorum accepted the value with ``digest`` for ``key`` under ``ballot``."""
+
+    fleet: str
+    key: str
+    ballot: Ballot
+    digest: bytes
+    votes: tuple[bytes, ...]
+
+
+def verify_proof(proof: CommitProof, membership: Membership, value: bytes | None) -> None:
+    """Raise :class:`BadProof` unless ``proof`` shows an accept quorum of ``membership`` signing
+    ``value`` for the proof's record and ballot."""
+    if proof.fleet != membership.fleet:
+        raise BadProof("proof is for another fleet", fleet=proof.fleet)
+    if value_digest(value) != proof.digest:
+        raise BadProof("the value is not the one the quorum accepted", key=proof.key)
+    trust = membership.trust()
+    signers = set()
+    for data in proof.votes:
+        try:
+            env = Envelope.decode(data)
+            verify_envelope(env, trust, MEMBER_ROLE)
+            vote = REGISTRY.parse(env)
+        except MessageError as exc:
+            raise BadProof(f"a vote does not verify: {exc}", key=proof.key) from exc
+        if env.source not in membership.accept_set:
+            raise BadProof("a vote is from outside the accept set", member=env.source)
+        if not _grants(vote, proof):
+            raise BadProof("a vote does not accept this value", member=env.source)
+        signers.add(env.source)
+    if len(signers) < membership.accept_quorum:
+        raise BadProof(
+            "fewer acceptances than the quorum",
+            key=proof.key,
+            signers=len(signers),
+            quorum=membership.accept_quorum,
+        )
+
+
+def _grants(vote: object, proof: CommitProof) -> bool:
+    if not isinstance(vote, Accepted) or vote.fleet != proof.fleet:
+        return False
+    if vote.proposer != proof.ballot.by:
+        return False
+    for key, n, granted, digest in zip(
+        vote.keys, vote.ballots, vote.grants, vote.digests, strict=True
+    ):
+        if key == proof.key and n == proof.ballot.n:
+            return granted and digest == proof.digest
+    return False

@@ -1,0 +1,428 @@
+"""The proposer: changes records through CASPaxos rounds, many records per round.
+
+``change(key, fn)`` queues a change; a pump takes every queued change whose record is not
+already in a round (up to ``max_batch``) and runs them as one round: one signed prepare for all
+of them, then one signed accept for those that got a quorum of promises (group commit). Up to
+``max_rounds`` rounds run at once. For each record the proposer takes the value with the highest
+accepted ballot among the promises, applies ``fn`` and has the result accepted (CASPaxos 2.2).
+
+After a change commits, the accept carried a promise of the record's next ballot; for
+``hold_for`` seconds the proposer's next change of that record skips the prepare round
+(CASPaxos 2.2.1, one round trip). A refused accept drops the held promise and the next change
+prepares again. Such a change sends its value for acceptance at once, so if the quorum was lost
+meanwhile it ends as :class:`OutcomeUnknown`, never as "nothing written".
+
+Failures are typed: refused ballots are retried with a higher ballot after a random pause until
+``attempts`` or the deadline run out (:class:`Contention`); too few answers before anything was
+sent for acceptance is :class:`QuorumUnavailable` (nothing was written); too few confirmations
+after the value was sent is :class:`OutcomeUnknown`. A change is retried only while nothing of
+it can have been accepted, so ``fn`` is never applied twice to the register.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from messages import subjects
+from messages.bus import headers_for
+from messages.errors import HsmfleetError
+from messages.gate import Gate
+from messages.outbox import Outbox
+from messages.quorum import (
+    ACCEPT,
+    PREPARE,
+    Accept,
+    BadVote,
+    Contention,
+    OutcomeUnknown,
+    Prepare,
+    QuorumUnavailable,
+    value_digest,
+)
+from messages.replay import ReplayGuard
+from node.quorum import metrics
+from node.quorum.membership import Membership
+from node.quorum.proof import CommitProof
+from node.quorum.rules import NO_BALLOT, Ballot
+from node.quorum.votes import Tally
+
+log = structlog.get_logger("hsmfleet.quorum.proposer")
+
+Change = Callable[[bytes | None], bytes | None]
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A committed change: the record's new value, its ballot and the quorum's signed proof."""
+
+    key: str
+    value: bytes | None
+    ballot: Ballot
+    proof: CommitProof
+
+
+@dataclass
+class _Pending:
+    key: str
+    fn: Change
+    future: asyncio.Future[Commit]
+    deadline: float
+    attempts: int = 0
+    not_before: float = 0.0
+
+
+class Proposer:
+    """One member's proposer on NATS."""
+
+    def __init__(
+        self,
+        member: str,
+        outbox: Outbox,
+        membership: Callable[[], Membership],
+        *,
+        max_batch: int = 128,
+        max_rounds: int = 4,
+        phase_timeout: float = 0.5,
+        deadline: float = 3.0,
+        attempts: int = 50,
+        max_held: int = 100_000,
+        hold_for: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.member = member
+        self.outbox = outbox
+        self.membership = membership
+        self.max_batch = max_batch
+        self.max_rounds = max_rounds
+        self.phase_timeout = phase_timeout
+        self.deadline = deadline
+        self.attempts = attempts
+        self.rng = rng or random.Random()
+        self.rejected_votes: Counter[str] = Counter()
+        self.phases = 0
+        self.max_held = max_held
+        self.hold_for = hold_for
+        self._seen: dict[str, int] = {}
+        self._held: OrderedDict[str, tuple[int, bytes | None, int, float]] = OrderedDict()
+        self._pending: deque[_Pending] = deque()
+        self._busy: set[str] = set()
+        self._rounds: set[asyncio.Task[None]] = set()
+        self._tallies: dict[str, Tally] = {}
+        self._decided: dict[str, asyncio.Event] = {}
+        self._round_ids = itertools.count()
+        self._wake = asyncio.Event()
+        self._replay = ReplayGuard(window_ms=60_000)
+        self._gate: Gate | None = None
+        self._gate_epoch = 0
+        self._nc: NATS | None = None
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+
+    async def start(self, nc: NATS) -> None:
+        """Subscribe to this proposer's reply inbox and start taking changes."""
+        self._nc = nc
+        self._inbox = nc.new_inbox()
+        self._sub = await nc.subscribe(f"{self._inbox}.*", cb=self._on_vote)
+        self._pump_task = asyncio.create_task(self._pump(), name=f"proposer-{self.member}")
+
+    async def stop(self) -> None:
+        """Stop taking changes; queued ones fail with :class:`QuorumUnavailable`."""
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            await asyncio.gather(self._pump_task, return_exceptions=True)
+        for task in list(self._rounds):
+            task.cancel()
+        await asyncio.gather(*self._rounds, return_exceptions=True)
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(QuorumUnavailable("proposer stopped", key=item.key))
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def change(self, key: str, fn: Change, *, deadline: float | None = None) -> Commit:
+        """Apply ``fn`` to record ``key`` through a quorum and return the committed result.
+
+        ``fn`` gets the current value (None for an empty record) and returns the new one; it
+        must not have side effects and may raise an :class:`HsmfleetError` to abort the change
+        (nothing is written, the error reaches the caller).
+        """
+        subjects.token(key, "record key")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Commit] = loop.create_future()
+        limit = loop.time() + (self.deadline if deadline is None else deadline)
+        self._pending.append(_Pending(key, fn, future, limit))
+        self._wake.set()
+        return await future
+
+    async def read(self, key: str) -> Commit:
+        """The record's latest committed value (CASPaxos reads write the value back)."""
+        return await self.change(key, _identity)
+
+    def _gate_now(self, membership: Membership) -> Gate:
+        if self._gate is None or self._gate_epoch != membership.epoch:
+            self._gate = Gate(membership.trust(), replay=self._replay)
+            self._gate_epoch = membership.epoch
+        return self._gate
+
+    async def _on_vote(self, msg: Msg) -> None:
+        round_id = msg.subject.rsplit(".", 1)[1]
+        tally = self._tallies.get(round_id)
+        if tally is None or tally.decided:
+            return  # a late vote for a phase already counted: not needed, not checked
+        try:
+            tally.add(msg.data)
+        except BadVote as exc:
+            self.rejected_votes[exc.kind] += 1
+            metrics.VOTES_REJECTED.labels(self.member, exc.kind).inc()
+            log.warning("vote ignored", kind=exc.kind, reason=str(exc))
+            return
+        if tally.decided:
+            self._decided[round_id].set()
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending and len(self._rounds) < self.max_rounds:
+                batch = self._take(loop.time())
+                if not batch:
+                    break
+                task = asyncio.create_task(self._round(batch))
+                self._rounds.add(task)
+                task.add_done_callback(self._round_done)
+
+    def _round_done(self, task: asyncio.Task[None]) -> None:
+        self._rounds.discard(task)
+        self._wake.set()
+
+    def _take(self, now: float) -> list[_Pending]:
+        """Up to ``max_batch`` queued changes, each to a different idle record."""
+        batch: list[_Pending] = []
+        keys: set[str] = set()
+        kept: deque[_Pending] = deque()
+        soonest = None
+        while self._pending:
+            item = self._pending.popleft()
+            if item.future.done():
+                continue
+            free = item.key not in self._busy and item.key not in keys
+            if len(batch) < self.max_batch and free and item.not_before <= now:
+                batch.append(item)
+                keys.add(item.key)
+            else:
+                kept.append(item)
+                if item.not_before > now:
+                    soonest = min(soonest or item.not_before, item.not_before)
+        self._pending = kept
+        self._busy |= keys
+        if soonest is not None:
+            asyncio.get_running_loop().call_at(soonest, self._wake.set)
+        return batch
+
+    def _ballot(self, key: str) -> int:
+        n = self._seen.get(key, 0) + 1
+        self._seen[key] = n
+        return n
+
+    def _saw(self, key: str, n: int) -> None:
+        if n > self._seen.get(key, 0):
+            self._seen[key] = n
+
+    async def _phase(
+        self, body: Prepare | Accept, voters: frozenset[str], quorum: int, gate: Gate
+    ) -> Tally:
+        """Send ``body`` to the phase's members and count their votes until decided or timeout."""
+        env = self.outbox.envelope(body)
+        self.phases += 1
+        round_id = str(next(self._round_ids))
+        tally = Tally(gate, env, body, voters, quorum)
+        decided = asyncio.Event()
+        self._tallies[round_id] = tally
+        self._decided[round_id] = decided
+        phase = PREPARE if isinstance(body, Prepare) else ACCEPT
+        try:
+            await self._nc.publish(
+                subjects.quorum(body.fleet, phase),
+                env.encode(),
+                reply=f"{self._inbox}.{round_id}",
+                headers=headers_for(env),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(decided.wait(), self.phase_timeout)
+        finally:
+            del self._tallies[round_id]
+            del self._decided[round_id]
+        return tally
+
+    async def _round(self, batch: list[_Pending]) -> None:
+        try:
+            await self._run(batch)
+        except Exception as exc:
+            log.exception("round failed")
+            for item in batch:
+                self._fail(item, OutcomeUnknown(f"the round failed: {exc!r}", key=item.key))
+        finally:
+            self._busy.difference_update(item.key for item in batch)
+
+    def _fail(self, item: _Pending, error: Exception) -> None:
+        kind = error.kind if isinstance(error, HsmfleetError) else "error"
+        metrics.FAILURES.labels(self.member, kind).inc()
+        if not item.future.done():
+            item.future.set_exception(error)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        membership = self.membership()
+        gate = self._gate_now(membership)
+        fresh: list[int] = []
+        ballots: dict[int, int] = {}
+        currents: dict[int, bytes | None] = {}
+        for i, item in enumerate(batch):
+            held = self._held_value(item.key, membership)
+            if held is None:
+                fresh.append(i)
+            else:
+                ballots[i], currents[i] = held
+        if fresh:
+            for i in fresh:
+                ballots[i] = self._ballot(batch[i].key)
+            prepare = Prepare(
+                fleet=membership.fleet,
+                keys=tuple(batch[i].key for i in fresh),
+                ballots=tuple(ballots[i] for i in fresh),
+            )
+            promises = await self._phase(
+                prepare, membership.prepare_set, membership.prepare_quorum, gate
+            )
+            for j, i in enumerate(fresh):
+                self._saw(batch[i].key, promises.highest_seen(j))
+                if promises.granted(j):
+                    currents[i] = _latest(promises, j)
+                else:
+                    self._retry(batch[i], promises, j, membership.prepare_quorum)
+        ready: list[tuple[int, bytes | None]] = []
+        for i in sorted(currents):
+            try:
+                ready.append((i, batch[i].fn(currents[i])))
+            except Exception as exc:  # the caller's function refused the change
+                self._held.pop(batch[i].key, None)
+                self._fail(batch[i], exc)
+        if ready:
+            await self._accept(batch, ballots, ready, membership, gate)
+
+    async def _accept(
+        self,
+        batch: list[_Pending],
+        ballots: dict[int, int],
+        ready: list[tuple[int, bytes | None]],
+        membership: Membership,
+        gate: Gate,
+    ) -> None:
+        """Have the new values accepted, with the next prepare riding along."""
+        accept = Accept(
+            fleet=membership.fleet,
+            keys=tuple(batch[i].key for i, _ in ready),
+            ballots=tuple(ballots[i] for i, _ in ready),
+            next_ballots=tuple(self._ballot(batch[i].key) for i, _ in ready),
+            values=tuple(value for _, value in ready),
+        )
+        accepted = await self._phase(accept, membership.accept_set, membership.accept_quorum, gate)
+        for j, (i, value) in enumerate(ready):
+            item = batch[i]
+            self._saw(item.key, accepted.highest_seen(j))
+            self._held.pop(item.key, None)
+            if accepted.granted(j):
+                promised = accepted.granted_by(j) & membership.prepare_set
+                if len(promised) >= membership.prepare_quorum:
+                    self._hold(item.key, accept.next_ballots[j], value, membership.epoch)
+                ballot = Ballot(ballots[i], self.member)
+                proof = CommitProof(
+                    fleet=membership.fleet,
+                    key=item.key,
+                    ballot=ballot,
+                    digest=value_digest(value),
+                    votes=tuple(data for _, data in accepted.granting(j)),
+                )
+                metrics.COMMITS.labels(self.member).inc()
+                if not item.future.done():
+                    item.future.set_result(Commit(item.key, value, ballot, proof))
+            elif accepted.refused_by_all(j):
+                self._retry(item, accepted, j, membership.accept_quorum)
+            else:
+                self._fail(
+                    item,
+                    OutcomeUnknown(
+                        "too few members confirmed the value; it may or may not have committed",
+                        key=item.key,
+                        confirmed=accepted.grants[j],
+                        quorum=membership.accept_quorum,
+                    ),
+                )
+
+    def _held_value(self, key: str, membership: Membership) -> tuple[int, bytes | None] | None:
+        """The ballot a quorum promised this proposer for ``key``, and the record's value."""
+        held = self._held.get(key)
+        if held is None:
+            return None
+        n, value, epoch, since = held
+        if epoch != membership.epoch or asyncio.get_running_loop().time() - since > self.hold_for:
+            del self._held[key]
+            return None
+        self._held.move_to_end(key)
+        return n, value
+
+    def _hold(self, key: str, n: int, value: bytes | None, epoch: int) -> None:
+        self._held[key] = (n, value, epoch, asyncio.get_running_loop().time())
+        if len(self._held) > self.max_held:
+            self._held.popitem(last=False)
+
+    def _retry(self, item: _Pending, tally: Tally, i: int, quorum: int) -> None:
+        """Queue ``item`` again after a random pause, or fail it when out of time or attempts."""
+        if tally.refusals[i] > 0:
+            error: HsmfleetError = Contention(
+                "a higher ballot holds the record", key=item.key, attempts=item.attempts + 1
+            )
+        else:
+            error = QuorumUnavailable(
+                "too few members answered; nothing was written",
+                key=item.key,
+                answered=tally.answered,
+                quorum=quorum,
+            )
+        item.attempts += 1
+        loop = asyncio.get_running_loop()
+        pause = self.rng.uniform(0, min(0.05, 0.002 * 2**item.attempts))
+        if item.attempts >= self.attempts or loop.time() + pause >= item.deadline:
+            self._fail(item, error)
+            return
+        item.not_before = loop.time() + pause
+        self._pending.append(item)
+        self._wake.set()
+
+
+def _identity(value: bytes | None) -> bytes | None:
+    return value
+
+
+def _latest(tally: Tally, i: int) -> bytes | None:
+    """The value with the highest accepted ballot among the promises granted for record ``i``."""
+    best, value = NO_BALLOT, None
+    for vote, _ in tally.granting(i):
+        ballot = Ballot(vote.accepteds[i], vote.accepted_bys[i])
+        if ballot > best:
+            best, value = ballot, vote.values[i]
+    return value

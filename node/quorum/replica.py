@@ -1,0 +1,241 @@
+"""One member's part in replication: its acceptor, its proposer, its configuration.
+
+A replica keeps its acceptor state and its current configuration in one SQLite database under
+its state directory. On start it serves snapshots at once but votes only after it has caught up
+from a majority; it does the same whenever a configuration newly makes it a voter (joining).
+Configurations change only by an operator-signed :class:`messages.quorum.Config` with a higher
+epoch, answered with a signed :class:`messages.quorum.ConfigAck`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+
+from messages import subjects
+from messages.bus import serve
+from messages.canonical import canonical, loads_strict
+from messages.errors import HsmfleetError
+from messages.gate import Gate, Received
+from messages.outbox import Outbox
+from messages.quorum import (
+    CONFIG,
+    MEMBER_ROLE,
+    OPERATOR_ROLE,
+    SNAPSHOT,
+    BadConfig,
+    CatchUpFailed,
+    Config,
+    ConfigAck,
+    QuorumError,
+    Snapshot,
+)
+from messages.signing import Signer, TrustedKey, TrustStore
+from node.quorum.acceptor import Acceptor
+from node.quorum.catchup import catch_up
+from node.quorum.membership import Membership
+from node.quorum.proposer import Proposer
+from node.quorum.store import SlotStore
+
+log = structlog.get_logger("hsmfleet.quorum.replica")
+
+STORE_FILE = "quorum.sqlite3"
+_CONFIG = "config"
+_READY = "ready"
+
+
+class StateLost(QuorumError):
+    """The member's durable state is missing: it must leave and rejoin the fleet, not vote."""
+
+    kind = "state_lost"
+
+
+class Replica:
+    """Acceptor, proposer and configuration of one member, on one NATS connection.
+
+    ``new`` says the member starts with no state on purpose (a new fleet or a join); without it
+    a missing store is :class:`StateLost`, since an acceptor that forgot its promises must not
+    vote again. ``operator`` is the key allowed to sign configuration changes.
+    """
+
+    def __init__(
+        self,
+        member: str,
+        signer: Signer,
+        state_dir: Path,
+        membership: Membership,
+        *,
+        operator: TrustedKey | None = None,
+        new: bool = False,
+        catch_up_timeout: float = 0.5,
+        **proposer_options: Any,
+    ) -> None:
+        self.member = member
+        self.state_dir = Path(state_dir)
+        self.outbox = Outbox(member, signer)
+        self.operator = operator
+        self.new = new
+        self.catch_up_timeout = catch_up_timeout
+        self._membership = membership
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{member}")
+        self.store: SlotStore | None = None
+        self.acceptor: Acceptor | None = None
+        self.proposer = Proposer(member, self.outbox, self.current, **proposer_options)
+        self._nc: NATS | None = None
+        self._subs: list[Subscription] = []
+        self._gates: list[Gate] = []
+        self._catching_up: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    def current(self) -> Membership:
+        """The configuration in force at this member."""
+        return self._membership
+
+    @property
+    def voting(self) -> bool:
+        return self.acceptor is not None and self.acceptor.voting
+
+    async def wait_voting(self, timeout: float) -> None:
+        """Return once the member votes; raises ``TimeoutError`` otherwise."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def start(self, nc: NATS) -> None:
+        """Open the store, serve, and begin catching up."""
+        self._nc = nc
+        path = self.state_dir / STORE_FILE
+        if not path.exists() and not self.new:
+            raise StateLost("no quorum state on disk; rejoin the fleet", path=str(path))
+        loop = asyncio.get_running_loop()
+        self.store = await loop.run_in_executor(self._executor, SlotStore, path)
+        stored = await loop.run_in_executor(self._executor, self.store.get_meta, _CONFIG)
+        if stored is not None:
+            kept = Membership.from_config(Config.from_json(loads_strict(stored)))
+            if kept.epoch >= self._membership.epoch:
+                self._membership = kept
+        await self._persist_config()
+        complete = await loop.run_in_executor(self._executor, self.store.get_meta, _READY)
+        self.acceptor = Acceptor(self.member, self.store, self.outbox, self.current, self._executor)
+        await self.acceptor.start(nc)
+        await self.proposer.start(nc)
+        fleet = self._membership.fleet
+        member_gate = Gate(self._membership.trust())
+        operator_gate = Gate(self._operator_trust())
+        self._gates = [member_gate]
+        self._subs.append(
+            await serve(
+                nc,
+                subjects.quorum(fleet, SNAPSHOT),
+                member_gate,
+                MEMBER_ROLE,
+                self._on_snapshot,
+                self.outbox,
+            )
+        )
+        self._subs.append(
+            await serve(
+                nc,
+                subjects.quorum(fleet, CONFIG),
+                operator_gate,
+                OPERATOR_ROLE,
+                self._on_config,
+                self.outbox,
+            )
+        )
+        self._begin_catch_up(counts_self=complete is not None)
+
+    async def stop(self) -> None:
+        if self._catching_up is not None:
+            self._catching_up.cancel()
+            await asyncio.gather(self._catching_up, return_exceptions=True)
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+        await self.proposer.stop()
+        if self.acceptor is not None:
+            await self.acceptor.stop()
+        if self.store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.store.close)
+        self._executor.shutdown(wait=True)
+
+    def _operator_trust(self) -> TrustStore:
+        store = TrustStore()
+        if self.operator is not None:
+            store.add(self.operator)
+        return store
+
+    async def _persist_config(self) -> None:
+        data = canonical(self._membership.to_config().to_json())
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.store.set_meta, _CONFIG, data
+        )
+
+    def _begin_catch_up(self, counts_self: bool) -> None:
+        if self._catching_up is not None and not self._catching_up.done():
+            return
+        self._catching_up = asyncio.create_task(self._catch_up(counts_self))
+
+    async def _catch_up(self, counts_self: bool) -> None:
+        """Copy from a majority until it works, then vote. Not a voter: wait for a config."""
+        pause = 0.1
+        while self.member in self._membership.voters:
+            try:
+                await catch_up(
+                    self._nc,
+                    self.outbox,
+                    self._membership,
+                    self.acceptor,
+                    counts_self=counts_self,
+                    timeout=self.catch_up_timeout,
+                )
+            except (CatchUpFailed, HsmfleetError) as exc:
+                log.warning("catch-up failed; retrying", member=self.member, error=str(exc))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.store.set_meta, _READY, b"1"
+            )
+            self.acceptor.voting = True
+            self._ready.set()
+            log.info("member votes", member=self.member, epoch=self._membership.epoch)
+            return
+
+    async def _on_snapshot(self, received: Received) -> Snapshot | None:
+        if getattr(received.body, "member", None) != self.member:
+            return None  # asked of another member
+        return await self.acceptor.snapshot(received)
+
+    async def _on_config(self, received: Received) -> ConfigAck:
+        """Apply an operator-signed configuration with a higher epoch; acknowledge it."""
+        config = received.body
+        if not isinstance(config, Config):
+            raise BadConfig("not a configuration", type=received.envelope.type)
+        new = Membership.from_config(config)
+        current = self._membership
+        if new.fleet != current.fleet:
+            raise BadConfig("configuration of another fleet", fleet=new.fleet)
+        if new.epoch < current.epoch:
+            raise BadConfig("configuration is older than the current one", epoch=new.epoch)
+        if new.epoch == current.epoch and new.to_config() != current.to_config():
+            raise BadConfig("a different configuration has this epoch", epoch=new.epoch)
+        if new.epoch > current.epoch:
+            self._membership = new
+            await self._persist_config()
+            for gate in self._gates:
+                gate.trust = new.trust()
+            log.info("configuration applied", member=self.member, epoch=new.epoch)
+            if self.member not in new.voters:
+                self.acceptor.voting = False
+            elif not self.acceptor.voting:
+                self._begin_catch_up(counts_self=False)
+        return ConfigAck(
+            fleet=new.fleet, epoch=new.epoch, member=self.member, ready=self.acceptor.voting
+        )

@@ -1,0 +1,142 @@
+"""Counting signed votes: which count, which are ignored, and why.
+
+A vote counts only if it passes the gate (a member's key, a good signature, a fresh id), answers
+exactly the request being counted (same fleet, proposer, records and ballots; ``causation`` is
+the request's id), comes from a member of the phase's set, and is that member's first vote in
+the round. Anything else raises a :class:`messages.quorum.BadVote` subclass naming the defect.
+"""
+
+from __future__ import annotations
+
+from messages.envelope import Envelope
+from messages.errors import (
+    MessageError,
+    ReplayedMessage,
+    StaleMessage,
+    UnknownSigner,
+)
+from messages.gate import Gate
+from messages.quorum import (
+    MEMBER_ROLE,
+    Accept,
+    Accepted,
+    BadVote,
+    Prepare,
+    Promise,
+    VoteBadSignature,
+    VoteFromNonMember,
+    VoteOldBallot,
+    VoteReplayed,
+)
+
+_ANSWERS = {Prepare: Promise, Accept: Accepted}
+
+
+def vote_error(exc: MessageError) -> BadVote:
+    """The vote defect a gate refusal stands for."""
+    if isinstance(exc, UnknownSigner):
+        return VoteFromNonMember(str(exc))
+    if isinstance(exc, ReplayedMessage | StaleMessage):
+        return VoteReplayed(str(exc))
+    return VoteBadSignature(f"{exc.kind}: {exc}")
+
+
+class Tally:
+    """The votes of one phase of one round: per record, who granted and who refused.
+
+    ``request`` is the envelope the proposer sent (a :class:`Prepare` or :class:`Accept`);
+    ``voters`` the members asked; ``quorum`` how many grants a record needs. A prepared record
+    is settled as soon as a quorum is out of reach; an accepted one only once every voter
+    answered, since a single acceptance leaves the outcome open while a refusal by all does not.
+    """
+
+    def __init__(
+        self,
+        gate: Gate,
+        request: Envelope,
+        body: Prepare | Accept,
+        voters: frozenset[str],
+        quorum: int,
+    ) -> None:
+        self.wait_for_all = isinstance(body, Accept)
+        self.gate = gate
+        self.request = request
+        self.body = body
+        self.voters = voters
+        self.quorum = quorum
+        self.votes: dict[str, tuple[Promise | Accepted, bytes]] = {}
+        size = len(body.keys)
+        self.grants = [0] * size
+        self.refusals = [0] * size
+        self._open = size
+
+    @property
+    def decided(self) -> bool:
+        """True once every record has a quorum of grants or can no longer get one."""
+        return self._open == 0
+
+    def _is_open(self, i: int) -> bool:
+        if self.grants[i] >= self.quorum:
+            return False
+        if self.wait_for_all:
+            return self.grants[i] + self.refusals[i] < len(self.voters)
+        return self.refusals[i] <= len(self.voters) - self.quorum
+
+    def add(self, data: bytes) -> None:
+        """Count the vote in ``data``, or raise the :class:`BadVote` that says why not."""
+        try:
+            received = self.gate.admit(data, MEMBER_ROLE)
+        except MessageError as exc:
+            raise vote_error(exc) from exc
+        voter = received.envelope.source
+        vote = received.body
+        if voter not in self.voters:
+            raise VoteFromNonMember("the signer is not asked in this phase", member=voter)
+        if not self.answers(vote, received.envelope.causation):
+            raise VoteOldBallot("the vote answers another round", member=voter)
+        if voter in self.votes:
+            raise VoteReplayed("the member already voted in this round", member=voter)
+        self.votes[voter] = (vote, data)
+        for i, granted in enumerate(vote.grants):
+            was_open = self._is_open(i)
+            if granted:
+                self.grants[i] += 1
+            else:
+                self.refusals[i] += 1
+            if was_open and not self._is_open(i):
+                self._open -= 1
+
+    def answers(self, vote: object, causation: str | None) -> bool:
+        """True when ``vote`` is the answer to this tally's request."""
+        expected = _ANSWERS[type(self.body)]
+        return (
+            isinstance(vote, expected)
+            and causation == self.request.id
+            and vote.fleet == self.body.fleet
+            and vote.proposer == self.request.source
+            and vote.keys == self.body.keys
+            and vote.ballots == self.body.ballots
+        )
+
+    def granted(self, i: int) -> bool:
+        return self.grants[i] >= self.quorum
+
+    def granting(self, i: int) -> list[tuple[Promise | Accepted, bytes]]:
+        """The votes that granted record ``i``."""
+        return [v for v in self.votes.values() if v[0].grants[i]]
+
+    def granted_by(self, i: int) -> set[str]:
+        """The members that granted record ``i``."""
+        return {m for m, (vote, _) in self.votes.items() if vote.grants[i]}
+
+    def refused_by_all(self, i: int) -> bool:
+        """True when every voter refused record ``i``: nobody holds the value."""
+        return self.refusals[i] == len(self.voters)
+
+    def highest_seen(self, i: int) -> int:
+        """The highest ballot counter any voter reported for record ``i``."""
+        return max((v.seens[i] for v, _ in self.votes.values()), default=0)
+
+    @property
+    def answered(self) -> int:
+        return len(self.votes)

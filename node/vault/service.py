@@ -1,0 +1,236 @@
+"""Register and recover on NATS (``fleet.vault.<fleet>.register`` and ``.recover``).
+
+Members serve both subjects in one queue group, so each request reaches one member, which opens
+it with the fleet's session key, runs it through its proposer, and seals the outcome for the
+client. ``recover`` first commits the attempt (the incremented counter) with a quorum, then has
+the evaluator look at the guess with the commit's proof, then clears the failures (right guess)
+or destroys the record (last wrong guess). Requests are handled concurrently, so that many
+requests share each quorum round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from messages import subjects
+from messages.bus import Rejected, headers_for
+from messages.errors import HsmfleetError, MessageError
+from messages.gate import Gate
+from messages.ids import id_time_ms
+from messages.outbox import Outbox
+from messages.quorum import OutcomeUnknown, QuorumError
+from messages.schema import Body
+from messages.signing import TrustStore
+from messages.vault import (
+    DEFAULT_LIMIT,
+    OK,
+    OPERATIONS,
+    BudgetExhausted,
+    Outcome,
+    RecoverRequest,
+    RegisterRequest,
+    UnreadableRequest,
+    VaultAnswer,
+    VaultError,
+    VaultRequest,
+    VaultUnavailable,
+    WrongGuess,
+    open_request,
+    seal_answer,
+)
+from node.quorum.proposer import Commit, Proposer
+from node.vault import record as records
+from node.vault.evaluator import GuessEvaluator
+from node.vault.keys import VaultKeys
+
+log = structlog.get_logger("hsmfleet.vault")
+
+REQUEST_WINDOW_MS = 5 * 60 * 1000
+
+
+class VaultService:
+    """One member's vault front: opens requests, runs them, seals the answers."""
+
+    def __init__(
+        self,
+        fleet: str,
+        member: str,
+        proposer: Proposer,
+        evaluator: GuessEvaluator,
+        keys: VaultKeys,
+        executor: ThreadPoolExecutor,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        concurrency: int = 512,
+    ) -> None:
+        self.fleet = fleet
+        self.member = member
+        self.proposer = proposer
+        self.evaluator = evaluator
+        self.keys = keys
+        self.executor = executor
+        self.limit = limit
+        self.rejects: Counter[str] = Counter()
+        self._gate = Gate(TrustStore())
+        self._outbox = Outbox(member)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subs: list[Subscription] = []
+        self._nc: NATS | None = None
+
+    async def start(self, nc: NATS) -> None:
+        self._nc = nc
+        for op in OPERATIONS:
+            self._subs.append(
+                await nc.subscribe(
+                    subjects.vault(self.fleet, op),
+                    queue=f"vault-{self.fleet}",
+                    cb=self._on_msg,
+                )
+            )
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if not msg.reply:
+            self.rejects["no_reply_subject"] += 1
+            return
+        task = asyncio.create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        async with self._slots:
+            op = msg.subject.rsplit(".", 1)[1]
+            causation = None
+            try:
+                received = self._gate.admit(msg.data, None)
+                causation = received.envelope.id
+                if not isinstance(received.body, VaultRequest):
+                    raise UnreadableRequest("not a vault request", type=received.envelope.type)
+                plain = open_request(self.keys.session, self.fleet, op, received.body.sealed)
+            except (MessageError, VaultError) as exc:
+                self.rejects[exc.kind] += 1
+                await self._reply(msg.reply, Rejected(kind=exc.kind, reason=str(exc)), causation)
+                return
+            outcome = await self.handle(plain)
+            sealed = seal_answer(plain.answer_key, plain.id, outcome)
+            await self._reply(msg.reply, VaultAnswer(sealed=sealed), causation)
+
+    async def _reply(self, subject: str, body: Body, causation: str | None) -> None:
+        env = self._outbox.envelope(body, causation=causation)
+        await self._nc.publish(subject, env.encode(), headers=headers_for(env))
+
+    async def handle(self, plain: RegisterRequest | RecoverRequest) -> Outcome:
+        """Run one opened request; every refusal becomes an outcome for the client."""
+        try:
+            self._check_fresh(plain.id)
+            subjects.token(plain.user, "user")
+            if isinstance(plain, RegisterRequest):
+                return await self.register(plain)
+            return await self.recover(plain)
+        except WrongGuess as exc:
+            return Outcome(status=exc.kind, reason=exc.args[0], remaining=exc.remaining)
+        except HsmfleetError as exc:
+            log.info("vault operation refused", kind=exc.kind, reason=str(exc))
+            return Outcome(status=exc.kind, reason=str(exc))
+
+    def _check_fresh(self, request_id: str) -> None:
+        now = self.proposer.outbox.ids.now_ms()
+        if abs(now - id_time_ms(request_id)) > REQUEST_WINDOW_MS:
+            raise UnreadableRequest("the request is too old or from the future", id=request_id)
+
+    async def register(self, request: RegisterRequest) -> Outcome:
+        """Replace the user's registration; the guess budget stays as it is."""
+        sealed = records.seal_registration(
+            self.keys.storage, request.user, request.id, request.pin, request.secret, os.urandom(12)
+        )
+
+        def change(old: records.UserRecord | None) -> records.UserRecord:
+            return records.registered(old, request.user, request.id, sealed, self.limit)
+
+        await self._commit(request.user, change)
+        return Outcome(status=OK)
+
+    async def recover(self, request: RecoverRequest) -> Outcome:
+        """Commit one attempt with a quorum, then evaluate the guess, then settle the record."""
+        attempt_commit = await self._commit(
+            request.user, lambda old: records.attempted(old, self.member)
+        )
+        attempt = records.decode(attempt_commit.value)
+        if attempt is None or attempt.sealed is None:
+            raise BudgetExhausted("the user's guesses are used up", user=request.user)
+        loop = asyncio.get_running_loop()
+        secret = await loop.run_in_executor(
+            self.executor,
+            self.evaluator.evaluate,
+            request.user,
+            attempt_commit.value,
+            attempt_commit.proof,
+            request.guess,
+        )
+        if secret is not None:
+            await self._settle(request.user, lambda old: records.after_success(old, attempt))
+            return Outcome(status=OK, secret=secret, remaining=attempt.limit)
+        if attempt.failures >= attempt.limit:
+            await self._settle(request.user, records.after_failure)
+        raise WrongGuess("wrong guess", remaining=attempt.remaining)
+
+    async def _commit(
+        self, user: str, change: Callable[[records.UserRecord | None], records.UserRecord]
+    ) -> Commit:
+        """Commit ``change`` to the user's record. When the outcome is unknown, a read decides:
+        if the record holds exactly the value proposed, it committed (values are unique, as
+        each carries a new registration id or attempt number)."""
+        proposed: list[bytes] = []
+
+        def apply(value: bytes | None) -> bytes:
+            new = records.encode(change(records.decode(value)))
+            proposed.append(new)
+            return new
+
+        key = records.record_key(user)
+        try:
+            return await self.proposer.change(key, apply)
+        except OutcomeUnknown as exc:
+            try:
+                commit = await self.proposer.read(key)
+            except QuorumError as again:
+                raise VaultUnavailable(f"the fleet cannot commit now: {again}") from exc
+            if proposed and commit.value == proposed[-1]:
+                return commit
+            raise VaultUnavailable(f"the operation did not commit: {exc}") from exc
+        except QuorumError as exc:
+            raise VaultUnavailable(f"the fleet cannot commit now: {exc}") from exc
+
+    async def _settle(
+        self,
+        user: str,
+        change: Callable[[records.UserRecord | None], records.UserRecord | None],
+    ) -> None:
+        """Best effort: a record left unsettled errs on the safe side (failures stay counted;
+        a record at its limit is destroyed by the next attempt)."""
+
+        def apply(value: bytes | None) -> bytes | None:
+            new = change(records.decode(value))
+            return None if new is None else records.encode(new)
+
+        try:
+            await self.proposer.change(records.record_key(user), apply)
+        except QuorumError as exc:
+            log.warning("could not settle the record", user=user, error=str(exc))

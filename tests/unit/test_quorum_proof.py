@@ -1,0 +1,77 @@
+"""Commit proofs: only a quorum of genuine acceptances of exactly this value proves a commit."""
+
+import pytest
+
+from messages import Ed25519Signer, Outbox
+from messages.quorum import Accepted, BadProof, value_digest
+from node.quorum.membership import Membership
+from node.quorum.proof import CommitProof, verify_proof
+from node.quorum.rules import Ballot
+
+VALUE = b"record"
+
+
+@pytest.fixture
+def fleet():
+    signers = {f"m{i}": Ed25519Signer.generate() for i in range(1, 4)}
+    return Membership.majority("f", signers), {m: Outbox(m, s) for m, s in signers.items()}
+
+
+def accepted(outbox, *, digest=None, ballot=4, key="k", fleet="f"):
+    body = Accepted(
+        fleet=fleet,
+        proposer="m1",
+        keys=("other", key),
+        ballots=(9, ballot),
+        grants=(True, True),
+        seens=(9, ballot),
+        seen_bys=("m1", "m1"),
+        digests=(b"x", value_digest(VALUE) if digest is None else digest),
+    )
+    return outbox.envelope(body).encode()
+
+
+def proof(*votes, key="k"):
+    return CommitProof("f", key, Ballot(4, "m1"), value_digest(VALUE), tuple(votes))
+
+
+def test_a_quorum_of_acceptances_proves_the_value(fleet):
+    membership, out = fleet
+    verify_proof(proof(accepted(out["m1"]), accepted(out["m3"])), membership, VALUE)
+
+
+def test_another_value_is_not_proven(fleet):
+    membership, out = fleet
+    with pytest.raises(BadProof, match="not the one"):
+        verify_proof(proof(accepted(out["m1"]), accepted(out["m2"])), membership, b"other")
+
+
+def test_one_member_twice_is_not_a_quorum(fleet):
+    membership, out = fleet
+    with pytest.raises(BadProof, match="fewer"):
+        verify_proof(proof(accepted(out["m1"]), accepted(out["m1"])), membership, VALUE)
+
+
+def test_votes_that_do_not_accept_this_value_break_the_proof(fleet):
+    membership, out = fleet
+    for bad in (
+        accepted(out["m2"], digest=b"y" * 32),
+        accepted(out["m2"], ballot=5),
+        accepted(out["m2"], key="j"),
+        accepted(out["m2"], fleet="g"),
+    ):
+        with pytest.raises(BadProof, match="does not accept"):
+            verify_proof(proof(accepted(out["m1"]), bad), membership, VALUE)
+
+
+def test_forged_or_foreign_votes_break_the_proof(fleet):
+    membership, out = fleet
+    outsider = Outbox("m2", Ed25519Signer.generate())
+    with pytest.raises(BadProof, match="does not verify"):
+        verify_proof(proof(accepted(out["m1"]), accepted(outsider)), membership, VALUE)
+    narrowed = membership.next(accept_set=frozenset({"m1", "m3"}), prepare_quorum=2)
+    with pytest.raises(BadProof, match="outside the accept set"):
+        verify_proof(proof(accepted(out["m1"]), accepted(out["m2"])), narrowed, VALUE)
+    other_fleet = CommitProof("g", "k", Ballot(4, "m1"), value_digest(VALUE), ())
+    with pytest.raises(BadProof, match="another fleet"):
+        verify_proof(other_fleet, membership, VALUE)

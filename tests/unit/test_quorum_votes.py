@@ -1,0 +1,153 @@
+"""Counting signed votes: good ones count once; every defect is its own typed, counted error."""
+
+from dataclasses import replace
+
+import pytest
+
+from messages import Ed25519Signer, Gate, Outbox
+from messages.quorum import (
+    Accept,
+    Accepted,
+    Prepare,
+    Promise,
+    VoteBadSignature,
+    VoteFromNonMember,
+    VoteOldBallot,
+    VoteReplayed,
+    value_digest,
+)
+from node.quorum.membership import Membership
+from node.quorum.votes import Tally
+
+KEYS = ("a", "b")
+
+
+@pytest.fixture
+def fleet():
+    signers = {f"m{i}": Ed25519Signer.generate() for i in range(1, 4)}
+    membership = Membership.majority("f", signers)
+    outboxes = {m: Outbox(m, s) for m, s in signers.items()}
+    return membership, outboxes
+
+
+def prepare_tally(membership, outboxes):
+    body = Prepare(fleet="f", keys=KEYS, ballots=(5, 7))
+    request = outboxes["m1"].envelope(body)
+    return Tally(Gate(membership.trust()), request, body, membership.prepare_set, 2)
+
+
+def promise(tally, grants=(True, True), seens=(0, 0), **changes):
+    body = Promise(
+        fleet="f",
+        proposer=tally.request.source,
+        keys=tally.body.keys,
+        ballots=tally.body.ballots,
+        grants=grants,
+        seens=seens,
+        seen_bys=("", ""),
+        accepteds=(0, 3),
+        accepted_bys=("", "m2"),
+        values=(None, b"v"),
+    )
+    return replace(body, **changes)
+
+
+def vote(outbox, body, causation):
+    return outbox.envelope(body, causation=causation).encode()
+
+
+def test_a_quorum_of_good_votes_decides(fleet):
+    membership, outboxes = fleet
+    tally = prepare_tally(membership, outboxes)
+    tally.add(vote(outboxes["m1"], promise(tally), tally.request.id))
+    assert not tally.decided
+    tally.add(vote(outboxes["m2"], promise(tally, seens=(0, 9)), tally.request.id))
+    assert tally.decided
+    assert tally.granted(0) and tally.granted(1)
+    assert tally.highest_seen(1) == 9
+    assert tally.granted_by(0) == {"m1", "m2"}
+
+
+def test_refusals_settle_a_prepare_once_a_quorum_is_out_of_reach(fleet):
+    membership, outboxes = fleet
+    tally = prepare_tally(membership, outboxes)
+    refuse = promise(tally, grants=(False, True))
+    tally.add(vote(outboxes["m1"], refuse, tally.request.id))
+    tally.add(vote(outboxes["m2"], refuse, tally.request.id))
+    assert tally.decided
+    assert not tally.granted(0) and tally.granted(1)
+    assert not tally.refused_by_all(0)
+
+
+def test_an_accept_waits_for_everyone_when_a_record_is_refused(fleet):
+    membership, outboxes = fleet
+    body = Accept(fleet="f", keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    request = outboxes["m1"].envelope(body)
+    tally = Tally(Gate(membership.trust()), request, body, membership.accept_set, 2)
+    refused = Accepted(
+        fleet="f",
+        proposer="m1",
+        keys=("a",),
+        ballots=(5,),
+        grants=(False,),
+        seens=(8,),
+        seen_bys=("m2",),
+        digests=(b"",),
+    )
+    tally.add(vote(outboxes["m2"], refused, request.id))
+    tally.add(vote(outboxes["m3"], refused, request.id))
+    assert not tally.decided, "the third acceptor may have accepted"
+    granted = replace(refused, grants=(True,), seens=(5,), digests=(value_digest(b"x"),))
+    tally.add(vote(outboxes["m1"], granted, request.id))
+    assert tally.decided and not tally.granted(0) and not tally.refused_by_all(0)
+
+
+def test_a_vote_with_a_bad_signature_is_ignored(fleet):
+    membership, outboxes = fleet
+    tally = prepare_tally(membership, outboxes)
+    env = outboxes["m2"].envelope(promise(tally), causation=tally.request.id)
+    sig = bytearray(env.sig.value)
+    sig[3] ^= 1
+    forged = env.with_signature(replace(env.sig, value=bytes(sig)))
+    with pytest.raises(VoteBadSignature):
+        tally.add(forged.encode())
+    with pytest.raises(VoteBadSignature):
+        tally.add(b"{not json")
+    assert tally.answered == 0
+
+
+def test_a_vote_from_a_non_member_is_ignored(fleet):
+    membership, outboxes = fleet
+    tally = prepare_tally(membership, outboxes)
+    outsider = Outbox("m2", Ed25519Signer.generate())
+    with pytest.raises(VoteFromNonMember):
+        tally.add(vote(outsider, promise(tally), tally.request.id))
+    narrow = Tally(tally.gate, tally.request, tally.body, frozenset({"m1", "m2"}), 2)
+    with pytest.raises(VoteFromNonMember, match="not asked"):
+        narrow.add(vote(outboxes["m3"], promise(tally), tally.request.id))
+
+
+def test_a_vote_for_another_round_or_ballot_is_ignored(fleet):
+    membership, outboxes = fleet
+    tally = prepare_tally(membership, outboxes)
+    with pytest.raises(VoteOldBallot):
+        tally.add(vote(outboxes["m2"], promise(tally), "01ANOTHERREQUEST0000000000"))
+    with pytest.raises(VoteOldBallot):
+        tally.add(vote(outboxes["m2"], promise(tally, ballots=(4, 7)), tally.request.id))
+    with pytest.raises(VoteOldBallot):
+        tally.add(vote(outboxes["m2"], promise(tally, proposer="m3"), tally.request.id))
+    with pytest.raises(VoteOldBallot):
+        tally.add(vote(outboxes["m2"], promise(tally, fleet="g"), tally.request.id))
+    assert tally.answered == 0
+
+
+def test_replayed_votes_and_second_votes_are_ignored(fleet):
+    membership, outboxes = fleet
+    tally = prepare_tally(membership, outboxes)
+    data = vote(outboxes["m2"], promise(tally), tally.request.id)
+    tally.add(data)
+    with pytest.raises(VoteReplayed):
+        tally.add(data)
+    with pytest.raises(VoteReplayed, match="already voted"):
+        tally.add(vote(outboxes["m2"], promise(tally), tally.request.id))
+    assert tally.answered == 1 and tally.grants == [1, 1]
