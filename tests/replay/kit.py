@@ -21,13 +21,11 @@ from messages.attestation import (
     AttestationStatement,
     statement_signing_bytes,
 )
-from messages.events import LogEntry, TakeLease
+from messages.events import LogEntry
 from messages.outbox import Outbox
 from messages.schema import Body
-from messages.signing import Ed25519Signer, TrustStore
-from orchestrator.core import Context, decide
-from orchestrator.log import GENESIS, entry_digest, seal
-from orchestrator.state import State, evolve
+from messages.signing import Ed25519Signer
+from orchestrator.recorder import Recorder
 
 MEASUREMENT = "sha256:" + "ab" * 32
 DAY_MS = 24 * 3600 * 1000
@@ -154,61 +152,11 @@ class Device:
         return self.reply(self.attestation(nonce, measurement))
 
 
-class PureLog:
-    """The orchestrator's decide → seal → evolve loop without NATS: a log recorded in memory.
-
-    Seeds are drawn from a counter, so a run is reproducible; ``entries`` holds wire bytes.
-    """
-
-    def __init__(self, signer: Ed25519Signer | None = None, holder: str = "orch-a") -> None:
-        self.signer = signer or Ed25519Signer.generate()
-        self.holder = holder
-        self.epoch = 0
-        self.state = State()
-        self.head = GENESIS
-        self.entries: list[bytes] = []
-        self._seeds = 0
-
-    def context(self, now_ms: int) -> Context:
-        self._seeds += 1
-        return Context(now_ms, self._seeds.to_bytes(16, "big"), self.epoch, self.holder)
+class PureLog(Recorder):
+    """A :class:`~orchestrator.recorder.Recorder` deciding at :data:`T0` unless told otherwise."""
 
     def decide(self, command: Body, now_ms: int = T0) -> list[LogEntry]:
-        """Decide on ``command`` at ``now_ms``, record the decision and fold its events."""
-        ctx = self.context(now_ms)
-        events = decide(self.state, command, ctx)
-        self.record(command, events, ctx)
-        return events
-
-    def record(
-        self,
-        command: Body,
-        events: list[LogEntry],
-        ctx: Context,
-        written: list[LogEntry] | None = None,
-    ) -> None:
-        """Seal ``events`` as the decision on ``command`` (whatever decide would say) and fold.
-
-        ``written``, when given, is what goes into the log instead: the same events as an older
-        version of their types wrote them.
-        """
-        if not events:
-            return
-        sealed = seal(command, written or events, ctx, self.head, self.signer)
-        for item, entry in zip(sealed, [None, *events], strict=True):
-            self.entries.append(item.data)
-            self.head = entry_digest(item.data)
-            if entry is not None:
-                self.state = evolve(self.state, entry)
+        return super().decide(command, now_ms)
 
     def take_lease(self, epoch: int, now_ms: int = T0) -> None:
-        self.epoch = epoch
-        self.decide(TakeLease(), now_ms)
-
-    def trust(self) -> TrustStore:
-        store = TrustStore()
-        store.trust("orchestrator", self.signer, "orchestrator")
-        return store
-
-    def jsonl(self) -> bytes:
-        return b"".join(data + b"\n" for data in self.entries)
+        super().take_lease(epoch, now_ms)
