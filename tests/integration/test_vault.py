@@ -1,0 +1,166 @@
+"""Vault operations through the client, over a real nats-server, against an in-process fleet."""
+
+import asyncio
+import subprocess
+import sys
+
+import nats
+import pytest
+
+from messages import subjects
+from messages.bus import RequestRejected, request
+from messages.gate import Gate
+from messages.outbox import Outbox
+from messages.signing import TrustStore
+from messages.vault import (
+    RECOVER,
+    BudgetExhausted,
+    NoRecord,
+    Registration,
+    StaleRegistration,
+    VaultRequest,
+    VaultUnavailable,
+    WrongGuess,
+)
+from tests.faults.fleets import running_fleet
+
+ALICE = Registration(pin=b"1234", secret=b"backup key of alice")
+
+
+@pytest.fixture
+async def client_nc(nats_server):
+    nc = await nats.connect(nats_server.url)
+    yield nc
+    await nc.close()
+
+
+def evaluations(fleet, user):
+    return [e for m in fleet.running.values() for e in m.journal.evaluations() if e.user == user]
+
+
+async def test_register_then_recover_with_the_right_pin(tmp_path, nats_server, client_nc):
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        client = fleet.client(client_nc)
+        await client.register("alice", ALICE)
+        assert await client.recover("alice", b"1234") == ALICE.secret
+        with pytest.raises(NoRecord):
+            await client.recover("bob", b"1234")
+
+
+async def test_wrong_guesses_count_down_and_a_right_one_clears_them(
+    tmp_path, nats_server, client_nc
+):
+    async with running_fleet(tmp_path, nats_server.url, limit=5) as fleet:
+        client = fleet.client(client_nc)
+        await client.register("alice", ALICE)
+        remaining = []
+        for _ in range(3):
+            with pytest.raises(WrongGuess) as wrong:
+                await client.recover("alice", b"0000")
+            remaining.append(wrong.value.remaining)
+        assert remaining == [4, 3, 2]
+        assert await client.recover("alice", b"1234") == ALICE.secret
+        with pytest.raises(WrongGuess) as wrong:
+            await client.recover("alice", b"0000")
+        assert wrong.value.remaining == 4
+
+
+async def test_the_budget_is_per_user_and_survives_re_registration(
+    tmp_path, nats_server, client_nc
+):
+    async with running_fleet(tmp_path, nats_server.url, limit=4) as fleet:
+        client = fleet.client(client_nc)
+        await client.register("alice", ALICE)
+        for _ in range(2):
+            with pytest.raises(WrongGuess):
+                await client.recover("alice", b"0000")
+        await client.register("alice", Registration(pin=b"5678", secret=b"second"))
+        with pytest.raises(WrongGuess) as wrong:
+            await client.recover("alice", b"0000")
+        assert wrong.value.remaining == 1, "re-registering bought no guesses"
+        with pytest.raises(WrongGuess) as wrong:
+            await client.recover("alice", b"0000")
+        assert wrong.value.remaining == 0
+        with pytest.raises(BudgetExhausted):
+            await client.recover("alice", b"5678")
+        with pytest.raises(BudgetExhausted):
+            await client.register("alice", Registration(pin=b"1", secret=b"third"))
+        assert len(evaluations(fleet, "alice")) == 4
+
+
+async def test_concurrent_guesses_never_exceed_the_limit(tmp_path, nats_server, client_nc):
+    async with running_fleet(tmp_path, nats_server.url, limit=10) as fleet:
+        clients = [fleet.client(client_nc) for _ in range(3)]
+        await clients[0].register("carol", ALICE)
+
+        async def guess(i: int) -> str:
+            try:
+                await clients[i % 3].recover("carol", b"%04d" % i)
+            except (WrongGuess, BudgetExhausted, VaultUnavailable) as exc:
+                return exc.kind
+            return "ok"
+
+        results = await asyncio.gather(*(guess(i) for i in range(10, 40)))
+        assert results.count("wrong_guess") <= 10
+        assert results.count("ok") == 0
+        assert len(evaluations(fleet, "carol")) <= 10
+        seqs = sorted(e.seq for e in evaluations(fleet, "carol"))
+        assert len(seqs) == len(set(seqs)), "no attempt was evaluated twice"
+        with pytest.raises(BudgetExhausted):
+            await clients[0].recover("carol", b"1234")
+
+
+async def test_a_replayed_registration_is_refused(tmp_path, nats_server, client_nc):
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        client = fleet.client(client_nc)
+        sent = []
+        spy = await client_nc.subscribe(subjects.vault(fleet.fleet, "register"))
+        await client.register("alice", ALICE)
+        sent.append((await spy.next_msg(timeout=1)).data)
+        await spy.unsubscribe()
+        await client.register("alice", Registration(pin=b"9999", secret=b"new"))
+        answer = await client_nc.request(subjects.vault(fleet.fleet, "register"), sent[0])
+        assert answer.data, "the member answers the replay (sealed, for the original client)"
+        assert await client.recover("alice", b"9999") == b"new"
+        with pytest.raises(StaleRegistration):
+            await fleet["m1"].vault.register(_replayed_plain(fleet, sent[0]))
+
+
+def _replayed_plain(fleet, data):
+    from messages.envelope import Envelope
+    from messages.schema import REGISTRY
+    from messages.vault import REGISTER, open_request
+
+    body = REGISTRY.parse(Envelope.decode(data))
+    return open_request(fleet.local.vault_keys.session, fleet.fleet, REGISTER, body.sealed)
+
+
+async def test_an_unreadable_request_is_refused_in_the_clear(tmp_path, nats_server, client_nc):
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        env = Outbox("mallory").envelope(VaultRequest(sealed=b"not hpke at all"))
+        with pytest.raises(RequestRejected) as refused:
+            await request(
+                client_nc, subjects.vault(fleet.fleet, RECOVER), env, Gate(TrustStore()), None
+            )
+        assert refused.value.detail["kind"] == "unreadable_request"
+
+
+async def test_without_a_majority_operations_fail_clearly(tmp_path, nats_server, client_nc):
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        client = fleet.client(client_nc, timeout=10)
+        await client.register("alice", ALICE)
+        await fleet.stop("m2")
+        await fleet.stop("m3")
+        with pytest.raises(VaultUnavailable):
+            await client.register("dave", ALICE)
+        with pytest.raises(VaultUnavailable):
+            await client.recover("alice", b"0000")
+        assert evaluations(fleet, "alice") == [], "no guess was evaluated without a quorum"
+
+
+def test_the_client_needs_nothing_from_node():
+    code = (
+        "import sys, messages.vault_client; "
+        "assert not [m for m in sys.modules if m == 'node' or m.startswith('node.')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
