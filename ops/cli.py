@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from messages.errors import HsmfleetError
 from node import cli as node_cli
+from node.quorum import cli as member_cli
 from ops import logs, nats_cli
 from orchestrator import cli as orchestrator_cli
 
@@ -18,6 +19,7 @@ VERB_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     nats_cli.register,
     node_cli.register,
     orchestrator_cli.register,
+    member_cli.register,
 ]
 
 
