@@ -22,6 +22,7 @@ from messages.attestation import (
     Attestation,
     AttestationRejected,
     NodeAnnounce,
+    NodeHeartbeat,
     verify_attestation,
 )
 from messages.bus import Rejected
@@ -59,6 +60,7 @@ from orchestrator.errors import (
 from orchestrator.state import Enrollment, Policy, State
 
 NONCE_BYTES = 32
+UNKNOWN = "unknown"
 _DERIVE = b"hsmfleet/v1/decision\n"
 
 
@@ -158,6 +160,15 @@ def _node_announce(state: State, c: NodeAnnounce, ctx: Context) -> list[LogEntry
     return events
 
 
+def _node_heartbeat(state: State, c: NodeHeartbeat, ctx: Context) -> list[LogEntry]:
+    """A node heard from only by its heartbeat (its announcement went out while no
+    orchestrator listened) is recorded with its failure domain; what it runs is learnt later."""
+    if c.node_id in state.nodes:
+        return []
+    announce = NodeAnnounce(node_id=c.node_id, domain=c.domain, hsm=UNKNOWN, measurement=UNKNOWN)
+    return _node_announce(state, announce, ctx)
+
+
 def _enroll_node(state: State, c: EnrollNode, ctx: Context) -> list[LogEntry]:
     node = state.nodes.get(c.node_id)
     if node is None:
@@ -251,6 +262,7 @@ def overdue(state: State, now_ms: int) -> bool:
 _DECIDERS: dict[type[Body], Callable[[State, Any, Context], list[LogEntry]]] = {
     SetPolicy: _set_policy,
     NodeAnnounce: _node_announce,
+    NodeHeartbeat: _node_heartbeat,
     EnrollNode: _enroll_node,
     AttestationAnswer: _attestation_answer,
     Tick: _tick,

@@ -338,7 +338,7 @@ class Orchestrator:
             return
         hsm_ok = body.hsm_ok if isinstance(body, NodeHeartbeat) else True
         self.liveness[body.node_id] = Liveness(self._clock_ms(), hsm_ok)
-        if isinstance(body, NodeAnnounce):
+        if isinstance(body, NodeAnnounce) or body.node_id not in self.state.nodes:
             try:
                 await self.submit(body)
             except HsmfleetError as exc:

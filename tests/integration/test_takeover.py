@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
-import aiohttp
 import nats
 import pytest
 
@@ -25,7 +24,7 @@ from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
 from orchestrator.keys import load_signer, trust_for
-from tests.replay.fleet import OrchestratorProcess, audit, write_config
+from tests.replay.fleet import OrchestratorProcess, audit, wait_for_health, write_config
 
 SEALING_KEY = bytes(range(32))
 
@@ -34,19 +33,6 @@ SEALING_KEY = bytes(range(32))
 async def server(tmp_path):
     async with NatsServer(tmp_path / "nats", name="takeover") as server:
         yield server
-
-
-async def wait_for_health(api: str, predicate, timeout: float = 20.0) -> dict:
-    """Poll an orchestrator's /health until ``predicate`` holds."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while True:
-            async with http.get(f"{api}/health") as resp:
-                health = await resp.json()
-            if predicate(health):
-                return health
-            assert time.monotonic() < deadline, f"timed out; last health {health}"
-            await asyncio.sleep(0.1)
 
 
 def holders(log) -> list[tuple[str, int]]:

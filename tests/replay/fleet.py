@@ -7,10 +7,12 @@ import contextlib
 import json
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import nats
 from nats.aio.client import Client as NATS
 
@@ -71,6 +73,21 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: s
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         await asyncio.sleep(0.02)
+
+
+async def wait_for_health(
+    api: str, predicate: Callable[[dict], bool], timeout: float = 20.0
+) -> dict:
+    """Poll an orchestrator's /health until ``predicate`` holds."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"{api}/health") as resp:
+                health = await resp.json()
+            if predicate(health):
+                return health
+            assert time.monotonic() < deadline, f"timed out; last health {health}"
+            await asyncio.sleep(0.1)
 
 
 @contextlib.asynccontextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from messages.attestation import NodeAnnounce
+from messages.attestation import NodeAnnounce, NodeHeartbeat
 from messages.errors import BadSubject
 from messages.events import (
     ChallengeIssued,
@@ -158,3 +158,12 @@ def test_tick_closes_overdue_challenges_in_id_order(log):
     assert [e.node_id for e in closed] == ["n0", "n1", "n2"]
     assert {e.reason for e in closed} == {"no_answer"}
     assert sorted(log.state.open_enrollments.values()) == ["n3", "n4"]
+
+
+def test_heartbeat_of_an_unheard_node_records_it(log):
+    beat = NodeHeartbeat(node_id="n5", domain="dc-3", seq=4, uptime_ms=9, hsm_ok=True)
+    (event,) = log.decide(beat)
+    assert (event.node_id, event.domain, event.hsm) == ("n5", "dc-3", "unknown")
+    assert log.decide(beat) == []
+    (event,) = log.decide(announce("n5", "dc-3"))
+    assert (event.hsm, event.measurement) == ("soft", MEASUREMENT)
