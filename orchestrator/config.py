@@ -70,7 +70,10 @@ class Settings:
             settings = cls(**values)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"a required setting is missing or malformed: {exc}") from None
-        token(settings.holder, "holder")
+        try:
+            token(settings.holder, "holder")
+        except HsmfleetError as exc:
+            raise ConfigError(f"holder: {exc}") from None
         bad_roles = sorted({r for r in settings.tokens.values() if r not in ROLES})
         if bad_roles:
             raise ConfigError("token roles must be read or operator", roles=bad_roles)
@@ -81,10 +84,10 @@ class Settings:
         roots: list[bytes] = []
         for path in self.vendor_roots:
             try:
-                data = path.read_bytes()
-            except OSError as exc:
+                certificates = load_vendor_roots(path.read_bytes())
+            except (OSError, HsmfleetError) as exc:
                 raise ConfigError(f"cannot read a vendor root: {exc}", path=str(path)) from None
-            roots += [cert.public_bytes(Encoding.DER) for cert in load_vendor_roots(data)]
+            roots += [cert.public_bytes(Encoding.DER) for cert in certificates]
         return SetPolicy(
             vendor_roots=tuple(roots),
             allowed_measurements=self.allowed_measurements,

@@ -1,0 +1,81 @@
+"""The orchestrator's configuration and key files: every bad input is a typed error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from orchestrator.config import ConfigError, Settings
+from orchestrator.keys import KeyFileError, generate, load_signer, load_trust
+from tests.replay.kit import MEASUREMENT, Vendor
+
+BASE = {
+    "holder": "orch-a",
+    "key_file": "orchestrator.key",
+    "vendor_roots": ["root.pem"],
+    "allowed_measurements": [MEASUREMENT],
+}
+
+
+def write(tmp_path, raw) -> Settings:
+    path = tmp_path / "orchestrator.json"
+    path.write_text(raw if isinstance(raw, str) else json.dumps(raw))
+    return Settings.load(path)
+
+
+def test_good_configuration_yields_the_policy(tmp_path):
+    vendor = Vendor()
+    (tmp_path / "root.pem").write_bytes(vendor.root.public_bytes(Encoding.PEM))
+    settings = write(tmp_path, {**BASE, "tokens": {"t1": "operator"}, "listen": "127.0.0.1:9"})
+    assert settings.key_file == tmp_path / "orchestrator.key"
+    assert settings.host_port == ("127.0.0.1", 9)
+    policy = settings.policy()
+    assert policy.vendor_roots == (vendor.root_der,)
+    assert policy.allowed_measurements == (MEASUREMENT,) and policy.nonce_ttl_ms == 30_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("{not json", "cannot read"),
+        ("[]", "must be a JSON object"),
+        ({**BASE, "auto_enrol": True}, "unknown settings"),
+        ({k: v for k, v in BASE.items() if k != "holder"}, "missing or malformed"),
+        ({**BASE, "tokens": {"t": "admin"}}, "read or operator"),
+        ({**BASE, "holder": "orch a"}, "not a valid subject token"),
+    ],
+)
+def test_bad_configuration_is_refused(tmp_path, raw, words):
+    with pytest.raises(ConfigError) as exc:
+        write(tmp_path, raw)
+    assert words in str(exc.value)
+
+
+def test_unreadable_vendor_root_is_refused(tmp_path):
+    settings = write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match="cannot read a vendor root"):
+        settings.policy()
+    (tmp_path / "root.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    )
+    with pytest.raises(ConfigError, match=r"not X\.509"):
+        settings.policy()
+
+
+def test_listen_must_name_a_port(tmp_path):
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        _ = write(tmp_path, {**BASE, "listen": "localhost"}).host_port
+
+
+def test_key_files(tmp_path):
+    signer = generate(tmp_path / "k", tmp_path / "k.pub")
+    assert load_signer(tmp_path / "k").public_key == signer.public_key
+    assert len(load_trust(tmp_path / "k.pub")) == 1
+    with pytest.raises(FileExistsError):
+        generate(tmp_path / "k", tmp_path / "k.pub")
+    (tmp_path / "short").write_text("abcd")
+    for path in (tmp_path / "short", tmp_path / "missing"):
+        with pytest.raises(KeyFileError):
+            load_signer(path)
