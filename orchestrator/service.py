@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -125,9 +126,12 @@ class Orchestrator:
             except (LeaseLost, Fenced) as exc:
                 self._count(exc)
                 self.log.warning("lease lost; standing by", reason=str(exc))
-            except (StoreUnavailable, NatsTimeout, AppendConflict) as exc:
+            except (StoreUnavailable, AppendConflict) as exc:
                 self._count(exc)
                 self.log.warning("log unavailable; retrying", reason=str(exc))
+            except NatsError as exc:
+                self.metrics.errors.labels("nats").inc()
+                self.log.warning("NATS failed; retrying", reason=repr(exc))
             finally:
                 await self._stand_down()
             with contextlib.suppress(TimeoutError):
