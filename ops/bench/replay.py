@@ -97,19 +97,16 @@ def record_log(events: int, nodes: int, workdir: Path) -> Recorder:
 
 
 async def fill_stream(store: EventStore, entries: list[bytes]) -> None:
-    """Publish every entry in order (plain publishes: setting up, not what is measured)."""
+    """Publish every entry in order, acknowledged, a window at a time (setting up, not what is
+    measured: appends through the store are one atomic batch per decision)."""
     await store.ensure()
-    nc = store.nc
+    js = store.js
     for seq, data in enumerate(entries, start=1):
-        await nc.publish("fleet.evt.orchestrator.bench", data, headers={"Nats-Msg-Id": str(seq)})
-        if seq % 10_000 == 0:
-            await nc.flush()
-    await nc.flush()
-    deadline = time.monotonic() + 120
-    while await store.last_seq() < len(entries):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the stream did not take every entry")
-        await asyncio.sleep(0.1)
+        headers = {"Nats-Msg-Id": str(seq)}
+        await js.publish_async("fleet.evt.orchestrator.bench", data, headers=headers)
+    await asyncio.wait_for(js.publish_async_completed(), 300)
+    if await store.last_seq() != len(entries):
+        raise RuntimeError("the stream did not take every entry")
 
 
 async def raw_rate(store: EventStore, last: int) -> float:
