@@ -230,8 +230,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             frame = f"id: {seq}\nevent: {view['type']}\ndata: {json.dumps(view)}\n\n"
             await response.write(frame.encode())
             sent += 1
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the client went away
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -7,6 +7,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ops.cli import main
 from orchestrator.config import ConfigError, Settings
 from orchestrator.keys import KeyFileError, generate, load_signer, load_trust
 from tests.replay.kit import MEASUREMENT, Vendor
@@ -79,3 +80,11 @@ def test_key_files(tmp_path):
     for path in (tmp_path / "short", tmp_path / "missing"):
         with pytest.raises(KeyFileError):
             load_signer(path)
+
+
+def test_keygen_verb_writes_a_key_once(tmp_path, capsys):
+    assert main(["orchestrator", "keygen", "--dir", str(tmp_path)]) == 0
+    public = capsys.readouterr().out.strip()
+    assert (tmp_path / "orchestrator.pub").read_text().strip() == public
+    assert main(["orchestrator", "keygen", "--dir", str(tmp_path)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
