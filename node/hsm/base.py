@@ -61,6 +61,18 @@ class HsmStateTampered(HsmError):
     kind = "hsm_state_tampered"
 
 
+class HsmStateRolledBack(HsmStateTampered):
+    """The sealed state is intact but older than the last one this HSM wrote: a replaced file."""
+
+    kind = "hsm_state_rolled_back"
+
+
+class HsmStateConflict(HsmError):
+    """Another process (or another handle in this one) wrote the state since this one read it."""
+
+    kind = "hsm_state_conflict"
+
+
 class OperatorKeyError(HsmError):
     """The operator's sealing key is missing, malformed, or not the state's sealing key."""
 

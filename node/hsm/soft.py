@@ -1,9 +1,10 @@
 """The software HSM: the embedded default backend.
 
-Keys live in process memory and, sealed under the operator's key, in one state file; no method
-returns a private key (they leave only wrapped to another HSM's transport key). The software HSM
-stands in for real hardware in development and tests: it protects against a stolen disk, not
-against someone who can read the node process's memory.
+Keys live in process memory and, sealed under the operator's key, in one state file with a
+rollback counter beside it (:mod:`node.hsm.sealed_state`); no method returns a private key (they
+leave only wrapped to another HSM's transport key). The software HSM stands in for real hardware
+in development and tests: it protects against a stolen disk, not against someone who can read the
+node process's memory.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from node.hsm.base import (
     UnsupportedAlgorithm,
     WrappedKey,
 )
-from node.hsm.sealing import seal, unseal, write_atomic
+from node.hsm.sealed_state import STATE_FILE, SealedState
 
-STATE_FILE = "softhsm.sealed"
+__all__ = ["STATE_FILE", "SoftHsm"]
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,18 @@ class SoftHsm(Hsm):
     kind = "soft"
 
     def __init__(self, state_dir: Path, operator_key: bytes) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._path = state_dir / STATE_FILE
-        self._operator_key = operator_key
+        """Open the HSM whose state is in ``state_dir`` (a new, empty one if there is none).
+
+        Refuses, with a typed error, a wrong operator key and a state that was altered, rolled
+        back or belongs to another HSM.
+        """
+        self._state = SealedState(state_dir, operator_key)
         self._lock = threading.Lock()
         self._keys: dict[str, _Key] = {}
         self._certs: dict[str, bytes] = {}
-        if self._path.exists():
-            self._load(unseal(operator_key, self._path.read_bytes(), str(self._path)))
+        plaintext = self._state.load()
+        if plaintext is not None:
+            self._load(plaintext)
 
     def supports(self, alg: str) -> bool:
         return alg in KEY_ALGORITHMS
@@ -146,7 +151,7 @@ class SoftHsm(Hsm):
             },
             "certificates": {label: b64(der) for label, der in certs.items()},
         }
-        write_atomic(self._path, seal(self._operator_key, json.dumps(state).encode()))
+        self._state.store(json.dumps(state).encode())
         self._keys, self._certs = new_keys, certs
 
     def _load(self, plaintext: bytes) -> None:
@@ -162,5 +167,6 @@ class SoftHsm(Hsm):
             self._certs = {label: unb64(der) for label, der in state["certificates"].items()}
         except (ValueError, KeyError, TypeError) as exc:
             raise HsmStateTampered(
-                f"sealed HSM state authenticates but does not parse: {exc}", file=str(self._path)
+                f"sealed HSM state authenticates but does not parse: {exc}",
+                file=str(self._state.path),
             ) from exc

@@ -11,6 +11,8 @@ from messages.canonical import b64
 from messages.gate import Gate
 from messages.signing import ECDSA_P256, ED25519, verify_bytes, verify_envelope
 from node.hsm import (
+    HsmStateConflict,
+    HsmStateRolledBack,
     HsmStateTampered,
     KeyExists,
     KeyNotFound,
@@ -20,7 +22,8 @@ from node.hsm import (
     UnsupportedAlgorithm,
     UnwrapFailed,
 )
-from node.hsm.sealing import KEY_ENV, load_operator_key, new_operator_key
+from node.hsm.sealed_state import COUNTER_FILE
+from node.hsm.sealing import KEY_ENV, MAGIC, load_operator_key, new_operator_key
 from node.hsm.soft import STATE_FILE
 from tests.unit.sample_messages import Ping, registry
 
@@ -99,7 +102,8 @@ def _flip(path, offset):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("offset", [-1, -20, 40])
+# -1 and -20: tag and ciphertext; len(MAGIC) + 1: the HSM id; 40: the generation.
+@pytest.mark.parametrize("offset", [-1, -20, len(MAGIC) + 1, 40])
 def test_tampered_state_refuses_to_start(tmp_path, offset):
     SoftHsm(tmp_path, KEY).generate("k", ED25519)
     _flip(tmp_path / STATE_FILE, offset)
@@ -172,3 +176,91 @@ def test_state_dir_is_created_with_no_state_until_a_key_exists(tmp_path):
     assert hsm.labels() == []
     assert not (tmp_path / "new" / STATE_FILE).exists()
     assert os.path.isdir(tmp_path / "new")
+
+
+def test_operator_key_of_the_wrong_size_is_refused(tmp_path):
+    with pytest.raises(OperatorKeyError, match="32 bytes"):
+        SoftHsm(tmp_path, bytes(16))
+    assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_an_older_sealed_copy_of_the_state_is_refused(tmp_path):
+    """Putting back an older state file must not bring a destroyed key back to life."""
+    hsm = SoftHsm(tmp_path, KEY)
+    hsm.generate("fleet", ED25519, wrappable=True)
+    older = (tmp_path / STATE_FILE).read_bytes()
+    hsm.destroy("fleet")
+    (tmp_path / STATE_FILE).write_bytes(older)
+    counter = (tmp_path / COUNTER_FILE).read_bytes()
+    with pytest.raises(HsmStateRolledBack, match="older than the last one") as info:
+        SoftHsm(tmp_path, KEY)
+    assert info.value.kind == "hsm_state_rolled_back"
+    assert isinstance(info.value, HsmStateTampered)
+    assert (tmp_path / STATE_FILE).read_bytes() == older
+    assert (tmp_path / COUNTER_FILE).read_bytes() == counter
+
+
+def test_the_state_of_another_hsm_sealed_under_the_same_key_is_refused(tmp_path):
+    SoftHsm(tmp_path / "a", KEY).generate("k", ED25519)
+    SoftHsm(tmp_path / "b", KEY).generate("k", ED25519)
+    a_state = (tmp_path / "a" / STATE_FILE).read_bytes()
+    b_state = (tmp_path / "b" / STATE_FILE).read_bytes()
+    assert a_state[: len(MAGIC) + 16] != b_state[: len(MAGIC) + 16]
+    (tmp_path / "b" / STATE_FILE).write_bytes(a_state)
+    with pytest.raises(HsmStateTampered, match="belongs to another HSM"):
+        SoftHsm(tmp_path / "b", KEY)
+
+
+def test_a_missing_or_garbled_counter_or_a_deleted_state_is_refused(tmp_path):
+    SoftHsm(tmp_path, KEY).generate("k", ED25519)
+    counter = (tmp_path / COUNTER_FILE).read_bytes()
+    (tmp_path / COUNTER_FILE).unlink()
+    with pytest.raises(HsmStateTampered, match="counter is missing"):
+        SoftHsm(tmp_path, KEY)
+    for garbled in (b"", b"{}", b'{"hsm": "00", "generation": 1}', b"\xff"):
+        (tmp_path / COUNTER_FILE).write_bytes(garbled)
+        with pytest.raises(HsmStateTampered, match="counter does not parse"):
+            SoftHsm(tmp_path, KEY)
+    (tmp_path / COUNTER_FILE).write_bytes(counter)
+    (tmp_path / STATE_FILE).unlink()
+    with pytest.raises(HsmStateTampered, match="state is missing"):
+        SoftHsm(tmp_path, KEY)
+    assert (tmp_path / COUNTER_FILE).read_bytes() == counter
+
+
+def test_a_crash_between_state_and_counter_writes_is_recovered(tmp_path):
+    hsm = SoftHsm(tmp_path, KEY)
+    hsm.generate("old", ED25519)
+    older, counter = (tmp_path / STATE_FILE).read_bytes(), (tmp_path / COUNTER_FILE).read_bytes()
+    hsm.generate("new", ED25519)
+    (tmp_path / COUNTER_FILE).write_bytes(counter)  # the new state landed, its counter did not
+    assert SoftHsm(tmp_path, KEY).labels() == ["new", "old"]
+    assert (tmp_path / COUNTER_FILE).read_bytes() != counter  # brought forward on load
+    (tmp_path / STATE_FILE).write_bytes(older)
+    with pytest.raises(HsmStateRolledBack):
+        SoftHsm(tmp_path, KEY)
+
+
+def test_rolling_back_state_and_counter_together_is_not_detected(tmp_path):
+    """The documented limit: the counter lives beside the state, so both can be replaced."""
+    hsm = SoftHsm(tmp_path, KEY)
+    hsm.generate("fleet", ED25519)
+    older, counter = (tmp_path / STATE_FILE).read_bytes(), (tmp_path / COUNTER_FILE).read_bytes()
+    hsm.destroy("fleet")
+    (tmp_path / STATE_FILE).write_bytes(older)
+    (tmp_path / COUNTER_FILE).write_bytes(counter)
+    assert SoftHsm(tmp_path, KEY).labels() == ["fleet"]
+
+
+def test_two_handles_on_one_state_never_undo_each_others_keys(tmp_path):
+    first, second = SoftHsm(tmp_path, KEY), SoftHsm(tmp_path, KEY)
+    kept = first.generate("kept", ED25519)
+    with pytest.raises(HsmStateConflict, match="another handle"):
+        second.generate("lost", ED25519)
+    with pytest.raises(HsmStateConflict):
+        second.store_certificate("c", b"x")
+    assert second.labels() == [] and second.certificate("c") is None
+    again = SoftHsm(tmp_path, KEY)
+    assert again.labels() == ["kept"] and again.public_key("kept") == kept
+    again.generate("more", ECDSA_P256)
+    assert SoftHsm(tmp_path, KEY).labels() == ["kept", "more"]
