@@ -50,6 +50,17 @@ def generate_private(alg: str) -> PrivateKey:
     raise UnsupportedAlgorithm("unknown key algorithm", alg=alg)
 
 
+def is_of(key: object, alg: str) -> bool:
+    """Whether the private ``key`` is a key of ``alg``: Ed25519, or on the P-256 curve."""
+    if alg == ED25519:
+        return isinstance(key, ed25519.Ed25519PrivateKey)
+    return (
+        alg in (ECDSA_P256, ECDH_P256)
+        and isinstance(key, ec.EllipticCurvePrivateKey)
+        and isinstance(key.curve, ec.SECP256R1)
+    )
+
+
 def public_bytes(key: PrivateKey) -> bytes:
     """The public half of ``key`` in the encoding :class:`PublicKey` uses."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -102,8 +113,8 @@ def unwrap_pkcs8(secret: bytes, wrapped: WrappedKey) -> PrivateKey:
         key = serialization.load_der_private_key(der, None)
     except (InvalidUnwrap, ValueError) as exc:
         raise UnwrapFailed("wrapped key does not open under this transport key") from exc
-    if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
-        raise UnwrapFailed("wrapped key is of an unsupported type")
+    if not is_of(key, wrapped.alg):
+        raise UnwrapFailed("wrapped key is not of the algorithm it claims", alg=wrapped.alg)
     if public_bytes(key) != wrapped.public_key:
         raise UnwrapFailed("wrapped key is not the key it claims to be")
     return key

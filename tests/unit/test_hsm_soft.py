@@ -168,7 +168,14 @@ def test_unwrap_refuses_tampered_or_misdescribed_keys(tmp_path):
     lying = replace(wrapped, public_key=other.public_key)
     with pytest.raises(UnwrapFailed, match="not the key it claims"):
         receiver.unwrap("transport", lying, "x")
+    p256 = sender.generate("p256", ECDSA_P256, wrappable=True)
+    mislabelled = replace(sender.wrap("p256", transport.public_key), alg=ED25519)
+    with pytest.raises(UnwrapFailed, match="not of the algorithm it claims"):
+        receiver.unwrap("transport", mislabelled, "x")
     assert receiver.labels() == ["transport"]
+    assert receiver.unwrap("transport", replace(mislabelled, alg=ECDSA_P256), "p") == replace(
+        p256, label="p"
+    )
 
 
 def test_state_dir_is_created_with_no_state_until_a_key_exists(tmp_path):
