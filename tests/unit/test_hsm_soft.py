@@ -4,6 +4,7 @@ import os
 from dataclasses import replace
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from messages import Outbox, TrustStore
 from messages.attestation import ECDH_P256
@@ -21,7 +22,9 @@ from node.hsm import (
     SoftHsm,
     UnsupportedAlgorithm,
     UnwrapFailed,
+    keys,
 )
+from node.hsm.base import HsmError
 from node.hsm.sealed_state import COUNTER_FILE
 from node.hsm.sealing import KEY_ENV, MAGIC, load_operator_key, new_operator_key
 from node.hsm.soft import STATE_FILE
@@ -271,3 +274,43 @@ def test_two_handles_on_one_state_never_undo_each_others_keys(tmp_path):
     assert again.labels() == ["kept"] and again.public_key("kept") == kept
     again.generate("more", ECDSA_P256)
     assert SoftHsm(tmp_path, KEY).labels() == ["kept", "more"]
+
+
+def _secret_forms(private) -> list[bytes]:
+    """The encodings a leaked private key would show up in."""
+    if isinstance(private, ed25519.Ed25519PrivateKey):
+        raw = private.private_bytes_raw()
+    else:
+        raw = private.private_numbers().private_value.to_bytes(32, "big")
+    forms = [raw, keys.pkcs8(private)]
+    return forms + [f.hex().encode() for f in forms] + [b64(f).encode() for f in forms]
+
+
+def test_no_method_error_or_file_carries_a_private_key(tmp_path):
+    hsm = SoftHsm(tmp_path / "hsm", KEY)
+    made = [
+        hsm.generate("ed", ED25519),
+        hsm.generate("p256", ECDSA_P256),
+        hsm.generate("transport", ECDH_P256),
+        hsm.generate("fleet", ECDSA_P256, wrappable=True),
+    ]
+    # The test looks inside the HSM to know what must never come out of it.
+    secrets = [form for key in hsm._keys.values() for form in _secret_forms(key.private)]
+    recipient = SoftHsm(tmp_path / "other", KEY).generate("transport", ECDH_P256)
+    out: list[object] = [made, hsm.labels(), repr(hsm), hsm.signer("ed").__dict__]
+    out += [hsm.public_key(k.label) for k in made]
+    wrapped = hsm.wrap("fleet", recipient.public_key)
+    out += [hsm.sign("ed", b"m"), hsm.sign("p256", b"m"), wrapped]
+    for call in (
+        lambda: hsm.wrap("ed", recipient.public_key),
+        lambda: hsm.sign("transport", b"m"),
+        lambda: hsm.generate("ed", ED25519),
+        lambda: hsm.unwrap("ed", wrapped, "x"),
+    ):
+        with pytest.raises(HsmError) as info:
+            call()
+        out += [str(info.value), repr(info.value.detail)]
+    files = [p.read_bytes() for p in (tmp_path / "hsm").iterdir()]
+    haystack = b"\n".join(repr(o).encode() for o in out) + b"".join(files)
+    assert all(secret not in haystack for secret in secrets)
+    assert len(secrets) == 4 * 6
