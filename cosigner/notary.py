@@ -1,0 +1,285 @@
+"""The cosigner's log keeper: check documents, log them, sign statements and checkpoints.
+
+A :class:`Notary` owns the cosigner's :class:`~cosigner.log.AuditLog` (entries are the canonical
+bytes of stage bundles and fleet-key artifacts) and its :class:`~cosigner.store.Store`. For each
+document it is asked to log it checks, in order:
+
+1. it is a well-formed stage bundle or fleet-key artifact (:mod:`messages.documents`);
+2. its digest was never logged (:class:`DigestSeen`);
+3. a stage bundle extends its fleet's chain in this log: serial is the last plus one, ``prev``
+   the last bundle's digest (:func:`messages.bundle.check_successor`); an artifact's epoch is
+   its fleet's last plus one (:func:`messages.artifact.check_next_epoch`);
+4. it has not expired (:class:`DocumentExpired`).
+
+Accepted documents of one call are appended in one fsynced batch; the notary then signs one
+checkpoint of the new tree and a :class:`~messages.statement.Statement` per document. A refused
+document changes nothing and is counted in :attr:`Notary.rejects` by its error's kind.
+
+The per-fleet chain heads and the set of logged digests are not stored separately: they are
+rebuilt from the log's entries when the notary opens, so they can never disagree with the log.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cosigner.log import AuditLog, LogCorrupted
+from cosigner.store import Store
+from messages.artifact import FleetKeyArtifact, check_next_epoch
+from messages.bundle import ChainHead, StageBundle, check_successor
+from messages.checkpoint import Checkpoint
+from messages.cosigning import Signed
+from messages.documents import DocumentError
+from messages.errors import HsmfleetError
+from messages.ids import format_time
+from messages.merkle import IndexOutOfRange
+from messages.note import Ed25519NoteSigner
+from messages.signing import Signer
+from messages.statement import (
+    LoggedDocument,
+    Statement,
+    parse_logged,
+    parse_logged_bytes,
+)
+
+SCAN_CHUNK = 1000
+
+
+class DigestSeen(HsmfleetError):
+    """A document with this digest is already in the log: nothing is logged twice."""
+
+    kind = "digest_seen"
+
+
+class DocumentExpired(HsmfleetError):
+    """The document's ``not_after`` has passed: signing it would vouch for nothing."""
+
+    kind = "document_expired"
+
+
+class UnknownDigest(HsmfleetError):
+    """No logged document has this digest."""
+
+    kind = "unknown_digest"
+
+
+class _Heads:
+    """Per-fleet chain heads and epochs, and the logged digests, with pending changes kept
+    apart until the batch that made them is durable."""
+
+    def __init__(self) -> None:
+        self.chains: dict[str, ChainHead] = {}
+        self.epochs: dict[str, int] = {}
+        self.digests: dict[str, int] = {}
+        self._pending: list[tuple[LoggedDocument, int]] = []
+
+    def check(self, document: LoggedDocument) -> None:
+        digest = document.digest
+        if digest in self.digests or any(d.digest == digest for d, _ in self._pending):
+            raise DigestSeen("document already logged", digest=digest)
+        if isinstance(document, StageBundle):
+            check_successor(self._chain(document.fleet), document)
+        else:
+            check_next_epoch(self._epoch(document.fleet), document)
+
+    def _chain(self, fleet: str) -> ChainHead | None:
+        for document, _ in reversed(self._pending):
+            if isinstance(document, StageBundle) and document.fleet == fleet:
+                return ChainHead.of(document)
+        return self.chains.get(fleet)
+
+    def _epoch(self, fleet: str) -> int | None:
+        for document, _ in reversed(self._pending):
+            if isinstance(document, FleetKeyArtifact) and document.fleet == fleet:
+                return document.epoch
+        return self.epochs.get(fleet)
+
+    def stage(self, document: LoggedDocument, index: int) -> None:
+        self._pending.append((document, index))
+
+    def commit(self) -> None:
+        for document, index in self._pending:
+            self.record(document, index)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        self._pending.clear()
+
+    def record(self, document: LoggedDocument, index: int) -> None:
+        self.digests[document.digest] = index
+        if isinstance(document, StageBundle):
+            self.chains[document.fleet] = ChainHead.of(document)
+        else:
+            self.epochs[document.fleet] = document.epoch
+
+
+class Notary:
+    """One cosigner's log and the signatures it makes over it."""
+
+    def __init__(self, name: str, signer: Signer, log: AuditLog, store: Store) -> None:
+        self.name = name
+        self._signer = signer
+        self._note_signer = Ed25519NoteSigner(name, signer)
+        self._log = log
+        self._store = store
+        self._heads = _Heads()
+        self.rejects: Counter[str] = Counter()
+        self.accepted = 0
+        self._head = (0, "")  # size and note of the latest checkpoint, replaced as one value
+
+    @classmethod
+    def open(cls, directory: Path, name: str, signer: Signer, now_ms: int) -> Notary:
+        """Open (or create) the log and store in ``directory``, rebuild the chain heads from
+        the log, and sign whatever a crash left unsigned, dated ``now_ms``."""
+        directory = Path(directory)
+        log = AuditLog.open(directory / "audit.db")
+        try:
+            store = Store.open(directory / "state.db")
+        except HsmfleetError:
+            log.close()
+            raise
+        notary = cls(name, signer, log, store)
+        try:
+            notary._recover(now_ms)
+        except BaseException:
+            notary.close()
+            raise
+        return notary
+
+    def close(self) -> None:
+        self._log.close()
+        self._store.close()
+
+    @property
+    def size(self) -> int:
+        return self._log.size
+
+    @property
+    def store(self) -> Store:
+        """The store this notary records statements and checkpoints in."""
+        return self._store
+
+    def _recover(self, now_ms: int) -> None:
+        size = self._log.size
+        for start in range(0, size, SCAN_CHUNK):
+            for offset, entry in enumerate(self._log.entries(start, min(start + SCAN_CHUNK, size))):
+                try:
+                    document = parse_logged_bytes(entry)
+                except DocumentError as exc:
+                    raise LogCorrupted(
+                        "a log entry is not a logged document", index=start + offset
+                    ) from exc
+                self._heads.record(document, start + offset)
+        signed = self._store.statement_count()
+        if signed > size:
+            raise LogCorrupted("statements recorded past the end of the log", size=size)
+        documents = [parse_logged_bytes(e) for e in self._log.entries(signed, size)]
+        latest = self._store.latest_checkpoint()
+        if documents or latest is None or latest[0] != size:
+            self._sign(signed, documents, now_ms)
+        else:
+            self._head = latest
+
+    def _sign(self, first: int, documents: Sequence[LoggedDocument], now_ms: int) -> list[Signed]:
+        """Sign the checkpoint of the whole log and statements for ``documents``, logged from
+        index ``first``; record them; return the answers."""
+        size = self._log.size
+        checkpoint = Checkpoint(self.name, size, self._log.root())
+        note = checkpoint.sign(self._note_signer).encode().decode()
+        logged_at = format_time(now_ms)
+        statements = [
+            Statement.for_entry(self.name, first + i, document, logged_at)
+            for i, document in enumerate(documents)
+        ]
+        signatures = [s.sign(self._signer) for s in statements]
+        self._store.add_statements(
+            [(s.index, s.to_bytes(), sig) for s, sig in zip(statements, signatures, strict=True)],
+            size,
+            note,
+        )
+        self._head = (size, note)
+        return [
+            Signed(
+                statement=s,
+                signature=sig,
+                inclusion=tuple(self._log.inclusion_proof(s.index, size)),
+                checkpoint=note,
+            )
+            for s, sig in zip(statements, signatures, strict=True)
+        ]
+
+    def _check(self, raw: Any, now_ms: int, index: int) -> LoggedDocument | HsmfleetError:
+        try:
+            document = parse_logged(raw)
+            self._heads.check(document)
+            if document.not_after_ms <= now_ms:
+                raise DocumentExpired("document expired", not_after=document.not_after)
+        except HsmfleetError as exc:
+            self.rejects[exc.kind] += 1
+            return exc
+        self._heads.stage(document, index)
+        return document
+
+    def log(self, documents: Sequence[Any], now_ms: int) -> list[Signed | HsmfleetError]:
+        """Check and log each raw JSON document; one answer per document, in order: its
+        :class:`Signed` or the error that refused it. Accepted ones share one fsynced append."""
+        first = self._log.size
+        checked: list[LoggedDocument | HsmfleetError] = []
+        accepted: list[LoggedDocument] = []
+        for raw in documents:
+            checked.append(self._check(raw, now_ms, first + len(accepted)))
+            if not isinstance(checked[-1], HsmfleetError):
+                accepted.append(checked[-1])
+        if not accepted:
+            return checked  # type: ignore[return-value]
+        try:
+            self._log.append([document.to_bytes() for document in accepted])
+        except HsmfleetError as exc:
+            self._heads.discard()
+            self.rejects[exc.kind] += len(accepted)
+            return [c if isinstance(c, HsmfleetError) else exc for c in checked]
+        self._heads.commit()
+        self.accepted += len(accepted)
+        signed = iter(self._sign(first, accepted, now_ms))
+        return [c if isinstance(c, HsmfleetError) else next(signed) for c in checked]
+
+    def receipt(self, digest: str) -> Signed:
+        """The answer for an already logged document, its proof against the latest checkpoint."""
+        index = self._heads.digests.get(digest)
+        if index is None:
+            raise UnknownDigest("no logged document has this digest", digest=digest)
+        return self.signed_at(index)
+
+    def signed_at(self, index: int) -> Signed:
+        """Entry ``index``'s recorded statement, with its proof against the latest checkpoint."""
+        record = self._store.statement(index)
+        if record is None:
+            raise IndexOutOfRange("no statement for this entry", index=index, size=self.size)
+        statement = Statement.parse(record[0])
+        size, note = self._head
+        return Signed(
+            statement=statement,
+            signature=record[1],
+            inclusion=tuple(self._log.inclusion_proof(index, size)),
+            checkpoint=note,
+        )
+
+    def index_of(self, digest: str) -> int | None:
+        """The leaf index of the logged document with ``digest``."""
+        return self._heads.digests.get(digest)
+
+    def checkpoint(self) -> str:
+        """The latest signed checkpoint note (of the whole log)."""
+        return self._head[1]
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        return self._log.inclusion_proof(index, size)
+
+    def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+        return self._log.consistency_proof(old_size, size)
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        return self._log.entries(start, end)

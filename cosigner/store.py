@@ -1,0 +1,146 @@
+"""The cosigner's own records beside its audit log, in one SQLite file (``state.db``).
+
+- ``statements(idx, statement, signature)``: the statement signed for each log entry, so a
+  requester whose answer was lost gets the very same statement again;
+- ``checkpoints(size, note)``: every checkpoint the cosigner signed of its own log;
+- ``witnessed(origin, size, root, note, seen_at)``: every checkpoint of another log it cosigned
+  as a witness, kept so that the log's misbehaviour can be proven later.
+
+Writes are fsynced (WAL, ``synchronous=FULL``) before the method returns. The file is held with
+an exclusive lock while open. The audit log stays the source of truth for entries: a statement
+or checkpoint lost in a crash between the two files is signed again at the next start.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cosigner.log import LogBusy, LogCorrupted, LogUnavailable
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS statements"
+    " (idx INTEGER PRIMARY KEY, statement BLOB NOT NULL, signature BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS witnessed (origin TEXT NOT NULL, size INTEGER NOT NULL,"
+    " root BLOB NOT NULL, note TEXT NOT NULL, seen_at INTEGER NOT NULL,"
+    " PRIMARY KEY (origin, size)) WITHOUT ROWID",
+)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The largest checkpoint of a log the witness cosigned."""
+
+    origin: str
+    size: int
+    root: bytes
+    note: str
+
+
+class Store:
+    """Statements, signed checkpoints and witnessed checkpoints. Thread-safe."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+        self.path = path
+        self._db = db
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open or create the store at ``path``; :class:`LogBusy` if it is open elsewhere."""
+        try:
+            db = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"cannot open the store: {exc}", path=str(path)) from exc
+        try:
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" in str(exc):
+                raise LogBusy("the store is open elsewhere", path=str(path)) from exc
+            raise LogUnavailable(f"cannot open the store: {exc}", path=str(path)) from exc
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise LogCorrupted(f"not a cosigner store: {exc}", path=str(path)) from exc
+        return cls(path, db)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, *batches: tuple[str, list[tuple]]) -> None:
+        """Run each ``(sql, rows)`` batch in one fsynced transaction, all or nothing."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for sql, rows in batches:
+                    self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise LogUnavailable(f"store write failed: {exc}", path=str(self.path)) from exc
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise LogUnavailable(f"store read failed: {exc}", path=str(self.path)) from exc
+
+    # --- statements and own checkpoints ---
+
+    def add_statements(self, rows: list[tuple[int, bytes, bytes]], size: int, note: str) -> None:
+        """Record statements ``(index, statement bytes, signature)`` and the checkpoint of
+        ``size`` that covers them, in one transaction."""
+        self._write(
+            ("INSERT OR REPLACE INTO statements VALUES (?, ?, ?)", rows),
+            ("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", [(size, note)]),
+        )
+
+    def statement(self, index: int) -> tuple[bytes, bytes] | None:
+        """The statement bytes and signature recorded for entry ``index``, if any."""
+        rows = self._read("SELECT statement, signature FROM statements WHERE idx = ?", (index,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def statement_count(self) -> int:
+        """One past the highest entry index with a recorded statement."""
+        rows = self._read("SELECT max(idx) FROM statements")
+        return 0 if rows[0][0] is None else rows[0][0] + 1
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        """The size and note of the largest checkpoint signed, if any."""
+        rows = self._read("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def add_checkpoint(self, size: int, note: str) -> None:
+        self._write(("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", [(size, note)]))
+
+    # --- witnessed checkpoints of other logs ---
+
+    def latest_witnessed(self, origin: str) -> Seen | None:
+        rows = self._read(
+            "SELECT size, root, note FROM witnessed WHERE origin = ? ORDER BY size DESC LIMIT 1",
+            (origin,),
+        )
+        return Seen(origin, rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    def add_witnessed(self, seen: Seen, seen_at: int) -> None:
+        row = (seen.origin, seen.size, seen.root, seen.note, seen_at)
+        self._write(("INSERT OR IGNORE INTO witnessed VALUES (?, ?, ?, ?, ?)", [row]))
+
+    def witnessed_history(self, origin: str) -> list[Seen]:
+        """Every checkpoint of ``origin`` the witness cosigned, smallest first."""
+        rows = self._read(
+            "SELECT size, root, note FROM witnessed WHERE origin = ? ORDER BY size", (origin,)
+        )
+        return [Seen(origin, size, root, note) for size, root, note in rows]

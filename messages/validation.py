@@ -1,0 +1,116 @@
+"""The validation bundle (DESIGN 5.3): what a client receives to learn a fleet's keys.
+
+It holds the fleet-key artifact, its digest, and one :class:`LogProof` per cosigner that logged
+it: that cosigner's :class:`~messages.statement.Statement` and signature, the operator's
+countersignature over that signature, the RFC 9162 inclusion proof of the artifact's canonical
+bytes at the statement's leaf index, and the log's signed checkpoint (a C2SP signed note) that the
+proof leads to, carrying witness cosignatures (C2SP tlog-cosignature) from other cosigners.
+``consistency`` may carry consistency proofs from older sizes of that log to the checkpoint, so
+a client that stored an older checkpoint can check the new one extends it without asking the log.
+
+Format ``hsmfleet/validation-bundle/v1``; :mod:`messages.verify` is the client's algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from messages.artifact import FleetKeyArtifact
+from messages.cosigning import Signed
+from messages.documents import Document, require
+from messages.note import Note, NoteSignature
+from messages.schema import Body
+from messages.signing import Signer
+from messages.statement import Countersignature, Statement
+
+FORMAT = "hsmfleet/validation-bundle/v1"
+MAX_PROOFS = 16
+MAX_CHECKPOINT_CHARS = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Consistency(Body):
+    """A consistency proof from the log's tree of ``old_size`` leaves to the checkpoint's."""
+
+    old_size: int
+    proof: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        require(self.old_size >= 0, "old_size must not be negative")
+        require(len(self.proof) <= 64, "a consistency proof has at most 64 hashes")
+
+
+@dataclass(frozen=True)
+class LogProof(Body):
+    """One cosigner's evidence that it logged the artifact."""
+
+    statement: Statement
+    signature: bytes
+    countersignature: Countersignature
+    inclusion: tuple[bytes, ...]
+    checkpoint: str
+    consistency: tuple[Consistency, ...]
+
+    def __post_init__(self) -> None:
+        require(len(self.signature) == 64, "a statement signature is 64 bytes (Ed25519)")
+        require(len(self.inclusion) <= 64, "an inclusion proof has at most 64 hashes")
+        require(len(self.checkpoint) <= MAX_CHECKPOINT_CHARS, "checkpoint note is too long")
+        require(len(self.consistency) <= MAX_PROOFS, "too many consistency proofs")
+
+    @property
+    def log(self) -> str:
+        return self.statement.log
+
+
+@dataclass(frozen=True)
+class ValidationBundle(Document):
+    """A fleet-key artifact with the evidence a client needs to accept it."""
+
+    FORMAT = FORMAT
+
+    artifact: FleetKeyArtifact
+    digest: str
+    proofs: tuple[LogProof, ...]
+    format: str = field(default=FORMAT, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 < len(self.proofs) <= MAX_PROOFS, "a bundle carries 1-16 log proofs")
+        logs = [p.log for p in self.proofs]
+        require(len(set(logs)) == len(logs), "a bundle carries one proof per log")
+
+
+def with_cosignatures(note: str, lines: Iterable[str]) -> str:
+    """The checkpoint ``note`` with witness cosignature ``lines`` added (a line replaces one
+    by the same name and key ID)."""
+    opened = Note.parse(note)
+    for line in lines:
+        opened = opened.with_signature(NoteSignature.parse_line(line.rstrip("\n")))
+    return opened.encode().decode()
+
+
+def log_proof(
+    signed: Signed,
+    operator: Signer,
+    cosignatures: Iterable[str] = (),
+    consistency: Iterable[Consistency] = (),
+) -> LogProof:
+    """One cosigner's answer made into a log proof: countersigned by the ``operator`` and its
+    checkpoint carrying the witness ``cosignatures`` gathered for it."""
+    return LogProof(
+        statement=signed.statement,
+        signature=signed.signature,
+        countersignature=Countersignature.make(operator, signed.signature),
+        inclusion=signed.inclusion,
+        checkpoint=with_cosignatures(signed.checkpoint, cosignatures),
+        consistency=tuple(consistency),
+    )
+
+
+def assemble(artifact: FleetKeyArtifact, proofs: Iterable[LogProof]) -> ValidationBundle:
+    """The validation bundle of ``artifact`` with ``proofs``, each of which must describe it."""
+    proofs = tuple(proofs)
+    for proof in proofs:
+        require(proof.statement.describes(artifact), "a log proof is for another document")
+    return ValidationBundle(artifact=artifact, digest=artifact.digest, proofs=proofs)
