@@ -105,7 +105,9 @@ class Accepted(_Columns):
     A granted entry says: this member durably accepted the value whose :func:`value_digest` is
     ``digests[i]`` for ``keys[i]`` under ballot ``(ballots[i], proposer)``, and promised the
     request's next ballot if it asked for one. A quorum of such signed entries is the proof that
-    a write committed.
+    a write committed. ``accepteds``/``accepted_bys`` name the ballot the acceptor had accepted
+    before it answered: refusals from acceptors that accepted a higher ballot show that the
+    refused value can never be chosen.
     """
 
     TYPE = "quorum.accepted"
@@ -116,6 +118,8 @@ class Accepted(_Columns):
     grants: tuple[bool, ...]
     seens: tuple[int, ...]
     seen_bys: tuple[str, ...]
+    accepteds: tuple[int, ...]
+    accepted_bys: tuple[str, ...]
     digests: tuple[bytes, ...]
 
 

@@ -238,7 +238,7 @@ def _promise(body: Prepare, proposer: str, slots: dict[str, Slot], changed: dict
 
 
 def _accepted(body: Accept, proposer: str, slots: dict[str, Slot], changed: dict) -> Accepted:
-    grants, seens, seen_bys, digests = [], [], [], []
+    grants, seens, seen_bys, accepteds, accepted_bys, digests = [], [], [], [], [], []
     columns = zip(body.keys, body.ballots, body.next_ballots, body.values, strict=True)
     for key, n, following, value in columns:
         slot = slots[key]
@@ -249,6 +249,8 @@ def _accepted(body: Accept, proposer: str, slots: dict[str, Slot], changed: dict
         grants.append(new is not None)
         seens.append(slot.seen.n)
         seen_bys.append(slot.seen.by)
+        accepteds.append(slot.accepted.n)
+        accepted_bys.append(slot.accepted.by)
         digests.append(value_digest(value) if new else b"")
     return Accepted(
         fleet=body.fleet,
@@ -258,5 +260,7 @@ def _accepted(body: Accept, proposer: str, slots: dict[str, Slot], changed: dict
         grants=tuple(grants),
         seens=tuple(seens),
         seen_bys=tuple(seen_bys),
+        accepteds=tuple(accepteds),
+        accepted_bys=tuple(accepted_bys),
         digests=tuple(digests),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from messages.quorum import MemberKey
@@ -94,13 +94,15 @@ class LocalFleet:
     def settings_path(self, member: str) -> Path:
         return self.state_dir(member) / SETTINGS_FILE
 
-    def write_settings(self, member: str, membership: Membership) -> MemberSettings:
-        """Write ``member``'s settings file for ``membership``."""
+    def write_settings(
+        self, member: str, membership: Membership, *, nats: list[str] | None = None
+    ) -> MemberSettings:
+        """Write ``member``'s settings file for ``membership``; ``nats`` overrides the URLs."""
         state = self.state_dir(member)
         settings = MemberSettings(
             fleet=self.fleet,
             member=member,
-            nats=self.nats,
+            nats=self.nats if nats is None else tuple(nats),
             state_dir=str(state),
             hsm_key_file=str(state / "hsm.key"),
             vault_keys=str(self.root / "vault.keys"),
@@ -121,13 +123,6 @@ class LocalFleet:
         key = provision(self.state_dir(member), member)
         self.write_settings(member, self.membership)
         return key
-
-    def with_nats(self, nats: list[str]) -> LocalFleet:
-        """The same fleet reached through other NATS URLs (settings are rewritten)."""
-        moved = replace(self, nats=tuple(nats))
-        for member in self.members:
-            moved.write_settings(member, self.membership)
-        return moved
 
     def command(self, member: str, *, new: bool = False) -> list[str]:
         """The command line that runs ``member`` as its own process."""

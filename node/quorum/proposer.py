@@ -243,14 +243,12 @@ class Proposer:
         if n > self._seen.get(key, 0):
             self._seen[key] = n
 
-    async def _phase(
-        self, body: Prepare | Accept, voters: frozenset[str], quorum: int, gate: Gate
-    ) -> Tally:
+    async def _phase(self, body: Prepare | Accept, membership: Membership, gate: Gate) -> Tally:
         """Send ``body`` to the phase's members and count their votes until decided or timeout."""
         env = self.outbox.envelope(body)
         self.phases += 1
         round_id = str(next(self._round_ids))
-        tally = Tally(gate, env, body, voters, quorum)
+        tally = Tally(gate, env, body, membership)
         decided = asyncio.Event()
         self._tallies[round_id] = tally
         self._decided[round_id] = decided
@@ -305,9 +303,7 @@ class Proposer:
                 keys=tuple(batch[i].key for i in fresh),
                 ballots=tuple(ballots[i] for i in fresh),
             )
-            promises = await self._phase(
-                prepare, membership.prepare_set, membership.prepare_quorum, gate
-            )
+            promises = await self._phase(prepare, membership, gate)
             for j, i in enumerate(fresh):
                 self._saw(batch[i].key, promises.highest_seen(j))
                 if promises.granted(j):
@@ -340,7 +336,7 @@ class Proposer:
             next_ballots=tuple(self._ballot(batch[i].key) for i, _ in ready),
             values=tuple(value for _, value in ready),
         )
-        accepted = await self._phase(accept, membership.accept_set, membership.accept_quorum, gate)
+        accepted = await self._phase(accept, membership, gate)
         for j, (i, value) in enumerate(ready):
             item = batch[i]
             self._saw(item.key, accepted.highest_seen(j))
@@ -360,7 +356,8 @@ class Proposer:
                 metrics.COMMITS.labels(self.member).inc()
                 if not item.future.done():
                     item.future.set_result(Commit(item.key, value, ballot, proof))
-            elif accepted.refused_by_all(j):
+            elif accepted.refused_by_all(j) or accepted.superseded(j):
+                # The value can never be chosen: trying again cannot apply the change twice.
                 self._retry(item, accepted, j, membership.accept_quorum)
             else:
                 self._fail(

@@ -28,6 +28,8 @@ from messages.quorum import (
     VoteOldBallot,
     VoteReplayed,
 )
+from node.quorum.membership import Membership
+from node.quorum.rules import Ballot
 
 _ANSWERS = {Prepare: Promise, Accept: Accepted}
 
@@ -44,26 +46,25 @@ def vote_error(exc: MessageError) -> BadVote:
 class Tally:
     """The votes of one phase of one round: per record, who granted and who refused.
 
-    ``request`` is the envelope the proposer sent (a :class:`Prepare` or :class:`Accept`);
-    ``voters`` the members asked; ``quorum`` how many grants a record needs. A prepared record
-    is settled as soon as a quorum is out of reach; an accepted one only once every voter
-    answered, since a single acceptance leaves the outcome open while a refusal by all does not.
+    ``request`` is the envelope the proposer sent (a :class:`Prepare` or :class:`Accept`) to
+    the members of its phase in ``membership``. A prepared record is settled as soon as a quorum
+    of promises is out of reach. An accepted record is settled by a quorum of acceptances, or
+    once its value is known to be dead (:meth:`superseded`) or every voter answered: a refusal
+    by some leaves the outcome open as long as the value could still be chosen.
     """
 
     def __init__(
-        self,
-        gate: Gate,
-        request: Envelope,
-        body: Prepare | Accept,
-        voters: frozenset[str],
-        quorum: int,
+        self, gate: Gate, request: Envelope, body: Prepare | Accept, membership: Membership
     ) -> None:
-        self.wait_for_all = isinstance(body, Accept)
+        self.accepting = isinstance(body, Accept)
+        self.membership = membership
         self.gate = gate
         self.request = request
         self.body = body
-        self.voters = voters
-        self.quorum = quorum
+        if self.accepting:
+            self.voters, self.quorum = membership.accept_set, membership.accept_quorum
+        else:
+            self.voters, self.quorum = membership.prepare_set, membership.prepare_quorum
         self.votes: dict[str, tuple[Promise | Accepted, bytes]] = {}
         size = len(body.keys)
         self.grants = [0] * size
@@ -78,8 +79,9 @@ class Tally:
     def _is_open(self, i: int) -> bool:
         if self.grants[i] >= self.quorum:
             return False
-        if self.wait_for_all:
-            return self.grants[i] + self.refusals[i] < len(self.voters)
+        if self.accepting:
+            answered = self.grants[i] + self.refusals[i] == len(self.voters)
+            return not answered and not self.superseded(i)
         return self.refusals[i] <= len(self.voters) - self.quorum
 
     def add(self, data: bytes) -> None:
@@ -96,15 +98,14 @@ class Tally:
             raise VoteOldBallot("the vote answers another round", member=voter)
         if voter in self.votes:
             raise VoteReplayed("the member already voted in this round", member=voter)
+        was_open = [self._is_open(i) for i in range(len(vote.grants))]
         self.votes[voter] = (vote, data)
         for i, granted in enumerate(vote.grants):
-            was_open = self._is_open(i)
             if granted:
                 self.grants[i] += 1
             else:
                 self.refusals[i] += 1
-            if was_open and not self._is_open(i):
-                self._open -= 1
+        self._open -= sum(1 for i, before in enumerate(was_open) if before and not self._is_open(i))
 
     def answers(self, vote: object, causation: str | None) -> bool:
         """True when ``vote`` is the answer to this tally's request."""
@@ -132,6 +133,22 @@ class Tally:
     def refused_by_all(self, i: int) -> bool:
         """True when every voter refused record ``i``: nobody holds the value."""
         return self.refusals[i] == len(self.voters)
+
+    def superseded(self, i: int) -> bool:
+        """True when the value sent for record ``i`` can never be chosen nor read.
+
+        Acceptors that refused it because they had accepted a higher ballot keep a higher
+        ballot for good. When every prepare quorum includes one of them, no later proposer can
+        find this value to be the latest, so the change may be retried.
+        """
+        ours = Ballot(self.body.ballots[i], self.request.source)
+        ahead = {
+            member
+            for member, (vote, _) in self.votes.items()
+            if not vote.grants[i] and Ballot(vote.accepteds[i], vote.accepted_bys[i]) > ours
+        }
+        prepare_set = self.membership.prepare_set
+        return len(ahead & prepare_set) > len(prepare_set) - self.membership.prepare_quorum
 
     def highest_seen(self, i: int) -> int:
         """The highest ballot counter any voter reported for record ``i``."""

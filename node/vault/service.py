@@ -214,7 +214,7 @@ class VaultService:
                 raise VaultUnavailable(f"the fleet cannot commit now: {again}") from exc
             if proposed and commit.value == proposed[-1]:
                 return commit
-            raise VaultUnavailable(f"the operation did not commit: {exc}") from exc
+            raise VaultUnavailable(f"the operation may or may not have committed: {exc}") from exc
         except QuorumError as exc:
             raise VaultUnavailable(f"the fleet cannot commit now: {exc}") from exc
 

@@ -26,6 +26,8 @@ def accepted(outbox, *, digest=None, ballot=4, key="k", fleet="f"):
         grants=(True, True),
         seens=(9, ballot),
         seen_bys=("m1", "m1"),
+        accepteds=(9, ballot),
+        accepted_bys=("m1", "m1"),
         digests=(b"x", value_digest(VALUE) if digest is None else digest),
     )
     return outbox.envelope(body).encode()

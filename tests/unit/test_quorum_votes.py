@@ -33,7 +33,7 @@ def fleet():
 def prepare_tally(membership, outboxes):
     body = Prepare(fleet="f", keys=KEYS, ballots=(5, 7))
     request = outboxes["m1"].envelope(body)
-    return Tally(Gate(membership.trust()), request, body, membership.prepare_set, 2)
+    return Tally(Gate(membership.trust()), request, body, membership)
 
 
 def promise(tally, grants=(True, True), seens=(0, 0), **changes):
@@ -83,23 +83,41 @@ def test_an_accept_waits_for_everyone_when_a_record_is_refused(fleet):
     membership, outboxes = fleet
     body = Accept(fleet="f", keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
     request = outboxes["m1"].envelope(body)
-    tally = Tally(Gate(membership.trust()), request, body, membership.accept_set, 2)
-    refused = Accepted(
+    tally = Tally(Gate(membership.trust()), request, body, membership)
+    refused = accepted_vote(grants=False, seen=8, accepted=3)
+    tally.add(vote(outboxes["m2"], refused, request.id))
+    tally.add(vote(outboxes["m3"], refused, request.id))
+    assert not tally.decided, "the third acceptor may have accepted"
+    assert not tally.superseded(0), "the refusers only promised a higher ballot"
+    tally.add(vote(outboxes["m1"], accepted_vote(grants=True, seen=5, accepted=3), request.id))
+    assert tally.decided and not tally.granted(0) and not tally.refused_by_all(0)
+
+
+def accepted_vote(*, grants, seen, accepted):
+    return Accepted(
         fleet="f",
         proposer="m1",
         keys=("a",),
         ballots=(5,),
-        grants=(False,),
-        seens=(8,),
+        grants=(grants,),
+        seens=(seen,),
         seen_bys=("m2",),
-        digests=(b"",),
+        accepteds=(accepted,),
+        accepted_bys=("m2",),
+        digests=(value_digest(b"x") if grants else b"",),
     )
-    tally.add(vote(outboxes["m2"], refused, request.id))
-    tally.add(vote(outboxes["m3"], refused, request.id))
-    assert not tally.decided, "the third acceptor may have accepted"
-    granted = replace(refused, grants=(True,), seens=(5,), digests=(value_digest(b"x"),))
-    tally.add(vote(outboxes["m1"], granted, request.id))
-    assert tally.decided and not tally.granted(0) and not tally.refused_by_all(0)
+
+
+def test_a_value_refused_by_acceptors_holding_higher_values_is_dead(fleet):
+    membership, outboxes = fleet
+    body = Accept(fleet="f", keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    request = outboxes["m1"].envelope(body)
+    tally = Tally(Gate(membership.trust()), request, body, membership)
+    tally.add(vote(outboxes["m1"], accepted_vote(grants=True, seen=5, accepted=3), request.id))
+    tally.add(vote(outboxes["m2"], accepted_vote(grants=False, seen=9, accepted=9), request.id))
+    assert not tally.superseded(0), "one prepare quorum ({m1, m3}) could still find the value"
+    tally.add(vote(outboxes["m3"], accepted_vote(grants=False, seen=7, accepted=7), request.id))
+    assert tally.superseded(0) and tally.decided
 
 
 def test_a_vote_with_a_bad_signature_is_ignored(fleet):
@@ -122,7 +140,8 @@ def test_a_vote_from_a_non_member_is_ignored(fleet):
     outsider = Outbox("m2", Ed25519Signer.generate())
     with pytest.raises(VoteFromNonMember):
         tally.add(vote(outsider, promise(tally), tally.request.id))
-    narrow = Tally(tally.gate, tally.request, tally.body, frozenset({"m1", "m2"}), 2)
+    narrowed = membership.next(prepare_set=frozenset({"m1", "m2"}), accept_quorum=3)
+    narrow = Tally(tally.gate, tally.request, tally.body, narrowed)
     with pytest.raises(VoteFromNonMember, match="not asked"):
         narrow.add(vote(outboxes["m3"], promise(tally), tally.request.id))
 
