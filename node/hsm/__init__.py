@@ -1,8 +1,10 @@
 """HSM backends: one interface (:class:`Hsm`), a software HSM and a PKCS#11 backend."""
 
 from node.hsm.base import (
+    BadCertificate,
     Hsm,
     HsmError,
+    HsmLoginFailed,
     HsmSigner,
     HsmStateConflict,
     HsmStateRolledBack,
@@ -20,8 +22,10 @@ from node.hsm.base import (
 from node.hsm.soft import SoftHsm
 
 __all__ = [
+    "BadCertificate",
     "Hsm",
     "HsmError",
+    "HsmLoginFailed",
     "HsmSigner",
     "HsmStateConflict",
     "HsmStateRolledBack",

@@ -79,6 +79,18 @@ class OperatorKeyError(HsmError):
     kind = "hsm_operator_key"
 
 
+class HsmLoginFailed(HsmError):
+    """The token refused the PIN."""
+
+    kind = "hsm_login"
+
+
+class BadCertificate(HsmError):
+    """What was to be kept as a certificate is not a DER X.509 certificate."""
+
+    kind = "hsm_bad_certificate"
+
+
 class HsmUnavailable(HsmError):
     """The HSM cannot be reached, even after logging in again."""
 

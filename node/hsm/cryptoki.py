@@ -4,6 +4,13 @@ Access to a token is serialized by one lock per token in this process, since tok
 SoftHSM2 break under parallel use. When a session is lost (the token closed it, the library was
 finalized or reloaded, the login dropped) the backend opens a new session, logs in again and
 retries the operation once.
+
+Keys generated here are sensitive and, unless made ``wrappable``, never extractable: the token
+refuses to let them out at all. The limit: a key wrapped *to* this token's transport key is
+opened through an AES key derived by ECDH on the token, and whoever holds the PIN can derive the
+same secret as a readable key and unwrap outside the token. Tokens that constrain derivation
+(``CKA_DERIVE_TEMPLATE``) or unwrap with ECDH in one step (``CKM_ECDH_AES_KEY_WRAP``, PKCS#11 3.0)
+close that; SoftHSM2 and python-pkcs11 offer neither.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from messages.signing import ECDSA_P256, ED25519, verify_bytes
 from node.hsm import keys
 from node.hsm.base import (
     KEY_ALGORITHMS,
+    BadCertificate,
     Hsm,
     HsmError,
+    HsmLoginFailed,
     HsmUnavailable,
     KeyExists,
     KeyNotFound,
@@ -151,11 +160,9 @@ class Pkcs11Hsm(Hsm):
         def op(session: Any) -> bytes:
             key = self._private_key(session, label)
             alg = _alg(key)
-            if alg == ED25519:
-                return key.sign(data, mechanism=Mechanism.EDDSA)
-            if alg == ECDSA_P256:
-                return keys.ecdsa_der(key.sign(keys.prehash(data), mechanism=Mechanism.ECDSA))
-            raise UnsupportedAlgorithm("key cannot sign", label=label, alg=alg)
+            if alg not in (ED25519, ECDSA_P256):
+                raise UnsupportedAlgorithm("key cannot sign", label=label, alg=alg)
+            return _sign(key, alg, data)
 
         return self._run(op)
 
@@ -174,18 +181,19 @@ class Pkcs11Hsm(Hsm):
                 public_template={Attribute.EC_PARAMS: _P256},
             )
             try:
-                kek = eph_private.derive_key(
-                    KeyType.AES,
-                    256,
-                    mechanism_param=(KDF.NULL, None, recipient),
-                    template={Attribute.WRAP: True},
-                )
-                ciphertext = kek.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD)
-                kek.destroy()
+                ephemeral = _point(eph_public, ECDH_P256)
+                kek = _derive_kek(eph_private, recipient, MechanismFlag.WRAP)
+                try:
+                    ciphertext = kek.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD)
+                except p11.KeyNotWrappable as exc:  # SoftHSM2 wraps no Ed25519 private keys
+                    raise UnsupportedAlgorithm(
+                        "token cannot wrap keys of this algorithm", label=label, alg=public.alg
+                    ) from exc
+                finally:
+                    kek.destroy()
             finally:
                 eph_private.destroy()
-            ephemeral = _point(eph_public, ECDH_P256)
-            eph_public.destroy()
+                eph_public.destroy()
             return WrappedKey(public.alg, public.public_key, ephemeral, ciphertext)
 
         return self._run(op)
@@ -201,15 +209,10 @@ class Pkcs11Hsm(Hsm):
                 raise UnsupportedAlgorithm("key is not a transport key", label=transport_label)
             if self._find(session, ObjectClass.PRIVATE_KEY, label) is not None:
                 raise KeyExists("a key with this label exists", label=label)
-            kek = transport.derive_key(
-                KeyType.AES,
-                256,
-                mechanism_param=(KDF.NULL, None, wrapped.ephemeral),
-                template={Attribute.UNWRAP: True},
-            )
+            kek = _derive_kek(transport, wrapped.ephemeral, MechanismFlag.UNWRAP)
             ed = wrapped.alg == ED25519
             try:
-                kek.unwrap_key(
+                private = kek.unwrap_key(
                     ObjectClass.PRIVATE_KEY,
                     KeyType.EC_EDWARDS if ed else KeyType.EC,
                     wrapped.ciphertext,
@@ -226,28 +229,34 @@ class Pkcs11Hsm(Hsm):
                     },
                 )
             except p11.PKCS11Error as exc:
+                # Not retried even when it looks like a lost session: SoftHSM2 answers a garbled
+                # wrapped key with CKR_GENERAL_ERROR.
                 raise UnwrapFailed(f"token refused the wrapped key: {type(exc).__name__}") from exc
             finally:
                 kek.destroy()
-            session.create_object(
-                {
-                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-                    Attribute.KEY_TYPE: KeyType.EC_EDWARDS if ed else KeyType.EC,
-                    Attribute.EC_PARAMS: _ED25519 if ed else _P256,
-                    Attribute.EC_POINT: _der_octets(wrapped.public_key),
-                    Attribute.LABEL: label,
-                    Attribute.TOKEN: True,
-                    Attribute.VERIFY: True,
-                }
-            )
+            kept = False
+            try:
+                if not _signs_for(private, wrapped.alg, wrapped.public_key):
+                    raise UnwrapFailed("wrapped key is not the key it claims to be", label=label)
+                session.create_object(
+                    {
+                        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                        Attribute.KEY_TYPE: KeyType.EC_EDWARDS if ed else KeyType.EC,
+                        Attribute.EC_PARAMS: _ED25519 if ed else _P256,
+                        Attribute.EC_POINT: _der_octets(wrapped.public_key),
+                        Attribute.LABEL: label,
+                        Attribute.TOKEN: True,
+                        Attribute.VERIFY: True,
+                    }
+                )
+                kept = True
+            finally:
+                if not kept:
+                    with contextlib.suppress(p11.PKCS11Error):
+                        private.destroy()
             return PublicKey(label, wrapped.alg, wrapped.public_key)
 
-        public = self._run(op)
-        probe = b"hsmfleet/v1/unwrap-probe"
-        if not verify_bytes(public.alg, public.public_key, self.sign(label, probe), probe):
-            self.destroy(label)
-            raise UnwrapFailed("wrapped key is not the key it claims to be", label=label)
-        return public
+        return self._run(op)
 
     def destroy(self, label: str) -> None:
         def op(session: Any) -> None:
@@ -270,7 +279,10 @@ class Pkcs11Hsm(Hsm):
         return self._run(op)
 
     def store_certificate(self, label: str, der: bytes) -> None:
-        subject = x509.load_der_x509_certificate(der).subject.public_bytes()
+        try:
+            subject = x509.load_der_x509_certificate(der).subject.public_bytes()
+        except ValueError as exc:
+            raise BadCertificate(f"not a DER X.509 certificate: {exc}", label=label) from exc
 
         def op(session: Any) -> None:
             old = self._find(session, ObjectClass.CERTIFICATE, label)
@@ -303,7 +315,10 @@ class Pkcs11Hsm(Hsm):
     # -- sessions ------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        self._lib = lib = pkcs11.lib(self.module)
+        try:
+            self._lib = lib = pkcs11.lib(self.module)
+        except RuntimeError as exc:  # python-pkcs11 reports a library that will not load so
+            raise HsmUnavailable(f"cannot load the PKCS#11 library: {exc}") from exc
         try:
             token = lib.get_token(token_label=self.token_label)
         except p11.NoSuchToken:
@@ -319,10 +334,10 @@ class Pkcs11Hsm(Hsm):
         except p11.UserAlreadyLoggedIn:
             # Login is shared by every session of this process; join it only with the same PIN.
             if _logins.get((self.module, self.token_label)) != pin_digest:
-                raise HsmError("token refused the PIN: logged in with another PIN") from None
+                raise HsmLoginFailed("token refused the PIN: logged in with another PIN") from None
             session = token.open(rw=True)
         except (p11.PinIncorrect, p11.PinLocked, p11.PinInvalid, p11.PinLenRange) as exc:
-            raise HsmError(f"token refused the PIN: {type(exc).__name__}") from None
+            raise HsmLoginFailed(f"token refused the PIN: {type(exc).__name__}") from None
         _logins[(self.module, self.token_label)] = pin_digest
         self._session = session
         self._mechanisms = frozenset(token.slot.get_mechanisms())
@@ -344,7 +359,7 @@ class Pkcs11Hsm(Hsm):
                         self.relogins += 1
                     return op(self._session)
                 except p11.PKCS11Error as exc:
-                    if not (isinstance(exc, _LOST_SESSION) or not self._lib.initialized):
+                    if not _session_lost(exc, self._lib):
                         raise HsmError(
                             f"token refused the operation: {type(exc).__name__}"
                         ) from exc
@@ -380,10 +395,42 @@ class Pkcs11Hsm(Hsm):
         return PublicKey(label, alg, _point(public, alg))
 
 
+def _session_lost(exc: Exception, lib: Any) -> bool:
+    """Whether ``exc`` means the session is gone, so a new session and login may succeed."""
+    return isinstance(exc, _LOST_SESSION) or not lib.initialized
+
+
 def _alg(private: Any) -> str:
     if private.key_type == KeyType.EC_EDWARDS:
         return ED25519
     return ECDH_P256 if private[Attribute.DERIVE] else ECDSA_P256
+
+
+def _sign(private: Any, alg: str, data: bytes) -> bytes:
+    """Ed25519, or ECDSA P-256 over SHA-256 as DER, by a private key object on the token."""
+    if alg == ED25519:
+        return private.sign(data, mechanism=Mechanism.EDDSA)
+    return keys.ecdsa_der(private.sign(keys.prehash(data), mechanism=Mechanism.ECDSA))
+
+
+_PROBE = b"hsmfleet/v1/unwrap-probe"
+
+
+def _signs_for(private: Any, alg: str, public_key: bytes) -> bool:
+    """Whether ``private`` makes signatures that ``public_key`` verifies."""
+    return verify_bytes(alg, public_key, _sign(private, alg, _PROBE), _PROBE)
+
+
+def _derive_kek(private: Any, peer: bytes, use: MechanismFlag) -> Any:
+    """A session AES key from ECDH with ``peer`` that can do ``use`` (wrap or unwrap) and nothing
+    else, never readable off the token."""
+    return private.derive_key(
+        KeyType.AES,
+        256,
+        capabilities=use,
+        mechanism_param=(KDF.NULL, None, peer),
+        template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False},
+    )
 
 
 def _point(public: Any, alg: str) -> bytes:

@@ -11,11 +11,15 @@ from datetime import UTC, datetime
 
 import pkcs11
 import pytest
+from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
+from pkcs11 import exceptions as p11_errors
 
 from messages.attestation import ECDH_P256
 from messages.signing import ECDSA_P256, ED25519, verify_bytes
 from node.hsm import (
+    BadCertificate,
     HsmError,
+    HsmLoginFailed,
     HsmUnavailable,
     KeyExists,
     KeyNotFound,
@@ -25,7 +29,7 @@ from node.hsm import (
     UnwrapFailed,
     softhsm,
 )
-from node.hsm.cryptoki import Pkcs11Hsm
+from node.hsm.cryptoki import Pkcs11Hsm, _derive_kek
 from node.vendor import DEVICE, VendorCA, device_chain, provision
 
 PIN = "1234"
@@ -94,10 +98,16 @@ def test_typed_errors_for_bad_requests(p11, token_label):
         p11.sign("missing", b"x")
     with pytest.raises(UnsupportedAlgorithm):
         p11.sign("t", b"x")
-    with pytest.raises(HsmError, match="PIN"):
+    with pytest.raises(HsmError, match="PIN") as info:
         Pkcs11Hsm(softhsm.MODULE, token_label, "wrong-pin")
+    assert isinstance(info.value, HsmLoginFailed) and info.value.kind == "hsm_login"
     with pytest.raises(HsmUnavailable):
         Pkcs11Hsm(softhsm.MODULE, "no-such-token", PIN)
+    with pytest.raises(HsmUnavailable, match="cannot load"):
+        Pkcs11Hsm("/nonexistent/libpkcs11.so", token_label, PIN)
+    with pytest.raises(BadCertificate):
+        p11.store_certificate("k", b"\x30\x03junk")
+    assert p11.certificate("k") is None
     p11.destroy("k")
     with pytest.raises(KeyNotFound):
         p11.destroy("k")
@@ -180,3 +190,92 @@ def test_tampered_wrapped_key_is_refused(p11, tmp_path):
     with pytest.raises(UnwrapFailed, match="not the key it claims"):
         p11.unwrap("transport", replace(wrapped, public_key=other.public_key), "y")
     assert p11.labels() == ["transport"]
+
+
+def _private_attributes(hsm, label):
+    names = (
+        Attribute.SENSITIVE,
+        Attribute.EXTRACTABLE,
+        Attribute.ALWAYS_SENSITIVE,
+        Attribute.NEVER_EXTRACTABLE,
+    )
+
+    def op(session):
+        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+        return tuple(key[name] for name in names)
+
+    return hsm._run(op)
+
+
+def test_the_token_holds_keys_sensitive_and_unextractable_unless_wrappable(p11, tmp_path):
+    """Read back from the token itself: (sensitive, extractable, always sensitive, never
+    extractable)."""
+    for label, alg in (("identity", ED25519), ("device", ECDSA_P256), ("transport", ECDH_P256)):
+        p11.generate(label, alg)
+        assert _private_attributes(p11, label) == (True, False, True, True)
+    p11.generate("fleet", ECDSA_P256, wrappable=True)
+    assert _private_attributes(p11, "fleet") == (True, True, True, False)
+    soft = SoftHsm(tmp_path, bytes(32))
+    soft.generate("sent", ECDSA_P256, wrappable=True)
+    p11.unwrap("transport", soft.wrap("sent", p11.public_key("transport").public_key), "sent")
+    assert _private_attributes(p11, "sent")[:2] == (True, True)
+
+
+def test_a_token_that_cannot_wrap_ed25519_says_so(p11, tmp_path):
+    """SoftHSM2 makes and signs with Ed25519 keys but wraps none: a typed refusal, no HsmError."""
+    peer = SoftHsm(tmp_path, bytes(32)).generate("transport", ECDH_P256)
+    p11.generate("fleet", ED25519, wrappable=True)
+    with pytest.raises(UnsupportedAlgorithm, match="cannot wrap"):
+        p11.wrap("fleet", peer.public_key)
+    assert p11.labels() == ["fleet"]
+
+
+def test_the_token_itself_refuses_to_wrap_a_key_made_unwrappable(p11):
+    """Not only the backend's own check: the token will not let the key out under any key."""
+    p11.generate("identity", ED25519)
+
+    def op(session):
+        kek = session.generate_key(KeyType.AES, 256, store=False)
+        try:
+            kek.wrap_key(session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="identity"))
+        finally:
+            kek.destroy()
+
+    with pytest.raises(HsmError) as info:
+        p11._run(op)
+    assert isinstance(info.value.__cause__, p11_errors.KeyUnextractable)
+
+
+def test_key_encryption_keys_do_one_thing_never_leave_and_do_not_outlive_a_wrap(p11, tmp_path):
+    transport = p11.generate("transport", ECDH_P256)
+    soft = SoftHsm(tmp_path, bytes(32))
+    peer = soft.generate("transport", ECDH_P256)
+    soft.generate("fleet", ECDSA_P256, wrappable=True)
+
+    def kek_attributes(session):
+        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="transport")
+        kek = _derive_kek(key, peer.public_key, MechanismFlag.UNWRAP)
+        try:
+            uses = {a: kek[a] for a in (Attribute.UNWRAP, Attribute.WRAP, Attribute.DECRYPT)}
+            with pytest.raises(p11_errors.AttributeSensitive):
+                kek[Attribute.VALUE]
+            return uses, kek[Attribute.SENSITIVE], kek[Attribute.EXTRACTABLE]
+        finally:
+            kek.destroy()
+
+    uses, sensitive, extractable = p11._run(kek_attributes)
+    assert uses == {Attribute.UNWRAP: True, Attribute.WRAP: False, Attribute.DECRYPT: False}
+    assert (sensitive, extractable) == (True, False)
+    p11.unwrap("transport", soft.wrap("fleet", transport.public_key), "fleet")
+    p11.wrap("fleet", peer.public_key)
+    lying = replace(soft.wrap("fleet", transport.public_key), public_key=peer.public_key)
+    with pytest.raises(UnwrapFailed):
+        p11.unwrap("transport", lying, "copy")
+
+    def leftovers(session):
+        secrets = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}))
+        privates = session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+        publics = session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY})
+        return len(secrets), sorted(o.label for o in privates), sorted(o.label for o in publics)
+
+    assert p11._run(leftovers) == (0, ["fleet", "transport"], ["fleet", "transport"])
