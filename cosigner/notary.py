@@ -275,6 +275,10 @@ class Notary:
         """The latest signed checkpoint note (of the whole log)."""
         return self._head[1]
 
+    def head(self) -> tuple[int, str]:
+        """The size of the latest signed checkpoint and its note, read together."""
+        return self._head
+
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         return self._log.inclusion_proof(index, size)
 

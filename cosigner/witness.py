@@ -4,12 +4,14 @@ The semantics of C2SP tlog-witness: a request names the size ``old_size`` that t
 believes the witness last saw of the log, a consistency proof from that size to the presented
 checkpoint, and the checkpoint. The witness cosigns only if
 
+- the request is a checkpoint note and ``old_size`` is not above its size
+  (:class:`MalformedWitnessRequest`);
 - it witnesses the checkpoint's origin and the log's own key signed the checkpoint
   (:class:`UnknownLog`, :class:`BadWitnessCheckpoint`);
-- ``old_size`` is the size it last cosigned for that log (0 at first); otherwise it answers
-  :class:`WitnessConflict`, which carries the size it knows so the requester can retry;
-- the checkpoint is not smaller than that and the consistency proof links the two
-  (:class:`BadWitnessProof`).
+- ``old_size`` is the size it last cosigned for that log (0 at first), and a checkpoint of that
+  same size has the same root; otherwise it answers :class:`WitnessConflict`, which carries the
+  size it knows so the requester can retry;
+- the consistency proof links the two (:class:`BadWitnessProof`).
 
 It records every checkpoint it cosigns before answering, so what it saw of each log can be shown
 later, and it never cosigns a tree head that does not extend the one it cosigned before.
@@ -36,6 +38,12 @@ class WitnessError(HsmfleetError):
     kind = "witness"
 
 
+class MalformedWitnessRequest(WitnessError):
+    """The request is not a checkpoint note, or names an old size above the checkpoint's."""
+
+    kind = "malformed_witness_request"
+
+
 class UnknownLog(WitnessError):
     """The checkpoint comes from a log this witness does not witness."""
 
@@ -43,13 +51,14 @@ class UnknownLog(WitnessError):
 
 
 class BadWitnessCheckpoint(WitnessError):
-    """The checkpoint is malformed or not signed by its log's known key."""
+    """The checkpoint is not signed by its log's known key, or is not a checkpoint."""
 
     kind = "bad_witness_checkpoint"
 
 
 class WitnessConflict(WitnessError):
-    """``old_size`` is not the size the witness last saw; ``size`` is that size."""
+    """``old_size`` is not the size the witness last saw (``size`` is that size), or the
+    checkpoint has that size but another root hash."""
 
     kind = "witness_conflict"
 
@@ -69,7 +78,7 @@ def checkpoint_origin(note: str) -> str:
     try:
         return Note.parse(note).text.split("\n", 1)[0]
     except NoteError as exc:
-        raise BadWitnessCheckpoint(f"not a signed note: {exc}") from exc
+        raise MalformedWitnessRequest(f"not a signed note: {exc}") from exc
 
 
 class Witness:
@@ -93,6 +102,10 @@ class Witness:
         """The largest checkpoint of ``origin`` this witness cosigned."""
         return self._store.latest_witnessed(origin)
 
+    def history(self, origin: str) -> list[Seen]:
+        """Every checkpoint of ``origin`` this witness cosigned, smallest first."""
+        return self._store.witnessed_history(origin)
+
     def cosign(self, old_size: int, consistency: Sequence[bytes], note: str, now_s: int) -> str:
         """The cosignature line for checkpoint ``note`` at POSIX time ``now_s``, or the
         :class:`WitnessError` saying why not (counted in :attr:`rejects`)."""
@@ -113,10 +126,14 @@ class Witness:
             checkpoint = open_checkpoint(note, origin, log).checkpoint
         except (NoteError, CheckpointError) as exc:
             raise BadWitnessCheckpoint(f"checkpoint refused: {exc}", origin=origin) from exc
+        if not 0 <= old_size <= checkpoint.size:
+            raise MalformedWitnessRequest("old size is above the checkpoint's", old=old_size)
         seen = self._store.latest_witnessed(origin)
         seen_size, seen_root = (seen.size, seen.root) if seen else (0, EMPTY_ROOT)
         if old_size != seen_size:
             raise WitnessConflict("old size is not the size last seen", seen_size, origin=origin)
+        if checkpoint.size == seen_size and checkpoint.root != seen_root:
+            raise WitnessConflict("same size as last seen, another root", seen_size, origin=origin)
         try:
             verify_consistency(seen_size, checkpoint.size, seen_root, checkpoint.root, consistency)
         except MerkleError as exc:

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 
+from cosigner import cli as cosigner_cli
 from messages.errors import HsmfleetError
 from node import cli as node_cli
 from node.quorum import cli as member_cli
@@ -20,6 +21,7 @@ VERB_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     node_cli.register,
     orchestrator_cli.register,
     member_cli.register,
+    cosigner_cli.register,
 ]
 
 

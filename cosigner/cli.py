@@ -1,0 +1,111 @@
+"""``hsmfleet cosigner ...``: create a cosigner, pin it, and run it.
+
+- ``init --state DIR --id ID [--name NAME] --requester-key FILE``: a new key (mode 0600) and a
+  configuration trusting the orchestrator key(s) pinned in FILE; prints the cosigner's pin;
+- ``witness-of --state DIR PIN...``: also witness the logs pinned in these files;
+- ``pin --state DIR [--url URL]``: print the pin verifiers and other witnesses need;
+- ``run --state DIR [--nats URL] [--http HOST:PORT]``: serve until SIGINT or SIGTERM; prints one
+  JSON line ``{"id", "name", "url"}`` once it answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+from pathlib import Path
+
+from cosigner.config import (
+    CosignerConfig,
+    init_state,
+    load_config,
+    load_key,
+    pin_of,
+    read_pin,
+    read_requesters,
+    save_config,
+)
+from cosigner.http import Server, make_app
+from messages.canonical import canonical
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    parser = verbs.add_parser("cosigner", help="an independent cosigner and witness")
+    sub = parser.add_subparsers(dest="cosigner_verb", metavar="ACTION")
+    sub.required = True
+
+    init = sub.add_parser("init", help="create a cosigner's key and configuration")
+    init.add_argument("--state", type=Path, required=True, help="state directory")
+    init.add_argument("--id", required=True, help="cosigner id (its NATS subject token)")
+    init.add_argument("--name", help="log origin and witness name (default: ID.cosigner/log)")
+    init.add_argument(
+        "--requester-key",
+        type=Path,
+        required=True,
+        help="file pinning the orchestrator key(s) whose requests it answers",
+    )
+    init.set_defaults(run=init_command)
+
+    witness = sub.add_parser("witness-of", help="witness the logs of other cosigners")
+    witness.add_argument("--state", type=Path, required=True, help="state directory")
+    witness.add_argument("pins", type=Path, nargs="+", help="pin files of the logs to witness")
+    witness.set_defaults(run=witness_command)
+
+    pin = sub.add_parser("pin", help="print this cosigner's pin")
+    pin.add_argument("--state", type=Path, required=True, help="state directory")
+    pin.add_argument("--url", help="base URL of its HTTP API, recorded in the pin")
+    pin.set_defaults(run=pin_command)
+
+    run = sub.add_parser("run", help="serve signing requests and the log until interrupted")
+    run.add_argument("--state", type=Path, required=True, help="state directory")
+    run.add_argument("--nats", help="NATS server URL (omit to serve HTTP only)")
+    run.add_argument("--http", default="127.0.0.1:0", help="HTTP listen address HOST:PORT")
+    run.set_defaults(run=run_command)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(json.loads(canonical(value))), flush=True)
+
+
+def init_command(args: argparse.Namespace) -> int:
+    config = CosignerConfig(
+        id=args.id,
+        name=args.name or f"{args.id}.cosigner/log",
+        requesters=read_requesters(args.requester_key),
+    )
+    signer = init_state(args.state, config)
+    _print_json(pin_of(config, signer).to_json())
+    return 0
+
+
+def witness_command(args: argparse.Namespace) -> int:
+    config = load_config(args.state).witnessing(*(read_pin(p) for p in args.pins))
+    save_config(args.state, config)
+    _print_json([log.name for log in config.witness_of])
+    return 0
+
+
+def pin_command(args: argparse.Namespace) -> int:
+    _print_json(pin_of(load_config(args.state), load_key(args.state), args.url).to_json())
+    return 0
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    host, _, port = args.http.rpartition(":")
+    server = Server(make_app(args.state, args.nats))
+    url = await server.start(host or "127.0.0.1", int(port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    cosigner = server.cosigner
+    _print_json({"id": cosigner.id, "name": cosigner.name, "url": url})
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        await server.stop()
+    return 0
