@@ -11,7 +11,9 @@ root at the time given.
 :func:`request_attestation` sends the challenge over NATS (the orchestrator's shell);
 :func:`verify_attestation` is pure: the time, the expected nonce, the roots and the allow-list are
 inputs; it reads no clock and keeps no state. Whether a nonce was already used or has expired is the
-orchestrator's bookkeeping, not this module's.
+orchestrator's bookkeeping, not this module's. :func:`verify_answer_signature`, also pure, checks
+that the envelope carrying the answer is signed by the identity key the answer attests: proof that
+the sender holds that key, and that the envelope's id, time and causation are the node's.
 """
 
 # No ``from __future__ import annotations`` here: the bodies' field types stay evaluated, so
@@ -30,19 +32,29 @@ from nats.aio.client import Client as NATS
 from messages import subjects
 from messages.bus import request
 from messages.canonical import canonical, digest, loads_strict
+from messages.envelope import Envelope
 from messages.errors import HsmfleetError, MessageError, SchemaViolation
 from messages.gate import Gate
 from messages.outbox import Outbox
 from messages.replay import ReplayGuard
 from messages.schema import Body, message
-from messages.signing import ALGORITHMS, ECDSA_P256, ED25519, TrustStore, verify_bytes
+from messages.signing import (
+    ALGORITHMS,
+    ECDSA_P256,
+    ED25519,
+    TrustedKey,
+    TrustStore,
+    verify_bytes,
+    verify_envelope,
+)
 
 ECDH_P256 = "ecdh-p256"
 TRANSPORT_ALGORITHMS = (ECDH_P256,)
-HSM_KINDS = ("soft", "pkcs11")
 STATEMENT_DOMAIN = b"hsmfleet/v1/attestation-statement\n"
 MIN_NONCE_BYTES = 16
 _ANY_CLOCK_MS = 1 << 62
+NODE_ROLE = "node"
+"""The role a node's identity key signs its own messages for."""
 
 # Reasons an attestation is refused; each is the ``reason`` of one :class:`AttestationRejected`.
 UNKNOWN_ROOT = "unknown_root"
@@ -53,6 +65,7 @@ WRONG_NONCE = "wrong_nonce"
 KEY_MISMATCH = "key_mismatch"
 WRONG_DEVICE = "wrong_device"
 GARBLED = "garbled"
+BAD_ANSWER_SIGNATURE = "bad_answer_signature"
 REASONS = (
     UNKNOWN_ROOT,
     EXPIRED,
@@ -62,6 +75,7 @@ REASONS = (
     KEY_MISMATCH,
     WRONG_DEVICE,
     GARBLED,
+    BAD_ANSWER_SIGNATURE,
 )
 
 
@@ -115,7 +129,8 @@ class Attestation(Body):
     ``chain`` is DER certificates from the vendor root to the device certificate (root first,
     device last). ``statement`` is the canonical bytes of an :class:`AttestationStatement` and
     ``signature`` the device key's signature over :func:`statement_signing_bytes` of it (ECDSA
-    P-256 signatures are DER).
+    P-256 signatures are DER). ``hsm`` (the backend's kind) is a hint for operators: the device
+    does not sign it and the verifier establishes nothing from it.
     """
 
     TYPE = "node.attestation"
@@ -193,12 +208,14 @@ async def request_attestation(
     corr: str | None = None,
     timeout: float = 2.0,
 ) -> Attestation:
-    """Send a signed :class:`AttestRequest` to ``node_id`` and return its answer, unverified.
+    """Send a signed :class:`AttestRequest` to ``node_id`` and return its answer.
 
     The answer is not signed by a key the orchestrator trusts yet (that is what attestation
-    establishes), so it passes the gate unsigned, whatever the node's clock says; an answer that
-    does not decode raises :class:`AttestationRejected` (``garbled``). No answer raises the
-    bus's typed errors.
+    establishes), so it passes the gate whatever the node's clock says, and then must be signed
+    by the identity key it claims (:func:`verify_answer_signature`); everything else about it is
+    left to :func:`verify_attestation`. An answer that does not decode raises
+    :class:`AttestationRejected` (``garbled``), one not signed by its claimed identity key
+    ``bad_answer_signature``. No answer raises the bus's typed errors.
     """
     env = outbox.envelope(AttestRequest(nonce=nonce, expires_ms=expires_ms), corr=corr)
     # The nonce makes the answer fresh; the node's clock (its envelope's ``at``) must not matter.
@@ -213,7 +230,30 @@ async def request_attestation(
         raise AttestationRejected(
             GARBLED, "the answer is not an attestation", type=received.envelope.type
         )
-    return received.body
+    answer = _decode(received.body)
+    verify_answer_signature(received.envelope, answer)
+    return answer
+
+
+def verify_answer_signature(envelope: Envelope, node: Attestation | AttestedNode) -> None:
+    """Check that ``envelope`` comes from ``node`` and is signed by its attested identity key.
+
+    :func:`verify_attestation` proves the device certified the identity key; this proves the
+    sender of the answer holds that key. Raises :class:`AttestationRejected`
+    (``bad_answer_signature``) when the envelope is unsigned, signed by another key, or names
+    another source than the node.
+    """
+    identity = TrustedKey(
+        node.node_id, node.identity_alg, node.identity_key, frozenset({NODE_ROLE})
+    )
+    try:
+        verify_envelope(envelope, TrustStore([identity]), NODE_ROLE)
+    except MessageError as exc:
+        raise AttestationRejected(
+            BAD_ANSWER_SIGNATURE,
+            f"the answer is not signed by the identity key it attests: {exc}",
+            node_id=node.node_id,
+        ) from exc
 
 
 def verify_attestation(

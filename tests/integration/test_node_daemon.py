@@ -197,6 +197,34 @@ async def test_a_garbled_answer_is_rejected_as_garbled(nc, tmp_path, vendor, pin
         await sub.unsubscribe()
 
 
+async def test_an_answer_not_signed_by_its_identity_key_is_refused(
+    nc, tmp_path, vendor, pins, orchestrator
+):
+    """A host relays a genuine attestation but cannot sign for the identity key it attests."""
+    daemon = soft_daemon(tmp_path, vendor, pins)
+    nonce = os.urandom(32)
+    genuine = attest(daemon.node, daemon.hsm, measure(), AttestRequest(nonce, 0))
+    relays = [
+        Outbox(daemon.node_id, Ed25519Signer.generate()).envelope(genuine),
+        Outbox(daemon.node_id).envelope(genuine),
+    ]
+
+    async def relay(msg):
+        await nc.publish(msg.reply, relays.pop(0).encode())
+
+    sub = await nc.subscribe(subjects.node_command(daemon.node_id, "attest"), cb=relay)
+    try:
+        for _ in range(2):
+            with pytest.raises(AttestationRejected) as info:
+                await request_attestation(
+                    nc, Outbox("orchestrator", orchestrator), daemon.node_id, nonce, 2**40
+                )
+            assert info.value.reason == "bad_answer_signature"
+    finally:
+        await sub.unsubscribe()
+    assert relays == []
+
+
 async def test_node_with_a_skewed_clock_still_enrolls(nc, tmp_path, vendor, pins, orchestrator):
     daemon = soft_daemon(tmp_path, vendor, pins)
     hours_behind = IdSource(clock_ms=lambda: time.time_ns() // 1_000_000 - 3 * 3600 * 1000)

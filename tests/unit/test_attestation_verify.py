@@ -15,13 +15,15 @@ from messages.attestation import (
     AttestedNode,
     AttestRequest,
     statement_signing_bytes,
+    verify_answer_signature,
     verify_attestation,
 )
 from messages.canonical import canonical, digest
+from messages.outbox import Outbox
 from messages.signing import ED25519
 from node.attest import BadAttestRequest, attest
 from node.hsm import SoftHsm
-from node.identity import establish
+from node.identity import IDENTITY, establish
 from node.vendor import DEVICE, VendorCA, provision
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -206,7 +208,29 @@ def test_equivalent_but_not_canonical_statement_is_garbled(world):
 
 
 def test_every_reason_is_tested_and_distinct():
-    assert len(set(REASONS)) == len(REASONS) == 8
+    assert len(set(REASONS)) == len(REASONS) == 9
+
+
+def _refused_envelope(env, node):
+    with pytest.raises(AttestationRejected) as info:
+        verify_answer_signature(env, node)
+    assert info.value.reason == "bad_answer_signature"
+
+
+def test_answer_envelope_must_be_signed_by_the_attested_identity_key(world):
+    att = _answer(world)
+    node = world["node"]
+    genuine = Outbox(node.node_id, world["hsm"].signer(IDENTITY)).envelope(att)
+    verify_answer_signature(genuine, att)
+    verify_answer_signature(genuine, _verify(world, att))
+    _refused_envelope(Outbox(node.node_id).envelope(att), att)
+    other = Outbox(node.node_id, world["other_hsm"].signer(IDENTITY)).envelope(att)
+    _refused_envelope(other, att)
+    renamed = Outbox("n2", world["hsm"].signer(IDENTITY)).envelope(att)
+    _refused_envelope(renamed, att)
+    altered = replace(genuine, body={**genuine.body, "measurement": "sha256:" + "00" * 32})
+    _refused_envelope(altered, att)
+    _refused_envelope(genuine, replace(att, identity_key=world["other"].identity.public_key))
 
 
 def test_node_refuses_a_short_nonce(world):
