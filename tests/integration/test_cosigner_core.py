@@ -1,0 +1,143 @@
+"""The cosigner's notary and witness on their real SQLite files: batches, recovery after a crash
+between the log and the store, corruption and double opening refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cosigner.log import AuditLog, LogBusy, LogCorrupted
+from cosigner.notary import DigestSeen, Notary
+from cosigner.store import Seen, Store
+from cosigner.testbed import sample_artifact, sample_chain
+from cosigner.witness import Witness, WitnessConflict
+from messages.bundle import SerialGap
+from messages.checkpoint import Checkpoint, open_checkpoint
+from messages.cosigning import Signed
+from messages.ids import parse_time
+from messages.merkle import leaf_hash, verify_inclusion
+from messages.note import Ed25519NoteSigner, Ed25519NoteVerifier
+from messages.signing import Ed25519Signer
+
+NAME = "notary.example/log"
+NOW = parse_time("2026-01-02T00:00:00.000Z")
+KEY = Ed25519Signer.from_seed(bytes(range(7, 39)))
+LOG = Ed25519NoteVerifier(NAME, KEY.public_key)
+
+
+def _open(directory: Path) -> Notary:
+    return Notary.open(directory, NAME, KEY, NOW)
+
+
+def _check(answer: Signed, document: object) -> None:
+    assert isinstance(answer, Signed), answer
+    checkpoint = open_checkpoint(answer.checkpoint, NAME, LOG).checkpoint
+    assert answer.statement.describes(document)
+    assert answer.statement.verify(KEY.public_key, answer.signature)
+    verify_inclusion(
+        answer.statement.index,
+        checkpoint.size,
+        leaf_hash(document.to_bytes()),
+        answer.inclusion,
+        checkpoint.root,
+    )
+
+
+def test_a_batch_is_one_append_with_refusals_in_place(tmp_path: Path) -> None:
+    one, two, three, four = sample_chain()
+    notary = _open(tmp_path)
+    try:
+        answers = notary.log([one.to_json(), two.to_json(), two.to_json(), four.to_json()], NOW)
+        _check(answers[0], one)
+        _check(answers[1], two)
+        assert isinstance(answers[2], DigestSeen)
+        assert isinstance(answers[3], SerialGap)
+        assert answers[0].checkpoint == answers[1].checkpoint
+        assert notary.size == 2
+        assert notary.rejects == {"digest_seen": 1, "serial_gap": 1}
+        (answer,) = notary.log([three.to_json()], NOW)
+        _check(answer, three)
+        assert notary.log([], NOW) == []
+    finally:
+        notary.close()
+
+
+def test_state_is_rebuilt_from_the_log_after_a_crash_before_signing(tmp_path: Path) -> None:
+    one, two, three, _ = sample_chain()
+    notary = _open(tmp_path)
+    notary.log([one.to_json()], NOW)
+    notary.close()
+    # A crash after the log's fsync but before the statements were recorded.
+    with AuditLog.open(tmp_path / "audit.db") as log:
+        log.append([two.to_bytes()])
+    notary = _open(tmp_path)
+    try:
+        assert notary.size == 2
+        size, note = notary.head()
+        assert size == 2
+        assert open_checkpoint(note, NAME, LOG).checkpoint.size == 2
+        _check(notary.receipt(two.digest), two)
+        assert isinstance(notary.log([two.to_json()], NOW)[0], DigestSeen)
+        _check(notary.log([three.to_json()], NOW)[0], three)
+    finally:
+        notary.close()
+
+
+def test_a_log_entry_that_is_no_document_is_corruption(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path / "audit.db") as log:
+        log.append([b"not a document"])
+    with pytest.raises(LogCorrupted):
+        _open(tmp_path)
+
+
+def test_a_second_opening_is_refused(tmp_path: Path) -> None:
+    notary = _open(tmp_path)
+    try:
+        with pytest.raises(LogBusy):
+            _open(tmp_path)
+    finally:
+        notary.close()
+    _open(tmp_path).close()
+
+
+def test_artifacts_and_bundles_of_many_fleets_share_one_log(tmp_path: Path) -> None:
+    notary = _open(tmp_path)
+    try:
+        documents = [
+            *sample_chain("fleet-1"),
+            sample_artifact("fleet-1"),
+            *sample_chain("fleet-2"),
+            sample_artifact("fleet-2", epoch=5),
+            sample_artifact("fleet-1", epoch=2),
+        ]
+        for document, answer in zip(
+            documents, notary.log([d.to_json() for d in documents], NOW), strict=True
+        ):
+            _check(answer, document)
+    finally:
+        notary.close()
+    notary = _open(tmp_path)
+    try:
+        assert notary.size == len(documents)
+        refused = notary.log([sample_artifact("fleet-2", epoch=5, days=9).to_json()], NOW)
+        assert refused[0].kind == "stale_epoch"
+    finally:
+        notary.close()
+
+
+def test_witness_refuses_a_same_size_checkpoint_with_another_root(tmp_path: Path) -> None:
+    log_key = Ed25519NoteSigner(NAME, KEY)
+    store = Store.open(tmp_path / "state.db")
+    try:
+        witness = Witness("w.example/witness", Ed25519Signer.generate(), [LOG], store)
+        good = Checkpoint(NAME, 1, leaf_hash(b"a")).sign(log_key).encode().decode()
+        evil = Checkpoint(NAME, 1, leaf_hash(b"b")).sign(log_key).encode().decode()
+        assert witness.cosign(0, [], good, 100).size == 1
+        with pytest.raises(WitnessConflict) as caught:
+            witness.cosign(1, [], evil, 101)
+        assert caught.value.size == 1
+        assert witness.latest(NAME) == Seen(NAME, 1, leaf_hash(b"a"), good)
+        assert witness.rejects == {"witness_conflict": 1}
+    finally:
+        store.close()

@@ -1,0 +1,180 @@
+"""A cosigner's HTTP API: the log for auditors (checkpoint, entries, proofs, receipts) and the
+C2SP tlog-witness ``add-checkpoint`` endpoint, with every refusal typed, counted and harmless."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from cosigner.engine import Cosigner
+from cosigner.http import Server, make_app
+from cosigner.testbed import Testbed, sample_artifact, sample_chain
+from messages.canonical import b64, unb64
+from messages.checkpoint import Checkpoint, open_checkpoint
+from messages.cosignature import cosignatures
+from messages.cosigning import Signed
+from messages.merkle import leaf_hash, verify_consistency, verify_inclusion
+from messages.note import Ed25519NoteSigner
+from messages.signing import Ed25519Signer
+from messages.validation import with_cosignatures
+
+A, B = "cosigner-a.example/log", "cosigner-b.example/log"
+
+
+@dataclasses.dataclass
+class Site:
+    url: str
+    http: aiohttp.ClientSession
+    server: Server
+    bed_dir: Path
+    pins: dict
+
+    async def get(self, path: str, status: int = 200, **params: object) -> dict | str:
+        async with self.http.get(self.url + path, params=params) as response:
+            assert response.status == status, await response.text()
+            if response.content_type == "application/json":
+                return await response.json()
+            return await response.text()
+
+    async def add_checkpoint(self, body: str) -> tuple[int, str, str]:
+        async with self.http.post(self.url + "/add-checkpoint", data=body.encode()) as response:
+            return response.status, response.content_type, await response.text()
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    """Cosigner A served over HTTP after both cosigners logged a chain of four bundles."""
+    bed = Testbed.create(tmp_path)
+    for bundle in sample_chain():
+        await bed.client.log(bundle)
+    pins = {p.name: p.pin for p in bed.peers}
+    await bed.close()
+    server = Server(make_app(tmp_path / "cosigner-a"))
+    url = await server.start()
+    async with aiohttp.ClientSession() as http:
+        yield Site(url, http, server, tmp_path, pins)
+    await server.stop()
+
+
+async def test_checkpoint_entries_and_proofs(site: Site) -> None:
+    note = await site.get("/checkpoint")
+    checkpoint = open_checkpoint(note, A, site.pins[A].log_verifier).checkpoint
+    assert checkpoint.size == 4
+    chain = sample_chain()
+    page = await site.get("/entries", start=0, end=4)
+    assert [unb64(e) for e in page["entries"]] == [b.to_bytes() for b in chain]
+    by_index = await site.get("/inclusion", index=2)
+    assert by_index["checkpoint"] == note and by_index["size"] == 4
+    proof = [unb64(h) for h in by_index["proof"]]
+    verify_inclusion(2, 4, leaf_hash(chain[2].to_bytes()), proof, checkpoint.root)
+    by_digest = await site.get("/inclusion", digest=chain[2].digest, size=3)
+    assert by_digest["index"] == 2 and by_digest["checkpoint"] is None
+    old = Checkpoint(A, 1, leaf_hash(chain[0].to_bytes()))
+    consistent = await site.get("/consistency", old=1)
+    verify_consistency(1, 4, old.root, checkpoint.root, [unb64(h) for h in consistent["proof"]])
+
+
+async def test_receipt_repeats_the_signed_statement(site: Site) -> None:
+    bundle = sample_chain()[1]
+    answer = Signed.from_json(await site.get("/receipt", digest=bundle.digest))
+    assert answer.statement.describes(bundle)
+    assert answer.statement.index == 1
+    assert answer.statement.verify(site.pins[A].public_key, answer.signature)
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "kind"),
+    [
+        ("/entries", {"start": 3, "end": 1}, 400, "bad_query"),
+        ("/entries", {"start": 0, "end": 9}, 400, "bad_query"),
+        ("/entries", {"start": "01"}, 400, "bad_query"),
+        ("/entries", {}, 400, "bad_query"),
+        ("/inclusion", {"index": 4}, 400, "index_out_of_range"),
+        ("/inclusion", {"index": 0, "size": 5}, 400, "size_out_of_range"),
+        ("/inclusion", {"digest": "AB" * 32}, 400, "bad_query"),
+        ("/inclusion", {"digest": "ab" * 32}, 404, "not_found"),
+        ("/consistency", {"old": 5}, 400, "tree_shrank"),
+        ("/consistency", {"old": "-1"}, 400, "bad_query"),
+        ("/receipt", {"digest": "ab" * 32}, 404, "not_found"),
+        ("/receipt", {}, 400, "bad_query"),
+    ],
+)
+async def test_bad_queries_are_typed_counted_and_harmless(
+    site: Site, path: str, params: dict, status: int, kind: str
+) -> None:
+    answer = await site.get(path, status, **params)
+    assert answer["kind"] == kind
+    stats = await site.get("/stats")
+    assert stats["http_rejects"] == {kind: 1}
+    assert stats["size"] == 4
+
+
+async def _grow_b(site: Site, *documents: object) -> tuple[str, Cosigner]:
+    """Log ``documents`` at cosigner B (opened in this process) and return its checkpoint."""
+    b = Cosigner.open(site.bed_dir / "cosigner-b")
+    for document in documents:
+        await b.sign(document.to_json())
+    return b.notary.checkpoint(), b
+
+
+def _body(old: int, proof: list[bytes], note: str) -> str:
+    return f"old {old}\n" + "".join(b64(h) + "\n" for h in proof) + "\n" + note
+
+
+async def test_witness_cosigns_what_extends_what_it_saw(site: Site) -> None:
+    note, b = await _grow_b(site, sample_artifact())
+    try:
+        assert site.server.cosigner.witness.latest(B).size == 4
+        status, kind, text = await site.add_checkpoint(_body(0, [], note))
+        assert (status, kind, text) == (409, "text/x.tlog.size", "4\n")
+        proof = b.notary.consistency_proof(4, 5)
+        status, _, line = await site.add_checkpoint(_body(4, proof, note))
+        assert status == 200, line
+        signed = open_checkpoint(
+            with_cosignatures(note, [line]),
+            B,
+            site.pins[B].log_verifier,
+            [site.pins[A].witness_verifier],
+        )
+        assert [c.name for c in cosignatures(signed, [site.pins[A].witness_verifier])] == [A]
+        # Idempotent at the same size; the witness keeps what it saw.
+        status, _, _ = await site.add_checkpoint(_body(5, [], note))
+        assert status == 200
+        history = await site.get("/witnessed", origin=B)
+        assert [c["size"] for c in history["checkpoints"]] == [1, 2, 3, 4, 5]
+    finally:
+        await b.close()
+
+
+async def test_witness_refusals(site: Site) -> None:
+    note, b = await _grow_b(site, sample_artifact(), sample_artifact(epoch=2))
+    try:
+        good = b.notary.consistency_proof(4, 6)
+        bad = [bytes([good[0][0] ^ 1]) + good[0][1:], *good[1:]]
+        assert (await site.add_checkpoint(_body(4, bad, note)))[0] == 422
+        assert (await site.add_checkpoint(_body(7, [], note)))[0] == 400
+        assert (await site.add_checkpoint("old 4\n" + note))[0] == 400
+        assert (await site.add_checkpoint(_body(4, good, "no note\n")))[0] == 400
+        stranger = Ed25519NoteSigner("stranger.example/log", Ed25519Signer.generate())
+        alien = Checkpoint("stranger.example/log", 1, bytes(32)).sign(stranger)
+        assert (await site.add_checkpoint(_body(0, [], alien.encode().decode())))[0] == 404
+        impostor = Ed25519NoteSigner(B, Ed25519Signer.generate())
+        forged = Checkpoint(B, 6, bytes(32)).sign(impostor).encode().decode()
+        assert (await site.add_checkpoint(_body(4, good, forged)))[0] == 403
+        async with site.http.post(site.url + "/add-checkpoint", data=b"x" * 70_000) as response:
+            assert response.status == 413
+        stats = await site.get("/stats")
+        assert stats["http_rejects"] == {
+            "bad_witness_proof": 1,
+            "malformed_witness_request": 3,
+            "unknown_log": 1,
+            "bad_witness_checkpoint": 1,
+        }
+        assert site.server.cosigner.witness.latest(B).size == 4
+        assert (await site.add_checkpoint(_body(4, good, note)))[0] == 200
+    finally:
+        await b.close()
