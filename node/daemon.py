@@ -3,7 +3,7 @@
 On start it announces itself on ``fleet.node.<id>.status``, then heartbeats there and answers
 the orchestrator's signed commands on ``fleet.node.<id>.cmd.<verb>``. Commands pass the gate
 against the pinned orchestrator keys; the node's own messages are signed by its identity key
-inside the HSM.
+inside the HSM. Calls to an HSM that may block (PKCS#11) run in a thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -21,17 +23,25 @@ from nats.errors import Error as NatsError
 from messages import subjects
 from messages.attestation import Attestation, AttestRequest, NodeAnnounce, NodeHeartbeat
 from messages.bus import publish, serve
-from messages.errors import SchemaViolation
+from messages.envelope import Envelope
+from messages.errors import HsmfleetError, SchemaViolation
 from messages.gate import Gate, Received
 from messages.outbox import Outbox
 from messages.signing import TrustStore
 from node.attest import attest
-from node.hsm.base import Hsm
+from node.hsm.base import Hsm, HsmError
 from node.identity import IDENTITY, establish
 from node.measurement import measure
 from node.pins import ORCHESTRATOR_ROLE
 
 log = structlog.get_logger("hsmfleet.node")
+T = TypeVar("T")
+
+
+class NodeConfigError(HsmfleetError):
+    """The node cannot run as configured: a setting is missing or out of range."""
+
+    kind = "node_config"
 
 
 class NodeDaemon:
@@ -48,6 +58,8 @@ class NodeDaemon:
         measurement: str | None = None,
         heartbeat_s: float = 5.0,
     ) -> None:
+        if not heartbeat_s > 0:
+            raise NodeConfigError("the heartbeat interval must be positive", seconds=heartbeat_s)
         self.hsm = hsm
         self.domain = subjects.token(domain, "failure domain")
         self.node = establish(hsm, state_dir, node_id)
@@ -93,12 +105,16 @@ class NodeDaemon:
     async def stop(self) -> None:
         """Stop heartbeating and serving; the HSM and its keys stay."""
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+            task, self._heartbeat = self._heartbeat, None
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # stop() itself was cancelled, not just the heartbeat
         for sub in self._subs:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
         self._subs.clear()
         self.log.info("node stopped")
@@ -106,7 +122,7 @@ class NodeDaemon:
     async def _on_attest(self, received: Received) -> Attestation:
         if not isinstance(received.body, AttestRequest):
             raise SchemaViolation("attest expects an attest request", type=received.envelope.type)
-        answer = attest(self.node, self.hsm, self.measurement, received.body)
+        answer = await self._call(attest, self.node, self.hsm, self.measurement, received.body)
         self.log.debug("attested", corr=received.envelope.corr)
         return answer
 
@@ -118,17 +134,28 @@ class NodeDaemon:
             healthy = await asyncio.to_thread(self.hsm.healthy)
             if not healthy:
                 self.log.warning("HSM does not answer")
-            with contextlib.suppress(NatsError):
-                await self._status(
-                    NodeHeartbeat(
-                        node_id=self.node_id,
-                        domain=self.domain,
-                        seq=seq,
-                        uptime_ms=int((time.monotonic() - self._started) * 1000),
-                        hsm_ok=healthy,
-                    )
-                )
+            beat = NodeHeartbeat(
+                node_id=self.node_id,
+                domain=self.domain,
+                seq=seq,
+                uptime_ms=int((time.monotonic() - self._started) * 1000),
+                hsm_ok=healthy,
+            )
+            try:
+                await self._status(beat)
+            except HsmError as exc:
+                # Unsigned, a heartbeat would not count: skip it; the gap in seq shows the loss.
+                self.log.warning("heartbeat not signed", error=exc.kind, seq=seq)
+            except NatsError as exc:
+                self.log.warning("heartbeat not sent", error=type(exc).__name__, seq=seq)
 
     async def _status(self, body: NodeAnnounce | NodeHeartbeat) -> None:
         assert self._nc is not None
-        await publish(self._nc, subjects.node_status(self.node_id), self.outbox.envelope(body))
+        env: Envelope = await self._call(self.outbox.envelope, body)
+        await publish(self._nc, subjects.node_status(self.node_id), env)
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)``, in a thread if it may wait on the HSM."""
+        if self.hsm.blocking:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)

@@ -147,6 +147,8 @@ class Hsm(abc.ABC):
     """One HSM: generate keys inside, sign, unwrap, export public keys only, destroy."""
 
     kind: ClassVar[str]
+    blocking: ClassVar[bool] = True
+    """Whether calls may wait on a device: callers on an event loop run them in a thread."""
 
     @abc.abstractmethod
     def supports(self, alg: str) -> bool:

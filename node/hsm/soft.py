@@ -49,6 +49,7 @@ class SoftHsm(Hsm):
     """Keys in memory, persisted sealed with AES-GCM under ``state_dir``."""
 
     kind = "soft"
+    blocking = False  # signing is a short computation; only key changes touch the disk
 
     def __init__(self, state_dir: Path, operator_key: bytes) -> None:
         """Open the HSM whose state is in ``state_dir`` (a new, empty one if there is none).

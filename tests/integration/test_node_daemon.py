@@ -6,10 +6,12 @@ verifier; recording enrollment events is the orchestrator's own business.
 
 import asyncio
 import os
+import threading
 import time
 from datetime import UTC, datetime
 
 import pytest
+from structlog.testing import capture_logs
 
 from messages import Ed25519Signer, Outbox, TrustStore, subjects
 from messages.attestation import (
@@ -27,11 +29,11 @@ from messages.gate import Gate
 from messages.ids import IdSource
 from messages.signing import ECDSA_P256, ED25519, TrustedKey, verify_envelope
 from node.attest import attest
-from node.daemon import NodeDaemon
+from node.daemon import NodeConfigError, NodeDaemon
 from node.hsm import HsmStateTampered, SoftHsm, softhsm
-from node.hsm.cryptoki import Pkcs11Hsm
+from node.hsm.cryptoki import Pkcs11Hsm, token_lock
 from node.hsm.soft import STATE_FILE
-from node.identity import NodeIdentityError
+from node.identity import IDENTITY, NODE_FILE, NodeIdentityError
 from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
@@ -270,3 +272,77 @@ def test_tampered_hsm_state_stops_the_node_from_starting(tmp_path, vendor, pins)
     path.write_bytes(path.read_bytes()[:-1] + bytes([path.read_bytes()[-1] ^ 0x80]))
     with pytest.raises(HsmStateTampered, match="altered"):
         NodeDaemon(SoftHsm(tmp_path / "hsm", KEY), tmp_path, "dc1", pins)
+
+
+async def test_heartbeats_survive_an_hsm_that_cannot_sign(nc, tmp_path, vendor, pins):
+    """A heartbeat the HSM cannot sign is skipped and logged; the loop goes on, stop is clean."""
+    seen = asyncio.Queue()
+    gate = Gate(TrustStore())
+
+    async def collect(msg):
+        seen.put_nowait(gate.admit(msg.data, None).body)
+
+    with capture_logs() as logs:
+        daemon = soft_daemon(tmp_path, vendor, pins, heartbeat_s=0.02)
+        sub = await nc.subscribe(subjects.node_status(daemon.node_id), cb=collect)
+        await daemon.start(nc)
+        try:
+            assert isinstance(await asyncio.wait_for(seen.get(), 5), NodeAnnounce)
+            before = (await asyncio.wait_for(seen.get(), 5)).seq
+            daemon.hsm.destroy(IDENTITY)
+            for _ in range(500):
+                if any(e["event"] == "heartbeat not signed" for e in logs):
+                    break
+                await asyncio.sleep(0.01)
+            daemon.hsm.generate(IDENTITY, ED25519)
+            while not seen.empty():
+                seen.get_nowait()
+            after = (await asyncio.wait_for(seen.get(), 5)).seq
+        finally:
+            await daemon.stop()
+            await sub.unsubscribe()
+    skipped = [e for e in logs if e["event"] == "heartbeat not signed"]
+    assert skipped and skipped[0]["error"] == "hsm_key_not_found"
+    assert after > before + 1
+
+
+def test_a_heartbeat_interval_that_is_not_positive_is_refused(tmp_path, vendor, pins):
+    for seconds in (0, -1.0, float("nan")):
+        with pytest.raises(NodeConfigError, match="positive"):
+            soft_daemon(tmp_path, vendor, pins, heartbeat_s=seconds)
+    assert not (tmp_path / NODE_FILE).exists()
+
+
+async def test_a_pkcs11_node_waits_for_its_token_off_the_event_loop(
+    nc,
+    tmp_path,
+    vendor,
+    pins,
+    orchestrator,
+    token_label,  # noqa: F811
+):
+    """While another thread holds the token, the loop stays free: it is what lets go of it."""
+    token = Pkcs11Hsm(softhsm.MODULE, token_label, PIN, algorithms=(ECDSA_P256, ECDH_P256))
+    provision(token, vendor, datetime.now(UTC))
+    daemon = NodeDaemon(token, tmp_path, "dc1", pins, node_id="hsm-busy")
+    await daemon.start(nc)
+    release, released_by_loop = threading.Event(), []
+
+    def hold_the_token():
+        with token_lock(softhsm.MODULE, token_label):
+            released_by_loop.append(release.wait(10))
+
+    holder = threading.Thread(target=hold_the_token)
+    holder.start()
+    try:
+        enrolled = asyncio.create_task(enroll(nc, orchestrator, vendor, daemon.node_id))
+        await asyncio.sleep(0.2)  # the node's handler is now waiting for the token
+        release.set()
+        node = await asyncio.wait_for(enrolled, 10)
+    finally:
+        release.set()
+        holder.join(10)
+        await daemon.stop()
+        token.close()
+    assert released_by_loop == [True]
+    assert node.node_id == "hsm-busy"
