@@ -417,27 +417,24 @@ def _check_log_proof(
     return TreeHead(signed.checkpoint.size, signed.checkpoint.root), vouchers
 
 
-def _check_consistency(
-    log: str, stored: TreeHead, head: TreeHead, carried: Iterable[Any], extra: ConsistencyProofs
+def check_extends(
+    log: str, stored: TreeHead, head: TreeHead, proof: Sequence[bytes] | None
 ) -> None:
+    """Check that the tree ``head`` of ``log`` extends the ``stored`` one: never smaller, and
+    ``proof`` (None if the caller has none) a consistency proof between them."""
     if head.size < stored.size:
         raise StaleCheckpoint(
             "checkpoint is older than the one stored", log=log, size=head.size, stored=stored.size
         )
-    path: Sequence[bytes] | None = ()
-    if 0 < stored.size < head.size:
-        path = next((c.proof for c in carried if c.old_size == stored.size), None)
-        if path is None:
-            path = extra.get((log, stored.size, head.size))
-        if path is None:
-            raise MissingConsistencyProof(
-                "no consistency proof from the stored checkpoint",
-                log=log,
-                old=stored.size,
-                new=head.size,
-            )
+    if 0 < stored.size < head.size and proof is None:
+        raise MissingConsistencyProof(
+            "no consistency proof from the stored checkpoint",
+            log=log,
+            old=stored.size,
+            new=head.size,
+        )
     try:
-        verify_consistency(stored.size, head.size, stored.root, head.root, path)
+        verify_consistency(stored.size, head.size, stored.root, head.root, proof or ())
     except MerkleError as exc:
         raise SplitView(
             f"checkpoint does not extend the stored one: {exc}",
@@ -445,6 +442,15 @@ def _check_consistency(
             old=stored.size,
             new=head.size,
         ) from exc
+
+
+def _consistency_proof(
+    proof: LogProof, stored: TreeHead, head: TreeHead, extra: ConsistencyProofs
+) -> Sequence[bytes] | None:
+    carried = next((c.proof for c in proof.consistency if c.old_size == stored.size), None)
+    if carried is not None:
+        return carried
+    return extra.get((proof.log, stored.size, head.size))
 
 
 def verify_bundle(
@@ -487,9 +493,8 @@ def verify_bundle(
     for item in logged:
         stored = state.checkpoints.get(item.proof.log)
         if stored is not None:
-            _check_consistency(
-                item.proof.log, stored, item.head, item.proof.consistency, proofs or {}
-            )
+            path = _consistency_proof(item.proof, stored, item.head, proofs or {})
+            check_extends(item.proof.log, stored, item.head, path)
 
     if state.epoch is not None:
         if artifact.epoch < state.epoch:

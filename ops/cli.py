@@ -11,7 +11,7 @@ from cosigner import cli as cosigner_cli
 from messages.errors import HsmfleetError
 from node import cli as node_cli
 from node.quorum import cli as member_cli
-from ops import logs, nats_cli
+from ops import logs, nats_cli, verify_cli
 from orchestrator import cli as orchestrator_cli
 
 # Each part adds its verbs to the parser; the chosen verb's ``run`` gets the parsed arguments
@@ -22,6 +22,7 @@ VERB_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     orchestrator_cli.register,
     member_cli.register,
     cosigner_cli.register,
+    verify_cli.register,
 ]
 
 

@@ -1,0 +1,301 @@
+"""``hsmfleet verify``, ``hsmfleet audit`` and ``hsmfleet pins``: the client's and auditor's tools.
+
+- ``verify BUNDLE --pins PINS [--state FILE] [--now TIME] [--json]``: DESIGN 5.4 on a validation
+  bundle file. Consistency proofs the bundle does not carry are fetched from the ``url`` of each
+  pinned cosigner. Exit 0 when accepted (the state file is then updated), 1 with the refusal's
+  kind otherwise (the state file untouched).
+- ``audit --pins PINS [--url URL ...] [--state FILE] [--json]``: re-check each cosigner's whole log
+  over HTTP: the checkpoint's signature (and witness cosignatures), consistency with the
+  checkpoint stored by the last audit, every entry hashing into the signed root, every entry's
+  signed statement and inclusion proof, each fleet's chain; then how keys and members changed
+  between epochs. Exit 0 when every log passes, 1 otherwise.
+- ``pins --cosigner PIN... --operator-key FILE --threshold K [floor options] --out FILE``: write a
+  pins file from cosigner pins (``hsmfleet cosigner pin``) and the operator's public key (hex, as
+  ``orchestrator/keys.py`` writes it, or JSON ``{"alg", "public_key"}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from messages.audit import AuditError, LogAudit, audit_entries
+from messages.canonical import b64, canonical
+from messages.checkpoint import CheckpointError, open_checkpoint
+from messages.cosignature import cosignatures
+from messages.documents import DocumentError, load_json
+from messages.errors import HsmfleetError, MessageError
+from messages.ids import parse_time
+from messages.log_reader import LogReader, LogUnreachable
+from messages.note import NoteError
+from messages.signing import ED25519
+from messages.statement import parse_logged_bytes
+from messages.verify import (
+    BadCheckpoint,
+    CosignerPin,
+    OperatorPin,
+    Pins,
+    PinsError,
+    QuorumFloor,
+    StatementMismatch,
+    TreeHead,
+    VerificationError,
+    VerifierState,
+    check_extends,
+    check_logged,
+    needed_proofs,
+    parse_bundle,
+    verify_bundle,
+)
+
+RECEIPT_CONCURRENCY = 8
+REFUSED = 1
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    verify = verbs.add_parser("verify", help="verify a validation bundle (DESIGN 5.4)")
+    verify.add_argument("bundle", type=Path, help="validation bundle file (JSON)")
+    verify.add_argument(
+        "--pins", "--trust", type=Path, required=True, help="pinned keys and policy"
+    )
+    verify.add_argument("--state", type=Path, help="verifier state file, updated on acceptance")
+    verify.add_argument("--now", help="verify at this RFC 3339 time instead of the clock's")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(run=verify_command)
+
+    audit = verbs.add_parser("audit", help="re-check cosigners' logs over HTTP")
+    audit.add_argument("--pins", type=Path, required=True, help="pinned keys and policy")
+    audit.add_argument(
+        "--url", action="append", default=[], help="log API base URL (default: pinned URLs)"
+    )
+    audit.add_argument("--state", type=Path, help="audit state file (last checkpoint per log)")
+    audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit.set_defaults(run=audit_command)
+
+    pins = verbs.add_parser("pins", help="write a pins file for verifiers")
+    pins.add_argument("--cosigner", type=Path, action="append", required=True, help="pin file")
+    pins.add_argument("--operator-key", type=Path, required=True, help="operator public key")
+    pins.add_argument("--threshold", type=int, required=True, help="cosigners needed (k)")
+    pins.add_argument("--min-members", type=int, default=1)
+    pins.add_argument("--min-threshold", type=int, default=1)
+    pins.add_argument("--min-domains", type=int, default=1)
+    pins.add_argument("--survive-domain-loss", action="store_true")
+    pins.add_argument("--out", type=Path, required=True, help="pins file to write")
+    pins.set_defaults(run=pins_command)
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(json.loads(canonical(result)), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(lines))
+
+
+def _refusal(args: argparse.Namespace, exc: HsmfleetError, **extra: Any) -> int:
+    _emit(
+        args,
+        {"accepted": False, "kind": exc.kind, "reason": str(exc), **extra},
+        [f"REFUSED {exc.kind}: {exc}"],
+    )
+    return REFUSED
+
+
+def _now_ms(args: argparse.Namespace) -> int:
+    if args.now is None:
+        return time.time_ns() // 1_000_000
+    try:
+        return parse_time(args.now)
+    except MessageError as exc:
+        raise HsmfleetError(f"--now is not an RFC 3339 time: {args.now}") from exc
+
+
+async def _fetch_proofs(needed: list[tuple]) -> dict[tuple[str, int, int], list[bytes]]:
+    """Consistency proofs from the logs' HTTP APIs; a log that cannot be read is skipped (the
+    verifier then reports the missing proof)."""
+    proofs = {}
+    async with aiohttp.ClientSession() as http:
+        for origin, old, new, url in needed:
+            if url is None:
+                continue
+            try:
+                proofs[(origin, old, new)] = await LogReader(http, url).consistency(old, new)
+            except LogUnreachable as exc:
+                print(f"hsmfleet: {exc}", file=sys.stderr)
+    return proofs
+
+
+async def verify_command(args: argparse.Namespace) -> int:
+    pins = Pins.load(args.pins)
+    state = VerifierState.load(args.state) if args.state else VerifierState()
+    now = _now_ms(args)
+    try:
+        bundle = parse_bundle(args.bundle.read_bytes())
+    except OSError as exc:
+        raise HsmfleetError(f"cannot read the bundle: {exc}") from exc
+    except VerificationError as exc:
+        return _refusal(args, exc)
+    proofs = await _fetch_proofs(needed_proofs(bundle, pins, state))
+    try:
+        accepted = verify_bundle(bundle, pins, state, now, proofs)
+    except VerificationError as exc:
+        return _refusal(args, exc, fleet=bundle.artifact.fleet, epoch=bundle.artifact.epoch)
+    if args.state:
+        accepted.state.save(args.state)
+    artifact = accepted.artifact
+    keys = [
+        {
+            "role": k.role,
+            "alg": k.alg,
+            "public_key": b64(k.public_key),
+            "legacy_until": k.legacy_until,
+        }
+        for k in artifact.keys_usable_at(now)
+    ]
+    result = {
+        "accepted": True,
+        "fleet": artifact.fleet,
+        "epoch": artifact.epoch,
+        "digest": accepted.digest,
+        "vouchers": list(accepted.vouchers),
+        "not_after": artifact.not_after,
+        "keys": keys,
+    }
+    lines = [
+        f"ACCEPTED fleet {artifact.fleet} epoch {artifact.epoch} digest {accepted.digest}",
+        f"  vouched by {', '.join(accepted.vouchers)}; valid until {artifact.not_after}",
+        *(f"  key {k['role']} {k['alg']} {k['public_key']}" for k in keys),
+    ]
+    _emit(args, result, lines)
+    return 0
+
+
+async def _audit_log(
+    reader: LogReader, pins: Pins, state: VerifierState
+) -> tuple[LogAudit, TreeHead, list[str]]:
+    """Audit one log; return the audit, its head, and the witnesses that cosigned it."""
+    note = await reader.checkpoint()
+    origin = note.split("\n", 1)[0]
+    pin = pins.cosigner(origin)
+    if pin is None:
+        raise BadCheckpoint("the log at this URL is not pinned", log=origin, url=reader.url)
+    witnesses = [c.witness_verifier for c in pins.cosigners]
+    try:
+        signed = open_checkpoint(note, origin, pin.log_verifier, witnesses)
+    except (NoteError, CheckpointError) as exc:
+        raise BadCheckpoint(f"checkpoint refused: {exc}", log=origin) from exc
+    head = TreeHead(signed.checkpoint.size, signed.checkpoint.root)
+    stored = state.checkpoints.get(origin)
+    if stored is not None:
+        proof = None
+        if 0 < stored.size < head.size:
+            proof = await reader.consistency(stored.size, head.size)
+        check_extends(origin, stored, head, proof)
+    entries = await reader.entries(0, head.size)
+    audit = audit_entries(signed.checkpoint, entries)
+    await _check_receipts(reader, pin, entries)
+    return audit, head, [c.name for c in cosignatures(signed, witnesses)]
+
+
+async def _check_receipts(reader: LogReader, pin: CosignerPin, entries: list[bytes]) -> None:
+    """Every entry's signed statement names it at its index and proves its inclusion."""
+    gate = asyncio.Semaphore(RECEIPT_CONCURRENCY)
+
+    async def check(index: int, entry: bytes) -> None:
+        document = parse_logged_bytes(entry)
+        async with gate:
+            answer = await reader.receipt(document.digest)
+        if answer.statement.index != index:
+            raise StatementMismatch("statement names another index", index=index)
+        check_logged(
+            pin, document, answer.statement, answer.signature, answer.inclusion, answer.checkpoint
+        )
+
+    await asyncio.gather(*(check(i, e) for i, e in enumerate(entries)))
+
+
+def _report(audit: LogAudit, witnesses: list[str]) -> tuple[dict[str, Any], list[str]]:
+    fleets = {}
+    lines = [f"log {audit.origin}: {audit.size} entries, cosigned by {', '.join(witnesses) or '-'}"]
+    for name, record in sorted(audit.fleets.items()):
+        fleets[name] = {
+            "bundles": [
+                {"index": i, "serial": b.serial, "stage": b.stage, "digest": b.digest}
+                for i, b in record.bundles
+            ],
+            "artifacts": [
+                {"index": i, "epoch": a.epoch, "digest": a.digest} for i, a in record.artifacts
+            ],
+            "changes": record.changes(),
+        }
+        stages = " -> ".join(b.stage for _, b in record.bundles) or "-"
+        epochs = ", ".join(str(a.epoch) for _, a in record.artifacts) or "-"
+        lines.append(f"  fleet {name}: stages {stages}; epochs {epochs}")
+        lines += [f"    {change}" for change in record.changes()]
+    result = {"log": audit.origin, "size": audit.size, "witnesses": witnesses, "fleets": fleets}
+    return result, lines
+
+
+async def audit_command(args: argparse.Namespace) -> int:
+    pins = Pins.load(args.pins)
+    state = VerifierState.load(args.state) if args.state else VerifierState()
+    urls = args.url or [c.url for c in pins.cosigners if c.url]
+    if not urls:
+        raise PinsError("no log to audit: give --url or pin cosigners with a url")
+    reports, lines, heads = [], [], {}
+    async with aiohttp.ClientSession() as http:
+        for url in urls:
+            try:
+                audit, head, witnesses = await _audit_log(LogReader(http, url), pins, state)
+            except (VerificationError, AuditError, DocumentError, LogUnreachable) as exc:
+                return _refusal(args, exc, url=url)
+            report, text = _report(audit, witnesses)
+            reports.append(report)
+            lines += text
+            heads[audit.origin] = head
+    if args.state:
+        checkpoints = dict(state.checkpoints) | heads
+        VerifierState(state.epoch, state.digest, checkpoints).save(args.state)
+    _emit(args, {"accepted": True, "logs": reports}, ["AUDIT PASSED", *lines])
+    return 0
+
+
+def _operator(path: Path) -> OperatorPin:
+    text = path.read_text().strip()
+    try:
+        return OperatorPin(ED25519, bytes.fromhex(text))
+    except ValueError:
+        pass
+    try:
+        return OperatorPin.from_json(load_json(text))
+    except (DocumentError, MessageError) as exc:
+        raise PinsError(f"cannot read the operator key: {exc}", path=str(path)) from exc
+
+
+def pins_command(args: argparse.Namespace) -> int:
+    cosigners = []
+    for path in args.cosigner:
+        try:
+            cosigners.append(CosignerPin.from_json(load_json(path.read_bytes())))
+        except (OSError, DocumentError, MessageError) as exc:
+            raise PinsError(f"cannot read cosigner pin: {exc}", path=str(path)) from exc
+    try:
+        pins = Pins(
+            cosigners=tuple(cosigners),
+            threshold=args.threshold,
+            operator=_operator(args.operator_key),
+            floor=QuorumFloor(
+                args.min_members, args.min_threshold, args.min_domains, args.survive_domain_loss
+            ),
+        )
+    except DocumentError as exc:
+        raise PinsError(f"bad pins: {exc}") from exc
+    pins.dump(args.out)
+    print(args.out)
+    return 0
