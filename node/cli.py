@@ -12,8 +12,7 @@ from pathlib import Path
 
 import nats
 
-from messages.errors import HsmfleetError
-from node.daemon import NodeDaemon
+from node.daemon import NodeConfigError, NodeDaemon
 from node.hsm.base import Hsm
 from node.hsm.cryptoki import Pkcs11Hsm
 from node.hsm.sealing import load_operator_key, new_operator_key
@@ -76,10 +75,10 @@ def _pkcs11_arguments(parser: argparse.ArgumentParser, required: bool = True) ->
 
 def _pkcs11(args: argparse.Namespace) -> Hsm:
     if not args.token:
-        raise HsmfleetError("--token is required with --hsm pkcs11")
+        raise NodeConfigError("--token is required with --hsm pkcs11")
     pin = os.environ.get(args.pin_env)
     if pin is None:
-        raise HsmfleetError(f"set the token PIN in ${args.pin_env}")
+        raise NodeConfigError(f"set the token PIN in ${args.pin_env}")
     return Pkcs11Hsm(args.module, args.token, pin)
 
 
@@ -105,7 +104,12 @@ def node_measure(args: argparse.Namespace) -> int:
 
 
 def node_sealing_key(args: argparse.Namespace) -> int:
-    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise NodeConfigError("the key file exists; a sealing key is never overwritten") from None
+    except OSError as exc:
+        raise NodeConfigError(f"cannot create the key file: {exc}") from exc
     with os.fdopen(fd, "w") as f:
         f.write(new_operator_key() + "\n")
     return 0
@@ -118,7 +122,7 @@ def open_hsm(args: argparse.Namespace) -> Hsm:
     hsm = SoftHsm(args.state / "hsm", load_operator_key(args.hsm_key_file))
     if hsm.certificate(DEVICE) is None:
         if args.vendor is None:
-            raise HsmfleetError("a new software HSM needs --vendor to get its device certificate")
+            raise NodeConfigError("a new software HSM needs --vendor to get its device certificate")
         provision(hsm, VendorCA.open(args.vendor), datetime.now(UTC))
     return hsm
 

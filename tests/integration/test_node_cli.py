@@ -13,11 +13,14 @@ import pytest
 from messages import Ed25519Signer, Outbox
 from messages.attestation import load_vendor_roots, request_attestation, verify_attestation
 from messages.signing import ED25519
+from node import cli as node_cli
+from node.daemon import NodeConfigError
 from node.hsm.sealing import load_operator_key
 from node.hsm.soft import STATE_FILE, SoftHsm
 from node.measurement import measure
 from node.pins import write_pin
 from node.vendor import VendorCA, provision
+from ops.cli import build_parser
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
 
 HSMFLEET = [sys.executable, "-m", "ops.cli"]
@@ -143,3 +146,24 @@ async def test_pkcs11_node_is_certified_by_the_vendor_tool_and_enrolls(
     finally:
         assert await stop(proc) == 0
     assert node.node_id == node_id
+
+
+def test_missing_or_clashing_settings_are_typed_errors(tmp_path, monkeypatch):
+    def parse(*args):
+        return build_parser().parse_args(args)
+
+    key = tmp_path / "hsm.key"
+    key.write_text("kept\n")
+    with pytest.raises(NodeConfigError, match="never overwritten") as info:
+        node_cli.node_sealing_key(parse("node", "sealing-key", "--out", str(key)))
+    assert info.value.kind == "node_config" and key.read_text() == "kept\n"
+    run = ["node", "run", "--state", str(tmp_path / "s"), "--domain", "dc1"]
+    run += ["--orchestrator-key", str(tmp_path / "orch.json")]
+    monkeypatch.setenv("HSMFLEET_HSM_KEY", "00" * 32)
+    with pytest.raises(NodeConfigError, match="--vendor"):
+        node_cli.open_hsm(parse(*run))
+    with pytest.raises(NodeConfigError, match="--token"):
+        node_cli.open_hsm(parse(*run, "--hsm", "pkcs11"))
+    monkeypatch.delenv("HSMFLEET_PKCS11_PIN", raising=False)
+    with pytest.raises(NodeConfigError, match="PIN"):
+        node_cli.open_hsm(parse(*run, "--hsm", "pkcs11", "--token", "t"))
