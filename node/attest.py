@@ -25,24 +25,19 @@ def attest(node: NodeIdentity, hsm: Hsm, measurement: str, request: AttestReques
     """The attestation of ``node`` over the request's nonce, signed inside ``hsm``."""
     if len(request.nonce) < MIN_NONCE_BYTES:
         raise BadAttestRequest("nonce is too short", bytes=len(request.nonce))
-    statement = AttestationStatement(
-        node_id=node.node_id,
-        identity_alg=node.identity.alg,
-        identity_key=node.identity.public_key,
-        transport_alg=node.transport.alg,
-        transport_key=node.transport.public_key,
-        measurement=measurement,
-        nonce=request.nonce,
-    ).encode()
+    claims = {
+        "node_id": node.node_id,
+        "identity_alg": node.identity.alg,
+        "identity_key": node.identity.public_key,
+        "transport_alg": node.transport.alg,
+        "transport_key": node.transport.public_key,
+        "measurement": measurement,
+        "nonce": request.nonce,
+    }
+    statement = AttestationStatement(**claims).encode()
     return Attestation(
-        node_id=node.node_id,
+        **claims,
         hsm=hsm.kind,
-        identity_alg=node.identity.alg,
-        identity_key=node.identity.public_key,
-        transport_alg=node.transport.alg,
-        transport_key=node.transport.public_key,
-        measurement=measurement,
-        nonce=request.nonce,
         chain=node.chain,
         statement=statement,
         signature=hsm.sign(DEVICE, statement_signing_bytes(statement)),

@@ -28,28 +28,28 @@ DEVICE = "device"
 VENDOR_ROOT = "vendor-root"
 ROOT_LIFETIME = timedelta(days=20 * 365)
 DEVICE_LIFETIME = timedelta(days=10 * 365)
-_KEY_CERT_SIGN = x509.KeyUsage(
-    digital_signature=False,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=True,
-    crl_sign=True,
-    encipher_only=False,
-    decipher_only=False,
-)
-_DIGITAL_SIGNATURE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
+
+
+def _key_usage(*allowed: str) -> x509.KeyUsage:
+    """A key usage extension allowing only ``allowed`` (names of its flags)."""
+    flags = (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    )
+    if not set(allowed) <= set(flags):
+        raise ValueError(f"unknown key usage {sorted(set(allowed) - set(flags))}")
+    return x509.KeyUsage(**{flag: flag in allowed for flag in flags})
+
+
+_KEY_CERT_SIGN = _key_usage("key_cert_sign", "crl_sign")
+_DIGITAL_SIGNATURE = _key_usage("digital_signature")
 
 
 class VendorError(HsmfleetError):

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
 
 from messages.attestation import (
     REASONS,
@@ -241,3 +242,15 @@ def test_node_refuses_a_short_nonce(world):
 def test_attestation_round_trips_through_its_schema(world):
     att = _answer(world)
     assert Attestation.from_json(att.to_json()) == att
+
+
+def test_vendor_root_only_certifies_and_devices_only_sign(world):
+    def usage(cert):
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        names = ("digital_signature", "key_encipherment", "key_agreement", "key_cert_sign")
+        return {name for name in (*names, "crl_sign") if getattr(ku, name)}
+
+    assert usage(world["vendor"].root) == {"key_cert_sign", "crl_sign"}
+    device = x509.load_der_x509_certificate(world["node"].chain[-1])
+    assert usage(device) == {"digital_signature"}
+    assert not device.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
