@@ -50,7 +50,8 @@ def establish(hsm: Hsm, state_dir: Path, node_id: str | None = None) -> NodeIden
         try:
             recorded = json.loads(path.read_text())
             recorded_id, recorded_kid = recorded["node_id"], recorded["identity_kid"]
-        except (ValueError, KeyError, TypeError) as exc:
+            _check_node_id(recorded_id)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise NodeIdentityError(f"{path} is not a node record: {exc}") from exc
         if node_id is not None and node_id != recorded_id:
             raise NodeIdentityError(
@@ -67,9 +68,19 @@ def establish(hsm: Hsm, state_dir: Path, node_id: str | None = None) -> NodeIden
     else:
         node_id = node_id or f"node-{identity.kid[:12]}"
         try:
-            token(node_id, "node id")
-        except BadSubject as exc:
+            _check_node_id(node_id)
+        except ValueError as exc:
             raise NodeIdentityError(str(exc)) from exc
         record = {"node_id": node_id, "identity_kid": identity.kid}
         write_atomic(path, json.dumps(record, indent=2).encode())
     return NodeIdentity(node_id, identity, transport, chain)
+
+
+def _check_node_id(node_id: object) -> None:
+    """Raise :class:`ValueError` unless ``node_id`` can name the node's NATS subjects."""
+    if not isinstance(node_id, str):
+        raise ValueError("the node id is not text")
+    try:
+        token(node_id, "node id")
+    except BadSubject as exc:
+        raise ValueError(str(exc)) from exc

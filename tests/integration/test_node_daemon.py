@@ -5,6 +5,7 @@ verifier; recording enrollment events is the orchestrator's own business.
 """
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -264,6 +265,19 @@ def test_restart_refuses_a_different_identity(tmp_path, vendor, pins):
     provision(other, vendor, datetime.now(UTC))
     with pytest.raises(NodeIdentityError, match="does not hold the identity"):
         NodeDaemon(other, tmp_path / "a", "dc1", pins)
+
+
+def test_a_node_record_that_does_not_parse_or_names_no_usable_id_is_refused(tmp_path, vendor, pins):
+    soft_daemon(tmp_path, vendor, pins, node_id="alpha")
+    record = tmp_path / NODE_FILE
+    kid = json.loads(record.read_text())["identity_kid"]
+    for text in ("{", '{"node_id": "alpha"}', json.dumps({"node_id": "a.b", "identity_kid": kid})):
+        record.write_text(text)
+        with pytest.raises(NodeIdentityError, match="not a node record"):
+            NodeDaemon(SoftHsm(tmp_path / "hsm", KEY), tmp_path, "dc1", pins)
+    with pytest.raises(NodeIdentityError, match="node id"):
+        soft_daemon(tmp_path / "new", vendor, pins, node_id="has space")
+    assert not (tmp_path / "new" / NODE_FILE).exists()
 
 
 def test_tampered_hsm_state_stops_the_node_from_starting(tmp_path, vendor, pins):
