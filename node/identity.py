@@ -41,6 +41,11 @@ class NodeIdentity:
 
 def establish(hsm: Hsm, state_dir: Path, node_id: str | None = None) -> NodeIdentity:
     """Load the node's identity, making its keys in ``hsm`` on first start."""
+    if node_id is not None:
+        try:
+            _check_node_id(node_id)
+        except ValueError as exc:
+            raise NodeIdentityError(str(exc)) from exc
     identity = hsm.ensure(IDENTITY, hsm.signing_alg())
     transport = hsm.ensure(TRANSPORT, ECDH_P256)
     chain = device_chain(hsm)
@@ -67,10 +72,6 @@ def establish(hsm: Hsm, state_dir: Path, node_id: str | None = None) -> NodeIden
         node_id = recorded_id
     else:
         node_id = node_id or f"node-{identity.kid[:12]}"
-        try:
-            _check_node_id(node_id)
-        except ValueError as exc:
-            raise NodeIdentityError(str(exc)) from exc
         record = {"node_id": node_id, "identity_kid": identity.kid}
         write_atomic(path, json.dumps(record, indent=2).encode())
     return NodeIdentity(node_id, identity, transport, chain)

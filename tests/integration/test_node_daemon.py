@@ -275,9 +275,12 @@ def test_a_node_record_that_does_not_parse_or_names_no_usable_id_is_refused(tmp_
         record.write_text(text)
         with pytest.raises(NodeIdentityError, match="not a node record"):
             NodeDaemon(SoftHsm(tmp_path / "hsm", KEY), tmp_path, "dc1", pins)
+    fresh = SoftHsm(tmp_path / "new" / "hsm", KEY)
+    provision(fresh, vendor, datetime.now(UTC))
+    labels = fresh.labels()
     with pytest.raises(NodeIdentityError, match="node id"):
-        soft_daemon(tmp_path / "new", vendor, pins, node_id="has space")
-    assert not (tmp_path / "new" / NODE_FILE).exists()
+        NodeDaemon(fresh, tmp_path / "new", "dc1", pins, node_id="has space")
+    assert not (tmp_path / "new" / NODE_FILE).exists() and fresh.labels() == labels
 
 
 def test_tampered_hsm_state_stops_the_node_from_starting(tmp_path, vendor, pins):
