@@ -157,8 +157,9 @@ class Proposer:
         """Apply ``fn`` to record ``key`` through a quorum and return the committed result.
 
         ``fn`` gets the current value (None for an empty record) and returns the new one; it
-        must not have side effects and may raise an :class:`HsmfleetError` to abort the change
-        (nothing is written, the error reaches the caller).
+        must not have side effects. If it raises, the value it saw is committed unchanged (as
+        CASPaxos does for a failed compare-and-set, so that what the refusal was based on is
+        itself linearizable) and then its exception reaches the caller.
         """
         subjects.token(key, "record key")
         loop = asyncio.get_running_loop()
@@ -310,13 +311,12 @@ class Proposer:
                     currents[i] = _latest(promises, j)
                 else:
                     self._retry(batch[i], promises, j, membership.prepare_quorum)
-        ready: list[tuple[int, bytes | None]] = []
+        ready: list[tuple[int, bytes | None, Exception | None]] = []
         for i in sorted(currents):
             try:
-                ready.append((i, batch[i].fn(currents[i])))
-            except Exception as exc:  # the caller's function refused the change
-                self._held.pop(batch[i].key, None)
-                self._fail(batch[i], exc)
+                ready.append((i, batch[i].fn(currents[i]), None))
+            except Exception as exc:  # the function refused: the value seen is written back
+                ready.append((i, currents[i], exc))
         if ready:
             await self._accept(batch, ballots, ready, membership, gate)
 
@@ -324,20 +324,20 @@ class Proposer:
         self,
         batch: list[_Pending],
         ballots: dict[int, int],
-        ready: list[tuple[int, bytes | None]],
+        ready: list[tuple[int, bytes | None, Exception | None]],
         membership: Membership,
         gate: Gate,
     ) -> None:
         """Have the new values accepted, with the next prepare riding along."""
         accept = Accept(
             fleet=membership.fleet,
-            keys=tuple(batch[i].key for i, _ in ready),
-            ballots=tuple(ballots[i] for i, _ in ready),
-            next_ballots=tuple(self._ballot(batch[i].key) for i, _ in ready),
-            values=tuple(value for _, value in ready),
+            keys=tuple(batch[i].key for i, _, _ in ready),
+            ballots=tuple(ballots[i] for i, _, _ in ready),
+            next_ballots=tuple(self._ballot(batch[i].key) for i, _, _ in ready),
+            values=tuple(value for _, value, _ in ready),
         )
         accepted = await self._phase(accept, membership, gate)
-        for j, (i, value) in enumerate(ready):
+        for j, (i, value, refusal) in enumerate(ready):
             item = batch[i]
             self._saw(item.key, accepted.highest_seen(j))
             self._held.pop(item.key, None)
@@ -353,8 +353,10 @@ class Proposer:
                     digest=value_digest(value),
                     votes=tuple(data for _, data in accepted.granting(j)),
                 )
-                metrics.COMMITS.labels(self.member).inc()
-                if not item.future.done():
+                if refusal is not None:
+                    self._fail(item, refusal)
+                elif not item.future.done():
+                    metrics.COMMITS.labels(self.member).inc()
                     item.future.set_result(Commit(item.key, value, ballot, proof))
             elif accepted.refused_by_all(j) or accepted.superseded(j):
                 # The value can never be chosen: trying again cannot apply the change twice.
