@@ -2,9 +2,10 @@
 
 ``python -m ops.bench.enrollment`` starts a real nats-server, a vendor CA and N node daemons with
 software HSMs in this process, then runs the orchestrator's side of enrollment (a signed
-challenge with a fresh nonce over request/reply, then :func:`verify_attestation`) with many
-challenges in flight. In the same run it measures bare X.509 chain verifications (vendor root ->
-device certificate), the cost that bounds an enrollment, and prints both rates and their ratio.
+challenge with a fresh nonce over request/reply, the answer's signature by the identity key it
+attests, then :func:`verify_attestation`) with many challenges in flight. In the same run it
+measures bare X.509 chain verifications (vendor root -> device certificate), the cost that bounds
+an enrollment, and prints both rates and their ratio.
 
 With ``--node-process`` the node daemons run in a second process, as they would beside real HSMs,
 so the orchestrator's side and the nodes' side each get a core.
@@ -150,8 +151,9 @@ async def run(
                 node_nc, daemons = await start_nodes(server.url, root_dir, nodes)
                 node_ids = [d.node_id for d in daemons]
             outbox = Outbox("orchestrator", orchestrator)
+            warm_up = min(200, total)
             await enrollments_per_second(
-                orch_nc, outbox, node_ids, vendor.root, allowed, 200, concurrency
+                orch_nc, outbox, node_ids, vendor.root, allowed, warm_up, concurrency
             )
             chain = provision(
                 SoftHsm(root_dir / "probe", os.urandom(32)), vendor, datetime.now(UTC)
