@@ -66,6 +66,13 @@ def soft_daemon(state, vendor, pins, domain="dc1", **kw):
     return NodeDaemon(hsm, state, domain, pins, **kw)
 
 
+def pkcs11_daemon(label, state, vendor, pins, node_id, domain="dc1"):
+    """A node on a fresh SoftHSM2 token without Ed25519 (a P-256-only HSM), certified."""
+    token = Pkcs11Hsm(softhsm.MODULE, label, PIN, algorithms=(ECDSA_P256, ECDH_P256))
+    provision(token, vendor, datetime.now(UTC))
+    return NodeDaemon(token, state, domain, pins, node_id=node_id)
+
+
 async def enroll(nc, orchestrator, vendor, node_id):
     nonce = os.urandom(32)
     now = time.time_ns() // 1_000_000
@@ -119,9 +126,8 @@ async def test_five_software_and_one_pkcs11_node_enroll(
     daemons = [
         soft_daemon(tmp_path / f"soft{i}", vendor, pins, domain=f"dc{i % 3}") for i in range(5)
     ]
-    token = Pkcs11Hsm(softhsm.MODULE, token_label, PIN, algorithms=(ECDSA_P256, ECDH_P256))
-    provision(token, vendor, datetime.now(UTC))
-    daemons.append(NodeDaemon(token, tmp_path / "p11", "dc9", pins, node_id="hsm-p11"))
+    daemons.append(pkcs11_daemon(token_label, tmp_path / "p11", vendor, pins, "hsm-p11", "dc9"))
+    token = daemons[-1].hsm
     for daemon in daemons:
         await daemon.start(nc)
     try:
@@ -339,9 +345,8 @@ async def test_a_pkcs11_node_waits_for_its_token_off_the_event_loop(
     token_label,  # noqa: F811
 ):
     """While another thread holds the token, the loop stays free: it is what lets go of it."""
-    token = Pkcs11Hsm(softhsm.MODULE, token_label, PIN, algorithms=(ECDSA_P256, ECDH_P256))
-    provision(token, vendor, datetime.now(UTC))
-    daemon = NodeDaemon(token, tmp_path, "dc1", pins, node_id="hsm-busy")
+    daemon = pkcs11_daemon(token_label, tmp_path, vendor, pins, "hsm-busy")
+    token = daemon.hsm
     await daemon.start(nc)
     release, released_by_loop = threading.Event(), []
 
