@@ -52,6 +52,7 @@ ECDH_P256 = "ecdh-p256"
 TRANSPORT_ALGORITHMS = (ECDH_P256,)
 STATEMENT_DOMAIN = b"hsmfleet/v1/attestation-statement\n"
 MIN_NONCE_BYTES = 16
+MAX_NONCE_BYTES = 64
 _ANY_CLOCK_MS = 1 << 62
 NODE_ROLE = "node"
 """The role a node's identity key signs its own messages for."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from messages.attestation import (
+    MAX_NONCE_BYTES,
     MIN_NONCE_BYTES,
     Attestation,
     AttestationStatement,
@@ -16,7 +17,7 @@ from node.vendor import DEVICE
 
 
 class BadAttestRequest(HsmfleetError):
-    """The attest request cannot be answered: its nonce is too short to be fresh."""
+    """The attest request cannot be answered: its nonce is too short to be fresh, or too long."""
 
     kind = "bad_attest_request"
 
@@ -25,6 +26,8 @@ def attest(node: NodeIdentity, hsm: Hsm, measurement: str, request: AttestReques
     """The attestation of ``node`` over the request's nonce, signed inside ``hsm``."""
     if len(request.nonce) < MIN_NONCE_BYTES:
         raise BadAttestRequest("nonce is too short", bytes=len(request.nonce))
+    if len(request.nonce) > MAX_NONCE_BYTES:
+        raise BadAttestRequest("nonce is too long", bytes=len(request.nonce))
     claims = {
         "node_id": node.node_id,
         "identity_alg": node.identity.alg,

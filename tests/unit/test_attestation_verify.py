@@ -237,6 +237,10 @@ def test_answer_envelope_must_be_signed_by_the_attested_identity_key(world):
 def test_node_refuses_a_short_nonce(world):
     with pytest.raises(BadAttestRequest):
         _answer(world, nonce=b"short")
+    with pytest.raises(BadAttestRequest, match="too long") as info:
+        _answer(world, nonce=bytes(65))
+    assert info.value.kind == "bad_attest_request"
+    assert _verify(world, _answer(world, nonce=bytes(64)), nonce=bytes(64)).node_id == "n1"
 
 
 def test_attestation_round_trips_through_its_schema(world):
