@@ -26,7 +26,7 @@ from messages.canonical import canonical
 from messages.cosign_client import CosigningClient, Peer
 from messages.documents import hex_digest
 from messages.ids import format_time, parse_time
-from messages.signing import Ed25519Signer
+from messages.signing import Ed25519Signer, Signer
 from messages.validation import ValidationBundle
 from messages.verify import OperatorPin, Pins, QuorumFloor
 
@@ -133,6 +133,24 @@ def sample_chain(
     return chain
 
 
+def init_cosigners(
+    directory: Path, orchestrator: Signer, cosigners: Sequence[tuple[str, str, bytes]]
+) -> list[Peer]:
+    """State directories ``directory/<id>`` for cosigners ``(id, name, key seed)`` that answer
+    ``orchestrator`` and witness each other (a directory that has a key is left as it is);
+    return them as the orchestrator's peers."""
+    requester = RequesterPin("orchestrator", orchestrator.alg, orchestrator.public_key)
+    configs = {cid: CosignerConfig(cid, name, (requester,)) for cid, name, _ in cosigners}
+    seeds = {cid: seed for cid, _, seed in cosigners}
+    pins = {cid: pin_of(c, Ed25519Signer.from_seed(seeds[cid])) for cid, c in configs.items()}
+    for cid, config in configs.items():
+        state = Path(directory) / cid
+        if not (state / "key").exists():
+            others = tuple(pin for other, pin in pins.items() if other != cid)
+            init_state(state, config.witnessing(*others), seeds[cid])
+    return [Peer(cid, pins[cid]) for cid in configs]
+
+
 @dataclass
 class Testbed:
     """Two cosigners witnessing each other, the operator, and a client using both."""
@@ -156,19 +174,8 @@ class Testbed:
         clock = clock or ManualClock(parse_time(START))
         operator = Ed25519Signer.from_seed(OPERATOR_SEED)
         orchestrator = Ed25519Signer.from_seed(ORCHESTRATOR_SEED)
-        requester = RequesterPin("orchestrator", orchestrator.alg, orchestrator.public_key)
-        signers = {cid: Ed25519Signer.from_seed(seed) for cid, _, seed in COSIGNERS}
-        pins = {
-            cid: pin_of(CosignerConfig(cid, name, (requester,)), signers[cid])
-            for cid, name, _ in COSIGNERS
-        }
-        for cid, name, seed in COSIGNERS:
-            state = directory / cid
-            if not (state / "key").exists():
-                others = tuple(p for other, p in pins.items() if other != cid)
-                init_state(state, CosignerConfig(cid, name, (requester,), others), seed)
-        cosigners = [Cosigner.open(directory / cid, clock) for cid, _, _ in COSIGNERS]
-        peers = [Peer(cid, pins[cid]) for cid, _, _ in COSIGNERS]
+        peers = init_cosigners(directory, orchestrator, COSIGNERS)
+        cosigners = [Cosigner.open(directory / peer.id, clock) for peer in peers]
         client = CosigningClient(LocalTransport(cosigners), peers, operator, threshold)
         return cls(directory, clock, operator, orchestrator, cosigners, peers, client)
 

@@ -15,7 +15,9 @@ For each document, :meth:`CosigningClient.log`:
 2. asks every other cosigner to witness each log's checkpoint (C2SP tlog-witness), proving
    consistency from the size that witness last saw (learnt from a conflict answer if unknown);
    if a witness has already seen a larger tree, the log's newest checkpoint and a fresh
-   inclusion proof replace the answer and the witnessing starts again for that log;
+   inclusion proof replace the answer and the witnessing starts again for that log. A log is
+   witnessed by one call at a time; a document already inside the last checkpoint all
+   witnesses cosigned is proved against that checkpoint and shares its cosignatures;
 3. succeeds when at least ``threshold`` distinct cosigners vouch (as a log or a witness);
    otherwise raises :class:`NotEnoughCosigners` naming each cosigner's error.
 """
@@ -222,6 +224,8 @@ class CosigningClient:
         self.operator = operator
         self.threshold = threshold
         self._seen: dict[tuple[str, str], int] = {}  # (witness id, log name) -> size it saw
+        self._locks: dict[str, asyncio.Lock] = {}  # log id -> one witnessing at a time
+        self._witnessed: dict[str, tuple[str, tuple[str, ...]]] = {}  # log id -> last cosigned
 
     async def log(self, document: LoggedDocument, earlier: Sequence[LoggedDocument] = ()) -> Logged:
         """Have ``document`` logged and witnessed; ``earlier`` are the documents of the same
@@ -308,7 +312,21 @@ class CosigningClient:
             raise BadCosignerAnswer(f"answer does not verify: {exc}", cosigner=peer.id) from exc
 
     async def _witness_log(self, logged: Logged, log_peer: Peer) -> None:
-        """Gather every other cosigner's cosignature on ``log_peer``'s checkpoint."""
+        """Gather every other cosigner's cosignature on a checkpoint of ``log_peer`` that holds
+        the document. One witnessing per log at a time: a document whose entry is already in
+        the last checkpoint all witnesses cosigned is proved against that one instead."""
+        async with self._locks.setdefault(log_peer.id, asyncio.Lock()):
+            answer = logged.answers[log_peer.id]
+            last = self._witnessed.get(log_peer.id)
+            if last is not None and _size(last[0]) >= _size(answer.checkpoint):
+                if last[0] != answer.checkpoint:
+                    answer = await self._prove_against(log_peer, logged, answer, last[0])
+                logged.answers[log_peer.id] = answer
+                logged.cosignatures[log_peer.id] = list(last[1])
+                return
+            await self._gather_cosignatures(logged, log_peer)
+
+    async def _gather_cosignatures(self, logged: Logged, log_peer: Peer) -> None:
         witnesses = [p for p in self.peers if p.id != log_peer.id]
         for _ in range(MAX_REFRESHES):
             answer = logged.answers[log_peer.id]
@@ -317,7 +335,9 @@ class CosigningClient:
                 return_exceptions=True,
             )
             if any(isinstance(r, _Stale) for r in results):
-                logged.answers[log_peer.id] = await self._refresh(log_peer, logged, answer)
+                note = await self.transport.checkpoint(log_peer)
+                answer = await self._prove_against(log_peer, logged, answer, note)
+                logged.answers[log_peer.id] = answer
                 continue
             lines = []
             for witness, result in zip(witnesses, results, strict=True):
@@ -329,11 +349,12 @@ class CosigningClient:
                 else:
                     raise result
             logged.cosignatures[log_peer.id] = lines
+            if len(lines) == len(witnesses):
+                self._witnessed[log_peer.id] = (answer.checkpoint, tuple(lines))
             return
 
-    async def _refresh(self, peer: Peer, logged: Logged, answer: Signed) -> Signed:
-        """``answer`` against the log's newest checkpoint."""
-        note = await self.transport.checkpoint(peer)
+    async def _prove_against(self, peer: Peer, logged: Logged, answer: Signed, note: str) -> Signed:
+        """``answer`` with an inclusion proof against the log's checkpoint ``note``."""
         inclusion = await self.transport.inclusion(peer, answer.statement.index, _size(note))
         fresh = replace(answer, inclusion=tuple(inclusion), checkpoint=note)
         self._check(peer, logged.document, fresh)

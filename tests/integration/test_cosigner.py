@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from cosigner.config import CosignerConfig, RequesterPin, init_state, pin_of
 from cosigner.http import NATS_SERVICE, Server, make_app
-from cosigner.testbed import MEMBERS, sample_artifact, sample_chain
+from cosigner.testbed import MEMBERS, init_cosigners, sample_artifact, sample_chain
 from messages import subjects
 from messages.bus import RequestRejected, request
 from messages.cosign_client import (
@@ -67,27 +66,14 @@ class Fleet:
         await self.servers[cid].start()
 
 
-def make_states(root: Path, orchestrator: Ed25519Signer) -> tuple[dict[str, Path], list[Peer]]:
-    """Two cosigner state directories witnessing each other, trusting ``orchestrator``."""
-    requester = RequesterPin("orchestrator", orchestrator.alg, orchestrator.public_key)
-    seeds = {cid: os.urandom(32) for cid in IDS}
-    signers = {cid: Ed25519Signer.from_seed(seeds[cid]) for cid in IDS}
-    configs = {cid: CosignerConfig(cid, f"{cid}.example/log", (requester,)) for cid in IDS}
-    pins = {cid: pin_of(configs[cid], signers[cid]) for cid in IDS}
-    states = {}
-    for cid in IDS:
-        other = tuple(pins[o] for o in IDS if o != cid)
-        states[cid] = root / cid
-        config = configs[cid].witnessing(*other)
-        init_state(states[cid], config, seeds[cid])
-    return states, [Peer(cid, pins[cid]) for cid in IDS]
-
-
 @pytest.fixture
 async def fleet(tmp_path: Path, nats_server: NatsServer, nc: NATS) -> AsyncIterator[Fleet]:
     orchestrator = Ed25519Signer.generate()
     operator = Ed25519Signer.generate()
-    states, peers = make_states(tmp_path, orchestrator)
+    peers = init_cosigners(
+        tmp_path, orchestrator, [(cid, f"{cid}.example/log", os.urandom(32)) for cid in IDS]
+    )
+    states = {cid: tmp_path / cid for cid in IDS}
     servers = {cid: Server(make_app(states[cid], nats_server.url)) for cid in IDS}
     for server in servers.values():
         await server.start()
