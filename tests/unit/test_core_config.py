@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ops.cli import main
+from messages.errors import HsmfleetError
+from orchestrator.cli import keygen_command
 from orchestrator.config import ConfigError, Settings
 from orchestrator.keys import KeyFileError, generate, load_signer, load_trust
 from tests.replay.kit import MEASUREMENT, Vendor
@@ -83,8 +85,9 @@ def test_key_files(tmp_path):
 
 
 def test_keygen_verb_writes_a_key_once(tmp_path, capsys):
-    assert main(["orchestrator", "keygen", "--dir", str(tmp_path)]) == 0
+    args = argparse.Namespace(dir=tmp_path / "keys")
+    assert keygen_command(args) == 0
     public = capsys.readouterr().out.strip()
-    assert (tmp_path / "orchestrator.pub").read_text().strip() == public
-    assert main(["orchestrator", "keygen", "--dir", str(tmp_path)]) == 2
-    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (tmp_path / "keys" / "orchestrator.pub").read_text().strip() == public
+    with pytest.raises(HsmfleetError, match="refusing to overwrite"):
+        keygen_command(args)
