@@ -14,18 +14,22 @@ import asyncio
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from nats.aio.client import Client as NATS
 
 from cosigner.config import CosignerConfig, RequesterPin, init_state, pin_of
 from cosigner.engine import Cosigner
 from cosigner.local import LocalTransport
+from cosigner.service import NatsService
 from messages.artifact import FleetKey, FleetKeyArtifact, Member, Quorum
 from messages.bundle import CEREMONY, ENROLL, PUBLISH, QUORUM, Evidence, NodeRef, StageBundle
 from messages.canonical import canonical
-from messages.cosign_client import CosigningClient, Peer
+from messages.cosign_client import CosigningClient, NatsTransport, Peer
 from messages.documents import hex_digest
 from messages.ids import format_time, parse_time
+from messages.outbox import Outbox
 from messages.signing import Ed25519Signer, Signer
 from messages.validation import ValidationBundle
 from messages.verify import OperatorPin, Pins, QuorumFloor
@@ -164,6 +168,7 @@ class Testbed:
     cosigners: list[Cosigner]
     peers: list[Peer]
     client: CosigningClient
+    services: list[NatsService] = field(default_factory=list)
 
     @classmethod
     def create(
@@ -191,7 +196,19 @@ class Testbed:
     def cosigner(self, cid: str) -> Cosigner:
         return next(c for c in self.cosigners if c.id == cid)
 
+    async def serve(self, nc: NATS) -> None:
+        """Serve the cosigners on NATS through ``nc`` and make the client use NATS too, with
+        requests signed by the orchestrator key."""
+        for cosigner in self.cosigners:
+            service = NatsService(nc, cosigner)
+            await service.start()
+            self.services.append(service)
+        transport = NatsTransport(nc, Outbox("orchestrator", self.orchestrator))
+        self.client = CosigningClient(transport, self.peers, self.operator, self.client.threshold)
+
     async def close(self) -> None:
+        for service in self.services:
+            await service.stop()
         for cosigner in self.cosigners:
             await cosigner.close()
 

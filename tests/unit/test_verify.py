@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NATS
 
 from cosigner.testbed import DAY_MS, MEMBERS, Testbed, sample_artifact, sample_chain
 from messages.canonical import b64
@@ -66,8 +67,11 @@ class World:
     fork_proofs: dict  # consistency proofs the forked logs give for their own history
 
 
-async def _world(directory: Path) -> World:
+async def build_world(directory: Path, nc: NATS | None = None) -> World:
+    """Run the cosigners in process, or served on NATS through ``nc`` when given."""
     bed = Testbed.create(directory / "main")
+    if nc is not None:
+        await bed.serve(nc)
     try:
         first_artifact = sample_artifact(members=MEMBERS[:3])
         for bundle in sample_chain(artifact=first_artifact):
@@ -79,9 +83,13 @@ async def _world(directory: Path) -> World:
         rival = await bed.client.publish(sample_artifact("fleet-2", epoch=2))
         pins = bed.pins()
         proofs = _all_proofs(bed)
+        assert len(bed.services) == (2 if nc else 0)
+        assert all(service.gate.accepted > 10 for service in bed.services)
     finally:
         await bed.close()
     fork = Testbed.create(directory / "fork")
+    if nc is not None:
+        await fork.serve(nc)
     try:
         for bundle in sample_chain("fleet-9"):
             await fork.client.log(bundle)
@@ -104,7 +112,7 @@ def _all_proofs(bed: Testbed) -> dict:
 
 @pytest.fixture(scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return await _world(tmp_path_factory.mktemp("verify-world"))
+    return await build_world(tmp_path_factory.mktemp("verify-world"))
 
 
 def _raw(bundle: ValidationBundle) -> dict:
