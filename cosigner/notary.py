@@ -75,10 +75,11 @@ class _Heads:
         self.epochs: dict[str, int] = {}
         self.digests: dict[str, int] = {}
         self._pending: list[tuple[LoggedDocument, int]] = []
+        self._pending_digests: set[str] = set()
 
     def check(self, document: LoggedDocument) -> None:
         digest = document.digest
-        if digest in self.digests or any(d.digest == digest for d, _ in self._pending):
+        if digest in self.digests or digest in self._pending_digests:
             raise DigestSeen("document already logged", digest=digest)
         if isinstance(document, StageBundle):
             check_successor(self._chain(document.fleet), document)
@@ -99,14 +100,16 @@ class _Heads:
 
     def stage(self, document: LoggedDocument, index: int) -> None:
         self._pending.append((document, index))
+        self._pending_digests.add(document.digest)
 
     def commit(self) -> None:
         for document, index in self._pending:
             self.record(document, index)
-        self._pending.clear()
+        self.discard()
 
     def discard(self) -> None:
         self._pending.clear()
+        self._pending_digests.clear()
 
     def record(self, document: LoggedDocument, index: int) -> None:
         self.digests[document.digest] = index
@@ -241,9 +244,14 @@ class Notary:
             self._heads.discard()
             self.rejects[exc.kind] += len(accepted)
             return [c if isinstance(c, HsmfleetError) else exc for c in checked]
-        self._heads.commit()
-        self.accepted += len(accepted)
-        signed = iter(self._sign(first, accepted, now_ms))
+        try:
+            signed = iter(self._sign(first, accepted, now_ms))
+        finally:
+            # The entries are in the log whatever becomes of their statements: the heads must
+            # know them, or a resubmission would be logged twice. Committed after signing so
+            # that a receipt is never asked for before its statement is recorded.
+            self._heads.commit()
+            self.accepted += len(accepted)
         return [c if isinstance(c, HsmfleetError) else next(signed) for c in checked]
 
     def receipt(self, digest: str) -> Signed:

@@ -18,6 +18,7 @@ validation bundle) follows the same rules, normative in ``messages/SPEC.md``:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 from typing import Any, ClassVar, Self
@@ -161,9 +162,10 @@ class Digested(Document):
 
     KIND: ClassVar[str] = ""
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
-        """SHA-256 of the canonical bytes, in lowercase hex."""
+        """SHA-256 of the canonical bytes, in lowercase hex (computed once: documents are
+        frozen)."""
         return hex_digest(self.to_bytes())
 
 
