@@ -75,7 +75,7 @@ async def catch_up(
         for key, (ballot, value) in copies.items():
             if key not in merged or ballot > merged[key][0]:
                 merged[key] = (ballot, value)
-    changed = await acceptor.adopt(merged)
+    changed = acceptor.adopt(merged)
     log.info("caught up", member=me, records=len(merged), changed=changed, sources=len(complete))
     return changed
 

@@ -15,7 +15,6 @@ import contextlib
 import json
 import signal
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +106,6 @@ class Member:
             deadline=settings.deadline,
         )
         self.journal = EvaluationJournal(state / EVALUATIONS_FILE)
-        self._vault_executor = ThreadPoolExecutor(1, thread_name_prefix=f"vault-{settings.member}")
         keys = VaultKeys.load(Path(settings.vault_keys))
         evaluator = GuessEvaluator(settings.member, keys, self.replica.current, self.journal)
         self.vault = VaultService(
@@ -116,7 +114,6 @@ class Member:
             self.replica.proposer,
             evaluator,
             keys,
-            self._vault_executor,
             limit=settings.limit,
         )
         self.nc: NATS | None = None
@@ -140,7 +137,6 @@ class Member:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
-        self._vault_executor.shutdown(wait=True)
         self.journal.close()
         self.hsm.close()
 

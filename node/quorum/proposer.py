@@ -36,8 +36,9 @@ from nats.aio.subscription import Subscription
 
 from messages import subjects
 from messages.bus import headers_for
+from messages.envelope import Envelope
 from messages.errors import HsmfleetError
-from messages.gate import Gate
+from messages.gate import Gate, Received
 from messages.outbox import Outbox
 from messages.quorum import (
     ACCEPT,
@@ -51,7 +52,9 @@ from messages.quorum import (
     value_digest,
 )
 from messages.replay import ReplayGuard
+from messages.schema import Body
 from node.quorum import metrics
+from node.quorum.acceptor import Answer
 from node.quorum.membership import Membership
 from node.quorum.proof import CommitProof
 from node.quorum.rules import NO_BALLOT, Ballot
@@ -92,7 +95,7 @@ class Proposer:
         membership: Callable[[], Membership],
         *,
         max_batch: int = 128,
-        max_rounds: int = 4,
+        max_rounds: int = 8,
         phase_timeout: float = 0.5,
         deadline: float = 3.0,
         attempts: int = 50,
@@ -129,6 +132,7 @@ class Proposer:
         self._inbox = ""
         self._sub: Subscription | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        self.local: Callable[[Received, Answer], None] | None = None
 
     async def start(self, nc: NATS) -> None:
         """Subscribe to this proposer's reply inbox and start taking changes."""
@@ -181,11 +185,14 @@ class Proposer:
 
     async def _on_vote(self, msg: Msg) -> None:
         round_id = msg.subject.rsplit(".", 1)[1]
+        self._count(round_id, lambda tally: tally.add(msg.data))
+
+    def _count(self, round_id: str, add: Callable[[Tally], None]) -> None:
         tally = self._tallies.get(round_id)
         if tally is None or tally.decided:
             return  # a late vote for a phase already counted: not needed, not checked
         try:
-            tally.add(msg.data)
+            add(tally)
         except BadVote as exc:
             self.rejected_votes[exc.kind] += 1
             metrics.VOTES_REJECTED.labels(self.member, exc.kind).inc()
@@ -255,6 +262,12 @@ class Proposer:
         self._decided[round_id] = decided
         phase = PREPARE if isinstance(body, Prepare) else ACCEPT
         try:
+            if self.local is not None and self.member in tally.voters:
+
+                async def own_vote(env: Envelope, vote: Body) -> None:
+                    self._count(round_id, lambda t: t.add_own(env, vote))
+
+                self.local(Received(env, body, None), own_vote)
             await self._nc.publish(
                 subjects.quorum(body.fleet, phase),
                 env.encode(),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +83,6 @@ class Replica:
         self.new = new
         self.catch_up_timeout = catch_up_timeout
         self._membership = membership
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{member}")
         self.store: SlotStore | None = None
         self.acceptor: Acceptor | None = None
         self.proposer = Proposer(member, self.outbox, self.current, **proposer_options)
@@ -112,17 +110,17 @@ class Replica:
         path = self.state_dir / STORE_FILE
         if not path.exists() and not self.new:
             raise StateLost("no quorum state on disk; rejoin the fleet", path=str(path))
-        loop = asyncio.get_running_loop()
-        self.store = await loop.run_in_executor(self._executor, SlotStore, path)
-        stored = await loop.run_in_executor(self._executor, self.store.get_meta, _CONFIG)
+        self.store = SlotStore(path)
+        stored = self.store.get_meta(_CONFIG)
         if stored is not None:
             kept = Membership.from_config(Config.from_json(loads_strict(stored)))
             if kept.epoch >= self._membership.epoch:
                 self._membership = kept
-        await self._persist_config()
-        complete = await loop.run_in_executor(self._executor, self.store.get_meta, _READY)
-        self.acceptor = Acceptor(self.member, self.store, self.outbox, self.current, self._executor)
+        self._persist_config()
+        complete = self.store.get_meta(_READY)
+        self.acceptor = Acceptor(self.member, self.store, self.outbox, self.current)
         await self.acceptor.start(nc)
+        self.proposer.local = self.acceptor.submit
         await self.proposer.start(nc)
         fleet = self._membership.fleet
         member_gate = Gate(self._membership.trust())
@@ -162,8 +160,7 @@ class Replica:
         if self.acceptor is not None:
             await self.acceptor.stop()
         if self.store is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.store.close)
-        self._executor.shutdown(wait=True)
+            self.store.close()
 
     def _operator_trust(self) -> TrustStore:
         store = TrustStore()
@@ -171,11 +168,8 @@ class Replica:
             store.add(self.operator)
         return store
 
-    async def _persist_config(self) -> None:
-        data = canonical(self._membership.to_config().to_json())
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.store.set_meta, _CONFIG, data
-        )
+    def _persist_config(self) -> None:
+        self.store.set_meta(_CONFIG, canonical(self._membership.to_config().to_json()))
 
     def _begin_catch_up(self, counts_self: bool) -> None:
         if self._catching_up is not None and not self._catching_up.done():
@@ -200,9 +194,7 @@ class Replica:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
                 continue
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.store.set_meta, _READY, b"1"
-            )
+            self.store.set_meta(_READY, b"1")
             self.acceptor.voting = True
             self._ready.set()
             log.info("member votes", member=self.member, epoch=self._membership.epoch)
@@ -228,7 +220,7 @@ class Replica:
             raise BadConfig("a different configuration has this epoch", epoch=new.epoch)
         if new.epoch > current.epoch:
             self._membership = new
-            await self._persist_config()
+            self._persist_config()
             for gate in self._gates:
                 gate.trust = new.trust()
             log.info("configuration applied", member=self.member, epoch=new.epoch)

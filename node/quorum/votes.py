@@ -90,11 +90,17 @@ class Tally:
             received = self.gate.admit(data, MEMBER_ROLE)
         except MessageError as exc:
             raise vote_error(exc) from exc
-        voter = received.envelope.source
-        vote = received.body
+        self._count(received.envelope, received.body, data)
+
+    def add_own(self, env: Envelope, vote: Promise | Accepted) -> None:
+        """Count the vote of the proposer's own acceptor, signed in this process (no gate)."""
+        self._count(env, vote, env.encode())
+
+    def _count(self, env: Envelope, vote: object, data: bytes) -> None:
+        voter = env.source
         if voter not in self.voters:
             raise VoteFromNonMember("the signer is not asked in this phase", member=voter)
-        if not self.answers(vote, received.envelope.causation):
+        if not self.answers(vote, env.causation):
             raise VoteOldBallot("the vote answers another round", member=voter)
         if voter in self.votes:
             raise VoteReplayed("the member already voted in this round", member=voter)

@@ -7,6 +7,7 @@ evaluated this attempt or a later one; then it journals the attempt durably (fsy
 compares the guess. A host that replays a proof, forges a commit or rolls a replica back gets no
 extra guess. This is the part of a member that belongs inside its HSM; it runs in the member
 process because the HSM interface cannot open sealed registrations (see :mod:`node.vault.keys`).
+It blocks for its fsync; callers run it on their event loop (as the acceptor does, see there).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class GuessEvaluator:
     ) -> bytes | None:
         """The user's secret if ``guess`` is right, None if wrong; raises
         :class:`EvaluationRefused` or :class:`messages.quorum.BadProof` when the attempt may not
-        be evaluated. Blocks on an fsync: call it off the event loop."""
+        be evaluated. Blocks on one fsync."""
         if proof.key != records.record_key(user):
             raise EvaluationRefused("the proof is for another record", user=user)
         verify_proof(proof, self.membership(), value)

@@ -14,7 +14,6 @@ import asyncio
 import os
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -67,7 +66,6 @@ class VaultService:
         proposer: Proposer,
         evaluator: GuessEvaluator,
         keys: VaultKeys,
-        executor: ThreadPoolExecutor,
         *,
         limit: int = DEFAULT_LIMIT,
         concurrency: int = 512,
@@ -77,7 +75,6 @@ class VaultService:
         self.proposer = proposer
         self.evaluator = evaluator
         self.keys = keys
-        self.executor = executor
         self.limit = limit
         self.rejects: Counter[str] = Counter()
         self._gate = Gate(TrustStore())
@@ -175,14 +172,8 @@ class VaultService:
         attempt = records.decode(attempt_commit.value)
         if attempt is None or attempt.sealed is None:
             raise BudgetExhausted("the user's guesses are used up", user=request.user)
-        loop = asyncio.get_running_loop()
-        secret = await loop.run_in_executor(
-            self.executor,
-            self.evaluator.evaluate,
-            request.user,
-            attempt_commit.value,
-            attempt_commit.proof,
-            request.guess,
+        secret = self.evaluator.evaluate(
+            request.user, attempt_commit.value, attempt_commit.proof, request.guess
         )
         if secret is not None:
             await self._settle(request.user, lambda old: records.after_success(old, attempt))
