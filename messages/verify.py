@@ -4,10 +4,10 @@
 
 1. the bundle's digest is the SHA-256 of the artifact's canonical bytes;
 2. for every log proof from a pinned cosigner: its statement names this artifact, the
-   cosigner's statement signature verifies, the operator countersignature over that signature
-   verifies under the pinned operator key, the checkpoint is a note signed by that cosigner as
-   the log, and the inclusion proof leads from the artifact's leaf to the checkpoint's root at
-   the statement's index, with size and root taken from the signed checkpoint;
+   cosigner's statement signature verifies, the checkpoint is a note signed by that cosigner as
+   the log, the inclusion proof leads from the artifact's leaf to the checkpoint's root at the
+   statement's index (size and root taken from the signed checkpoint), and the operator
+   countersignature over the statement signature verifies under the pinned operator key;
 3. at least ``threshold`` distinct pinned cosigners vouch: as the log of a verified proof, or by
    a witness cosignature on the checkpoint of one;
 4. each such checkpoint extends the one the verifier stored for that log (never smaller, and a
