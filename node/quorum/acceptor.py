@@ -41,6 +41,7 @@ from messages.quorum import (
     SnapshotRequest,
     value_digest,
 )
+from messages.replay import ReplayGuard
 from messages.schema import Body
 from node.quorum import metrics, rules
 from node.quorum.membership import Membership
@@ -50,6 +51,8 @@ from node.quorum.store import SlotStore
 log = structlog.get_logger("hsmfleet.quorum.acceptor")
 
 MAX_SNAPSHOT_PAGE = 1000
+# Requests are remembered (against replays) and accepted (against staleness) for a minute.
+REPLAY_MS = 60_000
 
 Answer = Callable[[Envelope, Body], Awaitable[None]]
 
@@ -95,7 +98,7 @@ class Acceptor:
         """The gate for requests, rebuilt when the configuration's members change."""
         current = self.membership()
         if self._gate is None or self._trust_epoch != current.epoch:
-            replay = self._gate.replay if self._gate is not None else None
+            replay = self._gate.replay if self._gate is not None else ReplayGuard(REPLAY_MS)
             self._gate = Gate(current.trust(), replay=replay)
             self._trust_epoch = current.epoch
         return self._gate

@@ -116,7 +116,7 @@ class Proposer:
         self.phases = 0
         self.max_held = max_held
         self.hold_for = hold_for
-        self._seen: dict[str, int] = {}
+        self._seen: OrderedDict[str, int] = OrderedDict()
         self._held: OrderedDict[str, tuple[int, bytes | None, int, float]] = OrderedDict()
         self._pending: deque[_Pending] = deque()
         self._busy: set[str] = set()
@@ -244,12 +244,20 @@ class Proposer:
 
     def _ballot(self, key: str) -> int:
         n = self._seen.get(key, 0) + 1
-        self._seen[key] = n
+        self._remember(key, n)
         return n
 
     def _saw(self, key: str, n: int) -> None:
         if n > self._seen.get(key, 0):
-            self._seen[key] = n
+            self._remember(key, n)
+
+    def _remember(self, key: str, n: int) -> None:
+        """Keep the highest ballot seen per record, for the ``max_held`` records used last; a
+        forgotten one costs a refused prepare, which tells the ballot again."""
+        self._seen[key] = n
+        self._seen.move_to_end(key)
+        if len(self._seen) > self.max_held:
+            self._seen.popitem(last=False)
 
     async def _phase(self, body: Prepare | Accept, membership: Membership, gate: Gate) -> Tally:
         """Send ``body`` to the phase's members and count their votes until decided or timeout."""
@@ -284,6 +292,10 @@ class Proposer:
     async def _round(self, batch: list[_Pending]) -> None:
         try:
             await self._run(batch)
+        except asyncio.CancelledError:
+            for item in batch:
+                self._fail(item, OutcomeUnknown("the proposer stopped", key=item.key))
+            raise
         except Exception as exc:
             log.exception("round failed")
             for item in batch:

@@ -27,9 +27,11 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WIT
 
 
 class SlotStore:
-    """Slots by record key, with every slot read once kept in memory."""
+    """Slots by record key, with the slots read or written lately kept in memory (up to
+    ``cache_limit``; the cache is dropped when it grows past it, as every slot is on disk)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cache_limit: int = 200_000) -> None:
+        self.cache_limit = cache_limit
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -40,6 +42,8 @@ class SlotStore:
 
     def load(self, keys: Iterable[str]) -> dict[str, Slot]:
         """The slots of ``keys``; a record never seen has the empty slot."""
+        if len(self._cache) > self.cache_limit:
+            self._cache.clear()
         out: dict[str, Slot] = {}
         missing = []
         for key in keys:

@@ -279,3 +279,14 @@ async def test_configuration_changes_need_the_operator_and_a_newer_epoch(tmp_pat
         await fleet.stop("m1")
         await fleet.start("m1", wait=False)
         assert fleet["m1"].replica.current() == newer, "the configuration is kept on disk"
+
+
+async def test_stopping_a_proposer_fails_its_changes_instead_of_hanging(tmp_path, nats_server):
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        await fleet.stop("m2")
+        await fleet.stop("m3")
+        pending = asyncio.create_task(fleet["m1"].replica.proposer.change("k", put(b"x")))
+        await asyncio.sleep(0.1)
+        await fleet.stop("m1")
+        with pytest.raises((OutcomeUnknown, QuorumUnavailable)):
+            await asyncio.wait_for(pending, 5)

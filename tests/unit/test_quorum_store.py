@@ -46,3 +46,10 @@ def test_many_keys_load_in_chunks(tmp_path):
     again = SlotStore(tmp_path / "q.sqlite3")
     loaded = again.load([f"k{i}" for i in range(1300)])
     assert sum(1 for s in loaded.values() if s.value == b"x") == 1200
+
+
+def test_the_cache_is_dropped_past_its_limit_and_reads_come_from_disk(tmp_path):
+    store = SlotStore(tmp_path / "q.sqlite3", cache_limit=10)
+    store.save({f"k{i}": Slot(accepted=Ballot(1, "m1"), value=b"%d" % i) for i in range(30)})
+    assert store.load(["k3"])["k3"].value == b"3"
+    assert len(store._cache) <= 11
