@@ -25,6 +25,10 @@ from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for, write_confi
 OP = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 
+# Measured once: other work in a shared checkout must not change it between
+# the orchestrator's allow-list and the nodes' claims.
+SOFTWARE = measure()
+
 
 @pytest.fixture
 async def server(tmp_path):
@@ -36,9 +40,7 @@ async def server(tmp_path):
 async def api(tmp_path, server):
     """The API app served on a free port, its orchestrator active, one node announced."""
     VendorCA.init(tmp_path / "vendor", datetime.now(UTC))
-    config = write_config(
-        tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", measure()
-    )
+    config = write_config(tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", SOFTWARE)
     settings = Settings.load(config)
     signer = load_signer(settings.key_file)
     app = create_app(settings, signer)
@@ -52,7 +54,9 @@ async def api(tmp_path, server):
     write_pin(tmp_path / "pins.json", "orchestrator", signer)
     hsm = SoftHsm(tmp_path / "node" / "hsm", bytes(32))
     provision(hsm, VendorCA.open(tmp_path / "vendor"), datetime.now(UTC))
-    daemon = NodeDaemon(hsm, tmp_path / "node", "dc-7", read_pins(tmp_path / "pins.json"))
+    daemon = NodeDaemon(
+        hsm, tmp_path / "node", "dc-7", read_pins(tmp_path / "pins.json"), measurement=SOFTWARE
+    )
     nc = await nats.connect(server.url)
     await daemon.start(nc)
     await wait_for(lambda: daemon.node_id in orch.state.nodes, what="the announcement")
@@ -78,7 +82,8 @@ async def test_nodes_and_enrollment(api):
     status, enrollment = await call(http, "POST", f"/v1/nodes/{node_id}/enroll", OP)
     assert status == 202 and enrollment["status"] in ("open", "enrolled")
     assert enrollment["requested_by"].startswith("operator:")
-    await wait_for(lambda: orch.state.nodes[node_id].status == "enrolled", what="enrollment")
+    await wait_for(lambda: orch.state.nodes[node_id].status != "enrolling", what="the outcome")
+    assert orch.state.nodes[node_id].status == "enrolled", orch.state.nodes[node_id].reason
     status, enrollment = await call(
         http, "GET", f"/v1/enrollments/{enrollment['enrollment_id']}", READ
     )
@@ -171,7 +176,7 @@ async def test_health_openapi_and_metrics(api):
 async def test_a_standby_refuses_commands(api, tmp_path, server):
     _, orch, node_id = api
     config = write_config(
-        tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", measure(), holder="orch-b"
+        tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", SOFTWARE, holder="orch-b"
     )
     standby = create_app(Settings.load(config), load_signer(tmp_path / "orch" / "orchestrator.key"))
     runner = web.AppRunner(standby)

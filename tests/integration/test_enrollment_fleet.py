@@ -28,6 +28,10 @@ from tests.replay.fleet import running, wait_for, write_config
 SEALING_KEY = bytes(range(32))
 ECDH_P256 = "ecdh-p256"
 
+# Measured once: other work in a shared checkout must not change it between
+# the orchestrator's allow-list and the nodes' claims.
+SOFTWARE = measure()
+
 
 @pytest.fixture
 async def server(tmp_path):
@@ -42,13 +46,13 @@ def vendor(tmp_path):
 
 @pytest.fixture
 def config(tmp_path, server, vendor):
-    return write_config(tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", measure())
+    return write_config(tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", SOFTWARE)
 
 
 def soft_node(tmp_path, name, domain, vendor, pins):
     hsm = SoftHsm(tmp_path / name / "hsm", SEALING_KEY)
     provision(hsm, vendor, datetime.now(UTC))
-    return NodeDaemon(hsm, tmp_path / name, domain, pins, heartbeat_s=0.5)
+    return NodeDaemon(hsm, tmp_path / name, domain, pins, measurement=SOFTWARE, heartbeat_s=0.5)
 
 
 async def test_five_software_and_one_pkcs11_node_enroll_through_the_orchestrator(
@@ -64,7 +68,9 @@ async def test_five_software_and_one_pkcs11_node_enroll_through_the_orchestrator
     daemons = [soft_node(tmp_path, f"soft{i}", f"dc-{i % 3}", vendor, pins) for i in range(5)]
     token = Pkcs11Hsm(softhsm.MODULE, token_label, PIN, algorithms=(ECDSA_P256, ECDH_P256))
     provision(token, vendor, datetime.now(UTC))
-    daemons.append(NodeDaemon(token, tmp_path / "p11", "dc-9", pins, node_id="hsm-p11"))
+    daemons.append(
+        NodeDaemon(token, tmp_path / "p11", "dc-9", pins, node_id="hsm-p11", measurement=SOFTWARE)
+    )
     nc = await nats.connect(server.url)
     try:
         async with running(config) as orch:

@@ -32,6 +32,10 @@ from tests.replay.fleet import (
     write_config,
 )
 
+# Measured once: other work in a shared checkout must not change it between
+# the orchestrator's allow-list and the nodes' claims.
+SOFTWARE = measure()
+
 
 async def hsmfleet(*args: str, token: str | None = None, timeout: float = 60):
     """Run ``hsmfleet ARGS``; returns (exit code, stdout, stderr)."""
@@ -53,13 +57,13 @@ async def fleet(tmp_path):
         VendorCA.init(tmp_path / "vendor", datetime.now(UTC))
         vendor = VendorCA.open(tmp_path / "vendor")
         config = write_config(
-            tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", measure()
+            tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", SOFTWARE
         )
         signer = load_signer(tmp_path / "orch" / "orchestrator.key")
         write_pin(tmp_path / "pins.json", "orchestrator", signer)
         pins = read_pins(tmp_path / "pins.json")
         daemons = []
-        for name, measurement in (("good", None), ("odd", "sha256:" + "00" * 32)):
+        for name, measurement in (("good", SOFTWARE), ("odd", "sha256:" + "00" * 32)):
             hsm = SoftHsm(tmp_path / name / "hsm", bytes(32))
             provision(hsm, vendor, datetime.now(UTC))
             daemons.append(NodeDaemon(hsm, tmp_path / name, "dc-1", pins, measurement=measurement))
@@ -104,7 +108,7 @@ async def test_operator_session(fleet):
     assert code == 1 and "rejected: measurement_not_allowed" in out
 
     # A node that announced itself but never answers: the command gives up with exit 3.
-    silent = NodeAnnounce(node_id="silent", domain="dc-2", hsm="soft", measurement=measure())
+    silent = NodeAnnounce(node_id="silent", domain="dc-2", hsm="soft", measurement=SOFTWARE)
     await publish(nc, subjects.node_status("silent"), Outbox("silent").envelope(silent))
     await asyncio.sleep(0.5)
     code, out, err = await hsmfleet(

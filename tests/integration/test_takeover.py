@@ -28,6 +28,10 @@ from tests.replay.fleet import OrchestratorProcess, audit, wait_for_health, writ
 
 SEALING_KEY = bytes(range(32))
 
+# Measured once: other work in a shared checkout must not change it between
+# the orchestrator's allow-list and the nodes' claims.
+SOFTWARE = measure()
+
 
 @pytest.fixture
 async def server(tmp_path):
@@ -47,7 +51,7 @@ async def test_killed_then_paused_active_hands_over_without_loss_or_duplicate(tm
             orch_dir,
             server.url,
             tmp_path / "vendor" / "root.pem",
-            measure(),
+            SOFTWARE,
             holder=holder,
             auto_enroll=True,
         )
@@ -61,7 +65,9 @@ async def test_killed_then_paused_active_hands_over_without_loss_or_duplicate(tm
     def node(i: int) -> NodeDaemon:
         hsm = SoftHsm(tmp_path / f"n{i}" / "hsm", SEALING_KEY)
         provision(hsm, vendor, datetime.now(UTC))
-        return NodeDaemon(hsm, tmp_path / f"n{i}", f"dc-{i % 3}", pins, heartbeat_s=0.5)
+        return NodeDaemon(
+            hsm, tmp_path / f"n{i}", f"dc-{i % 3}", pins, measurement=SOFTWARE, heartbeat_s=0.5
+        )
 
     daemons = [node(i) for i in range(7)]
     nc = await nats.connect(server.url)
