@@ -17,7 +17,8 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 
 _REQUIRED = {"type": str, "v": int, "id": str, "at": str, "source": str, "body": dict}
 _OPTIONAL = {"corr": str, "causation": str}
-_KNOWN = {*_REQUIRED, *_OPTIONAL, "sig"}
+_FIELD_TYPES = {**_REQUIRED, **_OPTIONAL}
+_KNOWN = {*_FIELD_TYPES, "sig"}
 
 
 @dataclass(frozen=True)
@@ -93,21 +94,17 @@ class Envelope:
     @classmethod
     def from_json(cls, raw: Any) -> Envelope:
         """Build an envelope from decoded JSON, checking header field types."""
-        if not isinstance(raw, dict):
+        if type(raw) is not dict:
             raise MalformedMessage("envelope must be a JSON object")
-        for name, kind in _REQUIRED.items():
-            if name not in raw:
-                raise MalformedMessage(f"envelope lacks field {name!r}")
-            value = raw[name]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise MalformedMessage(f"envelope field {name!r} must be {kind.__name__}")
-        for name, kind in _OPTIONAL.items():
+        for name, kind in _FIELD_TYPES.items():
             value = raw.get(name)
-            if value is not None and not isinstance(value, kind):
+            if type(value) is not kind and (value is not None or name in _REQUIRED):
+                if name not in raw:
+                    raise MalformedMessage(f"envelope lacks field {name!r}")
                 raise MalformedMessage(f"envelope field {name!r} must be {kind.__name__}")
         if not raw["type"] or raw["v"] < 1:
             raise MalformedMessage("envelope type must be non-empty and v at least 1")
-        sig = Signature.from_json(raw["sig"]) if raw.get("sig") is not None else None
+        sig = raw.get("sig")
         return cls(
             type=raw["type"],
             v=raw["v"],
@@ -117,7 +114,7 @@ class Envelope:
             body=raw["body"],
             corr=raw.get("corr"),
             causation=raw.get("causation"),
-            sig=sig,
+            sig=None if sig is None else Signature.from_json(sig),
             extra={k: v for k, v in raw.items() if k not in _KNOWN},
         )
 

@@ -45,40 +45,43 @@ class Body:
     @classmethod
     def from_json(cls: type[B], raw: Any, path: str = "body") -> B:
         """Check ``raw`` against this schema and build the body, keeping unknown fields."""
-        if not isinstance(raw, dict):
+        if type(raw) is not dict:
             raise SchemaViolation(f"{path} must be an object")
+        fields, names = _schema(cls)
         values: dict[str, Any] = {}
-        for name, hint, required in _schema(cls):
-            if name not in raw:
-                if required:
-                    raise SchemaViolation(f"{path}.{name} is missing")
-                continue
-            values[name] = _decode(hint, raw[name], f"{path}.{name}")
-        extra = {k: v for k, v in raw.items() if k not in values and k not in _field_names(cls)}
+        for name, convert, required in fields:
+            if name in raw:
+                values[name] = convert(raw[name], path, name)
+            elif required:
+                raise SchemaViolation(f"{path}.{name} is missing")
+        extra = {k: v for k, v in raw.items() if k not in names} if len(raw) > len(values) else {}
         return cls(**values, extra=extra)
 
 
-@functools.cache
-def _schema(cls: type[Body]) -> tuple[tuple[str, Any, bool], ...]:
-    """Each declared field of ``cls``: its name, its resolved type, and whether it is required.
+# A converter checks one JSON value against one declared type and returns the Python value.
+# It gets the path of the enclosing object and the field's key, and joins them only to name
+# the field in an error, so the common case builds no strings.
+Converter = Callable[[Any, str, Any], Any]
 
-    Resolving postponed annotations is costly, so it is done once per class.
+
+@functools.cache
+def _schema(cls: type[Body]) -> tuple[tuple[tuple[str, Converter, bool], ...], frozenset[str]]:
+    """Each declared field of ``cls`` (name, converter, required) and the set of their names.
+
+    Resolving postponed annotations and building converters is costly, so it is done once per
+    class.
     """
     hints = typing.get_type_hints(cls)
-    return tuple(
+    fields = tuple(
         (
             f.name,
-            hints[f.name],
+            _converter(hints[f.name]),
             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
         )
         for f in dataclasses.fields(cls)
         if f.name != "extra"
     )
-
-
-@functools.cache
-def _field_names(cls: type[Body]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(cls))
+    return fields, frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def _encode(value: Any) -> Any:
@@ -95,67 +98,127 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _decode(hint: Any, raw: Any, path: str) -> Any:
+def _where(path: str, key: Any) -> str:
+    return f"{path}[{key}]" if type(key) is int else f"{path}.{key}"
+
+
+def _scalar(kind: type, what: str) -> Converter:
+    def convert(raw: Any, path: str, key: Any) -> Any:
+        if type(raw) is not kind:
+            raise SchemaViolation(f"{_where(path, key)} must be {what}")
+        return raw
+
+    return convert
+
+
+def _as_float(raw: Any, path: str, key: Any) -> float:
+    if type(raw) is not float and type(raw) is not int:
+        raise SchemaViolation(f"{_where(path, key)} must be a number")
+    return float(raw)
+
+
+def _as_bytes(raw: Any, path: str, key: Any) -> bytes:
+    if type(raw) is not str:
+        raise SchemaViolation(f"{_where(path, key)} must be a base64 string")
+    try:
+        return unb64(raw)
+    except ValueError as exc:
+        raise SchemaViolation(f"{_where(path, key)} is not valid base64") from exc
+
+
+def _as_any(raw: Any, path: str, key: Any) -> Any:
+    return raw
+
+
+@functools.cache
+def _converter(hint: Any) -> Converter:
+    """The converter for one declared type, built once per type."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if raw is None and type(None) in args:
+        return _union(args)
+    if origin is typing.Literal:
+        return _literal(args)
+    if origin is tuple:
+        return _tuple(_converter(args[0] if args else Any))
+    if origin is dict:
+        return _mapping(_converter(args[1] if len(args) == 2 else Any))
+    if hint is Any:
+        return _as_any
+    if isinstance(hint, type) and issubclass(hint, Body):
+        return lambda raw, path, key: hint.from_json(raw, _where(path, key))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _enum(hint)
+    simple = {
+        bytes: _as_bytes,
+        float: _as_float,
+        bool: _scalar(bool, "a boolean"),
+        int: _scalar(int, "an integer"),
+        str: _scalar(str, "a string"),
+    }
+    if hint in simple:
+        return simple[hint]
+    raise TypeError(f"schema type {hint!r} is not supported")
+
+
+def _union(args: tuple[Any, ...]) -> Converter:
+    nullable = type(None) in args
+    options = [_converter(a) for a in args if a is not type(None)]
+
+    def convert(raw: Any, path: str, key: Any) -> Any:
+        if raw is None and nullable:
             return None
-        options = [a for a in args if a is not type(None)]
         errors = []
         for option in options:
             try:
-                return _decode(option, raw, path)
+                return option(raw, path, key)
             except SchemaViolation as exc:
                 errors.append(str(exc))
-        raise SchemaViolation(f"{path} fits none of its types: {'; '.join(errors)}")
-    if origin is typing.Literal:
-        if raw not in args:
-            raise SchemaViolation(f"{path} must be one of {list(args)}, got {raw!r}")
+        raise SchemaViolation(f"{_where(path, key)} fits none of its types: {'; '.join(errors)}")
+
+    return convert
+
+
+def _literal(allowed: tuple[Any, ...]) -> Converter:
+    def convert(raw: Any, path: str, key: Any) -> Any:
+        if raw not in allowed:
+            where = _where(path, key)
+            raise SchemaViolation(f"{where} must be one of {list(allowed)}, got {raw!r}")
         return raw
-    if origin is tuple:
-        if not isinstance(raw, list):
-            raise SchemaViolation(f"{path} must be a list")
-        item = args[0] if args else Any
-        return tuple(_decode(item, v, f"{path}[{i}]") for i, v in enumerate(raw))
-    if origin is dict:
-        if not isinstance(raw, dict):
-            raise SchemaViolation(f"{path} must be an object")
-        item = args[1] if len(args) == 2 else Any
-        return {k: _decode(item, v, f"{path}.{k}") for k, v in raw.items()}
-    if hint is Any:
-        return raw
-    if isinstance(hint, type) and issubclass(hint, Body):
-        return hint.from_json(raw, path)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+
+    return convert
+
+
+def _tuple(item: Converter) -> Converter:
+    def convert(raw: Any, path: str, key: Any) -> tuple[Any, ...]:
+        if type(raw) is not list:
+            raise SchemaViolation(f"{_where(path, key)} must be a list")
+        where = _where(path, key)
+        return tuple(item(v, where, i) for i, v in enumerate(raw))
+
+    return convert
+
+
+def _mapping(item: Converter) -> Converter:
+    def convert(raw: Any, path: str, key: Any) -> dict[str, Any]:
+        if type(raw) is not dict:
+            raise SchemaViolation(f"{_where(path, key)} must be an object")
+        if item is _as_any:
+            return raw
+        where = _where(path, key)
+        return {k: item(v, where, k) for k, v in raw.items()}
+
+    return convert
+
+
+def _enum(kind: type[enum.Enum]) -> Converter:
+    def convert(raw: Any, path: str, key: Any) -> enum.Enum:
         try:
-            return hint(raw)
+            return kind(raw)
         except ValueError as exc:
-            raise SchemaViolation(f"{path}: {raw!r} is not a {hint.__name__}") from exc
-    if hint is bytes:
-        if not isinstance(raw, str):
-            raise SchemaViolation(f"{path} must be a base64 string")
-        try:
-            return unb64(raw)
-        except ValueError as exc:
-            raise SchemaViolation(f"{path} is not valid base64") from exc
-    if hint is bool:
-        if not isinstance(raw, bool):
-            raise SchemaViolation(f"{path} must be a boolean")
-        return raw
-    if hint is int:
-        if not isinstance(raw, int) or isinstance(raw, bool):
-            raise SchemaViolation(f"{path} must be an integer")
-        return raw
-    if hint is float:
-        if not isinstance(raw, int | float) or isinstance(raw, bool):
-            raise SchemaViolation(f"{path} must be a number")
-        return float(raw)
-    if hint is str:
-        if not isinstance(raw, str):
-            raise SchemaViolation(f"{path} must be a string")
-        return raw
-    raise TypeError(f"schema type {hint!r} at {path} is not supported")
+            raise SchemaViolation(f"{_where(path, key)}: {raw!r} is not a {kind.__name__}") from exc
+
+    return convert
 
 
 class Registry:
@@ -199,13 +262,15 @@ class Registry:
             raise UnsupportedVersion(
                 "message is newer than this build", type=env.type, v=env.v, known=cls.VERSION
             )
+        if env.v == cls.VERSION:
+            return env
         body, v = dict(env.body), env.v
         while v < cls.VERSION:
             step = self._upcasters.get((env.type, v))
             if step is None:
                 raise UnsupportedVersion("no upcaster from this version", type=env.type, v=v)
             body, v = step(body), v + 1
-        return env if v == env.v else replace(env, v=v, body=body)
+        return replace(env, v=v, body=body)
 
     def parse(self, env: Envelope) -> Body:
         """The typed body of ``env``, upcast to the current version."""
