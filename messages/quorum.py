@@ -12,7 +12,8 @@ means "none".
 """
 
 import hashlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import ClassVar
 
 from messages.errors import HsmfleetError, SchemaViolation
 from messages.schema import Body, message
@@ -35,13 +36,40 @@ def value_digest(value: bytes | None) -> bytes:
 
 
 class _Columns(Body):
-    """A batch body whose tuple fields are parallel columns, one entry per record."""
+    """A batch body whose ``COLUMNS`` are parallel tuples, one entry per record."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        columns = [getattr(self, f.name) for f in fields(self)]
-        lengths = {len(c) for c in columns if isinstance(c, tuple)}
+        lengths = {len(getattr(self, name)) for name in self.COLUMNS}
         if len(lengths) > 1:
             raise SchemaViolation(f"{self.TYPE} columns differ in length", lengths=sorted(lengths))
+
+
+@dataclass(frozen=True)
+class Refusal(Body):
+    """A record an acceptor refused, and why: the highest ballot it saw for the record (so the
+    proposer can pass it) and the highest it accepted (which never goes down)."""
+
+    index: int
+    seen: int
+    seen_by: str
+    accepted: int
+    accepted_by: str
+
+
+class _Vote(_Columns):
+    """A signed answer to a batch: every record is granted except those in ``refusals``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        indexes = [r.index for r in self.refusals]
+        if len(set(indexes)) != len(indexes) or not all(0 <= i < len(self.keys) for i in indexes):
+            raise SchemaViolation(f"{self.TYPE} refusals name records twice or out of range")
+
+    def refused(self) -> dict[int, Refusal]:
+        """The refusals by record index."""
+        return {r.index: r for r in self.refusals}
 
 
 @message
@@ -50,6 +78,7 @@ class Prepare(_Columns):
     """Phase 1a: asks acceptors to promise ballot ``(ballots[i], source)`` for ``keys[i]``."""
 
     TYPE = "quorum.prepare"
+    COLUMNS = ("keys", "ballots")
     fleet: str
     keys: tuple[str, ...]
     ballots: tuple[int, ...]
@@ -57,26 +86,24 @@ class Prepare(_Columns):
 
 @message
 @dataclass(frozen=True)
-class Promise(_Columns):
+class Promise(_Vote):
     """Phase 1b, one acceptor's signed answer to a :class:`Prepare`.
 
-    ``grants[i]`` says whether the promise was made. ``seens``/``seen_bys`` name the highest
-    ballot the acceptor knew for the record, so a refused proposer can jump past it;
-    ``accepteds``/``accepted_bys``/``values`` are the ballot and value the acceptor accepted
-    last (a granted promise only; ``accepteds[i] == 0`` when it has none).
+    For each granted record, ``accepteds``/``accepted_bys``/``values`` are the ballot and value
+    the acceptor accepted last (``accepteds[i] == 0``: none); refused records carry
+    placeholders and a :class:`Refusal`.
     """
 
     TYPE = "quorum.promise"
+    COLUMNS = ("keys", "ballots", "accepteds", "accepted_bys", "values")
     fleet: str
     proposer: str
     keys: tuple[str, ...]
     ballots: tuple[int, ...]
-    grants: tuple[bool, ...]
-    seens: tuple[int, ...]
-    seen_bys: tuple[str, ...]
     accepteds: tuple[int, ...]
     accepted_bys: tuple[str, ...]
     values: tuple[bytes | None, ...]
+    refusals: tuple[Refusal, ...] = ()
 
 
 @message
@@ -90,6 +117,7 @@ class Accept(_Columns):
     """
 
     TYPE = "quorum.accept"
+    COLUMNS = ("keys", "ballots", "next_ballots", "values")
     fleet: str
     keys: tuple[str, ...]
     ballots: tuple[int, ...]
@@ -99,28 +127,24 @@ class Accept(_Columns):
 
 @message
 @dataclass(frozen=True)
-class Accepted(_Columns):
+class Accepted(_Vote):
     """Phase 2b, one acceptor's signed answer to an :class:`Accept`.
 
-    A granted entry says: this member durably accepted the value whose :func:`value_digest` is
-    ``digests[i]`` for ``keys[i]`` under ballot ``(ballots[i], proposer)``, and promised the
+    A granted record says: this member durably accepted the value whose :func:`value_digest`
+    is ``digests[i]`` for ``keys[i]`` under ballot ``(ballots[i], proposer)``, and promised the
     request's next ballot if it asked for one. A quorum of such signed entries is the proof that
-    a write committed. ``accepteds``/``accepted_bys`` name the ballot the acceptor had accepted
-    before it answered: refusals from acceptors that accepted a higher ballot show that the
-    refused value can never be chosen.
+    a write committed. Refused records have an empty digest and a :class:`Refusal`; refusals
+    from acceptors that accepted a higher ballot show that the value can never be chosen.
     """
 
     TYPE = "quorum.accepted"
+    COLUMNS = ("keys", "ballots", "digests")
     fleet: str
     proposer: str
     keys: tuple[str, ...]
     ballots: tuple[int, ...]
-    grants: tuple[bool, ...]
-    seens: tuple[int, ...]
-    seen_bys: tuple[str, ...]
-    accepteds: tuple[int, ...]
-    accepted_bys: tuple[str, ...]
     digests: tuple[bytes, ...]
+    refusals: tuple[Refusal, ...] = ()
 
 
 @message
@@ -141,6 +165,7 @@ class Snapshot(_Columns):
     """One page of a member's accepted records; ``more`` when records after the last remain."""
 
     TYPE = "quorum.snapshot.page"
+    COLUMNS = ("keys", "accepteds", "accepted_bys", "values")
     fleet: str
     keys: tuple[str, ...]
     accepteds: tuple[int, ...]

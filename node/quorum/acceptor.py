@@ -37,6 +37,7 @@ from messages.quorum import (
     Accepted,
     Prepare,
     Promise,
+    Refusal,
     Snapshot,
     SnapshotRequest,
     value_digest,
@@ -226,57 +227,61 @@ def _records(request: _Request) -> int:
     return len(request.received.body.keys)
 
 
+def _refusal(index: int, slot: Slot) -> Refusal:
+    return Refusal(
+        index=index,
+        seen=slot.seen.n,
+        seen_by=slot.seen.by,
+        accepted=slot.accepted.n,
+        accepted_by=slot.accepted.by,
+    )
+
+
 def _promise(body: Prepare, proposer: str, slots: dict[str, Slot], changed: dict) -> Promise:
-    grants, seens, seen_bys, accepteds, accepted_bys, values = [], [], [], [], [], []
-    for key, n in zip(body.keys, body.ballots, strict=True):
+    accepteds, accepted_bys, values, refusals = [], [], [], []
+    for i, (key, n) in enumerate(zip(body.keys, body.ballots, strict=True)):
         slot = slots[key]
         new = rules.prepare(slot, Ballot(n, proposer))
-        if new is not None:
-            slots[key] = changed[key] = new
-        grants.append(new is not None)
-        seens.append(slot.seen.n)
-        seen_bys.append(slot.seen.by)
-        accepteds.append(slot.accepted.n if new else 0)
-        accepted_bys.append(slot.accepted.by if new else "")
-        values.append(slot.value if new else None)
+        if new is None:
+            refusals.append(_refusal(i, slot))
+            accepteds.append(0)
+            accepted_bys.append("")
+            values.append(None)
+            continue
+        slots[key] = changed[key] = new
+        accepteds.append(slot.accepted.n)
+        accepted_bys.append(slot.accepted.by)
+        values.append(slot.value)
     return Promise(
         fleet=body.fleet,
         proposer=proposer,
         keys=body.keys,
         ballots=body.ballots,
-        grants=tuple(grants),
-        seens=tuple(seens),
-        seen_bys=tuple(seen_bys),
         accepteds=tuple(accepteds),
         accepted_bys=tuple(accepted_bys),
         values=tuple(values),
+        refusals=tuple(refusals),
     )
 
 
 def _accepted(body: Accept, proposer: str, slots: dict[str, Slot], changed: dict) -> Accepted:
-    grants, seens, seen_bys, accepteds, accepted_bys, digests = [], [], [], [], [], []
+    digests, refusals = [], []
     columns = zip(body.keys, body.ballots, body.next_ballots, body.values, strict=True)
-    for key, n, following, value in columns:
+    for i, (key, n, following, value) in enumerate(columns):
         slot = slots[key]
         then = Ballot(following, proposer) if following > n else None
         new = rules.accept_then_promise(slot, Ballot(n, proposer), value, then)
-        if new is not None:
-            slots[key] = changed[key] = new
-        grants.append(new is not None)
-        seens.append(slot.seen.n)
-        seen_bys.append(slot.seen.by)
-        accepteds.append(slot.accepted.n)
-        accepted_bys.append(slot.accepted.by)
-        digests.append(value_digest(value) if new else b"")
+        if new is None:
+            refusals.append(_refusal(i, slot))
+            digests.append(b"")
+            continue
+        slots[key] = changed[key] = new
+        digests.append(value_digest(value))
     return Accepted(
         fleet=body.fleet,
         proposer=proposer,
         keys=body.keys,
         ballots=body.ballots,
-        grants=tuple(grants),
-        seens=tuple(seens),
-        seen_bys=tuple(seen_bys),
-        accepteds=tuple(accepteds),
-        accepted_bys=tuple(accepted_bys),
         digests=tuple(digests),
+        refusals=tuple(refusals),
     )

@@ -65,9 +65,8 @@ def _grants(vote: object, proof: CommitProof) -> bool:
         return False
     if vote.proposer != proof.ballot.by:
         return False
-    for key, n, granted, digest in zip(
-        vote.keys, vote.ballots, vote.grants, vote.digests, strict=True
-    ):
+    refused = vote.refused()
+    for i, (key, n, digest) in enumerate(zip(vote.keys, vote.ballots, vote.digests, strict=True)):
         if key == proof.key and n == proof.ballot.n:
-            return granted and digest == proof.digest
+            return i not in refused and digest == proof.digest
     return False

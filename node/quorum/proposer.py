@@ -270,18 +270,19 @@ class Proposer:
         self._decided[round_id] = decided
         phase = PREPARE if isinstance(body, Prepare) else ACCEPT
         try:
-            if self.local is not None and self.member in tally.voters:
-
-                async def own_vote(env: Envelope, vote: Body) -> None:
-                    self._count(round_id, lambda t: t.add_own(env, vote))
-
-                self.local(Received(env, body, None), own_vote)
+            # Out to the other members first: the own acceptor's fsync must not hold them up.
             await self._nc.publish(
                 subjects.quorum(body.fleet, phase),
                 env.encode(),
                 reply=f"{self._inbox}.{round_id}",
                 headers=headers_for(env),
             )
+            if self.local is not None and self.member in tally.voters:
+
+                async def own_vote(env: Envelope, vote: Body) -> None:
+                    self._count(round_id, lambda t: t.add_own(env, vote))
+
+                self.local(Received(env, body, None), own_vote)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(decided.wait(), self.phase_timeout)
         finally:

@@ -23,6 +23,7 @@ from messages.quorum import (
     BadVote,
     Prepare,
     Promise,
+    Refusal,
     VoteBadSignature,
     VoteFromNonMember,
     VoteOldBallot,
@@ -66,6 +67,7 @@ class Tally:
         else:
             self.voters, self.quorum = membership.prepare_set, membership.prepare_quorum
         self.votes: dict[str, tuple[Promise | Accepted, bytes]] = {}
+        self._refused: dict[str, dict[int, Refusal]] = {}
         size = len(body.keys)
         self.grants = [0] * size
         self.refusals = [0] * size
@@ -104,13 +106,16 @@ class Tally:
             raise VoteOldBallot("the vote answers another round", member=voter)
         if voter in self.votes:
             raise VoteReplayed("the member already voted in this round", member=voter)
-        was_open = [self._is_open(i) for i in range(len(vote.grants))]
+        size = len(vote.keys)
+        was_open = [self._is_open(i) for i in range(size)]
+        refused = vote.refused()
         self.votes[voter] = (vote, data)
-        for i, granted in enumerate(vote.grants):
-            if granted:
-                self.grants[i] += 1
-            else:
+        self._refused[voter] = refused
+        for i in range(size):
+            if i in refused:
                 self.refusals[i] += 1
+            else:
+                self.grants[i] += 1
         self._open -= sum(1 for i, before in enumerate(was_open) if before and not self._is_open(i))
 
     def answers(self, vote: object, causation: str | None) -> bool:
@@ -130,11 +135,14 @@ class Tally:
 
     def granting(self, i: int) -> list[tuple[Promise | Accepted, bytes]]:
         """The votes that granted record ``i``."""
-        return [v for v in self.votes.values() if v[0].grants[i]]
+        return [v for m, v in self.votes.items() if i not in self._refused[m]]
 
     def granted_by(self, i: int) -> set[str]:
         """The members that granted record ``i``."""
-        return {m for m, (vote, _) in self.votes.items() if vote.grants[i]}
+        return {m for m in self.votes if i not in self._refused[m]}
+
+    def _refusals_of(self, i: int) -> dict[str, Refusal]:
+        return {m: refused[i] for m, refused in self._refused.items() if i in refused}
 
     def refused_by_all(self, i: int) -> bool:
         """True when every voter refused record ``i``: nobody holds the value."""
@@ -150,15 +158,15 @@ class Tally:
         ours = Ballot(self.body.ballots[i], self.request.source)
         ahead = {
             member
-            for member, (vote, _) in self.votes.items()
-            if not vote.grants[i] and Ballot(vote.accepteds[i], vote.accepted_bys[i]) > ours
+            for member, refusal in self._refusals_of(i).items()
+            if Ballot(refusal.accepted, refusal.accepted_by) > ours
         }
         prepare_set = self.membership.prepare_set
         return len(ahead & prepare_set) > len(prepare_set) - self.membership.prepare_quorum
 
     def highest_seen(self, i: int) -> int:
         """The highest ballot counter any voter reported for record ``i``."""
-        return max((v.seens[i] for v, _ in self.votes.values()), default=0)
+        return max((r.seen for r in self._refusals_of(i).values()), default=0)
 
     @property
     def answered(self) -> int:

@@ -3,7 +3,7 @@
 import pytest
 
 from messages import Ed25519Signer, Outbox
-from messages.quorum import Accepted, BadProof, value_digest
+from messages.quorum import Accepted, BadProof, Refusal, value_digest
 from node.quorum.membership import Membership
 from node.quorum.proof import CommitProof, verify_proof
 from node.quorum.rules import Ballot
@@ -23,11 +23,6 @@ def accepted(outbox, *, digest=None, ballot=4, key="k", fleet="f"):
         proposer="m1",
         keys=("other", key),
         ballots=(9, ballot),
-        grants=(True, True),
-        seens=(9, ballot),
-        seen_bys=("m1", "m1"),
-        accepteds=(9, ballot),
-        accepted_bys=("m1", "m1"),
         digests=(b"x", value_digest(VALUE) if digest is None else digest),
     )
     return outbox.envelope(body).encode()
@@ -52,6 +47,22 @@ def test_one_member_twice_is_not_a_quorum(fleet):
     membership, out = fleet
     with pytest.raises(BadProof, match="fewer"):
         verify_proof(proof(accepted(out["m1"]), accepted(out["m1"])), membership, VALUE)
+
+
+def test_a_refusal_is_no_acceptance(fleet):
+    membership, out = fleet
+    body = Accepted(
+        fleet="f",
+        proposer="m1",
+        keys=("k",),
+        ballots=(4,),
+        digests=(b"",),
+        refusals=(Refusal(index=0, seen=9, seen_by="m3", accepted=9, accepted_by="m3"),),
+    )
+    with pytest.raises(BadProof, match="does not accept"):
+        verify_proof(
+            proof(accepted(out["m1"]), out["m2"].envelope(body).encode()), membership, VALUE
+        )
 
 
 def test_votes_that_do_not_accept_this_value_break_the_proof(fleet):

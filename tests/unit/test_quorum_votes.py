@@ -4,12 +4,13 @@ from dataclasses import replace
 
 import pytest
 
-from messages import Ed25519Signer, Gate, Outbox
+from messages import Ed25519Signer, Envelope, Gate, Outbox
 from messages.quorum import (
     Accept,
     Accepted,
     Prepare,
     Promise,
+    Refusal,
     VoteBadSignature,
     VoteFromNonMember,
     VoteOldBallot,
@@ -20,6 +21,10 @@ from node.quorum.membership import Membership
 from node.quorum.votes import Tally
 
 KEYS = ("a", "b")
+
+
+def _source(vote_and_data):
+    return Envelope.decode(vote_and_data[1])
 
 
 @pytest.fixture
@@ -36,20 +41,22 @@ def prepare_tally(membership, outboxes):
     return Tally(Gate(membership.trust()), request, body, membership)
 
 
-def promise(tally, grants=(True, True), seens=(0, 0), **changes):
+def promise(tally, refusals=(), **changes):
     body = Promise(
         fleet="f",
         proposer=tally.request.source,
         keys=tally.body.keys,
         ballots=tally.body.ballots,
-        grants=grants,
-        seens=seens,
-        seen_bys=("", ""),
         accepteds=(0, 3),
         accepted_bys=("", "m2"),
         values=(None, b"v"),
+        refusals=refusals,
     )
     return replace(body, **changes)
+
+
+def refusal(index, seen, accepted=0):
+    return Refusal(index=index, seen=seen, seen_by="m3", accepted=accepted, accepted_by="m3")
 
 
 def vote(outbox, body, causation):
@@ -61,21 +68,21 @@ def test_a_quorum_of_good_votes_decides(fleet):
     tally = prepare_tally(membership, outboxes)
     tally.add(vote(outboxes["m1"], promise(tally), tally.request.id))
     assert not tally.decided
-    tally.add(vote(outboxes["m2"], promise(tally, seens=(0, 9)), tally.request.id))
+    tally.add(vote(outboxes["m2"], promise(tally), tally.request.id))
     assert tally.decided
     assert tally.granted(0) and tally.granted(1)
-    assert tally.highest_seen(1) == 9
     assert tally.granted_by(0) == {"m1", "m2"}
+    assert [v.source for v in map(_source, tally.granting(1))] == ["m1", "m2"]
 
 
 def test_refusals_settle_a_prepare_once_a_quorum_is_out_of_reach(fleet):
     membership, outboxes = fleet
     tally = prepare_tally(membership, outboxes)
-    refuse = promise(tally, grants=(False, True))
-    tally.add(vote(outboxes["m1"], refuse, tally.request.id))
-    tally.add(vote(outboxes["m2"], refuse, tally.request.id))
+    tally.add(vote(outboxes["m1"], promise(tally, (refusal(0, 8),)), tally.request.id))
+    tally.add(vote(outboxes["m2"], promise(tally, (refusal(0, 9),)), tally.request.id))
     assert tally.decided
     assert not tally.granted(0) and tally.granted(1)
+    assert tally.highest_seen(0) == 9 and tally.highest_seen(1) == 0
     assert not tally.refused_by_all(0)
 
 
@@ -99,12 +106,8 @@ def accepted_vote(*, grants, seen, accepted):
         proposer="m1",
         keys=("a",),
         ballots=(5,),
-        grants=(grants,),
-        seens=(seen,),
-        seen_bys=("m2",),
-        accepteds=(accepted,),
-        accepted_bys=("m2",),
         digests=(value_digest(b"x") if grants else b"",),
+        refusals=() if grants else (refusal(0, seen, accepted),),
     )
 
 
@@ -170,3 +173,14 @@ def test_replayed_votes_and_second_votes_are_ignored(fleet):
     with pytest.raises(VoteReplayed, match="already voted"):
         tally.add(vote(outboxes["m2"], promise(tally), tally.request.id))
     assert tally.answered == 1 and tally.grants == [1, 1]
+
+
+def test_refusals_must_name_distinct_records_of_the_batch(fleet):
+    from messages.errors import SchemaViolation
+
+    membership, outboxes = fleet
+    tally = prepare_tally(membership, outboxes)
+    with pytest.raises(SchemaViolation):
+        promise(tally, (refusal(0, 1), refusal(0, 2)))
+    with pytest.raises(SchemaViolation):
+        promise(tally, (refusal(5, 1),))

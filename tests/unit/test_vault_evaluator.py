@@ -41,11 +41,6 @@ def proof_for(outboxes, value, signers=("m1", "m2"), key="vault-alice"):
             proposer="m1",
             keys=(key,),
             ballots=(7,),
-            grants=(True,),
-            seens=(7,),
-            seen_bys=("m1",),
-            accepteds=(7,),
-            accepted_bys=("m1",),
             digests=(value_digest(value),),
         )
         votes.append(outboxes[m].envelope(body).encode())
