@@ -11,6 +11,9 @@ members. There is no leader; any member proposes, and ballots order concurrent w
 - :mod:`node.quorum.proposer`: rounds over batches of records (group commit);
 - :mod:`node.quorum.votes` and :mod:`node.quorum.proof`: counting signed votes, commit proofs;
 - :mod:`node.quorum.membership`: configurations and the CASPaxos membership-change steps;
+- :mod:`node.quorum.reconfigure`: driving those steps, operator-signed, through every member;
 - :mod:`node.quorum.catchup`: copying the latest values from a majority before voting;
-- :mod:`node.quorum.member`: one member as a process (``python -m node.quorum.member``).
+- :mod:`node.quorum.replica`: one member's acceptor, proposer and configuration together;
+- :mod:`node.quorum.member`: one member as a process (``python -m node.quorum.member``), with
+  the vault (:mod:`node.vault`); :mod:`node.quorum.localfleet` lays out a fleet on one machine.
 """
