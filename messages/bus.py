@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -113,7 +114,10 @@ async def serve(
             log.exception("handler failed", subject=msg.subject)
             answer = Rejected(kind="internal", reason="the receiver failed; see its log")
         if msg.reply and answer is not None:
-            reply = outbox.envelope(answer, causation=causation)
+            if outbox.blocking:
+                reply = await asyncio.to_thread(outbox.envelope, answer, causation=causation)
+            else:
+                reply = outbox.envelope(answer, causation=causation)
             await nc.publish(msg.reply, reply.encode(), headers=headers_for(reply))
 
     return await nc.subscribe(subject, queue=queue, cb=on_message)

@@ -16,6 +16,12 @@ class Outbox:
         self.signer = signer
         self.ids = ids or IdSource()
 
+    @property
+    def blocking(self) -> bool:
+        """Whether signing may wait on a device (a signer that says ``blocking = True``), so that
+        callers on an event loop sign in a thread."""
+        return bool(getattr(self.signer, "blocking", False))
+
     def envelope(
         self, body: Body, *, corr: str | None = None, causation: str | None = None
     ) -> Envelope:

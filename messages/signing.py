@@ -36,7 +36,11 @@ def key_id(alg: str, public_key: bytes) -> str:
 
 
 class Signer(Protocol):
-    """Signs bytes with one key; the private half may live in an HSM and never leave it."""
+    """Signs bytes with one key; the private half may live in an HSM and never leave it.
+
+    A signer whose ``sign`` may wait on a device says so with an attribute ``blocking = True``;
+    code on an event loop then signs in a thread (see :attr:`messages.outbox.Outbox.blocking`).
+    """
 
     @property
     def kid(self) -> str: ...

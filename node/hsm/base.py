@@ -134,6 +134,7 @@ class HsmSigner:
         if key.alg not in SIGNING_ALGORITHMS:
             raise UnsupportedAlgorithm("key cannot sign", label=key.label, alg=key.alg)
         self._hsm = hsm
+        self.blocking = hsm.blocking
         self.label = key.label
         self.alg = key.alg
         self.public_key = key.public_key

@@ -1,6 +1,7 @@
 """Signed messages over a real nats-server: request/reply through the gate, JetStream de-dup."""
 
 import asyncio
+import threading
 
 import pytest
 from nats.js.api import StreamConfig
@@ -131,3 +132,43 @@ async def test_core_publish_carries_the_message_id(nc, parties):
     msg = await sub.next_msg(timeout=2)
     assert msg.headers["Nats-Msg-Id"] == env.id
     await sub.unsubscribe()
+
+
+async def test_a_blocking_signer_signs_replies_off_the_event_loop(nc, parties):
+    orch, node, trust = parties
+    loop_thread = threading.get_ident()
+    signed_in = []
+
+    class DeviceSigner:
+        """A signer that says it may wait on a device, as PKCS#11 signers do."""
+
+        blocking = True
+
+        def __init__(self, inner):
+            self.kid, self.alg, self.public_key = inner.kid, inner.alg, inner.public_key
+            self._inner = inner
+
+        def sign(self, data: bytes) -> bytes:
+            signed_in.append(threading.get_ident())
+            return self._inner.sign(data)
+
+    device = Outbox("n1", DeviceSigner(node.signer))
+    assert device.blocking and not node.blocking
+
+    async def handle(received):
+        return Ping(count=0, label="from the device")
+
+    subject = subjects.node_command("n3", "attest")
+    sub = await serve(nc, subject, Gate(trust, registry=registry), "orchestrator", handle, device)
+    try:
+        answer = await request(
+            nc,
+            subject,
+            orch.envelope(Ping(count=1, label="x")),
+            Gate(trust, registry=registry),
+            "node",
+        )
+    finally:
+        await sub.unsubscribe()
+    assert answer.body.label == "from the device"
+    assert signed_in and loop_thread not in signed_in
