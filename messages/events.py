@@ -7,7 +7,10 @@ The log holds two kinds of entries, each a signed envelope:
   context it decided in (time, random seed, lease epoch and holder) and how many events the
   decision emitted; those events follow it in the same atomic append;
 - the events themselves: :class:`LeaseTaken`, :class:`PolicySet`, :class:`NodeAnnounced`,
-  :class:`ChallengeIssued`, :class:`NodeEnrolled`, :class:`NodeRejected`.
+  :class:`ChallengeIssued`, :class:`NodeEnrolled`, :class:`NodeRejected`, and the events of
+  fleet rollouts (DESIGN 5.2), appended under ``fleet.evt.rollout.<fleet>`` and correlated by
+  the rollout's id: :class:`RolloutStarted` and the stage, member, bundle and operator events
+  after it.
 
 Replaying a log re-runs every recorded decision and checks that it emits the recorded events.
 Every entry carries ``prev``, the SHA-256 of the previous entry's wire bytes, as an envelope
@@ -20,6 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from messages import subjects
+from messages.artifact import FleetKey, FleetKeyArtifact
+from messages.bundle import StageBundle
+from messages.ceremony import WrappedFleetKey
+from messages.plan import RolloutPlan
+from messages.quorum import Config
 from messages.schema import Body, message, upcaster
 
 # Reasons of a NodeRejected that the orchestrator's bookkeeping adds to the attestation
@@ -104,6 +112,80 @@ class Tick(Body):
     """Time passed: challenges whose answer is overdue are closed."""
 
     TYPE = "orchestrator.tick"
+
+
+@message
+@dataclass(frozen=True)
+class StartRollout(Body):
+    """Operator command: roll out a fleet by ``plan`` (superseding one in progress)."""
+
+    TYPE = "rollout.start"
+    plan: RolloutPlan
+    requested_by: str
+
+
+ROLLOUT_ACTIONS = ("pause", "resume", "abort", "retry", "approve")
+
+
+@message
+@dataclass(frozen=True)
+class OperateRollout(Body):
+    """Operator command on the rollout of ``fleet``: one of :data:`ROLLOUT_ACTIONS`."""
+
+    TYPE = "rollout.operate"
+    fleet: str
+    action: str
+    requested_by: str
+    reason: str
+
+
+@message
+@dataclass(frozen=True)
+class MemberAnswer(Body):
+    """A member's reply to a rollout command (``step``), as the raw bytes that arrived."""
+
+    TYPE = "rollout.member_answer"
+    rollout_id: str
+    node_id: str
+    step: str
+    reply: bytes
+
+
+@dataclass(frozen=True)
+class CosignerAnswer(Body):
+    """One cosigner log's answer for a document: the log's origin, its statement (JSON) and
+    signature, the inclusion proof and the checkpoint it proves against (with witness
+    cosignature lines)."""
+
+    cosigner: str
+    statement: dict[str, Any]
+    signature: bytes
+    inclusion: tuple[bytes, ...]
+    checkpoint: str
+
+
+@message
+@dataclass(frozen=True)
+class BundleCosigned(Body):
+    """The cosigners logged stage bundle ``serial`` of ``fleet``: their answers."""
+
+    TYPE = "rollout.bundle_cosigned"
+    fleet: str
+    serial: int
+    digest: str
+    answers: tuple[CosignerAnswer, ...]
+
+
+@message
+@dataclass(frozen=True)
+class ArtifactPublished(Body):
+    """The fleet-key artifact of ``fleet`` was logged, cosigned and countersigned: the
+    validation bundle (DESIGN 5.3) as JSON."""
+
+    TYPE = "rollout.artifact_published"
+    fleet: str
+    epoch: int
+    validation: dict[str, Any]
 
 
 # --- the decision record ---------------------------------------------------------------
@@ -239,6 +321,330 @@ class NodeRejected(_EnrollmentEvent):
     reason: str
 
 
+# --- rollout events --------------------------------------------------------------------------
+
+
+class _RolloutEvent(LogEntry):
+    """An event of one rollout, appended under its fleet and correlated by the rollout id."""
+
+    rollout_id: str
+    fleet: str
+
+    def subject(self) -> str:
+        return subjects.event("rollout", self.fleet)
+
+    def corr(self) -> str | None:
+        return self.rollout_id
+
+
+@dataclass(frozen=True)
+class PlannedMember(Body):
+    """A member the rollout picked, with its failure domain."""
+
+    node_id: str
+    domain: str
+
+
+@message
+@dataclass(frozen=True)
+class RolloutStarted(_RolloutEvent):
+    """A rollout of ``fleet`` at key ``epoch`` began with these members and validity window."""
+
+    TYPE = "rollout.started"
+    rollout_id: str
+    fleet: str
+    epoch: int
+    plan: RolloutPlan
+    members: tuple[PlannedMember, ...]
+    not_before_ms: int
+    not_after_ms: int
+    requested_by: str
+
+
+@message
+@dataclass(frozen=True)
+class RolloutSuperseded(_RolloutEvent):
+    """A new plan for the fleet replaced this rollout; ``by`` is the new rollout's id."""
+
+    TYPE = "rollout.superseded"
+    rollout_id: str
+    fleet: str
+    by: str
+
+
+@message
+@dataclass(frozen=True)
+class StageEntered(_RolloutEvent):
+    """The rollout entered ``stage``."""
+
+    TYPE = "rollout.stage_entered"
+    rollout_id: str
+    fleet: str
+    stage: str
+
+
+@message
+@dataclass(frozen=True)
+class ConfigFixed(_RolloutEvent):
+    """The fleet's replication group, fixed as the quorum stage begins: the members holding
+    the fleet keys, their attested identity keys as vote keys, the plan's threshold."""
+
+    TYPE = "rollout.config_fixed"
+    rollout_id: str
+    fleet: str
+    config: Config
+
+
+@message
+@dataclass(frozen=True)
+class MemberChallenged(_RolloutEvent):
+    """The rollout challenged ``node_id`` to attest (enrollment ``enrollment_id``); the member
+    has until ``deadline_ms`` of running time to be attested."""
+
+    TYPE = "rollout.member_challenged"
+    rollout_id: str
+    fleet: str
+    node_id: str
+    enrollment_id: str
+    deadline_ms: int
+
+
+@message
+@dataclass(frozen=True)
+class MemberCommanded(_RolloutEvent):
+    """The rollout started ``step`` (generate, import, join, probe, retire) on ``node_id``,
+    to be answered by ``deadline_ms`` of running time."""
+
+    TYPE = "rollout.member_commanded"
+    rollout_id: str
+    fleet: str
+    node_id: str
+    step: str
+    deadline_ms: int
+
+
+@message
+@dataclass(frozen=True)
+class FleetKeysGenerated(_RolloutEvent):
+    """``generator`` holds the fleet keys (``receipt`` is the digest of its signed receipt) and
+    wrapped them to the members named in ``wrapped``."""
+
+    TYPE = "rollout.keys_generated"
+    rollout_id: str
+    fleet: str
+    generator: str
+    keys: tuple[FleetKey, ...]
+    wrapped: tuple[WrappedFleetKey, ...]
+    receipt: str
+
+
+@message
+@dataclass(frozen=True)
+class MemberKeysImported(_RolloutEvent):
+    """``node_id`` imported the fleet keys; ``receipt`` is the digest of its signed receipt."""
+
+    TYPE = "rollout.keys_imported"
+    rollout_id: str
+    fleet: str
+    node_id: str
+    receipt: str
+
+
+@message
+@dataclass(frozen=True)
+class MemberJoined(_RolloutEvent):
+    """``node_id`` serves the fleet's replication group."""
+
+    TYPE = "rollout.member_joined"
+    rollout_id: str
+    fleet: str
+    node_id: str
+
+
+@message
+@dataclass(frozen=True)
+class QuorumProved(_RolloutEvent):
+    """A test write committed with a quorum: ``proof`` is the digest of the quorum-proof
+    document, ``votes`` the members' signed acceptances as they were sent."""
+
+    TYPE = "rollout.quorum_proved"
+    rollout_id: str
+    fleet: str
+    node_id: str
+    proof: str
+    votes: tuple[bytes, ...]
+
+
+@message
+@dataclass(frozen=True)
+class ProbeFailed(_RolloutEvent):
+    """The test write through ``node_id`` did not commit; ``reason`` says why."""
+
+    TYPE = "rollout.probe_failed"
+    rollout_id: str
+    fleet: str
+    node_id: str
+    reason: str
+
+
+@message
+@dataclass(frozen=True)
+class MemberFailed(_RolloutEvent):
+    """``node_id`` failed ``step``: it refused, answered wrongly, or not by its deadline."""
+
+    TYPE = "rollout.member_failed"
+    rollout_id: str
+    fleet: str
+    node_id: str
+    step: str
+    reason: str
+
+
+@message
+@dataclass(frozen=True)
+class MemberKeysDestroyed(_RolloutEvent):
+    """``node_id`` destroyed the rollout's keys (``roles``); ``receipt`` is its answer's
+    digest."""
+
+    TYPE = "rollout.keys_destroyed"
+    rollout_id: str
+    fleet: str
+    node_id: str
+    roles: tuple[str, ...]
+    receipt: str
+
+
+@message
+@dataclass(frozen=True)
+class RolloutPaused(_RolloutEvent):
+    """The rollout stopped sending commands at ``at_ms``; its clocks stop too. ``by`` is the
+    operator, or ``policy`` when a lost member paused it."""
+
+    TYPE = "rollout.paused"
+    rollout_id: str
+    fleet: str
+    by: str
+    reason: str
+    at_ms: int
+
+
+@message
+@dataclass(frozen=True)
+class RolloutResumed(_RolloutEvent):
+    """The rollout goes on; open deadlines move by ``paused_ms``, the time it stood still.
+    Members a lost-member pause was about are left out from here on."""
+
+    TYPE = "rollout.resumed"
+    rollout_id: str
+    fleet: str
+    by: str
+    paused_ms: int
+
+
+@message
+@dataclass(frozen=True)
+class RolloutRetried(_RolloutEvent):
+    """Failed and lost members are tried again, and a failed rollout runs again."""
+
+    TYPE = "rollout.retried"
+    rollout_id: str
+    fleet: str
+    by: str
+
+
+@message
+@dataclass(frozen=True)
+class RolloutApproved(_RolloutEvent):
+    """The operator opened the gate before ``publish``."""
+
+    TYPE = "rollout.approved"
+    rollout_id: str
+    fleet: str
+    by: str
+
+
+@message
+@dataclass(frozen=True)
+class RolloutFailed(_RolloutEvent):
+    """The current stage cannot complete (``reason``); ``retry`` or ``abort`` it."""
+
+    TYPE = "rollout.failed"
+    rollout_id: str
+    fleet: str
+    reason: str
+
+
+@message
+@dataclass(frozen=True)
+class RolloutAborted(_RolloutEvent):
+    """The rollout was aborted; its keys are destroyed on every member that holds them."""
+
+    TYPE = "rollout.aborted"
+    rollout_id: str
+    fleet: str
+    by: str
+    reason: str
+
+
+@message
+@dataclass(frozen=True)
+class ArtifactPrepared(_RolloutEvent):
+    """The fleet-key artifact to publish, built from the rollout's keys and members."""
+
+    TYPE = "rollout.artifact_prepared"
+    rollout_id: str
+    fleet: str
+    artifact: FleetKeyArtifact
+
+
+@message
+@dataclass(frozen=True)
+class ValidationBundleIssued(_RolloutEvent):
+    """The artifact's validation bundle, as clients will receive it."""
+
+    TYPE = "rollout.validation_bundle"
+    rollout_id: str
+    fleet: str
+    epoch: int
+    digest: str
+    bundle: dict[str, Any]
+
+
+@message
+@dataclass(frozen=True)
+class StageBundleIssued(_RolloutEvent):
+    """A stage completed: its stage bundle, next in the fleet's chain, goes to the cosigners."""
+
+    TYPE = "rollout.stage_bundle"
+    rollout_id: str
+    fleet: str
+    bundle: StageBundle
+
+
+@message
+@dataclass(frozen=True)
+class StageBundleLogged(_RolloutEvent):
+    """The cosigners logged stage bundle ``serial``: what each of them signed."""
+
+    TYPE = "rollout.stage_bundle_logged"
+    rollout_id: str
+    fleet: str
+    serial: int
+    digest: str
+    answers: tuple[CosignerAnswer, ...]
+
+
+@message
+@dataclass(frozen=True)
+class RolloutActivated(_RolloutEvent):
+    """The fleet is active at key ``epoch``: every stage is done and its evidence logged."""
+
+    TYPE = "rollout.activated"
+    rollout_id: str
+    fleet: str
+    epoch: int
+
+
 EVENT_TYPES: tuple[type[LogEntry], ...] = (
     LeaseTaken,
     PolicySet,
@@ -246,4 +652,28 @@ EVENT_TYPES: tuple[type[LogEntry], ...] = (
     ChallengeIssued,
     NodeEnrolled,
     NodeRejected,
+    RolloutStarted,
+    RolloutSuperseded,
+    StageEntered,
+    ConfigFixed,
+    MemberChallenged,
+    MemberCommanded,
+    FleetKeysGenerated,
+    MemberKeysImported,
+    MemberJoined,
+    QuorumProved,
+    ProbeFailed,
+    MemberFailed,
+    MemberKeysDestroyed,
+    RolloutPaused,
+    RolloutResumed,
+    RolloutRetried,
+    RolloutApproved,
+    RolloutFailed,
+    RolloutAborted,
+    ArtifactPrepared,
+    ValidationBundleIssued,
+    StageBundleIssued,
+    StageBundleLogged,
+    RolloutActivated,
 )

@@ -1,7 +1,8 @@
 """The node daemon: the process beside each HSM (DESIGN 1).
 
 On start it announces itself on ``fleet.node.<id>.status``, then heartbeats there and answers
-the orchestrator's signed commands on ``fleet.node.<id>.cmd.<verb>``. Commands pass the gate
+the orchestrator's signed commands on ``fleet.node.<id>.cmd.<verb>`` (``attest`` here; the
+rollout's ``ceremony``, ``join`` and ``retire`` in :mod:`node.fleets`). Commands pass the gate
 against the pinned orchestrator keys; the node's own messages are signed by its identity key
 inside the HSM. Calls to an HSM that may block (PKCS#11) run in a thread, off the event loop.
 """
@@ -29,6 +30,7 @@ from messages.gate import Gate, Received
 from messages.outbox import Outbox
 from messages.signing import TrustStore
 from node.attest import attest
+from node.fleets import FleetCommands
 from node.hsm.base import Hsm, HsmError
 from node.identity import IDENTITY, establish
 from node.measurement import measure
@@ -67,6 +69,7 @@ class NodeDaemon:
         self.heartbeat_s = heartbeat_s
         self.outbox = Outbox(self.node.node_id, hsm.signer(IDENTITY))
         self.gate = Gate(orchestrator)
+        self.fleets = FleetCommands(self.node.node_id, hsm, state_dir, self.outbox, self.gate)
         self.log = log.bind(node_id=self.node.node_id, domain=domain, hsm=hsm.kind)
         self._nc: NATS | None = None
         self._subs: list[Subscription] = []
@@ -90,6 +93,7 @@ class NodeDaemon:
                 self.outbox,
             )
         )
+        await self.fleets.start(nc)
         await nc.flush()
         await self._status(
             NodeAnnounce(
@@ -117,6 +121,7 @@ class NodeDaemon:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
         self._subs.clear()
+        await self.fleets.stop()
         self.log.info("node stopped")
 
     async def _on_attest(self, received: Received) -> Attestation:

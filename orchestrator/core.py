@@ -4,6 +4,10 @@ Nothing here reads a clock, a random source or the network: the time, the random
 lease under which a decision is made come in a :class:`Context`, and the :class:`Decision`
 record keeps them so that a replay re-runs every decision exactly. Iterations over maps are
 sorted: map order depends on per-process string hashing, decisions must not.
+
+Every decision, whatever its input, ends by advancing the rollouts (:mod:`orchestrator.rollout`)
+as far as the state after its events allows, so a rollout moves on in the same decision that
+recorded what it waited for.
 """
 
 from __future__ import annotations
@@ -34,21 +38,27 @@ from messages.events import (
     NONCE_EXPIRED,
     NONCE_REUSED,
     REFUSED,
+    ArtifactPublished,
     AttestationAnswer,
+    BundleCosigned,
     ChallengeIssued,
     EnrollNode,
     LeaseTaken,
     LogEntry,
+    MemberAnswer,
     NodeAnnounced,
     NodeEnrolled,
     NodeRejected,
+    OperateRollout,
     PolicySet,
     SetPolicy,
+    StartRollout,
     TakeLease,
     Tick,
 )
 from messages.ids import make_id
 from messages.schema import REGISTRY, Body
+from orchestrator import rollout
 from orchestrator.errors import (
     CommandRefused,
     EnrollmentConflict,
@@ -57,10 +67,13 @@ from orchestrator.errors import (
     UnknownEnrollment,
     UnknownNode,
 )
-from orchestrator.state import Enrollment, Policy, State
+from orchestrator.state import Enrollment, Policy, State, evolve
 
 NONCE_BYTES = 32
 UNKNOWN = "unknown"
+MAX_ADVANCES = 16
+"""Bound on the rounds of :func:`rollout.advance` in one decision (each stage moves at most a
+few steps per round; a rollout that kept moving for longer would be a bug)."""
 _DERIVE = b"hsmfleet/v1/decision\n"
 
 
@@ -104,7 +117,23 @@ def decide(state: State, command: Body, ctx: Context) -> list[LogEntry]:
     handler = _DECIDERS.get(type(command))
     if handler is None:
         raise CommandRefused("the orchestrator takes no such input", type=command.TYPE)
-    return handler(state, command, ctx)
+    events = handler(state, command, ctx)
+    return events + _advance(state, events, ctx)
+
+
+def _advance(state: State, events: list[LogEntry], ctx: Context) -> list[LogEntry]:
+    """The events with which rollouts move on after ``events``."""
+    for event in events:
+        state = evolve(state, event)
+    more: list[LogEntry] = []
+    for _ in range(MAX_ADVANCES):
+        step = rollout.advance(state, ctx)
+        if not step:
+            return more
+        for event in step:
+            state = evolve(state, event)
+        more += step
+    raise CommandRefused("rollouts did not settle within one decision", rounds=MAX_ADVANCES)
 
 
 def open_enrollments(state: State) -> list[Enrollment]:
@@ -247,16 +276,19 @@ def _judge(
 
 
 def _tick(state: State, _: Tick, ctx: Context) -> list[LogEntry]:
-    return [
+    closed: list[LogEntry] = [
         NodeRejected(enrollment_id=e.enrollment_id, node_id=e.node_id, reason=NO_ANSWER)
         for e in open_enrollments(state)
         if e.expires_ms < ctx.now_ms
     ]
+    return closed + rollout.tick(state, ctx)
 
 
 def overdue(state: State, now_ms: int) -> bool:
-    """Whether a :class:`Tick` at ``now_ms`` would close a challenge."""
-    return any(e.expires_ms < now_ms for e in open_enrollments(state))
+    """Whether a :class:`Tick` at ``now_ms`` would close a challenge or fail a member step."""
+    return any(e.expires_ms < now_ms for e in open_enrollments(state)) or rollout.overdue(
+        state, now_ms
+    )
 
 
 _DECIDERS: dict[type[Body], Callable[[State, Any, Context], list[LogEntry]]] = {
@@ -266,4 +298,9 @@ _DECIDERS: dict[type[Body], Callable[[State, Any, Context], list[LogEntry]]] = {
     EnrollNode: _enroll_node,
     AttestationAnswer: _attestation_answer,
     Tick: _tick,
+    StartRollout: rollout.start,
+    OperateRollout: rollout.operate,
+    MemberAnswer: rollout.answer,
+    BundleCosigned: rollout.cosigned,
+    ArtifactPublished: rollout.published,
 }

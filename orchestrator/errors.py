@@ -77,3 +77,27 @@ class NotActive(HsmfleetError):
     """This orchestrator is a standby; only the lease holder takes commands."""
 
     kind = "not_active"
+
+
+class UnknownRollout(CommandRefused):
+    """No rollout of this fleet (or of this id) is on record."""
+
+    kind = "unknown_rollout"
+
+
+class RolloutConflict(CommandRefused):
+    """The rollout is not in a state where this action applies (say, resuming an aborted one)."""
+
+    kind = "rollout_conflict"
+
+
+class FleetActive(RolloutConflict):
+    """The fleet is active: a new plan cannot replace a fleet that clients already use."""
+
+    kind = "fleet_active"
+
+
+class MembersUnavailable(CommandRefused):
+    """The announced nodes cannot meet the plan's member selection, spread or quorum."""
+
+    kind = "rollout_members"

@@ -23,6 +23,7 @@ from messages.events import (
     NodeRejected,
     PolicySet,
 )
+from orchestrator.rollout_state import ROLLOUT_FOLDS, RolloutBook, attested
 
 NodeStatus = Literal["announced", "enrolling", "enrolled", "rejected"]
 EnrollmentStatus = Literal["open", "enrolled", "rejected"]
@@ -98,6 +99,8 @@ class State:
     """Enrollment id -> node id of every challenge still waiting for its answer."""
     used_nonces: Map[str, str] = field(default_factory=Map)
     """Base64 nonce -> enrollment id of every challenge that was answered or closed."""
+    book: RolloutBook = field(default_factory=RolloutBook)
+    """Rollouts and the fleets they build."""
 
     def open_enrollment_of(self, node_id: str) -> Enrollment | None:
         node = self.nodes.get(node_id)
@@ -164,6 +167,7 @@ def _node_enrolled(state: State, e: NodeEnrolled) -> State:
         identity=identity,
     )
     state = _close(state, e.enrollment_id, "enrolled", None)
+    state = attested(state, e.enrollment_id, e.node_id, e.attestation_digest)
     return replace(state, nodes=state.nodes.set(e.node_id, node))
 
 
@@ -188,6 +192,7 @@ _FOLDS: dict[type[LogEntry], Callable[[State, LogEntry], State]] = {
     ChallengeIssued: _challenge_issued,
     NodeEnrolled: _node_enrolled,
     NodeRejected: _node_rejected,
+    **ROLLOUT_FOLDS,
 }
 
 

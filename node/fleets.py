@@ -1,0 +1,219 @@
+"""The fleets a node is a member of, and its answers to the rollout's commands.
+
+:class:`FleetCommands` serves ``fleet.node.<id>.cmd.ceremony``, ``.join`` and ``.retire`` behind
+the daemon's gate (commands signed by a pinned orchestrator key); answers go out signed by the
+node's identity key. Keys are handled by :mod:`node.ceremony`.
+
+A ``join`` starts the node's replica of the fleet's replication group (:class:`Replica`, DESIGN
+5.5) with the configuration the command carries, its identity key as its vote key, its state
+under ``<state>/fleets/<fleet>/<rollout>/``. What the node joined is recorded in
+``<state>/fleets/<fleet>/fleet.json``, so a restarted daemon serves the group again. A probe
+(``join`` with ``probe``) commits the rollout's test record through a quorum and returns the
+signed acceptances. ``retire`` destroys the rollout's keys and stops its replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+
+from messages import subjects
+from messages.bus import serve
+from messages.canonical import canonical, loads_strict
+from messages.ceremony import (
+    FleetKeysOffer,
+    GenerateFleetKeys,
+    ImportFleetKeys,
+    Joined,
+    JoinFleet,
+    KeyReceipt,
+    ProbeProof,
+    Retired,
+    RetireFleet,
+    probe_key,
+    probe_value,
+)
+from messages.errors import HsmfleetError, SchemaViolation
+from messages.gate import Gate, Received
+from messages.outbox import Outbox
+from messages.quorum import BadConfig, Config, QuorumUnavailable
+from node import ceremony
+from node.hsm.base import Hsm
+from node.hsm.sealing import write_atomic
+from node.identity import IDENTITY
+from node.pins import ORCHESTRATOR_ROLE
+from node.quorum.membership import Membership
+from node.quorum.replica import Replica
+
+log = structlog.get_logger("hsmfleet.node.fleets")
+T = TypeVar("T")
+
+FLEETS_DIR = "fleets"
+RECORD = "fleet.json"
+VOTING_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class JoinedFleet:
+    """What the node joined: the fleet, the rollout, the key epoch and the configuration."""
+
+    fleet: str
+    rollout: str
+    epoch: int
+    config: Config
+
+
+class FleetCommands:
+    """One node's fleets: its replicas, and the ceremony, join and retire commands."""
+
+    def __init__(self, node_id: str, hsm: Hsm, state_dir: Path, outbox: Outbox, gate: Gate):
+        self.node_id = node_id
+        self.hsm = hsm
+        self.root = Path(state_dir) / FLEETS_DIR
+        self.outbox = outbox
+        self.gate = gate
+        self.replicas: dict[str, tuple[JoinedFleet, Replica]] = {}
+        self._nc: NATS | None = None
+        self._subs: list[Subscription] = []
+        self._lock = asyncio.Lock()
+
+    async def start(self, nc: NATS) -> None:
+        """Serve the replication groups joined before, then the commands."""
+        self._nc = nc
+        for record in sorted(self.root.glob(f"*/{RECORD}")):
+            try:
+                await self._run(_read(record))
+            except HsmfleetError as exc:
+                log.error("cannot serve a fleet joined before", record=str(record), error=str(exc))
+        handlers = {"ceremony": self._on_ceremony, "join": self._on_join, "retire": self._on_retire}
+        for verb, handler in handlers.items():
+            self._subs.append(
+                await serve(
+                    nc,
+                    subjects.node_command(self.node_id, verb),
+                    self.gate,
+                    ORCHESTRATOR_ROLE,
+                    handler,
+                    self.outbox,
+                )
+            )
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+        for _, replica in self.replicas.values():
+            await replica.stop()
+        self.replicas.clear()
+
+    async def _keys(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)``, in a thread if it may wait on the HSM."""
+        if self.hsm.blocking:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    async def _on_ceremony(self, received: Received) -> FleetKeysOffer | KeyReceipt:
+        body = received.body
+        if isinstance(body, GenerateFleetKeys):
+            offer = await self._keys(ceremony.generate, self.hsm, self.node_id, body)
+            log.info("fleet keys offered", fleet=body.fleet, recipients=len(body.recipients))
+            return offer
+        if isinstance(body, ImportFleetKeys):
+            receipt = await self._keys(ceremony.import_keys, self.hsm, self.node_id, body)
+            log.info("fleet keys imported", fleet=body.fleet, keys=len(receipt.keys))
+            return receipt
+        raise SchemaViolation("ceremony expects generate or import", type=received.envelope.type)
+
+    async def _on_join(self, received: Received) -> Joined:
+        body = received.body
+        if not isinstance(body, JoinFleet):
+            raise SchemaViolation("join expects a join command", type=received.envelope.type)
+        if body.config.fleet != body.fleet or self.node_id not in body.config.prepare_set:
+            raise BadConfig("the configuration does not make this node a member of the fleet")
+        joined = JoinedFleet(body.fleet, body.rollout, body.epoch, body.config)
+        async with self._lock:
+            current = self.replicas.get(body.fleet)
+            if current is None or current[0] != joined:
+                if current is not None:
+                    await self._leave(body.fleet)
+                self._record(joined)
+                await self._run(joined)
+            replica = self.replicas[body.fleet][1]
+        proof = await self._probe(replica, body) if body.probe else None
+        return Joined(fleet=body.fleet, epoch=body.epoch, node=self.node_id, proof=proof)
+
+    async def _probe(self, replica: Replica, body: JoinFleet) -> ProbeProof:
+        try:
+            await replica.wait_voting(VOTING_WAIT_S)
+        except TimeoutError:
+            raise QuorumUnavailable("this member does not vote yet", fleet=body.fleet) from None
+        value = probe_value(body.fleet, body.epoch)
+        commit = await replica.proposer.change(probe_key(body.epoch), lambda _: value)
+        proof = commit.proof
+        return ProbeProof(
+            key=proof.key,
+            ballot=proof.ballot.n,
+            by=proof.ballot.by,
+            digest=proof.digest,
+            votes=proof.votes,
+        )
+
+    async def _on_retire(self, received: Received) -> Retired:
+        body = received.body
+        if not isinstance(body, RetireFleet):
+            raise SchemaViolation("retire expects a retire command", type=received.envelope.type)
+        async with self._lock:
+            current = self.replicas.get(body.fleet)
+            if current is not None and current[0].rollout == body.rollout:
+                await self._leave(body.fleet)
+        roles = await self._keys(ceremony.destroy, self.hsm, body.fleet, body.rollout)
+        log.info("fleet keys destroyed", fleet=body.fleet, roles=list(roles))
+        return Retired(fleet=body.fleet, epoch=body.epoch, node=self.node_id, destroyed=roles)
+
+    async def _run(self, joined: JoinedFleet) -> None:
+        assert self._nc is not None
+        replica = Replica(
+            self.node_id,
+            self.hsm.signer(IDENTITY),
+            self.root / joined.fleet / joined.rollout,
+            Membership.from_config(joined.config),
+            new=True,
+        )
+        await replica.start(self._nc)
+        self.replicas[joined.fleet] = (joined, replica)
+        log.info("serving the fleet's replication group", fleet=joined.fleet)
+
+    async def _leave(self, fleet: str) -> None:
+        _, replica = self.replicas.pop(fleet)
+        await replica.stop()
+        (self.root / fleet / RECORD).unlink(missing_ok=True)
+
+    def _record(self, joined: JoinedFleet) -> None:
+        directory = self.root / joined.fleet
+        directory.mkdir(parents=True, exist_ok=True)
+        record = {
+            "fleet": joined.fleet,
+            "rollout": joined.rollout,
+            "epoch": joined.epoch,
+            "config": joined.config.to_json(),
+        }
+        write_atomic(directory / RECORD, canonical(record))
+
+
+def _read(path: Path) -> JoinedFleet:
+    try:
+        raw = loads_strict(path.read_bytes())
+        return JoinedFleet(
+            raw["fleet"], raw["rollout"], int(raw["epoch"]), Config.from_json(raw["config"])
+        )
+    except (OSError, ValueError, KeyError, TypeError, HsmfleetError) as exc:
+        raise BadConfig(f"{path} is not a fleet record: {exc}") from None

@@ -1,0 +1,81 @@
+"""The shell's side of cosigning a rollout's documents: one :class:`CosigningClient` per
+cosigner policy, and the cosigners' answers in the form the log records them.
+
+:func:`log_document` has a stage bundle logged by the plan's cosigners and returns the
+:class:`BundleCosigned` input; :func:`publish_artifact` logs the artifact, countersigns every
+log's statement signature with the operator key and returns :class:`ArtifactPublished`. Both are
+idempotent: a cosigner that already logged a document answers with its receipt for it
+(``digest_seen``), so a document is never signed twice, whoever asks again after a crash.
+"""
+
+from __future__ import annotations
+
+from messages.artifact import FleetKeyArtifact
+from messages.bundle import StageBundle
+from messages.cosign_client import CosigningClient, Logged, Peer, Transport
+from messages.events import ArtifactPublished, BundleCosigned, CosignerAnswer
+from messages.plan import CosignerPolicy
+from messages.signing import Signer
+from messages.validation import with_cosignatures
+from messages.verify import CosignerPin
+from orchestrator.rollout import ToLog
+
+
+def peers(policy: CosignerPolicy) -> list[Peer]:
+    """The plan's cosigners as the cosigning client's peers."""
+    return [Peer(p.id, CosignerPin(p.name, p.public_key, p.url)) for p in policy.pins]
+
+
+class Cosigning:
+    """Cosigning clients by policy, over one transport, countersigning with ``operator``."""
+
+    def __init__(self, transport: Transport, operator: Signer) -> None:
+        self.transport = transport
+        self.operator = operator
+        self._clients: dict[tuple, CosigningClient] = {}
+
+    def client(self, policy: CosignerPolicy) -> CosigningClient:
+        """The client for ``policy`` (one per policy, so it remembers what witnesses saw)."""
+        key = (policy.threshold, tuple((p.id, p.name, p.public_key) for p in policy.pins))
+        client = self._clients.get(key)
+        if client is None:
+            client = CosigningClient(self.transport, peers(policy), self.operator, policy.threshold)
+            self._clients[key] = client
+        return client
+
+    async def log_document(self, job: ToLog) -> BundleCosigned:
+        """Have a stage bundle logged and witnessed by ``job``'s cosigners."""
+        assert isinstance(job.document, StageBundle)
+        client = self.client(job.rollout.plan.cosigners)
+        logged = await client.log(job.document, job.earlier)
+        return BundleCosigned(
+            fleet=job.fleet,
+            serial=job.document.serial,
+            digest=job.document.digest,
+            answers=answers(logged, client.peers),
+        )
+
+    async def publish_artifact(self, job: ToLog) -> ArtifactPublished:
+        """Have the artifact logged, witnessed and countersigned: its validation bundle."""
+        assert isinstance(job.document, FleetKeyArtifact)
+        client = self.client(job.rollout.plan.cosigners)
+        validation = await client.publish(job.document, job.earlier)
+        return ArtifactPublished(
+            fleet=job.fleet, epoch=job.document.epoch, validation=validation.to_json()
+        )
+
+
+def answers(logged: Logged, cosigners: list[Peer]) -> tuple[CosignerAnswer, ...]:
+    """Each log's answer (named by its origin) with the witness cosignatures gathered on its
+    checkpoint."""
+    names = {p.id: p.name for p in cosigners}
+    return tuple(
+        CosignerAnswer(
+            cosigner=names[peer_id],
+            statement=signed.statement.to_json(),
+            signature=signed.signature,
+            inclusion=signed.inclusion,
+            checkpoint=with_cosignatures(signed.checkpoint, logged.cosignatures.get(peer_id, ())),
+        )
+        for peer_id, signed in sorted(logged.answers.items())
+    )

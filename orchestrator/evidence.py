@@ -1,0 +1,167 @@
+"""The documents a rollout produces, built from the state alone (pure, deterministic).
+
+Stage bundles, the fleet-key artifact, the replication configuration and the quorum-proof
+document come out of the state the log folds to, so a replay, or another orchestrator process
+taking over, builds the same bytes. Evidence names members in id order and carries digests only
+of facts that do not depend on which process asked (receipts name fleet and epoch, not the
+rollout; the quorum-proof document names what was committed under which configuration, the
+signed votes stay in the log).
+
+:func:`vouchers` checks cosigners' answers for a document as a client would, before the log
+records them as what was signed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from messages.artifact import FleetKeyArtifact, Member, Quorum
+from messages.bundle import Evidence, NodeRef, StageBundle
+from messages.canonical import canonical
+from messages.ceremony import probe_key, probe_value
+from messages.cosignature import cosignatures
+from messages.documents import DocumentError, hex_digest
+from messages.errors import MessageError
+from messages.events import CosignerAnswer
+from messages.ids import format_time
+from messages.quorum import Config, MemberKey, value_digest
+from messages.statement import LoggedDocument, Statement
+from messages.verify import CosignerPin, VerificationError, check_logged
+from orchestrator.errors import CommandRefused
+from orchestrator.rollout_state import FleetChain, Rollout
+from orchestrator.state import State
+
+QUORUM_PROOF_FORMAT = "hsmfleet/quorum-proof/v1"
+CONFIG_EPOCH = 1
+"""A new fleet's replication group starts at configuration epoch 1."""
+
+
+class BadCosignerAnswers(CommandRefused):
+    """Cosigners' answers do not prove the document logged by enough pinned cosigners."""
+
+    kind = "bad_cosigner_answers"
+
+
+def stage_bundle(
+    chain: FleetChain | None, rollout: Rollout, stage: str, evidence: Evidence
+) -> StageBundle:
+    """The next bundle of the fleet's chain: ``stage`` done, resting on ``evidence``."""
+    bundles = chain.bundles if chain is not None else ()
+    return StageBundle(
+        fleet=rollout.fleet,
+        stage=stage,
+        serial=len(bundles) + 1,
+        prev=bundles[-1].digest if bundles else None,
+        evidence=evidence,
+        not_before=format_time(rollout.not_before_ms),
+        not_after=format_time(rollout.not_after_ms),
+    )
+
+
+def _refs(pairs: Iterable[tuple[str, str | None]]) -> tuple[NodeRef, ...]:
+    return tuple(NodeRef(node, digest) for node, digest in sorted(pairs) if digest is not None)
+
+
+def enroll_evidence(rollout: Rollout) -> Evidence:
+    return Evidence.of(
+        attestations=_refs((m.node_id, m.attestation) for m in rollout.active_members())
+    )
+
+
+def ceremony_evidence(rollout: Rollout) -> Evidence:
+    return Evidence.of(receipts=_refs((m.node_id, m.receipt) for m in rollout.active_members()))
+
+
+def abort_evidence(rollout: Rollout) -> Evidence:
+    return Evidence.of(receipts=_refs((m.node_id, m.destroyed) for m in rollout.in_order()))
+
+
+def fleet_members(rollout: Rollout) -> list[str]:
+    """The members the fleet is made of: active and holding the fleet keys, by id."""
+    return sorted(m.node_id for m in rollout.active_members() if m.holds_keys)
+
+
+def quorum_config(state: State, rollout: Rollout) -> Config:
+    """The replication group: every fleet member, its attested identity key as its vote key,
+    the plan's threshold for both phases."""
+    keys = []
+    for node_id in fleet_members(rollout):
+        identity = state.nodes[node_id].identity
+        assert identity is not None  # members hold keys only after attesting
+        keys.append(MemberKey(node_id, identity.identity_alg, identity.identity_key))
+    names = tuple(k.member for k in keys)
+    threshold = rollout.plan.threshold
+    return Config(
+        fleet=rollout.fleet,
+        epoch=CONFIG_EPOCH,
+        members=tuple(keys),
+        prepare_set=names,
+        accept_set=names,
+        prepare_quorum=threshold,
+        accept_quorum=threshold,
+    )
+
+
+def quorum_proof(config: Config, epoch: int) -> str:
+    """Digest of the quorum-proof document: this value committed to this record under this
+    configuration (the signed votes that prove it are in the log)."""
+    document = {
+        "format": QUORUM_PROOF_FORMAT,
+        "fleet": config.fleet,
+        "epoch": epoch,
+        "config": config.to_json(),
+        "record": probe_key(epoch),
+        "value": value_digest(probe_value(config.fleet, epoch)).hex(),
+    }
+    return hex_digest(canonical(document))
+
+
+def artifact(state: State, rollout: Rollout) -> FleetKeyArtifact:
+    """The fleet-key artifact: the keys, the members with their failure domains, the plan's
+    threshold and validity window."""
+    members = tuple(Member(m, rollout.members[m].domain) for m in fleet_members(rollout))
+    return FleetKeyArtifact(
+        fleet=rollout.fleet,
+        epoch=rollout.epoch,
+        keys=rollout.keys,
+        quorum=Quorum(members, rollout.plan.threshold),
+        not_before=format_time(rollout.not_before_ms),
+        not_after=format_time(rollout.not_after_ms),
+    )
+
+
+def pins_of(rollout: Rollout) -> list[CosignerPin]:
+    return [CosignerPin(p.name, p.public_key, p.url) for p in rollout.plan.cosigners.pins]
+
+
+def vouchers(
+    document: LoggedDocument, answers: Iterable[CosignerAnswer], pins: list[CosignerPin]
+) -> set[str]:
+    """The pinned cosigners that vouch for ``document`` through ``answers``: each log whose
+    answer verifies, and each witness whose cosignature is on such a log's checkpoint.
+    Raises :class:`BadCosignerAnswers` for an answer that does not verify."""
+    by_name = {p.name: p for p in pins}
+    witnesses = [p.witness_verifier for p in pins]
+    names: set[str] = set()
+    for answer in answers:
+        try:
+            statement = Statement.from_json(answer.statement)
+        except (DocumentError, MessageError) as exc:
+            raise BadCosignerAnswers(f"a statement does not decode: {exc}") from None
+        pin = by_name.get(statement.log)
+        if pin is None:
+            raise BadCosignerAnswers("an answer is from a log the plan does not pin")
+        try:
+            signed = check_logged(
+                pin,
+                document,
+                statement,
+                answer.signature,
+                answer.inclusion,
+                answer.checkpoint,
+                witnesses,
+            )
+        except VerificationError as exc:
+            raise BadCosignerAnswers(f"an answer does not verify: {exc}", log=pin.name) from None
+        names |= {pin.name} | {c.name for c in cosignatures(signed, witnesses)}
+    return names

@@ -1,0 +1,814 @@
+"""Rollouts in the pure core (DESIGN 5.2): deciding on rollout inputs, and advancing rollouts.
+
+The deciders here take the operator's commands (:class:`StartRollout`, :class:`OperateRollout`),
+the members' answers (:class:`MemberAnswer`), the cosigners' outcomes (:class:`BundleCosigned`,
+:class:`ArtifactPublished`) and the passing of time. After every decision, whatever its input,
+:func:`advance` moves each rollout as far as its state allows: it challenges members, opens
+member commands in waves, pauses or fails on lost members as the plan says, issues each stage's
+bundle and enters the next stage once the cosigners logged it. The effects the shell carries
+out (member commands, bundles to sign, the artifact to publish) are read off the state by the
+functions at the end; nothing here touches the network.
+
+Stages: ``enroll`` → ``ceremony`` → ``quorum`` → ``publish`` → ``activate``. A rollout's status is
+``running``, ``paused`` (clocks stopped), ``failed`` (``retry`` or ``abort``), or one it never
+leaves: ``active``, ``aborted`` (its keys are destroyed on every member, then an ``abort``
+bundle closes the chain), ``superseded`` (a new plan for the fleet took over; keys destroyed).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from messages.artifact import FleetKey, FleetKeyArtifact, Member, Quorum
+from messages.bundle import (
+    ABORT,
+    ACTIVATE,
+    CEREMONY,
+    ENROLL,
+    PUBLISH,
+    QUORUM,
+    Evidence,
+    StageBundle,
+)
+from messages.bus import Rejected
+from messages.ceremony import (
+    FleetKeysOffer,
+    GenerateFleetKeys,
+    ImportFleetKeys,
+    Joined,
+    JoinFleet,
+    KeyReceipt,
+    PublicFleetKey,
+    Recipient,
+    Retired,
+    RetireFleet,
+    probe_key,
+    probe_value,
+)
+from messages.documents import time_ms
+from messages.envelope import Envelope
+from messages.errors import HsmfleetError, MessageError
+from messages.events import (
+    NO_ANSWER,
+    NONCE_EXPIRED,
+    ArtifactPrepared,
+    ArtifactPublished,
+    BundleCosigned,
+    ChallengeIssued,
+    ConfigFixed,
+    CosignerAnswer,
+    FleetKeysGenerated,
+    LogEntry,
+    MemberAnswer,
+    MemberChallenged,
+    MemberCommanded,
+    MemberFailed,
+    MemberJoined,
+    MemberKeysDestroyed,
+    MemberKeysImported,
+    OperateRollout,
+    PlannedMember,
+    ProbeFailed,
+    QuorumProved,
+    RolloutAborted,
+    RolloutActivated,
+    RolloutApproved,
+    RolloutFailed,
+    RolloutPaused,
+    RolloutResumed,
+    RolloutRetried,
+    RolloutStarted,
+    RolloutSuperseded,
+    StageBundleIssued,
+    StageBundleLogged,
+    StageEntered,
+    StartRollout,
+    ValidationBundleIssued,
+)
+from messages.plan import RolloutPlan, check_plan
+from messages.schema import REGISTRY, Body
+from messages.signing import TrustedKey, TrustStore, verify_envelope
+from messages.verify import MalformedBundle, parse_bundle
+from node.quorum.membership import Membership
+from node.quorum.proof import CommitProof, verify_proof
+from node.quorum.rules import Ballot
+from orchestrator import evidence
+from orchestrator.errors import (
+    CommandRefused,
+    FleetActive,
+    MembersUnavailable,
+    RolloutConflict,
+    UnknownNode,
+    UnknownRollout,
+)
+from orchestrator.rollout_state import ENDED, TERMINAL, Rollout, RolloutMember
+from orchestrator.state import State
+
+DAY_MS = 24 * 3600 * 1000
+MAX_PROBE_FAILURES = 3
+POLICY = "policy"
+NODE_ROLE = "node"
+
+GENERATE, IMPORT, JOIN, PROBE, RETIRE = "generate", "import", "join", "probe", "retire"
+VERBS = {GENERATE: "ceremony", IMPORT: "ceremony", JOIN: "join", PROBE: "join", RETIRE: "retire"}
+NEXT_STAGE = {ENROLL: CEREMONY, CEREMONY: QUORUM, QUORUM: PUBLISH, PUBLISH: ACTIVATE}
+RETRYABLE_ENROLLMENT = (NO_ANSWER, NONCE_EXPIRED)
+"""Rejections that say only that the answer did not come in time: the member is challenged
+again while its own deadline lasts."""
+
+
+# --- starting ------------------------------------------------------------------------------
+
+
+def start(state: State, c: StartRollout, ctx: Any) -> list[LogEntry]:
+    """Begin a rollout by ``c.plan``; a rollout of the same fleet in progress is superseded."""
+    plan = c.plan
+    check_plan(plan)
+    chain = state.book.fleets.get(plan.fleet)
+    if chain is not None and chain.active_epoch is not None:
+        raise FleetActive("the fleet is active; roll out a new fleet id instead", fleet=plan.fleet)
+    members = select_members(state, plan)
+    rollout_id = ctx.new_id("rollout", 0)
+    events: list[LogEntry] = []
+    current = state.book.of_fleet(plan.fleet)
+    if current is not None and current.status not in TERMINAL:
+        events.append(RolloutSuperseded(current.rollout_id, plan.fleet, by=rollout_id))
+    given = plan.validity.not_before
+    not_before = time_ms(given, "not_before") if given is not None else ctx.now_ms
+    events += [
+        RolloutStarted(
+            rollout_id=rollout_id,
+            fleet=plan.fleet,
+            epoch=chain.next_epoch if chain is not None else 1,
+            plan=plan,
+            members=tuple(members),
+            not_before_ms=not_before,
+            not_after_ms=not_before + plan.validity.days * DAY_MS,
+            requested_by=c.requested_by,
+        ),
+        StageEntered(rollout_id, plan.fleet, ENROLL),
+    ]
+    return events
+
+
+def select_members(state: State, plan: RolloutPlan) -> list[PlannedMember]:
+    """The plan's members among the announced nodes: named ones, or ``count`` picked in id
+    order, ``min_per_domain`` from each domain first, then round robin over the domains."""
+    selection = plan.members
+    if selection.ids:
+        for node_id in selection.ids:
+            if node_id not in state.nodes:
+                raise UnknownNode("a planned member has not announced itself", node_id=node_id)
+        chosen = [PlannedMember(n, state.nodes[n].domain) for n in selection.ids]
+    else:
+        chosen = _pick(state, plan)
+    domains = Counter(m.domain for m in chosen)
+    outside = sorted(set(domains) - set(selection.domains)) if selection.domains else []
+    if outside:
+        raise MembersUnavailable("members outside the plan's failure domains", domains=outside)
+    for domain in selection.domains or sorted(domains):
+        if domains[domain] < selection.min_per_domain:
+            raise MembersUnavailable(
+                "too few members in a failure domain",
+                domain=domain,
+                members=domains[domain],
+                min_per_domain=selection.min_per_domain,
+            )
+    if plan.quorum.survive_domain_loss:
+        quorum = Quorum(tuple(Member(m.node_id, m.domain) for m in chosen), plan.threshold)
+        if not quorum.survives_domain_loss():
+            raise MembersUnavailable(
+                "losing one failure domain would lose the quorum", domains=dict(domains)
+            )
+    return chosen
+
+
+def _pick(state: State, plan: RolloutPlan) -> list[PlannedMember]:
+    selection = plan.members
+    by_domain: dict[str, list[str]] = {}
+    for node in sorted(state.nodes.values(), key=lambda n: n.node_id):
+        if node.status == "rejected":
+            continue
+        if selection.domains and node.domain not in selection.domains:
+            continue
+        if selection.hsm is not None and node.hsm != selection.hsm:
+            continue
+        by_domain.setdefault(node.domain, []).append(node.node_id)
+    order = list(selection.domains) if selection.domains else sorted(by_domain)
+    queues = {d: list(by_domain.get(d, [])) for d in order}
+    chosen: list[PlannedMember] = []
+    for domain in order:
+        for _ in range(min(selection.min_per_domain, len(queues[domain]))):
+            chosen.append(PlannedMember(queues[domain].pop(0), domain))
+    while len(chosen) < selection.count and any(queues.values()):
+        for domain in order:
+            if queues[domain] and len(chosen) < selection.count:
+                chosen.append(PlannedMember(queues[domain].pop(0), domain))
+    if len(chosen) < selection.count:
+        raise MembersUnavailable(
+            "fewer eligible nodes have announced themselves than the plan needs",
+            eligible=len(chosen),
+            count=selection.count,
+        )
+    return chosen
+
+
+# --- operator actions ----------------------------------------------------------------------
+
+
+def operate(state: State, c: OperateRollout, ctx: Any) -> list[LogEntry]:
+    """``pause``, ``resume``, ``abort``, ``retry`` or ``approve`` the fleet's latest rollout.
+
+    Repeating an action that already took effect changes nothing; an action that does not fit
+    the rollout's status is a :class:`RolloutConflict`.
+    """
+    rollout = state.book.of_fleet(c.fleet)
+    if rollout is None:
+        raise UnknownRollout("no rollout of this fleet", fleet=c.fleet)
+    rid, fleet, by, status = rollout.rollout_id, rollout.fleet, c.requested_by, rollout.status
+    if c.action == "abort":
+        if status == "aborted":
+            return []
+        _refuse_if(status in TERMINAL, c.action, rollout)
+        return [RolloutAborted(rid, fleet, by=by, reason=c.reason or "aborted by the operator")]
+    _refuse_if(status in TERMINAL, c.action, rollout)
+    if c.action == "pause":
+        if status == "paused":
+            return []
+        _refuse_if(status != "running", c.action, rollout)
+        return [RolloutPaused(rid, fleet, by=by, reason=c.reason or "paused", at_ms=ctx.now_ms)]
+    if c.action == "resume":
+        if status == "running":
+            return []
+        _refuse_if(status != "paused", c.action, rollout)
+        return [_resumed(rollout, by, ctx)]
+    if c.action == "retry":
+        again = [m for m in rollout.in_order() if m.status != "active"]
+        _refuse_if(not again and status != "failed", c.action, rollout)
+        events: list[LogEntry] = [RolloutRetried(rid, fleet, by=by)]
+        return events + ([_resumed(rollout, by, ctx)] if status == "paused" else [])
+    if c.action == "approve":
+        if rollout.approved:
+            return []
+        _refuse_if(rollout.artifact is not None, c.action, rollout)
+        return [RolloutApproved(rid, fleet, by=by)]
+    raise CommandRefused("unknown rollout action", action=c.action)
+
+
+def _resumed(rollout: Rollout, by: str, ctx: Any) -> RolloutResumed:
+    paused_ms = max(0, ctx.now_ms - (rollout.paused_at_ms or ctx.now_ms))
+    return RolloutResumed(rollout.rollout_id, rollout.fleet, by=by, paused_ms=paused_ms)
+
+
+def _refuse_if(condition: bool, action: str, rollout: Rollout) -> None:
+    if condition:
+        raise RolloutConflict(
+            f"cannot {action} a rollout that is {rollout.status} in stage {rollout.stage}",
+            fleet=rollout.fleet,
+            rollout_id=rollout.rollout_id,
+        )
+
+
+# --- members' answers --------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """The answer does not count; ``reason`` goes into the failure event."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def answer(state: State, c: MemberAnswer, ctx: Any) -> list[LogEntry]:
+    """Judge a member's answer to the command it has open; a late or repeated answer (the
+    command is no longer open) changes nothing."""
+    rollout = state.book.rollouts.get(c.rollout_id)
+    if rollout is None:
+        raise UnknownRollout("no rollout of this id", rollout_id=c.rollout_id)
+    member = rollout.members.get(c.node_id)
+    if member is None:
+        raise UnknownNode("the node is not a member of this rollout", node_id=c.node_id)
+    if member.step != c.step:
+        return []
+    rid, fleet = rollout.rollout_id, rollout.fleet
+    try:
+        body = _open_answer(state, c)
+        return [_judge(state, rollout, member, c.step, body)]
+    except _Refused as refusal:
+        if c.step == PROBE:
+            return [ProbeFailed(rid, fleet, c.node_id, reason=refusal.reason)]
+        return [MemberFailed(rid, fleet, c.node_id, step=c.step, reason=refusal.reason)]
+
+
+def _open_answer(state: State, c: MemberAnswer) -> Body:
+    """The answer's body, once it is known to come from the member's attested identity key."""
+    try:
+        env = Envelope.decode(c.reply)
+    except MessageError:
+        raise _Refused("garbled") from None
+    if env.type == Rejected.TYPE:
+        kind = env.body.get("kind") if isinstance(env.body, dict) else None
+        raise _Refused(f"refused: {kind}")
+    identity = state.nodes[c.node_id].identity
+    if identity is None:
+        raise _Refused("not attested")
+    key = TrustedKey(
+        c.node_id, identity.identity_alg, identity.identity_key, frozenset({NODE_ROLE})
+    )
+    try:
+        verify_envelope(env, TrustStore([key]), NODE_ROLE)
+        return REGISTRY.parse(env)
+    except MessageError:
+        raise _Refused("bad_signature") from None
+    except HsmfleetError:
+        raise _Refused("garbled") from None
+
+
+def _expect(condition: bool, reason: str = "bad_answer") -> None:
+    if not condition:
+        raise _Refused(reason)
+
+
+def _public(keys: tuple[FleetKey, ...]) -> tuple[PublicFleetKey, ...]:
+    return tuple(PublicFleetKey(k.role, k.alg, k.public_key) for k in keys)
+
+
+def _receipt_ok(receipt: Any, rollout: Rollout, node_id: str) -> bool:
+    return (
+        isinstance(receipt, KeyReceipt)
+        and (receipt.fleet, receipt.epoch, receipt.node) == (rollout.fleet, rollout.epoch, node_id)
+        and [(k.role, k.alg) for k in receipt.keys] == [(r.role, r.alg) for r in rollout.plan.keys]
+    )
+
+
+def _judge(
+    state: State, rollout: Rollout, member: RolloutMember, step: str, body: Body
+) -> LogEntry:
+    rid, fleet, node = rollout.rollout_id, rollout.fleet, member.node_id
+    if step == GENERATE:
+        _expect(isinstance(body, FleetKeysOffer) and _receipt_ok(body.receipt, rollout, node))
+        receipt = body.receipt
+        keys = tuple(FleetKey(k.role, k.alg, k.public_key, None) for k in receipt.keys)
+        holders = [m for m in rollout.active_members() if m.holds_keys]
+        _expect(not holders or rollout.keys == keys, "keys_changed")
+        expected = {(r.node, k.role) for r in recipients(state, rollout, node) for k in keys}
+        wrapped = tuple(w for w in body.wrapped if (w.node, w.role) in expected)
+        _expect({(w.node, w.role) for w in wrapped} == expected and len(wrapped) == len(expected))
+        public = {k.role: (k.alg, k.public_key) for k in keys}
+        _expect(all(public[w.role] == (w.alg, w.public_key) for w in wrapped))
+        return FleetKeysGenerated(rid, fleet, node, keys, wrapped, receipt.digest)
+    if step == IMPORT:
+        _expect(_receipt_ok(body, rollout, node) and body.keys == _public(rollout.keys))
+        return MemberKeysImported(rid, fleet, node, receipt=body.digest)
+    if step in (JOIN, PROBE):
+        _expect(
+            isinstance(body, Joined)
+            and (body.fleet, body.epoch, body.node) == (fleet, rollout.epoch, node)
+        )
+        if step == JOIN:
+            return MemberJoined(rid, fleet, node)
+        return _proved(rollout, node, body)
+    _expect(
+        isinstance(body, Retired)
+        and (body.fleet, body.epoch, body.node) == (fleet, rollout.epoch, node)
+    )
+    return MemberKeysDestroyed(rid, fleet, node, roles=body.destroyed, receipt=body.digest)
+
+
+def _proved(rollout: Rollout, node: str, joined: Joined) -> QuorumProved:
+    proof, config = joined.proof, rollout.config
+    _expect(proof is not None and config is not None, "no_proof")
+    assert proof is not None and config is not None
+    _expect(proof.key == probe_key(rollout.epoch), "wrong_record")
+    commit = CommitProof(
+        rollout.fleet, proof.key, Ballot(proof.ballot, proof.by), proof.digest, proof.votes
+    )
+    try:
+        verify_proof(
+            commit, Membership.from_config(config), probe_value(rollout.fleet, rollout.epoch)
+        )
+    except HsmfleetError as exc:
+        raise _Refused(f"bad_proof: {exc.kind}") from None
+    digest = evidence.quorum_proof(config, rollout.epoch)
+    return QuorumProved(rollout.rollout_id, rollout.fleet, node, proof=digest, votes=proof.votes)
+
+
+# --- cosigners' outcomes ------------------------------------------------------------------------
+
+
+def cosigned(state: State, c: BundleCosigned, ctx: Any) -> list[LogEntry]:
+    """Record what the cosigners signed for the next unlogged bundle of the fleet's chain."""
+    chain = state.book.fleets.get(c.fleet)
+    if chain is None or not 0 < c.serial <= len(chain.bundles):
+        raise UnknownRollout("no such stage bundle", fleet=c.fleet, serial=c.serial)
+    if c.serial <= chain.logged:
+        return []
+    if c.serial != chain.logged + 1:
+        raise RolloutConflict("bundles are logged in chain order", next=chain.logged + 1)
+    bundle = chain.bundles[c.serial - 1]
+    if bundle.digest != c.digest:
+        raise RolloutConflict("the digest is not the bundle's", serial=c.serial)
+    issuer = state.book.rollouts[chain.issued_by[c.serial - 1]]
+    _enough(issuer, bundle, c.answers)
+    return [StageBundleLogged(issuer.rollout_id, c.fleet, c.serial, c.digest, c.answers)]
+
+
+def published(state: State, c: ArtifactPublished, ctx: Any) -> list[LogEntry]:
+    """Record the validation bundle of the artifact the fleet's rollout prepared."""
+    rollout = state.book.of_fleet(c.fleet)
+    if rollout is None or rollout.artifact is None or rollout.artifact.epoch != c.epoch:
+        raise UnknownRollout("no artifact of this epoch is being published", fleet=c.fleet)
+    if rollout.validation is not None:
+        return []
+    try:
+        bundle = parse_bundle(c.validation)
+    except MalformedBundle as exc:
+        raise CommandRefused(f"not a validation bundle: {exc}") from None
+    if bundle.artifact.digest != rollout.artifact.digest or bundle.digest != bundle.artifact.digest:
+        raise CommandRefused("the validation bundle is for another artifact", fleet=c.fleet)
+    answers = [
+        CosignerAnswer(p.log, p.statement.to_json(), p.signature, p.inclusion, p.checkpoint)
+        for p in bundle.proofs
+    ]
+    _enough(rollout, bundle.artifact, answers)
+    return [
+        ValidationBundleIssued(
+            rollout.rollout_id, c.fleet, c.epoch, bundle.digest, bundle=c.validation
+        )
+    ]
+
+
+def _enough(rollout: Rollout, document: StageBundle | FleetKeyArtifact, answers: Any) -> None:
+    policy = rollout.plan.cosigners
+    vouched = evidence.vouchers(document, answers, evidence.pins_of(rollout))
+    if len(vouched) < policy.threshold:
+        raise evidence.BadCosignerAnswers(
+            "too few pinned cosigners vouch", vouchers=sorted(vouched), threshold=policy.threshold
+        )
+
+
+# --- time ----------------------------------------------------------------------------------------
+
+
+def _overdue_members(state: State, now_ms: int) -> list[tuple[Rollout, RolloutMember]]:
+    """Members whose open step (or enroll) is past its deadline, in rollouts whose clocks run:
+    running ones, and ended ones destroying their keys."""
+    out = []
+    for rollout_id in sorted(state.book.rollouts):
+        rollout = state.book.rollouts[rollout_id]
+        if rollout.status != "running" and rollout.status not in ENDED:
+            continue
+        for member in rollout.in_order():
+            if member.deadline_ms is None or member.deadline_ms >= now_ms:
+                continue
+            if member.step is None and (rollout.status in ENDED or member.status != "active"):
+                continue  # an enroll deadline counts only while the rollout runs
+            out.append((rollout, member))
+    return out
+
+
+def overdue(state: State, now_ms: int) -> bool:
+    """Whether a tick at ``now_ms`` would fail a member or a probe."""
+    return bool(_overdue_members(state, now_ms))
+
+
+def tick(state: State, ctx: Any) -> list[LogEntry]:
+    """Fail every member step (and probe) whose deadline passed."""
+    events: list[LogEntry] = []
+    for rollout, member in _overdue_members(state, ctx.now_ms):
+        rid, fleet, node = rollout.rollout_id, rollout.fleet, member.node_id
+        if member.step == PROBE:
+            events.append(ProbeFailed(rid, fleet, node, reason=NO_ANSWER))
+        else:
+            step = member.step or ENROLL
+            events.append(MemberFailed(rid, fleet, node, step=step, reason=NO_ANSWER))
+    return events
+
+
+# --- advancing -----------------------------------------------------------------------------------
+
+
+def advance(state: State, ctx: Any) -> list[LogEntry]:
+    """What every rollout does next in ``state`` (empty when none can move)."""
+    events: list[LogEntry] = []
+    index = 0
+    for rollout_id in sorted(state.book.rollouts):
+        rollout = state.book.rollouts[rollout_id]
+        if rollout.status in ENDED:
+            events += _clean_up(state, rollout, ctx)
+        elif rollout.status == "running":
+            moved = _run(state, rollout, ctx, index)
+            index += len(moved)
+            events += moved
+    return events
+
+
+def _deadline(rollout: Rollout, ctx: Any) -> int:
+    return ctx.now_ms + rollout.plan.rollout.member_deadline_s * 1000
+
+
+def _command(rollout: Rollout, member: RolloutMember, step: str, ctx: Any) -> MemberCommanded:
+    return MemberCommanded(
+        rollout.rollout_id, rollout.fleet, member.node_id, step, _deadline(rollout, ctx)
+    )
+
+
+def _run(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+    rid, fleet = rollout.rollout_id, rollout.fleet
+    failed = [m for m in rollout.in_order() if m.status == "failed"]
+    if failed:
+        names = ", ".join(f"{m.node_id} ({m.reason})" for m in failed)
+        return [
+            RolloutPaused(rid, fleet, by=POLICY, reason=f"member lost: {names}", at_ms=ctx.now_ms)
+        ]
+    short = shortfall(rollout)
+    if short is not None:
+        return [RolloutFailed(rid, fleet, reason=short)]
+    if rollout.waiting_for is not None:
+        chain = state.book.fleets[fleet]
+        if chain.logged < rollout.waiting_for:
+            return []
+        if rollout.stage == ACTIVATE:
+            return [RolloutActivated(rid, fleet, epoch=rollout.epoch)]
+        following = NEXT_STAGE[rollout.stage]
+        entered: list[LogEntry] = [StageEntered(rid, fleet, following)]
+        if following == QUORUM:
+            entered.append(ConfigFixed(rid, fleet, evidence.quorum_config(state, rollout)))
+        return entered
+    stage = {
+        ENROLL: _enroll,
+        CEREMONY: _ceremony,
+        QUORUM: _quorum,
+        PUBLISH: _publish,
+        ACTIVATE: _activate,
+    }[rollout.stage]
+    return stage(state, rollout, ctx, index)
+
+
+def shortfall(rollout: Rollout) -> str | None:
+    """Why the members still active cannot make the planned fleet, if they cannot."""
+    plan = rollout.plan
+    active = rollout.active_members()
+    if len(active) < plan.threshold:
+        return f"too few members left: {len(active)} of the {plan.threshold} the quorum needs"
+    domains = Counter(m.domain for m in active)
+    for domain in plan.members.domains or sorted({m.domain for m in rollout.in_order()}):
+        if domains[domain] < plan.members.min_per_domain:
+            return f"too few members left in failure domain {domain}"
+    if plan.quorum.survive_domain_loss:
+        quorum = Quorum(tuple(Member(m.node_id, m.domain) for m in active), plan.threshold)
+        if not quorum.survives_domain_loss():
+            return "the members left do not survive losing a failure domain"
+    return None
+
+
+def _issue(state: State, rollout: Rollout, stage: str, proof: Any) -> list[LogEntry]:
+    chain = state.book.fleets.get(rollout.fleet)
+    bundle = evidence.stage_bundle(chain, rollout, stage, proof)
+    return [StageBundleIssued(rollout.rollout_id, rollout.fleet, bundle)]
+
+
+def _enroll(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+    events: list[LogEntry] = []
+    for member in rollout.active_members():
+        if member.attestation is not None:
+            continue
+        enrollment = state.enrollments.get(member.enrollment_id) if member.enrollment_id else None
+        if enrollment is not None and enrollment.status == "open":
+            continue
+        if enrollment is not None and enrollment.reason not in RETRYABLE_ENROLLMENT:
+            events.append(
+                MemberFailed(
+                    rollout.rollout_id,
+                    rollout.fleet,
+                    member.node_id,
+                    step=ENROLL,
+                    reason=str(enrollment.reason),
+                )
+            )
+            continue
+        if state.policy is None:
+            continue  # the rollout waits for an enrollment policy
+        events += _challenge(state, rollout, member, ctx, index + len(events))
+    if events or any(m.attestation is None for m in rollout.active_members()):
+        return events
+    return _issue(state, rollout, ENROLL, evidence.enroll_evidence(rollout))
+
+
+def _challenge(
+    state: State, rollout: Rollout, member: RolloutMember, ctx: Any, index: int
+) -> list[LogEntry]:
+    """Challenge ``member`` to attest, or adopt the challenge it already has open."""
+    deadline = member.deadline_ms if member.deadline_ms is not None else _deadline(rollout, ctx)
+    rid, fleet, node = rollout.rollout_id, rollout.fleet, member.node_id
+    open_one = state.open_enrollment_of(node)
+    if open_one is not None:
+        return [MemberChallenged(rid, fleet, node, open_one.enrollment_id, deadline)]
+    assert state.policy is not None
+    issued = ChallengeIssued(
+        enrollment_id=ctx.new_id("rollout-enrollment", index),
+        node_id=node,
+        nonce=ctx.derive("rollout-nonce", index),
+        expires_ms=ctx.now_ms + state.policy.nonce_ttl_ms,
+        requested_by=f"rollout:{rid}",
+    )
+    return [issued, MemberChallenged(rid, fleet, node, issued.enrollment_id, deadline)]
+
+
+def recipients(state: State, rollout: Rollout, source: str) -> list[Recipient]:
+    """The members the fleet keys are to be wrapped to: active, not holding them yet."""
+    out = []
+    for member in rollout.active_members():
+        identity = state.nodes[member.node_id].identity
+        if member.node_id == source or member.holds_keys or identity is None:
+            continue
+        out.append(Recipient(member.node_id, identity.transport_alg, identity.transport_key))
+    return out
+
+
+def _key_source(rollout: Rollout) -> RolloutMember:
+    """Who makes (or wraps again) the fleet keys: the generator while it is active, else a
+    member that imported them, else (nobody holds them) the first active member, afresh."""
+    active = rollout.active_members()
+    holders = [m for m in active if m.holds_keys]
+    generator = rollout.members.get(rollout.generator) if rollout.generator else None
+    if generator is not None and generator.status == "active" and generator.holds_keys:
+        return generator
+    return holders[0] if holders else active[0]
+
+
+def _ceremony(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+    active = rollout.active_members()
+    if any(m.step == GENERATE for m in active):
+        return []
+    wrapped_for = {w.node for w in rollout.wrapped}
+    waiting = [m for m in active if not m.holds_keys]
+    if len(waiting) == len(active) or any(m.node_id not in wrapped_for for m in waiting):
+        return [_command(rollout, _key_source(rollout), GENERATE, ctx)]
+    if not waiting:
+        return _issue(state, rollout, CEREMONY, evidence.ceremony_evidence(rollout))
+    return _wave(rollout, waiting, IMPORT, ctx)
+
+
+def _wave(rollout: Rollout, waiting: list[RolloutMember], step: str, ctx: Any) -> list[LogEntry]:
+    """Open ``step`` on waiting members, no more at once than the plan's wave size."""
+    open_now = sum(1 for m in rollout.active_members() if m.step == step)
+    room = rollout.plan.rollout.wave_size - open_now
+    ready = [m for m in waiting if m.step is None]
+    return [_command(rollout, m, step, ctx) for m in ready[: max(room, 0)]]
+
+
+def _quorum(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+    active = rollout.active_members()
+    waiting = [m for m in active if not m.joined and m.holds_keys]
+    if waiting:
+        return _wave(rollout, waiting, JOIN, ctx)
+    if rollout.quorum_proof is not None:
+        return _issue(state, rollout, QUORUM, Evidence.of(quorum_proof=rollout.quorum_proof))
+    if any(m.step == PROBE for m in active):
+        return []
+    if rollout.probe_failures >= MAX_PROBE_FAILURES:
+        return [
+            RolloutFailed(rollout.rollout_id, rollout.fleet, reason="the test write did not commit")
+        ]
+    joined = [m for m in active if m.joined]
+    return [_command(rollout, joined[rollout.probe_failures % len(joined)], PROBE, ctx)]
+
+
+def _publish(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+    if rollout.awaiting_approval:
+        return []
+    if rollout.artifact is None:
+        prepared = evidence.artifact(state, rollout)
+        return [ArtifactPrepared(rollout.rollout_id, rollout.fleet, prepared)]
+    if rollout.validation is None:
+        return []  # the shell is publishing it
+    return _issue(state, rollout, PUBLISH, Evidence.of(artifact=rollout.artifact.digest))
+
+
+def _activate(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+    assert rollout.artifact is not None
+    return _issue(state, rollout, ACTIVATE, Evidence.of(artifact=rollout.artifact.digest))
+
+
+def _clean_up(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry]:
+    """Destroy an ended rollout's keys on every member that holds them; an aborted rollout's
+    chain then ends with an ``abort`` bundle naming the destruction receipts."""
+    holders = [
+        m
+        for m in rollout.in_order()
+        if (m.holds_keys or m.joined or m.node_id == rollout.generator)
+        and m.destroyed is None
+        and m.destroy_failed is None
+    ]
+    events: list[LogEntry] = [_command(rollout, m, RETIRE, ctx) for m in holders if m.step is None]
+    if holders or rollout.status != "aborted":
+        return events
+    chain = state.book.fleets.get(rollout.fleet)
+    issued = chain is not None and any(
+        b.stage == ABORT and by == rollout.rollout_id
+        for b, by in zip(chain.bundles, chain.issued_by, strict=True)
+    )
+    return [] if issued else _issue(state, rollout, ABORT, evidence.abort_evidence(rollout))
+
+
+# --- effects: what the shell carries out ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberCommand:
+    """A command to send to a member until it answers or its step closes."""
+
+    rollout_id: str
+    fleet: str
+    node_id: str
+    step: str
+    verb: str
+    body: Body
+    deadline_ms: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.rollout_id}/{self.node_id}/{self.step}"
+
+
+def member_commands(state: State) -> list[MemberCommand]:
+    """Every open member step of a running rollout (retire steps of ended ones too)."""
+    out = []
+    for rollout_id in sorted(state.book.rollouts):
+        rollout = state.book.rollouts[rollout_id]
+        if rollout.status != "running" and rollout.status not in ENDED:
+            continue
+        for member in rollout.in_order():
+            if member.step is None or (rollout.status in ENDED) != (member.step == RETIRE):
+                continue
+            out.append(
+                MemberCommand(
+                    rollout_id,
+                    rollout.fleet,
+                    member.node_id,
+                    member.step,
+                    VERBS[member.step],
+                    _command_body(state, rollout, member),
+                    member.deadline_ms or 0,
+                )
+            )
+    return out
+
+
+def _command_body(state: State, rollout: Rollout, member: RolloutMember) -> Body:
+    rid, fleet, epoch, step = rollout.rollout_id, rollout.fleet, rollout.epoch, member.step
+    if step == GENERATE:
+        return GenerateFleetKeys(
+            fleet, epoch, rid, rollout.plan.keys, tuple(recipients(state, rollout, member.node_id))
+        )
+    if step == IMPORT:
+        keys = tuple(w for w in rollout.wrapped if w.node == member.node_id)
+        return ImportFleetKeys(fleet, epoch, rid, keys)
+    if step in (JOIN, PROBE):
+        assert rollout.config is not None
+        return JoinFleet(fleet, epoch, rid, rollout.config, probe=step == PROBE)
+    return RetireFleet(fleet, epoch, rid)
+
+
+@dataclass(frozen=True)
+class ToLog:
+    """A document for the cosigners, with the fleet's earlier ones (for a cosigner that
+    missed some) and the rollout whose plan names the cosigners."""
+
+    fleet: str
+    rollout: Rollout
+    document: StageBundle | FleetKeyArtifact
+    earlier: tuple[StageBundle, ...] | tuple[FleetKeyArtifact, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.document.KIND}/{self.fleet}/{self.document.seq}"
+
+
+def bundles_to_log(state: State) -> list[ToLog]:
+    """The first issued but unlogged stage bundle of each fleet."""
+    out = []
+    for fleet in sorted(state.book.fleets):
+        chain = state.book.fleets[fleet]
+        if chain.logged < len(chain.bundles):
+            issuer = state.book.rollouts[chain.issued_by[chain.logged]]
+            bundle = chain.bundles[chain.logged]
+            out.append(ToLog(fleet, issuer, bundle, chain.bundles[: chain.logged]))
+    return out
+
+
+def artifacts_to_publish(state: State) -> list[ToLog]:
+    """Each prepared artifact whose validation bundle is not yet on record."""
+    out = []
+    for rollout_id in sorted(state.book.rollouts):
+        rollout = state.book.rollouts[rollout_id]
+        if rollout.artifact is None or rollout.validation is not None:
+            continue
+        chain = state.book.fleets[rollout.fleet]
+        earlier = tuple(a for a in chain.artifacts if a.epoch < rollout.artifact.epoch)
+        out.append(ToLog(rollout.fleet, rollout, rollout.artifact, earlier))
+    return out

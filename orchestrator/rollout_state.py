@@ -1,0 +1,385 @@
+"""What the orchestrator knows about rollouts and fleets, and how rollout events fold into it.
+
+A :class:`Rollout` is one plan being carried out: its members (each with what it proved so far
+and the command it has open), its stage and status, the fleet keys' public halves, the artifact
+and its validation bundle. A :class:`FleetChain` is what a fleet accumulates across rollouts: its
+chain of stage bundles (issued, and how many of them the cosigners logged), the artifacts
+prepared for it, its active epoch. The folds here are part of :func:`orchestrator.state.evolve`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from immutables import Map
+
+from messages.artifact import FleetKey, FleetKeyArtifact
+from messages.bundle import StageBundle
+from messages.ceremony import WrappedFleetKey
+from messages.events import (
+    ArtifactPrepared,
+    ConfigFixed,
+    FleetKeysGenerated,
+    LogEntry,
+    MemberChallenged,
+    MemberCommanded,
+    MemberFailed,
+    MemberJoined,
+    MemberKeysDestroyed,
+    MemberKeysImported,
+    ProbeFailed,
+    QuorumProved,
+    RolloutAborted,
+    RolloutActivated,
+    RolloutApproved,
+    RolloutFailed,
+    RolloutPaused,
+    RolloutResumed,
+    RolloutRetried,
+    RolloutStarted,
+    RolloutSuperseded,
+    StageBundleIssued,
+    StageBundleLogged,
+    StageEntered,
+    ValidationBundleIssued,
+)
+from messages.plan import RolloutPlan
+from messages.quorum import Config
+
+if TYPE_CHECKING:
+    from orchestrator.state import State
+
+RolloutStatus = Literal["running", "paused", "failed", "aborted", "superseded", "active"]
+MemberStatus = Literal["active", "failed", "lost"]
+TERMINAL = ("aborted", "superseded", "active")
+"""Statuses a rollout never leaves."""
+ENDED = ("aborted", "superseded")
+"""Ended without activating: the rollout's keys are to be destroyed."""
+
+
+@dataclass(frozen=True)
+class RolloutMember:
+    """One member's progress: what it proved, the command it has open, whether it is lost."""
+
+    node_id: str
+    domain: str
+    status: MemberStatus = "active"
+    reason: str | None = None
+    enrollment_id: str | None = None
+    attestation: str | None = None
+    receipt: str | None = None
+    joined: bool = False
+    step: str | None = None
+    deadline_ms: int | None = None
+    destroyed: str | None = None
+    destroy_failed: str | None = None
+
+    @property
+    def holds_keys(self) -> bool:
+        return self.receipt is not None
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One plan being carried out."""
+
+    rollout_id: str
+    fleet: str
+    plan: RolloutPlan
+    epoch: int
+    order: tuple[str, ...]
+    members: Map[str, RolloutMember]
+    not_before_ms: int
+    not_after_ms: int
+    requested_by: str
+    stage: str = "enroll"
+    status: RolloutStatus = "running"
+    reason: str | None = None
+    paused_at_ms: int | None = None
+    approved: bool = False
+    generator: str | None = None
+    keys: tuple[FleetKey, ...] = ()
+    wrapped: tuple[WrappedFleetKey, ...] = ()
+    probe_failures: int = 0
+    config: Config | None = None
+    """The replication group, fixed when the quorum stage begins."""
+    quorum_proof: str | None = None
+    artifact: FleetKeyArtifact | None = None
+    validation: dict[str, Any] | None = None
+    waiting_for: int | None = None
+    """Serial of the stage bundle the next stage waits for the cosigners to log."""
+    superseded_by: str | None = None
+
+    def in_order(self) -> list[RolloutMember]:
+        return [self.members[m] for m in self.order]
+
+    def active_members(self) -> list[RolloutMember]:
+        return [m for m in self.in_order() if m.status == "active"]
+
+    @property
+    def awaiting_approval(self) -> bool:
+        return self.stage == "publish" and self.plan.rollout.approve_publish and not self.approved
+
+
+@dataclass(frozen=True)
+class FleetChain:
+    """A fleet across its rollouts: its stage-bundle chain and artifacts."""
+
+    fleet: str
+    bundles: tuple[StageBundle, ...] = ()
+    issued_by: tuple[str, ...] = ()
+    """The rollout that issued each bundle (the cosigner policy it is signed under)."""
+    logged: int = 0
+    """How many bundles, from the first, the cosigners have logged."""
+    artifacts: tuple[FleetKeyArtifact, ...] = ()
+    rollout_id: str | None = None
+    active_epoch: int | None = None
+    validation: dict[str, Any] | None = None
+    """The validation bundle of the active epoch."""
+
+    @property
+    def next_epoch(self) -> int:
+        return self.artifacts[-1].epoch + 1 if self.artifacts else 1
+
+
+@dataclass(frozen=True)
+class RolloutBook:
+    """The rollout part of the state."""
+
+    rollouts: Map[str, Rollout] = field(default_factory=Map)
+    fleets: Map[str, FleetChain] = field(default_factory=Map)
+    enrollments: Map[str, str] = field(default_factory=Map)
+    """Enrollment id -> rollout id of every challenge a rollout issued."""
+
+    def of_fleet(self, fleet: str) -> Rollout | None:
+        """The fleet's latest rollout."""
+        chain = self.fleets.get(fleet)
+        if chain is None or chain.rollout_id is None:
+            return None
+        return self.rollouts[chain.rollout_id]
+
+
+# --- folds -----------------------------------------------------------------------------------
+
+
+def _with(state: State, book: RolloutBook) -> State:
+    return replace(state, book=book)
+
+
+def _put(state: State, rollout: Rollout) -> State:
+    book = state.book
+    return _with(state, replace(book, rollouts=book.rollouts.set(rollout.rollout_id, rollout)))
+
+
+def _member(state: State, rollout_id: str, node_id: str, **changes: Any) -> State:
+    rollout = state.book.rollouts[rollout_id]
+    member = replace(rollout.members[node_id], **changes)
+    return _put(state, replace(rollout, members=rollout.members.set(node_id, member)))
+
+
+def _rollout(state: State, rollout_id: str, **changes: Any) -> State:
+    return _put(state, replace(state.book.rollouts[rollout_id], **changes))
+
+
+def _chain(state: State, fleet: str, **changes: Any) -> State:
+    book = state.book
+    chain = replace(book.fleets.get(fleet) or FleetChain(fleet), **changes)
+    return _with(state, replace(book, fleets=book.fleets.set(fleet, chain)))
+
+
+def _started(state: State, e: RolloutStarted) -> State:
+    members = Map({m.node_id: RolloutMember(m.node_id, m.domain) for m in e.members})
+    rollout = Rollout(
+        rollout_id=e.rollout_id,
+        fleet=e.fleet,
+        plan=e.plan,
+        epoch=e.epoch,
+        order=tuple(m.node_id for m in e.members),
+        members=members,
+        not_before_ms=e.not_before_ms,
+        not_after_ms=e.not_after_ms,
+        requested_by=e.requested_by,
+    )
+    return _chain(_put(state, rollout), e.fleet, rollout_id=e.rollout_id)
+
+
+def _superseded(state: State, e: RolloutSuperseded) -> State:
+    return _rollout(state, e.rollout_id, status="superseded", superseded_by=e.by)
+
+
+def _stage_entered(state: State, e: StageEntered) -> State:
+    return _rollout(state, e.rollout_id, stage=e.stage, waiting_for=None)
+
+
+def _config_fixed(state: State, e: ConfigFixed) -> State:
+    return _rollout(state, e.rollout_id, config=e.config)
+
+
+def _challenged(state: State, e: MemberChallenged) -> State:
+    book = state.book
+    state = _with(
+        state, replace(book, enrollments=book.enrollments.set(e.enrollment_id, e.rollout_id))
+    )
+    return _member(
+        state, e.rollout_id, e.node_id, enrollment_id=e.enrollment_id, deadline_ms=e.deadline_ms
+    )
+
+
+def attested(state: State, enrollment_id: str, node_id: str, digest: str) -> State:
+    """Note a rollout member's accepted attestation (a rejected one leaves the member as it
+    is: the rollout reads the reason and challenges again or gives the member up)."""
+    rollout_id = state.book.enrollments.get(enrollment_id)
+    if rollout_id is None:
+        return state
+    return _member(state, rollout_id, node_id, attestation=digest, deadline_ms=None)
+
+
+def _commanded(state: State, e: MemberCommanded) -> State:
+    return _member(state, e.rollout_id, e.node_id, step=e.step, deadline_ms=e.deadline_ms)
+
+
+def _done(state: State, rollout_id: str, node_id: str, **changes: Any) -> State:
+    return _member(state, rollout_id, node_id, step=None, deadline_ms=None, **changes)
+
+
+def _keys_generated(state: State, e: FleetKeysGenerated) -> State:
+    state = _rollout(state, e.rollout_id, generator=e.generator, keys=e.keys, wrapped=e.wrapped)
+    return _done(state, e.rollout_id, e.generator, receipt=e.receipt)
+
+
+def _keys_imported(state: State, e: MemberKeysImported) -> State:
+    return _done(state, e.rollout_id, e.node_id, receipt=e.receipt)
+
+
+def _joined(state: State, e: MemberJoined) -> State:
+    return _done(state, e.rollout_id, e.node_id, joined=True)
+
+
+def _quorum_proved(state: State, e: QuorumProved) -> State:
+    state = _rollout(state, e.rollout_id, quorum_proof=e.proof)
+    return _done(state, e.rollout_id, e.node_id)
+
+
+def _probe_failed(state: State, e: ProbeFailed) -> State:
+    failures = state.book.rollouts[e.rollout_id].probe_failures + 1
+    return _done(_rollout(state, e.rollout_id, probe_failures=failures), e.rollout_id, e.node_id)
+
+
+def _member_failed(state: State, e: MemberFailed) -> State:
+    rollout = state.book.rollouts[e.rollout_id]
+    if e.step == "retire":
+        return _done(state, e.rollout_id, e.node_id, destroy_failed=e.reason)
+    status = "lost" if rollout.plan.rollout.on_member_loss == "continue" else "failed"
+    return _done(state, e.rollout_id, e.node_id, status=status, reason=e.reason)
+
+
+def _keys_destroyed(state: State, e: MemberKeysDestroyed) -> State:
+    return _done(state, e.rollout_id, e.node_id, destroyed=e.receipt)
+
+
+def _paused(state: State, e: RolloutPaused) -> State:
+    return _rollout(state, e.rollout_id, status="paused", reason=e.reason, paused_at_ms=e.at_ms)
+
+
+def _resumed(state: State, e: RolloutResumed) -> State:
+    rollout = state.book.rollouts[e.rollout_id]
+    members = rollout.members
+    for member in rollout.in_order():
+        changes: dict[str, Any] = {}
+        if member.deadline_ms is not None:
+            changes["deadline_ms"] = member.deadline_ms + e.paused_ms
+        if member.status == "failed":
+            changes["status"] = "lost"
+        if changes:
+            members = members.set(member.node_id, replace(member, **changes))
+    return _put(
+        state,
+        replace(rollout, members=members, status="running", reason=None, paused_at_ms=None),
+    )
+
+
+def _retried(state: State, e: RolloutRetried) -> State:
+    rollout = state.book.rollouts[e.rollout_id]
+    members = rollout.members
+    for member in rollout.in_order():
+        if member.status != "active":
+            fresh = replace(member, status="active", reason=None, step=None, deadline_ms=None)
+            members = members.set(member.node_id, fresh)
+    status = "running" if rollout.status == "failed" else rollout.status
+    return _put(
+        state,
+        replace(rollout, members=members, status=status, reason=None, probe_failures=0),
+    )
+
+
+def _approved(state: State, e: RolloutApproved) -> State:
+    return _rollout(state, e.rollout_id, approved=True)
+
+
+def _failed(state: State, e: RolloutFailed) -> State:
+    return _rollout(state, e.rollout_id, status="failed", reason=e.reason)
+
+
+def _aborted(state: State, e: RolloutAborted) -> State:
+    return _rollout(state, e.rollout_id, status="aborted", reason=e.reason, paused_at_ms=None)
+
+
+def _artifact_prepared(state: State, e: ArtifactPrepared) -> State:
+    chain = state.book.fleets.get(e.fleet) or FleetChain(e.fleet)
+    state = _chain(state, e.fleet, artifacts=(*chain.artifacts, e.artifact))
+    return _rollout(state, e.rollout_id, artifact=e.artifact)
+
+
+def _validation(state: State, e: ValidationBundleIssued) -> State:
+    return _rollout(state, e.rollout_id, validation=e.bundle)
+
+
+def _bundle_issued(state: State, e: StageBundleIssued) -> State:
+    chain = state.book.fleets.get(e.fleet) or FleetChain(e.fleet)
+    state = _chain(
+        state,
+        e.fleet,
+        bundles=(*chain.bundles, e.bundle),
+        issued_by=(*chain.issued_by, e.rollout_id),
+    )
+    return _rollout(state, e.rollout_id, waiting_for=e.bundle.serial)
+
+
+def _bundle_logged(state: State, e: StageBundleLogged) -> State:
+    return _chain(state, e.fleet, logged=e.serial)
+
+
+def _activated(state: State, e: RolloutActivated) -> State:
+    rollout = state.book.rollouts[e.rollout_id]
+    state = _chain(state, e.fleet, active_epoch=e.epoch, validation=rollout.validation)
+    return _rollout(state, e.rollout_id, status="active", stage="active")
+
+
+ROLLOUT_FOLDS: dict[type[LogEntry], Callable[[State, Any], State]] = {
+    RolloutStarted: _started,
+    RolloutSuperseded: _superseded,
+    StageEntered: _stage_entered,
+    ConfigFixed: _config_fixed,
+    MemberChallenged: _challenged,
+    MemberCommanded: _commanded,
+    FleetKeysGenerated: _keys_generated,
+    MemberKeysImported: _keys_imported,
+    MemberJoined: _joined,
+    QuorumProved: _quorum_proved,
+    ProbeFailed: _probe_failed,
+    MemberFailed: _member_failed,
+    MemberKeysDestroyed: _keys_destroyed,
+    RolloutPaused: _paused,
+    RolloutResumed: _resumed,
+    RolloutRetried: _retried,
+    RolloutApproved: _approved,
+    RolloutFailed: _failed,
+    RolloutAborted: _aborted,
+    ArtifactPrepared: _artifact_prepared,
+    ValidationBundleIssued: _validation,
+    StageBundleIssued: _bundle_issued,
+    StageBundleLogged: _bundle_logged,
+    RolloutActivated: _activated,
+}
