@@ -219,6 +219,13 @@ class CosigningClient:
     ) -> None:
         if not 1 <= threshold <= len(peers):
             raise ValueError("threshold must be between 1 and the number of cosigners")
+        for what, values in (
+            ("ids", [p.id for p in peers]),
+            ("names", [p.name for p in peers]),
+            ("keys", [p.pin.public_key for p in peers]),
+        ):
+            if len(set(values)) != len(values):
+                raise ValueError(f"cosigner {what} must be distinct")
         self.transport = transport
         self.peers = list(peers)
         self.operator = operator

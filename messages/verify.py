@@ -248,6 +248,14 @@ class Pins(Body):
         require(self.format == PINS_FORMAT, "not a pins file", format=self.format)
         names = [c.name for c in self.cosigners]
         require(len(set(names)) == len(names), "cosigner names must be distinct")
+        # One key under two names would vouch twice: an Ed25519 cosignature does not sign the
+        # witness's name (C2SP tlog-cosignature), so any line can be relabelled to the other.
+        keys = [c.public_key for c in self.cosigners]
+        require(len(set(keys)) == len(keys), "cosigner keys must be distinct")
+        require(
+            self.operator.public_key not in keys,
+            "the operator's key must not be a cosigner's: the countersignature would add nothing",
+        )
         require(
             1 <= self.threshold <= len(names),
             "threshold must be between 1 and the number of cosigners",

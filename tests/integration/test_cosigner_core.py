@@ -10,15 +10,17 @@ import pytest
 from cosigner.log import AuditLog, LogBusy, LogCorrupted
 from cosigner.notary import DigestSeen, Notary
 from cosigner.store import Seen, Store
-from cosigner.testbed import sample_artifact, sample_chain
+from cosigner.testbed import Testbed, sample_artifact, sample_chain
 from cosigner.witness import Witness, WitnessConflict
 from messages.bundle import SerialGap
 from messages.checkpoint import Checkpoint, open_checkpoint
+from messages.cosign_client import CosigningClient, Peer
 from messages.cosigning import Signed
 from messages.ids import parse_time
 from messages.merkle import leaf_hash, verify_inclusion
 from messages.note import Ed25519NoteSigner, Ed25519NoteVerifier
 from messages.signing import Ed25519Signer
+from messages.verify import CosignerPin
 
 NAME = "notary.example/log"
 NOW = parse_time("2026-01-02T00:00:00.000Z")
@@ -141,3 +143,19 @@ def test_witness_refuses_a_same_size_checkpoint_with_another_root(tmp_path: Path
         assert witness.rejects == {"witness_conflict": 1}
     finally:
         store.close()
+
+
+async def test_the_client_refuses_cosigners_that_are_one_party(tmp_path: Path) -> None:
+    """Two peers with one key (or one name, or one id) would count twice towards k of n."""
+    bed = Testbed.create(tmp_path)
+    try:
+        a, b = bed.peers
+        for twin in (
+            Peer("cosigner-c", CosignerPin("cosigner-c.example/log", a.pin.public_key)),
+            Peer("cosigner-c", b.pin),
+            Peer(a.id, CosignerPin("cosigner-c.example/log", KEY.public_key)),
+        ):
+            with pytest.raises(ValueError, match="must be distinct"):
+                CosigningClient(bed.client.transport, [a, b, twin], bed.operator, 2)
+    finally:
+        await bed.close()

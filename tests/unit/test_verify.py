@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from nats.aio.client import Client as NATS
 
 from cosigner.testbed import DAY_MS, MEMBERS, Testbed, sample_artifact, sample_chain
 from messages.canonical import b64
+from messages.cosignature import SIG_COSIGNATURE_V1
+from messages.documents import MalformedDocument
 from messages.ids import parse_time
-from messages.note import Note
+from messages.note import Note, NoteSignature, key_id
 from messages.signing import Ed25519Signer
 from messages.statement import Countersignature
 from messages.validation import Consistency, ValidationBundle
@@ -29,13 +32,16 @@ from messages.verify import (
     BadInclusionProof,
     BadStatementSignature,
     BelowThreshold,
+    CosignerPin,
     DigestMismatch,
     EpochConflict,
     Expired,
     MalformedBundle,
     MissingConsistencyProof,
     NotYetValid,
+    OperatorPin,
     Pins,
+    PinsError,
     QuorumBelowFloor,
     QuorumFloor,
     Rollback,
@@ -324,6 +330,37 @@ def test_a_refused_bundle_leaves_the_state_as_it_was(world: World) -> None:
     with pytest.raises(Rollback):
         _accept(world, world.first_again, state)
     assert state.to_bytes() == before
+
+
+def test_one_key_pinned_under_two_names_is_refused(world: World, tmp_path: Path) -> None:
+    """A cosignature does not sign the witness's name: relabelled to a second name of the same
+    key it verifies again, so such pins would let one signature vouch twice."""
+    b = world.pins.cosigner(B)
+    alias = CosignerPin("cosigner-c.example/log", b.public_key)
+    raw = _raw(world.first)
+    raw["proofs"] = [p for p in raw["proofs"] if p["statement"]["log"] == A]
+    note = Note.parse(raw["proofs"][0]["checkpoint"])
+    line = next(s for s in note.signatures if s.name == B)
+    relabelled = NoteSignature(
+        alias.name, key_id(alias.name, SIG_COSIGNATURE_V1, b.public_key), line.signature
+    )
+    assert alias.witness_verifier.verify(note.text.encode(), relabelled.signature)
+    raw["proofs"][0]["checkpoint"] = note.with_signature(relabelled).encode().decode()
+    with pytest.raises(MalformedDocument, match="keys must be distinct"):
+        dataclasses.replace(world.pins, cosigners=(*world.pins.cosigners, alias), threshold=3)
+    # An unpinned name proves nothing, whatever key its line verifies under.
+    assert _accept(world, raw).vouchers == (A, B)
+    pins = world.pins.to_json()
+    pins["cosigners"].append(alias.to_json())
+    (tmp_path / "pins.json").write_text(json.dumps(pins))
+    with pytest.raises(PinsError):
+        Pins.load(tmp_path / "pins.json")
+
+
+def test_the_operator_key_is_no_cosigner_key(world: World) -> None:
+    b = world.pins.cosigner(B)
+    with pytest.raises(MalformedDocument, match="operator"):
+        dataclasses.replace(world.pins, operator=OperatorPin("ed25519", b.public_key))
 
 
 # --- consistency proofs carried or fetched -------------------------------------------------
