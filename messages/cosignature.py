@@ -24,14 +24,9 @@ from dataclasses import dataclass
 from messages.checkpoint import Checkpoint, SignedCheckpoint
 from messages.errors import HsmfleetError
 from messages.note import (
-    ED25519_KEY_SIZE,
-    MalformedVerifierKey,
+    Ed25519Key,
     NoteSignature,
     NoteVerifier,
-    format_vkey,
-    is_key_name,
-    key_id,
-    parse_vkey,
     require_ed25519,
 )
 from messages.signing import ED25519, Signer, verify_bytes
@@ -95,29 +90,10 @@ class Cosignature:
 
 
 @dataclass(frozen=True)
-class CosignatureVerifier:
+class CosignatureVerifier(Ed25519Key):
     """A witness's known key (vkey type ``0x04``); a :class:`messages.note.NoteVerifier`."""
 
-    name: str
-    public_key: bytes
-
-    def __post_init__(self) -> None:
-        if not is_key_name(self.name):
-            raise MalformedVerifierKey("invalid key name", name=self.name)
-        if len(self.public_key) != ED25519_KEY_SIZE:
-            raise MalformedVerifierKey("Ed25519 public key must be 32 bytes")
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> CosignatureVerifier:
-        return cls(*parse_vkey(vkey, SIG_COSIGNATURE_V1))
-
-    @property
-    def key_id(self) -> bytes:
-        return key_id(self.name, SIG_COSIGNATURE_V1, self.public_key)
-
-    @property
-    def vkey(self) -> str:
-        return format_vkey(self.name, SIG_COSIGNATURE_V1, self.public_key)
+    SIG_TYPE = SIG_COSIGNATURE_V1
 
     def verify(self, text: bytes, signature: bytes) -> bool:
         """True when ``signature`` is a well-formed cosignature of ``text`` by this key."""

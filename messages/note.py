@@ -30,7 +30,7 @@ import hashlib
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol, Self
 
 from messages.canonical import b64, unb64
 from messages.errors import HsmfleetError
@@ -90,6 +90,25 @@ class UnsupportedKey(NoteError):
     """A signer's key cannot make this kind of note signature."""
 
     kind = "unsupported_key"
+
+
+_P25519 = 2**255 - 19
+_Y_ORDER_8 = int.from_bytes(
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"
+)
+_SMALL_ORDER_Y = frozenset({0, 1, _P25519 - 1, _Y_ORDER_8, _P25519 - _Y_ORDER_8})
+"""The y coordinates of the eight points of small order (the identity, orders 2, 4 and 8)."""
+
+
+def is_ed25519_public_key(key: object) -> bool:
+    """True for 32 bytes that encode an Ed25519 point canonically (``y < p``) and not one of
+    the eight points of small order. Verifiers accept "signatures" anyone can make under a
+    small-order key (the identity point with ``R`` = identity and ``S`` = 0 verifies every
+    message), so such a key must never be pinned."""
+    if not isinstance(key, bytes) or len(key) != ED25519_KEY_SIZE:
+        return False
+    y = int.from_bytes(key, "little") & ((1 << 255) - 1)
+    return y < _P25519 and y not in _SMALL_ORDER_Y
 
 
 def _is_space(char: str) -> bool:
@@ -257,8 +276,11 @@ class NoteVerifier(Protocol):
 
 
 @dataclass(frozen=True)
-class Ed25519NoteVerifier:
-    """A known Ed25519 key (type ``0x01``): the signature is Ed25519 over the note text."""
+class Ed25519Key:
+    """A known Ed25519 key of one note signature type (:attr:`SIG_TYPE`): its key name and
+    public key, refused unless the key is one nobody but its holder can sign for."""
+
+    SIG_TYPE: ClassVar[int]
 
     name: str
     public_key: bytes
@@ -266,20 +288,31 @@ class Ed25519NoteVerifier:
     def __post_init__(self) -> None:
         if not is_key_name(self.name):
             raise MalformedVerifierKey("invalid key name", name=self.name)
-        if len(self.public_key) != ED25519_KEY_SIZE:
-            raise MalformedVerifierKey("Ed25519 public key must be 32 bytes")
+        if not is_ed25519_public_key(self.public_key):
+            raise MalformedVerifierKey(
+                "not an Ed25519 public key: 32 bytes, canonical, not of small order",
+                name=self.name,
+            )
 
     @classmethod
-    def from_vkey(cls, vkey: str) -> Ed25519NoteVerifier:
-        return cls(*parse_vkey(vkey, SIG_ED25519))
+    def from_vkey(cls, vkey: str) -> Self:
+        """The key a verifier key text of this signature type names."""
+        return cls(*parse_vkey(vkey, cls.SIG_TYPE))
 
     @property
     def key_id(self) -> bytes:
-        return key_id(self.name, SIG_ED25519, self.public_key)
+        return key_id(self.name, self.SIG_TYPE, self.public_key)
 
     @property
     def vkey(self) -> str:
-        return format_vkey(self.name, SIG_ED25519, self.public_key)
+        return format_vkey(self.name, self.SIG_TYPE, self.public_key)
+
+
+@dataclass(frozen=True)
+class Ed25519NoteVerifier(Ed25519Key):
+    """A known Ed25519 key (type ``0x01``): the signature is Ed25519 over the note text."""
+
+    SIG_TYPE = SIG_ED25519
 
     def verify(self, text: bytes, signature: bytes) -> bool:
         return verify_bytes(ED25519, self.public_key, signature, text)

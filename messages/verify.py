@@ -36,9 +36,9 @@ from messages.cosignature import CosignatureVerifier, cosignatures
 from messages.documents import DocumentError, load_json, require
 from messages.errors import HsmfleetError, MessageError
 from messages.merkle import MerkleError, leaf_hash, verify_consistency, verify_inclusion
-from messages.note import Ed25519NoteVerifier, Note, NoteError
+from messages.note import Ed25519NoteVerifier, Note, NoteError, is_ed25519_public_key
 from messages.schema import Body
-from messages.signing import ALGORITHMS
+from messages.signing import ALGORITHMS, ED25519
 from messages.statement import LoggedDocument, Statement, is_origin
 from messages.validation import LogProof, ValidationBundle
 
@@ -180,7 +180,11 @@ class CosignerPin(Body):
 
     def __post_init__(self) -> None:
         require(is_origin(self.name), "cosigner name must be a valid log origin", name=self.name)
-        require(len(self.public_key) == 32, "cosigner key must be a 32-byte Ed25519 key")
+        require(
+            is_ed25519_public_key(self.public_key),
+            "cosigner key must be an Ed25519 public key (32 bytes, canonical, not of small order)",
+            name=self.name,
+        )
 
     @property
     def log_verifier(self) -> Ed25519NoteVerifier:
@@ -202,6 +206,10 @@ class OperatorPin(Body):
 
     def __post_init__(self) -> None:
         require(self.alg in ALGORITHMS, "unknown operator key algorithm", alg=self.alg)
+        require(
+            self.alg != ED25519 or is_ed25519_public_key(self.public_key),
+            "operator key must be an Ed25519 public key (32 bytes, canonical, not of small order)",
+        )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from messages.cosignature import CosignatureVerifier
 from messages.note import (
     AmbiguousVerifier,
     BadNoteSignature,
@@ -21,10 +22,11 @@ from messages.note import (
     NoteSignature,
     UnsupportedKey,
     UnverifiedNote,
+    is_ed25519_public_key,
     is_key_name,
     open_note,
 )
-from messages.signing import ECDSA_P256, Ed25519Signer
+from messages.signing import ECDSA_P256, ED25519, Ed25519Signer, verify_bytes
 
 # c2sp.org/signed-note, "Verifier keys: Example".
 C2SP_VKEY = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"
@@ -243,6 +245,37 @@ def test_signers_need_an_ed25519_key_and_a_valid_name() -> None:
         Ed25519NoteSigner("bad name", Ed25519Signer.generate())
     with pytest.raises(MalformedVerifierKey):
         Ed25519NoteVerifier("ok", b"\x00" * 31)
+
+
+# The eight points of small order, then non-canonical encodings (y >= p, or x = 0 with the sign
+# bit set) of small-order points.
+SMALL_ORDER_KEYS = [
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    "0100000000000000000000000000000000000000000000000000000000000080",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+]
+
+
+def test_keys_anyone_can_sign_for_are_refused() -> None:
+    identity = bytes.fromhex(SMALL_ORDER_KEYS[0])
+    # Why: under the identity point, R = identity and S = 0 "sign" every message.
+    assert verify_bytes(ED25519, identity, identity + bytes(32), TEXT.encode())
+    for key in map(bytes.fromhex, SMALL_ORDER_KEYS):
+        assert not is_ed25519_public_key(key)
+        for kind in (Ed25519NoteVerifier, CosignatureVerifier):
+            with pytest.raises(MalformedVerifierKey):
+                kind("example.com/log", key)
+    assert is_ed25519_public_key(PETER.public_key)
+    assert not is_ed25519_public_key(PETER.public_key[:31])
+    assert not is_ed25519_public_key(PETER.public_key.hex())
 
 
 def test_key_names() -> None:

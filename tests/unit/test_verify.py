@@ -56,6 +56,7 @@ from messages.verify import (
 
 START = parse_time("2026-01-01T00:00:00.000Z")
 NOW = START + DAY_MS
+ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493
 A, B = "cosigner-a.example/log", "cosigner-b.example/log"
 
 
@@ -248,6 +249,16 @@ def test_statement_signature_by_another_cosigner(world: World) -> None:
         _accept(world, raw)
 
 
+def test_a_statement_signature_in_its_malleable_form_is_refused(world: World) -> None:
+    """``S + L`` verifies under lax Ed25519 implementations; the signature must be unique."""
+    signature = world.first.proofs[0].signature
+    s = int.from_bytes(signature[32:], "little") + ED25519_ORDER
+    raw = _raw(world.first)
+    raw["proofs"][0]["signature"] = b64(signature[:32] + s.to_bytes(32, "little"))
+    with pytest.raises(BadStatementSignature):
+        _accept(world, raw)
+
+
 def test_checkpoint_not_signed_by_its_log(world: World) -> None:
     raw = _raw(world.first)
     raw["proofs"][0]["checkpoint"] = raw["proofs"][1]["checkpoint"]
@@ -361,6 +372,14 @@ def test_the_operator_key_is_no_cosigner_key(world: World) -> None:
     b = world.pins.cosigner(B)
     with pytest.raises(MalformedDocument, match="operator"):
         dataclasses.replace(world.pins, operator=OperatorPin("ed25519", b.public_key))
+
+
+def test_pins_refuse_keys_anyone_can_sign_for() -> None:
+    identity = bytes([1]) + bytes(31)
+    with pytest.raises(MalformedDocument):
+        CosignerPin(A, identity)
+    with pytest.raises(MalformedDocument):
+        OperatorPin("ed25519", identity)
 
 
 # --- consistency proofs carried or fetched -------------------------------------------------
