@@ -3,8 +3,8 @@
 :func:`verify_bundle` accepts a :class:`~messages.validation.ValidationBundle` only if:
 
 1. the bundle's digest is the SHA-256 of the artifact's canonical bytes;
-2. for every log proof from a pinned cosigner: its statement names this artifact, the
-   cosigner's statement signature verifies, the checkpoint is a note signed by that cosigner as
+2. for every log proof from a pinned cosigner: the cosigner's statement signature verifies,
+   its statement names this artifact, the checkpoint is a note signed by that cosigner as
    the log, the inclusion proof leads from the artifact's leaf to the checkpoint's root at the
    statement's index (size and root taken from the signed checkpoint), and the operator
    countersignature over the statement signature verifies under the pinned operator key;
@@ -33,9 +33,16 @@ from messages.artifact import FleetKeyArtifact, Quorum
 from messages.canonical import canonical
 from messages.checkpoint import Checkpoint, CheckpointError, SignedCheckpoint, open_checkpoint
 from messages.cosignature import CosignatureVerifier, cosignatures
-from messages.documents import DocumentError, load_json, require
+from messages.documents import DocumentError, is_digest, load_json, require
 from messages.errors import HsmfleetError, MessageError
-from messages.merkle import MerkleError, leaf_hash, verify_consistency, verify_inclusion
+from messages.merkle import (
+    HASH_SIZE,
+    MAX_TREE_SIZE,
+    MerkleError,
+    leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 from messages.note import Ed25519NoteVerifier, Note, NoteError, is_ed25519_public_key
 from messages.schema import Body
 from messages.signing import ALGORITHMS, ED25519
@@ -295,6 +302,10 @@ class TreeHead(Body):
     size: int
     root: bytes
 
+    def __post_init__(self) -> None:
+        require(0 <= self.size <= MAX_TREE_SIZE, "tree size out of range", size=self.size)
+        require(len(self.root) == HASH_SIZE, "root hash must be 32 bytes")
+
 
 @dataclass(frozen=True)
 class VerifierState(Body):
@@ -308,6 +319,13 @@ class VerifierState(Body):
 
     def __post_init__(self) -> None:
         require(self.format == STATE_FORMAT, "not a verifier state", format=self.format)
+        require(
+            (self.epoch is None) == (self.digest is None),
+            "epoch and digest are set together",
+        )
+        require(self.epoch is None or self.epoch >= 1, "epoch must be at least 1")
+        require(self.digest is None or is_digest(self.digest), "digest must be 64 hex digits")
+        require(all(is_origin(log) for log in self.checkpoints), "a log name is not an origin")
 
     def to_bytes(self) -> bytes:
         return canonical(self.to_json())
@@ -387,16 +405,17 @@ def check_logged(
     checkpoint: str,
     witnesses: Iterable[CosignatureVerifier] = (),
 ) -> SignedCheckpoint:
-    """Check one cosigner's answer for ``document``: its statement names the document, its
-    signature verifies under ``pin``, ``checkpoint`` is a note signed by ``pin`` as the log (any
-    signature by ``witnesses`` on it must verify too), and the inclusion proof leads from the
-    document's leaf at the statement's index to the root of that checkpoint, whose size it is.
+    """Check one cosigner's answer for ``document``: its statement signature verifies under
+    ``pin`` (checked before its content is read), the statement names the document in ``pin``'s
+    log, ``checkpoint`` is a note signed by ``pin`` as the log (any signature by ``witnesses`` on
+    it must verify too), and the inclusion proof leads from the document's leaf at the
+    statement's index to the root of that checkpoint, whose size it is.
     Returns the opened checkpoint."""
     log = pin.name
-    if statement.log != log or not statement.describes(document):
-        raise StatementMismatch("statement names another document or log", log=log)
     if not statement.verify(pin.public_key, signature):
         raise BadStatementSignature("statement signature does not verify", log=log)
+    if statement.log != log or not statement.describes(document):
+        raise StatementMismatch("statement names another document or log", log=log)
     try:
         signed = open_checkpoint(checkpoint, log, pin.log_verifier, witnesses)
     except (NoteError, CheckpointError) as exc:

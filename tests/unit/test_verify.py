@@ -47,6 +47,7 @@ from messages.verify import (
     Rollback,
     SplitView,
     StaleCheckpoint,
+    StateError,
     StatementMismatch,
     VerificationError,
     VerifierState,
@@ -259,6 +260,31 @@ def test_a_statement_signature_in_its_malleable_form_is_refused(world: World) ->
         _accept(world, raw)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("index", 0), ("fleet", "fleet-2"), ("seq", 2), ("logged_at", "2025-01-01T00:00:00.000Z")],
+)
+def test_an_altered_statement_fails_its_signature_first(
+    world: World, field: str, value: object
+) -> None:
+    """Nothing in a statement is read before its signature verifies."""
+    raw = _raw(world.first)
+    assert raw["proofs"][0]["statement"][field] != value
+    raw["proofs"][0]["statement"][field] = value
+    with pytest.raises(BadStatementSignature):
+        _accept(world, raw)
+
+
+def test_a_failing_cosignature_by_a_pinned_witness_refuses_the_checkpoint(world: World) -> None:
+    raw = _raw(world.first)
+    note = Note.parse(raw["proofs"][0]["checkpoint"])
+    line = next(s for s in note.signatures if s.name == B)
+    broken = NoteSignature(B, line.key_id, line.signature[:8] + bytes(64))
+    raw["proofs"][0]["checkpoint"] = note.with_signature(broken).encode().decode()
+    with pytest.raises(BadCheckpoint):
+        _accept(world, raw)
+
+
 def test_checkpoint_not_signed_by_its_log(world: World) -> None:
     raw = _raw(world.first)
     raw["proofs"][0]["checkpoint"] = raw["proofs"][1]["checkpoint"]
@@ -301,6 +327,7 @@ def test_freeze(world: World) -> None:
     with pytest.raises(Expired):
         verify_bundle(world.first, world.pins, VerifierState(), not_after)
     verify_bundle(world.first, world.pins, VerifierState(), not_after - 1)
+    verify_bundle(world.first, world.pins, VerifierState(), START)  # not_before is inclusive
     with pytest.raises(NotYetValid):
         verify_bundle(world.first, world.pins, VerifierState(), START - 1)
 
@@ -380,6 +407,24 @@ def test_pins_refuse_keys_anyone_can_sign_for() -> None:
         CosignerPin(A, identity)
     with pytest.raises(MalformedDocument):
         OperatorPin("ed25519", identity)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"checkpoints": {A: {"size": -1, "root": b64(bytes(32))}}},
+        {"checkpoints": {A: {"size": 1, "root": b64(bytes(31))}}},
+        {"checkpoints": {"not an origin": {"size": 1, "root": b64(bytes(32))}}},
+        {"epoch": 2, "digest": None, "checkpoints": {}},
+        {"epoch": 0, "digest": "ab" * 32, "checkpoints": {}},
+        {"epoch": 1, "digest": "AB" * 32, "checkpoints": {}},
+    ],
+)
+def test_a_state_file_that_breaks_its_rules_is_refused(tmp_path: Path, state: dict) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"format": "hsmfleet/verifier-state/v1"} | state))
+    with pytest.raises(StateError):
+        VerifierState.load(path)
 
 
 # --- consistency proofs carried or fetched -------------------------------------------------
