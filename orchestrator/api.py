@@ -1,4 +1,5 @@
-"""The operator HTTP API (aiohttp): nodes, enrollments, fleets, the event log, health, metrics.
+"""The operator HTTP API (aiohttp): nodes, enrollments, rollouts, fleets (their stage-bundle
+chains and validation bundles), the event log, health, metrics.
 
 Every ``/v1`` route needs a bearer token: ``read`` tokens may read, ``operator`` tokens may also
 command. Errors are JSON ``{"error": kind, "message": ...}``: 401/403 for credentials, 4xx for
@@ -22,7 +23,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from messages.errors import HsmfleetError
-from messages.events import ChallengeIssued, EnrollNode
+from messages.events import (
+    ROLLOUT_ACTIONS,
+    ChallengeIssued,
+    EnrollNode,
+    OperateRollout,
+    StartRollout,
+)
+from messages.plan import PlanError, parse_plan
 from messages.signing import Signer
 from orchestrator.config import Settings
 from orchestrator.errors import (
@@ -30,14 +38,23 @@ from orchestrator.errors import (
     EnrollmentConflict,
     NoPolicy,
     NotActive,
+    RolloutConflict,
     StoreUnavailable,
     UnknownEnrollment,
     UnknownNode,
+    UnknownRollout,
 )
+from orchestrator.keys import operator_signer
 from orchestrator.lease import LeaseLost
 from orchestrator.openapi import OPENAPI
 from orchestrator.service import Orchestrator
-from orchestrator.views import enrollment_view, entry_view, node_view
+from orchestrator.views import (
+    enrollment_view,
+    entry_view,
+    fleet_view,
+    node_view,
+    rollout_view,
+)
 
 ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)
 SETTINGS = web.AppKey("settings", Settings)
@@ -66,7 +83,10 @@ _STATUS: list[tuple[type[HsmfleetError], int]] = [
     (UnknownNode, 404),
     (UnknownEnrollment, 404),
     (UnknownId, 404),
+    (UnknownRollout, 404),
     (EnrollmentConflict, 409),
+    (RolloutConflict, 409),
+    (PlanError, 422),
     (NoPolicy, 409),
     (CommandRefused, 422),
     (BadRequest, 400),
@@ -185,14 +205,96 @@ async def get_enrollment(request: web.Request) -> web.Response:
     return web.json_response(enrollment_view(enrollment))
 
 
+def _rollout(orch: Orchestrator, fleet: str) -> dict[str, Any]:
+    rollout = orch.state.book.of_fleet(fleet)
+    if rollout is None:
+        raise UnknownRollout("no rollout of this fleet", fleet=fleet)
+    chain = orch.state.book.fleets.get(fleet)
+    return rollout_view(rollout, chain, orch.effect_errors.get(fleet))
+
+
+@_needs("operator")
+async def start_rollout(request: web.Request) -> web.Response:
+    """Start a rollout by the plan in the body (the JSON form of a plan file)."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    plan = parse_plan(body)
+    orch = _orchestrator(request)
+    await orch.submit(StartRollout(plan=plan, requested_by=request[CALLER]))
+    return web.json_response(_rollout(orch, plan.fleet), status=202)
+
+
+@_needs("operator")
+async def operate_rollout(request: web.Request) -> web.Response:
+    action = request.match_info["action"]
+    if action not in ROLLOUT_ACTIONS:
+        raise UnknownId("no such rollout action", action=action, actions=list(ROLLOUT_ACTIONS))
+    body = await _command_body(request, allowed={"reason"})
+    reason = body.get("reason", "")
+    if not isinstance(reason, str):
+        raise BadRequest("reason must be a string")
+    fleet = request.match_info["fleet_id"]
+    orch = _orchestrator(request)
+    command = OperateRollout(
+        fleet=fleet, action=action, requested_by=request[CALLER], reason=reason
+    )
+    await orch.submit(command)
+    return web.json_response(_rollout(orch, fleet))
+
+
 @_needs("read")
-async def list_fleets(_: web.Request) -> web.Response:
-    return web.json_response({"fleets": []})
+async def list_rollouts(request: web.Request) -> web.Response:
+    orch = _orchestrator(request)
+    fleets = sorted(orch.state.book.fleets)
+    return web.json_response({"rollouts": [_rollout(orch, f) for f in fleets]})
+
+
+@_needs("read")
+async def get_rollout(request: web.Request) -> web.Response:
+    return web.json_response(_rollout(_orchestrator(request), request.match_info["fleet_id"]))
+
+
+def _chain(request: web.Request) -> Any:
+    fleet = request.match_info["fleet_id"]
+    chain = _orchestrator(request).state.book.fleets.get(fleet)
+    if chain is None:
+        raise UnknownId("no fleet of this id", fleet_id=fleet)
+    return chain
+
+
+@_needs("read")
+async def list_fleets(request: web.Request) -> web.Response:
+    book = _orchestrator(request).state.book
+    return web.json_response({"fleets": [fleet_view(book.fleets[f]) for f in sorted(book.fleets)]})
 
 
 @_needs("read")
 async def get_fleet(request: web.Request) -> web.Response:
-    raise UnknownId("no fleet of this id", fleet_id=request.match_info["fleet_id"])
+    return web.json_response(fleet_view(_chain(request)))
+
+
+@_needs("read")
+async def stage_bundles(request: web.Request) -> web.Response:
+    """The fleet's chain of stage bundles as documents, and how many the cosigners logged."""
+    chain = _chain(request)
+    bundles = [b.to_json() for b in chain.bundles]
+    return web.json_response({"fleet": chain.fleet, "bundles": bundles, "logged": chain.logged})
+
+
+@_needs("read")
+async def validation_bundle(request: web.Request) -> web.Response:
+    """The validation bundle clients need: the active epoch's, else the latest published."""
+    chain = _chain(request)
+    orch = _orchestrator(request)
+    bundle = chain.validation
+    if bundle is None and chain.rollout_id is not None:
+        bundle = orch.state.book.rollouts[chain.rollout_id].validation
+    if bundle is None:
+        raise UnknownId("the fleet has no published validation bundle yet", fleet_id=chain.fleet)
+    return web.json_response(bundle)
 
 
 @_needs("read")
@@ -273,7 +375,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     """Connect to NATS, run the orchestrator for the app's lifetime, then stop and close."""
     settings = app[SETTINGS]
     nc = await nats.connect(settings.nats, name=f"orchestrator-{settings.holder}")
-    orch = Orchestrator(nc, settings, app[SIGNER])
+    orch = Orchestrator(nc, settings, app[SIGNER], operator=operator_signer(settings))
     app[ORCHESTRATOR] = orch
     task = asyncio.create_task(orch.run(), name=f"orchestrator-{settings.holder}")
     yield
@@ -296,8 +398,14 @@ def create_app(settings: Settings, signer: Signer) -> web.Application:
     app.router.add_get("/v1/nodes/{node_id}", get_node)
     app.router.add_post("/v1/nodes/{node_id}/enroll", enroll)
     app.router.add_get("/v1/enrollments/{enrollment_id}", get_enrollment)
+    app.router.add_post("/v1/rollouts", start_rollout)
+    app.router.add_get("/v1/rollouts", list_rollouts)
+    app.router.add_get("/v1/rollouts/{fleet_id}", get_rollout)
+    app.router.add_post("/v1/rollouts/{fleet_id}/{action}", operate_rollout)
     app.router.add_get("/v1/fleets", list_fleets)
     app.router.add_get("/v1/fleets/{fleet_id}", get_fleet)
+    app.router.add_get("/v1/fleets/{fleet_id}/stage-bundles", stage_bundles)
+    app.router.add_get("/v1/fleets/{fleet_id}/bundle", validation_bundle)
     app.router.add_get("/v1/events", list_events)
     app.router.add_get("/v1/events/stream", stream_events)
     return app

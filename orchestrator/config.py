@@ -1,4 +1,5 @@
-"""The orchestrator's configuration file (JSON) and what it yields: policy, tokens, keys.
+"""The orchestrator's configuration file (JSON) and what it yields: policy, tokens, keys (the
+log-signing key file; the operator's countersigning key, inside a software HSM).
 
 Paths in the file are relative to the file. Unknown keys are refused, so a typo is an error,
 not a silently ignored setting.
@@ -43,6 +44,11 @@ class Settings:
     """Bearer token -> role (``read`` or ``operator``)."""
     lease_ttl_s: float = 2.0
     replicas: int = 1
+    operator_hsm: Path | None = None
+    """State directory of the software HSM holding the operator's countersigning key."""
+    operator_hsm_key: Path | None = None
+    """The sealing key file of that HSM."""
+    operator_key_label: str = "operator"
 
     @classmethod
     def load(cls, path: Path) -> Settings:
@@ -67,6 +73,9 @@ class Settings:
             values["key_file"] = base / values["key_file"]
             values["vendor_roots"] = tuple(base / p for p in values["vendor_roots"])
             values["allowed_measurements"] = tuple(values["allowed_measurements"])
+            for name in ("operator_hsm", "operator_hsm_key"):
+                if values.get(name) is not None:
+                    values[name] = base / values[name]
             settings = cls(**values)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"a required setting is missing or malformed: {exc}") from None

@@ -1,7 +1,9 @@
-"""The orchestrator's log-signing key on disk, and the trust an auditor pins for it.
+"""The orchestrator's keys: its log-signing key on disk, the trust an auditor pins for it, and
+the operator's countersigning key inside a software HSM.
 
 A key file holds the 32-byte Ed25519 seed in hex; a public key file holds the 32-byte public
-key in hex. Auditors replaying a log trust only the public key they were given.
+key in hex. Auditors replaying a log trust only the public key they were given. The
+countersigning key never leaves its HSM: the orchestrator signs through ``hsm.signer(label)``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from pathlib import Path
 
 from messages.errors import HsmfleetError
 from messages.signing import ED25519, Ed25519Signer, TrustedKey, TrustStore
+from node.hsm.base import HsmSigner, KeyNotFound
+from node.hsm.sealing import load_operator_key
+from node.hsm.soft import SoftHsm
+from orchestrator.config import Settings
 from orchestrator.log import ROLE, SOURCE
 
 
@@ -57,3 +63,33 @@ def generate(key_path: Path, public_path: Path) -> Ed25519Signer:
     signer = Ed25519Signer.from_seed(seed)
     Path(public_path).write_text(signer.public_key.hex() + "\n")
     return signer
+
+
+def operator_hsm(settings: Settings) -> SoftHsm | None:
+    """The software HSM holding the operator's countersigning key, if one is configured."""
+    if settings.operator_hsm is None:
+        return None
+    return SoftHsm(settings.operator_hsm, load_operator_key(settings.operator_hsm_key))
+
+
+def make_operator_key(settings: Settings) -> HsmSigner:
+    """The countersigning key in the operator's HSM, made there (Ed25519) if it is not yet."""
+    hsm = operator_hsm(settings)
+    if hsm is None:
+        raise KeyFileError("the configuration names no operator_hsm")
+    hsm.ensure(settings.operator_key_label, ED25519)
+    return hsm.signer(settings.operator_key_label)
+
+
+def operator_signer(settings: Settings) -> HsmSigner | None:
+    """A signer over the countersigning key in the operator's HSM (None: none configured)."""
+    hsm = operator_hsm(settings)
+    if hsm is None:
+        return None
+    try:
+        return hsm.signer(settings.operator_key_label)
+    except KeyNotFound:
+        raise KeyFileError(
+            "the operator HSM holds no countersigning key: run hsmfleet orchestrator operator-key",
+            label=settings.operator_key_label,
+        ) from None

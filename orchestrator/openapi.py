@@ -39,7 +39,7 @@ OPENAPI: dict[str, Any] = {
     "info": {
         "title": "hsmfleet orchestrator",
         "version": "1",
-        "description": "Operate a fleet of HSM nodes: enrollment, fleets, the event log.",
+        "description": "Operate a fleet of HSM nodes: enrollment, rollouts, fleets, the log.",
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -81,6 +81,31 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {"requested_by": {"type": "string", "minLength": 1}},
+            },
+            "Rollout": {
+                "type": "object",
+                "required": ["rollout_id", "fleet", "epoch", "stage", "status", "members"],
+                "properties": {
+                    "rollout_id": {"type": "string"},
+                    "fleet": {"type": "string"},
+                    "epoch": {"type": "integer"},
+                    "stage": {
+                        "enum": ["enroll", "ceremony", "quorum", "publish", "activate", "active"]
+                    },
+                    "status": {
+                        "enum": ["running", "paused", "failed", "aborted", "superseded", "active"]
+                    },
+                    "reason": {"type": ["string", "null"]},
+                    "awaiting_approval": {"type": "boolean"},
+                    "members": {"type": "array", "items": {"type": "object"}},
+                    "bundles": {"type": "array", "items": {"type": "object"}},
+                    "last_error": {"type": ["string", "null"]},
+                },
+            },
+            "Plan": {
+                "type": "object",
+                "description": "A rollout plan as JSON: the settings of a plan file (TOML)",
+                "required": ["fleet", "members", "keys", "cosigners"],
             },
             "Entry": {
                 "type": "object",
@@ -165,9 +190,57 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/rollouts": {
+            "get": {
+                "summary": "The latest rollout of every fleet",
+                "security": _READ,
+                "responses": {"200": {"description": "Rollouts"}, **_ERRORS},
+            },
+            "post": {
+                "summary": "Start a rollout by a plan; supersedes one of the fleet in progress",
+                "security": _READ,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Plan")}},
+                },
+                "responses": {
+                    "202": _json(_ref("Rollout"), "Rollout started"),
+                    "400": _json(_ref("Error"), "Not JSON"),
+                    "404": _json(_ref("Error"), "A planned member never announced itself"),
+                    "409": _json(_ref("Error"), "The fleet is active"),
+                    "422": _json(_ref("Error"), "The plan breaks a rule (typed by kind)"),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/v1/rollouts/{fleet_id}": {
+            "get": {
+                "summary": "The fleet's latest rollout",
+                "security": _READ,
+                "parameters": [_path_id("fleet_id")],
+                "responses": {
+                    "200": _json(_ref("Rollout"), "The rollout"),
+                    "404": _json(_ref("Error"), "No rollout of this fleet"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/rollouts/{fleet_id}/{action}": {
+            "post": {
+                "summary": "pause, resume, abort, retry or approve the rollout (operator)",
+                "security": _READ,
+                "parameters": [_path_id("fleet_id"), _path_id("action")],
+                "responses": {
+                    "200": _json(_ref("Rollout"), "The rollout after the action"),
+                    "404": _json(_ref("Error"), "No rollout, or no such action"),
+                    "409": _json(_ref("Error"), "The action does not fit the rollout's status"),
+                    **_ERRORS,
+                },
+            }
+        },
         "/v1/fleets": {
             "get": {
-                "summary": "Fleets",
+                "summary": "Fleets with their stage-bundle chains",
                 "security": _READ,
                 "responses": {"200": {"description": "Fleets"}, **_ERRORS},
             }
@@ -178,6 +251,25 @@ OPENAPI: dict[str, Any] = {
                 "security": _READ,
                 "parameters": [_path_id("fleet_id")],
                 "responses": {"404": _json(_ref("Error"), "Unknown fleet"), **_ERRORS},
+            }
+        },
+        "/v1/fleets/{fleet_id}/stage-bundles": {
+            "get": {
+                "summary": "The fleet's chain of stage bundles (documents) and how many are logged",
+                "security": _READ,
+                "parameters": [_path_id("fleet_id")],
+                "responses": {"404": _json(_ref("Error"), "Unknown fleet"), **_ERRORS},
+            }
+        },
+        "/v1/fleets/{fleet_id}/bundle": {
+            "get": {
+                "summary": "The fleet's validation bundle (DESIGN 5.3)",
+                "security": _READ,
+                "parameters": [_path_id("fleet_id")],
+                "responses": {
+                    "404": _json(_ref("Error"), "Unknown fleet, or nothing published yet"),
+                    **_ERRORS,
+                },
             }
         },
         "/v1/events": {

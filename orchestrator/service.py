@@ -3,9 +3,13 @@
 A standby follows the log and keeps its state current. When it takes the lease it records the
 takeover and the configured policy, then listens to the nodes, decides on each input, appends
 the decision and its events (fenced by the log's expected sequence), folds them, and carries
-out the effects the state calls for: an attestation request for every open challenge. Effects
-are derived from the state, not remembered, so after a crash the next holder sends exactly the
-requests whose outcome is not yet on record, and none whose outcome is.
+out the effects the state calls for: an attestation request for every open challenge, and for
+rollouts each open member command (ceremony, join, retire), each stage bundle issued but not
+yet logged (to the cosigners) and each artifact prepared but not yet published (to the
+cosigners, then countersigned with the operator key). Effects are derived from the state, not
+remembered, so after a crash the next holder sends exactly the requests whose outcome is not
+yet on record, and none whose outcome is; cosigners answer a document they already logged with
+their receipt for it, so no bundle is ever signed twice.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -27,14 +32,23 @@ from nats.errors import TimeoutError as NatsTimeout
 from messages import subjects
 from messages.attestation import AttestRequest, NodeAnnounce, NodeHeartbeat
 from messages.bus import headers_for
+from messages.cosign_client import NatsTransport
 from messages.errors import HsmfleetError, MessageError
-from messages.events import AttestationAnswer, LogEntry, SetPolicy, TakeLease, Tick
+from messages.events import (
+    AttestationAnswer,
+    LogEntry,
+    MemberAnswer,
+    SetPolicy,
+    TakeLease,
+    Tick,
+)
 from messages.gate import Gate
 from messages.outbox import Outbox
 from messages.schema import Body
 from messages.signing import Signer, TrustStore
 from orchestrator.config import Settings
 from orchestrator.core import Context, decide, open_enrollments, overdue
+from orchestrator.cosigning import Cosigning
 from orchestrator.errors import (
     AppendConflict,
     Fenced,
@@ -48,11 +62,22 @@ from orchestrator.lease import Lease, LeaseLost
 from orchestrator.log import SOURCE, LogReader, seal
 from orchestrator.metrics import Metrics
 from orchestrator.replay import Replayer
+from orchestrator.rollout import (
+    MemberCommand,
+    ToLog,
+    artifacts_to_publish,
+    bundles_to_log,
+    member_commands,
+)
 from orchestrator.state import Enrollment, State
 from orchestrator.store import EventStore
 
 STATUS_SUBJECTS = "fleet.node.*.status"
 APPEND_ATTEMPTS = 3
+COMMAND_TIMEOUT_S = 10.0
+"""How long a member may take over one command (a probe waits for its replica to vote, then
+for a quorum round)."""
+COSIGNING_BACKOFF_S = (0.2, 5.0)
 
 
 @dataclass(frozen=True)
@@ -67,6 +92,11 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def random_seed(_: Body) -> bytes:
+    """A fresh seed for each decision."""
+    return os.urandom(16)
+
+
 class Orchestrator:
     """One orchestrator process; :meth:`run` until :meth:`stop`."""
 
@@ -76,10 +106,14 @@ class Orchestrator:
         settings: Settings,
         signer: Signer,
         *,
+        operator: Signer | None = None,
         metrics: Metrics | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
-        entropy: Callable[[int], bytes] = os.urandom,
+        seed: Callable[[Body], bytes] = random_seed,
     ) -> None:
+        """``operator`` countersigns published artifacts (a signer over a key in an HSM
+        backend); without it, rollouts stop before ``publish``. ``seed`` gives each decision
+        its random seed (tests make it a function of the input, to compare runs)."""
         self.nc = nc
         self.settings = settings
         self.signer = signer
@@ -94,8 +128,13 @@ class Orchestrator:
         self.status_gate = Gate(TrustStore())
         self.liveness: dict[str, Liveness] = {}
         self.active = False
+        self.cosigning = (
+            Cosigning(NatsTransport(nc, self.outbox), operator) if operator is not None else None
+        )
+        self.effect_errors: dict[str, str] = {}
+        """What last went wrong with an effect still to do, by fleet (not logged)."""
         self._clock_ms = clock_ms
-        self._entropy = entropy
+        self._seed = seed
         self._lock = asyncio.Lock()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
@@ -242,7 +281,7 @@ class Orchestrator:
     def _decide(self, command: Body) -> tuple[Context, list[LogEntry]]:
         if self.lease.epoch is None:
             raise LeaseLost("this orchestrator holds no lease")
-        ctx = Context(self._clock_ms(), self._entropy(16), self.lease.epoch, self.holder)
+        ctx = Context(self._clock_ms(), self._seed(command), self.lease.epoch, self.holder)
         started = time.perf_counter()
         try:
             events = decide(self.state, command, ctx)
@@ -285,9 +324,78 @@ class Orchestrator:
         if not self.active:
             return
         for enrollment in open_enrollments(self.state):
-            if enrollment.enrollment_id not in self._in_flight:
-                task = asyncio.create_task(self._attest(enrollment))
-                self._in_flight[enrollment.enrollment_id] = task
+            self._start(enrollment.enrollment_id, lambda e=enrollment: self._attest(e))
+        for command in member_commands(self.state):
+            self._start(command.key, lambda c=command: self._command(c))
+        if self.cosigning is None:
+            return
+        for job in bundles_to_log(self.state):
+            self._start(job.key, lambda j=job: self._cosign(j, self.cosigning.log_document))
+        for job in artifacts_to_publish(self.state):
+            self._start(job.key, lambda j=job: self._cosign(j, self.cosigning.publish_artifact))
+
+    def _start(self, key: str, effect: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``effect`` unless one under ``key`` runs already."""
+        if key in self._in_flight:
+            return
+        task = asyncio.create_task(effect())
+        self._in_flight[key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._in_flight.get(key) is done:
+                del self._in_flight[key]
+
+        task.add_done_callback(forget)
+
+    async def _command(self, command: MemberCommand) -> None:
+        """Send a rollout command to its member until it answers, the step closes (answered,
+        failed, paused) or its deadline passes (the tick then fails it); record the answer."""
+        log = self.log.bind(corr=command.rollout_id, node=command.node_id, step=command.step)
+        subject = subjects.node_command(command.node_id, command.verb)
+        try:
+            while self.active and command.key in {c.key for c in member_commands(self.state)}:
+                remaining = (command.deadline_ms - self._clock_ms()) / 1000
+                if remaining <= 0:
+                    return
+                request = self.outbox.envelope(command.body, corr=command.rollout_id)
+                try:
+                    reply: Msg = await self.nc.request(
+                        subject,
+                        request.encode(),
+                        timeout=min(COMMAND_TIMEOUT_S, max(remaining, 0.1)),
+                        headers=headers_for(request),
+                    )
+                except (NatsTimeout, NoRespondersError):
+                    self.metrics.errors.labels("member_unanswered").inc()
+                    await asyncio.sleep(min(0.5, max(remaining, 0)))
+                    continue
+                answer = MemberAnswer(command.rollout_id, command.node_id, command.step, reply.data)
+                events = await self.submit(answer)
+                log.info("member answered", events=[e.TYPE for e in events])
+                return
+        except HsmfleetError as exc:
+            self._count(exc)
+            log.warning("member command stopped", reason=str(exc))
+
+    async def _cosign(self, job: ToLog, carry_out: Callable[[ToLog], Awaitable[Body]]) -> None:
+        """Get ``job``'s document logged (and countersigned, for an artifact), retrying with
+        backoff while the cosigners refuse or do not answer; record the outcome."""
+        log = self.log.bind(fleet=job.fleet, document=job.key)
+        pause, longest = COSIGNING_BACKOFF_S
+        while self.active:
+            try:
+                outcome = await carry_out(job)
+                await self.submit(outcome)
+            except HsmfleetError as exc:
+                self._count(exc)
+                self.effect_errors[job.fleet] = f"{job.key}: {exc}"
+                log.warning("cosigning failed; retrying", reason=str(exc), after_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+                continue
+            self.effect_errors.pop(job.fleet, None)
+            log.info("logged by the cosigners")
+            return
 
     async def _attest(self, enrollment: Enrollment) -> None:
         """Send the challenge until the node answers or the nonce expires; record the answer."""
@@ -326,7 +434,6 @@ class Orchestrator:
             self._count(exc)
             log.warning("attestation effect stopped", reason=str(exc))
         finally:
-            self._in_flight.pop(enrollment.enrollment_id, None)
             self.metrics.stage.labels("attest").observe(time.perf_counter() - started)
 
     async def _on_status(self, msg: Msg) -> None:

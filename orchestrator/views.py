@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from messages.canonical import b64
+from orchestrator.rollout_state import FleetChain, Rollout
 from orchestrator.state import Enrollment, Node
 
 
@@ -55,3 +56,66 @@ def entry_view(seq: int, data: bytes) -> dict[str, Any]:
     if not isinstance(envelope, dict):
         return {"seq": seq, "type": "unreadable", "size": len(data)}
     return {"seq": seq, "type": str(envelope.get("type", "unknown")), "entry": envelope}
+
+
+def rollout_view(rollout: Rollout, chain: FleetChain | None, error: str | None = None) -> dict:
+    """A rollout: stage, status, gate, members' progress, its bundles, what went wrong last."""
+    issued = [
+        {
+            "serial": b.serial,
+            "stage": b.stage,
+            "digest": b.digest,
+            "logged": b.serial <= chain.logged,
+        }
+        for b, by in (zip(chain.bundles, chain.issued_by, strict=True) if chain else ())
+        if by == rollout.rollout_id
+    ]
+    return {
+        "rollout_id": rollout.rollout_id,
+        "fleet": rollout.fleet,
+        "epoch": rollout.epoch,
+        "stage": rollout.stage,
+        "status": rollout.status,
+        "reason": rollout.reason,
+        "awaiting_approval": rollout.awaiting_approval and rollout.status == "running",
+        "approved": rollout.approved,
+        "superseded_by": rollout.superseded_by,
+        "requested_by": rollout.requested_by,
+        "generator": rollout.generator,
+        "threshold": rollout.plan.threshold,
+        "wave_size": rollout.plan.rollout.wave_size,
+        "members": [
+            {
+                "node_id": m.node_id,
+                "domain": m.domain,
+                "status": m.status,
+                "reason": m.reason,
+                "attested": m.attestation is not None,
+                "holds_keys": m.holds_keys,
+                "joined": m.joined,
+                "step": m.step,
+                "destroyed": m.destroyed is not None,
+                "destroy_failed": m.destroy_failed,
+            }
+            for m in rollout.in_order()
+        ],
+        "artifact": rollout.artifact.digest if rollout.artifact is not None else None,
+        "published": rollout.validation is not None,
+        "bundles": issued,
+        "last_error": error,
+    }
+
+
+def fleet_view(chain: FleetChain) -> dict:
+    """A fleet: its active epoch, latest rollout, and its chain of stage bundles."""
+    return {
+        "fleet": chain.fleet,
+        "active_epoch": chain.active_epoch,
+        "rollout_id": chain.rollout_id,
+        "epochs": [a.epoch for a in chain.artifacts],
+        "bundles": [
+            {"serial": b.serial, "stage": b.stage, "digest": b.digest, "rollout_id": by}
+            for b, by in zip(chain.bundles, chain.issued_by, strict=True)
+        ],
+        "logged": chain.logged,
+    }

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import nats
@@ -20,7 +21,7 @@ from messages.envelope import Envelope
 from messages.events import LogEntry
 from messages.signing import TrustStore
 from orchestrator.config import Settings
-from orchestrator.keys import generate, load_signer
+from orchestrator.keys import generate, load_signer, operator_signer
 from orchestrator.log import LogReader
 from orchestrator.replay import Replayer
 from orchestrator.service import Orchestrator
@@ -91,11 +92,14 @@ async def wait_for_health(
 
 
 @contextlib.asynccontextmanager
-async def running(config: Path) -> AsyncIterator[Orchestrator]:
-    """An orchestrator from ``config`` running in this process on its own connection."""
+async def running(config: Path, **options: Any) -> AsyncIterator[Orchestrator]:
+    """An orchestrator from ``config`` running in this process on its own connection
+    (``options`` go to :class:`Orchestrator`: a clock, a seed function)."""
     settings = Settings.load(config)
     nc: NATS = await nats.connect(settings.nats, name=settings.holder)
-    orchestrator = Orchestrator(nc, settings, load_signer(settings.key_file))
+    orchestrator = Orchestrator(
+        nc, settings, load_signer(settings.key_file), operator=operator_signer(settings), **options
+    )
     task = asyncio.create_task(orchestrator.run())
     try:
         yield orchestrator
