@@ -11,7 +11,8 @@ Read API (anyone):
 - ``GET /consistency?old=M[&size=N]``: ``{"old_size", "size", "proof", "checkpoint"}``, likewise;
 - ``GET /receipt?digest=HEX``: the cosigner's answer for a logged document (statement,
   signature, inclusion proof, checkpoint), as sent over NATS;
-- ``GET /witnessed?origin=O``: the checkpoints of log ``O`` this witness cosigned;
+- ``GET /witnessed?origin=O``: the checkpoints of log ``O`` this witness cosigned, and the
+  ones ``O`` signed with the size of a cosigned one but another root (``equivocations``);
 - ``GET /stats``: counters, rejects by kind.
 
 Witness API (C2SP tlog-witness): ``POST /add-checkpoint`` with body ``old <size>\\n``, the
@@ -49,6 +50,7 @@ from cosigner.witness import (
     WitnessError,
 )
 from messages.canonical import b64, unb64
+from messages.checkpoint import parse_count
 from messages.documents import is_digest
 from messages.errors import HsmfleetError
 from messages.merkle import MerkleError
@@ -90,9 +92,10 @@ def _count(request: web.Request, query: str, *, default: int | None = None) -> i
         if default is None:
             raise BadQuery(f"{query} is required")
         return default
-    if not raw.isdigit() or len(raw) > 20 or (raw.startswith("0") and raw != "0"):
+    value = parse_count(raw)
+    if value is None:
         raise BadQuery(f"{query} must be a decimal count", value=raw)
-    return int(raw)
+    return value
 
 
 def _error(request: web.Request, exc: HsmfleetError, status: int) -> web.Response:
@@ -190,9 +193,15 @@ async def receipt(request: web.Request) -> web.Response:
 @routes.get("/witnessed")
 async def witnessed(request: web.Request) -> web.Response:
     origin = request.query.get("origin", "")
-    history = await asyncio.to_thread(request.app[COSIGNER].witness.history, origin)
+    witness = request.app[COSIGNER].witness
+    history = await asyncio.to_thread(witness.history, origin)
+    forks = await asyncio.to_thread(witness.equivocations, origin)
     return web.json_response(
-        {"origin": origin, "checkpoints": [{"size": s.size, "note": s.note} for s in history]}
+        {
+            "origin": origin,
+            "checkpoints": [{"size": s.size, "note": s.note} for s in history],
+            "equivocations": [{"size": s.size, "note": s.note} for s in forks],
+        }
     )
 
 
@@ -211,8 +220,8 @@ def parse_add_checkpoint(body: str) -> tuple[int, list[bytes], str]:
     lines = head.split("\n")
     if not sep or not lines[0].startswith("old "):
         raise MalformedWitnessRequest("body must start with an old size line and a blank line")
-    size = lines[0][4:]
-    if not size.isdigit() or len(size) > 20 or (size.startswith("0") and size != "0"):
+    size = parse_count(lines[0][4:])
+    if size is None:
         raise MalformedWitnessRequest("old size must be decimal without leading zeros")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise MalformedWitnessRequest("too many consistency proof lines")
@@ -220,14 +229,18 @@ def parse_add_checkpoint(body: str) -> tuple[int, list[bytes], str]:
         proof = [unb64(line) for line in lines[1:]]
     except ValueError as exc:
         raise MalformedWitnessRequest("consistency proof lines must be base64") from exc
-    return int(size), proof, note
+    return size, proof, note
 
 
 @routes.post("/add-checkpoint")
 async def add_checkpoint(request: web.Request) -> web.Response:
     cosigner = request.app[COSIGNER]
     try:
-        old, proof, note = parse_add_checkpoint(await request.text())
+        body = (await request.read()).decode("utf-8")
+    except UnicodeDecodeError:
+        return _error(request, MalformedWitnessRequest("the body is not UTF-8"), 400)
+    try:
+        old, proof, note = parse_add_checkpoint(body)
         answer = await cosigner.cosign(old, proof, note)
     except WitnessError as exc:
         return _error(request, exc, _WITNESS_STATUS.get(type(exc), 400))

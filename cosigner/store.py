@@ -4,7 +4,9 @@
   requester whose answer was lost gets the very same statement again;
 - ``checkpoints(size, note)``: every checkpoint the cosigner signed of its own log;
 - ``witnessed(origin, size, root, note, seen_at)``: every checkpoint of another log it cosigned
-  as a witness, kept so that the log's misbehaviour can be proven later.
+  as a witness, kept so that the log's misbehaviour can be proven later;
+- ``equivocations(origin, size, root, note, seen_at)``: checkpoints signed by a witnessed log
+  with the size of one it cosigned but another root: with that one, proof that the log forked.
 
 Writes are fsynced (WAL, ``synchronous=FULL``) before the method returns. The file is held with
 an exclusive lock while open. The audit log stays the source of truth for entries: a statement
@@ -27,6 +29,9 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS witnessed (origin TEXT NOT NULL, size INTEGER NOT NULL,"
     " root BLOB NOT NULL, note TEXT NOT NULL, seen_at INTEGER NOT NULL,"
     " PRIMARY KEY (origin, size)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS equivocations (origin TEXT NOT NULL, size INTEGER NOT NULL,"
+    " root BLOB NOT NULL, note TEXT NOT NULL, seen_at INTEGER NOT NULL,"
+    " PRIMARY KEY (origin, size, root)) WITHOUT ROWID",
 )
 
 
@@ -137,6 +142,25 @@ class Store:
     def add_witnessed(self, seen: Seen, seen_at: int) -> None:
         row = (seen.origin, seen.size, seen.root, seen.note, seen_at)
         self._write(("INSERT OR IGNORE INTO witnessed VALUES (?, ?, ?, ?, ?)", [row]))
+
+    def witnessed_at(self, origin: str, size: int) -> Seen | None:
+        """The checkpoint of ``origin`` of this size the witness cosigned, if any."""
+        rows = self._read(
+            "SELECT root, note FROM witnessed WHERE origin = ? AND size = ?", (origin, size)
+        )
+        return Seen(origin, size, rows[0][0], rows[0][1]) if rows else None
+
+    def add_equivocation(self, seen: Seen, seen_at: int) -> None:
+        row = (seen.origin, seen.size, seen.root, seen.note, seen_at)
+        self._write(("INSERT OR IGNORE INTO equivocations VALUES (?, ?, ?, ?, ?)", [row]))
+
+    def equivocations(self, origin: str) -> list[Seen]:
+        """Checkpoints of ``origin`` that contradict one the witness cosigned, smallest first."""
+        rows = self._read(
+            "SELECT size, root, note FROM equivocations WHERE origin = ? ORDER BY size, root",
+            (origin,),
+        )
+        return [Seen(origin, size, root, note) for size, root, note in rows]
 
     def witnessed_history(self, origin: str) -> list[Seen]:
         """Every checkpoint of ``origin`` the witness cosigned, smallest first."""

@@ -14,7 +14,9 @@ checkpoint, and the checkpoint. The witness cosigns only if
 - the consistency proof links the two (:class:`BadWitnessProof`).
 
 It records every checkpoint it cosigns before answering, so what it saw of each log can be shown
-later, and it never cosigns a tree head that does not extend the one it cosigned before.
+later, and it never cosigns a tree head that does not extend the one it cosigned before. A
+checkpoint the log signed with the size of one the witness cosigned but another root is kept
+too, whatever the request (:meth:`Witness.equivocations`): the two together prove a fork.
 """
 
 from __future__ import annotations
@@ -106,9 +108,16 @@ class Witness:
         """Every checkpoint of ``origin`` this witness cosigned, smallest first."""
         return self._store.witnessed_history(origin)
 
-    def cosign(self, old_size: int, consistency: Sequence[bytes], note: str, now_s: int) -> str:
-        """The cosignature line for checkpoint ``note`` at POSIX time ``now_s``, or the
-        :class:`WitnessError` saying why not (counted in :attr:`rejects`)."""
+    def equivocations(self, origin: str) -> list[Seen]:
+        """Checkpoints ``origin`` signed with the size of one this witness cosigned but another
+        root, smallest first: each, with the cosigned one, proves the log forked."""
+        return self._store.equivocations(origin)
+
+    def cosign(
+        self, old_size: int, consistency: Sequence[bytes], note: str, now_s: int
+    ) -> Witnessed:
+        """Checkpoint ``note`` cosigned at POSIX time ``now_s`` (its size and cosignature line),
+        or the :class:`WitnessError` saying why not (counted in :attr:`rejects`)."""
         try:
             line = self._cosign(old_size, consistency, note, now_s)
         except WitnessError as exc:
@@ -117,7 +126,9 @@ class Witness:
         self.cosigned += 1
         return line
 
-    def _cosign(self, old_size: int, consistency: Sequence[bytes], note: str, now_s: int) -> str:
+    def _cosign(
+        self, old_size: int, consistency: Sequence[bytes], note: str, now_s: int
+    ) -> Witnessed:
         origin = checkpoint_origin(note)
         log = self._logs.get(origin)
         if log is None:
@@ -126,6 +137,12 @@ class Witness:
             checkpoint = open_checkpoint(note, origin, log).checkpoint
         except (NoteError, CheckpointError) as exc:
             raise BadWitnessCheckpoint(f"checkpoint refused: {exc}", origin=origin) from exc
+        cosigned = self._store.witnessed_at(origin, checkpoint.size)
+        if cosigned is not None and cosigned.root != checkpoint.root:
+            # Whatever else is wrong with the request, the log signed two trees of one size.
+            self._store.add_equivocation(
+                Seen(origin, checkpoint.size, checkpoint.root, note), now_s
+            )
         if not 0 <= old_size <= checkpoint.size:
             raise MalformedWitnessRequest("old size is above the checkpoint's", old=old_size)
         seen = self._store.latest_witnessed(origin)

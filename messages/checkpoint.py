@@ -60,6 +60,15 @@ class UnsignedCheckpoint(CheckpointError):
     kind = "unsigned_checkpoint"
 
 
+def parse_count(text: str) -> int | None:
+    """The value of ``text`` if it is a tree size as checkpoints and witnesses write one: ASCII
+    decimal digits, no leading zero unless it is ``0``, at most 2**64 - 1; else None."""
+    if not 0 < len(text) <= 20 or not set(text) <= _DIGITS or (text[0] == "0" and text != "0"):
+        return None
+    value = int(text)
+    return value if value <= MAX_TREE_SIZE else None
+
+
 def _check_line(line: object, what: str) -> None:
     if not isinstance(line, str) or not line or any(c < " " for c in line):
         raise MalformedCheckpoint(f"{what} must be a non-empty line", line=line)
@@ -98,14 +107,15 @@ class Checkpoint:
         lines = text[:-1].split("\n")
         if len(lines) < 3:
             raise MalformedCheckpoint("checkpoint needs origin, size and root lines")
-        origin, size, root, *extensions = lines
-        if not 0 < len(size) <= 20 or not set(size) <= _DIGITS or (size[0] == "0" and size != "0"):
-            raise MalformedCheckpoint("tree size must be decimal without leading zeros")
+        origin, size_line, root, *extensions = lines
+        size = parse_count(size_line)
+        if size is None:
+            raise MalformedCheckpoint("tree size must be decimal without leading zeros, < 2**64")
         try:
             root_hash = unb64(root)
         except ValueError as exc:
             raise MalformedCheckpoint("root hash is not canonical base64") from exc
-        return cls(origin, int(size), root_hash, tuple(extensions))
+        return cls(origin, size, root_hash, tuple(extensions))
 
     def sign(self, signer: Ed25519NoteSigner) -> Note:
         """The checkpoint as a note signed by the log's key."""

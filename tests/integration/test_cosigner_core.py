@@ -11,13 +11,13 @@ from cosigner.log import AuditLog, LogBusy, LogCorrupted
 from cosigner.notary import DigestSeen, Notary
 from cosigner.store import Seen, Store
 from cosigner.testbed import Testbed, sample_artifact, sample_chain
-from cosigner.witness import Witness, WitnessConflict
+from cosigner.witness import MalformedWitnessRequest, Witness, WitnessConflict
 from messages.bundle import SerialGap
 from messages.checkpoint import Checkpoint, open_checkpoint
 from messages.cosign_client import CosigningClient, Peer
 from messages.cosigning import Signed
 from messages.ids import parse_time
-from messages.merkle import leaf_hash, verify_inclusion
+from messages.merkle import Tree, leaf_hash, verify_inclusion
 from messages.note import Ed25519NoteSigner, Ed25519NoteVerifier
 from messages.signing import Ed25519Signer
 from messages.verify import CosignerPin
@@ -141,6 +141,17 @@ def test_witness_refuses_a_same_size_checkpoint_with_another_root(tmp_path: Path
         assert caught.value.size == 1
         assert witness.latest(NAME) == Seen(NAME, 1, leaf_hash(b"a"), good)
         assert witness.rejects == {"witness_conflict": 1}
+        # The contradicting checkpoint is kept: with the cosigned one it proves the fork.
+        assert witness.equivocations(NAME) == [Seen(NAME, 1, leaf_hash(b"b"), evil)]
+        # So is one below the latest size, though the request itself is merely out of date.
+        tree = Tree([b"a", b"c"])
+        grown = Checkpoint(NAME, 2, tree.root()).sign(log_key).encode().decode()
+        assert witness.cosign(1, tree.consistency_proof(1), grown, 102).size == 2
+        other = Checkpoint(NAME, 1, leaf_hash(b"d")).sign(log_key).encode().decode()
+        with pytest.raises(MalformedWitnessRequest):
+            witness.cosign(2, [], other, 103)
+        assert {s.note for s in witness.equivocations(NAME)} == {evil, other}
+        assert [s.size for s in witness.history(NAME)] == [1, 2]
     finally:
         store.close()
 

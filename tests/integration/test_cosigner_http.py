@@ -92,6 +92,9 @@ async def test_receipt_repeats_the_signed_statement(site: Site) -> None:
         ("/entries", {"start": 3, "end": 1}, 400, "bad_query"),
         ("/entries", {"start": 0, "end": 9}, 400, "bad_query"),
         ("/entries", {"start": "01"}, 400, "bad_query"),
+        ("/entries", {"start": "\u00b2"}, 400, "bad_query"),  # isdigit(), but int() refuses it
+        ("/entries", {"start": "\u0661"}, 400, "bad_query"),  # an Arabic-Indic 1
+        ("/inclusion", {"index": 0, "size": str(2**64)}, 400, "bad_query"),
         ("/entries", {}, 400, "bad_query"),
         ("/inclusion", {"index": 4}, 400, "index_out_of_range"),
         ("/inclusion", {"index": 0, "size": 5}, 400, "size_out_of_range"),
@@ -146,6 +149,7 @@ async def test_witness_cosigns_what_extends_what_it_saw(site: Site) -> None:
         assert status == 200
         history = await site.get("/witnessed", origin=B)
         assert [c["size"] for c in history["checkpoints"]] == [1, 2, 3, 4, 5]
+        assert history["equivocations"] == []
     finally:
         await b.close()
 
@@ -165,12 +169,20 @@ async def test_witness_refusals(site: Site) -> None:
         impostor = Ed25519NoteSigner(B, Ed25519Signer.generate())
         forged = Checkpoint(B, 6, bytes(32)).sign(impostor).encode().decode()
         assert (await site.add_checkpoint(_body(4, good, forged)))[0] == 403
+        arabic_four = _body(4, good, note).replace("old 4", "old \u0664")
+        assert (await site.add_checkpoint(arabic_four))[0] == 400
+        assert (await site.add_checkpoint("old \u00b2\n\n" + note))[0] == 400
+        async with site.http.post(
+            site.url + "/add-checkpoint", data=b"old 4\n\n\xff" + note.encode()
+        ) as response:
+            assert response.status == 400
+            assert (await response.json())["kind"] == "malformed_witness_request"
         async with site.http.post(site.url + "/add-checkpoint", data=b"x" * 70_000) as response:
             assert response.status == 413
         stats = await site.get("/stats")
         assert stats["http_rejects"] == {
             "bad_witness_proof": 1,
-            "malformed_witness_request": 3,
+            "malformed_witness_request": 6,
             "unknown_log": 1,
             "bad_witness_checkpoint": 1,
         }
