@@ -384,8 +384,10 @@ class Proposer:
                 elif not item.future.done():
                     metrics.COMMITS.labels(self.member).inc()
                     item.future.set_result(Commit(item.key, value, ballot, proof))
-            elif accepted.refused_by_all(j) or accepted.superseded(j):
-                # The value can never be chosen: trying again cannot apply the change twice.
+            elif accepted.refused_by_all(j):
+                # No acceptor took the value, and none ever will: trying again cannot apply
+                # the change twice. Any other refusal leaves the outcome unknown: an acceptor
+                # that refused may hold a later value computed from ours.
                 self._retry(item, accepted, j, membership.accept_quorum)
             else:
                 self._fail(

@@ -30,7 +30,6 @@ from messages.quorum import (
     VoteReplayed,
 )
 from node.quorum.membership import Membership
-from node.quorum.rules import Ballot
 
 _ANSWERS = {Prepare: Promise, Accept: Accepted}
 
@@ -49,9 +48,11 @@ class Tally:
 
     ``request`` is the envelope the proposer sent (a :class:`Prepare` or :class:`Accept`) to
     the members of its phase in ``membership``. A prepared record is settled as soon as a quorum
-    of promises is out of reach. An accepted record is settled by a quorum of acceptances, or
-    once its value is known to be dead (:meth:`superseded`) or every voter answered: a refusal
-    by some leaves the outcome open as long as the value could still be chosen.
+    of promises is out of reach. An accepted record is settled by a quorum of acceptances, by
+    every voter's answer, or once a quorum is out of reach although some voter accepted: then
+    the outcome is unknown whatever the others say, since a later proposer may read the value
+    from one that accepted it. Only a record every voter refused is known to hold nothing of
+    the change (:meth:`refused_by_all`).
     """
 
     def __init__(
@@ -81,10 +82,11 @@ class Tally:
     def _is_open(self, i: int) -> bool:
         if self.grants[i] >= self.quorum:
             return False
+        out_of_reach = self.refusals[i] > len(self.voters) - self.quorum
         if self.accepting:
             answered = self.grants[i] + self.refusals[i] == len(self.voters)
-            return not answered and not self.superseded(i)
-        return self.refusals[i] <= len(self.voters) - self.quorum
+            return not answered and not (out_of_reach and self.grants[i] > 0)
+        return not out_of_reach
 
     def add(self, data: bytes) -> None:
         """Count the vote in ``data``, or raise the :class:`BadVote` that says why not."""
@@ -147,22 +149,6 @@ class Tally:
     def refused_by_all(self, i: int) -> bool:
         """True when every voter refused record ``i``: nobody holds the value."""
         return self.refusals[i] == len(self.voters)
-
-    def superseded(self, i: int) -> bool:
-        """True when the value sent for record ``i`` can never be chosen nor read.
-
-        Acceptors that refused it because they had accepted a higher ballot keep a higher
-        ballot for good. When every prepare quorum includes one of them, no later proposer can
-        find this value to be the latest, so the change may be retried.
-        """
-        ours = Ballot(self.body.ballots[i], self.request.source)
-        ahead = {
-            member
-            for member, refusal in self._refusals_of(i).items()
-            if Ballot(refusal.accepted, refusal.accepted_by) > ours
-        }
-        prepare_set = self.membership.prepare_set
-        return len(ahead & prepare_set) > len(prepare_set) - self.membership.prepare_quorum
 
     def highest_seen(self, i: int) -> int:
         """The highest ballot counter any voter reported for record ``i``."""

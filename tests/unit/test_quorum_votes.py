@@ -95,7 +95,7 @@ def test_an_accept_waits_for_everyone_when_a_record_is_refused(fleet):
     tally.add(vote(outboxes["m2"], refused, request.id))
     tally.add(vote(outboxes["m3"], refused, request.id))
     assert not tally.decided, "the third acceptor may have accepted"
-    assert not tally.superseded(0), "the refusers only promised a higher ballot"
+    assert not tally.refused_by_all(0), "the refusers only promised a higher ballot"
     tally.add(vote(outboxes["m1"], accepted_vote(grants=True, seen=5, accepted=3), request.id))
     assert tally.decided and not tally.granted(0) and not tally.refused_by_all(0)
 
@@ -111,16 +111,46 @@ def accepted_vote(*, grants, seen, accepted):
     )
 
 
-def test_a_value_refused_by_acceptors_holding_higher_values_is_dead(fleet):
+def test_a_value_one_acceptor_took_is_never_known_dead(fleet):
+    """m1 accepted; m2 and m3 refused because they accepted higher ballots. Those ballots' values
+    may have been computed from m1's copy of ours (a prepare quorum {m1, m2} reads it), so the
+    change may have taken effect: the outcome is unknown, and retrying could apply it twice."""
     membership, outboxes = fleet
     body = Accept(fleet="f", keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
     request = outboxes["m1"].envelope(body)
     tally = Tally(Gate(membership.trust()), request, body, membership)
-    tally.add(vote(outboxes["m1"], accepted_vote(grants=True, seen=5, accepted=3), request.id))
     tally.add(vote(outboxes["m2"], accepted_vote(grants=False, seen=9, accepted=9), request.id))
-    assert not tally.superseded(0), "one prepare quorum ({m1, m3}) could still find the value"
+    assert not tally.decided, "nobody accepted yet: all may still refuse"
+    tally.add(vote(outboxes["m1"], accepted_vote(grants=True, seen=5, accepted=3), request.id))
+    assert not tally.decided, "m3 may still accept"
     tally.add(vote(outboxes["m3"], accepted_vote(grants=False, seen=7, accepted=7), request.id))
-    assert tally.superseded(0) and tally.decided
+    assert tally.decided and not tally.granted(0) and not tally.refused_by_all(0)
+
+
+def test_an_accept_out_of_reach_after_a_grant_is_settled_early():
+    signers = {f"m{i}": Ed25519Signer.generate() for i in range(1, 6)}
+    membership = Membership.majority("f", signers)
+    outboxes = {m: Outbox(m, s) for m, s in signers.items()}
+    body = Accept(fleet="f", keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    request = outboxes["m1"].envelope(body)
+    tally = Tally(Gate(membership.trust()), request, body, membership)
+    for m in ("m2", "m3", "m4"):
+        refused = accepted_vote(grants=False, seen=9, accepted=9)
+        tally.add(vote(outboxes[m], refused, request.id))
+    assert not tally.decided, "three refusals: out of reach, but all five may refuse"
+    tally.add(vote(outboxes["m1"], accepted_vote(grants=True, seen=5, accepted=3), request.id))
+    assert tally.decided, "one acceptor took it: unknown whatever m5 says"
+    assert not tally.granted(0) and not tally.refused_by_all(0)
+
+
+def test_a_value_every_acceptor_refused_is_dead(fleet):
+    membership, outboxes = fleet
+    body = Accept(fleet="f", keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    request = outboxes["m1"].envelope(body)
+    tally = Tally(Gate(membership.trust()), request, body, membership)
+    for m in ("m1", "m2", "m3"):
+        tally.add(vote(outboxes[m], accepted_vote(grants=False, seen=9, accepted=9), request.id))
+    assert tally.decided and tally.refused_by_all(0)
 
 
 def test_a_vote_with_a_bad_signature_is_ignored(fleet):
