@@ -61,7 +61,7 @@ class Cosigner:
         """Open the cosigner whose key, configuration, log and store live in ``state``."""
         config = load_config(state)
         signer = load_key(state)
-        notary = Notary.open(Path(state), config.name, signer, clock_ms())
+        notary = Notary.open(Path(state), config.name, signer)
         witness = Witness(
             config.name,
             signer,
@@ -117,7 +117,11 @@ class Cosigner:
                 )
             except Exception as exc:  # a failure of the worker must not hang the requesters
                 log.exception("signing batch failed", size=len(batch))
-                error = HsmfleetError(f"the cosigner failed: {exc}")
+                error = (
+                    exc
+                    if isinstance(exc, HsmfleetError)
+                    else HsmfleetError(f"the cosigner failed: {exc}")
+                )
                 answers = [error] * len(batch)
             self.batches += 1
             for (_, future), answer in zip(batch, answers, strict=True):

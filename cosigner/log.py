@@ -1,12 +1,15 @@
 """The cosigner's audit log: a durable, append-only RFC 9162 Merkle log in one SQLite file.
 
-Layout (format 1)::
+Layout (format 2)::
 
-    meta(key TEXT PRIMARY KEY, value)        format = 1, size = n, root = MTH of the n entries
+    meta(key TEXT PRIMARY KEY, value)        format = 2, size = n, root = MTH of the n entries
     leaves(idx INTEGER PRIMARY KEY,          0 .. n-1, no gaps
            entry BLOB,                       the logged bytes
-           hashes BLOB)                      leaf hash || hashes of the perfect subtrees that
+           hashes BLOB,                      leaf hash || hashes of the perfect subtrees that
                                              this leaf completes, lowest level first
+           logged_at INTEGER)                when it was appended (ms since the epoch, given by
+                                             the caller), so what is said about the entry
+                                             later can be said again with the same bytes
 
 Perfect subtree ``(level L, index j)`` (leaves ``[j * 2**L, (j + 1) * 2**L)``) is completed by
 leaf ``(j + 1) * 2**L - 1`` and stored at offset ``32 * L`` of that leaf's ``hashes``: one row
@@ -39,13 +42,16 @@ from messages.merkle import (
     leaf_hash,
 )
 
-FORMAT = 1
+FORMAT = 2
 MAX_ENTRY_SIZE = 1 << 20
 MAX_BATCH = 10_000
+MAX_TIME_MS = 1 << 48
+"""Times are below 2**48 ms (the year 10889), as ids and documents write them."""
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE leaves (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL, hashes BLOB NOT NULL)",
+    "CREATE TABLE leaves (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL, hashes BLOB NOT NULL,"
+    " logged_at INTEGER NOT NULL)",
     "CREATE INDEX leaves_by_hash ON leaves (substr(hashes, 1, 32))",
 )
 
@@ -80,28 +86,34 @@ class BadEntry(LogError):
     kind = "bad_entry"
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def open_database(path: Path, what: str, schema: Sequence[str] = ()) -> sqlite3.Connection:
+    """Open the SQLite file ``path`` (the cosigner's ``what``: log or store) for this handle
+    alone: exclusive lock held until close, WAL journal, fsynced commits; then run the
+    ``schema`` statements in one transaction. :class:`LogBusy` if another handle holds it,
+    :class:`LogCorrupted` if it is no database, :class:`LogUnavailable` otherwise."""
     try:
         db = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise LogUnavailable(f"cannot open the log: {exc}", path=str(path)) from exc
+        raise LogUnavailable(f"cannot open the {what}: {exc}", path=str(path)) from exc
     try:
         # Exclusive before WAL: the lock is held from the first access until close, and the
         # WAL index lives in process memory instead of a shared-memory file.
         db.execute("PRAGMA locking_mode=EXCLUSIVE")
         if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
-            raise LogUnavailable("the log's file system does not support a WAL", path=str(path))
+            raise LogUnavailable(f"the {what}'s file system does not support a WAL", path=str(path))
         db.execute("PRAGMA synchronous=FULL")
         db.execute("BEGIN IMMEDIATE")
+        for statement in schema:
+            db.execute(statement)
         db.execute("COMMIT")
     except sqlite3.OperationalError as exc:
         db.close()
         if "locked" in str(exc):
-            raise LogBusy("the log is open elsewhere", path=str(path)) from exc
-        raise LogUnavailable(f"cannot open the log: {exc}", path=str(path)) from exc
+            raise LogBusy(f"the {what} is open elsewhere", path=str(path)) from exc
+        raise LogUnavailable(f"cannot open the {what}: {exc}", path=str(path)) from exc
     except sqlite3.DatabaseError as exc:
         db.close()
-        raise LogCorrupted(f"not a log file: {exc}", path=str(path)) from exc
+        raise LogCorrupted(f"not a cosigner {what}: {exc}", path=str(path)) from exc
     except LogError:
         db.close()
         raise
@@ -136,7 +148,7 @@ class AuditLog(TreeView):
         :class:`LogUnavailable` if the file cannot be opened.
         """
         path = Path(path)
-        db = _connect(path)
+        db = open_database(path, "log")
         try:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             if not tables:
@@ -176,13 +188,16 @@ class AuditLog(TreeView):
             return self._root
         return super().root(size)
 
-    def append(self, entries: Sequence[bytes]) -> int:
-        """Append ``entries`` in order, durably and all or nothing; return the first's index.
+    def append(self, entries: Sequence[bytes], logged_at_ms: int) -> int:
+        """Append ``entries`` in order, recorded as logged at ``logged_at_ms``, durably and all
+        or nothing; return the first's index.
 
         Returns only after the batch is fsynced. On any error nothing is appended.
         """
         if isinstance(entries, bytes | str) or len(entries) > MAX_BATCH:
             raise BadEntry("entries must be a sequence of at most 10000 byte strings")
+        if not _is_count(logged_at_ms) or logged_at_ms >= MAX_TIME_MS:
+            raise BadEntry("logged_at_ms must be a time in ms since the epoch", at=logged_at_ms)
         for position, entry in enumerate(entries):
             if not isinstance(entry, bytes) or len(entry) > MAX_ENTRY_SIZE:
                 raise BadEntry("entry must be bytes of at most 1 MiB", position=position)
@@ -192,14 +207,14 @@ class AuditLog(TreeView):
             first = self._size
             frontier = self._frontier.copy()
             rows = [
-                (first + i, entry, b"".join(frontier.append(leaf_hash(entry))))
+                (first + i, entry, b"".join(frontier.append(leaf_hash(entry))), logged_at_ms)
                 for i, entry in enumerate(entries)
             ]
             root = frontier.root()
             size = first + len(rows)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT INTO leaves VALUES (?, ?, ?)", rows)
+                self._db.executemany("INSERT INTO leaves VALUES (?, ?, ?, ?)", rows)
                 self._db.executemany(
                     "UPDATE meta SET value = ? WHERE key = ?", [(size, "size"), (root, "root")]
                 )
@@ -219,11 +234,19 @@ class AuditLog(TreeView):
 
     def entries(self, start: int, end: int) -> list[bytes]:
         """The entries ``start`` to ``end - 1``, in order (``0 <= start <= end <= size``)."""
+        return self._column("entry", start, end)
+
+    def logged_at(self, start: int, end: int) -> list[int]:
+        """When entries ``start`` to ``end - 1`` were appended (ms since the epoch), in order."""
+        return self._column("logged_at", start, end)
+
+    def _column(self, column: str, start: int, end: int) -> list:
         if not (_is_count(start) and _is_count(end) and start <= end <= self._size):
             raise IndexOutOfRange("entry range outside the log", start=start, end=end)
         with self._lock:
             rows = self._db.execute(
-                "SELECT entry FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+                f"SELECT {column} FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
             ).fetchall()
         if len(rows) != end - start:
             raise LogCorrupted("rows missing from the log", start=start, end=end)
@@ -272,7 +295,8 @@ def _check(db: sqlite3.Connection) -> tuple[Frontier, int]:
         raise LogCorrupted("not an audit log of a known format", format=meta.get("format"))
     frontier, size = Frontier(), 0
     rows = db.execute(
-        "SELECT idx, typeof(entry) = 'blob' AND typeof(hashes) = 'blob',"
+        "SELECT idx, typeof(entry) = 'blob' AND typeof(hashes) = 'blob'"
+        " AND typeof(logged_at) = 'integer' AND logged_at >= 0,"
         " CAST(entry AS BLOB), CAST(hashes AS BLOB) FROM leaves ORDER BY idx"
     )
     for idx, blobs, entry, hashes in rows:

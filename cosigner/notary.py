@@ -11,9 +11,13 @@ document it is asked to log it checks, in order:
    its fleet's last plus one (:func:`messages.artifact.check_next_epoch`);
 4. it has not expired (:class:`DocumentExpired`).
 
-Accepted documents of one call are appended in one fsynced batch; the notary then signs one
-checkpoint of the new tree and a :class:`~messages.statement.Statement` per document. A refused
-document changes nothing and is counted in :attr:`Notary.rejects` by its error's kind.
+Accepted documents of one call are appended in one fsynced batch, recorded with the batch's
+time; the notary then signs one checkpoint of the new tree and a
+:class:`~messages.statement.Statement` per document, dated with that recorded time. Ed25519 is
+deterministic, so what the notary signs is a function of the log and its key: the one fsync per
+batch is the log's, and a statement or checkpoint a crash kept from the store is signed again,
+the same bytes, when the notary opens. A refused document changes nothing and is counted in
+:attr:`Notary.rejects` by its error's kind.
 
 The per-fleet chain heads and the set of logged digests are not stored separately: they are
 rebuilt from the log's entries when the notary opens, so they can never disagree with the log.
@@ -132,11 +136,12 @@ class Notary:
         self.rejects: Counter[str] = Counter()
         self.accepted = 0
         self._head = (0, "")  # size and note of the latest checkpoint, replaced as one value
+        self._signed = 0  # entries 0 .. _signed - 1 have recorded statements
 
     @classmethod
-    def open(cls, directory: Path, name: str, signer: Signer, now_ms: int) -> Notary:
+    def open(cls, directory: Path, name: str, signer: Signer) -> Notary:
         """Open (or create) the log and store in ``directory``, rebuild the chain heads from
-        the log, and sign whatever a crash left unsigned, dated ``now_ms``."""
+        the log, and sign again whatever a crash left unrecorded."""
         directory = Path(directory)
         log = AuditLog.open(directory / "audit.db")
         try:
@@ -146,7 +151,7 @@ class Notary:
             raise
         notary = cls(name, signer, log, store)
         try:
-            notary._recover(now_ms)
+            notary._recover()
         except BaseException:
             notary.close()
             raise
@@ -165,7 +170,7 @@ class Notary:
         """The store this notary records statements and checkpoints in."""
         return self._store
 
-    def _recover(self, now_ms: int) -> None:
+    def _recover(self) -> None:
         size = self._log.size
         for start in range(0, size, SCAN_CHUNK):
             for offset, entry in enumerate(self._log.entries(start, min(start + SCAN_CHUNK, size))):
@@ -176,42 +181,57 @@ class Notary:
                         "a log entry is not a logged document", index=start + offset
                     ) from exc
                 self._heads.record(document, start + offset)
-        signed = self._store.statement_count()
-        if signed > size:
-            raise LogCorrupted("statements recorded past the end of the log", size=size)
-        documents = [parse_logged_bytes(e) for e in self._log.entries(signed, size)]
+        self._signed = self._store.statement_count()
         latest = self._store.latest_checkpoint()
-        if documents or latest is None or latest[0] != size:
-            self._sign(signed, documents, now_ms)
+        if self._signed > size or (latest is not None and latest[0] > size):
+            # The log lost entries it had signed for: signing again would fork it.
+            raise LogCorrupted("statements or a checkpoint signed past the end of the log")
+        if self._signed < size or latest is None or latest[0] != size:
+            self._sign([])
         else:
             self._head = latest
 
-    def _sign(self, first: int, documents: Sequence[LoggedDocument], now_ms: int) -> list[Signed]:
-        """Sign the checkpoint of the whole log and statements for ``documents``, logged from
-        index ``first``; record them; return the answers."""
+    def _statements(
+        self, first: int, documents: Sequence[LoggedDocument]
+    ) -> list[tuple[Statement, bytes]]:
+        """Signed statements for ``documents``, the log's entries from index ``first``, each
+        dated with the time the log recorded for its entry."""
+        times = self._log.logged_at(first, first + len(documents))
+        statements = [
+            Statement.for_entry(self.name, first + i, document, format_time(at))
+            for i, (document, at) in enumerate(zip(documents, times, strict=True))
+        ]
+        return [(s, s.sign(self._signer)) for s in statements]
+
+    def _sign(self, batch: Sequence[LoggedDocument]) -> list[Signed]:
+        """Sign statements for ``batch``, the documents just appended at the end of the log,
+        and for any entry before them still without one (a crash or a failed write left it
+        unsigned; read back from the log a chunk at a time); then the checkpoint of the whole
+        log. Record them and return the batch's answers.
+
+        Everything signed here is a function of the log and the key, so signing again after a
+        crash gives the same bytes; the store need not be durable before answering."""
         size = self._log.size
+        first = size - len(batch)
+        while self._signed < first:
+            end = min(self._signed + SCAN_CHUNK, first)
+            earlier = [parse_logged_bytes(e) for e in self._log.entries(self._signed, end)]
+            self._store.add_statements(_rows(self._statements(self._signed, earlier)))
+            self._signed = end
+        signed = self._statements(first, batch)
         checkpoint = Checkpoint(self.name, size, self._log.root())
         note = checkpoint.sign(self._note_signer).encode().decode()
-        logged_at = format_time(now_ms)
-        statements = [
-            Statement.for_entry(self.name, first + i, document, logged_at)
-            for i, document in enumerate(documents)
-        ]
-        signatures = [s.sign(self._signer) for s in statements]
-        self._store.add_statements(
-            [(s.index, s.to_bytes(), sig) for s, sig in zip(statements, signatures, strict=True)],
-            size,
-            note,
-        )
+        self._store.add_statements(_rows(signed), (size, note))
+        self._signed = size
         self._head = (size, note)
         return [
             Signed(
-                statement=s,
-                signature=sig,
-                inclusion=tuple(self._log.inclusion_proof(s.index, size)),
+                statement=statement,
+                signature=signature,
+                inclusion=tuple(self._log.inclusion_proof(statement.index, size)),
                 checkpoint=note,
             )
-            for s, sig in zip(statements, signatures, strict=True)
+            for statement, signature in signed
         ]
 
     def _check(self, raw: Any, now_ms: int, index: int) -> LoggedDocument | HsmfleetError:
@@ -239,13 +259,13 @@ class Notary:
         if not accepted:
             return checked  # type: ignore[return-value]
         try:
-            self._log.append([document.to_bytes() for document in accepted])
+            self._log.append([document.to_bytes() for document in accepted], now_ms)
         except HsmfleetError as exc:
             self._heads.discard()
             self.rejects[exc.kind] += len(accepted)
             return [c if isinstance(c, HsmfleetError) else exc for c in checked]
         try:
-            signed = iter(self._sign(first, accepted, now_ms))
+            signed = iter(self._sign(accepted))
         finally:
             # The entries are in the log whatever becomes of their statements: the heads must
             # know them, or a resubmission would be logged twice. Committed after signing so
@@ -295,3 +315,7 @@ class Notary:
 
     def entries(self, start: int, end: int) -> list[bytes]:
         return self._log.entries(start, end)
+
+
+def _rows(signed: Sequence[tuple[Statement, bytes]]) -> list[tuple[int, bytes, bytes]]:
+    return [(statement.index, statement.to_bytes(), signature) for statement, signature in signed]

@@ -8,9 +8,11 @@
 - ``equivocations(origin, size, root, note, seen_at)``: checkpoints signed by a witnessed log
   with the size of one it cosigned but another root: with that one, proof that the log forked.
 
-Writes are fsynced (WAL, ``synchronous=FULL``) before the method returns. The file is held with
-an exclusive lock while open. The audit log stays the source of truth for entries: a statement
-or checkpoint lost in a crash between the two files is signed again at the next start.
+Witnessed checkpoints are fsynced before the method returns (C2SP tlog-witness: persisted
+before the cosignature is answered). The cosigner's own statements and checkpoints are not:
+they are a function of the audit log (its entries and the time recorded with each) and the key,
+so one lost in a crash is signed again at the next start with the same bytes. The file is held
+with an exclusive lock while open.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from cosigner.log import LogBusy, LogCorrupted, LogUnavailable
+from cosigner.log import LogUnavailable, open_database
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS statements"
@@ -56,36 +58,19 @@ class Store:
     @classmethod
     def open(cls, path: Path) -> Store:
         """Open or create the store at ``path``; :class:`LogBusy` if it is open elsewhere."""
-        try:
-            db = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise LogUnavailable(f"cannot open the store: {exc}", path=str(path)) from exc
-        try:
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                db.execute(statement)
-            db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            db.close()
-            if "locked" in str(exc):
-                raise LogBusy("the store is open elsewhere", path=str(path)) from exc
-            raise LogUnavailable(f"cannot open the store: {exc}", path=str(path)) from exc
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise LogCorrupted(f"not a cosigner store: {exc}", path=str(path)) from exc
-        return cls(path, db)
+        return cls(path, open_database(path, "store", _SCHEMA))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _write(self, *batches: tuple[str, list[tuple]]) -> None:
-        """Run each ``(sql, rows)`` batch in one fsynced transaction, all or nothing."""
+    def _write(self, *batches: tuple[str, list[tuple]], durable: bool = True) -> None:
+        """Run each ``(sql, rows)`` batch in one transaction, all or nothing; fsynced before
+        returning if ``durable``, else atomic but possibly lost with the last ones before a
+        power failure (SQLite WAL, ``synchronous=NORMAL``)."""
         with self._lock:
             try:
+                self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._db.execute("BEGIN IMMEDIATE")
                 for sql, rows in batches:
                     self._db.executemany(sql, rows)
@@ -104,13 +89,16 @@ class Store:
 
     # --- statements and own checkpoints ---
 
-    def add_statements(self, rows: list[tuple[int, bytes, bytes]], size: int, note: str) -> None:
-        """Record statements ``(index, statement bytes, signature)`` and the checkpoint of
-        ``size`` that covers them, in one transaction."""
-        self._write(
-            ("INSERT OR REPLACE INTO statements VALUES (?, ?, ?)", rows),
-            ("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", [(size, note)]),
-        )
+    def add_statements(
+        self, rows: list[tuple[int, bytes, bytes]], checkpoint: tuple[int, str] | None = None
+    ) -> None:
+        """Record statements ``(index, statement bytes, signature)`` and, if given, the
+        checkpoint ``(size, note)`` that covers them, in one transaction. Not fsynced: each is
+        signed again, byte for byte, from the log if a crash loses it."""
+        batches = [("INSERT OR REPLACE INTO statements VALUES (?, ?, ?)", rows)]
+        if checkpoint is not None:
+            batches.append(("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", [checkpoint]))
+        self._write(*batches, durable=False)
 
     def statement(self, index: int) -> tuple[bytes, bytes] | None:
         """The statement bytes and signature recorded for entry ``index``, if any."""
@@ -118,17 +106,18 @@ class Store:
         return (rows[0][0], rows[0][1]) if rows else None
 
     def statement_count(self) -> int:
-        """One past the highest entry index with a recorded statement."""
-        rows = self._read("SELECT max(idx) FROM statements")
-        return 0 if rows[0][0] is None else rows[0][0] + 1
+        """How many entries, from the first, have a recorded statement (all of ``0 .. n-1``)."""
+        rows = self._read(
+            "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM statements WHERE idx = 0) THEN 0"
+            " ELSE (SELECT min(idx) + 1 FROM statements AS s WHERE NOT EXISTS"
+            " (SELECT 1 FROM statements AS t WHERE t.idx = s.idx + 1)) END"
+        )
+        return rows[0][0]
 
     def latest_checkpoint(self) -> tuple[int, str] | None:
         """The size and note of the largest checkpoint signed, if any."""
         rows = self._read("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")
         return (rows[0][0], rows[0][1]) if rows else None
-
-    def add_checkpoint(self, size: int, note: str) -> None:
-        self._write(("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", [(size, note)]))
 
     # --- witnessed checkpoints of other logs ---
 

@@ -49,11 +49,11 @@ def run(entries: int, single: int, batch: int, proofs: int, seed: int) -> dict[s
 
             def one_by_one() -> None:
                 for entry in data[:single]:
-                    log.append([entry])
+                    log.append([entry], time.time_ns() // 1_000_000)
 
             def batched() -> None:
                 for start in range(single, entries, batch):
-                    log.append(data[start : start + batch])
+                    log.append(data[start : start + batch], time.time_ns() // 1_000_000)
 
             results["durable appends, 1 per fsync"] = rate(single, one_by_one)
             results[f"durable appends, {batch} per fsync"] = rate(entries - single, batched)

@@ -3,11 +3,12 @@ between the log and the store, corruption and double opening refused."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from cosigner.log import AuditLog, LogBusy, LogCorrupted
+from cosigner.log import AuditLog, LogBusy, LogCorrupted, LogUnavailable
 from cosigner.notary import DigestSeen, Notary
 from cosigner.store import Seen, Store
 from cosigner.testbed import Testbed, sample_artifact, sample_chain
@@ -16,7 +17,7 @@ from messages.bundle import SerialGap
 from messages.checkpoint import Checkpoint, open_checkpoint
 from messages.cosign_client import CosigningClient, Peer
 from messages.cosigning import Signed
-from messages.ids import parse_time
+from messages.ids import format_time, parse_time
 from messages.merkle import Tree, leaf_hash, verify_inclusion
 from messages.note import Ed25519NoteSigner, Ed25519NoteVerifier
 from messages.signing import Ed25519Signer
@@ -29,7 +30,7 @@ LOG = Ed25519NoteVerifier(NAME, KEY.public_key)
 
 
 def _open(directory: Path) -> Notary:
-    return Notary.open(directory, NAME, KEY, NOW)
+    return Notary.open(directory, NAME, KEY)
 
 
 def _check(answer: Signed, document: object) -> None:
@@ -72,7 +73,7 @@ def test_state_is_rebuilt_from_the_log_after_a_crash_before_signing(tmp_path: Pa
     notary.close()
     # A crash after the log's fsync but before the statements were recorded.
     with AuditLog.open(tmp_path / "audit.db") as log:
-        log.append([two.to_bytes()])
+        log.append([two.to_bytes()], NOW + 1000)
     notary = _open(tmp_path)
     try:
         assert notary.size == 2
@@ -80,15 +81,88 @@ def test_state_is_rebuilt_from_the_log_after_a_crash_before_signing(tmp_path: Pa
         assert size == 2
         assert open_checkpoint(note, NAME, LOG).checkpoint.size == 2
         _check(notary.receipt(two.digest), two)
+        # Dated when the log recorded it, not when the notary came back.
+        assert notary.receipt(two.digest).statement.logged_at == format_time(NOW + 1000)
         assert isinstance(notary.log([two.to_json()], NOW)[0], DigestSeen)
         _check(notary.log([three.to_json()], NOW)[0], three)
     finally:
         notary.close()
 
 
+def _forget(directory: Path, *statements: str) -> None:
+    """What a crash can do to the store, whose own statements and checkpoints are not fsynced."""
+    db = sqlite3.connect(directory / "state.db", isolation_level=None)
+    for statement in statements:
+        db.execute(statement)
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        ["DELETE FROM statements", "DELETE FROM checkpoints"],
+        ["DELETE FROM statements WHERE idx >= 2", "DELETE FROM checkpoints WHERE size > 2"],
+        ["DELETE FROM statements WHERE idx = 1"],
+        ["DELETE FROM checkpoints"],
+    ],
+)
+def test_whatever_the_store_loses_is_signed_again_with_the_same_bytes(
+    tmp_path: Path, lost: list[str]
+) -> None:
+    chain = sample_chain()
+    notary = _open(tmp_path)
+    try:
+        for offset, bundle in enumerate(chain):
+            notary.log([bundle.to_json()], NOW + offset)
+        before = [notary.receipt(b.digest) for b in chain]
+    finally:
+        notary.close()
+    _forget(tmp_path, *lost)
+    notary = _open(tmp_path)
+    try:
+        assert [notary.receipt(b.digest) for b in chain] == before
+        assert notary.store.statement_count() == len(chain)
+    finally:
+        notary.close()
+
+
+def test_a_failed_store_write_is_made_good_by_the_next_batch(tmp_path: Path) -> None:
+    one, two, three, four = sample_chain()
+    notary = _open(tmp_path)
+    try:
+        notary.log([one.to_json()], NOW)
+        db = notary.store._db  # the store refuses writes, as SQLite does on a failing disk
+        db.execute("PRAGMA query_only = 1")
+        with pytest.raises(LogUnavailable):
+            notary.log([two.to_json(), three.to_json()], NOW + 1)
+        assert notary.size == 3  # the entries are logged; only their statements are missing
+        assert notary.store.statement_count() == 1
+        assert isinstance(notary.log([three.to_json()], NOW + 2)[0], DigestSeen)
+        db.execute("PRAGMA query_only = 0")
+        (answer,) = notary.log([four.to_json()], NOW + 2)
+        _check(answer, four)
+        for bundle in (two, three):
+            _check(notary.receipt(bundle.digest), bundle)
+            assert notary.receipt(bundle.digest).statement.logged_at == format_time(NOW + 1)
+    finally:
+        notary.close()
+
+
+def test_a_log_that_lost_signed_entries_is_refused(tmp_path: Path) -> None:
+    """A log restored from an old copy: signing its head again would fork it."""
+    notary = _open(tmp_path)
+    try:
+        notary.log([sample_chain()[0].to_json()], NOW)
+    finally:
+        notary.close()
+    (tmp_path / "audit.db").unlink()
+    with pytest.raises(LogCorrupted):
+        _open(tmp_path)
+
+
 def test_a_log_entry_that_is_no_document_is_corruption(tmp_path: Path) -> None:
     with AuditLog.open(tmp_path / "audit.db") as log:
-        log.append([b"not a document"])
+        log.append([b"not a document"], NOW)
     with pytest.raises(LogCorrupted):
         _open(tmp_path)
 

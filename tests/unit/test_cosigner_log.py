@@ -37,6 +37,7 @@ from messages.merkle import (
 )
 
 ENTRIES = [f"bundle digest {i}".encode() for i in range(300)]
+AT = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 
 
 @pytest.fixture
@@ -47,9 +48,9 @@ def path(tmp_path: Path) -> Path:
 @pytest.fixture
 def filled(path: Path) -> Path:
     with AuditLog.open(path) as log:
-        log.append(ENTRIES[:1])
-        log.append(ENTRIES[1:100])
-        log.append(ENTRIES[100:])
+        log.append(ENTRIES[:1], AT)
+        log.append(ENTRIES[1:100], AT + 1)
+        log.append(ENTRIES[100:], AT + 2)
     return path
 
 
@@ -85,9 +86,21 @@ def test_entries_and_lookup(filled: Path) -> None:
         assert log.entry(299) == ENTRIES[299]
         assert log.entries(98, 102) == ENTRIES[98:102]
         assert log.index_of(ENTRIES[150]) == 150
-        assert log.append([ENTRIES[150]]) == 300
+        assert log.append([ENTRIES[150]], AT) == 300
         assert log.index_of(ENTRIES[150]) == 150
         assert log.index_of(b"never logged") is None
+
+
+def test_each_entry_keeps_the_time_its_batch_was_logged(filled: Path) -> None:
+    with AuditLog.open(filled) as log:
+        assert log.logged_at(0, 300) == [AT] + [AT + 1] * 99 + [AT + 2] * 200
+        assert log.logged_at(150, 150) == []
+        for bad in (-1, True, 1 << 48, "2026-01-01T00:00:00.000Z", None):
+            with pytest.raises(BadEntry):
+                log.append([b"fine"], bad)
+        assert log.size == 300
+        with pytest.raises(IndexOutOfRange):
+            log.logged_at(299, 301)
 
 
 def test_ranges_are_checked(filled: Path) -> None:
@@ -119,9 +132,9 @@ def test_bad_batches_change_nothing(filled: Path) -> None:
             b"a bytes object is not a batch",
         ):
             with pytest.raises(BadEntry):
-                log.append(batch)
+                log.append(batch, AT)
             assert (log.size, log.root()) == (300, root)
-        assert log.append([]) == 300
+        assert log.append([], AT) == 300
     with AuditLog.open(filled) as log:
         assert (log.size, log.root()) == (300, root)
 
@@ -130,7 +143,7 @@ def test_survives_reopening(filled: Path) -> None:
     tree = Tree(ENTRIES)
     with AuditLog.open(filled) as log:
         assert log.root() == tree.root()
-        assert log.append([b"after restart"]) == 300
+        assert log.append([b"after restart"], AT) == 300
     tree.append(b"after restart")
     with AuditLog.open(filled) as log:
         assert (log.size, log.root()) == (301, tree.root())
@@ -168,10 +181,12 @@ def tamper(path: Path, *statements: str) -> None:
         ["DELETE FROM leaves WHERE idx = 299"],
         ["DELETE FROM leaves WHERE idx = 150"],
         ["UPDATE leaves SET idx = 1000 WHERE idx = 299"],
-        ["INSERT INTO leaves VALUES (300, x'01', x'02')"],
+        ["INSERT INTO leaves VALUES (300, x'01', x'02', 0)"],
         ["UPDATE meta SET value = zeroblob(32) WHERE key = 'root'"],
         ["UPDATE meta SET value = 299 WHERE key = 'size'"],
-        ["UPDATE meta SET value = 2 WHERE key = 'format'"],
+        ["UPDATE meta SET value = 1 WHERE key = 'format'"],
+        ["UPDATE leaves SET logged_at = 'noon' WHERE idx = 5"],
+        ["UPDATE leaves SET logged_at = -1 WHERE idx = 5"],
         ["DROP TABLE meta"],
         ["UPDATE leaves SET entry = 'text' WHERE idx = 3"],
         ["UPDATE leaves SET hashes = CAST(hashes AS TEXT) WHERE idx = 4"],
@@ -200,7 +215,7 @@ WRITER = textwrap.dedent(
     from cosigner.log import AuditLog
     log = AuditLog.open(sys.argv[1])
     for i in range(log.size, log.size + 100_000):
-        log.append([b"entry %d" % i])
+        log.append([b"entry %d" % i], i)
         print(i + 1, flush=True)
     """
 )
@@ -237,7 +252,7 @@ def test_concurrent_appends_are_serialised(path: Path) -> None:
 
         def writer(name: int) -> None:
             for i in range(20):
-                log.append([f"{name}-{i}".encode()])
+                log.append([f"{name}-{i}".encode()], AT)
 
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
         for thread in threads:
@@ -260,7 +275,7 @@ def test_batches_build_the_same_tree(tmp_path: Path, batches: list[list[bytes]])
     tree = Tree()
     with AuditLog.open(path) as log:
         for batch in batches:
-            assert log.append(batch) == tree.size
+            assert log.append(batch, AT) == tree.size
             for entry in batch:
                 tree.append(entry)
             assert (log.size, log.root()) == (tree.size, tree.root())
