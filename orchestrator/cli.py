@@ -1,7 +1,9 @@
 """The orchestrator's ``hsmfleet`` verbs.
 
 - ``hsmfleet orchestrator --config FILE``: run the orchestrator and its HTTP API;
-  ``hsmfleet orchestrator keygen --dir DIR``: make its log-signing key.
+  ``hsmfleet orchestrator keygen --dir DIR``: make its log-signing key;
+  ``hsmfleet orchestrator operator-key --config FILE``: make the operator's countersigning key
+  inside the configured software HSM and print its pin (``{"alg", "public_key"}``).
 - ``hsmfleet nodes``, ``hsmfleet enroll NODE``, ``hsmfleet events watch``: talk to the API
   (``--api``/``$HSMFLEET_API``, ``--token``/``$HSMFLEET_TOKEN``); ``--json`` for scripts.
 - ``hsmfleet log export`` reads the log from NATS; ``hsmfleet replay FILE...`` checks one.
@@ -26,11 +28,12 @@ import aiohttp
 import nats
 from aiohttp import web
 
+from messages.canonical import b64
 from messages.errors import HsmfleetError
 from orchestrator.api import create_app
 from orchestrator.config import Settings
 from orchestrator.errors import Fenced, ReplayDivergence
-from orchestrator.keys import generate, load_signer, load_trust
+from orchestrator.keys import generate, load_signer, load_trust, make_operator_key
 from orchestrator.log import GENESIS, entry_digest
 from orchestrator.logfile import Header, replay_files, write_entry, write_header
 from orchestrator.store import EventStore
@@ -52,6 +55,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     keygen = actions.add_parser("keygen", help="create the orchestrator's log-signing key")
     keygen.add_argument("--dir", type=Path, required=True, help="where to write the key files")
     keygen.set_defaults(run=keygen_command)
+    operator = actions.add_parser(
+        "operator-key", help="make the operator's countersigning key in its HSM; print its pin"
+    )
+    operator.add_argument("--config", type=Path, default=Path("orchestrator.json"))
+    operator.set_defaults(run=operator_key_command)
 
     nodes = verbs.add_parser("nodes", help="list nodes with their state and failure domain")
     _api_arguments(nodes)
@@ -128,6 +136,12 @@ def keygen_command(args: argparse.Namespace) -> int:
             "a key exists already; refusing to overwrite it", dir=str(args.dir)
         ) from None
     print(signer.public_key.hex())
+    return DONE
+
+
+def operator_key_command(args: argparse.Namespace) -> int:
+    signer = make_operator_key(Settings.load(args.config))
+    print(json.dumps({"alg": signer.alg, "public_key": b64(signer.public_key)}))
     return DONE
 
 
