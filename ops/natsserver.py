@@ -16,8 +16,10 @@ import socket
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import nats
 import structlog
@@ -74,7 +76,8 @@ class NatsServer:
     """One ``nats-server`` process with JetStream, its state under ``state_dir``.
 
     ``port=0`` lets the server choose a free port; the chosen port is kept so that a restart
-    comes back at the same address.
+    comes back at the same address. ``config`` names a config shipped in ``ops/nats/`` or is
+    the :class:`~pathlib.Path` of another one (e.g. one written by ``hsmfleet nats secure``).
     """
 
     def __init__(
@@ -83,7 +86,7 @@ class NatsServer:
         *,
         name: str = "hsmfleet",
         port: int = 0,
-        config: str = "single",
+        config: str | Path = "single",
         cluster_port: int | None = None,
         routes: list[str] | None = None,
     ) -> None:
@@ -110,7 +113,8 @@ class NatsServer:
         return self._proc is not None and self._proc.poll() is None
 
     def _command(self, ports_dir: Path) -> list[str]:
-        cmd = [str(find_nats_server()), "-c", str(config_path(self.config))]
+        config = self.config if isinstance(self.config, Path) else config_path(self.config)
+        cmd = [str(find_nats_server()), "-c", str(config)]
         cmd += ["--ports_file_dir", str(ports_dir), "-l", str(self.log_file)]
         if self.routes:
             cmd += ["--routes", ",".join(self.routes)]
@@ -206,9 +210,21 @@ class NatsServer:
 
 
 class NatsCluster:
-    """``size`` JetStream servers on loopback, routed to each other as one cluster."""
+    """``size`` JetStream servers on loopback, routed to each other as one cluster.
 
-    def __init__(self, state_dir: Path, size: int = 3, name: str = "hsmfleet") -> None:
+    ``config`` is as for :class:`NatsServer`; ``connect`` are the ``nats.connect`` options
+    (credentials, TLS) with which :meth:`wait_ready` asks JetStream whether it has a leader.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        size: int = 3,
+        name: str = "hsmfleet",
+        *,
+        config: str | Path = "cluster",
+        connect: Mapping[str, Any] | None = None,
+    ) -> None:
         if size < 3:
             raise NatsServerError("a JetStream cluster needs at least 3 servers", size=size)
         client_ports = [free_port() for _ in range(size)]
@@ -219,12 +235,13 @@ class NatsCluster:
                 Path(state_dir) / f"{name}-{i}",
                 name=f"{name}-{i}",
                 port=client_ports[i],
-                config="cluster",
+                config=config,
                 cluster_port=cluster_ports[i],
                 routes=[r for j, r in enumerate(routes) if j != i],
             )
             for i in range(size)
         ]
+        self.connect = dict(connect or {})
 
     @property
     def urls(self) -> list[str]:
@@ -237,7 +254,9 @@ class NatsCluster:
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the cluster answers JetStream API requests."""
-        nc = await nats.connect(servers=self.urls, connect_timeout=2, max_reconnect_attempts=-1)
+        nc = await nats.connect(
+            servers=self.urls, connect_timeout=2, max_reconnect_attempts=-1, **self.connect
+        )
         try:
             deadline = asyncio.get_running_loop().time() + timeout
             js = nc.jetstream(timeout=2)

@@ -1,0 +1,166 @@
+"""A security bundle: the directory ``hsmfleet nats secure`` writes, and reading it back.
+
+::
+
+    DIR/                   0700
+      bundle.json          the layout and whether clients use TLS
+      auth.conf            accounts, users and permissions
+      single.conf          one server
+      cluster.conf         one server of a cluster
+      keys/<role>-<id>.nk  each party's nkey seed (0600, directory 0700)
+      tls/ca.pem           the CA that clients and routes verify against
+      tls/server.pem       the server certificate
+      tls/server.key       its key (0600)
+
+Every file is created 0600 in a fresh private directory that is renamed into place once
+complete, so a failed run leaves nothing behind and an existing bundle is never overwritten.
+The server configs name the TLS files by absolute path: move the directory, regenerate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from messages.errors import HsmfleetError
+from ops.natsauth import render
+from ops.natsauth.layout import Layout, LayoutError, Party, parse_layout
+from ops.natsauth.nkey import user_key
+from ops.natsauth.tls import DEFAULT_NAMES, issue
+
+MANIFEST = "bundle.json"
+FORMAT = 1
+KINDS = ("single", "cluster")
+
+
+class BundleError(HsmfleetError):
+    """A security bundle cannot be written there, or the directory is not a bundle."""
+
+    kind = "nats_bundle"
+
+
+def _write(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A written bundle: where its files are and how each party connects."""
+
+    root: Path
+    layout: Layout
+    tls: bool
+
+    def config(self, kind: str) -> Path:
+        """The server config for ``kind`` (``single`` or ``cluster``)."""
+        if kind not in KINDS:
+            raise BundleError("no such server config", kind=kind, kinds=KINDS)
+        return self.root / f"{kind}.conf"
+
+    def seed_file(self, party: Party) -> Path:
+        return self.root / "keys" / f"{party.name}.nk"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "tls" / "ca.pem"
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts only the bundle's CA."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def connect_options(self, role: str, party_id: str) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` as ``role``/``party_id``: its seed, its
+        private inbox prefix, and the TLS context when clients use TLS."""
+        party = self.layout.party(role, party_id)
+        seed = self.seed_file(party)
+        if not seed.is_file():
+            raise BundleError("the party's seed file is missing", path=str(seed))
+        options: dict[str, Any] = {
+            "name": party.name,
+            "nkeys_seed": str(seed),
+            "inbox_prefix": party.inbox,
+        }
+        if self.tls:
+            options["tls"] = self.tls_context()
+        return options
+
+
+def write_bundle(
+    layout: Layout, out: Path, *, tls: bool = False, names: tuple[str, ...] = DEFAULT_NAMES
+) -> Bundle:
+    """Generate keys, certificates and configs for ``layout`` into the new directory ``out``.
+
+    ``out`` must not exist, or be an empty directory; ``names`` are what the server certificate
+    is valid for. Raises :class:`BundleError` otherwise; nothing is written then.
+    """
+    out = Path(out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError("the output exists and is not an empty directory", path=str(out))
+    if not out.parent.is_dir():
+        raise BundleError("the output's parent directory does not exist", path=str(out.parent))
+    if not names:
+        raise BundleError("the server certificate needs at least one name")
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _fill(work, out, layout, tls, names)
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return Bundle(out, layout, tls)
+
+
+def _fill(work: Path, final: Path, layout: Layout, tls: bool, names: tuple[str, ...]) -> None:
+    (work / "keys").mkdir(mode=0o700)
+    (work / "tls").mkdir(mode=0o700)
+    public = {}
+    for party in layout.parties:
+        key = user_key()
+        _write(work / "keys" / f"{party.name}.nk", key.seed.encode() + b"\n")
+        public[party.name] = key.public
+    material = issue(names)
+    _write(work / "tls" / "ca.pem", material.ca_cert)
+    _write(work / "tls" / "server.pem", material.server_cert)
+    _write(work / "tls" / "server.key", material.server_key)
+    files = render.TlsFiles(
+        ca=final / "tls" / "ca.pem",
+        cert=final / "tls" / "server.pem",
+        key=final / "tls" / "server.key",
+    )
+    _write(work / render.AUTH_FILE, render.auth_config(layout, public).encode())
+    for kind in KINDS:
+        text = render.server_config(
+            cluster=kind == "cluster", client_tls=files if tls else None, route_tls=files
+        )
+        _write(work / f"{kind}.conf", text.encode())
+    manifest = {"format": FORMAT, "tls": tls, "layout": layout.to_json()}
+    _write(work / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+
+
+def open_bundle(root: Path) -> Bundle:
+    """The bundle written at ``root``; raises :class:`BundleError` if it is not one."""
+    root = Path(root).absolute()
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except OSError as exc:
+        error = exc.strerror
+        raise BundleError("not a security bundle", path=str(root), error=error) from None
+    except json.JSONDecodeError as exc:
+        raise BundleError("the bundle manifest is not JSON", error=str(exc)) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError("unknown bundle format", path=str(root))
+    if not isinstance(manifest.get("tls"), bool):
+        raise BundleError("the bundle manifest does not say whether clients use TLS")
+    try:
+        layout = parse_layout(manifest.get("layout"))
+    except LayoutError as exc:
+        raise BundleError(f"the bundle's layout is invalid: {exc}", path=str(root)) from None
+    return Bundle(root, layout, manifest["tls"])
