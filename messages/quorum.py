@@ -9,6 +9,12 @@ Bodies are batched (group commit): one message carries many records, in parallel
 equal length: ``keys[i]`` goes with ``ballots[i]``, ``values[i]`` and so on. A ballot is the pair
 ``(n, by)``: a counter and the member id of the proposer, compared counter first. ``n == 0``
 means "none".
+
+Every request names the configuration ``epoch`` its proposer runs under, and every vote repeats
+it under the voter's signature: a vote counts, and a commit proof holds, only under the
+configuration it was cast in (a quorum of an older configuration is not one of a newer).
+Acceptors refuse requests of an epoch older than their own, so a proposer that missed a
+membership change cannot commit under the old quorums.
 """
 
 import hashlib
@@ -80,6 +86,7 @@ class Prepare(_Columns):
     TYPE = "quorum.prepare"
     COLUMNS = ("keys", "ballots")
     fleet: str
+    epoch: int
     keys: tuple[str, ...]
     ballots: tuple[int, ...]
 
@@ -97,6 +104,7 @@ class Promise(_Vote):
     TYPE = "quorum.promise"
     COLUMNS = ("keys", "ballots", "accepteds", "accepted_bys", "values")
     fleet: str
+    epoch: int
     proposer: str
     keys: tuple[str, ...]
     ballots: tuple[int, ...]
@@ -119,6 +127,7 @@ class Accept(_Columns):
     TYPE = "quorum.accept"
     COLUMNS = ("keys", "ballots", "next_ballots", "values")
     fleet: str
+    epoch: int
     keys: tuple[str, ...]
     ballots: tuple[int, ...]
     next_ballots: tuple[int, ...]
@@ -131,7 +140,8 @@ class Accepted(_Vote):
     """Phase 2b, one acceptor's signed answer to an :class:`Accept`.
 
     A granted record says: this member durably accepted the value whose :func:`value_digest`
-    is ``digests[i]`` for ``keys[i]`` under ballot ``(ballots[i], proposer)``, and promised the
+    is ``digests[i]`` for ``keys[i]`` under ballot ``(ballots[i], proposer)`` in a round of
+    configuration ``epoch``, and promised the
     request's next ballot if it asked for one. A quorum of such signed entries is the proof that
     a write committed. Refused records have an empty digest and a :class:`Refusal`; refusals
     from acceptors that accepted a higher ballot show that the value can never be chosen.
@@ -145,15 +155,23 @@ class Accepted(_Vote):
     ballots: tuple[int, ...]
     digests: tuple[bytes, ...]
     refusals: tuple[Refusal, ...] = ()
+    # After the columns so that votes built by others keep their keywords; 1 is a fleet's first
+    # configuration. Always written and signed.
+    epoch: int = 1
 
 
 @message
 @dataclass(frozen=True)
 class SnapshotRequest(Body):
-    """Catch-up: asks ``member`` for its accepted records with keys after ``after``, in order."""
+    """Catch-up: asks ``member`` for its accepted records with keys after ``after``, in order.
+
+    ``member`` answers only once it runs under configuration ``epoch`` or a later one: what it
+    accepts from then on comes from proposers that send to the member catching up as well.
+    """
 
     TYPE = "quorum.snapshot"
     fleet: str
+    epoch: int
     member: str
     after: str
     limit: int
@@ -245,6 +263,12 @@ class BadConfig(QuorumError):
     """A replication configuration is inconsistent, older than the current one, or unsigned."""
 
     kind = "bad_config"
+
+
+class EpochBehind(QuorumError):
+    """A member asked for a snapshot under a configuration it does not run yet."""
+
+    kind = "epoch_behind"
 
 
 class CatchUpFailed(QuorumError):

@@ -35,6 +35,7 @@ from messages.quorum import (
     PREPARE,
     Accept,
     Accepted,
+    EpochBehind,
     Prepare,
     Promise,
     Refusal,
@@ -149,12 +150,18 @@ class Acceptor:
         self.submit(received, answer)
 
     def submit(self, received: Received, answer: Answer) -> None:
-        """Queue a request; ``answer`` gets the signed vote (and its body) once it is on disk."""
+        """Queue a request; ``answer`` gets the signed vote (and its body) once it is on disk.
+
+        A request of an older configuration than this member's is refused: its proposer has
+        missed a membership change, and its quorums may no longer meet the current ones.
+        """
         current = self.membership()
         body = received.body
         members = current.prepare_set if isinstance(body, Prepare) else current.accept_set
         if body.fleet != current.fleet:
             self._refuse("wrong_request")
+        elif body.epoch < current.epoch:
+            self._refuse("stale_epoch")
         elif self.member not in members:
             self._refuse("not_in_set")
         elif not self.voting:
@@ -200,6 +207,9 @@ class Acceptor:
         request = received.body
         if not isinstance(request, SnapshotRequest):
             raise MessageError("not a snapshot request", type=received.envelope.type)
+        epoch = self.membership().epoch
+        if request.epoch > epoch:
+            raise EpochBehind("this member runs an older configuration", epoch=epoch)
         limit = max(1, min(request.limit, MAX_SNAPSHOT_PAGE))
         page = self.store.page(request.after, limit)
         return Snapshot(
@@ -254,6 +264,7 @@ def _promise(body: Prepare, proposer: str, slots: dict[str, Slot], changed: dict
         values.append(slot.value)
     return Promise(
         fleet=body.fleet,
+        epoch=body.epoch,
         proposer=proposer,
         keys=body.keys,
         ballots=body.ballots,
@@ -279,6 +290,7 @@ def _accepted(body: Accept, proposer: str, slots: dict[str, Slot], changed: dict
         digests.append(value_digest(value))
     return Accepted(
         fleet=body.fleet,
+        epoch=body.epoch,
         proposer=proposer,
         keys=body.keys,
         ballots=body.ballots,

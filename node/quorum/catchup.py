@@ -4,7 +4,10 @@ The member asks other members of the prepare set for their accepted records, pag
 a majority (counting itself when its own state is complete) delivered everything, it keeps for
 each record the value with the highest ballot and adopts it under the accept rule
 (:func:`node.quorum.rules.adopt`). This is the copy CASPaxos 2.3 describes as the cheaper
-alternative to rescanning every key when a member joins.
+alternative to rescanning every key when a member joins; the paper requires it to start after
+every proposer sends accepts to the new member. A member serves the copy only once it runs the
+joiner's configuration, and acceptors refuse requests of older configurations, so nothing
+committed without the joiner can be missing from the copy.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from nats.aio.client import Client as NATS
 
 from messages import subjects
 from messages.bus import request
-from messages.errors import HsmfleetError
 from messages.gate import Gate
 from messages.outbox import Outbox
 from messages.quorum import (
@@ -58,7 +60,7 @@ async def catch_up(
     needed = membership.majority_size - (1 if counts_self and me in membership.prepare_set else 0)
     gate = Gate(membership.trust())
     results = await asyncio.gather(
-        *(_copy(nc, outbox, gate, membership.fleet, other, page, timeout) for other in others),
+        *(_copy(nc, outbox, gate, membership, other, page, timeout) for other in others),
         return_exceptions=True,
     )
     complete = [r for r in results if not isinstance(r, BaseException)]
@@ -81,14 +83,23 @@ async def catch_up(
 
 
 async def _copy(
-    nc: NATS, outbox: Outbox, gate: Gate, fleet: str, member: str, page: int, timeout: float
+    nc: NATS,
+    outbox: Outbox,
+    gate: Gate,
+    membership: Membership,
+    member: str,
+    page: int,
+    timeout: float,
 ) -> Copies:
-    """Every accepted record of ``member``, read page by page."""
+    """Every accepted record of ``member``, read page by page once it runs ``membership``."""
     copies: Copies = {}
     after = ""
+    fleet = membership.fleet
     subject = subjects.quorum(fleet, SNAPSHOT)
     for _ in range(MAX_PAGES):
-        ask = SnapshotRequest(fleet=fleet, member=member, after=after, limit=page)
+        ask = SnapshotRequest(
+            fleet=fleet, epoch=membership.epoch, member=member, after=after, limit=page
+        )
         answer = await request(nc, subject, outbox.envelope(ask), gate, MEMBER_ROLE, timeout)
         body = answer.body
         if answer.envelope.source != member or not isinstance(body, Snapshot):
@@ -102,4 +113,4 @@ async def _copy(
             after = key
         if not body.more:
             return copies
-    raise HsmfleetError("snapshot has too many pages", member=member)
+    raise CatchUpFailed("snapshot has too many pages", member=member)

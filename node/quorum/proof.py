@@ -1,9 +1,12 @@
 """Commit proofs: the signed acceptances of a quorum, checkable by anyone who knows the members.
 
 A proof names a record, the ballot and the digest of the committed value, and carries the
-``Accepted`` envelopes exactly as the members signed them. Whoever acts on a committed value
-(the guess evaluator before it spends an attempt) checks the proof against the configuration it
-trusts, so a host cannot make up a commit that a quorum never made.
+``Accepted`` envelopes exactly as the members signed them. Each vote names the configuration
+epoch of its round; a proof holds only under that configuration, so acceptances that were no
+quorum when they were cast never become one under a later configuration with smaller quorums.
+Whoever acts on a committed value (the guess evaluator before it spends an attempt) checks the
+proof against the configuration it trusts, so a host cannot make up a commit that a quorum
+never made.
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ def verify_proof(proof: CommitProof, membership: Membership, value: bytes | None
             raise BadProof(f"a vote does not verify: {exc}", key=proof.key) from exc
         if env.source not in membership.accept_set:
             raise BadProof("a vote is from outside the accept set", member=env.source)
+        if getattr(vote, "epoch", None) != membership.epoch:
+            raise BadProof(
+                "a vote was cast under another configuration",
+                member=env.source,
+                epoch=membership.epoch,
+            )
         if not _grants(vote, proof):
             raise BadProof("a vote does not accept this value", member=env.source)
         signers.add(env.source)

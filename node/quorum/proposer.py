@@ -327,6 +327,7 @@ class Proposer:
                 ballots[i] = self._ballot(batch[i].key)
             prepare = Prepare(
                 fleet=membership.fleet,
+                epoch=membership.epoch,
                 keys=tuple(batch[i].key for i in fresh),
                 ballots=tuple(ballots[i] for i in fresh),
             )
@@ -357,6 +358,7 @@ class Proposer:
         """Have the new values accepted, with the next prepare riding along."""
         accept = Accept(
             fleet=membership.fleet,
+            epoch=membership.epoch,
             keys=tuple(batch[i].key for i, _, _ in ready),
             ballots=tuple(ballots[i] for i, _, _ in ready),
             next_ballots=tuple(self._ballot(batch[i].key) for i, _, _ in ready),

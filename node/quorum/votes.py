@@ -1,9 +1,10 @@
 """Counting signed votes: which count, which are ignored, and why.
 
 A vote counts only if it passes the gate (a member's key, a good signature, a fresh id), answers
-exactly the request being counted (same fleet, proposer, records and ballots; ``causation`` is
-the request's id), comes from a member of the phase's set, and is that member's first vote in
-the round. Anything else raises a :class:`messages.quorum.BadVote` subclass naming the defect.
+exactly the request being counted (same fleet, configuration epoch, proposer, records and
+ballots; ``causation`` is the request's id), comes from a member of the phase's set, and is that
+member's first vote in the round. Anything else raises a :class:`messages.quorum.BadVote`
+subclass naming the defect.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class Tally:
             isinstance(vote, expected)
             and causation == self.request.id
             and vote.fleet == self.body.fleet
+            and vote.epoch == self.body.epoch
             and vote.proposer == self.request.source
             and vote.keys == self.body.keys
             and vote.ballots == self.body.ballots

@@ -128,6 +128,7 @@ async def test_forged_and_replayed_votes_never_make_a_majority(tmp_path, nats_se
             assert isinstance(prepare, Prepare)
             answer = Promise(
                 fleet=prepare.fleet,
+                epoch=prepare.epoch,
                 proposer=request.source,
                 keys=prepare.keys,
                 ballots=prepare.ballots,
@@ -168,10 +169,12 @@ async def test_acceptors_ignore_requests_from_non_members(tmp_path, nats_server)
         nc = await nats.connect(nats_server.url)
         try:
             for outbox in (stranger, impostor):
-                env = outbox.envelope(Prepare(fleet=fleet.fleet, keys=("k",), ballots=(99,)))
+                body = Prepare(fleet=fleet.fleet, epoch=1, keys=("k",), ballots=(99,))
                 with pytest.raises(nats.errors.TimeoutError):
                     await nc.request(
-                        subjects.quorum(fleet.fleet, PREPARE), env.encode(), timeout=0.3
+                        subjects.quorum(fleet.fleet, PREPARE),
+                        outbox.envelope(body).encode(),
+                        timeout=0.3,
                     )
         finally:
             await nc.close()
@@ -287,3 +290,45 @@ async def test_stopping_a_proposer_fails_its_changes_instead_of_hanging(tmp_path
         await fleet.stop("m1")
         with pytest.raises((OutcomeUnknown, QuorumUnavailable)):
             await asyncio.wait_for(pending, 5)
+
+
+async def test_requests_of_an_older_configuration_are_refused(tmp_path, nats_server):
+    from messages.bus import RequestRejected, request
+    from messages.gate import Gate
+    from messages.quorum import SNAPSHOT, SnapshotRequest
+
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        await fleet.stop("m3")
+        _, m3_signer = open_vote_signer(
+            fleet.local.state_dir("m3"), fleet.local.state_dir("m3") / "hsm.key"
+        )
+        m3 = Outbox("m3", m3_signer)
+        current = fleet["m1"].replica.current()
+        newer = current.next()
+        gate = Gate(current.trust())
+        nc = await nats.connect(nats_server.url)
+        try:
+            operator = Outbox("operator", fleet.local.operator)
+            config = subjects.quorum(fleet.fleet, "config")
+            await request(nc, config, operator.envelope(newer.to_config()), gate, "member")
+            for _ in range(100):  # the first answer came; the other member may still apply it
+                if {fleet[m].replica.current().epoch for m in ("m1", "m2")} == {2}:
+                    break
+                await asyncio.sleep(0.02)
+            assert {fleet[m].replica.current().epoch for m in ("m1", "m2")} == {2}
+            prepare = subjects.quorum(fleet.fleet, PREPARE)
+            stale = Prepare(fleet=fleet.fleet, epoch=1, keys=("k",), ballots=(50,))
+            with pytest.raises(nats.errors.TimeoutError):
+                await nc.request(prepare, m3.envelope(stale).encode(), timeout=0.3)
+            assert fleet["m1"].replica.acceptor.rejects["stale_epoch"] == 1
+            fresh = Prepare(fleet=fleet.fleet, epoch=2, keys=("k",), ballots=(51,))
+            answer = await nc.request(prepare, m3.envelope(fresh).encode(), timeout=2)
+            promise = REGISTRY.parse(Envelope.decode(answer.data))
+            assert isinstance(promise, Promise) and promise.epoch == 2 and not promise.refusals
+            ahead = SnapshotRequest(fleet=fleet.fleet, epoch=3, member="m1", after="", limit=5)
+            with pytest.raises(RequestRejected, match="older configuration"):
+                await request(
+                    nc, subjects.quorum(fleet.fleet, SNAPSHOT), m3.envelope(ahead), gate, "member"
+                )
+        finally:
+            await nc.close()

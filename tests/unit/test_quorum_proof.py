@@ -17,9 +17,10 @@ def fleet():
     return Membership.majority("f", signers), {m: Outbox(m, s) for m, s in signers.items()}
 
 
-def accepted(outbox, *, digest=None, ballot=4, key="k", fleet="f"):
+def accepted(outbox, *, digest=None, ballot=4, key="k", fleet="f", epoch=1):
     body = Accepted(
         fleet=fleet,
+        epoch=epoch,
         proposer="m1",
         keys=("other", key),
         ballots=(9, ballot),
@@ -53,6 +54,7 @@ def test_a_refusal_is_no_acceptance(fleet):
     membership, out = fleet
     body = Accepted(
         fleet="f",
+        epoch=1,
         proposer="m1",
         keys=("k",),
         ballots=(4,),
@@ -84,7 +86,22 @@ def test_forged_or_foreign_votes_break_the_proof(fleet):
         verify_proof(proof(accepted(out["m1"]), accepted(outsider)), membership, VALUE)
     narrowed = membership.next(accept_set=frozenset({"m1", "m3"}), prepare_quorum=2)
     with pytest.raises(BadProof, match="outside the accept set"):
-        verify_proof(proof(accepted(out["m1"]), accepted(out["m2"])), narrowed, VALUE)
+        votes = (accepted(out["m1"], epoch=2), accepted(out["m2"], epoch=2))
+        verify_proof(proof(*votes), narrowed, VALUE)
     other_fleet = CommitProof("g", "k", Ballot(4, "m1"), value_digest(VALUE), ())
     with pytest.raises(BadProof, match="another fleet"):
         verify_proof(other_fleet, membership, VALUE)
+
+
+def test_acceptances_of_another_configuration_prove_nothing(fleet):
+    """Two acceptances were no quorum of four (quorum 3); after the fleet shrank to three
+    (quorum 2) they must not become a proof."""
+    membership, out = fleet
+    four = membership.next(accept_quorum=3, prepare_quorum=3)
+    three = four.next(accept_quorum=2, prepare_quorum=2)
+    cast_under_four = proof(accepted(out["m1"], epoch=2), accepted(out["m2"], epoch=2))
+    with pytest.raises(BadProof, match="fewer"):
+        verify_proof(cast_under_four, four, VALUE)
+    with pytest.raises(BadProof, match="another configuration"):
+        verify_proof(cast_under_four, three, VALUE)
+    verify_proof(proof(accepted(out["m1"], epoch=3), accepted(out["m2"], epoch=3)), three, VALUE)

@@ -36,7 +36,7 @@ def fleet():
 
 
 def prepare_tally(membership, outboxes):
-    body = Prepare(fleet="f", keys=KEYS, ballots=(5, 7))
+    body = Prepare(fleet="f", epoch=1, keys=KEYS, ballots=(5, 7))
     request = outboxes["m1"].envelope(body)
     return Tally(Gate(membership.trust()), request, body, membership)
 
@@ -44,6 +44,7 @@ def prepare_tally(membership, outboxes):
 def promise(tally, refusals=(), **changes):
     body = Promise(
         fleet="f",
+        epoch=1,
         proposer=tally.request.source,
         keys=tally.body.keys,
         ballots=tally.body.ballots,
@@ -88,7 +89,7 @@ def test_refusals_settle_a_prepare_once_a_quorum_is_out_of_reach(fleet):
 
 def test_an_accept_waits_for_everyone_when_a_record_is_refused(fleet):
     membership, outboxes = fleet
-    body = Accept(fleet="f", keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
     request = outboxes["m1"].envelope(body)
     tally = Tally(Gate(membership.trust()), request, body, membership)
     refused = accepted_vote(grants=False, seen=8, accepted=3)
@@ -116,7 +117,7 @@ def test_a_value_one_acceptor_took_is_never_known_dead(fleet):
     may have been computed from m1's copy of ours (a prepare quorum {m1, m2} reads it), so the
     change may have taken effect: the outcome is unknown, and retrying could apply it twice."""
     membership, outboxes = fleet
-    body = Accept(fleet="f", keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
     request = outboxes["m1"].envelope(body)
     tally = Tally(Gate(membership.trust()), request, body, membership)
     tally.add(vote(outboxes["m2"], accepted_vote(grants=False, seen=9, accepted=9), request.id))
@@ -131,7 +132,7 @@ def test_an_accept_out_of_reach_after_a_grant_is_settled_early():
     signers = {f"m{i}": Ed25519Signer.generate() for i in range(1, 6)}
     membership = Membership.majority("f", signers)
     outboxes = {m: Outbox(m, s) for m, s in signers.items()}
-    body = Accept(fleet="f", keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
     request = outboxes["m1"].envelope(body)
     tally = Tally(Gate(membership.trust()), request, body, membership)
     for m in ("m2", "m3", "m4"):
@@ -145,7 +146,7 @@ def test_an_accept_out_of_reach_after_a_grant_is_settled_early():
 
 def test_a_value_every_acceptor_refused_is_dead(fleet):
     membership, outboxes = fleet
-    body = Accept(fleet="f", keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
     request = outboxes["m1"].envelope(body)
     tally = Tally(Gate(membership.trust()), request, body, membership)
     for m in ("m1", "m2", "m3"):
@@ -190,6 +191,8 @@ def test_a_vote_for_another_round_or_ballot_is_ignored(fleet):
         tally.add(vote(outboxes["m2"], promise(tally, proposer="m3"), tally.request.id))
     with pytest.raises(VoteOldBallot):
         tally.add(vote(outboxes["m2"], promise(tally, fleet="g"), tally.request.id))
+    with pytest.raises(VoteOldBallot):
+        tally.add(vote(outboxes["m2"], promise(tally, epoch=2), tally.request.id))
     assert tally.answered == 0
 
 

@@ -38,6 +38,7 @@ def proof_for(outboxes, value, signers=("m1", "m2"), key="vault-alice"):
     for m in signers:
         body = Accepted(
             fleet="f",
+            epoch=1,
             proposer="m1",
             keys=(key,),
             ballots=(7,),
