@@ -24,7 +24,7 @@ import re
 from typing import Any, ClassVar, Self
 
 from messages.canonical import canonical, loads_strict
-from messages.errors import HsmfleetError, MessageError
+from messages.errors import CanonicalizationError, HsmfleetError, MessageError
 from messages.ids import format_time, parse_time
 from messages.schema import Body
 
@@ -140,6 +140,13 @@ class Document(Body):
         if raw.get("format") != cls.FORMAT:
             raise UnknownFormat(f"{path} is not a {cls.FORMAT}", format=raw.get("format"))
         check_json(raw, path)
+        try:
+            data = canonical(raw)
+        except CanonicalizationError as exc:  # a string that is no Unicode text (a surrogate)
+            raise MalformedDocument(f"{path} has no canonical form: {exc}") from exc
+        # However it arrived (a file, a NATS body): a document larger than any reader accepts
+        # would be logged, then refused by every audit and by the cosigner's own restart.
+        require(len(data) <= MAX_DOCUMENT_BYTES, f"{path} is too large", size=len(data))
         missing = [name for name in _declared(cls) if name not in raw]
         require(not missing, f"{path} lacks fields", missing=missing)
         try:
@@ -148,7 +155,7 @@ class Document(Body):
             raise MalformedDocument(str(exc)) from exc
         # Decoding and re-encoding must give back the same bytes, or the digest of the typed
         # document would differ from the digest of what was received.
-        require(canonical(document.to_json()) == canonical(raw), f"{path} is not canonical")
+        require(canonical(document.to_json()) == data, f"{path} is not canonical")
         return document
 
     @classmethod

@@ -160,6 +160,20 @@ def test_a_log_that_lost_signed_entries_is_refused(tmp_path: Path) -> None:
         _open(tmp_path)
 
 
+def test_a_document_too_large_to_read_back_is_never_logged(tmp_path: Path) -> None:
+    """Logged, it would make every audit and the notary's own restart refuse the log."""
+    one = sample_chain()[0]
+    notary = _open(tmp_path)
+    try:
+        (refused,) = notary.log([one.to_json() | {"padding": "x" * 300_000}], NOW)
+        assert refused.kind == "malformed_document"
+        assert notary.size == 0
+        _check(notary.log([one.to_json()], NOW)[0], one)
+    finally:
+        notary.close()
+    _open(tmp_path).close()
+
+
 def test_a_log_entry_that_is_no_document_is_corruption(tmp_path: Path) -> None:
     with AuditLog.open(tmp_path / "audit.db") as log:
         log.append([b"not a document"], NOW)

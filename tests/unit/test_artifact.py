@@ -128,6 +128,19 @@ def test_duplicate_keys_and_bad_json_are_refused() -> None:
         FleetKeyArtifact.parse(b" " * (256 * 1024 + 1))
 
 
+def test_limits_hold_for_decoded_objects_too() -> None:
+    """Over NATS a document arrives decoded, not as bytes: the same limits apply."""
+    raw = sample_artifact().to_json()
+    raw["note"] = "x" * (256 * 1024)
+    with pytest.raises(MalformedDocument, match="too large"):
+        FleetKeyArtifact.from_json(raw)
+    raw["note"] = "\ud800"  # what the JSON escape of a lone surrogate decodes to
+    with pytest.raises(MalformedDocument, match="no canonical form"):
+        FleetKeyArtifact.from_json(raw)
+    with pytest.raises(MalformedDocument, match="no canonical form"):
+        FleetKeyArtifact.parse(json.dumps(raw))
+
+
 def test_epochs_go_up_by_exactly_one() -> None:
     check_next_epoch(None, sample_artifact(epoch=7))
     check_next_epoch(1, sample_artifact(epoch=2))

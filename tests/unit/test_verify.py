@@ -355,6 +355,10 @@ def test_malformed_bundles(world: World) -> None:
     raw["proofs"].append(raw["proofs"][0])
     with pytest.raises(MalformedBundle, match="one proof per log"):
         _accept(world, raw)
+    raw = _raw(world.first)
+    raw["artifact"]["comment"] = "\ud800"
+    with pytest.raises(MalformedBundle, match="no canonical form"):
+        _accept(world, raw)
 
 
 def test_each_refusal_has_its_own_kind() -> None:
