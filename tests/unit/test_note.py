@@ -140,6 +140,13 @@ def test_go_malformed_notes(data: str) -> None:
         open_note(data.encode(), [PETER])
 
 
+def test_crlf_line_endings_are_malformed() -> None:
+    with pytest.raises(MalformedNote):
+        open_note((TEXT + "\n" + PETER_SIG).replace("\n", "\r\n"), [PETER])
+    with pytest.raises(MalformedNote):
+        open_note(TEXT + "\n" + PETER_SIG[:-1] + "\r\n", [PETER])
+
+
 def test_invalid_utf8_is_malformed() -> None:
     with pytest.raises(MalformedNote):
         open_note(b"\xff" + (TEXT + "\n" + PETER_SIG).encode(), [PETER])
