@@ -124,10 +124,6 @@ class FleetKeyArtifact(Digested):
     def not_after_ms(self) -> int:
         return time_ms(self.not_after, "not_after")
 
-    def valid_at(self, now_ms: int) -> bool:
-        """True when ``not_before <= now_ms < not_after``."""
-        return self.not_before_ms <= now_ms < self.not_after_ms
-
     def keys_usable_at(self, now_ms: int) -> tuple[FleetKey, ...]:
         """The keys a client may use at ``now_ms``: current ones and legacy ones still in
         their overlap window."""

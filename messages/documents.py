@@ -184,9 +184,3 @@ def load_json(data: bytes | str) -> Any:
         return loads_strict(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedDocument(f"document is not JSON: {exc}") from exc
-
-
-def document_bytes(raw: Any) -> bytes:
-    """Canonical bytes of a raw JSON document, refusing values outside the document subset."""
-    check_json(raw)
-    return canonical(raw)
