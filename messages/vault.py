@@ -8,7 +8,10 @@ with AES-256-GCM, bound to the request id (a secret inside the HPKE-sealed reque
 same guarantee as RFC 9180's exported secrets, which the ``cryptography`` one-shot API lacks).
 
 The envelope of a request is not signed (clients are anonymous); everything that matters is in
-the sealed plaintext, including the envelope's id, which members check against the envelope.
+the sealed plaintext, including the envelope's id, which members check against the envelope (so
+their replay guard sees the id the request was sealed with). A recovery's id is also kept in the
+user's replicated record for the freshness window, so a copy of the request replayed to another
+member, or after a restart, is refused instead of spending one of the user's guesses.
 """
 
 import os
@@ -127,6 +130,18 @@ class StaleRegistration(VaultError):
     kind = "stale_registration"
 
 
+class ReplayedRequest(VaultError):
+    """The request was already carried out once: a copy of it is never run again."""
+
+    kind = "replayed_request"
+
+
+class TooManyRequests(VaultError):
+    """The user made more recoveries in the replay window than the record remembers."""
+
+    kind = "too_many_requests"
+
+
 class VaultUnavailable(VaultError):
     """The fleet could not commit the operation; ``detail`` says whether an attempt was spent."""
 
@@ -152,6 +167,8 @@ ERRORS: dict[str, type[VaultError]] = {
         NoRecord,
         BudgetExhausted,
         StaleRegistration,
+        ReplayedRequest,
+        TooManyRequests,
         VaultUnavailable,
         UnreadableRequest,
     )

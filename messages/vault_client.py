@@ -13,9 +13,9 @@ from nats.aio.client import Client as NATS
 
 from messages import subjects
 from messages.bus import request
+from messages.envelope import Envelope
 from messages.gate import Gate
-from messages.ids import IdSource
-from messages.outbox import Outbox
+from messages.ids import IdSource, format_time, id_time_ms
 from messages.signing import TrustStore
 from messages.vault import (
     ANSWER_KEY_BYTES,
@@ -53,7 +53,7 @@ class VaultClient:
         self.session_key = session_public_key(session_key)
         self.timeout = timeout
         self.ids = IdSource()
-        self.outbox = Outbox(source, ids=self.ids)
+        self.source = source
         self.gate = Gate(TrustStore())
 
     async def register(self, user: str, record: Registration) -> None:
@@ -92,7 +92,7 @@ class VaultClient:
         self, op: str, plain: RegisterRequest | RecoverRequest, answer_key: bytes
     ) -> Outcome:
         sealed = seal_request(self.session_key, self.fleet, op, plain)
-        env = self.outbox.envelope(VaultRequest(sealed=sealed))
+        env = self._envelope(plain.id, VaultRequest(sealed=sealed))
         received = await request(
             self.nc, subjects.vault(self.fleet, op), env, self.gate, None, self.timeout
         )
@@ -102,3 +102,14 @@ class VaultClient:
         if outcome.status != OK:
             raise outcome_error(outcome)
         return outcome
+
+    def _envelope(self, request_id: str, body: VaultRequest) -> Envelope:
+        """The request's envelope under the id sealed inside it (members check they agree)."""
+        return Envelope(
+            type=body.TYPE,
+            v=body.VERSION,
+            id=request_id,
+            at=format_time(id_time_ms(request_id)),
+            source=self.source,
+            body=body.to_json(),
+        )

@@ -6,8 +6,10 @@ re-registration, so registering again never buys more guesses (Davies et al., "S
 Analysis of the WhatsApp End-to-End Encrypted Backup Protocol", CRYPTO 2023, showed that a fresh
 budget per registration lets a corrupted server multiply its guesses). ``seq`` numbers every
 attempt ever started and names the one member allowed to evaluate it, so a committed attempt is
-evaluated at most once. The registration itself (PIN digest and secret) is sealed under the
-fleet's storage key and bound to the user and the registration's request id.
+evaluated at most once. ``recent`` holds the ids of the recoveries started in the last two
+freshness windows, so a replayed recovery request spends no guess. The registration itself (PIN
+digest and secret) is sealed under the fleet's storage key and bound to the user and the
+registration's request id.
 """
 
 from __future__ import annotations
@@ -21,8 +23,23 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from messages.canonical import canonical, loads_strict
 from messages.errors import SchemaViolation
+from messages.ids import id_time_ms
 from messages.schema import Body
-from messages.vault import BudgetExhausted, NoRecord, StaleRegistration, VaultError
+from messages.vault import (
+    BudgetExhausted,
+    NoRecord,
+    ReplayedRequest,
+    StaleRegistration,
+    TooManyRequests,
+    VaultError,
+)
+
+# Members take requests whose id time is within this window of their clock.
+REQUEST_WINDOW_MS = 5 * 60 * 1000
+# A request id stays in ``recent`` while a request that passed a member's freshness check could
+# still be replayed: two windows back from the newest id (its time may run one window ahead).
+RECENT_MS = 2 * REQUEST_WINDOW_MS
+MAX_RECENT = 64
 
 
 class DamagedRecord(VaultError):
@@ -43,6 +60,7 @@ class UserRecord(Body):
     evaluator: str = ""
     registered_by: str = ""
     sealed: bytes | None = None
+    recent: tuple[str, ...] = ()
 
     @property
     def destroyed(self) -> bool:
@@ -132,27 +150,41 @@ def registered(
     )
 
 
-def attempted(old: UserRecord | None, member: str) -> UserRecord:
-    """The record after starting one attempt that ``member`` will evaluate.
+def attempted(old: UserRecord | None, member: str, request: str) -> UserRecord:
+    """The record after starting attempt ``request`` (its id), which ``member`` will evaluate.
 
     The attempt counts as a failure until a correct guess clears it, so a crash between the
     commit and the evaluation never gives a guess back. A record at its limit is returned
-    destroyed (no attempt started); raises :class:`NoRecord` for a user never registered and
-    :class:`BudgetExhausted` once the record is destroyed.
+    destroyed (no attempt started); raises :class:`NoRecord` for a user never registered,
+    :class:`BudgetExhausted` once the record is destroyed, :class:`ReplayedRequest` for a
+    request id the record holds and :class:`TooManyRequests` when ``recent`` is full.
     """
     if old is None or old.generation == 0:
         raise NoRecord("the user has no registration")
     if old.destroyed:
         raise BudgetExhausted("the user's guesses are used up", user=old.user)
+    if request in old.recent:
+        raise ReplayedRequest("this recovery request was already made", user=old.user)
     if old.failures >= old.limit:
         return replace(old, sealed=None)
-    return replace(old, failures=old.failures + 1, seq=old.seq + 1, evaluator=member)
+    horizon = id_time_ms(request) - RECENT_MS
+    recent = tuple(r for r in old.recent if id_time_ms(r) >= horizon)
+    if len(recent) >= MAX_RECENT:
+        raise TooManyRequests("too many recoveries in the replay window", user=old.user)
+    return replace(
+        old,
+        failures=old.failures + 1,
+        seq=old.seq + 1,
+        evaluator=member,
+        recent=(*recent, request),
+    )
 
 
 def after_success(old: UserRecord | None, attempt: UserRecord) -> UserRecord | None:
-    """The record after ``attempt`` proved the PIN: the failures counted up to it are cleared."""
-    if old is None:
-        return None
+    """The record after ``attempt`` proved the PIN: the failures counted up to it are cleared.
+    A record destroyed meanwhile (by attempts after this one) stays destroyed."""
+    if old is None or old.destroyed:
+        return old
     return replace(old, failures=max(0, old.failures - attempt.failures))
 
 

@@ -53,8 +53,6 @@ from node.vault.keys import VaultKeys
 
 log = structlog.get_logger("hsmfleet.vault")
 
-REQUEST_WINDOW_MS = 5 * 60 * 1000
-
 
 class VaultService:
     """One member's vault front: opens requests, runs them, seals the answers."""
@@ -121,6 +119,8 @@ class VaultService:
                 if not isinstance(received.body, VaultRequest):
                     raise UnreadableRequest("not a vault request", type=received.envelope.type)
                 plain = open_request(self.keys.session, self.fleet, op, received.body.sealed)
+                if plain.id != causation:
+                    raise UnreadableRequest("the sealed request names another envelope id")
             except (MessageError, VaultError) as exc:
                 self.rejects[exc.kind] += 1
                 await self._reply(msg.reply, Rejected(kind=exc.kind, reason=str(exc)), causation)
@@ -149,7 +149,7 @@ class VaultService:
 
     def _check_fresh(self, request_id: str) -> None:
         now = self.proposer.outbox.ids.now_ms()
-        if abs(now - id_time_ms(request_id)) > REQUEST_WINDOW_MS:
+        if abs(now - id_time_ms(request_id)) > records.REQUEST_WINDOW_MS:
             raise UnreadableRequest("the request is too old or from the future", id=request_id)
 
     async def register(self, request: RegisterRequest) -> Outcome:
@@ -167,7 +167,7 @@ class VaultService:
     async def recover(self, request: RecoverRequest) -> Outcome:
         """Commit one attempt with a quorum, then evaluate the guess, then settle the record."""
         attempt_commit = await self._commit(
-            request.user, lambda old: records.attempted(old, self.member)
+            request.user, lambda old: records.attempted(old, self.member, request.id)
         )
         attempt = records.decode(attempt_commit.value)
         if attempt is None or attempt.sealed is None:

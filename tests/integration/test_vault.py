@@ -1,6 +1,7 @@
 """Vault operations through the client, over a real nats-server, against an in-process fleet."""
 
 import asyncio
+import os
 import subprocess
 import sys
 
@@ -8,19 +9,27 @@ import nats
 import pytest
 
 from messages import subjects
-from messages.bus import RequestRejected, request
+from messages.bus import Rejected, RequestRejected, request
+from messages.envelope import Envelope
 from messages.gate import Gate
 from messages.outbox import Outbox
+from messages.schema import REGISTRY
 from messages.signing import TrustStore
 from messages.vault import (
     RECOVER,
+    REGISTER,
     BudgetExhausted,
     NoRecord,
+    RecoverRequest,
     Registration,
     StaleRegistration,
     VaultRequest,
     VaultUnavailable,
     WrongGuess,
+    open_answer,
+    open_request,
+    seal_request,
+    session_public_key,
 )
 from tests.faults.fleets import running_fleet
 
@@ -120,19 +129,61 @@ async def test_a_replayed_registration_is_refused(tmp_path, nats_server, client_
         await spy.unsubscribe()
         await client.register("alice", Registration(pin=b"9999", secret=b"new"))
         answer = await client_nc.request(subjects.vault(fleet.fleet, "register"), sent[0])
-        assert answer.data, "the member answers the replay (sealed, for the original client)"
+        assert _refusal(fleet, sent[0], answer.data) in ("replayed", "stale_registration")
         assert await client.recover("alice", b"9999") == b"new"
         with pytest.raises(StaleRegistration):
             await fleet["m1"].vault.register(_replayed_plain(fleet, sent[0]))
 
 
-def _replayed_plain(fleet, data):
-    from messages.envelope import Envelope
-    from messages.schema import REGISTRY
-    from messages.vault import REGISTER, open_request
-
+def _replayed_plain(fleet, data, op=REGISTER):
     body = REGISTRY.parse(Envelope.decode(data))
-    return open_request(fleet.local.vault_keys.session, fleet.fleet, REGISTER, body.sealed)
+    return open_request(fleet.local.vault_keys.session, fleet.fleet, op, body.sealed)
+
+
+def _refusal(fleet, request, answer, op=REGISTER):
+    """Why the fleet refused a replayed ``request``: the gate's kind (the member that took the
+    original saw its id), or the status sealed for the original client."""
+    env = Envelope.decode(answer)
+    body = REGISTRY.parse(env)
+    if isinstance(body, Rejected):
+        return body.kind
+    plain = _replayed_plain(fleet, request, op)
+    return open_answer(plain.answer_key, plain.id, body.sealed).status
+
+
+async def test_a_replayed_recovery_spends_no_guess(tmp_path, nats_server, client_nc):
+    async with running_fleet(tmp_path, nats_server.url, limit=5) as fleet:
+        client = fleet.client(client_nc)
+        await client.register("alice", ALICE)
+        spy = await client_nc.subscribe(subjects.vault(fleet.fleet, RECOVER))
+        with pytest.raises(WrongGuess) as wrong:
+            await client.recover("alice", b"0000")
+        assert wrong.value.remaining == 4
+        sent = (await spy.next_msg(timeout=1)).data
+        await spy.unsubscribe()
+        for _ in range(6):  # the queue group spreads copies over every member
+            answer = await client_nc.request(subjects.vault(fleet.fleet, RECOVER), sent, timeout=5)
+            assert _refusal(fleet, sent, answer.data, RECOVER) in ("replayed", "replayed_request")
+        with pytest.raises(WrongGuess) as wrong:
+            await client.recover("alice", b"0000")
+        assert wrong.value.remaining == 3, "the copies spent no guess"
+        assert len(evaluations(fleet, "alice")) == 2
+
+
+async def test_a_request_sealed_for_another_envelope_is_refused(tmp_path, nats_server, client_nc):
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        plain = RecoverRequest(
+            id=Outbox("x").ids.new(), user="alice", guess=b"1", answer_key=os.urandom(32)
+        )
+        public = session_public_key(fleet.local.session_public)
+        sealed = seal_request(public, fleet.fleet, RECOVER, plain)
+        env = Outbox("mallory").envelope(VaultRequest(sealed=sealed))
+        with pytest.raises(RequestRejected) as refused:
+            await request(
+                client_nc, subjects.vault(fleet.fleet, RECOVER), env, Gate(TrustStore()), None
+            )
+        assert refused.value.detail["kind"] == "unreadable_request"
+        assert "another envelope" in str(refused.value)
 
 
 async def test_an_unreadable_request_is_refused_in_the_clear(tmp_path, nats_server, client_nc):

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from messages import Ed25519Signer, Outbox
+from messages.ids import make_id
 from messages.quorum import Accepted, BadProof, value_digest
 from node.quorum.membership import Membership
 from node.quorum.proof import CommitProof
@@ -28,8 +29,8 @@ def world(tmp_path):
 def attempt(keys, *, evaluator="m1", limit=3, attempts=1):
     sealed = r.seal_registration(keys.storage, "alice", "01A", b"1234", b"secret", os.urandom(12))
     rec = r.registered(None, "alice", "01A", sealed, limit)
-    for _ in range(attempts):
-        rec = r.attempted(rec, evaluator)
+    for i in range(attempts):
+        rec = r.attempted(rec, evaluator, make_id(1_800_000_000_000 + i, bytes(10)))
     return r.encode(rec)
 
 
