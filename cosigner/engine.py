@@ -8,7 +8,6 @@ blocking SQLite work runs in a worker thread so the event loop keeps answering r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,12 @@ MAX_BATCH = 256
 log = structlog.get_logger("hsmfleet.cosigner")
 
 Clock = Callable[[], int]
+
+
+class CosignerClosed(HsmfleetError):
+    """The cosigner is shutting down and takes no more signing requests."""
+
+    kind = "cosigner_closed"
 
 
 def wall_clock_ms() -> int:
@@ -49,10 +54,11 @@ class Cosigner:
         self.notary = notary
         self.witness = witness
         self._clock_ms = clock_ms
-        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Signed | HsmfleetError]]] = (
+        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Signed | HsmfleetError]] | None] = (
             asyncio.Queue()
         )
         self._worker: asyncio.Task[None] | None = None
+        self._closed = False
         self._witness_lock = asyncio.Lock()
         self.batches = 0
 
@@ -82,20 +88,25 @@ class Cosigner:
         return self._clock_ms()
 
     async def close(self) -> None:
-        """Stop batching (pending requests fail) and close the log and store."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+        """Stop: requests still waiting fail with :class:`CosignerClosed`, the batch being
+        logged and a cosignature being made are finished and answered, then the log and store
+        are closed (never under a write in progress)."""
+        self._closed = True
         while not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            if not future.done():
-                future.set_exception(HsmfleetError("the cosigner is shutting down"))
-        self.notary.close()
+            item = self._queue.get_nowait()
+            if item is not None and not item[1].done():
+                item[1].set_exception(CosignerClosed("the cosigner is shutting down"))
+        if self._worker is not None:
+            self._queue.put_nowait(None)
+            await self._worker
+            self._worker = None
+        async with self._witness_lock:
+            self.notary.close()
 
     async def sign(self, document: Any) -> Signed:
         """Log ``document`` (raw JSON) and return the signed answer, or raise why not."""
+        if self._closed:
+            raise CosignerClosed("the cosigner is shutting down")
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name=f"cosigner-{self.id}")
         future: asyncio.Future[Signed | HsmfleetError] = asyncio.get_running_loop().create_future()
@@ -106,8 +117,10 @@ class Cosigner:
         return answer
 
     async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
+        # close() empties the queue before it puts the stop mark (None), and sign() queues
+        # nothing after close(): the mark is the last item, and it arrives alone.
+        while (first := await self._queue.get()) is not None:
+            batch = [first]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             documents = [document for document, _ in batch]
@@ -135,6 +148,8 @@ class Cosigner:
     async def cosign(self, old_size: int, consistency: Sequence[bytes], note: str) -> Witnessed:
         """Cosign another log's checkpoint as a witness; a size conflict is an answer too."""
         async with self._witness_lock:
+            if self._closed:
+                raise CosignerClosed("the cosigner is shutting down")
             try:
                 return await asyncio.to_thread(
                     self.witness.cosign, old_size, consistency, note, self.now_ms() // 1000

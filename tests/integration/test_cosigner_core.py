@@ -3,11 +3,13 @@ between the log and the store, corruption and double opening refused."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from cosigner.engine import Cosigner, CosignerClosed
 from cosigner.log import AuditLog, LogBusy, LogCorrupted, LogUnavailable
 from cosigner.notary import DigestSeen, Notary
 from cosigner.store import Seen, Store
@@ -258,3 +260,31 @@ async def test_the_client_refuses_cosigners_that_are_one_party(tmp_path: Path) -
                 CosigningClient(bed.client.transport, [a, b, twin], bed.operator, 2)
     finally:
         await bed.close()
+
+
+async def test_closing_finishes_the_batch_in_progress_and_fails_the_rest(tmp_path: Path) -> None:
+    """No requester is left waiting, and the log is not closed under a write."""
+    bed = Testbed.create(tmp_path)
+    one, two, *_ = sample_chain()
+    cosigner = bed.cosigners[0]
+    first = asyncio.create_task(cosigner.sign(one.to_json()))
+    for _ in range(1000):  # until the worker has taken the request into its batch
+        await asyncio.sleep(0)
+        if cosigner._queue.empty():
+            break
+    second = asyncio.create_task(cosigner.sign(two.to_json()))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(bed.close(), timeout=30)
+    answer = await asyncio.wait_for(first, timeout=30)
+    with pytest.raises(CosignerClosed):
+        await asyncio.wait_for(second, timeout=30)
+    with pytest.raises(CosignerClosed):
+        await cosigner.sign(two.to_json())
+    with pytest.raises(CosignerClosed):
+        await cosigner.cosign(0, [], answer.checkpoint)
+    reopened = Cosigner.open(tmp_path / cosigner.id, bed.clock)
+    try:
+        assert reopened.notary.size == 1
+        assert await reopened.receipt(one.digest) == answer
+    finally:
+        await reopened.close()
