@@ -50,11 +50,18 @@ class LogReader:
             raise LogUnreachable("checkpoint is not text", url=self.url)
         return note
 
-    def _hashes(self, raw: Any) -> list[bytes]:
+    def _base64_list(self, raw: Any, member: str) -> list[bytes]:
+        """``raw[member]`` decoded as a list of base64 strings."""
+        items = raw.get(member) if isinstance(raw, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise LogUnreachable(f"{member} is not a list of base64 strings", url=self.url)
         try:
-            return [unb64(h) for h in raw["proof"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise LogUnreachable("proof is not a list of base64 hashes", url=self.url) from exc
+            return [unb64(i) for i in items]
+        except ValueError as exc:
+            raise LogUnreachable(f"{member} is not a list of base64 strings", url=self.url) from exc
+
+    def _hashes(self, raw: Any) -> list[bytes]:
+        return self._base64_list(raw, "proof")
 
     async def consistency(self, old_size: int, size: int) -> list[bytes]:
         return self._hashes(await self._get("/consistency", old=old_size, size=size))
@@ -75,10 +82,7 @@ class LogReader:
         while start + len(out) < end:
             first = start + len(out)
             raw = await self._get("/entries", start=first, end=min(first + PAGE, end))
-            try:
-                page = [unb64(e) for e in raw["entries"]]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise LogUnreachable("entries are not base64", url=self.url) from exc
+            page = self._base64_list(raw, "entries")
             if not page:
                 raise LogUnreachable("the log returned no entries", start=first, url=self.url)
             out += page

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from cosigner.engine import Cosigner
 from cosigner.http import Server, make_app
@@ -17,6 +18,7 @@ from messages.canonical import b64, unb64
 from messages.checkpoint import Checkpoint, open_checkpoint
 from messages.cosignature import cosignatures
 from messages.cosigning import Signed
+from messages.log_reader import LogReader, LogUnreachable
 from messages.merkle import leaf_hash, verify_consistency, verify_inclusion
 from messages.note import Ed25519NoteSigner
 from messages.signing import Ed25519Signer
@@ -190,3 +192,39 @@ async def test_witness_refusals(site: Site) -> None:
         assert (await site.add_checkpoint(_body(4, good, note)))[0] == 200
     finally:
         await b.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"start": 0, "entries": [1, 2]},
+        {"start": 0, "entries": "AAAA"},
+        {"start": 0, "entries": ["not base64!"]},
+        {"start": 0},
+        ["a list"],
+    ],
+)
+async def test_the_log_reader_refuses_nonsense_as_a_typed_error(answer: object) -> None:
+    """A log that answers garbage gets a LogUnreachable, not an exception from deep inside."""
+
+    body = answer | {"proof": answer.get("entries")} if isinstance(answer, dict) else answer
+
+    async def nonsense(request: web.Request) -> web.Response:
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_get("/entries", nonsense)
+    app.router.add_get("/consistency", nonsense)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            reader = LogReader(http, url)
+            with pytest.raises(LogUnreachable):
+                await reader.entries(0, 2)
+            with pytest.raises(LogUnreachable):
+                await reader.consistency(1, 2)
+    finally:
+        await runner.cleanup()
