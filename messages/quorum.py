@@ -64,6 +64,15 @@ class Refusal(Body):
     accepted_by: str
 
 
+class _Request(_Columns):
+    """A batch request: each record at most once (a second entry would be a second ballot)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(set(self.keys)) != len(self.keys):
+            raise SchemaViolation(f"{self.TYPE} names a record twice")
+
+
 class _Vote(_Columns):
     """A signed answer to a batch: every record is granted except those in ``refusals``."""
 
@@ -80,7 +89,7 @@ class _Vote(_Columns):
 
 @message
 @dataclass(frozen=True)
-class Prepare(_Columns):
+class Prepare(_Request):
     """Phase 1a: asks acceptors to promise ballot ``(ballots[i], source)`` for ``keys[i]``."""
 
     TYPE = "quorum.prepare"
@@ -116,7 +125,7 @@ class Promise(_Vote):
 
 @message
 @dataclass(frozen=True)
-class Accept(_Columns):
+class Accept(_Request):
     """Phase 2a: asks acceptors to accept ``values[i]`` under ballot ``(ballots[i], source)``.
 
     When ``next_ballots[i]`` is above ``ballots[i]``, an acceptor that accepts also promises
@@ -305,6 +314,12 @@ class VoteOldBallot(BadVote):
     """The vote answers another round or ballot than the one being counted."""
 
     kind = "vote_old_ballot"
+
+
+class VoteWrongValue(BadVote):
+    """The vote grants a record with the digest of a value other than the one sent."""
+
+    kind = "vote_wrong_value"
 
 
 class VoteReplayed(BadVote):

@@ -43,6 +43,12 @@ VOTE_KEY = "quorum-vote"
 EVALUATIONS_FILE = "evaluations.sqlite3"
 
 
+class BadSettings(HsmfleetError):
+    """A member's settings file cannot be read or is not JSON."""
+
+    kind = "member_settings"
+
+
 @dataclass(frozen=True)
 class MemberSettings(Body):
     """What a member process needs to know, as kept in its settings file (JSON)."""
@@ -65,7 +71,7 @@ class MemberSettings(Body):
         try:
             raw = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
-            raise HsmfleetError(f"cannot read member settings: {exc}", path=str(path)) from exc
+            raise BadSettings(f"cannot read member settings: {exc}", path=str(path)) from exc
         return cls.from_json(raw, "settings")
 
     def save(self, path: Path) -> None:

@@ -49,7 +49,6 @@ from messages.quorum import (
     OutcomeUnknown,
     Prepare,
     QuorumUnavailable,
-    value_digest,
 )
 from messages.replay import ReplayGuard
 from messages.schema import Body
@@ -378,7 +377,7 @@ class Proposer:
                     fleet=membership.fleet,
                     key=item.key,
                     ballot=ballot,
-                    digest=value_digest(value),
+                    digest=accepted.digests[j],
                     votes=tuple(data for _, data in accepted.granting(j)),
                 )
                 if refusal is not None:

@@ -3,7 +3,8 @@
 A vote counts only if it passes the gate (a member's key, a good signature, a fresh id), answers
 exactly the request being counted (same fleet, configuration epoch, proposer, records and
 ballots; ``causation`` is the request's id), comes from a member of the phase's set, and is that
-member's first vote in the round. Anything else raises a :class:`messages.quorum.BadVote`
+member's first vote in the round; an acceptance must name the digest of the value sent. Anything
+else raises a :class:`messages.quorum.BadVote`
 subclass naming the defect.
 """
 
@@ -29,6 +30,8 @@ from messages.quorum import (
     VoteFromNonMember,
     VoteOldBallot,
     VoteReplayed,
+    VoteWrongValue,
+    value_digest,
 )
 from node.quorum.membership import Membership
 
@@ -64,8 +67,10 @@ class Tally:
         self.gate = gate
         self.request = request
         self.body = body
+        self.digests: tuple[bytes, ...] = ()
         if self.accepting:
             self.voters, self.quorum = membership.accept_set, membership.accept_quorum
+            self.digests = tuple(value_digest(v) for v in body.values)
         else:
             self.voters, self.quorum = membership.prepare_set, membership.prepare_quorum
         self.votes: dict[str, tuple[Promise | Accepted, bytes]] = {}
@@ -110,8 +115,12 @@ class Tally:
         if voter in self.votes:
             raise VoteReplayed("the member already voted in this round", member=voter)
         size = len(vote.keys)
-        was_open = [self._is_open(i) for i in range(size)]
         refused = vote.refused()
+        if self.accepting and any(
+            vote.digests[i] != self.digests[i] for i in range(size) if i not in refused
+        ):
+            raise VoteWrongValue("the vote accepts another value", member=voter)
+        was_open = [self._is_open(i) for i in range(size)]
         self.votes[voter] = (vote, data)
         self._refused[voter] = refused
         for i in range(size):

@@ -54,6 +54,12 @@ from node.vault.keys import VaultKeys
 log = structlog.get_logger("hsmfleet.vault")
 
 
+class VaultBusy(VaultError):
+    """The member holds as many requests as it may; the client should try again later."""
+
+    kind = "vault_busy"
+
+
 class VaultService:
     """One member's vault front: opens requests, runs them, seals the answers."""
 
@@ -67,6 +73,7 @@ class VaultService:
         *,
         limit: int = DEFAULT_LIMIT,
         concurrency: int = 512,
+        max_pending: int = 2048,
     ) -> None:
         self.fleet = fleet
         self.member = member
@@ -74,6 +81,7 @@ class VaultService:
         self.evaluator = evaluator
         self.keys = keys
         self.limit = limit
+        self.max_pending = max_pending
         self.rejects: Counter[str] = Counter()
         self._gate = Gate(TrustStore())
         self._outbox = Outbox(member)
@@ -104,6 +112,11 @@ class VaultService:
     async def _on_msg(self, msg: Msg) -> None:
         if not msg.reply:
             self.rejects["no_reply_subject"] += 1
+            return
+        if len(self._tasks) >= self.max_pending:  # anonymous clients must not grow memory
+            busy = VaultBusy("too many requests in progress; try again later")
+            self.rejects[busy.kind] += 1
+            await self._reply(msg.reply, Rejected(kind=busy.kind, reason=str(busy)), None)
             return
         task = asyncio.create_task(self._answer(msg))
         self._tasks.add(task)

@@ -215,3 +215,18 @@ def test_the_client_needs_nothing_from_node():
         "assert not [m for m in sys.modules if m == 'node' or m.startswith('node.')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_a_member_with_too_many_requests_in_progress_refuses_more(
+    tmp_path, nats_server, client_nc
+):
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        for member in fleet.running.values():
+            member.vault.max_pending = 0
+        with pytest.raises(RequestRejected) as refused:
+            await fleet.client(client_nc).register("alice", ALICE)
+        assert refused.value.detail["kind"] == "vault_busy"
+        assert sum(m.vault.rejects["vault_busy"] for m in fleet.running.values()) == 1
+        for member in fleet.running.values():
+            member.vault.max_pending = 10
+        await fleet.client(client_nc).register("alice", ALICE)

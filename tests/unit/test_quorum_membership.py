@@ -111,3 +111,13 @@ def test_changes_need_a_settled_configuration_and_a_real_member():
         plan_join(three, "m1", keys["m1"])
     with pytest.raises(BadConfig, match="not a member"):
         plan_leave(three, "m9")
+
+
+def test_unreadable_member_settings_are_a_typed_error(tmp_path):
+    from node.quorum.member import BadSettings, MemberSettings
+
+    (tmp_path / "settings.json").write_text("{not json")
+    with pytest.raises(BadSettings):
+        MemberSettings.load(tmp_path / "settings.json")
+    with pytest.raises(BadSettings):
+        MemberSettings.load(tmp_path / "missing.json")

@@ -15,6 +15,7 @@ from messages.quorum import (
     VoteFromNonMember,
     VoteOldBallot,
     VoteReplayed,
+    VoteWrongValue,
     value_digest,
 )
 from node.quorum.membership import Membership
@@ -217,3 +218,32 @@ def test_refusals_must_name_distinct_records_of_the_batch(fleet):
         promise(tally, (refusal(0, 1), refusal(0, 2)))
     with pytest.raises(SchemaViolation):
         promise(tally, (refusal(5, 1),))
+
+
+def test_an_acceptance_of_another_value_is_ignored(fleet):
+    membership, outboxes = fleet
+    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    request = outboxes["m1"].envelope(body)
+    tally = Tally(Gate(membership.trust()), request, body, membership)
+    other = replace(accepted_vote(grants=True, seen=5, accepted=3), digests=(value_digest(b"y"),))
+    with pytest.raises(VoteWrongValue):
+        tally.add(vote(outboxes["m2"], other, request.id))
+    assert tally.answered == 0 and tally.grants == [0]
+    tally.add(vote(outboxes["m2"], accepted_vote(grants=True, seen=5, accepted=3), request.id))
+    assert tally.grants == [1] and tally.digests == (value_digest(b"x"),)
+
+
+def test_requests_name_each_record_once():
+    from messages.errors import SchemaViolation
+
+    with pytest.raises(SchemaViolation, match="twice"):
+        Prepare(fleet="f", epoch=1, keys=("a", "a"), ballots=(5, 6))
+    with pytest.raises(SchemaViolation, match="twice"):
+        Accept(
+            fleet="f",
+            epoch=1,
+            keys=("a", "a"),
+            ballots=(5, 6),
+            next_ballots=(0, 0),
+            values=(b"x", b"y"),
+        )
