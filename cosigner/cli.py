@@ -18,6 +18,7 @@ import signal
 from pathlib import Path
 
 from cosigner.config import (
+    ConfigError,
     CosignerConfig,
     init_state,
     load_config,
@@ -92,10 +93,22 @@ def pin_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (host optional, port 0 for any free one) as a host and a port number."""
+    host, _, port = text.rpartition(":")
+    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ConfigError("the HTTP address must be HOST:PORT", address=text)
+    return host or "127.0.0.1", int(port)
+
+
 async def run_command(args: argparse.Namespace) -> int:
-    host, _, port = args.http.rpartition(":")
+    host, port = listen_address(args.http)
     server = Server(make_app(args.state, args.nats))
-    url = await server.start(host or "127.0.0.1", int(port))
+    try:
+        url = await server.start(host, port)
+    except OSError as exc:
+        await server.stop()
+        raise ConfigError(f"cannot listen on {args.http}: {exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -70,6 +70,8 @@ class CosignerConfig(Body):
             all(log.name != self.name for log in self.witness_of),
             "a cosigner does not witness its own log",
         )
+        names = [log.name for log in self.witness_of]
+        require(len(set(names)) == len(names), "each witnessed log is named once")
 
     def trust(self) -> TrustStore:
         """The requester keys, trusted for the requester role."""

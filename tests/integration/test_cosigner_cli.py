@@ -4,10 +4,12 @@ as processes on what they produced."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +17,13 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from cosigner.testbed import MEMBERS, sample_artifact, sample_chain
+from cosigner.cli import listen_address, run_command
+from cosigner.config import ConfigError, CosignerConfig, RequesterPin
+from cosigner.engine import Cosigner
+from cosigner.testbed import COSIGNERS, MEMBERS, init_cosigners, sample_artifact, sample_chain
 from messages.canonical import b64
 from messages.cosign_client import CosigningClient, NatsTransport, Peer
+from messages.documents import MalformedDocument
 from messages.outbox import Outbox
 from messages.signing import Ed25519Signer
 from messages.verify import CosignerPin
@@ -172,3 +178,34 @@ async def test_cosigner_processes_sign_survive_sigkill_and_verify(running, nc: N
 
     for proc in procs.values():
         assert await proc.stop() == 0
+
+
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:", "127.0.0.1:99999", "host:\u0661"])
+def test_a_bad_listen_address_is_a_config_error(address: str) -> None:
+    with pytest.raises(ConfigError):
+        listen_address(address)
+    assert listen_address("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert listen_address(":8080") == ("127.0.0.1", 8080)
+
+
+async def test_a_port_in_use_is_a_config_error_and_the_state_is_closed(tmp_path: Path) -> None:
+    (peer,) = init_cosigners(tmp_path, Ed25519Signer.generate(), [COSIGNERS[0]])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = argparse.Namespace(state=tmp_path / peer.id, nats=None, http=f"127.0.0.1:{port}")
+        with pytest.raises(ConfigError, match="cannot listen"):
+            await run_command(args)
+    # Closed again: a second opening is not refused as busy.
+    await (await asyncio.to_thread(Cosigner.open, tmp_path / peer.id)).close()
+
+
+def test_a_configuration_names_each_witnessed_log_once() -> None:
+    requester = RequesterPin("orchestrator", "ed25519", Ed25519Signer.generate().public_key)
+    log = CosignerPin("other.example/log", Ed25519Signer.generate().public_key)
+    again = CosignerPin("other.example/log", Ed25519Signer.generate().public_key)
+    config = CosignerConfig("me", "me.example/log", (requester,), (log,))
+    assert config.witnessing(again).witness_of == (again,)
+    with pytest.raises(MalformedDocument, match="named once"):
+        CosignerConfig("me", "me.example/log", (requester,), (log, again))
