@@ -2,7 +2,7 @@
 
 - ``statements(idx, statement, signature)``: the statement signed for each log entry, so a
   requester whose answer was lost gets the very same statement again;
-- ``checkpoints(size, note)``: every checkpoint the cosigner signed of its own log;
+- ``checkpoints(size, note)``: the checkpoints the cosigner signed of its own log;
 - ``witnessed(origin, size, root, note, seen_at)``: every checkpoint of another log it cosigned
   as a witness, kept so that the log's misbehaviour can be proven later;
 - ``equivocations(origin, size, root, note, seen_at)``: checkpoints signed by a witnessed log
@@ -39,7 +39,7 @@ _SCHEMA = (
 
 @dataclass(frozen=True)
 class Seen:
-    """The largest checkpoint of a log the witness cosigned."""
+    """A checkpoint of another log, as the witness saw it: origin, size, root and the note."""
 
     origin: str
     size: int
