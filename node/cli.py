@@ -58,6 +58,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--hsm-key-file", type=Path, help="operator key sealing the software HSM (or env key)"
     )
     run.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    run.add_argument(
+        "--measurement", help="the install's measurement, if a launcher measured it once already"
+    )
     _pkcs11_arguments(run, required=False)
     run.set_defaults(run=node_run)
     measured = node_verbs.add_parser("measure", help="print this install's software measurement")
@@ -136,6 +139,7 @@ async def node_run(args: argparse.Namespace) -> int:
             args.domain,
             read_pins(args.orchestrator_key),
             node_id=args.node_id,
+            measurement=args.measurement,
             heartbeat_s=args.heartbeat,
         )
         nc = await nats.connect(args.nats, name=f"node-{daemon.node_id}")

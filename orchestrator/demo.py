@@ -149,7 +149,7 @@ class Api:
             return body
 
 
-def _lay_out(root: Path, nats_url: str) -> dict[str, Any]:
+def _lay_out(root: Path, nats_url: str, measurement: str) -> dict[str, Any]:
     """Keys, configurations and pins for every party; returns what the next steps need."""
     for name in ("logs", "nodes", "cosigners", "orch"):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def _lay_out(root: Path, nats_url: str) -> dict[str, Any]:
         "holder": "orch-a",
         "key_file": "orchestrator.key",
         "vendor_roots": [str(root / "vendor" / "root.pem")],
-        "allowed_measurements": [measure()],
+        "allowed_measurements": [measurement],
         "nats": nats_url,
         "listen": "127.0.0.1:0",
         "tokens": {TOKEN: "operator"},
@@ -248,7 +248,9 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
     await nats.start()
     try:
         _say(f"nats-server (JetStream) at {nats.url}")
-        laid = _lay_out(root, nats.url)
+        # Measured once for the orchestrator's allow-list and every node's claim alike.
+        measurement = measure()
+        laid = _lay_out(root, nats.url, measurement)
         cosigner_pins: dict[str, CosignerPin] = {}
         for cid in COSIGNERS:
             state = root / "cosigners" / cid
@@ -269,6 +271,7 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
                 "--orchestrator-key", str(root / "orchestrator-pin.json"),
                 "--vendor", str(root / "vendor"),
                 "--hsm-key-file", str(root / "nodes" / "hsm.key"), "--heartbeat", "1",
+                "--measurement", measurement,
             )  # fmt: skip
         _say(f"{len(NODES)} node daemons with software HSMs in dc1, dc2, dc3")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
