@@ -107,16 +107,18 @@ async def test_losing_a_majority_fails_clearly_and_commits_nothing(tmp_path, nat
             # reaches the live member fails as unavailable and never commits.
             fleet.pause("m2")
             fleet.pause("m3")
-            outcomes = {}
-            for i in range(6):
-                user = f"dave{i}"
+
+            async def register(user: str) -> str:
                 try:
                     await vault.register(user, Registration(pin=b"1", secret=b"s"))
-                    outcomes[user] = "ok"
                 except VaultUnavailable:
-                    outcomes[user] = "unavailable"
+                    return "unavailable"
                 except RequestTimeout:
-                    outcomes[user] = "timeout"
+                    return "timeout"
+                return "ok"
+
+            users = [f"dave{i}" for i in range(6)]  # at once: each may wait out a timeout
+            outcomes = dict(zip(users, await asyncio.gather(*map(register, users)), strict=True))
             fleet.resume("m2")
             fleet.resume("m3")
             await fleet.wait_serving(nc)
