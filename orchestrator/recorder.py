@@ -7,12 +7,13 @@ recording is reproducible.
 
 from __future__ import annotations
 
-from messages.events import LogEntry, TakeLease
+from messages.events import Decision, LogEntry, TakeLease
 from messages.schema import Body
 from messages.signing import Ed25519Signer, TrustStore
 from orchestrator.core import Context, decide
 from orchestrator.keys import trust_for
-from orchestrator.log import GENESIS, entry_digest, seal
+from orchestrator.log import GENESIS, LogReader, entry_digest, seal
+from orchestrator.replay import Replayer
 from orchestrator.state import State, evolve
 
 
@@ -60,6 +61,24 @@ class Recorder:
             self.head = entry_digest(item.data)
             if entry is not None:
                 self.state = evolve(self.state, entry)
+
+    @classmethod
+    def resume(cls, entries: list[bytes], signer: Ed25519Signer, holder: str) -> Recorder:
+        """A recorder continuing the log ``entries`` as a restarted orchestrator would: only
+        the log survives, every decision in it is re-run on the way (a divergence raises), and
+        the next seed follows the ones the log used. Take the lease before deciding."""
+        recorder = cls(signer, holder)
+        reader, replayer = LogReader(recorder.trust()), Replayer(check=True)
+        for index, data in enumerate(entries, start=1):
+            record = reader.admit(data, f"entry {index}")
+            replayer.apply(record)
+            if isinstance(record.entry, Decision):
+                recorder.epoch = max(recorder.epoch, record.entry.epoch)
+        recorder.state = replayer.finish("end of log")
+        recorder.entries = list(entries)
+        recorder.head = reader.head
+        recorder._seeds = replayer.decisions
+        return recorder
 
     def take_lease(self, epoch: int, now_ms: int) -> None:
         """Record a takeover by :attr:`holder` under ``epoch``."""

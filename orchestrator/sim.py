@@ -55,13 +55,23 @@ SEALING_KEY = bytes(range(32))
 T = TypeVar("T")
 
 
+HsmFactory = Callable[[Path, str], SoftHsm]
+"""Makes the software HSM of a node (its state directory, its id)."""
+
+
+def soft_hsm(state_dir: Path, node_id: str) -> SoftHsm:
+    return SoftHsm(state_dir, SEALING_KEY)
+
+
 class SimNode:
     """One node's HSM, identity and answers."""
 
-    def __init__(self, root: Path, node_id: str, domain: str, vendor: VendorCA) -> None:
+    def __init__(
+        self, root: Path, node_id: str, domain: str, vendor: VendorCA, hsm: HsmFactory = soft_hsm
+    ) -> None:
         self.node_id = node_id
         self.domain = domain
-        self.hsm = SoftHsm(root / node_id / "hsm", SEALING_KEY)
+        self.hsm = hsm(root / node_id / "hsm", node_id)
         provision(self.hsm, vendor, datetime.now(UTC))
         self.identity = establish(self.hsm, root / node_id, node_id)
         self.outbox = Outbox(node_id, self.hsm.signer(IDENTITY))
@@ -95,11 +105,11 @@ class SimNode:
 class SimFleet:
     """Nodes sharing one vendor CA; ``down`` ones do not answer."""
 
-    def __init__(self, root: Path, members: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, root: Path, members: list[tuple[str, str]], hsm: HsmFactory = soft_hsm
+    ) -> None:
         self.vendor = VendorCA.init(root / "vendor", datetime.now(UTC))
-        self.nodes = {
-            node_id: SimNode(root, node_id, domain, self.vendor) for node_id, domain in members
-        }
+        self.nodes = {n: SimNode(root, n, domain, self.vendor, hsm) for n, domain in members}
         self.down: set[str] = set()
 
     def policy(self, nonce_ttl_ms: int = 30_000) -> SetPolicy:
