@@ -1,4 +1,5 @@
-"""``hsmfleet nats up``: run an embedded JetStream server in the foreground."""
+"""``hsmfleet nats up``: run an embedded JetStream server in the foreground; ``hsmfleet nats
+secure`` (in :mod:`ops.natsauth.cli`) writes the configs that ``up --secure`` runs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import contextlib
 import signal
 from pathlib import Path
 
+from ops.natsauth import cli as natsauth_cli
+from ops.natsauth import connect as natsauth
+from ops.natsauth.bundle import open_bundle
 from ops.natsserver import NatsServer
 
 
@@ -18,11 +22,18 @@ def register(verbs: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="run one JetStream server until Ctrl-C, printing its URL")
     up.add_argument("--state", type=Path, default=Path("state/nats"), help="state directory")
     up.add_argument("--port", type=int, default=4222, help="client port (0: any free port)")
+    up.add_argument(
+        "--secure", type=Path, metavar="DIR", help="run the config `hsmfleet nats secure` wrote"
+    )
     up.set_defaults(run=up_command)
+    natsauth_cli.register(sub)
 
 
 async def up_command(args: argparse.Namespace) -> int:
-    server = NatsServer(args.state, port=args.port)
+    if args.secure:
+        server = natsauth.server(open_bundle(args.secure), args.state, port=args.port)
+    else:
+        server = NatsServer(args.state, port=args.port)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
