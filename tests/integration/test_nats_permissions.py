@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,7 @@ from nats.aio.msg import Msg
 
 from messages import subjects
 from ops.natsauth import connect as natsauth
-from ops.natsauth.bundle import Bundle, write_bundle
+from ops.natsauth.bundle import Bundle, open_bundle, write_bundle
 from ops.natsauth.layout import parse_layout
 from ops.natsauth.nkey import user_key
 from ops.natsauth.permissions import LEASE_STREAM
@@ -589,3 +592,51 @@ async def wait_for_log(path: Path, text: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{path.name} never logged {text!r}")
+
+
+# --- the commands ------------------------------------------------------------------------
+
+
+async def test_nats_secure_then_up_secure_as_processes(tmp_path):
+    hsmfleet = [sys.executable, "-m", "ops.cli"]
+    layout = tmp_path / "layout.json"
+    layout.write_text(json.dumps(LAYOUT.to_json()))
+    out = tmp_path / "bundle"
+    made = await asyncio.create_subprocess_exec(
+        *hsmfleet,
+        "nats",
+        "secure",
+        "--layout",
+        str(layout),
+        "--out",
+        str(out),
+        "--tls",
+        stderr=subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(made.communicate(), 60)
+    assert made.returncode == 0, err
+    proc = await asyncio.create_subprocess_exec(
+        *hsmfleet,
+        "nats",
+        "up",
+        "--secure",
+        str(out),
+        "--port",
+        "0",
+        "--state",
+        str(tmp_path / "state"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
+        bundle = open_bundle(out)
+        nc = await natsauth.connect(bundle, "orchestrator", "o1", url, allow_reconnect=False)
+        assert (await nc.jetstream().account_info()).limits is not None
+        await nc.close()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 20)
+    assert code == 0
