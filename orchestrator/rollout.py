@@ -53,6 +53,7 @@ from messages.errors import HsmfleetError, MessageError
 from messages.events import (
     NO_ANSWER,
     NONCE_EXPIRED,
+    ROLLOUT_ACTIONS,
     ArtifactPrepared,
     ArtifactPublished,
     BundleCosigned,
@@ -228,20 +229,23 @@ def operate(state: State, c: OperateRollout, ctx: Any) -> list[LogEntry]:
     if rollout is None:
         raise UnknownRollout("no rollout of this fleet", fleet=c.fleet)
     rid, fleet, by, status = rollout.rollout_id, rollout.fleet, c.requested_by, rollout.status
-    if c.action == "abort":
-        if status == "aborted":
-            return []
-        _refuse_if(status in TERMINAL, c.action, rollout)
-        return [RolloutAborted(rid, fleet, by=by, reason=c.reason or "aborted by the operator")]
+    if c.action not in ROLLOUT_ACTIONS:
+        raise CommandRefused("unknown rollout action", action=c.action)
+    already = {
+        "abort": status == "aborted",
+        "pause": status == "paused",
+        "resume": status == "running",
+        "approve": rollout.approved,
+    }
+    if already.get(c.action, False):
+        return []
     _refuse_if(status in TERMINAL, c.action, rollout)
+    if c.action == "abort":
+        return [RolloutAborted(rid, fleet, by=by, reason=c.reason or "aborted by the operator")]
     if c.action == "pause":
-        if status == "paused":
-            return []
         _refuse_if(status != "running", c.action, rollout)
         return [RolloutPaused(rid, fleet, by=by, reason=c.reason or "paused", at_ms=ctx.now_ms)]
     if c.action == "resume":
-        if status == "running":
-            return []
         _refuse_if(status != "paused", c.action, rollout)
         return [_resumed(rollout, by, ctx)]
     if c.action == "retry":
@@ -249,12 +253,8 @@ def operate(state: State, c: OperateRollout, ctx: Any) -> list[LogEntry]:
         _refuse_if(not again and status != "failed", c.action, rollout)
         events: list[LogEntry] = [RolloutRetried(rid, fleet, by=by)]
         return events + ([_resumed(rollout, by, ctx)] if status == "paused" else [])
-    if c.action == "approve":
-        if rollout.approved:
-            return []
-        _refuse_if(rollout.artifact is not None, c.action, rollout)
-        return [RolloutApproved(rid, fleet, by=by)]
-    raise CommandRefused("unknown rollout action", action=c.action)
+    _refuse_if(rollout.artifact is not None, c.action, rollout)
+    return [RolloutApproved(rid, fleet, by=by)]
 
 
 def _resumed(rollout: Rollout, by: str, ctx: Any) -> RolloutResumed:

@@ -49,6 +49,7 @@ from orchestrator.cosigning import Cosigning
 from orchestrator.recorder import Recorder
 from orchestrator.rollout import PROBE, MemberCommand, artifacts_to_publish, bundles_to_log
 from orchestrator.rollout import member_commands as commands_of
+from orchestrator.state import State
 
 MEASUREMENT = "sha256:" + "5e" * 32
 SEALING_KEY = bytes(range(32))
@@ -187,38 +188,39 @@ class Drill:
         finally:
             self.core_s += time.perf_counter() - started
 
-    async def settle(self, max_rounds: int = 100_000) -> None:
-        """Carry out effects until none is left that a node that is up can answer."""
+    async def settle(
+        self, until: Callable[[State], bool] | None = None, max_rounds: int = 100_000
+    ) -> None:
+        """Carry out effects one at a time until none is left that a node that is up can
+        answer, or until ``until`` holds for the state."""
         for _ in range(max_rounds):
             state = self.recorder.state
+            if until is not None and until(state):
+                return
             if self._timed(overdue, state, self.clock()):
                 self.decide(Tick())
                 continue
             enrollments = self._timed(open_enrollments, state)
             answerable = [e for e in enrollments if e.node_id not in self.fleet.down]
             if answerable:
-                for e in answerable:
-                    reply = self.fleet.nodes[e.node_id].attest(e.nonce, e.expires_ms)
-                    self.decide(AttestationAnswer(e.enrollment_id, e.node_id, reply))
+                e = answerable[0]
+                reply = self.fleet.nodes[e.node_id].attest(e.nonce, e.expires_ms)
+                self.decide(AttestationAnswer(e.enrollment_id, e.node_id, reply))
                 continue
             commands = self._timed(commands_of, state)
             up = [c for c in commands if c.node_id not in self.fleet.down]
             if up:
-                for command in up:
-                    reply = self.fleet.answer(command)
-                    self.decide(
-                        MemberAnswer(command.rollout_id, command.node_id, command.step, reply)
-                    )
+                command = up[0]
+                reply = self.fleet.answer(command)
+                self.decide(MemberAnswer(command.rollout_id, command.node_id, command.step, reply))
                 continue
             bundles = self._timed(bundles_to_log, state)
             if bundles:
-                for job in bundles:
-                    self.decide(await self.cosigning.log_document(job))
+                self.decide(await self.cosigning.log_document(bundles[0]))
                 continue
             artifacts = self._timed(artifacts_to_publish, state)
             if artifacts:
-                for job in artifacts:
-                    self.decide(await self.cosigning.publish_artifact(job))
+                self.decide(await self.cosigning.publish_artifact(artifacts[0]))
                 continue
             return
         raise RuntimeError("the rollout did not settle")
