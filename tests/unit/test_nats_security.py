@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from messages import subjects
 from messages.quorum import PHASES
 from messages.vault import OPERATIONS
-from ops import cli
+from ops import cli, logs
 from ops.natsauth import render
 from ops.natsauth.bundle import BundleError, open_bundle, write_bundle
 from ops.natsauth.layout import LayoutError, Party, load_layout, parse_layout
@@ -337,7 +337,13 @@ def test_missing_seed_and_unknown_config_are_errors(tmp_path):
 # --- CLI ---------------------------------------------------------------------------------
 
 
-def test_cli_writes_a_bundle(tmp_path, capsys):
+@pytest.fixture
+def keep_logging(monkeypatch):
+    """``cli.main`` would point structlog at this test's captured stderr for good."""
+    monkeypatch.setattr(logs, "configure", lambda **_: None)
+
+
+def test_cli_writes_a_bundle(tmp_path, capsys, keep_logging):
     layout = tmp_path / "layout.json"
     layout.write_text(json.dumps(LAYOUT_JSON))
     out = tmp_path / "out"
@@ -351,7 +357,7 @@ def test_cli_writes_a_bundle(tmp_path, capsys):
     assert names.get_values_for_type(x509.DNSName) == ["localhost", "nats.example"]
 
 
-def test_cli_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
+def test_cli_refuses_bad_input_and_writes_nothing(tmp_path, capsys, keep_logging):
     layout = tmp_path / "layout.json"
     layout.write_text(json.dumps({"nodes": [{"id": "n 1"}]}))
     out = tmp_path / "out"
