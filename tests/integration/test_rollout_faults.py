@@ -1,0 +1,153 @@
+"""Members lost during a rollout on a real nats-server, and a rollout aborted: the plan says
+whether a lost minority pauses the rollout or is left out, and either way it never wedges; an
+abort destroys the fleet keys on every member over NATS and closes the chain with an ``abort``
+bundle; a node daemon restarted after the rollout serves the fleet's replication group again."""
+
+from __future__ import annotations
+
+import pytest
+
+from messages.bundle import ABORT
+from messages.ceremony import key_label
+from messages.events import OperateRollout, StartRollout
+from messages.plan import parse_plan
+from messages.verify import VerifierState, verify_bundle
+from node.daemon import NodeDaemon
+from node.hsm.base import KeyNotFound
+from node.pins import read_pins
+from ops.natsserver import NatsServer
+from tests.replay.fleet import running, wait_for
+from tests.replay.rolloutbed import MEMBERS, SOFTWARE, open_bed, prepare
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults-template") / "fleet"
+    prepare(root)
+    return root
+
+
+@pytest.fixture
+async def bed(tmp_path, template):
+    async with NatsServer(tmp_path / "nats", name="faults") as server:
+        bed = await open_bed(template, tmp_path / "run", server.url)
+        yield bed
+        await bed.close()
+
+
+def act(action: str) -> OperateRollout:
+    return OperateRollout(fleet="fleet-1", action=action, requested_by="test", reason="")
+
+
+def daemon(bed, node_id: str) -> NodeDaemon:
+    return next(d for d in bed.daemons if d.node_id == node_id)
+
+
+async def test_a_member_lost_in_enroll_pauses_and_resume_goes_on_without_it(bed):
+    async with running(bed.config) as orch:
+        await wait_for(lambda: len(orch.state.nodes) == 5, what="five nodes")
+        await daemon(bed, "node-2").stop()
+        plan = bed.plan(rollout={"on_member_loss": "pause", "member_deadline_s": 2})
+        await orch.submit(StartRollout(plan=parse_plan(plan), requested_by="test"))
+        await wait_for(
+            lambda: orch.state.book.of_fleet("fleet-1").status == "paused",
+            timeout=30,
+            what="the pause",
+        )
+        rollout = orch.state.book.of_fleet("fleet-1")
+        assert rollout.members["node-2"].status == "failed" and "node-2" in rollout.reason
+        await orch.submit(act("resume"))
+        await wait_for(
+            lambda: orch.state.book.of_fleet("fleet-1").status == "active",
+            timeout=60,
+            what="the rollout without node-2",
+        )
+        rollout = orch.state.book.of_fleet("fleet-1")
+    assert rollout.members["node-2"].status == "lost"
+    assert {m.id for m in rollout.artifact.quorum.members} == {
+        "node-1",
+        "node-3",
+        "node-4",
+        "node-5",
+    }
+    verify_bundle(
+        rollout.validation, bed.pins(), VerifierState(), rollout.artifact.not_before_ms + 1
+    )
+
+
+async def test_the_generator_lost_in_the_ceremony_is_left_out_with_continue(bed):
+    async with running(bed.config) as orch:
+        await wait_for(lambda: len(orch.state.nodes) == 5, what="five nodes")
+        plan = bed.plan(rollout={"on_member_loss": "continue", "member_deadline_s": 2})
+        await orch.submit(StartRollout(plan=parse_plan(plan), requested_by="test"))
+        await orch.submit(act("pause"))  # hold it in enroll while node-1 attests
+        await wait_for(
+            lambda: orch.state.book.of_fleet("fleet-1").members["node-1"].attestation,
+            what="node-1's attestation",
+        )
+        await daemon(bed, "node-1").stop()  # the first member: the one to make the keys
+        await orch.submit(act("resume"))
+        await wait_for(
+            lambda: orch.state.book.of_fleet("fleet-1").status == "active",
+            timeout=60,
+            what="the rollout without node-1",
+        )
+        rollout = orch.state.book.of_fleet("fleet-1")
+    assert rollout.members["node-1"].status == "lost" and rollout.generator != "node-1"
+    assert {m.id for m in rollout.artifact.quorum.members} == {
+        "node-2",
+        "node-3",
+        "node-4",
+        "node-5",
+    }
+
+
+async def test_abort_destroys_the_keys_on_every_member_and_logs_it(bed):
+    async with running(bed.config) as orch:
+        await wait_for(lambda: len(orch.state.nodes) == 5, what="five nodes")
+        plan = bed.plan(rollout={"approve_publish": True})
+        await orch.submit(StartRollout(plan=parse_plan(plan), requested_by="test"))
+        await wait_for(
+            lambda: orch.state.book.of_fleet("fleet-1").awaiting_approval,
+            timeout=60,
+            what="the gate before publish",
+        )
+        assert all("fleet-1" in d.fleets.replicas for d in bed.daemons)
+        await orch.submit(act("abort"))
+        chain = lambda: orch.state.book.fleets["fleet-1"]  # noqa: E731
+        await wait_for(lambda: chain().logged == 4, timeout=30, what="the abort bundle")
+        rollout = orch.state.book.of_fleet("fleet-1")
+    assert rollout.status == "aborted" and chain().bundles[-1].stage == ABORT
+    assert {r.node for r in chain().bundles[-1].evidence.receipts} == {n for n, _ in MEMBERS}
+    for node in bed.daemons:
+        assert "fleet-1" not in node.fleets.replicas
+        with pytest.raises(KeyNotFound):
+            node.hsm.public_key(key_label("fleet-1", rollout.rollout_id, "vault"))
+    for server in bed.cosigners:
+        assert server.cosigner.notary.size == 4  # enroll, ceremony, quorum, abort
+
+
+async def test_a_restarted_node_serves_the_fleet_again(bed):
+    async with running(bed.config) as orch:
+        await wait_for(lambda: len(orch.state.nodes) == 5, what="five nodes")
+        await orch.submit(StartRollout(plan=parse_plan(bed.plan()), requested_by="test"))
+        await wait_for(
+            lambda: orch.state.book.of_fleet("fleet-1").status == "active",
+            timeout=60,
+            what="the rollout",
+        )
+    old = daemon(bed, "node-3")
+    await old.stop()
+    bed.daemons.remove(old)
+    again = NodeDaemon(
+        old.hsm,
+        bed.root / "nodes" / "node-3",
+        "dc2",
+        read_pins(bed.root / "pins.json"),
+        node_id="node-3",
+        measurement=SOFTWARE,
+    )
+    await again.start(bed.nc)
+    bed.daemons.append(again)
+    replica = again.fleets.replicas["fleet-1"][1]
+    await replica.wait_voting(10)
