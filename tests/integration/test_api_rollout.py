@@ -1,0 +1,180 @@
+"""Rollouts over the operator API and the ``hsmfleet rollout`` verbs, on a real server with real
+nodes and cosigners: roles, a JSON error for every bad request (nothing changes), the plan's
+typed refusals, start / approve / status --watch / abort with their exit codes, the validation
+bundle and the stage-bundle chain served for clients and auditors."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from messages.bundle import StageBundle, check_chain
+from messages.canonical import b64
+from messages.verify import VerifierState, verify_bundle
+from ops.cli import build_parser
+from ops.natsserver import NatsServer
+from orchestrator.api import ORCHESTRATOR, create_app
+from orchestrator.keys import load_signer
+from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for
+from tests.replay.rolloutbed import open_bed, prepare
+
+OP = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api-template") / "fleet"
+    prepare(root)
+    return root
+
+
+@pytest.fixture
+async def api(tmp_path, template):
+    async with NatsServer(tmp_path / "nats", name="api-rollout") as server:
+        bed = await open_bed(template, tmp_path / "run", server.url)
+        settings = bed.settings
+        app = create_app(settings, load_signer(settings.key_file))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        orch = app[ORCHESTRATOR]
+        await wait_for(lambda: orch.active and len(orch.state.nodes) == 5, what="nodes")
+        base = f"http://{host}:{port}"
+        async with aiohttp.ClientSession(base_url=base) as http:
+            yield http, orch, bed, base
+        await runner.cleanup()
+        await bed.close()
+
+
+async def call(http, method, path, headers=None, **kw):
+    async with http.request(method, path, headers=headers or {}, **kw) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def hsmfleet(*argv: str) -> int:
+    """Run a verb in this process, as ``hsmfleet ARGV`` would."""
+    args = build_parser().parse_args(list(argv))
+    result = args.run(args)
+    return await result if inspect.isawaitable(result) else result
+
+
+def plan_toml(bed, path, fleet="fleet-1", gate=True) -> None:
+    pins = "\n".join(
+        f'[[cosigners.pin]]\nid = "{p.id}"\nname = "{p.pin.name}"\n'
+        f'public_key = "{b64(p.pin.public_key)}"\n'
+        for p in bed.peers
+    )
+    path.write_text(
+        f'fleet = "{fleet}"\n[members]\ncount = 5\nmin_per_domain = 1\n'
+        '[keys]\nvault = "ed25519"\n[cosigners]\nthreshold = 2\n'
+        f"{pins}[rollout]\nwave_size = 2\napprove_publish = {'true' if gate else 'false'}\n"
+    )
+
+
+async def test_bad_rollout_requests_get_json_errors_and_change_nothing(api):
+    http, orch, bed, _ = api
+    plan = bed.plan()
+    cases = [
+        ("POST", "/v1/rollouts", {}, {"json": plan}, 401, "unauthenticated"),
+        ("POST", "/v1/rollouts", READ, {"json": plan}, 403, "forbidden"),
+        ("POST", "/v1/rollouts", OP, {"data": b"{"}, 400, "bad_request"),
+        ("POST", "/v1/rollouts", OP, {"json": {**plan, "colour": 1}}, 422, "plan_unknown_setting"),
+        ("POST", "/v1/rollouts", OP, {"json": {**plan, "fleet": "a.b"}}, 422, "plan_fleet"),
+        (
+            "POST",
+            "/v1/rollouts",
+            OP,
+            {"json": bed.plan(members={"ids": ["node-1", "node-1", "node-2"]})},
+            422,
+            "plan_members",
+        ),
+        (
+            "POST",
+            "/v1/rollouts",
+            OP,
+            {
+                "json": bed.plan(
+                    members={"ids": ["node-1", "ghost", "node-2"]}, rollout={"wave_size": 1}
+                )
+            },
+            404,
+            "unknown_node",
+        ),
+        ("GET", "/v1/rollouts/nope", READ, {}, 404, "unknown_rollout"),
+        ("POST", "/v1/rollouts/nope/pause", OP, {}, 404, "unknown_rollout"),
+        ("POST", "/v1/rollouts/fleet-1/dance", OP, {}, 404, "not_found"),
+        ("POST", "/v1/rollouts/fleet-1/pause", READ, {}, 403, "forbidden"),
+        ("GET", "/v1/fleets/nope/bundle", READ, {}, 404, "not_found"),
+        ("GET", "/v1/fleets/nope/stage-bundles", READ, {}, 404, "not_found"),
+    ]
+    last = orch.last_seq
+    for method, path, headers, kw, status, kind in cases:
+        got, body = await call(http, method, path, headers, **kw)
+        assert (got, body["error"]) == (status, kind), (path, body)
+    assert orch.last_seq == last and not orch.state.book.rollouts
+
+
+async def test_a_rollout_through_the_api_and_the_cli(api, tmp_path, capsys):
+    http, orch, bed, base = api
+    common = ["--api", base, "--token", OPERATOR_TOKEN]
+    plan_toml(bed, tmp_path / "plan.toml")
+    assert await hsmfleet("rollout", "start", str(tmp_path / "plan.toml"), *common) == 0
+    status, view = await call(http, "GET", "/v1/rollouts/fleet-1", READ)
+    assert status == 200 and view["status"] == "running"
+    status, body = await call(http, "GET", "/v1/fleets/fleet-1/bundle", READ)
+    assert (status, body["error"]) == (404, "not_found")  # nothing published yet
+    await wait_for(
+        lambda: orch.state.book.of_fleet("fleet-1").awaiting_approval, timeout=60, what="gate"
+    )
+    status, body = await call(http, "POST", "/v1/rollouts/fleet-1/resume", OP)
+    assert status == 200  # resuming a running rollout changes nothing
+    assert await hsmfleet("rollout", "approve", "fleet-1", *common) == 0
+    code = await hsmfleet("rollout", "status", "fleet-1", "--watch", "--interval", "0.1", *common)
+    assert code == 0
+    assert "active" in capsys.readouterr().out
+
+    status, bundle = await call(http, "GET", "/v1/fleets/fleet-1/bundle", READ)
+    assert status == 200
+    rollout = orch.state.book.of_fleet("fleet-1")
+    verify_bundle(bundle, bed.pins(), VerifierState(), rollout.artifact.not_before_ms + 1)
+    out = tmp_path / "bundle.json"
+    assert await hsmfleet("rollout", "bundle", "fleet-1", "--out", str(out), *common) == 0
+    assert json.loads(out.read_text()) == bundle
+    status, chain = await call(http, "GET", "/v1/fleets/fleet-1/stage-bundles", READ)
+    assert status == 200 and chain["logged"] == 5
+    assert check_chain([StageBundle.from_json(b) for b in chain["bundles"]]).serial == 5
+    status, body = await call(http, "POST", "/v1/rollouts/fleet-1/abort", OP)
+    assert (status, body["error"]) == (409, "rollout_conflict")
+    status, body = await call(http, "POST", "/v1/rollouts", OP, json=bed.plan())
+    assert (status, body["error"]) == (409, "fleet_active")
+
+
+async def test_status_watch_exits_non_zero_when_the_rollout_is_aborted(api, tmp_path, capsys):
+    http, _, bed, base = api
+    common = ["--api", base, "--token", OPERATOR_TOKEN]
+    plan_toml(bed, tmp_path / "plan.toml", fleet="fleet-2")
+    assert await hsmfleet("rollout", "plan", str(tmp_path / "plan.toml")) == 0
+    assert "plan is valid" in capsys.readouterr().out
+    assert await hsmfleet("rollout", "start", str(tmp_path / "plan.toml"), *common) == 0
+    assert await hsmfleet("rollout", "pause", "fleet-2", "--reason", "hold on", *common) == 0
+    assert await hsmfleet("rollout", "abort", "fleet-2", *common) == 0
+    code = await hsmfleet("rollout", "status", "fleet-2", "--watch", "--interval", "0.1", *common)
+    assert code == 1
+    status, body = await call(http, "POST", "/v1/rollouts/fleet-2/resume", OP)
+    assert (status, body["error"]) == (409, "rollout_conflict")
+
+
+async def test_plan_verb_exit_codes(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text('fleet = "x"\n[members]\ncount = 0\n')
+    assert await hsmfleet("rollout", "plan", str(tmp_path / "bad.toml")) == 1
+    assert "plan_" in capsys.readouterr().out
+    # An unreadable plan is refused like any bad plan, with its kind.
+    assert await hsmfleet("rollout", "plan", str(tmp_path / "nope.toml")) == 1
+    assert "plan_unreadable" in capsys.readouterr().out
