@@ -288,6 +288,15 @@ def replay_command(args: argparse.Namespace) -> int:
         "nodes": len(result.state.nodes),
         "enrolled": sum(1 for n in result.state.nodes.values() if n.status == "enrolled"),
         "lease": {"holder": result.state.lease.holder, "epoch": result.state.lease.epoch},
+        "fleets": {
+            fleet: {
+                "status": rollout.status,
+                "stage": rollout.stage,
+                "bundles": len(result.state.book.fleets[fleet].bundles),
+            }
+            for fleet in sorted(result.state.book.fleets)
+            if (rollout := result.state.book.of_fleet(fleet)) is not None
+        },
         "entries_per_s": round(result.rate),
     }
     if args.json:
@@ -299,4 +308,7 @@ def replay_command(args: argparse.Namespace) -> int:
             f"{summary['enrolled']} enrolled; lease {result.state.lease.holder} "
             f"epoch {result.state.lease.epoch}"
         )
+        for fleet, view in summary["fleets"].items():
+            status, stage, bundles = view["status"], view["stage"], view["bundles"]
+            print(f"  fleet {fleet}: {status} in {stage}, {bundles} stage bundles")
     return DONE

@@ -1,33 +1,46 @@
-"""Record the golden logs in ``tests/data`` (run ``python -m tests.replay.record``).
+"""Record the golden logs in ``tests/data`` (run ``python -m tests.replay.record [NAME...]``).
 
 Each scenario is recorded with the pure core and a fixed orchestrator key, whose public key is
 ``tests/data/orchestrator.pub``. Files are named ``<scenario>.v<N>.jsonl`` after the message
 version of the entries that changed between versions (``node.announced``). Divergent logs are
 recorded as an older, buggy build would have written them: validly signed, but holding events
 that today's ``decide`` does not emit.
+
+Rollout scenarios (``rollout-*``) run the core against simulated nodes (real software HSMs and
+node code) and two real cosigners in this process (:mod:`tests.replay.world`).
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import hashlib
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from messages.attestation import NodeAnnounce
+from messages.bundle import Evidence, StageBundle
 from messages.events import (
+    ArtifactPrepared,
     AttestationAnswer,
     EnrollNode,
     LogEntry,
     NodeAnnounced,
     NodeEnrolled,
     SetPolicy,
+    StageBundleIssued,
     Tick,
 )
 from messages.signing import Ed25519Signer
-from orchestrator.core import decide
+from orchestrator import evidence
+from orchestrator.core import decide, open_enrollments
 from orchestrator.log import GENESIS
 from orchestrator.logfile import Header
+from orchestrator.recorder import Recorder
 from tests.replay.kit import MEASUREMENT, T0, PureLog, Vendor
+from tests.replay.world import World
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SIGNER = Ed25519Signer.from_seed(hashlib.sha256(b"hsmfleet golden log orchestrator").digest())
@@ -163,16 +176,114 @@ def divergent_fenced() -> PureLog:
     return log
 
 
+def _in_world(play: Callable[[World], object]) -> Recorder:
+    """Run ``play`` (a coroutine function) in a world recorded with the golden key."""
+
+    async def run() -> Recorder:
+        with tempfile.TemporaryDirectory(prefix="hsmfleet-golden-") as tmp:
+            world = World(Path(tmp), signer=SIGNER)
+            try:
+                await play(world)
+            finally:
+                await world.close()
+            return world.drill.recorder
+
+    return asyncio.run(run())
+
+
+def rollout_active() -> Recorder:
+    """A fleet rolled out to active: every stage, the approval gate, both cosigners."""
+
+    async def play(world: World) -> None:
+        world.start(rollout={"approve_publish": True})
+        await world.settle()
+        world.act("approve")
+        await world.settle()
+
+    return _in_world(play)
+
+
+def rollout_faults() -> Recorder:
+    """A member lost in enroll pauses the rollout, resume goes on without it; a second plan
+    supersedes a rollout of another fleet, which is then aborted (keys destroyed)."""
+
+    async def play(world: World) -> None:
+        world.nodes.down.add("node-2")
+        world.start()
+        await world.settle()
+        await world.wait_out(11)
+        world.act("resume")
+        await world.settle()
+        world.nodes.down.clear()
+        world.start("fleet-2", rollout={"approve_publish": True})
+        await world.settle()
+        world.start("fleet-2", rollout={"approve_publish": True, "wave_size": 1})
+        await world.settle()
+        world.act("abort", fleet="fleet-2", reason="recorded")
+        await world.settle()
+
+    return _in_world(play)
+
+
+def divergent_rollout_bundle() -> Recorder:
+    """A buggy build left a member's attestation out of the enroll bundle."""
+
+    async def play(world: World) -> None:
+        world.start()
+        await world.drill.settle(until=lambda state: len(open_enrollments(state)) == 1)
+        (last,) = open_enrollments(world.state)
+        reply = world.nodes.nodes[last.node_id].attest(last.nonce, last.expires_ms)
+        command = AttestationAnswer(last.enrollment_id, last.node_id, reply)
+        recorder = world.drill.recorder
+        ctx = recorder.context(world.clock())
+        events = decide(recorder.state, command, ctx)
+        written = [
+            replace(e, bundle=_without(e.bundle, last.node_id))
+            if isinstance(e, StageBundleIssued)
+            else e
+            for e in events
+        ]
+        recorder.record(command, events, ctx, written)
+
+    return _in_world(play)
+
+
+def _without(bundle: StageBundle, node_id: str) -> StageBundle:
+    refs = tuple(r for r in bundle.evidence.attestations if r.node != node_id)
+    return replace(bundle, evidence=Evidence.of(attestations=refs))
+
+
+def divergent_rollout_gate() -> Recorder:
+    """A buggy build prepared the artifact for publication without the operator's approval."""
+
+    async def play(world: World) -> None:
+        world.start(rollout={"approve_publish": True})
+        await world.settle()
+        rollout = world.rollout()
+        recorder = world.drill.recorder
+        ctx = recorder.context(world.clock())
+        prepared = ArtifactPrepared(
+            rollout.rollout_id, rollout.fleet, evidence.artifact(recorder.state, rollout)
+        )
+        recorder.record(Tick(), [prepared], ctx)
+
+    return _in_world(play)
+
+
 SCENARIOS = {
     "enrollment-mixed.v2": enrollment_mixed,
     "enrollment-mixed.v1": lambda: enrollment_mixed(version=1),
     "divergent-measurement.v2": divergent_measurement,
     "divergent-extra-event.v2": divergent_extra_event,
     "divergent-fenced.v2": divergent_fenced,
+    "rollout-active.v2": rollout_active,
+    "rollout-faults.v2": rollout_faults,
+    "divergent-rollout-bundle.v2": divergent_rollout_bundle,
+    "divergent-rollout-gate.v2": divergent_rollout_gate,
 }
 
 
-def write(name: str, log: PureLog) -> Path:
+def write(name: str, log: Recorder) -> Path:
     path = DATA / f"{name}.jsonl"
     header = Header("FLEET_EVENTS", 1, GENESIS).encode()
     path.write_bytes(header + b"\n" + log.jsonl())
@@ -180,10 +291,16 @@ def write(name: str, log: PureLog) -> Path:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="record the golden logs in tests/data")
+    parser.add_argument("names", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    names = parser.parse_args().names or list(SCENARIOS)
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"no such scenario: {', '.join(unknown)}")
     DATA.mkdir(exist_ok=True)
     (DATA / "orchestrator.pub").write_text(SIGNER.public_key.hex() + "\n")
-    for name, scenario in SCENARIOS.items():
-        print(write(name, scenario()))
+    for name in names:
+        print(write(name, SCENARIOS[name]()))
 
 
 if __name__ == "__main__":
