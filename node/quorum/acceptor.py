@@ -53,10 +53,13 @@ from node.quorum.store import SlotStore
 log = structlog.get_logger("hsmfleet.quorum.acceptor")
 
 MAX_SNAPSHOT_PAGE = 1000
+# Commits between checkpoints of the store's write-ahead log (run in a thread, see store).
+CHECKPOINT_EVERY = 200
 # Requests are remembered (against replays) and accepted (against staleness) for a minute.
 REPLAY_MS = 60_000
 
-Answer = Callable[[Envelope, Body], Awaitable[None]]
+# Gets the signed vote as an envelope, as a body and as the wire bytes (encoded once).
+Answer = Callable[[Envelope, Body, bytes], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,10 @@ class Acceptor:
         self._trust_epoch = 0
         self._subs: list[Subscription] = []
         self._worker: asyncio.Task[None] | None = None
+        self._checkpoint: asyncio.Future[None] | None = None
+        self._checkpointed_at = 0
         self._nc: NATS | None = None
+        self._batch_size = metrics.BATCH_SIZE.labels(member)
 
     def gate(self) -> Gate:
         """The gate for requests, rebuilt when the configuration's members change."""
@@ -121,6 +127,8 @@ class Acceptor:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
+        if self._checkpoint is not None:  # the thread cannot be cancelled: let it finish
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
 
     def _refuse(self, kind: str) -> None:
         self.rejects[kind] += 1
@@ -144,8 +152,8 @@ class Acceptor:
             return
         reply = msg.reply
 
-        async def answer(env: Envelope, _vote: Body) -> None:
-            await self._nc.publish(reply, env.encode(), headers=headers_for(env))
+        async def answer(env: Envelope, _vote: Body, data: bytes) -> None:
+            await self._nc.publish(reply, data, headers=headers_for(env))
 
         self.submit(received, answer)
 
@@ -181,10 +189,20 @@ class Acceptor:
             except Exception:
                 log.exception("acceptor could not persist a batch; answering nothing")
                 continue
-            metrics.BATCH_SIZE.labels(self.member).observe(records)
+            self._batch_size.observe(records)
             for request, vote in zip(batch, answers, strict=True):
                 env = self.outbox.envelope(vote, causation=request.received.envelope.id)
-                await request.answer(env, vote)
+                await request.answer(env, vote, env.encode())
+            self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        if self.store.commits - self._checkpointed_at < CHECKPOINT_EVERY:
+            return
+        if self._checkpoint is not None and not self._checkpoint.done():
+            return
+        self._checkpointed_at = self.store.commits
+        self._checkpoint = asyncio.ensure_future(asyncio.to_thread(self.store.checkpoint))
+        self._checkpoint.add_done_callback(_log_failure)
 
     def _decide(self, batch: list[_Request]) -> list[Body]:
         """Apply the rules to every request in order and save the result (one fsync)."""
@@ -231,6 +249,11 @@ class Acceptor:
                 changed[key] = new
         self.store.save(changed)
         return len(changed)
+
+
+def _log_failure(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("checkpoint failed", error=repr(done.exception()))
 
 
 def _records(request: _Request) -> int:

@@ -60,11 +60,12 @@ def accept_then_promise(
 ) -> Slot | None:
     """:func:`accept`, then promise ``then`` if given: the next prepare riding on this accept
     (CASPaxos 2.2.1). The promise always succeeds after the accept, as ``then`` is higher."""
-    new = accept(slot, ballot, value)
-    if new is None or then is None:
-        return new
+    if then is None:
+        return accept(slot, ballot, value)
     if then <= ballot:
         raise ValueError("the promised ballot must follow the accepted one")
+    if ballot < slot.promised or ballot <= slot.accepted:
+        return None
     return Slot(promised=then, accepted=ballot, value=value)
 
 

@@ -75,6 +75,7 @@ class Tally:
             self.voters, self.quorum = membership.prepare_set, membership.prepare_quorum
         self.votes: dict[str, tuple[Promise | Accepted, bytes]] = {}
         self._refused: dict[str, dict[int, Refusal]] = {}
+        self._unanimous: list[tuple[Promise | Accepted, bytes]] | None = None
         size = len(body.keys)
         self.grants = [0] * size
         self.refusals = [0] * size
@@ -102,9 +103,10 @@ class Tally:
             raise vote_error(exc) from exc
         self._count(received.envelope, received.body, data)
 
-    def add_own(self, env: Envelope, vote: Promise | Accepted) -> None:
-        """Count the vote of the proposer's own acceptor, signed in this process (no gate)."""
-        self._count(env, vote, env.encode())
+    def add_own(self, env: Envelope, vote: Promise | Accepted, data: bytes) -> None:
+        """Count the vote of the proposer's own acceptor, signed in this process (no gate);
+        ``data`` is its wire form."""
+        self._count(env, vote, data)
 
     def _count(self, env: Envelope, vote: object, data: bytes) -> None:
         voter = env.source
@@ -123,6 +125,7 @@ class Tally:
         was_open = [self._is_open(i) for i in range(size)]
         self.votes[voter] = (vote, data)
         self._refused[voter] = refused
+        self._unanimous = None
         for i in range(size):
             if i in refused:
                 self.refusals[i] += 1
@@ -148,6 +151,10 @@ class Tally:
 
     def granting(self, i: int) -> list[tuple[Promise | Accepted, bytes]]:
         """The votes that granted record ``i``."""
+        if not any(self._refused.values()):  # the common case: the same for every record
+            if self._unanimous is None:
+                self._unanimous = list(self.votes.values())
+            return self._unanimous
         return [v for m, v in self.votes.items() if i not in self._refused[m]]
 
     def granted_by(self, i: int) -> set[str]:

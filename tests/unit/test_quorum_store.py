@@ -53,3 +53,22 @@ def test_the_cache_is_dropped_past_its_limit_and_reads_come_from_disk(tmp_path):
     store.save({f"k{i}": Slot(accepted=Ballot(1, "m1"), value=b"%d" % i) for i in range(30)})
     assert store.load(["k3"])["k3"].value == b"3"
     assert len(store._cache) <= 11
+
+
+def test_checkpoints_run_apart_from_commits(tmp_path):
+    import threading
+
+    store = SlotStore(tmp_path / "q.sqlite3")
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    store.save({f"k{i}": Slot(accepted=Ballot(1, "m1"), value=b"x") for i in range(50)})
+    worker = threading.Thread(target=store.checkpoint)
+    worker.start()
+    store.save({"late": Slot(accepted=Ballot(2, "m1"), value=b"y")})
+    worker.join()
+    store.checkpoint()
+    busy, logged, copied = store._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and logged == copied, "every frame of the log is in the database"
+    assert store.commits == 2
+    store.close()
+    again = SlotStore(tmp_path / "q.sqlite3")
+    assert again.load(["k7", "late"])["late"].value == b"y"
