@@ -8,7 +8,9 @@
   over HTTP: the checkpoint's signature (and witness cosignatures), consistency with the
   checkpoint stored by the last audit, every entry hashing into the signed root, every entry's
   signed statement and inclusion proof, each fleet's chain; then how keys and members changed
-  between epochs. Exit 0 when every log passes, 1 otherwise.
+  between epochs. With ``--orchestrator URL`` the orchestrator's evidence (each fleet's chain of
+  stage bundles, from its API) is cross-checked against every log too. Exit 0 when every log
+  passes, 1 otherwise.
 - ``pins --cosigner PIN... --operator-key FILE --threshold K [floor options] --out FILE``: write a
   pins file from cosigner pins (``hsmfleet cosigner pin``) and the operator's public key (hex, as
   ``orchestrator/keys.py`` writes it, or JSON ``{"alg", "public_key"}``).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +57,7 @@ from messages.verify import (
     parse_bundle,
     verify_bundle,
 )
+from orchestrator.audit import cross_check, fetch_evidence
 
 RECEIPT_CONCURRENCY = 8
 REFUSED = 1
@@ -77,6 +81,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     audit.add_argument("--state", type=Path, help="audit state file (last checkpoint per log)")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit.add_argument("--orchestrator", help="orchestrator API whose evidence to cross-check")
+    audit.add_argument("--token", default=os.environ.get("HSMFLEET_TOKEN", ""), help="its token")
     audit.set_defaults(run=audit_command)
 
     pins = verbs.add_parser("pins", help="write a pins file for verifiers")
@@ -250,14 +256,19 @@ async def audit_command(args: argparse.Namespace) -> int:
         raise PinsError("no log to audit: give --url or pin cosigners with a url")
     reports, lines, heads = [], [], {}
     async with aiohttp.ClientSession() as http:
+        evidence = None
+        if args.orchestrator:
+            evidence = await fetch_evidence(http, args.orchestrator, args.token)
         for url in urls:
             try:
                 audit, head, witnesses = await _audit_log(LogReader(http, url), pins, state)
+                crossed = cross_check(evidence, audit) if evidence is not None else []
             except (VerificationError, AuditError, DocumentError, LogUnreachable) as exc:
                 return _refusal(args, exc, url=url)
             report, text = _report(audit, witnesses)
+            report["orchestrator"] = crossed
             reports.append(report)
-            lines += text
+            lines += text + crossed
             heads[audit.origin] = head
     if args.state:
         checkpoints = dict(state.checkpoints) | heads

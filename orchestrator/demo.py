@@ -314,7 +314,10 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
         _say(f"  trust file: {trust_file}")
         _say(f"  logs:       {root / 'logs'} (and {nats.log_file})")
         _say(f"  check it:   hsmfleet verify {bundle_file} --trust {trust_file}")
-        _say(f"  audit it:   hsmfleet audit --pins {trust_file} --orchestrator {orch['api']}")
+        _say(
+            f"  audit it:   hsmfleet audit --pins {trust_file} --orchestrator {orch['api']}"
+            f" --token {TOKEN}"
+        )
         if not args.exit:
             _say("\nthe fleet keeps running; Ctrl-C stops every process the demo started")
             await asyncio.Event().wait()

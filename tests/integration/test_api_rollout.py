@@ -150,6 +150,17 @@ async def test_a_rollout_through_the_api_and_the_cli(api, tmp_path, capsys):
     status, chain = await call(http, "GET", "/v1/fleets/fleet-1/stage-bundles", READ)
     assert status == 200 and chain["logged"] == 5
     assert check_chain([StageBundle.from_json(b) for b in chain["bundles"]]).serial == 5
+    # The auditor walks both cosigners' logs and cross-checks the orchestrator's evidence.
+    bed.pins().dump(tmp_path / "pins.json")
+    capsys.readouterr()
+    code = await hsmfleet(
+        "audit", "--pins", str(tmp_path / "pins.json"), "--orchestrator", base,
+        "--token", READ_TOKEN,
+    )  # fmt: skip
+    report = capsys.readouterr().out
+    assert code == 0, report
+    assert report.count("the orchestrator's 5 stage bundle(s) match") == 2
+    assert "epoch 1: member added node-1 in dc1" in report
     status, body = await call(http, "POST", "/v1/rollouts/fleet-1/abort", OP)
     assert (status, body["error"]) == (409, "rollout_conflict")
     status, body = await call(http, "POST", "/v1/rollouts", OP, json=bed.plan())
