@@ -25,7 +25,8 @@ class Metrics:
         )
         self.stage = Histogram(
             "hsmfleet_stage_duration_seconds",
-            "Duration of each stage: decide, append, catch_up, attest, enrollment",
+            "Duration of each stage: decide, append, catch_up, attest, the rollout's member"
+            " commands (generate, import, join, probe, retire) and cosign",
             ["stage"],
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),

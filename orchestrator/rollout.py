@@ -695,17 +695,12 @@ def _activate(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogE
 
 
 def _clean_up(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry]:
-    """Destroy an ended rollout's keys on every member that holds them; an aborted rollout's
-    chain then ends with an ``abort`` bundle naming the destruction receipts."""
-    holders = [
-        m
-        for m in rollout.in_order()
-        if (m.holds_keys or m.joined or m.node_id == rollout.generator)
-        and m.destroyed is None
-        and m.destroy_failed is None
-    ]
-    events: list[LogEntry] = [_command(rollout, m, RETIRE, ctx) for m in holders if m.step is None]
-    if holders or rollout.status != "aborted":
+    """Destroy an ended rollout's keys on its members; an aborted rollout's chain then ends
+    with an ``abort`` bundle naming the answers. Every member is asked, not only those on
+    record as holding keys: one may hold keys whose receipt never arrived."""
+    pending = [m for m in rollout.in_order() if m.destroyed is None and m.destroy_failed is None]
+    events: list[LogEntry] = [_command(rollout, m, RETIRE, ctx) for m in pending if m.step is None]
+    if pending or rollout.status != "aborted":
         return events
     chain = state.book.fleets.get(rollout.fleet)
     issued = chain is not None and any(

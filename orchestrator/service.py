@@ -352,6 +352,7 @@ class Orchestrator:
         failed, paused) or its deadline passes (the tick then fails it); record the answer."""
         log = self.log.bind(corr=command.rollout_id, node=command.node_id, step=command.step)
         subject = subjects.node_command(command.node_id, command.verb)
+        started = time.perf_counter()
         try:
             while self.active and command.key in {c.key for c in member_commands(self.state)}:
                 remaining = (command.deadline_ms - self._clock_ms()) / 1000
@@ -376,12 +377,15 @@ class Orchestrator:
         except HsmfleetError as exc:
             self._count(exc)
             log.warning("member command stopped", reason=str(exc))
+        finally:
+            self.metrics.stage.labels(command.step).observe(time.perf_counter() - started)
 
     async def _cosign(self, job: ToLog, carry_out: Callable[[ToLog], Awaitable[Body]]) -> None:
         """Get ``job``'s document logged (and countersigned, for an artifact), retrying with
         backoff while the cosigners refuse or do not answer; record the outcome."""
         log = self.log.bind(fleet=job.fleet, document=job.key)
         pause, longest = COSIGNING_BACKOFF_S
+        started = time.perf_counter()
         while self.active:
             try:
                 outcome = await carry_out(job)
@@ -394,6 +398,7 @@ class Orchestrator:
                 pause = min(pause * 2, longest)
                 continue
             self.effect_errors.pop(job.fleet, None)
+            self.metrics.stage.labels("cosign").observe(time.perf_counter() - started)
             log.info("logged by the cosigners")
             return
 
