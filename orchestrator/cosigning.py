@@ -18,7 +18,7 @@ from messages.plan import CosignerPolicy
 from messages.signing import Signer
 from messages.validation import with_cosignatures
 from messages.verify import CosignerPin
-from orchestrator.rollout import ToLog
+from orchestrator.rollout_effects import ToLog
 
 
 def peers(policy: CosignerPolicy) -> list[Peer]:

@@ -6,8 +6,8 @@ the members' answers (:class:`MemberAnswer`), the cosigners' outcomes (:class:`B
 :func:`advance` moves each rollout as far as its state allows: it challenges members, opens
 member commands in waves, pauses or fails on lost members as the plan says, issues each stage's
 bundle and enters the next stage once the cosigners logged it. The effects the shell carries
-out (member commands, bundles to sign, the artifact to publish) are read off the state by the
-functions at the end; nothing here touches the network.
+out (member commands, bundles to sign, the artifact to publish) are read off the state by
+:mod:`orchestrator.rollout_effects`; nothing here touches the network.
 
 Stages: ``enroll`` → ``ceremony`` → ``quorum`` → ``publish`` → ``activate``. A rollout's status is
 ``running``, ``paused`` (clocks stopped), ``failed`` (``retry`` or ``abort``), or one it never
@@ -18,7 +18,6 @@ bundle closes the chain), ``superseded`` (a new plan for the fleet took over; ke
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from messages.artifact import FleetKey, FleetKeyArtifact, Member, Quorum
@@ -35,15 +34,11 @@ from messages.bundle import (
 from messages.bus import Rejected
 from messages.ceremony import (
     FleetKeysOffer,
-    GenerateFleetKeys,
-    ImportFleetKeys,
     Joined,
-    JoinFleet,
     KeyReceipt,
     PublicFleetKey,
     Recipient,
     Retired,
-    RetireFleet,
     probe_key,
     probe_value,
 )
@@ -113,7 +108,6 @@ POLICY = "policy"
 NODE_ROLE = "node"
 
 GENERATE, IMPORT, JOIN, PROBE, RETIRE = "generate", "import", "join", "probe", "retire"
-VERBS = {GENERATE: "ceremony", IMPORT: "ceremony", JOIN: "join", PROBE: "join", RETIRE: "retire"}
 NEXT_STAGE = {ENROLL: CEREMONY, CEREMONY: QUORUM, QUORUM: PUBLISH, PUBLISH: ACTIVATE}
 RETRYABLE_ENROLLMENT = (NO_ANSWER, NONCE_EXPIRED)
 """Rejections that say only that the answer did not come in time: the member is challenged
@@ -708,102 +702,3 @@ def _clean_up(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry]:
         for b, by in zip(chain.bundles, chain.issued_by, strict=True)
     )
     return [] if issued else _issue(state, rollout, ABORT, evidence.abort_evidence(rollout))
-
-
-# --- effects: what the shell carries out ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemberCommand:
-    """A command to send to a member until it answers or its step closes."""
-
-    rollout_id: str
-    fleet: str
-    node_id: str
-    step: str
-    verb: str
-    body: Body
-    deadline_ms: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.rollout_id}/{self.node_id}/{self.step}"
-
-
-def member_commands(state: State) -> list[MemberCommand]:
-    """Every open member step of a running rollout (retire steps of ended ones too)."""
-    out = []
-    for rollout_id in sorted(state.book.rollouts):
-        rollout = state.book.rollouts[rollout_id]
-        if rollout.status != "running" and rollout.status not in ENDED:
-            continue
-        for member in rollout.in_order():
-            if member.step is None or (rollout.status in ENDED) != (member.step == RETIRE):
-                continue
-            out.append(
-                MemberCommand(
-                    rollout_id,
-                    rollout.fleet,
-                    member.node_id,
-                    member.step,
-                    VERBS[member.step],
-                    _command_body(state, rollout, member),
-                    member.deadline_ms or 0,
-                )
-            )
-    return out
-
-
-def _command_body(state: State, rollout: Rollout, member: RolloutMember) -> Body:
-    rid, fleet, epoch, step = rollout.rollout_id, rollout.fleet, rollout.epoch, member.step
-    if step == GENERATE:
-        return GenerateFleetKeys(
-            fleet, epoch, rid, rollout.plan.keys, tuple(recipients(state, rollout, member.node_id))
-        )
-    if step == IMPORT:
-        keys = tuple(w for w in rollout.wrapped if w.node == member.node_id)
-        return ImportFleetKeys(fleet, epoch, rid, keys)
-    if step in (JOIN, PROBE):
-        assert rollout.config is not None
-        return JoinFleet(fleet, epoch, rid, rollout.config, probe=step == PROBE)
-    return RetireFleet(fleet, epoch, rid)
-
-
-@dataclass(frozen=True)
-class ToLog:
-    """A document for the cosigners, with the fleet's earlier ones (for a cosigner that
-    missed some) and the rollout whose plan names the cosigners."""
-
-    fleet: str
-    rollout: Rollout
-    document: StageBundle | FleetKeyArtifact
-    earlier: tuple[StageBundle, ...] | tuple[FleetKeyArtifact, ...]
-
-    @property
-    def key(self) -> str:
-        return f"{self.document.KIND}/{self.fleet}/{self.document.seq}"
-
-
-def bundles_to_log(state: State) -> list[ToLog]:
-    """The first issued but unlogged stage bundle of each fleet."""
-    out = []
-    for fleet in sorted(state.book.fleets):
-        chain = state.book.fleets[fleet]
-        if chain.logged < len(chain.bundles):
-            issuer = state.book.rollouts[chain.issued_by[chain.logged]]
-            bundle = chain.bundles[chain.logged]
-            out.append(ToLog(fleet, issuer, bundle, chain.bundles[: chain.logged]))
-    return out
-
-
-def artifacts_to_publish(state: State) -> list[ToLog]:
-    """Each prepared artifact whose validation bundle is not yet on record."""
-    out = []
-    for rollout_id in sorted(state.book.rollouts):
-        rollout = state.book.rollouts[rollout_id]
-        if rollout.artifact is None or rollout.validation is not None:
-            continue
-        chain = state.book.fleets[rollout.fleet]
-        earlier = tuple(a for a in chain.artifacts if a.epoch < rollout.artifact.epoch)
-        out.append(ToLog(rollout.fleet, rollout, rollout.artifact, earlier))
-    return out

@@ -62,7 +62,7 @@ from orchestrator.lease import Lease, LeaseLost
 from orchestrator.log import SOURCE, LogReader, seal
 from orchestrator.metrics import Metrics
 from orchestrator.replay import Replayer
-from orchestrator.rollout import (
+from orchestrator.rollout_effects import (
     MemberCommand,
     ToLog,
     artifacts_to_publish,

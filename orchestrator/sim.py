@@ -47,8 +47,9 @@ from node.vendor import VendorCA, provision
 from orchestrator.core import open_enrollments, overdue
 from orchestrator.cosigning import Cosigning
 from orchestrator.recorder import Recorder
-from orchestrator.rollout import PROBE, MemberCommand, artifacts_to_publish, bundles_to_log
-from orchestrator.rollout import member_commands as commands_of
+from orchestrator.rollout import PROBE
+from orchestrator.rollout_effects import MemberCommand, artifacts_to_publish, bundles_to_log
+from orchestrator.rollout_effects import member_commands as commands_of
 from orchestrator.state import State
 
 MEASUREMENT = "sha256:" + "5e" * 32

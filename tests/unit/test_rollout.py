@@ -40,7 +40,7 @@ from orchestrator.errors import (
 from orchestrator.evidence import BadCosignerAnswers
 from orchestrator.log import LogReader
 from orchestrator.replay import Replayer
-from orchestrator.rollout import bundles_to_log, member_commands
+from orchestrator.rollout_effects import bundles_to_log, member_commands
 from tests.replay.world import World
 
 

@@ -22,7 +22,7 @@ from messages.schema import Body
 from messages.signing import Ed25519Signer
 from orchestrator.cosigning import Cosigning
 from orchestrator.recorder import Recorder
-from orchestrator.rollout import ToLog
+from orchestrator.rollout_effects import ToLog
 from orchestrator.sim import Drill, SimFleet
 from tests.replay.rolloutbed import MEMBERS, SEALING_KEY, SeededHsm
 

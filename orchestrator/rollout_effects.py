@@ -1,0 +1,121 @@
+"""What the shell carries out for rollouts, read off the state (pure).
+
+- :func:`member_commands`: every open member step (generate, import, join, probe of a running
+  rollout; retire of an ended one), with the command body built from the state;
+- :func:`bundles_to_log`: the first issued but unlogged stage bundle of each fleet;
+- :func:`artifacts_to_publish`: each prepared artifact without its validation bundle.
+
+Each comes with a key, so the shell runs one effect per key at a time, and each is derived from
+the state alone: after a crash the next orchestrator finds the same effects still to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from messages.artifact import FleetKeyArtifact
+from messages.bundle import StageBundle
+from messages.ceremony import GenerateFleetKeys, ImportFleetKeys, JoinFleet, RetireFleet
+from messages.schema import Body
+from orchestrator.rollout import GENERATE, IMPORT, JOIN, PROBE, RETIRE, recipients
+from orchestrator.rollout_state import ENDED, Rollout, RolloutMember
+from orchestrator.state import State
+
+VERBS = {GENERATE: "ceremony", IMPORT: "ceremony", JOIN: "join", PROBE: "join", RETIRE: "retire"}
+"""The node command subject each step is sent on."""
+
+
+@dataclass(frozen=True)
+class MemberCommand:
+    """A command to send to a member until it answers or its step closes."""
+
+    rollout_id: str
+    fleet: str
+    node_id: str
+    step: str
+    verb: str
+    body: Body
+    deadline_ms: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.rollout_id}/{self.node_id}/{self.step}"
+
+
+def member_commands(state: State) -> list[MemberCommand]:
+    """Every open member step of a running rollout (retire steps of ended ones too)."""
+    out = []
+    for rollout_id in sorted(state.book.rollouts):
+        rollout = state.book.rollouts[rollout_id]
+        if rollout.status != "running" and rollout.status not in ENDED:
+            continue
+        for member in rollout.in_order():
+            if member.step is None or (rollout.status in ENDED) != (member.step == RETIRE):
+                continue
+            out.append(
+                MemberCommand(
+                    rollout_id,
+                    rollout.fleet,
+                    member.node_id,
+                    member.step,
+                    VERBS[member.step],
+                    _command_body(state, rollout, member),
+                    member.deadline_ms or 0,
+                )
+            )
+    return out
+
+
+def _command_body(state: State, rollout: Rollout, member: RolloutMember) -> Body:
+    rid, fleet, epoch, step = rollout.rollout_id, rollout.fleet, rollout.epoch, member.step
+    if step == GENERATE:
+        return GenerateFleetKeys(
+            fleet, epoch, rid, rollout.plan.keys, tuple(recipients(state, rollout, member.node_id))
+        )
+    if step == IMPORT:
+        keys = tuple(w for w in rollout.wrapped if w.node == member.node_id)
+        return ImportFleetKeys(fleet, epoch, rid, keys)
+    if step in (JOIN, PROBE):
+        assert rollout.config is not None
+        return JoinFleet(fleet, epoch, rid, rollout.config, probe=step == PROBE)
+    return RetireFleet(fleet, epoch, rid)
+
+
+@dataclass(frozen=True)
+class ToLog:
+    """A document for the cosigners, with the fleet's earlier ones (for a cosigner that
+    missed some) and the rollout whose plan names the cosigners."""
+
+    fleet: str
+    rollout: Rollout
+    document: StageBundle | FleetKeyArtifact
+    earlier: tuple[StageBundle, ...] | tuple[FleetKeyArtifact, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.document.KIND}/{self.fleet}/{self.document.seq}"
+
+
+def bundles_to_log(state: State) -> list[ToLog]:
+    """The first issued but unlogged stage bundle of each fleet."""
+    out = []
+    for fleet in sorted(state.book.fleets):
+        chain = state.book.fleets[fleet]
+        if chain.logged < len(chain.bundles):
+            issuer = state.book.rollouts[chain.issued_by[chain.logged]]
+            bundle = chain.bundles[chain.logged]
+            out.append(ToLog(fleet, issuer, bundle, chain.bundles[: chain.logged]))
+    return out
+
+
+def artifacts_to_publish(state: State) -> list[ToLog]:
+    """Each prepared artifact whose validation bundle is not yet on record."""
+    out = []
+    for rollout_id in sorted(state.book.rollouts):
+        rollout = state.book.rollouts[rollout_id]
+        if rollout.artifact is None or rollout.validation is not None:
+            continue
+        chain = state.book.fleets[rollout.fleet]
+        earlier = tuple(a for a in chain.artifacts if a.epoch < rollout.artifact.epoch)
+        out.append(ToLog(rollout.fleet, rollout, rollout.artifact, earlier))
+    return out
