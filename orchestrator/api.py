@@ -47,6 +47,7 @@ from orchestrator.errors import (
 from orchestrator.keys import operator_signer
 from orchestrator.lease import LeaseLost
 from orchestrator.openapi import OPENAPI
+from orchestrator.rollout_state import ENDED
 from orchestrator.service import Orchestrator
 from orchestrator.views import (
     enrollment_view,
@@ -286,12 +287,13 @@ async def stage_bundles(request: web.Request) -> web.Response:
 
 @_needs("read")
 async def validation_bundle(request: web.Request) -> web.Response:
-    """The validation bundle clients need: the active epoch's, else the latest published."""
+    """The validation bundle clients need: the active epoch's, else that of the rollout in
+    progress once it is published (never one of an aborted or superseded rollout)."""
     chain = _chain(request)
-    orch = _orchestrator(request)
     bundle = chain.validation
-    if bundle is None and chain.rollout_id is not None:
-        bundle = orch.state.book.rollouts[chain.rollout_id].validation
+    latest = _orchestrator(request).state.book.of_fleet(chain.fleet)
+    if bundle is None and latest is not None and latest.status not in ENDED:
+        bundle = latest.validation
     if bundle is None:
         raise UnknownId("the fleet has no published validation bundle yet", fleet_id=chain.fleet)
     return web.json_response(bundle)

@@ -411,10 +411,17 @@ def cosigned(state: State, c: BundleCosigned, ctx: Any) -> list[LogEntry]:
 
 
 def published(state: State, c: ArtifactPublished, ctx: Any) -> list[LogEntry]:
-    """Record the validation bundle of the artifact the fleet's rollout prepared."""
-    rollout = state.book.of_fleet(c.fleet)
-    if rollout is None or rollout.artifact is None or rollout.artifact.epoch != c.epoch:
-        raise UnknownRollout("no artifact of this epoch is being published", fleet=c.fleet)
+    """Record the validation bundle of the artifact a rollout of the fleet prepared."""
+    rollout = next(
+        (
+            r
+            for r in state.book.rollouts.values()
+            if r.fleet == c.fleet and r.artifact is not None and r.artifact.epoch == c.epoch
+        ),
+        None,
+    )
+    if rollout is None or rollout.artifact is None:
+        raise UnknownRollout("no artifact of this epoch was prepared", fleet=c.fleet)
     if rollout.validation is not None:
         return []
     try:

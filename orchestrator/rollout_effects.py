@@ -109,11 +109,15 @@ def bundles_to_log(state: State) -> list[ToLog]:
 
 
 def artifacts_to_publish(state: State) -> list[ToLog]:
-    """Each prepared artifact whose validation bundle is not yet on record."""
+    """Each prepared artifact whose validation bundle is not yet on record, of a rollout that
+    has not ended (an ended rollout's artifact is never countersigned: the next artifact of the
+    fleet has it logged, uncountersigned, to keep the epochs without a gap)."""
     out = []
     for rollout_id in sorted(state.book.rollouts):
         rollout = state.book.rollouts[rollout_id]
         if rollout.artifact is None or rollout.validation is not None:
+            continue
+        if rollout.status in ENDED:
             continue
         chain = state.book.fleets[rollout.fleet]
         earlier = tuple(a for a in chain.artifacts if a.epoch < rollout.artifact.epoch)

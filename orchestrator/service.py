@@ -380,13 +380,17 @@ class Orchestrator:
         finally:
             self.metrics.stage.labels(command.step).observe(time.perf_counter() - started)
 
+    def _documents_to_log(self) -> set[str]:
+        return {j.key for j in [*bundles_to_log(self.state), *artifacts_to_publish(self.state)]}
+
     async def _cosign(self, job: ToLog, carry_out: Callable[[ToLog], Awaitable[Body]]) -> None:
         """Get ``job``'s document logged (and countersigned, for an artifact), retrying with
-        backoff while the cosigners refuse or do not answer; record the outcome."""
+        backoff while the cosigners refuse or do not answer and the job is still to do; record
+        the outcome."""
         log = self.log.bind(fleet=job.fleet, document=job.key)
         pause, longest = COSIGNING_BACKOFF_S
         started = time.perf_counter()
-        while self.active:
+        while self.active and job.key in self._documents_to_log():
             try:
                 outcome = await carry_out(job)
                 await self.submit(outcome)

@@ -344,3 +344,22 @@ async def test_decisions_on_rollouts_are_deterministic(world):
     assert decide(world.state, command, ctx) == decide(world.state, command, ctx)
     with pytest.raises(CommandRefused):
         decide(world.state, OperateRollout("fleet-1", "pause", "op", ""), ctx)
+
+
+async def test_superseded_while_publishing_its_epoch_is_logged_but_never_countersigned(world):
+    world.start(rollout={"approve_publish": False})
+    await world.drill.settle(until=lambda state: state.book.of_fleet("fleet-1").artifact)
+    first = world.rollout()
+    assert first.artifact.epoch == 1 and first.validation is None
+    world.start(rollout={"wave_size": 1})  # the new plan takes over before publication
+    await world.settle()
+    second = world.rollout()
+    assert second.status == "active" and second.artifact.epoch == 2
+    assert world.state.book.rollouts[first.rollout_id].validation is None
+    assert world.state.book.fleets["fleet-1"].validation == second.validation
+    # The cosigners logged epoch 2 only: a fleet's first logged artifact may start at any epoch,
+    # and epoch 1 was never countersigned into a validation bundle.
+    for cosigner in world.bed.cosigners:
+        notary = cosigner.notary
+        logged = [e for e in notary.entries(0, notary.size) if b"fleet-keys/v1" in e]
+        assert logged == [second.artifact.to_bytes()]
