@@ -10,6 +10,14 @@ equal length: ``keys[i]`` goes with ``ballots[i]``, ``values[i]`` and so on. A b
 ``(n, by)``: a counter and the member id of the proposer, compared counter first. ``n == 0``
 means "none".
 
+On the wire each column is one base64 string of packed entries, not a JSON array: every JSON
+element costs each party an encoding, a canonical-form check and a schema check, three times per
+message, so arrays of hundreds of entries dominated the cost of a round. Integers are 8 bytes
+big-endian (unsigned); strings (UTF-8) and byte strings are each a 4-byte big-endian length and
+the bytes, with length ``0xFFFFFFFF`` standing for none where a column allows it. Packing is a
+function of the entries and unpacking must consume the string exactly, so each batch has one
+encoding and the signature covers it.
+
 Every request names the configuration ``epoch`` its proposer runs under, and every vote repeats
 it under the voter's signature: a vote counts, and a commit proof holds, only under the
 configuration it was cast in (a quorum of an older configuration is not one of a newer).
@@ -17,10 +25,16 @@ Acceptors refuse requests of an epoch older than their own, so a proposer that m
 membership change cannot commit under the old quorums.
 """
 
+import dataclasses
+import functools
 import hashlib
+import struct
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from messages.canonical import b64, unb64
 from messages.errors import HsmfleetError, SchemaViolation
 from messages.schema import Body, message
 
@@ -41,8 +55,100 @@ def value_digest(value: bytes | None) -> bytes:
     return hashlib.sha256(b"hsmfleet/v1/quorum/value\n" + value).digest()
 
 
+_NONE = 0xFFFFFFFF
+_LENGTH = struct.Struct(">I")
+
+
+def _pack_ints(entries: tuple[int, ...]) -> bytes:
+    try:
+        return struct.pack(f">{len(entries)}Q", *entries)
+    except struct.error as exc:
+        raise SchemaViolation(f"a column entry is not an unsigned 64-bit integer: {exc}") from None
+
+
+def _unpack_ints(data: bytes) -> tuple[int, ...]:
+    if len(data) % 8:
+        raise SchemaViolation("an integer column is not a whole number of entries")
+    return struct.unpack(f">{len(data) // 8}Q", data)
+
+
+def _pack_blobs(entries: tuple[bytes | str | None, ...]) -> bytes:
+    parts = []
+    for entry in entries:
+        if entry is None:
+            parts.append(_LENGTH.pack(_NONE))
+            continue
+        raw = entry.encode() if type(entry) is str else entry
+        if type(raw) is not bytes or len(raw) >= _NONE:
+            raise SchemaViolation("a column entry is not a string or bytes")
+        parts += (_LENGTH.pack(len(raw)), raw)
+    return b"".join(parts)
+
+
+def _unpack_blobs(data: bytes, text: bool, nullable: bool) -> tuple[Any, ...]:
+    out: list[Any] = []
+    at, end = 0, len(data)
+    while at < end:
+        if end - at < 4:
+            raise SchemaViolation("a column ends inside an entry's length")
+        (size,) = _LENGTH.unpack_from(data, at)
+        at += 4
+        if size == _NONE:
+            if not nullable:
+                raise SchemaViolation("a column without empty entries has one")
+            out.append(None)
+            continue
+        if end - at < size:
+            raise SchemaViolation("a column ends inside an entry")
+        raw = data[at : at + size]
+        at += size
+        if text:
+            try:
+                out.append(raw.decode())
+            except UnicodeDecodeError:
+                raise SchemaViolation("a string column entry is not UTF-8") from None
+        else:
+            out.append(raw)
+    return tuple(out)
+
+
+Codec = tuple[Callable[[tuple[Any, ...]], bytes], Callable[[bytes], tuple[Any, ...]]]
+_CODECS: dict[Any, Codec] = {
+    tuple[int, ...]: (_pack_ints, _unpack_ints),
+    tuple[str, ...]: (_pack_blobs, lambda data: _unpack_blobs(data, True, False)),
+    tuple[bytes, ...]: (_pack_blobs, lambda data: _unpack_blobs(data, False, False)),
+    tuple[bytes | None, ...]: (_pack_blobs, lambda data: _unpack_blobs(data, False, True)),
+}
+
+
+@functools.cache
+def _layout(cls: type) -> tuple[dict[str, Codec], tuple[tuple[str, Any, bool], ...]]:
+    """The codec of each column of ``cls``, and its other fields (name, type, required)."""
+    hints = typing.get_type_hints(cls)
+    columns = {name: _CODECS[hints[name]] for name in cls.COLUMNS}
+    others = tuple(
+        (f.name, hints[f.name], f.default is dataclasses.MISSING)
+        for f in dataclasses.fields(cls)
+        if f.name != "extra" and f.name not in columns
+    )
+    return columns, others
+
+
+def _field(kind: Any, raw: Any, where: str) -> Any:
+    """A non-column field: a string, integer or boolean, or a list of bodies."""
+    if kind in (str, int, bool):
+        if type(raw) is not kind:
+            raise SchemaViolation(f"{where} must be {kind.__name__}")
+        return raw
+    (item,) = typing.get_args(kind)[:1]
+    if type(raw) is not list:
+        raise SchemaViolation(f"{where} must be a list")
+    return tuple(item.from_json(v, f"{where}[{i}]") for i, v in enumerate(raw))
+
+
 class _Columns(Body):
-    """A batch body whose ``COLUMNS`` are parallel tuples, one entry per record."""
+    """A batch body whose ``COLUMNS`` are parallel tuples, one entry per record, each packed
+    into one base64 string on the wire (see the module docstring)."""
 
     COLUMNS: ClassVar[tuple[str, ...]] = ()
 
@@ -50,6 +156,38 @@ class _Columns(Body):
         lengths = {len(getattr(self, name)) for name in self.COLUMNS}
         if len(lengths) > 1:
             raise SchemaViolation(f"{self.TYPE} columns differ in length", lengths=sorted(lengths))
+
+    def to_json(self) -> dict[str, Any]:
+        columns, others = _layout(type(self))
+        out = dict(self.extra)
+        for name, _, _ in others:
+            value = getattr(self, name)
+            out[name] = [v.to_json() for v in value] if type(value) is tuple else value
+        for name, (pack, _) in columns.items():
+            out[name] = b64(pack(getattr(self, name)))
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Any, path: str = "body") -> Any:
+        if type(raw) is not dict:
+            raise SchemaViolation(f"{path} must be an object")
+        columns, others = _layout(cls)
+        values: dict[str, Any] = {}
+        for name, (_, unpack) in columns.items():
+            text = raw.get(name)
+            if type(text) is not str:
+                raise SchemaViolation(f"{path}.{name} must be a base64 string")
+            try:
+                values[name] = unpack(unb64(text))
+            except ValueError:
+                raise SchemaViolation(f"{path}.{name} is not valid base64") from None
+        for name, kind, required in others:
+            if name in raw:
+                values[name] = _field(kind, raw[name], f"{path}.{name}")
+            elif required:
+                raise SchemaViolation(f"{path}.{name} is missing")
+        extra = {k: v for k, v in raw.items() if k not in values}
+        return cls(**values, extra=extra)
 
 
 @dataclass(frozen=True)
