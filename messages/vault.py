@@ -136,12 +136,6 @@ class ReplayedRequest(VaultError):
     kind = "replayed_request"
 
 
-class TooManyRequests(VaultError):
-    """The user made more recoveries in the replay window than the record remembers."""
-
-    kind = "too_many_requests"
-
-
 class VaultUnavailable(VaultError):
     """The fleet could not commit the operation; ``detail`` says whether an attempt was spent."""
 
@@ -168,7 +162,6 @@ ERRORS: dict[str, type[VaultError]] = {
         BudgetExhausted,
         StaleRegistration,
         ReplayedRequest,
-        TooManyRequests,
         VaultUnavailable,
         UnreadableRequest,
     )

@@ -6,7 +6,7 @@ re-registration, so registering again never buys more guesses (Davies et al., "S
 Analysis of the WhatsApp End-to-End Encrypted Backup Protocol", CRYPTO 2023, showed that a fresh
 budget per registration lets a corrupted server multiply its guesses). ``seq`` numbers every
 attempt ever started and names the one member allowed to evaluate it, so a committed attempt is
-evaluated at most once. ``recent`` holds the ids of the recoveries started in the last two
+evaluated at most once. ``recent`` holds the ids of the recoveries started in the last three
 freshness windows, so a replayed recovery request spends no guess. The registration itself (PIN
 digest and secret) is sealed under the fleet's storage key and bound to the user and the
 registration's request id.
@@ -30,15 +30,15 @@ from messages.vault import (
     NoRecord,
     ReplayedRequest,
     StaleRegistration,
-    TooManyRequests,
     VaultError,
 )
 
 # Members take requests whose id time is within this window of their clock.
 REQUEST_WINDOW_MS = 5 * 60 * 1000
 # A request id stays in ``recent`` while a request that passed a member's freshness check could
-# still be replayed: two windows back from the newest id (its time may run one window ahead).
-RECENT_MS = 2 * REQUEST_WINDOW_MS
+# still be replayed: two windows back from the newest id (its time may run one window ahead),
+# and a third, so that a member that lost track of its own request can still find it there.
+RECENT_MS = 3 * REQUEST_WINDOW_MS
 MAX_RECENT = 64
 
 
@@ -156,8 +156,10 @@ def attempted(old: UserRecord | None, member: str, request: str) -> UserRecord:
     The attempt counts as a failure until a correct guess clears it, so a crash between the
     commit and the evaluation never gives a guess back. A record at its limit is returned
     destroyed (no attempt started); raises :class:`NoRecord` for a user never registered,
-    :class:`BudgetExhausted` once the record is destroyed, :class:`ReplayedRequest` for a
-    request id the record holds and :class:`TooManyRequests` when ``recent`` is full.
+    :class:`BudgetExhausted` once the record is destroyed and :class:`ReplayedRequest` for a
+    request id the record holds. ``recent`` keeps the last ``MAX_RECENT`` ids: a user who
+    makes more recoveries than that within a freshness window leaves the oldest of them open
+    to a replay (which a correct guess makes harmless and a wrong one costs a guess).
     """
     if old is None or old.generation == 0:
         raise NoRecord("the user has no registration")
@@ -168,9 +170,7 @@ def attempted(old: UserRecord | None, member: str, request: str) -> UserRecord:
     if old.failures >= old.limit:
         return replace(old, sealed=None)
     horizon = id_time_ms(request) - RECENT_MS
-    recent = tuple(r for r in old.recent if id_time_ms(r) >= horizon)
-    if len(recent) >= MAX_RECENT:
-        raise TooManyRequests("too many recoveries in the replay window", user=old.user)
+    recent = tuple(r for r in old.recent if id_time_ms(r) >= horizon)[-(MAX_RECENT - 1) :]
     return replace(
         old,
         failures=old.failures + 1,

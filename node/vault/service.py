@@ -54,6 +54,10 @@ from node.vault.keys import VaultKeys
 log = structlog.get_logger("hsmfleet.vault")
 
 
+# Times a change whose outcome a read showed to be lost is made again.
+UNKNOWN_RETRIES = 2
+
+
 class VaultBusy(VaultError):
     """The member holds as many requests as it may; the client should try again later."""
 
@@ -174,13 +178,21 @@ class VaultService:
         def change(old: records.UserRecord | None) -> records.UserRecord:
             return records.registered(old, request.user, request.id, sealed, self.limit)
 
-        await self._commit(request.user, change)
+        def applied(record: records.UserRecord | None) -> bool | None:
+            # registered_by only grows: below ours, ours never took effect; above, who knows.
+            if record is None or record.registered_by < request.id:
+                return False
+            return True if record.registered_by == request.id else None
+
+        await self._commit(request.user, change, applied)
         return Outcome(status=OK)
 
     async def recover(self, request: RecoverRequest) -> Outcome:
         """Commit one attempt with a quorum, then evaluate the guess, then settle the record."""
         attempt_commit = await self._commit(
-            request.user, lambda old: records.attempted(old, self.member, request.id)
+            request.user,
+            lambda old: records.attempted(old, self.member, request.id),
+            lambda record: record is not None and request.id in record.recent,
         )
         attempt = records.decode(attempt_commit.value)
         if attempt is None or attempt.sealed is None:
@@ -196,31 +208,46 @@ class VaultService:
         raise WrongGuess("wrong guess", remaining=attempt.remaining)
 
     async def _commit(
-        self, user: str, change: Callable[[records.UserRecord | None], records.UserRecord]
+        self,
+        user: str,
+        change: Callable[[records.UserRecord | None], records.UserRecord],
+        applied: Callable[[records.UserRecord | None], bool | None],
     ) -> Commit:
-        """Commit ``change`` to the user's record. When the outcome is unknown, a read decides:
-        if the record holds exactly the value proposed, it committed (values are unique, as
-        each carries a new registration id or attempt number)."""
-        proposed: list[bytes] = []
+        """Commit ``change`` to the user's record. When the outcome is unknown, a read decides.
 
-        def apply(value: bytes | None) -> bytes:
-            new = records.encode(change(records.decode(value)))
-            proposed.append(new)
-            return new
-
+        The read commits the record's current value under a ballot above the unknown one, so a
+        value that is not the current one can never be chosen afterwards. If the record holds
+        exactly the value proposed, it committed (values are unique: each carries a new
+        registration or request id). If ``applied`` says the change is not in the current
+        value's history, it never took effect and never will: it is made again, at most
+        ``UNKNOWN_RETRIES`` times. Otherwise the outcome stays unknown.
+        """
         key = records.record_key(user)
-        try:
-            return await self.proposer.change(key, apply)
-        except OutcomeUnknown as exc:
+        for _ in range(UNKNOWN_RETRIES + 1):
+            proposed: list[bytes] = []
+
+            def apply(value: bytes | None, proposed: list[bytes] = proposed) -> bytes:
+                new = records.encode(change(records.decode(value)))
+                proposed.append(new)
+                return new
+
+            try:
+                return await self.proposer.change(key, apply)
+            except OutcomeUnknown as exc:
+                unknown = exc
+            except QuorumError as exc:
+                raise VaultUnavailable(f"the fleet cannot commit now: {exc}") from exc
             try:
                 commit = await self.proposer.read(key)
             except QuorumError as again:
-                raise VaultUnavailable(f"the fleet cannot commit now: {again}") from exc
+                raise VaultUnavailable(f"the fleet cannot commit now: {again}") from unknown
             if proposed and commit.value == proposed[-1]:
                 return commit
-            raise VaultUnavailable(f"the operation may or may not have committed: {exc}") from exc
-        except QuorumError as exc:
-            raise VaultUnavailable(f"the fleet cannot commit now: {exc}") from exc
+            if applied(records.decode(commit.value)) is not False:
+                break
+        raise VaultUnavailable(
+            f"the operation may or may not have committed: {unknown}"
+        ) from unknown
 
     async def _settle(
         self,
