@@ -368,21 +368,28 @@ class Proposer:
             values=tuple(value for _, value, _ in ready),
         )
         accepted = await self._phase(accept, membership, gate)
+        now = asyncio.get_running_loop().time()
+        proofs: dict[frozenset[str], tuple[bool, tuple[bytes, ...]]] = {}  # by granting members
         for j, (i, value, refusal) in enumerate(ready):
             item = batch[i]
             self._saw(item.key, accepted.highest_seen(j))
             self._held.pop(item.key, None)
             if accepted.granted(j):
-                promised = accepted.granted_by(j) & membership.prepare_set
-                if len(promised) >= membership.prepare_quorum:
-                    self._hold(item.key, accept.next_ballots[j], value, membership.epoch)
+                granters = accepted.granted_by(j)
+                if granters not in proofs:
+                    promised = len(granters & membership.prepare_set)
+                    votes = tuple(data for _, data in accepted.granting(j))
+                    proofs[granters] = (promised >= membership.prepare_quorum, votes)
+                holds, votes = proofs[granters]
+                if holds:
+                    self._hold(item.key, accept.next_ballots[j], value, membership.epoch, now)
                 ballot = Ballot(ballots[i], self.member)
                 proof = CommitProof(
                     fleet=membership.fleet,
                     key=item.key,
                     ballot=ballot,
                     digest=accepted.digests[j],
-                    votes=tuple(data for _, data in accepted.granting(j)),
+                    votes=votes,
                 )
                 if refusal is not None:
                     self._fail(item, refusal)
@@ -417,8 +424,8 @@ class Proposer:
         self._held.move_to_end(key)
         return n, value
 
-    def _hold(self, key: str, n: int, value: bytes | None, epoch: int) -> None:
-        self._held[key] = (n, value, epoch, asyncio.get_running_loop().time())
+    def _hold(self, key: str, n: int, value: bytes | None, epoch: int, now: float) -> None:
+        self._held[key] = (n, value, epoch, now)
         if len(self._held) > self.max_held:
             self._held.popitem(last=False)
 

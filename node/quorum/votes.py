@@ -157,9 +157,9 @@ class Tally:
             return self._unanimous
         return [v for m, v in self.votes.items() if i not in self._refused[m]]
 
-    def granted_by(self, i: int) -> set[str]:
+    def granted_by(self, i: int) -> frozenset[str]:
         """The members that granted record ``i``."""
-        return {m for m in self.votes if i not in self._refused[m]}
+        return frozenset(m for m in self.votes if i not in self._refused[m])
 
     def _refusals_of(self, i: int) -> dict[str, Refusal]:
         return {m: refused[i] for m, refused in self._refused.items() if i in refused}
