@@ -8,6 +8,7 @@ key it sent inside the request. Errors are the typed :class:`messages.vault.Vaul
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from nats.aio.client import Client as NATS
 
@@ -16,6 +17,7 @@ from messages.bus import request
 from messages.envelope import Envelope
 from messages.gate import Gate
 from messages.ids import IdSource, format_time, id_time_ms
+from messages.outbox import Outbox
 from messages.signing import TrustStore
 from messages.vault import (
     ANSWER_KEY_BYTES,
@@ -53,7 +55,7 @@ class VaultClient:
         self.session_key = session_public_key(session_key)
         self.timeout = timeout
         self.ids = IdSource()
-        self.source = source
+        self.outbox = Outbox(source, ids=self.ids)
         self.gate = Gate(TrustStore())
 
     async def register(self, user: str, record: Registration) -> None:
@@ -104,12 +106,7 @@ class VaultClient:
         return outcome
 
     def _envelope(self, request_id: str, body: VaultRequest) -> Envelope:
-        """The request's envelope under the id sealed inside it (members check they agree)."""
-        return Envelope(
-            type=body.TYPE,
-            v=body.VERSION,
-            id=request_id,
-            at=format_time(id_time_ms(request_id)),
-            source=self.source,
-            body=body.to_json(),
-        )
+        """The request's envelope under the id sealed inside it (members check they agree);
+        unsigned, so the id can be set after the fact."""
+        env = self.outbox.envelope(body)
+        return replace(env, id=request_id, at=format_time(id_time_ms(request_id)))
