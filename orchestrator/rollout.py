@@ -197,6 +197,12 @@ def _pick(state: State, plan: RolloutPlan) -> list[PlannedMember]:
     for domain in order:
         for _ in range(min(selection.min_per_domain, len(queues[domain]))):
             chosen.append(PlannedMember(queues[domain].pop(0), domain))
+    if len(chosen) > selection.count:
+        raise MembersUnavailable(
+            "min_per_domain in every failure domain with nodes needs more members than planned",
+            domains=len(order),
+            count=selection.count,
+        )
     while len(chosen) < selection.count and any(queues.values()):
         for domain in order:
             if queues[domain] and len(chosen) < selection.count:

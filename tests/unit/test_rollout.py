@@ -245,6 +245,8 @@ async def test_start_is_refused_when_the_nodes_cannot_meet_the_plan(world):
             quorum={"survive_domain_loss": True},
             rollout={"wave_size": 1},
         )
+    with pytest.raises(MembersUnavailable):  # two in each of three domains are six, not three
+        world.start(members={"count": 3, "min_per_domain": 2}, rollout={"wave_size": 1})
     with pytest.raises(UnknownNode):
         world.start(members={"ids": ["node-1", "node-2", "ghost"]}, rollout={"wave_size": 1})
     with pytest.raises(BadQuorum):
