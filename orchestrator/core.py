@@ -58,7 +58,7 @@ from messages.events import (
 )
 from messages.ids import make_id
 from messages.schema import REGISTRY, Body
-from orchestrator import rollout
+from orchestrator import rollout, rollout_answers
 from orchestrator.errors import (
     CommandRefused,
     EnrollmentConflict,
@@ -300,7 +300,7 @@ _DECIDERS: dict[type[Body], Callable[[State, Any, Context], list[LogEntry]]] = {
     Tick: _tick,
     StartRollout: rollout.start,
     OperateRollout: rollout.operate,
-    MemberAnswer: rollout.answer,
-    BundleCosigned: rollout.cosigned,
-    ArtifactPublished: rollout.published,
+    MemberAnswer: rollout_answers.answer,
+    BundleCosigned: rollout_answers.cosigned,
+    ArtifactPublished: rollout_answers.published,
 }

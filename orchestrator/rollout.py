@@ -1,8 +1,8 @@
 """Rollouts in the pure core (DESIGN 5.2): deciding on rollout inputs, and advancing rollouts.
 
-The deciders here take the operator's commands (:class:`StartRollout`, :class:`OperateRollout`),
-the members' answers (:class:`MemberAnswer`), the cosigners' outcomes (:class:`BundleCosigned`,
-:class:`ArtifactPublished`) and the passing of time. After every decision, whatever its input,
+The deciders here take the operator's commands (:class:`StartRollout`, :class:`OperateRollout`)
+and the passing of time; members' answers and cosigners' outcomes are judged in
+:mod:`orchestrator.rollout_answers`. After every decision, whatever its input,
 :func:`advance` moves each rollout as far as its state allows: it challenges members, opens
 member commands in waves, pauses or fails on lost members as the plan says, issues each stage's
 bundle and enters the next stage once the cosigners logged it. The effects the shell carries
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from messages.artifact import FleetKey, FleetKeyArtifact, Member, Quorum
+from messages.artifact import Member, Quorum
 from messages.bundle import (
     ABORT,
     ACTIVATE,
@@ -29,45 +29,25 @@ from messages.bundle import (
     PUBLISH,
     QUORUM,
     Evidence,
-    StageBundle,
 )
-from messages.bus import Rejected
 from messages.ceremony import (
-    FleetKeysOffer,
-    Joined,
-    KeyReceipt,
-    PublicFleetKey,
     Recipient,
-    Retired,
-    probe_key,
-    probe_value,
 )
 from messages.documents import time_ms
-from messages.envelope import Envelope
-from messages.errors import HsmfleetError, MessageError
 from messages.events import (
     NO_ANSWER,
     NONCE_EXPIRED,
     ROLLOUT_ACTIONS,
     ArtifactPrepared,
-    ArtifactPublished,
-    BundleCosigned,
     ChallengeIssued,
     ConfigFixed,
-    CosignerAnswer,
-    FleetKeysGenerated,
     LogEntry,
-    MemberAnswer,
     MemberChallenged,
     MemberCommanded,
     MemberFailed,
-    MemberJoined,
-    MemberKeysDestroyed,
-    MemberKeysImported,
     OperateRollout,
     PlannedMember,
     ProbeFailed,
-    QuorumProved,
     RolloutAborted,
     RolloutActivated,
     RolloutApproved,
@@ -78,18 +58,10 @@ from messages.events import (
     RolloutStarted,
     RolloutSuperseded,
     StageBundleIssued,
-    StageBundleLogged,
     StageEntered,
     StartRollout,
-    ValidationBundleIssued,
 )
 from messages.plan import RolloutPlan, check_plan
-from messages.schema import REGISTRY, Body
-from messages.signing import TrustedKey, TrustStore, verify_envelope
-from messages.verify import MalformedBundle, parse_bundle
-from node.quorum.membership import Membership
-from node.quorum.proof import CommitProof, verify_proof
-from node.quorum.rules import Ballot
 from orchestrator import evidence
 from orchestrator.errors import (
     CommandRefused,
@@ -268,192 +240,6 @@ def _refuse_if(condition: bool, action: str, rollout: Rollout) -> None:
             f"cannot {action} a rollout that is {rollout.status} in stage {rollout.stage}",
             fleet=rollout.fleet,
             rollout_id=rollout.rollout_id,
-        )
-
-
-# --- members' answers --------------------------------------------------------------------------
-
-
-class _Refused(Exception):
-    """The answer does not count; ``reason`` goes into the failure event."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def answer(state: State, c: MemberAnswer, ctx: Any) -> list[LogEntry]:
-    """Judge a member's answer to the command it has open; a late or repeated answer (the
-    command is no longer open) changes nothing."""
-    rollout = state.book.rollouts.get(c.rollout_id)
-    if rollout is None:
-        raise UnknownRollout("no rollout of this id", rollout_id=c.rollout_id)
-    member = rollout.members.get(c.node_id)
-    if member is None:
-        raise UnknownNode("the node is not a member of this rollout", node_id=c.node_id)
-    if member.step != c.step:
-        return []
-    rid, fleet = rollout.rollout_id, rollout.fleet
-    try:
-        body = _open_answer(state, c)
-        return [_judge(state, rollout, member, c.step, body)]
-    except _Refused as refusal:
-        if c.step == PROBE:
-            return [ProbeFailed(rid, fleet, c.node_id, reason=refusal.reason)]
-        return [MemberFailed(rid, fleet, c.node_id, step=c.step, reason=refusal.reason)]
-
-
-def _open_answer(state: State, c: MemberAnswer) -> Body:
-    """The answer's body, once it is known to come from the member's attested identity key."""
-    try:
-        env = Envelope.decode(c.reply)
-    except MessageError:
-        raise _Refused("garbled") from None
-    if env.type == Rejected.TYPE:
-        kind = env.body.get("kind") if isinstance(env.body, dict) else None
-        raise _Refused(f"refused: {kind}")
-    identity = state.nodes[c.node_id].identity
-    if identity is None:
-        raise _Refused("not attested")
-    key = TrustedKey(
-        c.node_id, identity.identity_alg, identity.identity_key, frozenset({NODE_ROLE})
-    )
-    try:
-        verify_envelope(env, TrustStore([key]), NODE_ROLE)
-        return REGISTRY.parse(env)
-    except MessageError:
-        raise _Refused("bad_signature") from None
-    except HsmfleetError:
-        raise _Refused("garbled") from None
-
-
-def _expect(condition: bool, reason: str = "bad_answer") -> None:
-    if not condition:
-        raise _Refused(reason)
-
-
-def _public(keys: tuple[FleetKey, ...]) -> tuple[PublicFleetKey, ...]:
-    return tuple(PublicFleetKey(k.role, k.alg, k.public_key) for k in keys)
-
-
-def _receipt_ok(receipt: Any, rollout: Rollout, node_id: str) -> bool:
-    return (
-        isinstance(receipt, KeyReceipt)
-        and (receipt.fleet, receipt.epoch, receipt.node) == (rollout.fleet, rollout.epoch, node_id)
-        and [(k.role, k.alg) for k in receipt.keys] == [(r.role, r.alg) for r in rollout.plan.keys]
-    )
-
-
-def _judge(
-    state: State, rollout: Rollout, member: RolloutMember, step: str, body: Body
-) -> LogEntry:
-    rid, fleet, node = rollout.rollout_id, rollout.fleet, member.node_id
-    if step == GENERATE:
-        _expect(isinstance(body, FleetKeysOffer) and _receipt_ok(body.receipt, rollout, node))
-        receipt = body.receipt
-        keys = tuple(FleetKey(k.role, k.alg, k.public_key, None) for k in receipt.keys)
-        holders = [m for m in rollout.active_members() if m.holds_keys]
-        _expect(not holders or rollout.keys == keys, "keys_changed")
-        expected = {(r.node, k.role) for r in recipients(state, rollout, node) for k in keys}
-        wrapped = tuple(w for w in body.wrapped if (w.node, w.role) in expected)
-        _expect({(w.node, w.role) for w in wrapped} == expected and len(wrapped) == len(expected))
-        public = {k.role: (k.alg, k.public_key) for k in keys}
-        _expect(all(public[w.role] == (w.alg, w.public_key) for w in wrapped))
-        return FleetKeysGenerated(rid, fleet, node, keys, wrapped, receipt.digest)
-    if step == IMPORT:
-        _expect(_receipt_ok(body, rollout, node) and body.keys == _public(rollout.keys))
-        return MemberKeysImported(rid, fleet, node, receipt=body.digest)
-    if step in (JOIN, PROBE):
-        _expect(
-            isinstance(body, Joined)
-            and (body.fleet, body.epoch, body.node) == (fleet, rollout.epoch, node)
-        )
-        if step == JOIN:
-            return MemberJoined(rid, fleet, node)
-        return _proved(rollout, node, body)
-    _expect(
-        isinstance(body, Retired)
-        and (body.fleet, body.epoch, body.node) == (fleet, rollout.epoch, node)
-    )
-    return MemberKeysDestroyed(rid, fleet, node, roles=body.destroyed, receipt=body.digest)
-
-
-def _proved(rollout: Rollout, node: str, joined: Joined) -> QuorumProved:
-    proof, config = joined.proof, rollout.config
-    _expect(proof is not None and config is not None, "no_proof")
-    assert proof is not None and config is not None
-    _expect(proof.key == probe_key(rollout.epoch), "wrong_record")
-    commit = CommitProof(
-        rollout.fleet, proof.key, Ballot(proof.ballot, proof.by), proof.digest, proof.votes
-    )
-    try:
-        verify_proof(
-            commit, Membership.from_config(config), probe_value(rollout.fleet, rollout.epoch)
-        )
-    except HsmfleetError as exc:
-        raise _Refused(f"bad_proof: {exc.kind}") from None
-    digest = evidence.quorum_proof(config, rollout.epoch)
-    return QuorumProved(rollout.rollout_id, rollout.fleet, node, proof=digest, votes=proof.votes)
-
-
-# --- cosigners' outcomes ------------------------------------------------------------------------
-
-
-def cosigned(state: State, c: BundleCosigned, ctx: Any) -> list[LogEntry]:
-    """Record what the cosigners signed for the next unlogged bundle of the fleet's chain."""
-    chain = state.book.fleets.get(c.fleet)
-    if chain is None or not 0 < c.serial <= len(chain.bundles):
-        raise UnknownRollout("no such stage bundle", fleet=c.fleet, serial=c.serial)
-    if c.serial <= chain.logged:
-        return []
-    if c.serial != chain.logged + 1:
-        raise RolloutConflict("bundles are logged in chain order", next=chain.logged + 1)
-    bundle = chain.bundles[c.serial - 1]
-    if bundle.digest != c.digest:
-        raise RolloutConflict("the digest is not the bundle's", serial=c.serial)
-    issuer = state.book.rollouts[chain.issued_by[c.serial - 1]]
-    _enough(issuer, bundle, c.answers)
-    return [StageBundleLogged(issuer.rollout_id, c.fleet, c.serial, c.digest, c.answers)]
-
-
-def published(state: State, c: ArtifactPublished, ctx: Any) -> list[LogEntry]:
-    """Record the validation bundle of the artifact a rollout of the fleet prepared."""
-    rollout = next(
-        (
-            r
-            for r in state.book.rollouts.values()
-            if r.fleet == c.fleet and r.artifact is not None and r.artifact.epoch == c.epoch
-        ),
-        None,
-    )
-    if rollout is None or rollout.artifact is None:
-        raise UnknownRollout("no artifact of this epoch was prepared", fleet=c.fleet)
-    if rollout.validation is not None:
-        return []
-    try:
-        bundle = parse_bundle(c.validation)
-    except MalformedBundle as exc:
-        raise CommandRefused(f"not a validation bundle: {exc}") from None
-    if bundle.artifact.digest != rollout.artifact.digest or bundle.digest != bundle.artifact.digest:
-        raise CommandRefused("the validation bundle is for another artifact", fleet=c.fleet)
-    answers = [
-        CosignerAnswer(p.log, p.statement.to_json(), p.signature, p.inclusion, p.checkpoint)
-        for p in bundle.proofs
-    ]
-    _enough(rollout, bundle.artifact, answers)
-    return [
-        ValidationBundleIssued(
-            rollout.rollout_id, c.fleet, c.epoch, bundle.digest, bundle=c.validation
-        )
-    ]
-
-
-def _enough(rollout: Rollout, document: StageBundle | FleetKeyArtifact, answers: Any) -> None:
-    policy = rollout.plan.cosigners
-    vouched = evidence.vouchers(document, answers, evidence.pins_of(rollout))
-    if len(vouched) < policy.threshold:
-        raise evidence.BadCosignerAnswers(
-            "too few pinned cosigners vouch", vouchers=sorted(vouched), threshold=policy.threshold
         )
 
 
