@@ -121,7 +121,8 @@ class Processes:
             return {"line": text}
 
     async def stop(self) -> None:
-        """SIGTERM every process (nodes first, NATS last is the server's own) and wait."""
+        """SIGTERM every process, the last started first, and wait for each (SIGKILL after
+        15 seconds)."""
         for proc in reversed(self.running.values()):
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
