@@ -27,6 +27,7 @@ from messages.attestation import (
     AttestationRejected,
     NodeAnnounce,
     NodeHeartbeat,
+    verify_answer_signature,
     verify_attestation,
 )
 from messages.bus import Rejected
@@ -261,6 +262,10 @@ def _judge(
         return exc.reason
     if node.node_id != enrollment.node_id:
         return NODE_MISMATCH
+    try:
+        verify_answer_signature(env, node)
+    except AttestationRejected as exc:
+        return exc.reason
     return NodeEnrolled(
         enrollment_id=enrollment.enrollment_id,
         node_id=node.node_id,

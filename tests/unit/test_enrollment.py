@@ -11,6 +11,7 @@ from messages.attestation import AttestationStatement
 from messages.bus import Rejected
 from messages.events import AttestationAnswer, EnrollNode, NodeEnrolled, NodeRejected
 from messages.outbox import Outbox
+from messages.signing import Ed25519Signer
 from orchestrator.core import open_enrollments
 from orchestrator.errors import UnknownEnrollment
 from tests.replay.kit import DAY_MS, T0, PureLog, Vendor
@@ -158,6 +159,20 @@ def test_answer_of_another_type_is_garbled(log, vendor):
         {**device.attestation(issued.nonce).to_json(), "nonce": "AA=="}
     )
     assert rejected_for(log, issued, device.outbox.envelope(stmt).encode()) == "garbled"
+
+
+@pytest.mark.parametrize("sender", ["unsigned", "another-key", "another-source"])
+def test_answer_not_signed_by_the_attested_identity_key(log, vendor, sender):
+    device = vendor.device("n1")
+    issued = challenge(log)
+    attestation = device.attestation(issued.nonce)
+    outbox = {
+        "unsigned": Outbox("n1"),
+        "another-key": Outbox("n1", Ed25519Signer.generate()),
+        "another-source": Outbox("n2", device.identity),
+    }[sender]
+    reply = outbox.envelope(attestation).encode()
+    assert rejected_for(log, issued, reply) == "bad_answer_signature"
 
 
 def test_node_refusing_the_challenge(log):
