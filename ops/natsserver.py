@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import structlog
 from nats.js.errors import APIError, ServiceUnavailableError
@@ -97,6 +98,7 @@ class NatsServer:
         self.cluster_port = cluster_port
         self.routes = routes or []
         self._proc: subprocess.Popen[bytes] | None = None
+        self.monitor_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -162,6 +164,7 @@ class NatsServer:
                 raise NatsServerError("nats-server did not start in time", name=self.name)
             await asyncio.sleep(0.02)
         self.port = int(ports["nats"][0].rsplit(":", 1)[1])
+        self.monitor_url = ports.get("monitoring", [None])[0]
         log.info("nats server started", name=self.name, url=self.url, pid=self._proc.pid)
 
     def _log_tail(self, lines: int = 5) -> str:
@@ -253,7 +256,7 @@ class NatsCluster:
         await self.wait_ready(timeout)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until the cluster answers JetStream API requests."""
+        """Wait until the cluster answers JetStream API requests and every server is healthy."""
         nc = await nats.connect(
             servers=self.urls, connect_timeout=2, max_reconnect_attempts=-1, **self.connect
         )
@@ -263,19 +266,32 @@ class NatsCluster:
             while True:
                 try:
                     await js.account_info()
-                    return
+                    if await self._all_healthy():
+                        return
                 except (APIError, ServiceUnavailableError, nats.errors.TimeoutError):
                     if asyncio.get_running_loop().time() > deadline:
                         raise NatsServerError("JetStream cluster has no leader") from None
-                    await asyncio.sleep(0.2)
+                if asyncio.get_running_loop().time() > deadline:
+                    raise NatsServerError("JetStream cluster is not healthy in time")
+                await asyncio.sleep(0.2)
         finally:
             await nc.close()
 
-    def _log_tail(self, lines: int = 5) -> str:
-        try:
-            return " | ".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
+    async def _all_healthy(self) -> bool:
+        """Whether every server's ``/healthz`` says its JetStream is current with the cluster,
+        so that a replicated stream finds all its peers. Servers without monitoring count as
+        healthy once the cluster answers API requests."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            for server in self.servers:
+                if server.monitor_url is None:
+                    continue
+                try:
+                    async with http.get(f"{server.monitor_url}/healthz") as response:
+                        if response.status != 200:
+                            return False
+                except (aiohttp.ClientError, TimeoutError):
+                    return False
+        return True
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.servers))
