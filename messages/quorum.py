@@ -47,6 +47,11 @@ PHASES = (PREPARE, ACCEPT, SNAPSHOT, CONFIG)
 MEMBER_ROLE = "member"
 OPERATOR_ROLE = "operator"
 
+# NATS header on a request naming, comma-separated, the members asked to answer it; the others
+# drop it before any work. It is not signed: a member that drops a request, or answers one it
+# was not asked, is no more than a message lost or delivered, which Paxos tolerates.
+ADDRESSED = "Hsmfleet-To"
+
 
 def value_digest(value: bytes | None) -> bytes:
     """SHA-256 naming a record value in signed votes; the empty value has its own digest."""

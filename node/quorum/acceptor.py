@@ -31,6 +31,7 @@ from messages.gate import Gate, Received
 from messages.outbox import Outbox
 from messages.quorum import (
     ACCEPT,
+    ADDRESSED,
     MEMBER_ROLE,
     PREPARE,
     Accept,
@@ -135,6 +136,9 @@ class Acceptor:
         metrics.REQUESTS_REJECTED.labels(self.member, kind).inc()
 
     async def _on_msg(self, msg: Msg) -> None:
+        addressed = msg.headers.get(ADDRESSED) if msg.headers else None
+        if addressed is not None and self.member not in addressed.split(","):
+            return  # the proposer asked others first (see Proposer._phase)
         if not msg.reply:
             self._refuse("no_reply_subject")
             return

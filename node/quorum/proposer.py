@@ -9,6 +9,12 @@ verification and an fsync whatever its size. For each record the proposer takes 
 the highest accepted ballot among the promises, applies ``fn`` and has the result accepted
 (CASPaxos 2.2).
 
+Accepts are thrifty: each is addressed (:data:`messages.quorum.ADDRESSED`) to just enough
+members for a quorum besides the proposer's own acceptor, those that answered fastest lately;
+if they have not settled it within a few of their usual round trips (the hedge), it goes to the
+rest too, and members that kept it waiting are tried last from then on. The others do no work
+for the round, which on shared machines is most of what a round costs. Prepares go to all.
+
 After a change commits, the accept carried a promise of the record's next ballot; for
 ``hold_for`` seconds the proposer's next change of that record skips the prepare round
 (CASPaxos 2.2.1, one round trip). A refused accept drops the held promise and the next change
@@ -25,7 +31,6 @@ it can have been accepted, so ``fn`` is never applied twice to the register.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import random
 from collections import Counter, OrderedDict, deque
@@ -45,6 +50,7 @@ from messages.gate import Gate, Received
 from messages.outbox import Outbox
 from messages.quorum import (
     ACCEPT,
+    ADDRESSED,
     PREPARE,
     Accept,
     BadVote,
@@ -63,6 +69,11 @@ from node.quorum.rules import NO_BALLOT, Ballot
 from node.quorum.votes import Tally
 
 log = structlog.get_logger("hsmfleet.quorum.proposer")
+
+# The members asked first get HEDGE_FACTOR times their usual round trip, at least MIN_HEDGE
+# seconds, before the rest are asked too.
+HEDGE_FACTOR = 4
+MIN_HEDGE = 0.005
 
 Change = Callable[[bytes | None], bytes | None]
 
@@ -104,6 +115,7 @@ class Proposer:
         max_held: int = 100_000,
         hold_for: float = 2.0,
         rng: random.Random | None = None,
+        thrifty: bool = True,
     ) -> None:
         self.member = member
         self.outbox = outbox
@@ -116,6 +128,10 @@ class Proposer:
         self.rng = rng or random.Random()
         self.rejected_votes: Counter[str] = Counter()
         self.phases = 0
+        self.thrifty = thrifty
+        self.hedged = 0
+        self._rtt: dict[str, float] = {}  # smoothed seconds from a request to a member's vote
+        self._started: dict[str, float] = {}
         self.max_held = max_held
         self.hold_for = hold_for
         self._seen: OrderedDict[str, int] = OrderedDict()
@@ -177,7 +193,10 @@ class Proposer:
         return await future
 
     async def read(self, key: str) -> Commit:
-        """The record's latest committed value (CASPaxos reads write the value back)."""
+        """The record's latest committed value (CASPaxos reads write the value back).
+
+        A read never ends as :class:`OutcomeUnknown`: see :meth:`_accept`.
+        """
         return await self.change(key, _identity)
 
     def _gate_now(self, membership: Membership) -> Gate:
@@ -190,17 +209,21 @@ class Proposer:
         round_id = msg.subject.rsplit(".", 1)[1]
         self._count(round_id, lambda tally: tally.add(msg.data))
 
-    def _count(self, round_id: str, add: Callable[[Tally], None]) -> None:
+    def _count(self, round_id: str, add: Callable[[Tally], str]) -> None:
         tally = self._tallies.get(round_id)
         if tally is None or tally.decided:
             return  # a late vote for a phase already counted: not needed, not checked
         try:
-            add(tally)
+            voter = add(tally)
         except BadVote as exc:
             self.rejected_votes[exc.kind] += 1
             metrics.VOTES_REJECTED.labels(self.member, exc.kind).inc()
             log.warning("vote ignored", kind=exc.kind, reason=str(exc))
             return
+        if voter != self.member:
+            took = asyncio.get_running_loop().time() - self._started[round_id]
+            before = self._rtt.get(voter)
+            self._rtt[voter] = took if before is None else before + (took - before) / 8
         if tally.decided:
             self._decided[round_id].set()
 
@@ -271,27 +294,60 @@ class Proposer:
         decided = asyncio.Event()
         self._tallies[round_id] = tally
         self._decided[round_id] = decided
+        own = self.local is not None and self.member in tally.voters
+        others = sorted(tally.voters - {self.member}, key=lambda m: (self._rtt.get(m, 0.0), m))
+        # Prepares go to everyone: an acceptor that missed a newer prepare would take this
+        # proposer's next accept on a promise the others have moved past (outcome unknown).
+        thrifty = self.thrifty and isinstance(body, Accept)
+        first = others[: max(0, tally.quorum - own)] if thrifty else others
+        rest = others[len(first) :]
+        tally.asked = frozenset(first) | ({self.member} if own else frozenset())
+        loop = asyncio.get_running_loop()
+        self._started[round_id] = loop.time()
+        data = env.encode()
+
+        async def send(to: list[str]) -> None:
+            headers = headers_for(env)
+            if rest:
+                headers[ADDRESSED] = ",".join(to)
+            await self._nc.publish(
+                subjects.quorum(body.fleet, phase),
+                data,
+                reply=f"{self._inbox}.{round_id}",
+                headers=headers,
+            )
+
         phase = PREPARE if isinstance(body, Prepare) else ACCEPT
         try:
             # Out to the other members first: the own acceptor's fsync must not hold them up.
-            await self._nc.publish(
-                subjects.quorum(body.fleet, phase),
-                env.encode(),
-                reply=f"{self._inbox}.{round_id}",
-                headers=headers_for(env),
-            )
-            if self.local is not None and self.member in tally.voters:
+            await send(first)
+            if own:
 
                 async def own_vote(env: Envelope, vote: Body, data: bytes) -> None:
                     self._count(round_id, lambda t: t.add_own(env, vote, data))
 
                 self.local(Received(env, body, None), own_vote)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(decided.wait(), self.phase_timeout)
+            waited = 0.0
+            if rest:
+                waited = self._hedge(first)
+                if not await _settled(decided, waited):
+                    self.hedged += 1
+                    for member in first:
+                        if member not in tally.votes:  # kept the round waiting: ask it last
+                            self._rtt[member] = max(self._rtt.get(member, 0.0), 2 * waited)
+                    tally.ask(frozenset(rest))
+                    await send(rest)
+            await _settled(decided, self.phase_timeout - waited)
         finally:
             del self._tallies[round_id]
             del self._decided[round_id]
+            del self._started[round_id]
         return tally
+
+    def _hedge(self, first: list[str]) -> float:
+        """How long the members asked first get before the rest are asked as well."""
+        usual = max((self._rtt.get(m, 0.0) for m in first), default=0.0)
+        return min(self.phase_timeout / 2, max(MIN_HEDGE, HEDGE_FACTOR * usual))
 
     async def _round(self, batch: list[_Pending]) -> None:
         try:
@@ -348,17 +404,23 @@ class Proposer:
             except Exception as exc:  # the function refused: the value seen is written back
                 ready.append((i, currents[i], exc))
         if ready:
-            await self._accept(batch, ballots, ready, membership, gate)
+            await self._accept(batch, ballots, currents, ready, membership, gate)
 
     async def _accept(
         self,
         batch: list[_Pending],
         ballots: dict[int, int],
+        currents: dict[int, bytes | None],
         ready: list[tuple[int, bytes | None, Exception | None]],
         membership: Membership,
         gate: Gate,
     ) -> None:
-        """Have the new values accepted, with the next prepare riding along."""
+        """Have the new values accepted, with the next prepare riding along.
+
+        A value that is the record's current one (a read, or a change whose function refused)
+        is tried again when its outcome is unknown: writing it back changes nothing, however
+        often it is chosen. Any other value with an unknown outcome fails as
+        :class:`OutcomeUnknown`."""
         accept = Accept(
             fleet=membership.fleet,
             epoch=membership.epoch,
@@ -396,10 +458,11 @@ class Proposer:
                 elif not item.future.done():
                     self._commits.inc()
                     item.future.set_result(Commit(item.key, value, ballot, proof))
-            elif accepted.refused_by_all(j):
-                # No acceptor took the value, and none ever will: trying again cannot apply
-                # the change twice. Any other refusal leaves the outcome unknown: an acceptor
-                # that refused may hold a later value computed from ours.
+            elif accepted.refused_by_all(j) or value == currents[i]:
+                # No acceptor took the value, and none ever will, or it changes nothing:
+                # trying again cannot apply the change twice. Any other refusal leaves the
+                # outcome unknown: an acceptor that refused may hold a later value computed
+                # from ours.
                 self._retry(item, accepted, j, membership.accept_quorum)
             else:
                 self._fail(
@@ -455,6 +518,15 @@ class Proposer:
 
 def _identity(value: bytes | None) -> bytes | None:
     return value
+
+
+async def _settled(decided: asyncio.Event, timeout: float) -> bool:
+    """True once ``decided`` is set, False if ``timeout`` seconds pass first."""
+    try:
+        await asyncio.wait_for(decided.wait(), max(timeout, 0.0))
+    except TimeoutError:
+        return False
+    return True
 
 
 def _latest(tally: Tally, i: int) -> bytes | None:

@@ -55,8 +55,8 @@ class Tally:
     of promises is out of reach. An accepted record is settled by a quorum of acceptances, by
     every voter's answer, or once a quorum is out of reach although some voter accepted: then
     the outcome is unknown whatever the others say, since a later proposer may read the value
-    from one that accepted it. Only a record every voter refused is known to hold nothing of
-    the change (:meth:`refused_by_all`).
+    from one that accepted it. Only a record that every member the request went to refused is
+    known to hold nothing of the change (:meth:`refused_by_all`).
     """
 
     def __init__(
@@ -73,6 +73,7 @@ class Tally:
             self.digests = tuple(value_digest(v) for v in body.values)
         else:
             self.voters, self.quorum = membership.prepare_set, membership.prepare_quorum
+        self.asked: frozenset[str] = self.voters
         self.votes: dict[str, tuple[Promise | Accepted, bytes]] = {}
         self._refused: dict[str, dict[int, Refusal]] = {}
         self._unanimous: list[tuple[Promise | Accepted, bytes]] | None = None
@@ -86,29 +87,37 @@ class Tally:
         """True once every record has a quorum of grants or can no longer get one."""
         return self._open == 0
 
+    def ask(self, members: frozenset[str]) -> None:
+        """Note that the request also went to ``members`` (a thrifty proposer asks a few first);
+        records that every member asked so far refused are open again."""
+        self.asked = self.asked | members
+        self._open = sum(1 for i in range(len(self.grants)) if self._is_open(i))
+
     def _is_open(self, i: int) -> bool:
         if self.grants[i] >= self.quorum:
             return False
         out_of_reach = self.refusals[i] > len(self.voters) - self.quorum
         if self.accepting:
             answered = self.grants[i] + self.refusals[i] == len(self.voters)
-            return not answered and not (out_of_reach and self.grants[i] > 0)
+            dead = self.refused_by_all(i)
+            return not (answered or dead or (out_of_reach and self.grants[i] > 0))
         return not out_of_reach
 
-    def add(self, data: bytes) -> None:
-        """Count the vote in ``data``, or raise the :class:`BadVote` that says why not."""
+    def add(self, data: bytes) -> str:
+        """Count the vote in ``data`` and return its voter, or raise the :class:`BadVote` that
+        says why not."""
         try:
             received = self.gate.admit(data, MEMBER_ROLE)
         except MessageError as exc:
             raise vote_error(exc) from exc
-        self._count(received.envelope, received.body, data)
+        return self._count(received.envelope, received.body, data)
 
-    def add_own(self, env: Envelope, vote: Promise | Accepted, data: bytes) -> None:
+    def add_own(self, env: Envelope, vote: Promise | Accepted, data: bytes) -> str:
         """Count the vote of the proposer's own acceptor, signed in this process (no gate);
         ``data`` is its wire form."""
-        self._count(env, vote, data)
+        return self._count(env, vote, data)
 
-    def _count(self, env: Envelope, vote: object, data: bytes) -> None:
+    def _count(self, env: Envelope, vote: object, data: bytes) -> str:
         voter = env.source
         if voter not in self.voters:
             raise VoteFromNonMember("the signer is not asked in this phase", member=voter)
@@ -132,6 +141,7 @@ class Tally:
             else:
                 self.grants[i] += 1
         self._open -= sum(1 for i, before in enumerate(was_open) if before and not self._is_open(i))
+        return voter
 
     def answers(self, vote: object, causation: str | None) -> bool:
         """True when ``vote`` is the answer to this tally's request."""
@@ -165,8 +175,11 @@ class Tally:
         return {m: refused[i] for m, refused in self._refused.items() if i in refused}
 
     def refused_by_all(self, i: int) -> bool:
-        """True when every voter refused record ``i``: nobody holds the value."""
-        return self.refusals[i] == len(self.voters)
+        """True when every member the request went to refused record ``i`` and nobody granted
+        it: nobody holds the value (the others never received it)."""
+        if self.grants[i] or self.refusals[i] < len(self.asked):
+            return False
+        return all(m in self._refused and i in self._refused[m] for m in self.asked)
 
     def highest_seen(self, i: int) -> int:
         """The highest ballot counter any voter reported for record ``i``."""

@@ -81,12 +81,17 @@ async def test_losing_a_majority_fails_writes_and_commits_nothing(tmp_path, nats
     async with running_fleet(tmp_path, nats_server.url) as fleet:
         proposer = fleet["m1"].replica.proposer
         await proposer.change("k", put(b"before"))
+        await proposer.change("k2", put(b"kept"))
         await fleet.stop("m2")
         await fleet.stop("m3")
         # m1 still holds a promise for "k" from its last write, so it sends the value for
         # acceptance at once: only its own acceptor takes it, and the outcome is unknown.
         with pytest.raises(OutcomeUnknown):
             await proposer.change("k", put(b"maybe"))
+        # A read writes back what it found, which changes nothing: it is never left unknown,
+        # it is tried again and then fails as having written nothing.
+        with pytest.raises(QuorumUnavailable):
+            await proposer.read("k2")
         with pytest.raises(QuorumUnavailable, match="nothing was written"):
             await proposer.change("fresh", put(b"lost"))
         await fleet.start("m2")
@@ -110,6 +115,7 @@ async def test_forged_and_replayed_votes_never_make_a_majority(tmp_path, nats_se
                 captured.append(msg.data)
 
         tap = await spy.subscribe("_INBOX.>", cb=capture)
+        fleet["m2"].replica.proposer.thrifty = False  # so that m3 is asked and answers too
         await fleet["m2"].replica.proposer.change("k", put(b"genuine"))
         await tap.unsubscribe()
         assert captured, "the spy saw m3's genuine promise to m2"

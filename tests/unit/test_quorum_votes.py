@@ -247,3 +247,34 @@ def test_requests_name_each_record_once():
             next_ballots=(0, 0),
             values=(b"x", b"y"),
         )
+
+
+def test_a_value_refused_by_every_member_asked_is_dead(fleet):
+    """A thrifty proposer asked m1 and m2 only: m3 never received the value."""
+    membership, outboxes = fleet
+    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    request = outboxes["m1"].envelope(body)
+    tally = Tally(Gate(membership.trust()), request, body, membership)
+    tally.asked = frozenset({"m1", "m2"})
+    refused = accepted_vote(grants=False, seen=9, accepted=0)
+    tally.add(vote(outboxes["m3"], refused, request.id))  # answered though not asked
+    tally.add(vote(outboxes["m2"], refused, request.id))
+    assert not tally.decided and not tally.refused_by_all(0), "m1 may still accept"
+    tally.add(vote(outboxes["m1"], refused, request.id))
+    assert tally.decided and tally.refused_by_all(0)
+
+
+def test_asking_more_members_reopens_a_record(fleet):
+    membership, outboxes = fleet
+    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    request = outboxes["m1"].envelope(body)
+    tally = Tally(Gate(membership.trust()), request, body, membership)
+    tally.asked = frozenset({"m1", "m2"})
+    refused = accepted_vote(grants=False, seen=9, accepted=0)
+    tally.add(vote(outboxes["m1"], refused, request.id))
+    tally.add(vote(outboxes["m2"], refused, request.id))
+    assert tally.decided and tally.refused_by_all(0)
+    tally.ask(frozenset({"m3"}))
+    assert not tally.decided and not tally.refused_by_all(0), "m3 may accept it now"
+    tally.add(vote(outboxes["m3"], accepted_vote(grants=True, seen=5, accepted=3), request.id))
+    assert tally.decided and not tally.refused_by_all(0) and tally.grants == [1]
