@@ -14,9 +14,12 @@ The baseline is a JetStream stream with 3 replicas (file storage) on a 3-server 
 cluster on loopback, taking the same writes: each writer publishes to its own subject and waits
 for the stream's acknowledgement. JetStream acknowledges once a majority of servers stored the
 message; by default it does not fsync each message (it syncs every two minutes), while the
-quorum's acceptors fsync before every answer. Ratios are quorum / JetStream. Every cell runs
-``--rounds`` times, each baseline run right before the quorum runs it is compared with (the
-machine is shared: both should see the same load); the figures are medians over the rounds.
+quorum's acceptors fsync before every answer. Like JetStream, the quorum commits with a
+majority; its accepts go to just a majority while those members answer promptly (thrifty, see
+:mod:`node.quorum.proposer`), so the other members lag until a catch-up or a later prepare.
+Ratios are quorum / JetStream. Every cell runs ``--rounds`` times, each baseline run right
+before the quorum runs it is compared with (the machine is shared: both should see the same
+load); the figures are medians over the rounds.
 """
 
 from __future__ import annotations
