@@ -65,6 +65,13 @@ def vote(outbox, body, causation):
     return outbox.envelope(body, causation=causation).encode()
 
 
+def accept_tally(membership, outboxes):
+    """A tally of m1's accept of ``x`` for record ``a``, and the request it counts for."""
+    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    request = outboxes["m1"].envelope(body)
+    return Tally(Gate(membership.trust()), request, body, membership), request
+
+
 def test_a_quorum_of_good_votes_decides(fleet):
     membership, outboxes = fleet
     tally = prepare_tally(membership, outboxes)
@@ -90,9 +97,7 @@ def test_refusals_settle_a_prepare_once_a_quorum_is_out_of_reach(fleet):
 
 def test_an_accept_waits_for_everyone_when_a_record_is_refused(fleet):
     membership, outboxes = fleet
-    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
-    request = outboxes["m1"].envelope(body)
-    tally = Tally(Gate(membership.trust()), request, body, membership)
+    tally, request = accept_tally(membership, outboxes)
     refused = accepted_vote(grants=False, seen=8, accepted=3)
     tally.add(vote(outboxes["m2"], refused, request.id))
     tally.add(vote(outboxes["m3"], refused, request.id))
@@ -118,9 +123,7 @@ def test_a_value_one_acceptor_took_is_never_known_dead(fleet):
     may have been computed from m1's copy of ours (a prepare quorum {m1, m2} reads it), so the
     change may have taken effect: the outcome is unknown, and retrying could apply it twice."""
     membership, outboxes = fleet
-    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
-    request = outboxes["m1"].envelope(body)
-    tally = Tally(Gate(membership.trust()), request, body, membership)
+    tally, request = accept_tally(membership, outboxes)
     tally.add(vote(outboxes["m2"], accepted_vote(grants=False, seen=9, accepted=9), request.id))
     assert not tally.decided, "nobody accepted yet: all may still refuse"
     tally.add(vote(outboxes["m1"], accepted_vote(grants=True, seen=5, accepted=3), request.id))
@@ -133,9 +136,7 @@ def test_an_accept_out_of_reach_after_a_grant_is_settled_early():
     signers = {f"m{i}": Ed25519Signer.generate() for i in range(1, 6)}
     membership = Membership.majority("f", signers)
     outboxes = {m: Outbox(m, s) for m, s in signers.items()}
-    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
-    request = outboxes["m1"].envelope(body)
-    tally = Tally(Gate(membership.trust()), request, body, membership)
+    tally, request = accept_tally(membership, outboxes)
     for m in ("m2", "m3", "m4"):
         refused = accepted_vote(grants=False, seen=9, accepted=9)
         tally.add(vote(outboxes[m], refused, request.id))
@@ -147,9 +148,7 @@ def test_an_accept_out_of_reach_after_a_grant_is_settled_early():
 
 def test_a_value_every_acceptor_refused_is_dead(fleet):
     membership, outboxes = fleet
-    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
-    request = outboxes["m1"].envelope(body)
-    tally = Tally(Gate(membership.trust()), request, body, membership)
+    tally, request = accept_tally(membership, outboxes)
     for m in ("m1", "m2", "m3"):
         tally.add(vote(outboxes[m], accepted_vote(grants=False, seen=9, accepted=9), request.id))
     assert tally.decided and tally.refused_by_all(0)
@@ -222,9 +221,7 @@ def test_refusals_must_name_distinct_records_of_the_batch(fleet):
 
 def test_an_acceptance_of_another_value_is_ignored(fleet):
     membership, outboxes = fleet
-    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
-    request = outboxes["m1"].envelope(body)
-    tally = Tally(Gate(membership.trust()), request, body, membership)
+    tally, request = accept_tally(membership, outboxes)
     other = replace(accepted_vote(grants=True, seen=5, accepted=3), digests=(value_digest(b"y"),))
     with pytest.raises(VoteWrongValue):
         tally.add(vote(outboxes["m2"], other, request.id))
@@ -252,9 +249,7 @@ def test_requests_name_each_record_once():
 def test_a_value_refused_by_every_member_asked_is_dead(fleet):
     """A thrifty proposer asked m1 and m2 only: m3 never received the value."""
     membership, outboxes = fleet
-    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
-    request = outboxes["m1"].envelope(body)
-    tally = Tally(Gate(membership.trust()), request, body, membership)
+    tally, request = accept_tally(membership, outboxes)
     tally.asked = frozenset({"m1", "m2"})
     refused = accepted_vote(grants=False, seen=9, accepted=0)
     tally.add(vote(outboxes["m3"], refused, request.id))  # answered though not asked
@@ -266,9 +261,7 @@ def test_a_value_refused_by_every_member_asked_is_dead(fleet):
 
 def test_asking_more_members_reopens_a_record(fleet):
     membership, outboxes = fleet
-    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
-    request = outboxes["m1"].envelope(body)
-    tally = Tally(Gate(membership.trust()), request, body, membership)
+    tally, request = accept_tally(membership, outboxes)
     tally.asked = frozenset({"m1", "m2"})
     refused = accepted_vote(grants=False, seen=9, accepted=0)
     tally.add(vote(outboxes["m1"], refused, request.id))
