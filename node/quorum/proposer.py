@@ -432,12 +432,14 @@ class Proposer:
         accepted = await self._phase(accept, membership, gate)
         now = asyncio.get_running_loop().time()
         proofs: dict[frozenset[str], tuple[bool, tuple[bytes, ...]]] = {}  # by granting members
+        unanimous = not accepted.refused_any()  # the common case: no per-record differences
+        everyone = frozenset(accepted.votes)
         for j, (i, value, refusal) in enumerate(ready):
             item = batch[i]
             self._saw(item.key, accepted.highest_seen(j))
             self._held.pop(item.key, None)
             if accepted.granted(j):
-                granters = accepted.granted_by(j)
+                granters = everyone if unanimous else accepted.granted_by(j)
                 if granters not in proofs:
                     promised = len(granters & membership.prepare_set)
                     votes = tuple(data for _, data in accepted.granting(j))

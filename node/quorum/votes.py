@@ -159,9 +159,13 @@ class Tally:
     def granted(self, i: int) -> bool:
         return self.grants[i] >= self.quorum
 
+    def refused_any(self) -> bool:
+        """True when some voter refused some record."""
+        return any(self._refused.values())
+
     def granting(self, i: int) -> list[tuple[Promise | Accepted, bytes]]:
         """The votes that granted record ``i``."""
-        if not any(self._refused.values()):  # the common case: the same for every record
+        if not self.refused_any():  # the common case: the same for every record
             if self._unanimous is None:
                 self._unanimous = list(self.votes.values())
             return self._unanimous
@@ -183,6 +187,8 @@ class Tally:
 
     def highest_seen(self, i: int) -> int:
         """The highest ballot counter any voter reported for record ``i``."""
+        if not self.refusals[i]:
+            return 0
         return max((r.seen for r in self._refusals_of(i).values()), default=0)
 
     @property
