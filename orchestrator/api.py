@@ -17,7 +17,6 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import nats
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -376,7 +375,7 @@ def _int_param(
 async def _service(app: web.Application) -> AsyncIterator[None]:
     """Connect to NATS, run the orchestrator for the app's lifetime, then stop and close."""
     settings = app[SETTINGS]
-    nc = await nats.connect(settings.nats, name=f"orchestrator-{settings.holder}")
+    nc = await settings.connect()
     orch = Orchestrator(nc, settings, app[SIGNER], operator=operator_signer(settings))
     app[ORCHESTRATOR] = orch
     task = asyncio.create_task(orch.run(), name=f"orchestrator-{settings.holder}")

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import nats
 from cryptography.hazmat.primitives.serialization import Encoding
+from nats.aio.client import Client as NATS
 
 from messages.attestation import load_vendor_roots
 from messages.errors import HsmfleetError
@@ -49,6 +51,10 @@ class Settings:
     operator_hsm_key: Path | None = None
     """The sealing key file of that HSM."""
     operator_key_label: str = "operator"
+
+    async def connect(self) -> NATS:
+        """This orchestrator's connection to NATS."""
+        return await nats.connect(self.nats, name=f"orchestrator-{self.holder}")
 
     @classmethod
     def load(cls, path: Path) -> Settings:

@@ -59,7 +59,7 @@ from messages.events import (
 )
 from messages.ids import make_id
 from messages.schema import REGISTRY, Body
-from orchestrator import rollout, rollout_answers
+from orchestrator import node_keys, rollout, rollout_answers
 from orchestrator.errors import (
     CommandRefused,
     EnrollmentConflict,
@@ -308,4 +308,5 @@ _DECIDERS: dict[type[Body], Callable[[State, Any, Context], list[LogEntry]]] = {
     MemberAnswer: rollout_answers.answer,
     BundleCosigned: rollout_answers.cosigned,
     ArtifactPublished: rollout_answers.published,
+    **node_keys.DECIDERS,
 }
