@@ -23,10 +23,18 @@ from messages.events import (
     NodeRejected,
     PolicySet,
 )
+from messages.node_keys import (
+    NodeKeyAdopted,
+    NodeKeyChallenged,
+    NodeKeyRotated,
+    NodeKeyRotationRefused,
+)
+from messages.signing import key_id
 from orchestrator.rollout_state import ROLLOUT_FOLDS, RolloutBook, attested
 
 NodeStatus = Literal["announced", "enrolling", "enrolled", "rejected"]
 EnrollmentStatus = Literal["open", "enrolled", "rejected"]
+RotationStatus = Literal["open", "rotated", "adopted", "refused"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,11 @@ class Identity:
     device_fingerprint: str
     attestation_digest: str
 
+    @property
+    def kid(self) -> str:
+        """The identity key's id."""
+        return key_id(self.identity_alg, self.identity_key)
+
 
 @dataclass(frozen=True)
 class Node:
@@ -72,6 +85,18 @@ class Node:
     enrollment_id: str | None = None
     reason: str | None = None
     identity: Identity | None = None
+    identity_version: int = 0
+    """How many identity keys the node has had on record (1 after its first enrollment)."""
+    past_identities: tuple[Identity, ...] = ()
+    """The identities it had before, oldest first."""
+    rotation_id: str | None = None
+    """Its latest identity-key rotation, if any."""
+
+    def knows_key(self, identity_key: bytes) -> bool:
+        """Whether ``identity_key`` is or was this node's identity key."""
+        return any(
+            i.identity_key == identity_key for i in (self.identity, *self.past_identities) if i
+        )
 
 
 @dataclass(frozen=True)
@@ -88,6 +113,21 @@ class Enrollment:
 
 
 @dataclass(frozen=True)
+class KeyRotation:
+    """One identity-key rotation of a node: its challenge and outcome."""
+
+    rotation_id: str
+    node_id: str
+    nonce: bytes
+    expires_ms: int
+    requested_by: str
+    status: RotationStatus = "open"
+    reason: str | None = None
+    identity_kid: str | None = None
+    """The new key's id, once rotated."""
+
+
+@dataclass(frozen=True)
 class State:
     """Everything the orchestrator knows, folded from its log."""
 
@@ -98,7 +138,12 @@ class State:
     open_enrollments: Map[str, str] = field(default_factory=Map)
     """Enrollment id -> node id of every challenge still waiting for its answer."""
     used_nonces: Map[str, str] = field(default_factory=Map)
-    """Base64 nonce -> enrollment id of every challenge that was answered or closed."""
+    """Base64 nonce -> enrollment or rotation id of every challenge answered or closed."""
+    rotations: Map[str, KeyRotation] = field(default_factory=Map)
+    """Identity-key rotations by id."""
+    open_rotations: Map[str, str] = field(default_factory=Map)
+    """Rotation id -> node id of every rotation still waiting: for the node's answer (open),
+    or for it to adopt its recorded new key (rotated)."""
     book: RolloutBook = field(default_factory=RolloutBook)
     """Rollouts and the fleets they build."""
 
@@ -107,6 +152,13 @@ class State:
         if node is None or node.status != "enrolling" or node.enrollment_id is None:
             return None
         return self.enrollments[node.enrollment_id]
+
+    def rotation_of(self, node_id: str) -> KeyRotation | None:
+        """The node's latest identity-key rotation, if any."""
+        node = self.nodes.get(node_id)
+        if node is None or node.rotation_id is None:
+            return None
+        return self.rotations[node.rotation_id]
 
 
 def _lease_taken(state: State, e: LeaseTaken) -> State:
@@ -149,6 +201,17 @@ def _close(state: State, enrollment_id: str, status: EnrollmentStatus, reason: s
     )
 
 
+def _with_identity(node: Node, identity: Identity, version: int | None = None) -> Node:
+    """``node`` with ``identity`` in force, the one it replaces kept in its history; a key
+    already in force only has its attested facts refreshed."""
+    old = node.identity
+    if old is not None and old.identity_key == identity.identity_key:
+        return replace(node, identity=identity)
+    past = node.past_identities if old is None else (*node.past_identities, old)
+    number = node.identity_version + 1 if version is None else version
+    return replace(node, identity=identity, identity_version=number, past_identities=past)
+
+
 def _node_enrolled(state: State, e: NodeEnrolled) -> State:
     identity = Identity(
         e.identity_alg,
@@ -160,11 +223,10 @@ def _node_enrolled(state: State, e: NodeEnrolled) -> State:
         e.attestation_digest,
     )
     node = replace(
-        state.nodes[e.node_id],
+        _with_identity(state.nodes[e.node_id], identity),
         status="enrolled",
         enrollment_id=e.enrollment_id,
         reason=None,
-        identity=identity,
     )
     state = _close(state, e.enrollment_id, "enrolled", None)
     state = attested(state, e.enrollment_id, e.node_id, e.attestation_digest)
@@ -177,6 +239,72 @@ def _node_rejected(state: State, e: NodeRejected) -> State:
     node = old if old.status == "enrolled" else replace(old, status="rejected", reason=e.reason)
     state = _close(state, e.enrollment_id, "rejected", e.reason)
     return replace(state, nodes=state.nodes.set(e.node_id, node))
+
+
+def _node_key_challenged(state: State, e: NodeKeyChallenged) -> State:
+    rotation = KeyRotation(e.rotation_id, e.node_id, e.nonce, e.expires_ms, e.requested_by)
+    node = state.nodes[e.node_id]
+    waiting = state.open_rotations
+    if node.rotation_id is not None:
+        # A new challenge stands in for the adoption the last rotation may still wait for: the
+        # node adopts a recorded key before it rotates away from it.
+        waiting = waiting.delete(node.rotation_id) if node.rotation_id in waiting else waiting
+    return replace(
+        state,
+        nodes=state.nodes.set(e.node_id, replace(node, rotation_id=e.rotation_id)),
+        rotations=state.rotations.set(e.rotation_id, rotation),
+        open_rotations=waiting.set(e.rotation_id, e.node_id),
+    )
+
+
+def _rotation_closed(
+    state: State, rotation_id: str, status: RotationStatus, **outcome: str | None
+) -> State:
+    rotation = replace(state.rotations[rotation_id], status=status, **outcome)
+    waiting = state.open_rotations
+    if status != "rotated" and rotation_id in waiting:
+        waiting = waiting.delete(rotation_id)
+    used = state.used_nonces
+    if status in ("rotated", "refused"):
+        used = used.set(b64(rotation.nonce), rotation_id)
+    return replace(
+        state,
+        rotations=state.rotations.set(rotation_id, rotation),
+        open_rotations=waiting,
+        used_nonces=used,
+    )
+
+
+def _node_key_rotated(state: State, e: NodeKeyRotated) -> State:
+    identity = Identity(
+        e.identity_alg,
+        e.identity_key,
+        e.transport_alg,
+        e.transport_key,
+        e.measurement,
+        e.device_fingerprint,
+        e.attestation_digest,
+    )
+    node = _with_identity(state.nodes[e.node_id], identity, e.version)
+    state = _rotation_closed(state, e.rotation_id, "rotated", identity_kid=identity.kid)
+    return replace(state, nodes=state.nodes.set(e.node_id, node))
+
+
+def _node_key_rotation_refused(state: State, e: NodeKeyRotationRefused) -> State:
+    if e.rotation_id not in state.rotations:
+        # Refused before any challenge went out (the node was not enrolled): on record only.
+        rotation = KeyRotation(e.rotation_id, e.node_id, b"", 0, "", "refused", e.reason)
+        node = replace(state.nodes[e.node_id], rotation_id=e.rotation_id)
+        return replace(
+            state,
+            nodes=state.nodes.set(e.node_id, node),
+            rotations=state.rotations.set(e.rotation_id, rotation),
+        )
+    return _rotation_closed(state, e.rotation_id, "refused", reason=e.reason)
+
+
+def _node_key_adopted(state: State, e: NodeKeyAdopted) -> State:
+    return _rotation_closed(state, e.rotation_id, "adopted")
 
 
 def _decision(state: State, _: Decision) -> State:
@@ -192,6 +320,10 @@ _FOLDS: dict[type[LogEntry], Callable[[State, LogEntry], State]] = {
     ChallengeIssued: _challenge_issued,
     NodeEnrolled: _node_enrolled,
     NodeRejected: _node_rejected,
+    NodeKeyChallenged: _node_key_challenged,
+    NodeKeyRotated: _node_key_rotated,
+    NodeKeyRotationRefused: _node_key_rotation_refused,
+    NodeKeyAdopted: _node_key_adopted,
     **ROLLOUT_FOLDS,
 }
 
