@@ -53,10 +53,19 @@ from messages.errors import HsmfleetError
 from messages.gate import Gate
 from messages.note import Note, NoteError, NoteSignature
 from messages.outbox import Outbox
+from messages.retirement import FleetRetirement
+from messages.rotation import KeyRotation
 from messages.schema import Body
 from messages.signing import Signer, TrustedKey, TrustStore
 from messages.statement import LoggedDocument
-from messages.validation import ValidationBundle, assemble, log_proof
+from messages.validation import (
+    LoggedNotice,
+    LogProof,
+    ValidationBundle,
+    assemble,
+    log_proof,
+    notice,
+)
 from messages.verify import CosignerPin, VerificationError, check_logged
 
 log = structlog.get_logger("hsmfleet.cosign_client")
@@ -272,11 +281,21 @@ class CosigningClient:
         """The validation bundle of an artifact already logged."""
         if not isinstance(logged.document, FleetKeyArtifact):
             raise TypeError("only fleet-key artifacts make validation bundles")
-        proofs = [
+        return assemble(logged.document, self._proofs(logged))
+
+    def notice(self, logged: Logged) -> LoggedNotice:
+        """The countersigned notice of a logged key rotation or fleet retirement, for clients
+        (:func:`messages.verify.ingest_retirement`, a bundle's rotation chain)."""
+        if not isinstance(logged.document, KeyRotation | FleetRetirement):
+            raise TypeError("only key rotations and fleet retirements make notices")
+        return notice(logged.document, self._proofs(logged))
+
+    def _proofs(self, logged: Logged) -> list[LogProof]:
+        """Each log's answer, countersigned, with the cosignatures gathered on its checkpoint."""
+        return [
             log_proof(answer, self.operator, logged.cosignatures.get(peer_id, ()))
             for peer_id, answer in logged.answers.items()
         ]
-        return assemble(logged.document, proofs)
 
     def _logs(self, logged: Logged) -> list[Peer]:
         return [p for p in self.peers if p.id in logged.answers]

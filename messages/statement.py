@@ -1,8 +1,10 @@
 """What a cosigner signs for each entry it logs, and the operator's countersignature over it.
 
 A :class:`Statement` says: log ``log`` holds, at leaf ``index``, the document of ``kind`` for
-``fleet`` at position ``seq`` (a stage bundle's serial, an artifact's epoch) whose digest is
-``digest``, logged at ``logged_at``. The cosigner signs it with Ed25519 over::
+``fleet`` at position ``seq`` (a stage bundle's serial, an artifact's epoch, a retired fleet's
+last epoch; for a key rotation, ``fleet`` is the signer's name and ``seq`` the new key's
+version) whose digest is ``digest``, logged at ``logged_at``. The cosigner signs it with
+Ed25519 over::
 
     b"hsmfleet/v1/statement\\n" || JCS(statement)
 
@@ -33,6 +35,8 @@ from messages.documents import (
     time_ms,
 )
 from messages.note import is_key_name
+from messages.retirement import FleetRetirement
+from messages.rotation import KeyRotation
 from messages.schema import Body
 from messages.signing import ALGORITHMS, ED25519, Signer, key_id, verify_bytes
 
@@ -43,12 +47,11 @@ RESERVED_ORIGIN_PREFIXES = ("hsmfleet/v1/", "cosignature/")
 """A log origin may not start with these: its note signatures would share a key and a prefix
 with statements or cosignatures."""
 
-LOGGED = (StageBundle, FleetKeyArtifact)
+LOGGED = (StageBundle, FleetKeyArtifact, KeyRotation, FleetRetirement)
 """The documents a cosigner logs, by format tag."""
-_BY_FORMAT: dict[str, type[StageBundle] | type[FleetKeyArtifact]] = {c.FORMAT: c for c in LOGGED}
+LoggedDocument = StageBundle | FleetKeyArtifact | KeyRotation | FleetRetirement
+_BY_FORMAT: dict[str, type[LoggedDocument]] = {c.FORMAT: c for c in LOGGED}
 _KINDS = {c.KIND for c in LOGGED}
-
-LoggedDocument = StageBundle | FleetKeyArtifact
 
 
 def is_origin(value: object) -> bool:
@@ -57,7 +60,8 @@ def is_origin(value: object) -> bool:
 
 
 def parse_logged(raw: Any) -> LoggedDocument:
-    """Decode a document a cosigner logs (stage bundle or fleet-key artifact) by its format."""
+    """Decode a document a cosigner logs (stage bundle, fleet-key artifact, key rotation, fleet
+    retirement) by its format."""
     cls = _BY_FORMAT.get(raw.get("format")) if isinstance(raw, dict) else None
     if cls is None:
         raise UnknownFormat(
@@ -68,7 +72,7 @@ def parse_logged(raw: Any) -> LoggedDocument:
 
 
 def parse_logged_bytes(data: bytes) -> LoggedDocument:
-    """Decode a log entry: the canonical bytes of a stage bundle or fleet-key artifact."""
+    """Decode a log entry: the canonical bytes of a document a cosigner logs."""
     return parse_logged(load_json(data))
 
 
@@ -92,7 +96,9 @@ class Statement(Document):
         require(is_origin(self.log), "log must be a valid origin", log=self.log)
         require(self.index >= 0, "index must not be negative", index=self.index)
         require(self.kind in _KINDS, "kind must name a logged document", kind=self.kind)
-        require(is_name(self.fleet), "fleet id must be a name", fleet=self.fleet)
+        # A key rotation's statement names its signer (an origin, or ``operator``) here.
+        named = is_origin if self.kind == KeyRotation.KIND else is_name
+        require(named(self.fleet), "fleet must be a fleet id (signer name)", fleet=self.fleet)
         require(self.seq >= 1, "seq must be at least 1", seq=self.seq)
         require(is_digest(self.digest), "digest must be 64 lowercase hex digits")
         time_ms(self.logged_at, "logged_at")

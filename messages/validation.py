@@ -9,12 +9,20 @@ proof leads to, carrying witness cosignatures (C2SP tlog-cosignature) from other
 a client that stored an older checkpoint can check the new one extends it without asking the log.
 
 Format ``hsmfleet/validation-bundle/v1``; :mod:`messages.verify` is the client's algorithm.
+
+Other logged documents reach clients as a :class:`LoggedNotice` (``hsmfleet/logged-notice/v1``):
+the document (a key rotation, a fleet retirement) with log proofs of the same shape. A bundle
+may carry, in its optional member ``rotations``, the chain of signer-key rotation notices a
+client needs to walk from the keys it pinned to the ones that signed the bundle
+(:func:`with_rotations`); bundles without it decode as before (open world).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from messages.artifact import FleetKeyArtifact
 from messages.cosigning import Signed
@@ -22,9 +30,11 @@ from messages.documents import Document, require
 from messages.note import Note, NoteSignature
 from messages.schema import Body
 from messages.signing import Signer
-from messages.statement import Countersignature, Statement
+from messages.statement import Countersignature, LoggedDocument, Statement, parse_logged
 
 FORMAT = "hsmfleet/validation-bundle/v1"
+NOTICE_FORMAT = "hsmfleet/logged-notice/v1"
+MAX_ROTATIONS = 64
 MAX_PROOFS = 16
 MAX_CHECKPOINT_CHARS = 16 * 1024
 
@@ -79,6 +89,63 @@ class ValidationBundle(Document):
         require(0 < len(self.proofs) <= MAX_PROOFS, "a bundle carries 1-16 log proofs")
         logs = [p.log for p in self.proofs]
         require(len(set(logs)) == len(logs), "a bundle carries one proof per log")
+
+    @functools.cached_property
+    def rotations(self) -> tuple[LoggedNotice, ...]:
+        """The signer-key rotation notices the bundle carries (member ``rotations``, optional),
+        in the order they were logged. :class:`~messages.documents.MalformedDocument` if the
+        member is not a list of at most 64 notices of key rotations."""
+        raw = self.extra.get("rotations", [])
+        require(isinstance(raw, list), "rotations must be a list")
+        require(len(raw) <= MAX_ROTATIONS, "too many rotation notices", count=len(raw))
+        notices = tuple(LoggedNotice.from_json(n, "rotations") for n in raw)
+        require(
+            all(n.logged.KIND == "key-rotation" for n in notices),
+            "rotations holds only key-rotation notices",
+        )
+        return notices
+
+
+@dataclass(frozen=True)
+class LoggedNotice(Document):
+    """A logged document other than an artifact (a key rotation, a fleet retirement) with the
+    cosigners' log proofs, countersigned: what a client ingests to learn of it."""
+
+    FORMAT = NOTICE_FORMAT
+
+    document: dict[str, Any]
+    proofs: tuple[LogProof, ...]
+    format: str = field(default=NOTICE_FORMAT, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 < len(self.proofs) <= MAX_PROOFS, "a notice carries 1-16 log proofs")
+        logs = [p.log for p in self.proofs]
+        require(len(set(logs)) == len(logs), "a notice carries one proof per log")
+        self.logged  # noqa: B018 - decoding the document is part of checking the notice
+
+    @functools.cached_property
+    def logged(self) -> LoggedDocument:
+        """The document, decoded by its format."""
+        return parse_logged(self.document)
+
+
+def notice(document: LoggedDocument, proofs: Iterable[LogProof]) -> LoggedNotice:
+    """The notice of ``document`` with ``proofs``, each of which must describe it."""
+    proofs = tuple(proofs)
+    for proof in proofs:
+        require(proof.statement.describes(document), "a log proof is for another document")
+    return LoggedNotice(document=document.to_json(), proofs=proofs)
+
+
+def with_rotations(bundle: ValidationBundle, chain: Iterable[LoggedNotice]) -> ValidationBundle:
+    """``bundle`` carrying the rotation notices ``chain`` (in logged order) in its member
+    ``rotations``, replacing any it carried; an empty chain leaves the member out. Pure."""
+    extra = {k: v for k, v in bundle.extra.items() if k != "rotations"}
+    chain = [n.to_json() for n in chain]
+    if chain:
+        extra["rotations"] = chain
+    return replace(bundle, extra=extra)
 
 
 def with_cosignatures(note: str, lines: Iterable[str]) -> str:
