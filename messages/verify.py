@@ -25,15 +25,21 @@ cached (the TUF client bug of caching before the rollback check cannot happen). 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from messages.artifact import FleetKeyArtifact, Quorum
+from messages.artifact import FleetKey, FleetKeyArtifact, Quorum
 from messages.canonical import canonical
-from messages.checkpoint import Checkpoint, CheckpointError, SignedCheckpoint, open_checkpoint
+from messages.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    SignedCheckpoint,
+    UnsignedCheckpoint,
+    open_checkpoint,
+)
 from messages.cosignature import CosignatureVerifier, cosignatures
-from messages.documents import DocumentError, is_digest, load_json, require
+from messages.documents import DocumentError, is_digest, is_name, load_json, require, time_ms
 from messages.errors import HsmfleetError, MessageError
 from messages.merkle import (
     HASH_SIZE,
@@ -44,10 +50,13 @@ from messages.merkle import (
     verify_inclusion,
 )
 from messages.note import Ed25519NoteVerifier, Note, NoteError, is_ed25519_public_key
+from messages.retirement import FleetRetired, FleetRetirement
+from messages.rotation import OPERATOR, KeyRotation, RotationRefused, SignerKey, check_rotation
 from messages.schema import Body
 from messages.signing import ALGORITHMS, ED25519
 from messages.statement import LoggedDocument, Statement, is_origin
-from messages.validation import LogProof, ValidationBundle
+from messages.validation import LoggedNotice, LogProof, ValidationBundle
+from messages.verification import VerificationError
 
 PINS_FORMAT = "hsmfleet/pins/v1"
 STATE_FORMAT = "hsmfleet/verifier-state/v1"
@@ -57,12 +66,6 @@ ConsistencyProofs = Mapping[tuple[str, int, int], Sequence[bytes]]
 
 
 # --- errors ----------------------------------------------------------------------------
-
-
-class VerificationError(HsmfleetError):
-    """A validation bundle was refused; ``kind`` says which check failed."""
-
-    kind = "verification"
 
 
 class MalformedBundle(VerificationError):
@@ -161,6 +164,46 @@ class QuorumBelowFloor(VerificationError):
     kind = "quorum_below_floor"
 
 
+class SupersededKey(VerificationError):
+    """A signature by a signer's key that a logged rotation superseded, on something signed
+    after that rotation (a statement or checkpoint past the rotation's entry, a countersignature
+    of a statement logged after it)."""
+
+    kind = "superseded_key"
+
+
+class RotationNotLogged(RotationRefused):
+    """A cosigner's key rotation without a proof from that cosigner's own log: where its new
+    key takes over is unknown."""
+
+    kind = "rotation_not_logged_by_signer"
+
+
+class RotationBadKey(RotationRefused):
+    """A cosigner's rotation names a new key a cosigner may not have (Ed25519 only)."""
+
+    kind = "rotation_bad_key"
+
+
+class StaleView(VerificationError):
+    """A log's checkpoint carries no pinned timestamp (a witness cosignature, the log's own
+    timestamped cosignature) within the verifier's maximum age: a frozen view."""
+
+    kind = "stale_view"
+
+
+class UnknownFleetKey(VerificationError):
+    """The key is not one of the accepted artifact's keys for that role."""
+
+    kind = "unknown_fleet_key"
+
+
+class LegacyKeyExpired(VerificationError):
+    """The key was kept only for a rotation overlap and its ``legacy_until`` has passed."""
+
+    kind = "legacy_key_expired"
+
+
 class PinsError(HsmfleetError):
     """The pins (trusted keys and policy) are missing or malformed."""
 
@@ -184,14 +227,19 @@ class CosignerPin(Body):
     name: str
     public_key: bytes
     url: str | None = None
+    version: int = 1
 
     def __post_init__(self) -> None:
         require(is_origin(self.name), "cosigner name must be a valid log origin", name=self.name)
+        require(self.version >= 1, "key version must be at least 1", name=self.name)
         require(
             is_ed25519_public_key(self.public_key),
             "cosigner key must be an Ed25519 public key (32 bytes, canonical, not of small order)",
             name=self.name,
         )
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_defaults(super().to_json(), version=1)
 
     @property
     def log_verifier(self) -> Ed25519NoteVerifier:
@@ -210,6 +258,7 @@ class OperatorPin(Body):
 
     alg: str
     public_key: bytes
+    version: int = 1
 
     def __post_init__(self) -> None:
         require(self.alg in ALGORITHMS, "unknown operator key algorithm", alg=self.alg)
@@ -217,6 +266,10 @@ class OperatorPin(Body):
             self.alg != ED25519 or is_ed25519_public_key(self.public_key),
             "operator key must be an Ed25519 public key (32 bytes, canonical, not of small order)",
         )
+        require(self.version >= 1, "key version must be at least 1")
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_defaults(super().to_json(), version=1)
 
 
 @dataclass(frozen=True)
@@ -257,6 +310,9 @@ class Pins(Body):
     threshold: int
     operator: OperatorPin
     floor: QuorumFloor = field(default_factory=QuorumFloor)
+    max_checkpoint_age: int | None = None
+    """Seconds: a log's checkpoint must carry a pinned timestamp at most this old (None: no
+    freshness check)."""
     format: str = field(default=PINS_FORMAT, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -276,6 +332,13 @@ class Pins(Body):
             "threshold must be between 1 and the number of cosigners",
             threshold=self.threshold,
         )
+        require(
+            self.max_checkpoint_age is None or self.max_checkpoint_age > 0,
+            "max_checkpoint_age must be a positive number of seconds",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_defaults(super().to_json(), max_checkpoint_age=None)
 
     def cosigner(self, name: str) -> CosignerPin | None:
         return next((c for c in self.cosigners if c.name == name), None)
@@ -308,13 +371,46 @@ class TreeHead(Body):
 
 
 @dataclass(frozen=True)
+class KeyInForce(Body):
+    """One key of a signer as the verifier walked to it: its version, and where it took over:
+    a cosigner's key signs its log's statements from entry ``from_index`` on and checkpoints
+    larger than that index; the operator's countersigns statements logged from ``since`` on
+    (null for a pinned key)."""
+
+    alg: str
+    public_key: bytes
+    version: int
+    from_index: int
+    since: str | None
+
+    def __post_init__(self) -> None:
+        require(self.alg in ALGORITHMS, "unknown key algorithm", alg=self.alg)
+        require(self.version >= 1 and self.from_index >= 0, "bad key version or index")
+        if self.since is not None:
+            time_ms(self.since, "since")
+
+    @property
+    def key(self) -> SignerKey:
+        return SignerKey(self.alg, self.public_key)
+
+    @property
+    def since_ms(self) -> int:
+        return 0 if self.since is None else time_ms(self.since, "since")
+
+
+@dataclass(frozen=True)
 class VerifierState(Body):
     """What a verifier remembers between bundles: the last accepted epoch and artifact digest,
-    and each pinned log's last accepted tree head. Empty at first use."""
+    each pinned log's last accepted tree head, the signer keys it walked to by logged
+    rotations (``keys``: signer name -> its keys, oldest first; a signer absent has only its
+    pinned key) and the fleets it learnt were retired (``retired``: fleet -> last epoch).
+    Empty at first use."""
 
     epoch: int | None = None
     digest: str | None = None
     checkpoints: dict[str, TreeHead] = field(default_factory=dict)
+    keys: dict[str, tuple[KeyInForce, ...]] = field(default_factory=dict)
+    retired: dict[str, int] = field(default_factory=dict)
     format: str = field(default=STATE_FORMAT, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -326,6 +422,18 @@ class VerifierState(Body):
         require(self.epoch is None or self.epoch >= 1, "epoch must be at least 1")
         require(self.digest is None or is_digest(self.digest), "digest must be 64 hex digits")
         require(all(is_origin(log) for log in self.checkpoints), "a log name is not an origin")
+        require(all(is_origin(name) for name in self.keys), "a signer name is not an origin")
+        for name, keys in self.keys.items():
+            versions = [k.version for k in keys]
+            require(
+                bool(keys) and versions == list(range(versions[0], versions[0] + len(keys))),
+                "a signer's keys must be consecutive versions",
+                signer=name,
+            )
+        require(all(is_name(f) and e >= 1 for f, e in self.retired.items()), "bad retired fleet")
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_defaults(super().to_json(), keys={}, retired={})
 
     def to_bytes(self) -> bytes:
         return canonical(self.to_json())
@@ -349,17 +457,153 @@ class VerifierState(Body):
         tmp.replace(path)
 
 
+# --- signer keys, walked by logged rotations ------------------------------------------------
+
+
+def _without_defaults(out: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    """``out`` without the optional members that hold their default (files written before
+    those members existed keep their bytes)."""
+    for name, default in defaults.items():
+        if name in out and out[name] == default:
+            del out[name]
+    return out
+
+
+def pinned_keys(pins: Pins, state: VerifierState, name: str) -> tuple[KeyInForce, ...]:
+    """The keys of signer ``name`` (``operator`` or a pinned cosigner's origin), oldest first:
+    those walked to by rotations, else the pinned one; empty for a signer not pinned."""
+    if name in state.keys:
+        return state.keys[name]
+    if name == OPERATOR:
+        return (
+            KeyInForce(pins.operator.alg, pins.operator.public_key, pins.operator.version, 0, None),
+        )
+    pin = pins.cosigner(name)
+    if pin is None:
+        return ()
+    return (KeyInForce(ED25519, pin.public_key, pin.version, 0, None),)
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """Every pinned signer's keys as the verifier knows them: which key signs what."""
+
+    keys: dict[str, tuple[KeyInForce, ...]]
+
+    @classmethod
+    def of(cls, pins: Pins, state: VerifierState) -> Keyring:
+        names = [OPERATOR, *(c.name for c in pins.cosigners)]
+        return cls({name: pinned_keys(pins, state, name) for name in names})
+
+    def current(self, name: str) -> KeyInForce:
+        return self.keys[name][-1]
+
+    def with_key(self, name: str, key: KeyInForce) -> Keyring:
+        return Keyring({**self.keys, name: (*self.keys[name], key)})
+
+    def log_key(self, log: str, position: int) -> KeyInForce:
+        """The key of ``log`` that signs entry ``position``'s statement and the checkpoint of
+        ``position + 1`` entries: the last to take over at or before it."""
+        keys = self.keys[log]
+        return next((k for k in reversed(keys) if k.from_index <= position), keys[0])
+
+    def witnesses(self) -> list[CosignatureVerifier]:
+        """Cosignature keys of every pinned cosigner, superseded ones included."""
+        return [
+            CosignatureVerifier(name, k.public_key)
+            for name, keys in self.keys.items()
+            if name != OPERATOR
+            for k in keys
+        ]
+
+    def vouching(self, lines: Iterable[Any]) -> dict[str, int]:
+        """Cosigner name -> newest timestamp, of the cosignatures (verified ``lines``) made by
+        a key in force at their time: a superseded key counts only before its successor's
+        rotation time."""
+        out: dict[str, int] = {}
+        for line in lines:
+            keys = self.keys.get(line.name, ())
+            for i, k in enumerate(keys):
+                if CosignatureVerifier(line.name, k.public_key).key_id != line.key_id:
+                    continue
+                if i + 1 == len(keys) or line.timestamp * 1000 < keys[i + 1].since_ms:
+                    out[line.name] = max(out.get(line.name, line.timestamp), line.timestamp)
+        return out
+
+    def walked(self) -> dict[str, tuple[KeyInForce, ...]]:
+        """The signers that rotated at least once, for the verifier's state."""
+        return {name: keys for name, keys in self.keys.items() if len(keys) > 1}
+
+
+@dataclass(frozen=True)
+class Walk:
+    """The result of walking a rotation chain: the keys reached and the rotations taken."""
+
+    keyring: Keyring
+    steps: tuple[KeyRotation, ...]
+
+
+def _new_key(rotation: KeyRotation, notice: LoggedNotice, keyring: Keyring) -> KeyInForce:
+    """The key ``rotation`` introduces and where it takes over."""
+    new = rotation.new
+    if rotation.signer == OPERATOR:
+        return KeyInForce(new.alg, new.public_key, rotation.version, 0, rotation.at)
+    others = {k.public_key for name, keys in keyring.keys.items() for k in keys}
+    if new.alg != ED25519 or not is_ed25519_public_key(new.public_key) or new.public_key in others:
+        raise RotationBadKey(
+            "a cosigner's new key must be a fresh Ed25519 key", signer=rotation.signer
+        )
+    own = next((p for p in notice.proofs if p.log == rotation.signer), None)
+    if own is None:
+        raise RotationNotLogged(
+            "a cosigner's rotation must be proven by its own log", signer=rotation.signer
+        )
+    return KeyInForce(new.alg, new.public_key, rotation.version, own.statement.index, rotation.at)
+
+
+def walk_rotations(
+    notices: Sequence[LoggedNotice], pins: Pins, state: VerifierState, now_ms: int
+) -> Walk:
+    """Walk from the keys ``state`` (or the pins) holds to the current ones, one logged
+    rotation at a time, in the order given. A rotation of a signer not pinned is ignored, one
+    already walked (same version, same new key) skipped. Each other must: have the current key
+    as old key, the next version, both signatures (:func:`messages.rotation.check_rotation`),
+    and be logged and vouched for like a bundle (k pinned cosigners, countersigned), checked
+    with the keys it introduces. Raises the :class:`VerificationError` of the first refusal."""
+    keyring = Keyring.of(pins, state)
+    steps: list[KeyRotation] = []
+    for notice in notices:
+        rotation = notice.logged
+        if not isinstance(rotation, KeyRotation):
+            raise MalformedBundle("a rotation chain holds only key rotations")
+        keys = keyring.keys.get(rotation.signer)
+        if not keys:
+            continue
+        current = keys[-1]
+        if rotation.version <= current.version:
+            walked = next((k for k in keys if k.version == rotation.version), None)
+            if walked is None or walked.key == rotation.new:
+                continue
+        check_rotation(current.key, current.version, rotation)
+        keyring = keyring.with_key(rotation.signer, _new_key(rotation, notice, keyring))
+        _verify_logged(rotation, notice.proofs, keyring, pins, now_ms)
+        steps.append(rotation)
+    return Walk(keyring, tuple(steps))
+
+
 # --- verification ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Accepted:
-    """A bundle that passed every check: its artifact, who vouched, and the state to persist."""
+    """A bundle that passed every check: its artifact, who vouched, the rotations walked, and
+    the state to persist."""
 
     artifact: FleetKeyArtifact
     digest: str
     vouchers: tuple[str, ...]
     state: VerifierState
+    rotations: tuple[KeyRotation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -372,9 +616,20 @@ def parse_bundle(data: bytes | str | Any) -> ValidationBundle:
     """Decode a validation bundle from JSON text or a decoded object (:class:`MalformedBundle`)."""
     try:
         raw = load_json(data) if isinstance(data, bytes | str) else data
-        return ValidationBundle.from_json(raw)
+        bundle = ValidationBundle.from_json(raw)
+        bundle.rotations  # noqa: B018 - the optional chain must decode too
+        return bundle
     except (DocumentError, MessageError) as exc:
         raise MalformedBundle(f"not a validation bundle: {exc}") from exc
+
+
+def parse_notice(data: bytes | str | Any) -> LoggedNotice:
+    """Decode a logged notice (key rotation, fleet retirement) (:class:`MalformedBundle`)."""
+    try:
+        raw = load_json(data) if isinstance(data, bytes | str) else data
+        return LoggedNotice.from_json(raw)
+    except (DocumentError, MessageError) as exc:
+        raise MalformedBundle(f"not a logged notice: {exc}") from exc
 
 
 def needed_proofs(bundle: ValidationBundle, pins: Pins, state: VerifierState) -> list[tuple]:
@@ -386,14 +641,21 @@ def needed_proofs(bundle: ValidationBundle, pins: Pins, state: VerifierState) ->
         stored = state.checkpoints.get(proof.log)
         if pin is None or stored is None or stored.size == 0:
             continue
-        try:
-            size = Checkpoint.from_text(Note.parse(proof.checkpoint).text).size
-        except (NoteError, CheckpointError):
+        size = _claimed_size(proof.checkpoint)
+        if size is None:
             continue  # verification will refuse the checkpoint itself
         carried = {c.old_size for c in proof.consistency}
         if stored.size < size and stored.size not in carried:
             out.append((proof.log, stored.size, size, pin.url))
     return out
+
+
+def _claimed_size(checkpoint: str) -> int | None:
+    """The size a checkpoint note claims, before any signature is checked."""
+    try:
+        return Checkpoint.from_text(Note.parse(checkpoint).text).size
+    except (NoteError, CheckpointError):
+        return None
 
 
 def check_logged(
@@ -404,20 +666,39 @@ def check_logged(
     inclusion: Sequence[bytes],
     checkpoint: str,
     witnesses: Iterable[CosignatureVerifier] = (),
+    keys: Sequence[KeyInForce] = (),
 ) -> SignedCheckpoint:
     """Check one cosigner's answer for ``document``: its statement signature verifies under
     ``pin`` (checked before its content is read), the statement names the document in ``pin``'s
     log, ``checkpoint`` is a note signed by ``pin`` as the log (any signature by ``witnesses`` on
     it must verify too), and the inclusion proof leads from the document's leaf at the
     statement's index to the root of that checkpoint, whose size it is.
+
+    ``keys`` (oldest first), when given, are the log's keys walked by rotations: the statement
+    must be signed by the one in force at its index and the checkpoint by the one in force at
+    its size; a signature by another of them is :class:`SupersededKey`.
     Returns the opened checkpoint."""
     log = pin.name
-    if not statement.verify(pin.public_key, signature):
+    ring = Keyring({log: tuple(keys) or (KeyInForce(ED25519, pin.public_key, 1, 0, None),)})
+    expected = ring.log_key(log, statement.index)
+    if not statement.verify(expected.public_key, signature):
+        if any(statement.verify(k.public_key, signature) for k in ring.keys[log]):
+            raise SupersededKey("statement signed by a superseded key", log=log)
         raise BadStatementSignature("statement signature does not verify", log=log)
     if statement.log != log or not statement.describes(document):
         raise StatementMismatch("statement names another document or log", log=log)
+    size = _claimed_size(checkpoint)
+    signer = ring.log_key(log, size - 1) if size else ring.keys[log][0]
+    witnesses = list(witnesses)
     try:
-        signed = open_checkpoint(checkpoint, log, pin.log_verifier, witnesses)
+        signed = open_checkpoint(
+            checkpoint, log, Ed25519NoteVerifier(log, signer.public_key), witnesses
+        )
+    except UnsignedCheckpoint as exc:
+        others = [k for k in ring.keys[log] if k != signer]
+        if any(_log_signed(checkpoint, log, k) for k in others):
+            raise SupersededKey("checkpoint signed by a superseded key", log=log) from exc
+        raise BadCheckpoint(f"checkpoint refused: {exc}", log=log) from exc
     except (NoteError, CheckpointError) as exc:
         raise BadCheckpoint(f"checkpoint refused: {exc}", log=log) from exc
     head = signed.checkpoint
@@ -430,26 +711,88 @@ def check_logged(
     return signed
 
 
+def _log_signed(checkpoint: str, log: str, key: KeyInForce) -> bool:
+    try:
+        open_checkpoint(checkpoint, log, Ed25519NoteVerifier(log, key.public_key))
+    except (NoteError, CheckpointError):
+        return False
+    return True
+
+
+def _check_countersignature(keyring: Keyring, proof: LogProof) -> None:
+    """The operator countersigned with its key in force when the statement was logged, or a
+    later one (a newer key may countersign older statements); an older key is superseded."""
+    keys = keyring.keys[OPERATOR]
+    logged = time_ms(proof.statement.logged_at, "logged_at")
+    for i, key in enumerate(keys):
+        if proof.countersignature.verify(key.alg, key.public_key, proof.signature):
+            if i + 1 < len(keys) and keys[i + 1].since_ms <= logged:
+                raise SupersededKey(
+                    "countersigned by an operator key superseded before the statement",
+                    log=proof.log,
+                    version=key.version,
+                )
+            return
+    raise BadCountersignature("countersignature is not the pinned operator's", log=proof.log)
+
+
 def _check_log_proof(
-    proof: LogProof, pin: CosignerPin, pins: Pins, artifact: FleetKeyArtifact
-) -> tuple[TreeHead, set[str]]:
-    """Verify one pinned cosigner's proof; return the tree head and who vouched through it."""
-    witnesses = [c.witness_verifier for c in pins.cosigners]
+    proof: LogProof, keyring: Keyring, document: LoggedDocument
+) -> tuple[TreeHead, dict[str, int]]:
+    """Verify one pinned cosigner's proof; return the tree head and who vouched through it
+    (name -> newest pinned timestamp on the checkpoint, 0 for the log's untimed signature)."""
+    pin = CosignerPin(proof.log, keyring.current(proof.log).public_key)
+    witnesses = keyring.witnesses()
     signed = check_logged(
         pin,
-        artifact,
+        document,
         proof.statement,
         proof.signature,
         proof.inclusion,
         proof.checkpoint,
         witnesses,
+        keyring.keys[proof.log],
     )
-    if not proof.countersignature.verify(
-        pins.operator.alg, pins.operator.public_key, proof.signature
-    ):
-        raise BadCountersignature("countersignature is not the pinned operator's", log=proof.log)
-    vouchers = {proof.log} | {c.name for c in cosignatures(signed, witnesses)}
+    _check_countersignature(keyring, proof)
+    vouchers = keyring.vouching(cosignatures(signed, witnesses))
+    vouchers.setdefault(proof.log, 0)
     return TreeHead(signed.checkpoint.size, signed.checkpoint.root), vouchers
+
+
+def _verify_logged(
+    document: LoggedDocument,
+    proofs: Sequence[LogProof],
+    keyring: Keyring,
+    pins: Pins,
+    now_ms: int,
+) -> tuple[list[_Logged], set[str]]:
+    """Steps 3, 4 and 5 of the algorithm for any logged document: each pinned log's proof,
+    the threshold, and the freshness of every verified checkpoint."""
+    logged: list[_Logged] = []
+    vouchers: set[str] = set()
+    stale: list[str] = []
+    max_age = pins.max_checkpoint_age
+    for proof in proofs:
+        if pins.cosigner(proof.log) is None:
+            continue  # a log this verifier does not pin proves nothing to it
+        head, vouched = _check_log_proof(proof, keyring, document)
+        logged.append(_Logged(proof, head))
+        vouchers |= set(vouched)
+        if max_age is not None and now_ms - max(vouched.values()) * 1000 > max_age * 1000:
+            stale.append(proof.log)
+    if len(vouchers) < pins.threshold:
+        raise BelowThreshold(
+            "too few pinned cosigners vouch for the document",
+            vouchers=sorted(vouchers),
+            threshold=pins.threshold,
+        )
+    if stale:
+        raise StaleView(
+            "a checkpoint has no pinned timestamp within the maximum age",
+            logs=stale,
+            max_age=max_age,
+        )
+    return logged, vouchers
 
 
 def check_extends(
@@ -494,13 +837,15 @@ def verify_bundle(
     state: VerifierState,
     now_ms: int,
     proofs: ConsistencyProofs | None = None,
+    rotations: Sequence[LoggedNotice] | None = None,
 ) -> Accepted:
     """Accept ``bundle`` at time ``now_ms`` (ms since the epoch) or raise the
     :class:`VerificationError` of the first check that fails, in the order of the module doc.
 
     ``state`` is what the verifier stored after its last accepted bundle; persist
     ``Accepted.state`` only when this returns. ``proofs`` adds consistency proofs fetched from
-    the logs (see :func:`needed_proofs`).
+    the logs (see :func:`needed_proofs`). ``rotations`` is the chain of signer-key rotation
+    notices to walk first (default: the chain the bundle carries, if any).
     """
     if not isinstance(bundle, ValidationBundle):
         bundle = parse_bundle(bundle)
@@ -508,22 +853,14 @@ def verify_bundle(
     digest = artifact.digest
     if bundle.digest != digest:
         raise DigestMismatch("artifact does not match the digest", digest=bundle.digest)
-
-    logged: list[_Logged] = []
-    vouchers: set[str] = set()
-    for proof in bundle.proofs:
-        pin = pins.cosigner(proof.log)
-        if pin is None:
-            continue  # a log this verifier does not pin proves nothing to it
-        head, vouched = _check_log_proof(proof, pin, pins, artifact)
-        logged.append(_Logged(proof, head))
-        vouchers |= vouched
-    if len(vouchers) < pins.threshold:
-        raise BelowThreshold(
-            "too few pinned cosigners vouch for the artifact",
-            vouchers=sorted(vouchers),
-            threshold=pins.threshold,
+    if artifact.fleet in state.retired:
+        raise FleetRetired(
+            "the fleet was retired", fleet=artifact.fleet, last=state.retired[artifact.fleet]
         )
+    if rotations is None:
+        rotations = parse_bundle(bundle.to_json()).rotations
+    walk = walk_rotations(rotations, pins, state, now_ms)
+    logged, vouchers = _verify_logged(artifact, bundle.proofs, walk.keyring, pins, now_ms)
 
     for item in logged:
         stored = state.checkpoints.get(item.proof.log)
@@ -550,5 +887,68 @@ def verify_bundle(
 
     checkpoints = dict(state.checkpoints)
     checkpoints.update({item.proof.log: item.head for item in logged})
-    next_state = VerifierState(epoch=artifact.epoch, digest=digest, checkpoints=checkpoints)
-    return Accepted(artifact, digest, tuple(sorted(vouchers)), next_state)
+    next_state = replace(
+        state,
+        epoch=artifact.epoch,
+        digest=digest,
+        checkpoints=checkpoints,
+        keys=walk.keyring.walked(),
+    )
+    return Accepted(artifact, digest, tuple(sorted(vouchers)), next_state, walk.steps)
+
+
+def ingest_rotations(
+    notices: Sequence[LoggedNotice], pins: Pins, state: VerifierState, now_ms: int
+) -> tuple[VerifierState, tuple[KeyRotation, ...]]:
+    """Walk a rotation chain on its own (:func:`walk_rotations`): the state that knows the
+    keys reached, and the rotations taken. ``state`` is not changed."""
+    walk = walk_rotations(notices, pins, state, now_ms)
+    return replace(state, keys=walk.keyring.walked()), walk.steps
+
+
+def ingest_retirement(
+    notice: LoggedNotice | bytes | str,
+    pins: Pins,
+    state: VerifierState,
+    now_ms: int,
+    rotations: Sequence[LoggedNotice] = (),
+) -> VerifierState:
+    """Check a fleet retirement notice like a validation bundle (k pinned cosigners logged it,
+    countersigned, fresh enough; after walking ``rotations``) and return the state that
+    refuses the fleet from now on (:class:`~messages.retirement.FleetRetired`). ``state`` is
+    not changed; :class:`VerificationError` on any refusal."""
+    if not isinstance(notice, LoggedNotice):
+        notice = parse_notice(notice)
+    retirement = notice.logged
+    if not isinstance(retirement, FleetRetirement):
+        raise MalformedBundle("not a fleet retirement notice", kind=retirement.KIND)
+    walk = walk_rotations(rotations, pins, state, now_ms)
+    _verify_logged(retirement, notice.proofs, walk.keyring, pins, now_ms)
+    retired = {**state.retired, retirement.fleet: retirement.last_epoch}
+    return replace(state, keys=walk.keyring.walked(), retired=retired)
+
+
+def check_fleet_key(
+    artifact: FleetKeyArtifact, public_key: bytes, role: str, now_ms: int
+) -> FleetKey:
+    """Check, before use at ``now_ms``, that ``public_key`` is a key of the accepted
+    ``artifact`` for ``role``: a current key, or a legacy key before its ``legacy_until``.
+    Raises :class:`UnknownFleetKey`, :class:`LegacyKeyExpired`, or :class:`Expired` /
+    :class:`NotYetValid` outside the artifact's window."""
+    if now_ms < artifact.not_before_ms:
+        raise NotYetValid("artifact is not valid yet", not_before=artifact.not_before)
+    if now_ms >= artifact.not_after_ms:
+        raise Expired("artifact has expired", not_after=artifact.not_after)
+    key = next((k for k in artifact.keys if (k.role, k.public_key) == (role, public_key)), None)
+    if key is None:
+        raise UnknownFleetKey(
+            "not a key of the fleet for this role", fleet=artifact.fleet, role=role
+        )
+    if not key.usable_at(now_ms):
+        raise LegacyKeyExpired(
+            "the legacy key's overlap window has ended",
+            fleet=artifact.fleet,
+            role=role,
+            legacy_until=key.legacy_until,
+        )
+    return key
