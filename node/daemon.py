@@ -1,10 +1,16 @@
 """The node daemon: the process beside each HSM (DESIGN 1).
 
 On start it announces itself on ``fleet.node.<id>.status``, then heartbeats there and answers
-the orchestrator's signed commands on ``fleet.node.<id>.cmd.<verb>`` (``attest`` here; the
-rollout's ``ceremony``, ``join`` and ``retire`` in :mod:`node.fleets`). Commands pass the gate
-against the pinned orchestrator keys; the node's own messages are signed by its identity key
-inside the HSM. Calls to an HSM that may block (PKCS#11) run in a thread, off the event loop.
+the orchestrator's signed commands on ``fleet.node.<id>.cmd.<verb>`` (``attest`` and ``rotate``
+here; the rollout's ``ceremony``, ``join`` and ``retire`` in :mod:`node.fleets`). Commands pass
+the gate against the pinned orchestrator keys; the node's own messages are signed by its identity
+key inside the HSM. Calls to an HSM that may block (PKCS#11) run in a thread, off the event loop.
+
+``rotate`` (DESIGN 5.6) makes a pending identity key and proves it (:func:`prove_rotation`); the
+answer is signed by that new key. The node keeps signing with the key in force until the
+orchestrator, having recorded the rotation, tells it to adopt the new one (or names it as the key
+in force in its next rotation); from then on every message of the node, and its answers to the
+rollout's commands, carry the new key's signature, after a restart too.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from messages.bus import publish, serve
 from messages.envelope import Envelope
 from messages.errors import HsmfleetError, SchemaViolation
 from messages.gate import Gate, Received
+from messages.node_keys import AdoptIdentity, IdentityAdopted, IdentityRotation, RotateIdentity
 from messages.outbox import Outbox
-from messages.signing import TrustStore
-from node.attest import attest
+from messages.signing import TrustStore, key_id
+from node.attest import attest, prove_rotation
 from node.fleets import FleetCommands
-from node.hsm.base import Hsm, HsmError
-from node.identity import IDENTITY, establish
+from node.hsm.base import Hsm, HsmError, PublicKey
+from node.identity import NodeIdentity, adopt, establish, prepare_rotation
 from node.measurement import measure
 from node.pins import ORCHESTRATOR_ROLE
 
@@ -63,11 +70,15 @@ class NodeDaemon:
         if not heartbeat_s > 0:
             raise NodeConfigError("the heartbeat interval must be positive", seconds=heartbeat_s)
         self.hsm = hsm
+        self.state_dir = state_dir
         self.domain = subjects.token(domain, "failure domain")
         self.node = establish(hsm, state_dir, node_id)
         self.measurement = measurement or measure()
         self.heartbeat_s = heartbeat_s
-        self.outbox = Outbox(self.node.node_id, hsm.signer(IDENTITY))
+        self.outbox = Outbox(self.node.node_id, hsm.signer(self.node.identity.label))
+        self.rotation_outbox = Outbox(self.node.node_id, _NewestKey(self))
+        """Signs the answers to ``rotate``: with the key the node rotates to."""
+        self._rotating = asyncio.Lock()
         self.gate = Gate(orchestrator)
         self.fleets = FleetCommands(self.node.node_id, hsm, state_dir, self.outbox, self.gate)
         self.log = log.bind(node_id=self.node.node_id, domain=domain, hsm=hsm.kind)
@@ -91,6 +102,16 @@ class NodeDaemon:
                 ORCHESTRATOR_ROLE,
                 self._on_attest,
                 self.outbox,
+            )
+        )
+        self._subs.append(
+            await serve(
+                nc,
+                subjects.node_command(self.node_id, "rotate"),
+                self.gate,
+                ORCHESTRATOR_ROLE,
+                self._on_rotate,
+                self.rotation_outbox,
             )
         )
         await self.fleets.start(nc)
@@ -131,6 +152,33 @@ class NodeDaemon:
         self.log.debug("attested", corr=received.envelope.corr)
         return answer
 
+    async def _on_rotate(self, received: Received) -> IdentityRotation | IdentityAdopted:
+        body = received.body
+        async with self._rotating:
+            if isinstance(body, RotateIdentity):
+                # The key the orchestrator has on record is the one the proof must come from.
+                self._use(await self._call(adopt, self.state_dir, self.node, body.identity_kid))
+                self._use(await self._call(prepare_rotation, self.hsm, self.state_dir, self.node))
+                answer = await self._call(
+                    prove_rotation, self.node, self.hsm, self.measurement, body
+                )
+                self.log.info("identity key proved", corr=received.envelope.corr)
+                return answer
+            if isinstance(body, AdoptIdentity):
+                kid = key_id(body.identity_alg, body.identity_key)
+                self._use(await self._call(adopt, self.state_dir, self.node, kid))
+                return IdentityAdopted(node_id=self.node_id, identity_kid=self.node.identity.kid)
+        raise SchemaViolation(
+            "rotate expects a rotation or an adoption", type=received.envelope.type
+        )
+
+    def _use(self, node: NodeIdentity) -> None:
+        """Take ``node`` as this node's identity; sign with its key in force from now on."""
+        if node.identity != self.node.identity:
+            self.outbox.signer = self.hsm.signer(node.identity.label)
+            self.log.info("identity key adopted", identity=node.identity.kid)
+        self.node = node
+
     async def _beat(self) -> None:
         seq = 0
         while True:
@@ -164,3 +212,31 @@ class NodeDaemon:
         if self.hsm.blocking:
             return await asyncio.to_thread(fn, *args)
         return fn(*args)
+
+
+class _NewestKey:
+    """A signer over the newest identity key of a daemon: its pending key while it has one,
+    else the key in force; resolved at each signature."""
+
+    def __init__(self, daemon: NodeDaemon) -> None:
+        self._daemon = daemon
+        self.blocking = daemon.hsm.blocking
+
+    def _key(self) -> PublicKey:
+        node = self._daemon.node
+        return node.pending or node.identity
+
+    @property
+    def kid(self) -> str:
+        return self._key().kid
+
+    @property
+    def alg(self) -> str:
+        return self._key().alg
+
+    @property
+    def public_key(self) -> bytes:
+        return self._key().public_key
+
+    def sign(self, data: bytes) -> bytes:
+        return self._daemon.hsm.sign(self._key().label, data)
