@@ -36,6 +36,7 @@ class Rejected(Body):
 
 
 _REJECTION = frozenset({Rejected.TYPE})
+INTERNAL = "internal"
 
 
 class RequestRejected(HsmfleetError):
@@ -99,20 +100,27 @@ async def serve(
 
     Only admitted messages reach the handler. When the message expects an answer, the handler's
     body is sent back in an envelope from ``outbox``; a refused message or a handler that raises
-    an :class:`HsmfleetError` is answered with :class:`Rejected`.
+    an :class:`HsmfleetError` is answered with :class:`Rejected`. A handler's refusal (and a
+    handler that fails outright, as ``internal``) is counted in the gate like its own rejects.
     """
 
     async def on_message(msg: Msg) -> None:
         causation = None
         try:
             received = gate.admit(msg.data, role)
+        except HsmfleetError as exc:  # counted by the gate
+            answer: Body | None = Rejected(kind=exc.kind, reason=str(exc))
+        else:
             causation = received.envelope.id
-            answer = await handler(received)
-        except HsmfleetError as exc:
-            answer = Rejected(kind=exc.kind, reason=str(exc))
-        except Exception:
-            log.exception("handler failed", subject=msg.subject)
-            answer = Rejected(kind="internal", reason="the receiver failed; see its log")
+            try:
+                answer = await handler(received)
+            except HsmfleetError as exc:
+                gate.refused(exc.kind)
+                answer = Rejected(kind=exc.kind, reason=str(exc))
+            except Exception:
+                log.exception("handler failed", subject=msg.subject)
+                gate.refused(INTERNAL)
+                answer = Rejected(kind=INTERNAL, reason="the receiver failed; see its log")
         if msg.reply and answer is not None:
             if outbox.blocking:
                 reply = await asyncio.to_thread(outbox.envelope, answer, causation=causation)

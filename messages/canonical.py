@@ -13,6 +13,10 @@ import rfc8785
 from messages.errors import CanonicalizationError
 
 _SAFE_INT = 2**53
+# Deeper JSON is refused on reading: the recursive code that later walks a value (canonical
+# form, schema checks, repr in logs) would exhaust the interpreter's stack at a few hundred
+# levels, and no hsmfleet message nests more than a dozen.
+MAX_DEPTH = 64
 # Python sorts keys by code point, RFC 8785 by UTF-16 code unit; the two orders differ only for
 # characters at U+D800 and above.
 _BEYOND_UTF16_AGREEMENT = re.compile("[\ud800-\U0010ffff]")
@@ -26,13 +30,13 @@ def canonical(value: Any) -> bytes:
     form as the C JSON encoder's sorted, compact output, which is several times faster than the
     general RFC 8785 serializer; every other value takes the general path.
     """
-    if _plain(value):
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        if text.isascii() or not _BEYOND_UTF16_AGREEMENT.search(text):
-            return text.encode()
     try:
+        if _plain(value):
+            text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            if text.isascii() or not _BEYOND_UTF16_AGREEMENT.search(text):
+                return text.encode()
         return rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
         raise CanonicalizationError(f"cannot canonicalize value: {exc}") from exc
 
 
@@ -85,5 +89,27 @@ def _no_constant(name: str) -> Any:
 
 
 def loads_strict(data: bytes | str) -> Any:
-    """Parse JSON, refusing duplicate keys and NaN or Infinity: they make signatures ambiguous."""
-    return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    """Parse JSON, refusing duplicate keys and NaN or Infinity (they make signatures ambiguous)
+    and values nested deeper than :data:`MAX_DEPTH`; raises ``ValueError``."""
+    try:
+        value = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("JSON is nested too deeply") from None
+    opened = data.count(b"[" if isinstance(data, bytes) else "[")
+    opened += data.count(b"{" if isinstance(data, bytes) else "{")
+    if opened > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise ValueError(f"JSON is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests arrays and objects, walked without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        kind = type(item)
+        if kind is dict or kind is list:
+            deepest = max(deepest, level)
+            children = item.values() if kind is dict else item
+            stack.extend((child, level + 1) for child in children if type(child) in (dict, list))
+    return deepest

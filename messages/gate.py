@@ -3,6 +3,11 @@
 Decode, check the signature against the trust store for the expected role, refuse replays and
 stale messages, and parse the body against its schema. A message that fails any step is counted
 by the kind of its error, logged, and dropped; nothing behind the gate changes.
+
+Every reject is counted twice over: in the gate's own ``rejects`` (by kind, for the receiver
+that owns the gate) and in the process-wide Prometheus counter :data:`REJECTED` (by kind), which
+a process exposing the default registry shows on its metrics page. A message that passes the
+gate but is refused by its handler is counted the same way through :meth:`Gate.refused`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
+from prometheus_client import Counter as PromCounter
 
 from messages.envelope import Envelope
 from messages.errors import MessageError
@@ -21,6 +27,12 @@ from messages.schema import REGISTRY, Body, Registry
 from messages.signing import TrustedKey, TrustStore, verify_envelope
 
 log = structlog.get_logger("hsmfleet.gate")
+
+REJECTED = PromCounter(
+    "hsmfleet_messages_rejected",
+    "Inbound messages refused, at a gate or by the handler behind it, by the error's kind",
+    ["kind"],
+)
 
 
 @dataclass(frozen=True)
@@ -66,8 +78,16 @@ class Gate:
             body = self.registry.parse(env)
             self.replay.check(env, self._clock_ms())
         except MessageError as exc:
-            self.rejects[exc.kind] += 1
+            self._count(exc.kind)
             log.warning("message rejected", kind=exc.kind, reason=str(exc), size=len(data))
             raise
         self.accepted += 1
         return Received(env, body, signer)
+
+    def refused(self, kind: str) -> None:
+        """Count a message that passed the gate but that its handler refused, by ``kind``."""
+        self._count(kind)
+
+    def _count(self, kind: str) -> None:
+        self.rejects[kind] += 1
+        REJECTED.labels(kind).inc()
