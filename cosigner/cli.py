@@ -4,8 +4,9 @@
   configuration trusting the orchestrator key(s) pinned in FILE; prints the cosigner's pin;
 - ``witness-of --state DIR PIN...``: also witness the logs pinned in these files;
 - ``pin --state DIR [--url URL]``: print the pin verifiers and other witnesses need;
-- ``run --state DIR [--nats URL] [--http HOST:PORT]``: serve until SIGINT or SIGTERM; prints one
-  JSON line ``{"id", "name", "url"}`` once it answers.
+- ``run --state DIR [--nats URL [--nats-seed FILE [--nats-ca FILE]]] [--http HOST:PORT]``: serve
+  until SIGINT or SIGTERM, on NATS as the party ``cosigner-<id>`` with its own nkey seed; prints
+  one JSON line ``{"id", "name", "url"}`` once it answers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import asyncio
 import contextlib
 import json
 import signal
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+
+from aiohttp import web
 
 from cosigner.config import (
     ConfigError,
@@ -28,8 +32,12 @@ from cosigner.config import (
     read_requesters,
     save_config,
 )
-from cosigner.http import Server, make_app
+from cosigner.http import COSIGNER, NATS_SERVICE, Server, make_app
+from cosigner.service import NatsService
 from messages.canonical import canonical
+from messages.errors import HsmfleetError
+from ops.natsauth import credentials
+from ops.natsauth.layout import COSIGNER as COSIGNER_ROLE
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -62,6 +70,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="serve signing requests and the log until interrupted")
     run.add_argument("--state", type=Path, required=True, help="state directory")
     run.add_argument("--nats", help="NATS server URL (omit to serve HTTP only)")
+    credentials.add_arguments(run)
     run.add_argument("--http", default="127.0.0.1:0", help="HTTP listen address HOST:PORT")
     run.set_defaults(run=run_command)
 
@@ -101,14 +110,39 @@ def listen_address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def on_nats(args: argparse.Namespace) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The app's part that serves the cosigner's subject on NATS, connected as the party
+    ``cosigner-<id>`` with ``--nats-seed``/``--nats-ca``; started once the cosigner is open."""
+
+    async def serving(app: web.Application) -> AsyncIterator[None]:
+        cosigner = app[COSIGNER]
+        party = credentials.party_options(COSIGNER_ROLE, cosigner.id, args.nats_seed, args.nats_ca)
+        nc = await credentials.connect(args.nats, party)
+        app[NATS_SERVICE] = NatsService(nc, cosigner)
+        try:
+            await app[NATS_SERVICE].start()
+            yield
+        finally:
+            await app[NATS_SERVICE].stop()
+            await nc.drain()
+
+    return serving
+
+
 async def run_command(args: argparse.Namespace) -> int:
     host, port = listen_address(args.http)
-    server = Server(make_app(args.state, args.nats))
+    app = make_app(args.state)
+    if args.nats is not None:
+        app.cleanup_ctx.append(on_nats(args))
+    server = Server(app)
     try:
         url = await server.start(host, port)
     except OSError as exc:
         await server.stop()
         raise ConfigError(f"cannot listen on {args.http}: {exc}") from exc
+    except HsmfleetError:
+        await server.stop()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

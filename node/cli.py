@@ -10,8 +10,6 @@ import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
-import nats
-
 from node.daemon import NodeConfigError, NodeDaemon
 from node.hsm.base import Hsm
 from node.hsm.cryptoki import Pkcs11Hsm
@@ -21,6 +19,8 @@ from node.hsm.softhsm import MODULE
 from node.measurement import measure
 from node.pins import read_pins
 from node.vendor import DEVICE, VendorCA, provision
+from ops.natsauth import credentials
+from ops.natsauth.layout import NODE
 
 PIN_ENV = "HSMFLEET_PKCS11_PIN"
 
@@ -47,6 +47,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--state", type=Path, required=True, help="node state directory")
     run.add_argument("--domain", required=True, help="failure domain (data centre) of this node")
     run.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
+    credentials.add_arguments(run)
     run.add_argument("--node-id", help="node id (default: derived from the identity key)")
     run.add_argument(
         "--orchestrator-key", type=Path, required=True, help="file pinning the orchestrator's key"
@@ -142,7 +143,8 @@ async def node_run(args: argparse.Namespace) -> int:
             measurement=args.measurement,
             heartbeat_s=args.heartbeat,
         )
-        nc = await nats.connect(args.nats, name=f"node-{daemon.node_id}")
+        options = credentials.party_options(NODE, daemon.node_id, args.nats_seed, args.nats_ca)
+        nc = await credentials.connect(args.nats, options)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -244,7 +244,7 @@ class NatsCluster:
             )
             for i in range(size)
         ]
-        self.connect = dict(connect or {})
+        self.connect_options = dict(connect or {})
 
     @property
     def urls(self) -> list[str]:
@@ -258,7 +258,7 @@ class NatsCluster:
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the cluster answers JetStream API requests and every server is healthy."""
         nc = await nats.connect(
-            servers=self.urls, connect_timeout=2, max_reconnect_attempts=-1, **self.connect
+            servers=self.urls, connect_timeout=2, max_reconnect_attempts=-1, **self.connect_options
         )
         try:
             deadline = asyncio.get_running_loop().time() + timeout

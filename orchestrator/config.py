@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import nats
 from cryptography.hazmat.primitives.serialization import Encoding
 from nats.aio.client import Client as NATS
 
@@ -20,6 +19,8 @@ from messages.attestation import load_vendor_roots
 from messages.errors import HsmfleetError
 from messages.events import SetPolicy
 from messages.subjects import token
+from ops.natsauth import credentials
+from ops.natsauth.layout import ORCHESTRATOR
 
 ROLES = ("read", "operator")
 
@@ -51,10 +52,15 @@ class Settings:
     operator_hsm_key: Path | None = None
     """The sealing key file of that HSM."""
     operator_key_label: str = "operator"
+    nats_seed: Path | None = None
+    """This orchestrator's NATS nkey seed file (``orchestrator-<holder>.nk`` of a bundle)."""
+    nats_ca: Path | None = None
+    """The CA file of NATS servers that require TLS."""
 
     async def connect(self) -> NATS:
-        """This orchestrator's connection to NATS."""
-        return await nats.connect(self.nats, name=f"orchestrator-{self.holder}")
+        """This orchestrator's connection to NATS, as the party ``orchestrator-<holder>``."""
+        party = credentials.party_options(ORCHESTRATOR, self.holder, self.nats_seed, self.nats_ca)
+        return await credentials.connect(self.nats, party)
 
     @classmethod
     def load(cls, path: Path) -> Settings:
@@ -79,7 +85,7 @@ class Settings:
             values["key_file"] = base / values["key_file"]
             values["vendor_roots"] = tuple(base / p for p in values["vendor_roots"])
             values["allowed_measurements"] = tuple(values["allowed_measurements"])
-            for name in ("operator_hsm", "operator_hsm_key"):
+            for name in ("operator_hsm", "operator_hsm_key", "nats_seed", "nats_ca"):
                 if values.get(name) is not None:
                     values[name] = base / values[name]
             settings = cls(**values)

@@ -1,7 +1,11 @@
 """Fixtures shared by every tier: real nats-server processes on free loopback ports.
 
 No test talks to a fake broker: ``nats_server`` is one real JetStream server for the whole
-session, ``nats_cluster`` a real 3-server cluster for the tests that ask for it.
+session with no authentication (low-level tests watch raw subjects on it);
+``secure_nats_server`` is one with the accounts, nkey users and permissions of
+:mod:`ops.natsauth` on, for the parties of ``SECURE_LAYOUT``; ``nats_cluster`` is a real 3-server
+cluster, secured the same way, for the tests that ask for it. Both secured fixtures keep the
+bundle (``.bundle``) and connect as a party with ``await server.connect(role, id)``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,25 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from ops.natsserver import NatsCluster, NatsServer
+from ops.natsauth.bundle import Bundle, write_bundle
+from ops.natsauth.connect import SecuredCluster, SecuredServer
+from ops.natsauth.layout import parse_layout
+from ops.natsserver import NatsServer
+
+SECURE_LAYOUT = parse_layout(
+    {
+        "orchestrators": ["o1", "o2"],
+        "nodes": [
+            {"id": "n1", "fleet": "f1"},
+            {"id": "n2", "fleet": "f1"},
+            {"id": "n3", "fleet": "f2"},
+        ],
+        "cosigners": ["c1", "c2"],
+        "clients": ["app"],
+        "auditors": ["audit"],
+        "operators": ["ops"],
+    }
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +60,30 @@ def js(nc: NATS) -> JetStreamContext:
     return nc.jetstream()
 
 
+@pytest.fixture(scope="session")
+def nats_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """Seeds, accounts and permissions for ``SECURE_LAYOUT``, written once for the session."""
+    return write_bundle(SECURE_LAYOUT, tmp_path_factory.mktemp("natsauth") / "bundle")
+
+
+@pytest.fixture(scope="session")
+async def secure_nats_server(
+    nats_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[SecuredServer]:
+    """One JetStream server for the session with ``nats_bundle``'s permissions on."""
+    server = SecuredServer(nats_bundle, tmp_path_factory.mktemp("secure-nats"), name="secure")
+    await server.start()
+    yield server
+    await server.stop()
+
+
 @pytest.fixture
-async def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsCluster]:
-    """A fresh 3-server JetStream cluster on loopback, for tests that stop servers."""
-    cluster = NatsCluster(tmp_path_factory.mktemp("cluster"))
+async def nats_cluster(
+    nats_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[SecuredCluster]:
+    """A fresh 3-server JetStream cluster on loopback with ``nats_bundle``'s permissions on,
+    for tests that stop servers; ``await nats_cluster.connect(role, id)`` joins every server."""
+    cluster = SecuredCluster(nats_bundle, tmp_path_factory.mktemp("cluster"))
     await cluster.start()
     yield cluster
     await cluster.stop()

@@ -18,7 +18,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 
@@ -36,6 +35,8 @@ from node.vault.evaluator import EvaluationJournal, GuessEvaluator
 from node.vault.keys import VaultKeys
 from node.vault.service import VaultService
 from ops import logs
+from ops.natsauth import credentials
+from ops.natsauth.layout import NODE
 
 log = structlog.get_logger("hsmfleet.member")
 
@@ -65,6 +66,10 @@ class MemberSettings(Body):
     max_batch: int = 128
     phase_timeout: float = 0.5
     deadline: float = 3.0
+    nats_seed: str | None = None
+    """The member's NATS nkey seed file (a node's, ``node-<member>.nk``); None: no credentials."""
+    nats_ca: str | None = None
+    """The CA file of NATS servers that require TLS."""
 
     @classmethod
     def load(cls, path: Path) -> MemberSettings:
@@ -126,9 +131,13 @@ class Member:
 
     async def start(self) -> None:
         """Connect (reconnecting for ever), start the replica, then serve the vault."""
-        self.nc = await nats.connect(
-            servers=list(self.settings.nats),
-            name=f"member-{self.settings.member}",
+        settings = self.settings
+        party = credentials.party_options(
+            NODE, settings.member, settings.nats_seed, settings.nats_ca
+        )
+        self.nc = await credentials.connect(
+            list(settings.nats),
+            party,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
             connect_timeout=2,

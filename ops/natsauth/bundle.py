@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from messages.errors import HsmfleetError
 from ops.natsauth import render
+from ops.natsauth.credentials import party_options
 from ops.natsauth.layout import Layout, LayoutError, Party, parse_layout
 from ops.natsauth.nkey import user_key
 from ops.natsauth.tls import DEFAULT_NAMES, issue
@@ -72,25 +72,14 @@ class Bundle:
     def ca_file(self) -> Path:
         return self.root / "tls" / "ca.pem"
 
-    def tls_context(self) -> ssl.SSLContext:
-        """A client TLS context that trusts only the bundle's CA."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
     def connect_options(self, role: str, party_id: str) -> dict[str, Any]:
-        """Keyword arguments for ``nats.connect`` as ``role``/``party_id``: its seed, its
-        private inbox prefix, and the TLS context when clients use TLS."""
+        """Keyword arguments for ``nats.connect`` as ``role``/``party_id`` (see
+        :func:`~ops.natsauth.credentials.party_options`), from this bundle's files."""
         party = self.layout.party(role, party_id)
         seed = self.seed_file(party)
         if not seed.is_file():
             raise BundleError("the party's seed file is missing", path=str(seed))
-        options: dict[str, Any] = {
-            "name": party.name,
-            "nkeys_seed": str(seed),
-            "inbox_prefix": party.inbox,
-        }
-        if self.tls:
-            options["tls"] = self.tls_context()
-        return options
+        return party_options(role, party_id, seed, self.ca_file if self.tls else None)
 
 
 def write_bundle(
@@ -164,3 +153,23 @@ def open_bundle(root: Path) -> Bundle:
     except LayoutError as exc:
         raise BundleError(f"the bundle's layout is invalid: {exc}", path=str(root)) from None
     return Bundle(root, layout, manifest["tls"])
+
+
+def ensure_bundle(root: Path, layout: Layout, *, tls: bool = False) -> tuple[Bundle, bool]:
+    """The bundle at ``root`` if there is one for ``layout`` (and ``tls``), else a new one
+    written there; returns it and whether it was written now. A bundle kept from an earlier
+    run keeps its credentials, so processes given them stay valid across server restarts.
+
+    Raises :class:`BundleError` when ``root`` holds a bundle for another layout or TLS choice
+    (regenerating would lock out everyone holding its credentials: remove it deliberately).
+    """
+    root = Path(root).absolute()
+    if not (root / MANIFEST).exists():
+        return write_bundle(layout, root, tls=tls), True
+    bundle = open_bundle(root)
+    if bundle.layout != layout or bundle.tls != tls:
+        raise BundleError(
+            "a bundle for another layout or TLS choice is already there; remove it to regenerate",
+            path=str(root),
+        )
+    return bundle, False

@@ -149,3 +149,17 @@ def load_layout(path: Path) -> Layout:
     except json.JSONDecodeError as exc:
         raise LayoutError("the layout file is not JSON", path=str(path), error=str(exc)) from None
     return parse_layout(data)
+
+
+# What ``hsmfleet nats up`` secures a development server for when given no layout: one of each
+# role, a fleet of five nodes, two cosigners.
+DEV_LAYOUT = parse_layout(
+    {
+        "orchestrators": ["orch-a"],
+        "nodes": [{"id": f"node-{i}", "fleet": "dev-fleet"} for i in range(1, 6)],
+        "cosigners": ["cosigner-a", "cosigner-b"],
+        "clients": ["app"],
+        "auditors": ["audit"],
+        "operators": ["ops"],
+    }
+)

@@ -1,10 +1,13 @@
-"""A 3-server JetStream cluster on loopback keeps working when one server stops."""
+"""A 3-server JetStream cluster on loopback keeps working when one server stops; the
+orchestrator reaches it with its own credentials (the cluster runs with permissions on)."""
 
 import asyncio
 
 import nats
 import pytest
-from nats.js.api import StorageType, StreamConfig
+
+from messages import subjects
+from orchestrator.store import EventStore
 
 pytestmark = pytest.mark.cluster
 
@@ -29,8 +32,10 @@ async def retrying(call, attempts=50):
 
 
 async def read_all(js, count):
-    """Replay the stream from the start with an ordered consumer."""
-    sub = await js.subscribe("r3.>", ordered_consumer=True)
+    """Replay the event stream from the start with an ordered consumer."""
+    sub = await js.subscribe(
+        subjects.EVENT_SUBJECTS, stream=subjects.EVENT_STREAM, ordered_consumer=True
+    )
     try:
         return [(await sub.next_msg(timeout=2)).data for _ in range(count)]
     finally:
@@ -38,27 +43,26 @@ async def read_all(js, count):
 
 
 async def test_replicated_stream_survives_a_stopped_server(nats_cluster):
-    nc = await nats.connect(
-        servers=nats_cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2
+    nc = await nats_cluster.connect(
+        "orchestrator", "o1", max_reconnect_attempts=-1, reconnect_time_wait=0.2
     )
+    before, after = subjects.event("rollout", "before"), subjects.event("rollout", "after")
     try:
         js = nc.jetstream(timeout=2)
-        await js.add_stream(
-            StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3, storage=StorageType.FILE)
-        )
+        await EventStore(nc).ensure(replicas=3)
         for i in range(10):
-            await js.publish("r3.before", str(i).encode(), headers={"Nats-Msg-Id": f"b{i}"})
+            await js.publish(before, str(i).encode(), headers={"Nats-Msg-Id": f"b{i}"})
 
         await nats_cluster.servers[0].stop()
         for i in range(10):
             ack = await retrying(
                 lambda i=i: js.publish(
-                    "r3.after", str(i).encode(), headers={"Nats-Msg-Id": f"a{i}"}, timeout=1
+                    after, str(i).encode(), headers={"Nats-Msg-Id": f"a{i}"}, timeout=1
                 )
             )
-            assert ack.stream == "R3"
+            assert ack.stream == subjects.EVENT_STREAM
 
-        info = await retrying(lambda: js.stream_info("R3"))
+        info = await retrying(lambda: js.stream_info(subjects.EVENT_STREAM))
         assert info.state.messages == 20
         got = await retrying(lambda: read_all(js, 20))
         assert got == [str(i).encode() for i in range(10)] * 2

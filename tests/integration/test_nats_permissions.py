@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from messages import subjects
 from ops.natsauth import connect as natsauth
 from ops.natsauth.bundle import Bundle, open_bundle, write_bundle
-from ops.natsauth.layout import parse_layout
+from ops.natsauth.connect import SecuredServer
 from ops.natsauth.nkey import user_key
 from ops.natsauth.permissions import LEASE_STREAM
 from ops.natsserver import NatsServer, free_port
@@ -38,20 +38,6 @@ from orchestrator.log import Sealed
 from orchestrator.service import STATUS_SUBJECTS
 from orchestrator.store import EventStore
 
-LAYOUT = parse_layout(
-    {
-        "orchestrators": ["o1"],
-        "nodes": [
-            {"id": "n1", "fleet": "f1"},
-            {"id": "n2", "fleet": "f1"},
-            {"id": "n3", "fleet": "f2"},
-        ],
-        "cosigners": ["c1", "c2"],
-        "clients": ["app"],
-        "auditors": ["audit"],
-        "operators": ["ops"],
-    }
-)
 TIMEOUT = 5.0
 
 
@@ -160,19 +146,6 @@ class Mailbox:
         return self.messages[:n]
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return write_bundle(LAYOUT, tmp_path_factory.mktemp("natsauth") / "bundle")
-
-
-@pytest.fixture(scope="module")
-async def server(bundle: Bundle, tmp_path_factory) -> AsyncIterator[NatsServer]:
-    srv = natsauth.server(bundle, tmp_path_factory.mktemp("secured"), name="secured")
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
 async def _open(
     bundle: Bundle, servers: str | list[str], opened: list[NATS], role: str, party_id: str
 ) -> Party:
@@ -186,11 +159,12 @@ async def _open(
 
 @pytest.fixture
 async def join(
-    bundle: Bundle, server: NatsServer
+    secure_nats_server: SecuredServer,
 ) -> AsyncIterator[Callable[[str, str], Awaitable[Party]]]:
     """``await join(role, id)``: a connection as that party, closed after the test."""
     opened: list[NATS] = []
-    yield lambda role, party_id: _open(bundle, server.url, opened, role, party_id)
+    bundle, url = secure_nats_server.bundle, secure_nats_server.url
+    yield lambda role, party_id: _open(bundle, url, opened, role, party_id)
     for nc in opened:
         await nc.close()
 
@@ -482,7 +456,8 @@ async def test_operator_configuration_reaches_every_member(join):
 # --- authentication ----------------------------------------------------------------------
 
 
-async def test_connections_without_a_known_nkey_are_refused(server, tmp_path):
+async def test_connections_without_a_known_nkey_are_refused(secure_nats_server, tmp_path):
+    server = secure_nats_server
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await nats.connect(server.url, allow_reconnect=False, connect_timeout=2)
     stranger = tmp_path / "stranger.nk"
@@ -500,9 +475,9 @@ async def test_connections_without_a_known_nkey_are_refused(server, tmp_path):
 # --- TLS ---------------------------------------------------------------------------------
 
 
-async def test_tls_clients_use_the_bundle_ca_and_plaintext_is_refused(tmp_path):
-    tls_bundle = write_bundle(LAYOUT, tmp_path / "bundle", tls=True)
-    async with natsauth.server(tls_bundle, tmp_path / "state", name="tls") as srv:
+async def test_tls_clients_use_the_bundle_ca_and_plaintext_is_refused(nats_bundle, tmp_path):
+    tls_bundle = write_bundle(nats_bundle.layout, tmp_path / "bundle", tls=True)
+    async with SecuredServer(tls_bundle, tmp_path / "state", name="tls") as srv:
         opened: list[NATS] = []
         try:
             orch = await _open(tls_bundle, srv.url, opened, "orchestrator", "o1")
@@ -532,57 +507,55 @@ async def test_tls_clients_use_the_bundle_ca_and_plaintext_is_refused(tmp_path):
 
 
 @pytest.mark.cluster
-async def test_secured_cluster_keeps_roles_apart_across_routes(tmp_path):
-    cluster_bundle = write_bundle(LAYOUT, tmp_path / "bundle")
-    cluster = natsauth.cluster(cluster_bundle, tmp_path / "cluster")
+async def test_secured_cluster_keeps_roles_apart_across_routes(nats_cluster, tmp_path):
+    cluster, cluster_bundle = nats_cluster, nats_cluster.bundle
     opened: list[NATS] = []
-    async with cluster:
-        try:
-            urls = cluster.urls
-            orch = await _open(cluster_bundle, urls[0], opened, "orchestrator", "o1")
-            n1 = await _open(cluster_bundle, urls[1], opened, "node", "n1")
-            n2 = await _open(cluster_bundle, urls[2], opened, "node", "n2")
-            store = EventStore(orch.nc)
-            await store.ensure(replicas=3)
-            last = await store.append([sealed(subjects.event("rollout", "f1"), b"r3")], 0)
-            await Lease(orch.nc.jetstream(), "o1").open(replicas=3)
+    urls = cluster.urls
+    try:
+        orch = await _open(cluster_bundle, urls[0], opened, "orchestrator", "o1")
+        n1 = await _open(cluster_bundle, urls[1], opened, "node", "n1")
+        n2 = await _open(cluster_bundle, urls[2], opened, "node", "n2")
+        store = EventStore(orch.nc)
+        await store.ensure(replicas=3)
+        last = await store.append([sealed(subjects.event("rollout", "f1"), b"r3")], 0)
+        await Lease(orch.nc.jetstream(), "o1").open(replicas=3)
 
-            await n1.serve(subjects.node_command("n1", "attest"))
-            commands = await mailbox(n1, subjects.node_command("n1", "retire"))
-            await asyncio.sleep(0.2)  # interest travels to the other servers
-            reply = await orch.nc.request(subjects.node_command("n1", "attest"), b"", timeout=2)
-            assert reply.data == b"node-n1"
+        await n1.serve(subjects.node_command("n1", "attest"))
+        commands = await mailbox(n1, subjects.node_command("n1", "retire"))
+        await asyncio.sleep(0.2)  # interest travels to the other servers
+        reply = await orch.nc.request(subjects.node_command("n1", "attest"), b"", timeout=2)
+        assert reply.data == b"node-n1"
 
-            forged = [subjects.event("rollout", "f1"), subjects.node_command("n1", "retire")]
-            await n2.try_publish(*forged)
-            await n2.refused(refused_publishes(*forged))
-            await n2.try_subscribe(subjects.node_command("n1", "attest"))
-            assert (await n2.reported(len(forged) + 1))[-1] == violation(
-                "subscription", subjects.node_command("n1", "attest")
-            )
+        forged = [subjects.event("rollout", "f1"), subjects.node_command("n1", "retire")]
+        await n2.try_publish(*forged)
+        await n2.refused(refused_publishes(*forged))
+        await n2.try_subscribe(subjects.node_command("n1", "attest"))
+        assert (await n2.reported(len(forged) + 1))[-1] == violation(
+            "subscription", subjects.node_command("n1", "attest")
+        )
 
-            # A server without the CA's certificate cannot route into the cluster.
-            rogue = NatsServer(
-                tmp_path / "rogue",
-                name="rogue",
-                config="cluster",
-                cluster_port=free_port(),
-                routes=[f"nats://127.0.0.1:{s.cluster_port}" for s in cluster.servers],
-            )
-            async with rogue:
-                await wait_for_log(cluster.servers[0].log_file, "TLS route handshake error")
-                intruder = await nats.connect(rogue.url, allow_reconnect=False)
-                await intruder.publish(subjects.node_command("n1", "retire"), b"rogue")
-                await intruder.publish(subjects.event("rollout", "f1"), b"rogue")
-                await settle(intruder)
-                await intruder.close()
-            await orch.nc.publish(subjects.node_command("n1", "retire"), b"marker")
-            assert await commands.until(b"marker") == [b"marker"]
-            assert await store.last_seq() == last
-            assert orch.errors == n1.errors == []
-        finally:
-            for nc in opened:
-                await nc.close()
+        # A server without the CA's certificate cannot route into the cluster.
+        rogue = NatsServer(
+            tmp_path / "rogue",
+            name="rogue",
+            config="cluster",
+            cluster_port=free_port(),
+            routes=[f"nats://127.0.0.1:{s.cluster_port}" for s in cluster.servers],
+        )
+        async with rogue:
+            await wait_for_log(cluster.servers[0].log_file, "TLS route handshake error")
+            intruder = await nats.connect(rogue.url, allow_reconnect=False)
+            await intruder.publish(subjects.node_command("n1", "retire"), b"rogue")
+            await intruder.publish(subjects.event("rollout", "f1"), b"rogue")
+            await settle(intruder)
+            await intruder.close()
+        await orch.nc.publish(subjects.node_command("n1", "retire"), b"marker")
+        assert await commands.until(b"marker") == [b"marker"]
+        assert await store.last_seq() == last
+        assert orch.errors == n1.errors == []
+    finally:
+        for nc in opened:
+            await nc.close()
 
 
 async def wait_for_log(path: Path, text: str) -> None:
@@ -597,10 +570,10 @@ async def wait_for_log(path: Path, text: str) -> None:
 # --- the commands ------------------------------------------------------------------------
 
 
-async def test_nats_secure_then_up_secure_as_processes(tmp_path):
+async def test_nats_secure_then_up_secure_as_processes(nats_bundle, tmp_path):
     hsmfleet = [sys.executable, "-m", "ops.cli"]
     layout = tmp_path / "layout.json"
-    layout.write_text(json.dumps(LAYOUT.to_json()))
+    layout.write_text(json.dumps(nats_bundle.layout.to_json()))
     out = tmp_path / "bundle"
     made = await asyncio.create_subprocess_exec(
         *hsmfleet,
