@@ -3,11 +3,18 @@
 :class:`Cosigner` is what the NATS service, the HTTP API and in-process callers all use. Signing
 requests that arrive together are logged in one batch (one fsynced append, one checkpoint); the
 blocking SQLite work runs in a worker thread so the event loop keeps answering reads.
+
+:meth:`Cosigner.rotate_key` moves the log to a new key (:mod:`cosigner.keys`); the witness
+follows the keys of the logs it witnesses as their rotations are logged here.
+:meth:`Cosigner.start_refresh` re-signs the latest checkpoint with a timestamp every
+``refresh_s`` seconds in a background task, even when nothing is logged, so verifiers with a
+maximum checkpoint age see a fresh view (:meth:`cosigner.notary.Notary.refresh`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,14 +22,19 @@ from typing import Any
 
 import structlog
 
-from cosigner.config import CosignerConfig, load_config, load_key
+from cosigner.config import ConfigError, CosignerConfig, load_config
+from cosigner.keys import available_keys, next_key, settle
 from cosigner.notary import Notary
 from cosigner.witness import Witness, WitnessConflict
 from messages.cosigning import Signed, Witnessed
 from messages.errors import HsmfleetError
-from messages.signing import Ed25519Signer
+from messages.ids import format_time
+from messages.rotation import KeyRotation, SignerKey
+from messages.signing import ED25519
 
 MAX_BATCH = 256
+REFRESH_S = 60.0
+"""Default period of checkpoint re-signing, in seconds."""
 log = structlog.get_logger("hsmfleet.cosigner")
 
 Clock = Callable[[], int]
@@ -38,22 +50,46 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class CurrentKey:
+    """The cosigner's key in force, followed through rotations: the signer of its answers."""
+
+    alg = ED25519
+
+    def __init__(self, notary: Notary) -> None:
+        self._notary = notary
+
+    @property
+    def public_key(self) -> bytes:
+        return self._notary.signer.public_key
+
+    @property
+    def kid(self) -> str:
+        return self._notary.signer.kid
+
+    def sign(self, data: bytes) -> bytes:
+        return self._notary.signer.sign(data)
+
+
 class Cosigner:
     """A cosigner's log and witness, with batched, serialized writes."""
 
     def __init__(
         self,
         config: CosignerConfig,
-        signer: Ed25519Signer,
         notary: Notary,
         witness: Witness,
         clock_ms: Clock = wall_clock_ms,
+        state: Path | None = None,
+        refresh_s: float = REFRESH_S,
     ) -> None:
         self.config = config
-        self.signer = signer
+        self.signer = CurrentKey(notary)
         self.notary = notary
         self.witness = witness
+        self.state = state
+        self.refresh_s = refresh_s
         self._clock_ms = clock_ms
+        self._refresher: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Signed | HsmfleetError]] | None] = (
             asyncio.Queue()
         )
@@ -63,18 +99,31 @@ class Cosigner:
         self.batches = 0
 
     @classmethod
-    def open(cls, state: Path, clock_ms: Clock = wall_clock_ms) -> Cosigner:
-        """Open the cosigner whose key, configuration, log and store live in ``state``."""
+    def open(
+        cls, state: Path, clock_ms: Clock = wall_clock_ms, refresh_s: float = REFRESH_S
+    ) -> Cosigner:
+        """Open the cosigner whose keys, configuration, log and store live in ``state``; a key
+        rotation a crash left half done is finished (the log says which key is in force)."""
+        state = Path(state)
         config = load_config(state)
-        signer = load_key(state)
-        notary = Notary.open(Path(state), config.name, signer)
+        keys = available_keys(state)
+        known = {
+            pin.name: (SignerKey(ED25519, pin.public_key), pin.version) for pin in config.witness_of
+        }
+        notary = Notary.open(state, config.name, keys[0], keys[1:], known)
+        try:
+            settle(state, notary.signer.public_key)
+        except BaseException:
+            notary.close()
+            raise
         witness = Witness(
             config.name,
-            signer,
+            notary.signer,
             [pin.log_verifier for pin in config.witness_of],
             notary.store,
         )
-        return cls(config, signer, notary, witness, clock_ms)
+        witness.follow(notary.signer_keys())
+        return cls(config, notary, witness, clock_ms, state, refresh_s)
 
     @property
     def id(self) -> str:
@@ -92,6 +141,11 @@ class Cosigner:
         logged and a cosignature being made are finished and answered, then the log and store
         are closed (never under a write in progress)."""
         self._closed = True
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if item is not None and not item[1].done():
@@ -137,9 +191,53 @@ class Cosigner:
                 )
                 answers = [error] * len(batch)
             self.batches += 1
+            self.witness.follow(self.notary.signer_keys())
+            self.witness.use_key(self.notary.signer)
             for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():
                     future.set_result(answer)
+
+    async def rotate_key(self) -> KeyRotation:
+        """Move the log to a new key: make it (``key.next``), log the rotation statement both
+        keys sign, then make the new key the one on disk; the old one is destroyed. Statements
+        from the rotation's entry on and checkpoints that include it are signed with the new
+        key. Returns the logged rotation (to submit to the other cosigners)."""
+        if self.state is None:
+            raise ConfigError("this cosigner has no state directory to keep a new key in")
+        new = await asyncio.to_thread(next_key, self.state)
+        self.notary.hold(new)
+        rotation = KeyRotation.make(
+            self.name,
+            self.notary.own_version + 1,
+            self.notary.signer,
+            new,
+            format_time(self.now_ms()),
+        )
+        await self.sign(rotation.to_json())
+        await asyncio.to_thread(settle, self.state, new.public_key)
+        log.info("log key rotated", id=self.id, version=rotation.version, kid=new.kid)
+        return rotation
+
+    async def refresh(self) -> str:
+        """Re-sign the latest checkpoint with the current time; the note served from now on."""
+        return await asyncio.to_thread(self.notary.refresh, self.now_ms() // 1000)
+
+    def start_refresh(self, period_s: float | None = None) -> None:
+        """Re-sign the latest checkpoint now and every ``period_s`` seconds (default
+        :attr:`refresh_s`) in a background task, until :meth:`close`. Idempotent."""
+        if self._refresher is None and not self._closed:
+            period = self.refresh_s if period_s is None else period_s
+            self._refresher = asyncio.create_task(
+                self._refresh_every(period), name=f"cosigner-refresh-{self.id}"
+            )
+
+    async def _refresh_every(self, period_s: float) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except HsmfleetError:
+                log.exception("checkpoint refresh failed", id=self.id)
+            await asyncio.sleep(period_s)
 
     async def receipt(self, digest: str) -> Signed:
         """The answer for a document already logged."""

@@ -54,6 +54,7 @@ class NatsService:
         self._subscriptions: list[Subscription] = []
 
     async def start(self) -> None:
+        self.cosigner.start_refresh()
         for _ in range(WORKERS):
             self._subscriptions.append(
                 await serve(

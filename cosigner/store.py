@@ -90,15 +90,20 @@ class Store:
     # --- statements and own checkpoints ---
 
     def add_statements(
-        self, rows: list[tuple[int, bytes, bytes]], checkpoint: tuple[int, str] | None = None
+        self,
+        rows: list[tuple[int, bytes, bytes]],
+        checkpoint: tuple[int, str] | None = None,
+        durable: bool = False,
     ) -> None:
         """Record statements ``(index, statement bytes, signature)`` and, if given, the
-        checkpoint ``(size, note)`` that covers them, in one transaction. Not fsynced: each is
-        signed again, byte for byte, from the log if a crash loses it."""
+        checkpoint ``(size, note)`` that covers them, in one transaction. Not fsynced unless
+        ``durable`` (then every earlier write is durable too): each is signed again, byte for
+        byte, from the log if a crash loses it, as long as its key is still held; before a key
+        rotation destroys a key, what it signed is made durable."""
         batches = [("INSERT OR REPLACE INTO statements VALUES (?, ?, ?)", rows)]
         if checkpoint is not None:
             batches.append(("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", [checkpoint]))
-        self._write(*batches, durable=False)
+        self._write(*batches, durable=durable)
 
     def statement(self, index: int) -> tuple[bytes, bytes] | None:
         """The statement bytes and signature recorded for entry ``index``, if any."""

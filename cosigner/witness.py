@@ -22,7 +22,7 @@ too, whatever the request (:meth:`Witness.equivocations`): the two together prov
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from cosigner.store import Seen, Store
 from messages.checkpoint import CheckpointError, open_checkpoint
@@ -31,7 +31,8 @@ from messages.cosigning import Witnessed
 from messages.errors import HsmfleetError
 from messages.merkle import EMPTY_ROOT, MerkleError, verify_consistency
 from messages.note import Ed25519NoteVerifier, Note, NoteError
-from messages.signing import Signer
+from messages.rotation import SignerKey
+from messages.signing import ED25519, Signer
 
 
 class WitnessError(HsmfleetError):
@@ -99,6 +100,17 @@ class Witness:
     @property
     def logs(self) -> list[str]:
         return sorted(self._logs)
+
+    def follow(self, keys: Mapping[str, SignerKey]) -> None:
+        """Check the witnessed logs' checkpoints with their keys in force ``keys`` (from
+        rotations this cosigner logged); a log's superseded key no longer counts."""
+        for origin, key in keys.items():
+            if origin in self._logs and key.alg == ED25519:
+                self._logs[origin] = Ed25519NoteVerifier(origin, key.public_key)
+
+    def use_key(self, signer: Signer) -> None:
+        """Cosign with ``signer`` from now on (this cosigner's key rotated)."""
+        self._cosigner = CosignatureSigner(self.name, signer)
 
     def latest(self, origin: str) -> Seen | None:
         """The largest checkpoint of ``origin`` this witness cosigned."""

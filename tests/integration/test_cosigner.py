@@ -177,11 +177,11 @@ async def test_a_restarted_cosigner_continues_the_chain(fleet: Fleet) -> None:
     chain = sample_chain()
     await fleet.client.log(chain[0])
     await fleet.client.log(chain[1])
-    before = fleet.servers["cosigner-a"].cosigner.notary.checkpoint()
+    before = fleet.servers["cosigner-a"].cosigner.notary.head()
     await fleet.restart("cosigner-a")
     restarted = fleet.servers["cosigner-a"].cosigner
     assert restarted.notary.size == 2
-    assert restarted.notary.checkpoint() == before
+    assert restarted.notary.head() == before
     # Its memory of the chain survived: a repeat is refused, the next bundle accepted.
     assert await _refusal(fleet, "cosigner-a", chain[1].to_json()) == "digest_seen"
     for bundle in chain[2:]:

@@ -1,0 +1,77 @@
+"""A cosigner's key files through a key rotation.
+
+``<state>/key`` holds the Ed25519 seed in force (written by ``init``). A rotation first writes
+the new key to ``<state>/key.next`` (mode 0600, fsynced, reused if a crashed rotation left it),
+logs the rotation statement signed by both keys, then moves ``key.next`` over ``key``: the old
+seed is gone, and its signatures stay good for the log up to the rotation. The log says which
+key is in force, so a crash between logging and the move is finished when the cosigner opens
+(:func:`settle`), and a ``key.next`` the log never adopted is kept for the next attempt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cosigner.config import KEY_FILE, ConfigError, load_key
+from messages.signing import Ed25519Signer
+
+NEXT_FILE = "key.next"
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def next_key(state: Path) -> Ed25519Signer:
+    """The key a rotation moves to: ``key.next``, created (from a fresh random seed) if absent."""
+    path = Path(state) / NEXT_FILE
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_directory(path.parent)
+    return _load(path)
+
+
+def _load(path: Path) -> Ed25519Signer:
+    """The key in ``path``, checked as :func:`cosigner.config.load_key` checks ``key``."""
+    try:
+        seed = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the cosigner key: {exc}", path=str(path)) from None
+    if len(seed) != 32:
+        raise ConfigError("the cosigner key must be 32 bytes of hex", path=str(path))
+    return Ed25519Signer.from_seed(seed)
+
+
+def available_keys(state: Path) -> list[Ed25519Signer]:
+    """The private keys the cosigner holds: the one in force first, then ``key.next`` if any."""
+    keys = [load_key(state)]
+    if (Path(state) / NEXT_FILE).exists():
+        keys.append(_load(Path(state) / NEXT_FILE))
+    return keys
+
+
+def settle(state: Path, current: bytes) -> None:
+    """Make ``key`` hold the key whose public half is ``current`` (the one the log says is in
+    force): move ``key.next`` over it after a logged rotation; otherwise leave things be."""
+    state = Path(state)
+    if load_key(state).public_key == current:
+        return
+    nxt = state / NEXT_FILE
+    if nxt.exists() and _load(nxt).public_key == current:
+        nxt.replace(state / KEY_FILE)
+        _fsync_directory(state)
+        return
+    raise ConfigError("the cosigner holds no private key for the key its log says is in force")
