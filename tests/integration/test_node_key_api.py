@@ -20,6 +20,7 @@ from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.cli import build_parser
+from ops.natsserver import NatsServer
 from orchestrator import api_nodes
 from orchestrator.api import ORCHESTRATOR, create_app
 from orchestrator.cli import ApiError, _call
@@ -42,6 +43,13 @@ async def pump(orch) -> None:
         for job in node_key_jobs(orch.state):
             await carry_out(orch, job, clock_ms)
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def nats_server(tmp_path):
+    """A server of the test's own: the orchestrator's log and lease start empty."""
+    async with NatsServer(tmp_path / "nats", name="node-keys") as server:
+        yield server
 
 
 @pytest.fixture

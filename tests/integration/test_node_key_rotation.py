@@ -37,6 +37,7 @@ from node.identity import IDENTITY
 from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
+from ops.natsserver import NatsServer
 from orchestrator.config import Settings
 from orchestrator.keys import load_signer, operator_signer, trust_for
 from orchestrator.log import SOURCE, LogReader
@@ -54,6 +55,13 @@ SOFTWARE = measure()
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+async def own_server(tmp_path):
+    """A server of the test's own: the orchestrator's log and lease start empty."""
+    async with NatsServer(tmp_path / "nats", name="node-keys") as server:
+        yield server
 
 
 @pytest.fixture
@@ -300,8 +308,9 @@ class RotatingOrchestrator(Orchestrator):
 
 
 async def test_the_orchestrator_process_rotates_a_node_key_and_its_log_replays(
-    tmp_path, nats_server, vendor
+    tmp_path, own_server, vendor
 ):
+    nats_server = own_server
     config = write_config(
         tmp_path / "orch", nats_server.url, tmp_path / "vendor" / "root.pem", SOFTWARE
     )
