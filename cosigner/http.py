@@ -22,7 +22,16 @@ cosignature line (200), or 400 malformed, 403 not signed by the log, 404 unknown
 proof does not verify.
 
 Bad requests get ``{"kind", "reason"}`` with 400 (or 404 for what does not exist), change
-nothing and are counted. Request bodies are limited to :data:`MAX_REQUEST_BYTES`.
+nothing and are counted. The limits of :mod:`ops.httpguard` hold for every route: request bodies
+up to :data:`MAX_REQUEST_BYTES` (else 413), an answer within the handler time (else 503), and
+slow or idle connections closed.
+
+Authentication: reading needs none (a log is public). The one request that changes state,
+``POST /add-checkpoint``, is authenticated as C2SP tlog-witness does it: by the checkpoint's
+signature under the key of a log this witness is configured to witness. Nothing is stored before
+that signature verifies (an unknown origin is 404, a bad signature 403), so an anonymous caller
+can only make the witness cosign what the log itself signed and extends what it saw; no bearer
+token is added, so that any log operator or relay may submit.
 
 :func:`make_app` builds the application; its ``cleanup_ctx`` opens the cosigner's state (and its
 NATS service, given a URL) when the app starts and closes them when it stops.
@@ -54,10 +63,12 @@ from messages.checkpoint import parse_count
 from messages.documents import is_digest
 from messages.errors import HsmfleetError
 from messages.merkle import MerkleError
+from ops.httpguard import HttpRefusal, Limits, application
 
 MAX_ENTRIES = 256
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_PROOF_LINES = 63
+LIMITS = Limits(max_body=MAX_REQUEST_BYTES, handler_s=10.0)
 
 COSIGNER = web.AppKey("cosigner", Cosigner)
 NATS_SERVICE = web.AppKey("nats_service", NatsService)
@@ -113,6 +124,8 @@ async def _refusals(
     except (NotFound, MerkleError) as exc:
         status = 404 if isinstance(exc, NotFound) else 400
         return _error(request, exc, status)
+    except HttpRefusal as exc:
+        return _error(request, exc, exc.status)
     except HsmfleetError as exc:
         return _error(request, exc, 400)
 
@@ -251,11 +264,14 @@ async def add_checkpoint(request: web.Request) -> web.Response:
 
 
 def make_app(
-    state: Path, nats_url: str | None = None, clock_ms: Callable[[], int] = wall_clock_ms
+    state: Path,
+    nats_url: str | None = None,
+    clock_ms: Callable[[], int] = wall_clock_ms,
+    limits: Limits = LIMITS,
 ) -> web.Application:
     """The cosigner whose state lives in ``state``, served over HTTP and, given ``nats_url``,
-    over NATS. Opened when the app starts, closed when it stops."""
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[_refusals])
+    over NATS, held to ``limits``. Opened when the app starts, closed when it stops."""
+    app = application(limits, _refusals)
     app[HTTP_REJECTS] = Counter()
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:

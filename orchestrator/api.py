@@ -1,10 +1,15 @@
 """The operator HTTP API (aiohttp): nodes, enrollments, rollouts, fleets (their stage-bundle
 chains and validation bundles), the event log, health, metrics.
 
-Every ``/v1`` route needs a bearer token: ``read`` tokens may read, ``operator`` tokens may also
-command. Errors are JSON ``{"error": kind, "message": ...}``: 401/403 for credentials, 4xx for
-the caller's mistakes (malformed JSON, unknown fields, unknown ids, conflicts), 503 when this
-orchestrator is a standby or the log is unreachable, and 500 without a traceback otherwise.
+Every route but ``/health``, ``/metrics`` and ``/openapi.json`` needs a bearer token, checked
+by middleware (so routes registered after :func:`create_app` are covered too): ``read`` tokens
+may use safe methods (GET, HEAD, OPTIONS), anything else needs an ``operator`` token. The limits
+of :mod:`ops.httpguard` (body size, handler time, slow clients) hold for every route. Errors are
+JSON ``{"error": kind, "message": ...}``: 401/403 for credentials, 413 for a body too large, 4xx
+for the caller's mistakes (malformed JSON, unknown fields, unknown ids, conflicts), 503 when
+this orchestrator is a standby, the log is unreachable or the request was not answered in time,
+and 500 without a traceback otherwise; each is counted by kind in
+``hsmfleet_http_rejects_total``.
 The NATS connection and the orchestrator run inside the app's cleanup context.
 """
 
@@ -31,6 +36,7 @@ from messages.events import (
 )
 from messages.plan import PlanError, parse_plan
 from messages.signing import Signer
+from ops.httpguard import SAFE_METHODS, HttpRefusal, Limits, application
 from orchestrator.config import Settings
 from orchestrator.errors import (
     CommandRefused,
@@ -61,6 +67,8 @@ SETTINGS = web.AppKey("settings", Settings)
 SIGNER = web.AppKey("signer", Signer)
 CALLER = web.RequestKey("caller", str)
 MAX_PAGE = 1000
+PUBLIC = frozenset({"/health", "/metrics", "/openapi.json"})
+"""Routes anyone may read, without a token."""
 
 log = structlog.get_logger("hsmfleet.api")
 
@@ -79,6 +87,18 @@ class BadRequest(HsmfleetError):
     kind = "bad_request"
 
 
+class Unauthenticated(HsmfleetError):
+    """No bearer token, or one this orchestrator does not know."""
+
+    kind = "unauthenticated"
+
+
+class Forbidden(HsmfleetError):
+    """The token's role may not do this."""
+
+    kind = "forbidden"
+
+
 _STATUS: list[tuple[type[HsmfleetError], int]] = [
     (UnknownNode, 404),
     (UnknownEnrollment, 404),
@@ -90,6 +110,8 @@ _STATUS: list[tuple[type[HsmfleetError], int]] = [
     (NoPolicy, 409),
     (CommandRefused, 422),
     (BadRequest, 400),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
     (NotActive, 503),
     (LeaseLost, 503),
     (StoreUnavailable, 503),
@@ -102,39 +124,48 @@ def _error(status: int, kind: str, message: str) -> web.Response:
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes a JSON error; none shows a traceback."""
+    """Every failure becomes a JSON error, counted by kind; none shows a traceback."""
     try:
         return await handler(request)
     except HsmfleetError as exc:
-        status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
-        return _error(status, exc.kind, str(exc))
+        if isinstance(exc, HttpRefusal):
+            status = exc.status
+        else:
+            status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
+        return _refused(request, status, exc.kind, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        return _refused(request, exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except Exception:
         log.exception("request failed", path=request.path)
-        return _error(500, "internal", "the orchestrator failed; see its log")
+        return _refused(request, 500, "internal", "the orchestrator failed; see its log")
 
 
-def _needs(role: str) -> Callable[[Handler], Handler]:
-    """Route decorator: the bearer token must carry ``role`` (``operator`` implies ``read``)."""
+def _refused(request: web.Request, status: int, kind: str, message: str) -> web.Response:
+    orch = request.app.get(ORCHESTRATOR)
+    if orch is not None:
+        orch.metrics.http_rejects.labels(kind).inc()
+    return _error(status, kind, message)
 
-    def wrap(handler: Handler) -> Handler:
-        async def checked(request: web.Request) -> web.StreamResponse:
-            tokens = request.app[SETTINGS].tokens
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            granted = tokens.get(token) if scheme.lower() == "bearer" else None
-            if granted is None:
-                return _error(401, "unauthenticated", "a valid bearer token is required")
-            if role == "operator" and granted != "operator":
-                return _error(403, "forbidden", "this token may only read")
-            request[CALLER] = f"{granted}:{hashlib.sha256(token.encode()).hexdigest()[:8]}"
-            return await handler(request)
 
-        return checked
-
-    return wrap
+@web.middleware
+async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every route but :data:`PUBLIC` needs a bearer token: ``read`` for safe methods,
+    ``operator`` for the rest. Deny by default: a route added later is covered too."""
+    resource = request.match_info.route.resource
+    public = resource is not None and resource.canonical in PUBLIC
+    if public and request.method in SAFE_METHODS:
+        return await handler(request)
+    tokens = request.app[SETTINGS].tokens
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    granted = tokens.get(token) if scheme.lower() == "bearer" else None
+    if granted is None:
+        raise Unauthenticated("a valid bearer token is required")
+    if request.method not in SAFE_METHODS and granted != "operator":
+        raise Forbidden("this token may only read")
+    request[CALLER] = f"{granted}:{hashlib.sha256(token.encode()).hexdigest()[:8]}"
+    return await handler(request)
 
 
 def _orchestrator(request: web.Request) -> Orchestrator:
@@ -164,14 +195,12 @@ async def openapi(_: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
-@_needs("read")
 async def list_nodes(request: web.Request) -> web.Response:
     orch = _orchestrator(request)
     nodes = [node_view(n, orch.liveness.get(n.node_id)) for n in orch.state.nodes.values()]
     return web.json_response({"nodes": sorted(nodes, key=lambda n: n["node_id"])})
 
 
-@_needs("read")
 async def get_node(request: web.Request) -> web.Response:
     orch = _orchestrator(request)
     node_id = request.match_info["node_id"]
@@ -181,7 +210,6 @@ async def get_node(request: web.Request) -> web.Response:
     return web.json_response(node_view(node, orch.liveness.get(node_id)))
 
 
-@_needs("operator")
 async def enroll(request: web.Request) -> web.Response:
     body = await _command_body(request, allowed={"requested_by"})
     requested_by = body.get("requested_by", request[CALLER])
@@ -196,7 +224,6 @@ async def enroll(request: web.Request) -> web.Response:
     )
 
 
-@_needs("read")
 async def get_enrollment(request: web.Request) -> web.Response:
     enrollment_id = request.match_info["enrollment_id"]
     enrollment = _orchestrator(request).state.enrollments.get(enrollment_id)
@@ -213,7 +240,6 @@ def _rollout(orch: Orchestrator, fleet: str) -> dict[str, Any]:
     return rollout_view(rollout, chain, orch.effect_errors.get(fleet))
 
 
-@_needs("operator")
 async def start_rollout(request: web.Request) -> web.Response:
     """Start a rollout by the plan in the body (the JSON form of a plan file)."""
     raw = await request.read()
@@ -227,7 +253,6 @@ async def start_rollout(request: web.Request) -> web.Response:
     return web.json_response(_rollout(orch, plan.fleet), status=202)
 
 
-@_needs("operator")
 async def operate_rollout(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in ROLLOUT_ACTIONS:
@@ -245,14 +270,12 @@ async def operate_rollout(request: web.Request) -> web.Response:
     return web.json_response(_rollout(orch, fleet))
 
 
-@_needs("read")
 async def list_rollouts(request: web.Request) -> web.Response:
     orch = _orchestrator(request)
     fleets = sorted(orch.state.book.fleets)
     return web.json_response({"rollouts": [_rollout(orch, f) for f in fleets]})
 
 
-@_needs("read")
 async def get_rollout(request: web.Request) -> web.Response:
     return web.json_response(_rollout(_orchestrator(request), request.match_info["fleet_id"]))
 
@@ -265,18 +288,15 @@ def _chain(request: web.Request) -> Any:
     return chain
 
 
-@_needs("read")
 async def list_fleets(request: web.Request) -> web.Response:
     book = _orchestrator(request).state.book
     return web.json_response({"fleets": [fleet_view(book.fleets[f]) for f in sorted(book.fleets)]})
 
 
-@_needs("read")
 async def get_fleet(request: web.Request) -> web.Response:
     return web.json_response(fleet_view(_chain(request)))
 
 
-@_needs("read")
 async def stage_bundles(request: web.Request) -> web.Response:
     """The fleet's chain of stage bundles as documents, and how many the cosigners logged."""
     chain = _chain(request)
@@ -284,7 +304,6 @@ async def stage_bundles(request: web.Request) -> web.Response:
     return web.json_response({"fleet": chain.fleet, "bundles": bundles, "logged": chain.logged})
 
 
-@_needs("read")
 async def validation_bundle(request: web.Request) -> web.Response:
     """The validation bundle clients need: the active epoch's, else that of the rollout in
     progress once it is published (never one of an aborted or superseded rollout)."""
@@ -298,7 +317,6 @@ async def validation_bundle(request: web.Request) -> web.Response:
     return web.json_response(bundle)
 
 
-@_needs("read")
 async def list_events(request: web.Request) -> web.Response:
     from_seq = _int_param(request, "from", 1, minimum=1)
     limit = _int_param(request, "limit", 100, minimum=1, maximum=MAX_PAGE)
@@ -309,7 +327,6 @@ async def list_events(request: web.Request) -> web.Response:
     return web.json_response({"events": entries, "next": from_seq + len(entries)})
 
 
-@_needs("read")
 async def stream_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: every entry from ``from`` (default: the next one) as it is appended."""
     store = _orchestrator(request).store
@@ -386,9 +403,10 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     await nc.close()
 
 
-def create_app(settings: Settings, signer: Signer) -> web.Application:
-    """The API app; the orchestrator runs while the app does."""
-    app = web.Application(middlewares=[errors])
+def create_app(settings: Settings, signer: Signer, limits: Limits | None = None) -> web.Application:
+    """The API app; the orchestrator runs while the app does. Authorization and ``limits``
+    (by default :class:`Limits`) apply to every route, those added to the app later included."""
+    app = application(limits or Limits(), errors, access)
     app[SETTINGS] = settings
     app[SIGNER] = signer
     app.cleanup_ctx.append(_service)

@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
-    """Events appended, decisions, errors by kind, and how long each stage takes."""
+    """Events appended, decisions, errors and refused HTTP requests by kind, and how long each
+    stage takes."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -22,6 +23,12 @@ class Metrics:
         )
         self.errors = Counter(
             "hsmfleet_errors", "Errors, by kind", ["kind"], registry=self.registry
+        )
+        self.http_rejects = Counter(
+            "hsmfleet_http_rejects",
+            "HTTP requests refused or failed, by kind",
+            ["kind"],
+            registry=self.registry,
         )
         self.stage = Histogram(
             "hsmfleet_stage_duration_seconds",

@@ -16,6 +16,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 _ERRORS = {
     "401": _json(_ref("Error"), "No valid bearer token"),
     "403": _json(_ref("Error"), "The token may only read"),
+    "413": _json(_ref("Error"), "The request body is too large (request_too_large)"),
 }
 _READ = [{"bearer": []}]
 
@@ -173,7 +174,11 @@ OPENAPI: dict[str, Any] = {
                     "400": _json(_ref("Error"), "Malformed JSON or unknown fields"),
                     "404": _json(_ref("Error"), "Unknown node"),
                     "409": _json(_ref("Error"), "Enrolled already, or in progress"),
-                    "503": _json(_ref("Error"), "This orchestrator is a standby"),
+                    "503": _json(
+                        _ref("Error"),
+                        "This orchestrator is a standby (not_active), or the command was not"
+                        " answered in time and may still take effect (handler_timeout)",
+                    ),
                     **_ERRORS,
                 },
             }

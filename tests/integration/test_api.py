@@ -37,13 +37,26 @@ async def server(tmp_path):
 
 
 @pytest.fixture
-async def api(tmp_path, server):
+def limits():
+    """The HTTP limits the app runs with (None: the defaults); modules may override this."""
+    return None
+
+
+@pytest.fixture
+def late_routes():
+    """Routes added after :func:`create_app` (as other modules' routes are); none here."""
+    return web.RouteTableDef()
+
+
+@pytest.fixture
+async def api(tmp_path, server, limits, late_routes):
     """The API app served on a free port, its orchestrator active, one node announced."""
     VendorCA.init(tmp_path / "vendor", datetime.now(UTC))
     config = write_config(tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", SOFTWARE)
     settings = Settings.load(config)
     signer = load_signer(settings.key_file)
-    app = create_app(settings, signer)
+    app = create_app(settings, signer, limits)
+    app.add_routes(late_routes)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

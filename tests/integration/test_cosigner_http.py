@@ -187,6 +187,7 @@ async def test_witness_refusals(site: Site) -> None:
             "malformed_witness_request": 6,
             "unknown_log": 1,
             "bad_witness_checkpoint": 1,
+            "request_too_large": 1,
         }
         assert site.server.cosigner.witness.latest(B).size == 4
         assert (await site.add_checkpoint(_body(4, good, note)))[0] == 200

@@ -1,0 +1,154 @@
+"""The limits every hsmfleet HTTP app shares: body size, handler time, slow and idle clients.
+
+:func:`application` builds an aiohttp app with the limits in force on every route, including
+routes registered after it is built:
+
+- **Body size.** A declared ``Content-Length`` above ``max_body`` is refused before the handler
+  runs; a chunked body is cut off by aiohttp's ``client_max_size`` when it grows past it. Both
+  are :class:`RequestTooLarge` (413).
+- **Handler time.** Each request must be answered within ``handler_s``, reading its body
+  included, or it gets :class:`HandlerTimeout` (503). A safe request (GET, HEAD, OPTIONS) is
+  cancelled then. A command's body is read under the deadline and cancelled with it, but once
+  its handler runs it is left to finish in the background: cancelling it half-way (say between
+  appending to the event log and folding what it appended) would be worse than answering late,
+  so the answer says that its outcome is unknown. A handler that starts streaming (server-sent
+  events) has sent its answer's head in time; its deadline is lifted then.
+- **Slow and idle clients.** aiohttp's keep-alive timer starts when a connection opens, and
+  closes a connection that is idle or whose request head is still incomplete after ``idle_s``
+  (so a client cannot hold a connection by sending its headers a byte at a time); the number
+  and size of header lines are bounded.
+
+Refusals are :class:`HttpRefusal` errors carrying their HTTP status; each app's own error
+middleware, which :func:`application` puts outermost, renders them in that app's JSON shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from messages.errors import HsmfleetError
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+log = structlog.get_logger("hsmfleet.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one HTTP app accepts from a client."""
+
+    max_body: int = 1024 * 1024
+    """Largest request body, in bytes."""
+    handler_s: float = 30.0
+    """Longest time from a request's head to its answer's head, in seconds."""
+    idle_s: float = 15.0
+    """Longest a connection may stay idle, or take to send a request head, in seconds."""
+    max_headers: int = 64
+    max_header_bytes: int = 8190
+    """Longest request line or header field, in bytes."""
+
+
+class HttpRefusal(HsmfleetError):
+    """A request refused by the limits; ``status`` is the HTTP status to answer with."""
+
+    kind = "http_refusal"
+    status = 400
+
+
+class RequestTooLarge(HttpRefusal):
+    """The request body is larger than the app accepts."""
+
+    kind = "request_too_large"
+    status = 413
+
+
+class HandlerTimeout(HttpRefusal):
+    """The request was not answered in time."""
+
+    kind = "handler_timeout"
+    status = 503
+
+
+LIMITS = web.AppKey("http_limits", Limits)
+_DEADLINE = web.RequestKey("http_deadline", asyncio.Timeout)
+
+
+def application(limits: Limits, errors: Middleware, *inner: Middleware) -> web.Application:
+    """An app whose every route is held to ``limits``.
+
+    ``errors`` is the app's own error middleware (outermost, so it renders refusals); ``inner``
+    middlewares (such as authorization) run inside the limits, just before the handler.
+    """
+    app = web.Application(
+        client_max_size=limits.max_body,
+        middlewares=[errors, _guard, *inner],
+        handler_args={
+            "keepalive_timeout": limits.idle_s,
+            "max_headers": limits.max_headers,
+            "max_line_size": limits.max_header_bytes,
+            "max_field_size": limits.max_header_bytes,
+        },
+    )
+    app[LIMITS] = limits
+    app.on_response_prepare.append(_streaming)
+    return app
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    limits = request.app[LIMITS]
+    declared = request.content_length
+    if declared is not None and declared > limits.max_body:
+        raise RequestTooLarge("the request body is too large", size=declared, limit=limits.max_body)
+    safe = request.method in SAFE_METHODS
+    deadline = asyncio.timeout(limits.handler_s)
+    work: asyncio.Future[web.StreamResponse] | None = None
+    try:
+        async with deadline:
+            request[_DEADLINE] = deadline
+            if safe:
+                return await handler(request)
+            await request.read()  # handlers read it again from aiohttp's cache
+            work = asyncio.ensure_future(handler(request))
+            return await asyncio.shield(work)
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestTooLarge("the request body is too large", limit=limits.max_body) from None
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the handler's own timeout, not the request's
+        if work is None:
+            raise HandlerTimeout(
+                "the request was not answered in time", limit=limits.handler_s
+            ) from None
+        work.add_done_callback(_settled)
+        raise HandlerTimeout(
+            "the command was not answered in time; it may still take effect, so read its state"
+            " before trying again",
+            limit=limits.handler_s,
+        ) from None
+    finally:
+        request.pop(_DEADLINE, None)
+
+
+async def _streaming(request: web.Request, response: web.StreamResponse) -> None:
+    """A handler that starts streaming answered in time; the stream lasts as the client wants."""
+    deadline = request.get(_DEADLINE)
+    if deadline is not None and not deadline.expired():
+        deadline.reschedule(None)
+
+
+def _settled(work: asyncio.Future[web.StreamResponse]) -> None:
+    """Log what a command that outlived its request's deadline ended with."""
+    if work.cancelled():
+        return
+    exc = work.exception()
+    if exc is not None and not isinstance(exc, HsmfleetError | web.HTTPException):
+        log.error("command failed", exc_info=exc)
