@@ -3,6 +3,7 @@ C2SP tlog-witness ``add-checkpoint`` endpoint, with every refusal typed, counted
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from messages.merkle import leaf_hash, verify_consistency, verify_inclusion
 from messages.note import Ed25519NoteSigner
 from messages.signing import Ed25519Signer
 from messages.validation import with_cosignatures
+from ops.httpguard import Limits
 
 A, B = "cosigner-a.example/log", "cosigner-b.example/log"
 
@@ -229,3 +231,72 @@ async def test_the_log_reader_refuses_nonsense_as_a_typed_error(answer: object) 
                 await reader.consistency(1, 2)
     finally:
         await runner.cleanup()
+
+
+async def test_a_checkpoint_not_signed_by_the_log_changes_nothing(site: Site) -> None:
+    """The log's signature is what authenticates add-checkpoint: a forged checkpoint of a size
+    the witness cosigned, with another root, is refused before anything is stored; the same
+    fork signed by the log itself is kept as evidence."""
+    _, b = await _grow_b(site, sample_artifact())
+    try:
+        before = await site.get("/witnessed", origin=B)
+        impostor = Ed25519NoteSigner(B, Ed25519Signer.generate())
+        forged = Checkpoint(B, 4, bytes(32)).sign(impostor).encode().decode()
+        assert (await site.add_checkpoint(_body(4, [], forged)))[0] == 403
+        assert await site.get("/witnessed", origin=B) == before
+        fork = Checkpoint(B, 4, bytes(32)).sign(Ed25519NoteSigner(B, b.signer)).encode().decode()
+        status, _, _ = await site.add_checkpoint(_body(4, [], fork))
+        assert status == 409
+        after = await site.get("/witnessed", origin=B)
+        assert after["checkpoints"] == before["checkpoints"]
+        assert [e["note"] for e in after["equivocations"]] == [fork]
+    finally:
+        await b.close()
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path) -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """Cosigner A with tight limits and a slow route added after ``make_app``; yields its URL
+    and an event set when the slow route is cancelled."""
+    bed = Testbed.create(tmp_path)
+    await bed.close()
+    cancelled = asyncio.Event()
+    app = make_app(tmp_path / "cosigner-a", limits=Limits(handler_s=0.5, idle_s=0.5))
+
+    async def slow(_: web.Request) -> web.Response:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return web.json_response({})
+
+    app.router.add_get("/slow", slow)
+    server = Server(app)
+    url = await server.start()
+    yield url, cancelled
+    await server.stop()
+
+
+async def test_a_request_not_answered_in_time_gets_a_typed_error(guarded) -> None:
+    url, cancelled = guarded
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/slow") as response:
+            assert response.status == 503
+            assert (await response.json())["kind"] == "handler_timeout"
+        await asyncio.wait_for(cancelled.wait(), 10)
+        async with http.get(url + "/stats") as response:
+            assert (await response.json())["http_rejects"] == {"handler_timeout": 1}
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /checkpoint HTTP/1.1\r\nHost: x\r\n"])
+async def test_a_client_that_never_finishes_its_request_head_is_disconnected(guarded, sent):
+    url, _ = guarded
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(sent)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing answered
+    finally:
+        writer.close()
