@@ -1,10 +1,13 @@
 """``hsmfleet demo``: a fleet rolled out end to end on this machine, every party its own process.
 
 It lays out a working directory (``--dir``, a new ``run-<time>`` directory under
-``hsmfleet-demo/`` by default), starts an embedded nats-server, two cosigners that witness each
+``hsmfleet-demo/`` by default), writes a NATS security bundle for its parties (one nkey user
+each, permissions per role, TLS; ``nats-auth/``), starts an embedded nats-server with it, two
+cosigners that witness each
 other (``hsmfleet cosigner run``), the orchestrator (``hsmfleet orchestrator``) with the
 operator's countersigning key in a software HSM, and five node daemons with software HSMs
-across three failure domains (``hsmfleet node run``). It then writes a rollout plan, shows what
+across three failure domains (``hsmfleet node run``), each process connecting with only its own
+seed file and the CA (``--nats-seed``, ``--nats-ca``). It then writes a rollout plan, shows what
 it would do, starts it, follows it stage by stage, approves the gate before ``publish``, fetches
 the validation bundle, writes the trust file a client pins, verifies the bundle with the
 verifier (DESIGN 5.4), and prints where the bundle, the trust file and the logs are.
@@ -50,12 +53,16 @@ from node.measurement import measure
 from node.pins import write_pin
 from node.vendor import VendorCA
 from ops import logs
-from ops.natsserver import NatsServer
+from ops.natsauth.bundle import Bundle, write_bundle
+from ops.natsauth.connect import SecuredServer
+from ops.natsauth.layout import Party, parse_layout
 from orchestrator.config import Settings
 from orchestrator.keys import generate, make_operator_key
 from orchestrator.rollout_cli import summary
 
 FLEET = "demo-fleet"
+HOLDER = "orch-a"
+CLIENT = "app"
 TOKEN = "demo-operator-token"
 NODES = (
     ("node-1", "dc1"),
@@ -150,7 +157,26 @@ class Api:
             return body
 
 
-def _lay_out(root: Path, nats_url: str, measurement: str) -> dict[str, Any]:
+def _secure(root: Path) -> Bundle:
+    """Credentials and permissions for every demo party, with TLS on client connections."""
+    layout = parse_layout(
+        {
+            "orchestrators": [HOLDER],
+            "nodes": [{"id": node_id, "fleet": FLEET} for node_id, _ in NODES],
+            "cosigners": list(COSIGNERS),
+            "clients": [CLIENT],
+        }
+    )
+    return write_bundle(layout, root / "nats-auth", tls=True)
+
+
+def _credentials(bundle: Bundle, role: str, party_id: str) -> list[str]:
+    """The arguments that give a process its own seed and the CA, nothing else of the bundle."""
+    seed = bundle.seed_file(bundle.layout.party(role, party_id))
+    return ["--nats-seed", str(seed), "--nats-ca", str(bundle.ca_file)]
+
+
+def _lay_out(root: Path, bundle: Bundle, nats_url: str, measurement: str) -> dict[str, Any]:
     """Keys, configurations and pins for every party; returns what the next steps need."""
     for name in ("logs", "nodes", "cosigners", "orch"):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -162,11 +188,13 @@ def _lay_out(root: Path, nats_url: str, measurement: str) -> dict[str, Any]:
         with os.fdopen(fd, "w") as f:
             f.write(new_operator_key() + "\n")
     config = {
-        "holder": "orch-a",
+        "holder": HOLDER,
         "key_file": "orchestrator.key",
         "vendor_roots": [str(root / "vendor" / "root.pem")],
         "allowed_measurements": [measurement],
         "nats": nats_url,
+        "nats_seed": str(bundle.seed_file(Party("orchestrator", HOLDER))),
+        "nats_ca": str(bundle.ca_file),
         "listen": "127.0.0.1:0",
         "tokens": {TOKEN: "operator"},
         "operator_hsm": str(root / "operator-hsm"),
@@ -245,19 +273,20 @@ async def _follow(api: Api, timeout: float) -> dict[str, Any]:
 
 async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> int:
     started = time.monotonic()
-    nats = NatsServer(root / "nats", name="demo")
+    auth = _secure(root)
+    nats = SecuredServer(auth, root / "nats", name="demo")
     await nats.start()
     try:
-        _say(f"nats-server (JetStream) at {nats.url}")
+        _say(f"nats-server (JetStream) at {nats.url}: TLS, one nkey user per party, {auth.root}")
         # Measured once for the orchestrator's allow-list and every node's claim alike.
         measurement = measure()
-        laid = _lay_out(root, nats.url, measurement)
+        laid = _lay_out(root, auth, nats.url, measurement)
         cosigner_pins: dict[str, CosignerPin] = {}
         for cid in COSIGNERS:
             state = root / "cosigners" / cid
             started_as = await processes.start(
                 cid, "cosigner", "run", "--state", str(state), "--nats", nats.url,
-                "--http", "127.0.0.1:0",
+                *_credentials(auth, "cosigner", cid), "--http", "127.0.0.1:0",
             )  # fmt: skip
             cosigner_pins[cid] = pin_of(load_config(state), load_key(state), started_as["url"])
             _say(f"cosigner {cid} logs at {started_as['url']}")
@@ -268,7 +297,8 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
         for node_id, domain in NODES:
             await processes.start(
                 node_id, "node", "run", "--hsm", "soft", "--state", str(root / "nodes" / node_id),
-                "--domain", domain, "--nats", nats.url, "--node-id", node_id,
+                "--domain", domain, "--nats", nats.url, *_credentials(auth, "node", node_id),
+                "--node-id", node_id,
                 "--orchestrator-key", str(root / "orchestrator-pin.json"),
                 "--vendor", str(root / "vendor"),
                 "--hsm-key-file", str(root / "nodes" / "hsm.key"), "--heartbeat", "1",
@@ -314,6 +344,10 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
         _say(f"  bundle:     {bundle_file}")
         _say(f"  trust file: {trust_file}")
         _say(f"  logs:       {root / 'logs'} (and {nats.log_file})")
+        _say(
+            f"  NATS:       {nats.url} with TLS (CA {auth.ca_file}); a vault client connects"
+            f" with {auth.seed_file(Party('client', CLIENT))}"
+        )
         _say(f"  check it:   hsmfleet verify {bundle_file} --trust {trust_file}")
         _say(
             f"  audit it:   hsmfleet audit --pins {trust_file} --orchestrator {orch['api']}"

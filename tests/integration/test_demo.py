@@ -1,13 +1,21 @@
 """``hsmfleet demo`` as the README runs it: every party a process, a fleet rolled out to a
-validation bundle that the verifier accepts; Ctrl-C stops every process the demo started."""
+validation bundle that the verifier accepts; Ctrl-C stops every process the demo started.
+NATS runs with permissions and TLS on, and every process connects as itself."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
+
+import aiohttp
+import nats
+import nkeys
+import pytest
 
 DEMO = [sys.executable, "-m", "ops.cli", "demo"]
 
@@ -45,6 +53,9 @@ async def test_the_demo_rolls_out_a_fleet_to_a_verified_bundle(tmp_path):
         assert stage in text
     assert (root / "bundle.json").exists() and (root / "trust.json").exists()
     assert {p.name for p in (root / "logs").iterdir()} >= {"orchestrator.log", "node-1.log"}
+    # A whole rollout with no refused subscription or publish: each role's grants cover its work.
+    server_log = (root / "nats" / "nats-server.log").read_text()
+    assert "Violation" not in server_log
 
     # The verifier command accepts the bundle with the trust file the demo wrote.
     verify = await asyncio.create_subprocess_exec(
@@ -70,7 +81,38 @@ async def test_ctrl_c_stops_every_process_the_demo_started(tmp_path):
             seen.append(line)
     started = _children(proc.pid)
     assert len(started) >= 8  # nats-server, 2 cosigners, the orchestrator, 5 nodes
+    await _every_party_connects_as_itself(tmp_path / "demo")
     proc.send_signal(signal.SIGINT)
     await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0
     assert not [pid for pid in started if _alive(pid)]
+
+
+def _public_key(seed_file: Path) -> str:
+    pair = nkeys.from_seed(bytearray(seed_file.read_bytes().strip()))
+    try:
+        return pair.public_key.decode()
+    finally:
+        pair.wipe()
+
+
+async def _every_party_connects_as_itself(root: Path) -> None:
+    """The server's connections (its /connz) are the demo's parties, each over TLS with the nkey
+    of its own seed file; a client without credentials is turned away."""
+    (ports_file,) = (root / "nats" / "ports").glob("*.ports")
+    ports = json.loads(ports_file.read_text())
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{ports['monitoring'][0]}/connz", params={"auth": "true"}) as resp,
+    ):
+        connections = (await resp.json())["connections"]
+    keys = {p.stem: _public_key(p) for p in (root / "nats-auth" / "keys").glob("*.nk")}
+    seen = {c["name"]: c["authorized_user"] for c in connections}
+    parties = {f"node-node-{i}" for i in range(1, 6)}
+    parties |= {"orchestrator-orch-a", "cosigner-cosigner-a", "cosigner-cosigner-b"}
+    assert set(seen) == parties
+    assert seen == {name: keys[name] for name in parties}
+    assert all(c["tls_version"] for c in connections)
+    tls = ssl.create_default_context(cafile=str(root / "nats-auth" / "tls" / "ca.pem"))
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(ports["nats"][0], tls=tls, allow_reconnect=False)
