@@ -9,6 +9,7 @@ JetStream, and replays the log it wrote.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import UTC, datetime
 
@@ -98,7 +99,10 @@ def soft_daemon(state, vendor, pins) -> NodeDaemon:
 
 
 class Core:
-    """The orchestrator's pure core on a recorded log, its requests signed by its key."""
+    """The orchestrator's pure core on a recorded log, its requests signed by its key; it
+    carries out effects as the service does (:class:`Runner`)."""
+
+    active = True
 
     def __init__(self, nc, signer: Ed25519Signer, vendor: VendorCA) -> None:
         self.nc = nc
@@ -109,6 +113,9 @@ class Core:
 
     def decide(self, command):
         return self.log.decide(command, now_ms())
+
+    async def submit(self, command):
+        return self.decide(command)
 
     @property
     def state(self):
@@ -260,6 +267,29 @@ async def test_an_unadopted_rotation_is_adopted_by_the_next_one(
         assert daemon.node.identity.public_key == second.identity_key
     finally:
         await daemon.stop()
+
+
+async def test_a_node_that_does_not_answer_is_asked_until_the_nonce_expires(
+    nc, tmp_path, vendor, pins, orchestrator
+):
+    daemon = soft_daemon(tmp_path / "n1", vendor, pins)
+    await daemon.start(nc)
+    core = Core(nc, orchestrator, vendor)
+    try:
+        await core.enroll(daemon)
+    finally:
+        await daemon.stop()
+    core.decide(dataclasses.replace(policy(vendor), nonce_ttl_ms=600))
+    (challenged,) = core.decide(RotateNodeKey(node_id="n1", requested_by="test"))
+    (job,) = node_key_jobs(core.state)
+    started = time.monotonic()
+    await asyncio.wait_for(carry_out(core, job, now_ms), 10)
+    assert time.monotonic() - started >= 0.3  # it kept asking until the deadline
+    assert core.state.rotations[challenged.rotation_id].status == "open"
+    # the node's next rotation closes the unanswered one
+    closed, _ = core.decide(RotateNodeKey(node_id="n1", requested_by="test"))
+    assert closed == NodeKeyRotationRefused(challenged.rotation_id, "n1", "no_answer")
+    assert core.state.nodes["n1"].identity_version == 1
 
 
 async def test_pkcs11_node_rotates_its_p256_identity(
