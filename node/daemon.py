@@ -216,7 +216,11 @@ class NodeDaemon:
 
 class _NewestKey:
     """A signer over the newest identity key of a daemon: its pending key while it has one,
-    else the key in force; resolved at each signature."""
+    else the key in force; resolved at each signature.
+
+    An answer is signed after its handler released the rotation lock (in a thread, for a
+    blocking HSM), so a second ``rotate`` command handled meanwhile could move the key under
+    it; the orchestrator sends one command at a time per node, so the key does not move."""
 
     def __init__(self, daemon: NodeDaemon) -> None:
         self._daemon = daemon
