@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
@@ -26,17 +27,27 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from messages import subjects
+from messages.events import EnrollNode
+from node.hsm.sealing import new_operator_key
+from node.measurement import measure
+from node.pins import write_pin
+from node.vendor import VendorCA
 from ops.natsauth import connect as natsauth
+from ops.natsauth import credentials
 from ops.natsauth.bundle import Bundle, open_bundle, write_bundle
 from ops.natsauth.connect import SecuredServer
+from ops.natsauth.credentials import CredentialsError
 from ops.natsauth.nkey import user_key
 from ops.natsauth.permissions import LEASE_STREAM
 from ops.natsserver import NatsServer, free_port
+from orchestrator.config import Settings
 from orchestrator.errors import AppendConflict
+from orchestrator.keys import load_signer
 from orchestrator.lease import BUCKET, Lease
 from orchestrator.log import Sealed
-from orchestrator.service import STATUS_SUBJECTS
+from orchestrator.service import STATUS_SUBJECTS, Orchestrator
 from orchestrator.store import EventStore
+from tests.replay.fleet import wait_for, write_config
 
 TIMEOUT = 5.0
 
@@ -472,6 +483,20 @@ async def test_connections_without_a_known_nkey_are_refused(secure_nats_server, 
         )
 
 
+async def test_a_process_with_an_unknown_seed_stops_with_a_typed_error(
+    secure_nats_server, tmp_path
+):
+    stranger = tmp_path / "stranger.nk"
+    stranger.write_text(user_key().seed)
+    party = credentials.party_options("node", "n1", stranger)
+    # As a member connects: nats-py alone would retry a refused first connection for ever.
+    with pytest.raises(CredentialsError, match="refused this party's credentials") as caught:
+        await asyncio.wait_for(
+            credentials.connect(secure_nats_server.url, party, max_reconnect_attempts=-1), TIMEOUT
+        )
+    assert caught.value.kind == "nats_credentials"
+
+
 # --- TLS ---------------------------------------------------------------------------------
 
 
@@ -567,16 +592,81 @@ async def wait_for_log(path: Path, text: str) -> None:
     raise AssertionError(f"{path.name} never logged {text!r}")
 
 
+# --- the roles' processes ----------------------------------------------------------------
+
+HSMFLEET = [sys.executable, "-m", "ops.cli"]
+
+
+async def hsmfleet(*args: str) -> tuple[int, str]:
+    """Run ``hsmfleet ARGS`` to its end; returns the exit code and what it wrote to stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *HSMFLEET, *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, err.decode()
+
+
+async def test_node_daemon_and_orchestrator_enroll_each_with_its_own_seed(nats_bundle, tmp_path):
+    keys, software = nats_bundle.root / "keys", measure()
+    VendorCA.init(tmp_path / "vendor", datetime.now(UTC))
+    (tmp_path / "hsm.key").write_text(new_operator_key() + "\n")
+    stranger = tmp_path / "stranger.nk"
+    stranger.write_text(user_key().seed)
+    # Its own server: the session's secured server holds test entries no orchestrator replays.
+    async with SecuredServer(nats_bundle, tmp_path / "nats", name="enroll") as server:
+        config = write_config(
+            tmp_path / "orch",
+            server.url,
+            tmp_path / "vendor" / "root.pem",
+            software,
+            holder="o2",
+            nats_seed=str(keys / "orchestrator-o2.nk"),
+        )
+        signer = load_signer(tmp_path / "orch" / "orchestrator.key")
+        write_pin(tmp_path / "pins.json", "orchestrator", signer)
+        node = ["node", "run", "--hsm", "soft", "--state", str(tmp_path / "n1"), "--domain", "dc1"]
+        node += ["--nats", server.url, "--node-id", "n1", "--heartbeat", "0.5"]
+        node += ["--orchestrator-key", str(tmp_path / "pins.json")]
+        node += ["--vendor", str(tmp_path / "vendor"), "--hsm-key-file", str(tmp_path / "hsm.key")]
+        node += ["--measurement", software]
+        for seed, error in (
+            (tmp_path / "missing.nk", "cannot read the NATS seed file"),
+            (stranger, "the NATS servers refused this party's credentials"),
+        ):
+            code, err = await hsmfleet(*node, "--nats-seed", str(seed))
+            assert code == 2 and f"hsmfleet: {error}" in err
+
+        settings = Settings.load(config)
+        nc = await settings.connect()
+        orch = Orchestrator(nc, settings, signer)
+        running = asyncio.create_task(orch.run())
+        daemon = await asyncio.create_subprocess_exec(
+            *HSMFLEET, *node, "--nats-seed", str(keys / "node-n1.nk"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert (await asyncio.wait_for(daemon.stdout.readline(), 30)).strip() == b"n1"
+            await wait_for(lambda: "n1" in orch.state.nodes, what="n1 to announce itself")
+            await orch.submit(EnrollNode(node_id="n1", requested_by="test"))
+            await wait_for(lambda: orch.state.nodes["n1"].status == "enrolled", what="enrolment")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 30) == 0
+            orch.stop()
+            await asyncio.wait_for(running, 10)
+            await nc.close()
+        assert "Violation" not in server.log_file.read_text()
+
+
 # --- the commands ------------------------------------------------------------------------
 
 
 async def test_nats_secure_then_up_secure_as_processes(nats_bundle, tmp_path):
-    hsmfleet = [sys.executable, "-m", "ops.cli"]
     layout = tmp_path / "layout.json"
     layout.write_text(json.dumps(nats_bundle.layout.to_json()))
     out = tmp_path / "bundle"
     made = await asyncio.create_subprocess_exec(
-        *hsmfleet,
+        *HSMFLEET,
         "nats",
         "secure",
         "--layout",
@@ -589,7 +679,7 @@ async def test_nats_secure_then_up_secure_as_processes(nats_bundle, tmp_path):
     _, err = await asyncio.wait_for(made.communicate(), 60)
     assert made.returncode == 0, err
     proc = await asyncio.create_subprocess_exec(
-        *hsmfleet,
+        *HSMFLEET,
         "nats",
         "up",
         "--secure",
