@@ -54,9 +54,9 @@ from messages.gate import Gate
 from messages.note import Note, NoteError, NoteSignature
 from messages.outbox import Outbox
 from messages.retirement import FleetRetirement
-from messages.rotation import KeyRotation
+from messages.rotation import KeyRotation, SignerKey, check_rotation
 from messages.schema import Body
-from messages.signing import Signer, TrustedKey, TrustStore
+from messages.signing import ED25519, Signer, TrustedKey, TrustStore
 from messages.statement import LoggedDocument
 from messages.validation import (
     LoggedNotice,
@@ -65,8 +65,9 @@ from messages.validation import (
     assemble,
     log_proof,
     notice,
+    with_rotations,
 )
-from messages.verify import CosignerPin, VerificationError, check_logged
+from messages.verify import CosignerPin, KeyInForce, VerificationError, check_logged
 
 log = structlog.get_logger("hsmfleet.cosign_client")
 
@@ -242,10 +243,41 @@ class CosigningClient:
         self._seen: dict[tuple[str, str], int] = {}  # (witness id, log name) -> size it saw
         self._locks: dict[str, asyncio.Lock] = {}  # log id -> one witnessing at a time
         self._witnessed: dict[str, tuple[str, tuple[str, ...]]] = {}  # log id -> last cosigned
+        self._keys: dict[str, tuple[KeyInForce, ...]] = {}  # rotated cosigner -> its keys
+
+    def follow(self, rotation: KeyRotation, index: int = 0) -> None:
+        """Use a cosigner's new key from ``rotation`` (the key it pins must be the old one,
+        the version the next, both signatures good), logged at ``index`` of that cosigner's
+        own log: its answers from that entry on are checked with the new key, earlier
+        statements still with the old. A rotation of another signer changes nothing here."""
+        for position, peer in enumerate(self.peers):
+            if peer.name == rotation.signer:
+                current = SignerKey(ED25519, peer.pin.public_key)
+                check_rotation(current, peer.pin.version, rotation)
+                pin = replace(
+                    peer.pin, public_key=rotation.new.public_key, version=rotation.version
+                )
+                self.peers[position] = replace(peer, pin=pin)
+                new = KeyInForce(ED25519, pin.public_key, pin.version, index, rotation.at)
+                self._keys[peer.name] = (*self._history(peer), new)
+
+    def _history(self, peer: Peer) -> tuple[KeyInForce, ...]:
+        """``peer``'s keys, oldest first, as this client followed them."""
+        pin = peer.pin
+        return self._keys.get(
+            peer.name, (KeyInForce(ED25519, pin.public_key, pin.version, 0, None),)
+        )
 
     async def log(self, document: LoggedDocument, earlier: Sequence[LoggedDocument] = ()) -> Logged:
         """Have ``document`` logged and witnessed; ``earlier`` are the documents of the same
-        fleet before it, for cosigners that missed some. Raises :class:`NotEnoughCosigners`."""
+        fleet before it, for cosigners that missed some. A rotation of a cosigner's key is
+        followed (:meth:`follow`) before its answers are checked. Raises
+        :class:`NotEnoughCosigners`."""
+        rotated = None
+        if isinstance(document, KeyRotation):
+            rotated = next((p for p in self.peers if p.name == document.signer), None)
+            if rotated is not None and rotated.pin.public_key == document.old.public_key:
+                self.follow(document)
         logged = Logged(document)
         answers = await asyncio.gather(
             *(self._sign(peer, document, earlier) for peer in self.peers), return_exceptions=True
@@ -258,6 +290,11 @@ class CosigningClient:
                 log.warning("cosigner did not log", cosigner=peer.id, kind=answer.kind)
             else:
                 raise answer
+        if rotated is not None and rotated.id in logged.answers:
+            # Where the new key took over: the rotation's own entry in the cosigner's log.
+            *older, new = self._keys[rotated.name]
+            index = logged.answers[rotated.id].statement.index
+            self._keys[rotated.name] = (*older, replace(new, from_index=index))
         await asyncio.gather(*(self._witness_log(logged, peer) for peer in self._logs(logged)))
         vouchers = logged.vouchers(self.peers)
         if len(vouchers) < self.threshold:
@@ -297,6 +334,28 @@ class CosigningClient:
             for peer_id, answer in logged.answers.items()
         ]
 
+    async def refresh(self, bundle: ValidationBundle) -> ValidationBundle:
+        """``bundle`` proved again against each log's newest checkpoint (timestamped by the
+        log's scheduled re-signing), witnessed again and countersigned with the operator key
+        in force: what to serve clients that refuse a checkpoint older than their maximum age.
+        Proofs from logs that are not peers are dropped; a rotation chain is kept."""
+        by_name = {p.name: p for p in self.peers}
+        logged = Logged(bundle.artifact)
+        for proof in bundle.proofs:
+            peer = by_name.get(proof.log)
+            if peer is None:
+                continue
+            answer = Signed(
+                statement=proof.statement,
+                signature=proof.signature,
+                inclusion=proof.inclusion,
+                checkpoint=proof.checkpoint,
+            )
+            note = await self.transport.checkpoint(peer)
+            logged.answers[peer.id] = await self._prove_against(peer, logged, answer, note)
+        await asyncio.gather(*(self._gather_cosignatures(logged, p) for p in self._logs(logged)))
+        return with_rotations(self.bundle(logged), bundle.rotations)
+
     def _logs(self, logged: Logged) -> list[Peer]:
         return [p for p in self.peers if p.id in logged.answers]
 
@@ -333,6 +392,7 @@ class CosigningClient:
                 answer.signature,
                 answer.inclusion,
                 answer.checkpoint,
+                keys=self._history(peer),
             )
         except VerificationError as exc:
             raise BadCosignerAnswer(f"answer does not verify: {exc}", cosigner=peer.id) from exc

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from messages.documents import Digested, is_name, require, time_ms
-from messages.errors import HsmfleetError
+from messages.verification import VerificationError
 
 FORMAT = "hsmfleet/fleet-retirement/v1"
 KIND = "fleet-retirement"
@@ -70,8 +70,9 @@ class FleetRetirement(Digested):
         return self.last_epoch
 
 
-class RetirementError(HsmfleetError):
-    """A retirement, or a document of a retired fleet, was refused."""
+class RetirementError(VerificationError):
+    """A retirement, or a document of a retired fleet, was refused (by a cosigner or by a
+    verifier)."""
 
     kind = "retirement"
 

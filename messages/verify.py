@@ -51,7 +51,14 @@ from messages.merkle import (
 )
 from messages.note import Ed25519NoteVerifier, Note, NoteError, is_ed25519_public_key
 from messages.retirement import FleetRetired, FleetRetirement
-from messages.rotation import OPERATOR, KeyRotation, RotationRefused, SignerKey, check_rotation
+from messages.rotation import (
+    OPERATOR,
+    KeyRotation,
+    RotationRefused,
+    SignerKey,
+    StaleRotation,
+    check_rotation,
+)
 from messages.schema import Body
 from messages.signing import ALGORITHMS, ED25519
 from messages.statement import LoggedDocument, Statement, is_origin
@@ -584,6 +591,11 @@ def walk_rotations(
             walked = next((k for k in keys if k.version == rotation.version), None)
             if walked is None or walked.key == rotation.new:
                 continue
+            raise StaleRotation(
+                "another key was walked to for this version",
+                signer=rotation.signer,
+                v=rotation.version,
+            )
         check_rotation(current.key, current.version, rotation)
         keyring = keyring.with_key(rotation.signer, _new_key(rotation, notice, keyring))
         _verify_logged(rotation, notice.proofs, keyring, pins, now_ms)

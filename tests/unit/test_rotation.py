@@ -1,0 +1,364 @@
+"""Signer-key rotation, fleet retirement and freshness, over real cosigners (durable logs, their
+own keys, witnessing each other) and a verifier pinned to the original keys.
+
+The world: a fleet's chain and epoch-1 artifact are logged; the operator rotates its
+countersigning key twice (v1 -> v3) and cosigner A its log key twice (v1 -> v3), each rotation
+logged by both cosigners; then the epoch-2 artifact is published. The verifier that accepted
+epoch 1 walks the chain to the current keys and accepts epoch 2; every bad input is refused with
+its own error and changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from cosigner.testbed import COSIGNERS, DAY_MS, MEMBERS, Testbed, sample_artifact, sample_chain
+from messages.checkpoint import Checkpoint
+from messages.documents import MalformedDocument
+from messages.ids import format_time
+from messages.note import Ed25519NoteSigner, Note
+from messages.retirement import FleetRetired, FleetRetirement, RetirementEpochMismatch
+from messages.rotation import (
+    OPERATOR,
+    KeyRotation,
+    RotationSingleSigned,
+    RotationVersionGap,
+    RotationWrongOldKey,
+    StaleRotation,
+)
+from messages.signing import Ed25519Signer
+from messages.validation import LoggedNotice, ValidationBundle, with_rotations
+from messages.verify import (
+    BadStatementSignature,
+    BelowThreshold,
+    LegacyKeyExpired,
+    Pins,
+    RotationNotLogged,
+    StaleView,
+    SupersededKey,
+    UnknownFleetKey,
+    VerifierState,
+    check_fleet_key,
+    check_logged,
+    ingest_retirement,
+    ingest_rotations,
+    parse_bundle,
+    verify_bundle,
+)
+
+A, B = "cosigner-a.example/log", "cosigner-b.example/log"
+OPERATOR_KEYS = [Ed25519Signer.from_seed(bytes([n]) * 32) for n in (101, 102, 103)]
+
+
+@dataclasses.dataclass
+class World:
+    pins: Pins
+    first: ValidationBundle  # epoch 1, before any rotation, countersigned by operator v1
+    second: ValidationBundle  # epoch 2, after all rotations, with the rotation chain
+    chain: list[LoggedNotice]  # operator v2, A v2, operator v3, A v3, in logged order
+    state: VerifierState  # what the verifier stored when it accepted ``first``
+    retirement: LoggedNotice  # fleet-1 retired after epoch 2
+    old_operator_bundle: ValidationBundle  # epoch 2 countersigned by operator v1
+    a_old_seed: bytes
+    now: int
+    refusals: dict[str, str]  # what each cosigner answered to the bad rotations
+    proofs: dict  # every consistency proof between sizes of both logs
+
+
+def _verify(world: World, bundle, state: VerifierState, **kw):
+    """Verify with the world's pins, time and consistency proofs unless told otherwise."""
+    pins = kw.pop("pins", world.pins)
+    now = kw.pop("now", world.now)
+    return verify_bundle(bundle, pins, state, now, world.proofs, **kw)
+
+
+async def _rotate_operator(bed: Testbed, version: int) -> LoggedNotice:
+    old, new = OPERATOR_KEYS[version - 2], OPERATOR_KEYS[version - 1]
+    bed.clock.advance(1000)
+    rotation = KeyRotation.make(OPERATOR, version, old, new, format_time(bed.clock()))
+    logged = await bed.client.log(rotation)
+    bed.client.operator = new
+    return bed.client.notice(logged)
+
+
+async def _rotate_cosigner(bed: Testbed, cid: str) -> LoggedNotice:
+    bed.clock.advance(1000)
+    rotation = await bed.cosigner(cid).rotate_key()
+    return bed.client.notice(await bed.client.log(rotation))
+
+
+async def _refusal(bed: Testbed, cid: str, document: dict) -> str:
+    try:
+        await bed.cosigner(cid).sign(document)
+    except Exception as exc:
+        return exc.kind
+    return "accepted"
+
+
+async def build_world(directory: Path) -> World:
+    bed = Testbed.create(directory)
+    bed.operator = OPERATOR_KEYS[0]
+    bed.client.operator = OPERATOR_KEYS[0]
+    try:
+        pins = bed.pins()
+        first_artifact = sample_artifact(members=MEMBERS[:3])
+        for bundle in sample_chain(artifact=first_artifact):
+            await bed.client.log(bundle)
+        first = await bed.client.publish(first_artifact)
+        now = bed.clock() + DAY_MS
+        state = verify_bundle(first, pins, VerifierState(), now).state
+
+        chain = [await _rotate_operator(bed, 2), await _rotate_cosigner(bed, "cosigner-a")]
+        chain += [await _rotate_operator(bed, 3), await _rotate_cosigner(bed, "cosigner-a")]
+
+        at = format_time(bed.clock())
+        v3, stranger = OPERATOR_KEYS[2], Ed25519Signer.from_seed(bytes([9]) * 32)
+        good = KeyRotation.make(OPERATOR, 4, v3, stranger, at)
+        bad = {
+            "single": dataclasses.replace(good, new_signature=v3.sign(good.signing_bytes())),
+            "gap": KeyRotation.make(OPERATOR, 5, v3, stranger, at),
+            "wrong_old": KeyRotation.make(OPERATOR, 4, OPERATOR_KEYS[0], stranger, at),
+            "stale": KeyRotation.make(OPERATOR, 3, v3, stranger, at),
+        }
+        refusals = {k: await _refusal(bed, "cosigner-b", r.to_json()) for k, r in bad.items()}
+
+        bed.clock.advance(1000)
+        second_artifact = sample_artifact(epoch=2, legacy=True)
+        logged = await bed.client.log(second_artifact)
+        second = with_rotations(bed.client.bundle(logged), chain)
+        bed.client.operator = OPERATOR_KEYS[0]
+        old_operator_bundle = with_rotations(bed.client.bundle(logged), chain)
+        bed.client.operator = OPERATOR_KEYS[2]
+
+        retirement = FleetRetirement(
+            fleet="fleet-1",
+            last_epoch=2,
+            successor="fleet-2",
+            retired_at=format_time(bed.clock()),
+            reason="replaced by fleet-2",
+        )
+        wrong = dataclasses.replace(retirement, last_epoch=1)
+        refusals["retire_wrong_epoch"] = await _refusal(bed, "cosigner-a", wrong.to_json())
+        notice = bed.client.notice(await bed.client.log(retirement))
+        third = sample_artifact(epoch=3, not_before=format_time(bed.clock()))
+        refusals["after_retirement"] = await _refusal(bed, "cosigner-a", third.to_json())
+        proofs = {
+            (c.name, old, new): c.notary.consistency_proof(old, new)
+            for c in bed.cosigners
+            for new in range(1, c.notary.size + 1)
+            for old in range(1, new)
+        }
+    finally:
+        await bed.close()
+    return World(
+        pins,
+        first,
+        second,
+        chain,
+        state,
+        notice,
+        old_operator_bundle,
+        COSIGNERS[0][2],
+        now,
+        refusals,
+        proofs,
+    )
+
+
+@pytest.fixture(scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return await build_world(tmp_path_factory.mktemp("rotation-world"))
+
+
+def test_a_verifier_pinned_to_v1_walks_to_v3_and_accepts(world: World) -> None:
+    accepted = _verify(world, world.second, world.state)
+    assert accepted.artifact.epoch == 2
+    assert [(r.signer, r.version) for r in accepted.rotations] == [
+        (OPERATOR, 2),
+        (A, 2),
+        (OPERATOR, 3),
+        (A, 3),
+    ]
+    keys = accepted.state.keys
+    assert keys[OPERATOR][-1].public_key == OPERATOR_KEYS[2].public_key
+    assert [k.version for k in keys[A]] == [1, 2, 3]
+    assert B not in keys
+    # The walked state persists, and a later bundle without the chain is still accepted.
+    again = VerifierState.from_json(accepted.state.to_json())
+    bare = dataclasses.replace(world.second, extra={})
+    assert _verify(world, bare, again).rotations == ()
+
+
+def test_the_rotation_chain_travels_in_the_bundle_and_old_bundles_still_decode(
+    world: World,
+) -> None:
+    data = world.second.to_bytes()
+    assert b'"rotations"' in data
+    assert len(parse_bundle(data).rotations) == 4
+    assert parse_bundle(world.first.to_bytes()).rotations == ()
+
+
+def test_without_the_chain_the_new_keys_are_unknown(world: World) -> None:
+    bare = dataclasses.replace(world.second, extra={})
+    with pytest.raises(BadStatementSignature):  # A's statement is by a key not pinned
+        _verify(world, bare, world.state)
+
+
+def test_old_statements_stay_good_under_the_walked_keys(world: World) -> None:
+    state, steps = ingest_rotations(world.chain, world.pins, VerifierState(), world.now)
+    assert len(steps) == 4
+    assert _verify(world, world.first, state).artifact.epoch == 1
+
+
+def test_a_chain_given_twice_is_walked_once(world: World) -> None:
+    state, _ = ingest_rotations(world.chain, world.pins, VerifierState(), world.now)
+    again, steps = ingest_rotations(world.chain, world.pins, state, world.now)
+    assert steps == () and again == state
+
+
+def _tampered(notice: LoggedNotice, **changes: object) -> LoggedNotice:
+    rotation = dataclasses.replace(notice.logged, **changes)
+    return dataclasses.replace(notice, document=rotation.to_json())
+
+
+def test_a_rotation_signed_by_one_key_only_is_refused(world: World) -> None:
+    rotation = world.chain[0].logged
+    forged = _tampered(world.chain[0], new_signature=rotation.old_signature)
+    with pytest.raises(RotationSingleSigned):
+        _verify(world, world.second, world.state, rotations=[forged])
+    assert world.refusals["single"] == "rotation_single_signed"
+
+
+def _forged(world: World, rotation: KeyRotation) -> LoggedNotice:
+    """A notice of ``rotation`` (never logged) carrying the first real notice's proofs."""
+    return dataclasses.replace(world.chain[0], document=rotation.to_json())
+
+
+def test_a_rotation_that_skips_a_version_is_refused(world: World) -> None:
+    v1, v3 = OPERATOR_KEYS[0], OPERATOR_KEYS[2]
+    skip = _forged(world, KeyRotation.make(OPERATOR, 3, v1, v3, "2026-01-01T00:00:09.000Z"))
+    with pytest.raises(RotationVersionGap):
+        _verify(world, world.second, world.state, rotations=[skip])
+    assert world.refusals["gap"] == "rotation_version_gap"
+    with pytest.raises(RotationWrongOldKey):  # the chain without its first step
+        _verify(world, world.second, world.state, rotations=world.chain[2:])
+
+
+def test_a_rotation_from_another_old_key_is_refused(world: World) -> None:
+    stranger = Ed25519Signer.from_seed(bytes([7]) * 32)
+    rotation = KeyRotation.make(OPERATOR, 2, stranger, OPERATOR_KEYS[1], "2026-01-01T00:00:09.000Z")
+    with pytest.raises(RotationWrongOldKey):
+        _verify(world, world.second, world.state, rotations=[_forged(world, rotation)])
+    assert world.refusals["wrong_old"] == "rotation_wrong_old_key"
+    assert world.refusals["stale"] == "stale_rotation"
+
+
+def test_a_walked_version_rotated_to_another_key_is_refused(world: World) -> None:
+    state, _ = ingest_rotations(world.chain, world.pins, VerifierState(), world.now)
+    other = Ed25519Signer.from_seed(bytes([8]) * 32)
+    rotation = KeyRotation.make(OPERATOR, 2, OPERATOR_KEYS[0], other, "2026-01-01T00:00:09.000Z")
+    with pytest.raises(StaleRotation):
+        ingest_rotations([_forged(world, rotation)], world.pins, state, world.now)
+
+
+def test_a_countersignature_by_a_superseded_operator_key_is_refused(world: World) -> None:
+    with pytest.raises(SupersededKey):
+        _verify(world, world.old_operator_bundle, world.state)
+
+
+def test_a_checkpoint_signed_by_a_superseded_log_key_is_refused(world: World) -> None:
+    proof = next(p for p in world.second.proofs if p.log == A)
+    text = Note.parse(proof.checkpoint).text
+    old = Ed25519NoteSigner(A, Ed25519Signer.from_seed(world.a_old_seed))
+    forged = Checkpoint.from_text(text).sign(old).encode().decode()
+    state, _ = ingest_rotations(world.chain, world.pins, VerifierState(), world.now)
+    pin = world.pins.cosigner(A)
+    with pytest.raises(SupersededKey):
+        check_logged(
+            pin,
+            world.second.artifact,
+            proof.statement,
+            proof.signature,
+            proof.inclusion,
+            forged,
+            keys=state.keys[A],
+        )
+
+
+def test_a_cosigner_rotation_without_its_own_log_is_refused(world: World) -> None:
+    notice = world.chain[1]
+    elsewhere = dataclasses.replace(notice, proofs=tuple(p for p in notice.proofs if p.log != A))
+    chain = [world.chain[0], elsewhere]
+    with pytest.raises(RotationNotLogged):
+        ingest_rotations(chain, world.pins, world.state, world.now)
+
+
+def test_a_refused_chain_leaves_the_state_as_it_was(world: World) -> None:
+    before = world.state.to_bytes()
+    forged = _tampered(world.chain[3], new_signature=world.chain[3].logged.old_signature)
+    with pytest.raises(RotationSingleSigned):
+        _verify(world, world.second, world.state, rotations=[*world.chain[:3], forged])
+    assert world.state.to_bytes() == before
+
+
+def test_a_retired_fleet_is_refused_after_the_notice(world: World) -> None:
+    state = ingest_retirement(
+        world.retirement.to_bytes(), world.pins, world.state, world.now, world.chain
+    )
+    assert state.retired == {"fleet-1": 2}
+    assert world.state.retired == {}
+    with pytest.raises(FleetRetired):
+        _verify(world, world.second, state)
+    saved = VerifierState.from_json(state.to_json())
+    with pytest.raises(FleetRetired):
+        _verify(world, world.first, saved)
+
+
+def test_cosigners_refuse_a_retired_fleets_documents_and_a_wrong_last_epoch(
+    world: World,
+) -> None:
+    assert world.refusals["after_retirement"] == FleetRetired.kind
+    assert world.refusals["retire_wrong_epoch"] == RetirementEpochMismatch.kind
+
+
+def test_a_retirement_notice_with_too_few_cosigners_is_refused(world: World) -> None:
+    proof = world.retirement.proofs[0]
+    parsed = Note.parse(proof.checkpoint)
+    log_only = Note(parsed.text, tuple(s for s in parsed.signatures if len(s.signature) == 64))
+    alone = dataclasses.replace(proof, checkpoint=log_only.encode().decode())
+    one = dataclasses.replace(world.retirement, proofs=(alone,))
+    with pytest.raises(BelowThreshold):
+        ingest_retirement(one, world.pins, world.state, world.now, world.chain)
+
+
+def test_fleet_keys_in_and_after_the_overlap(world: World) -> None:
+    artifact = world.second.artifact
+    legacy = next(k for k in artifact.keys if k.legacy_until is not None)
+    current = next(k for k in artifact.keys if k.legacy_until is None)
+    start = artifact.not_before_ms
+    assert check_fleet_key(artifact, legacy.public_key, "vault", start + DAY_MS) == legacy
+    assert check_fleet_key(artifact, current.public_key, current.role, start + 40 * DAY_MS)
+    with pytest.raises(LegacyKeyExpired):
+        check_fleet_key(artifact, legacy.public_key, "vault", start + 30 * DAY_MS)
+    with pytest.raises(UnknownFleetKey):
+        check_fleet_key(artifact, b"\x01" * 32, "vault", start + DAY_MS)
+    with pytest.raises(UnknownFleetKey):  # the right bytes under another role
+        check_fleet_key(artifact, legacy.public_key, "transport", start + DAY_MS)
+
+
+def test_a_checkpoint_older_than_the_maximum_age_is_refused(world: World) -> None:
+    pins = dataclasses.replace(world.pins, max_checkpoint_age=3600)
+    with pytest.raises(StaleView):
+        _verify(world, world.second, world.state, pins=pins)
+    # The witnesses' cosignatures are timestamped when the bundle was made: fresh then.
+    assert _verify(world, world.second, world.state, pins=pins, now=world.now - DAY_MS + 60_000)
+
+
+def test_pins_refuse_a_non_positive_maximum_age(world: World) -> None:
+    with pytest.raises(MalformedDocument):
+        dataclasses.replace(world.pins, max_checkpoint_age=0)
+    raw = world.pins.to_json()
+    assert "max_checkpoint_age" not in raw and "version" not in raw["operator"]
