@@ -10,6 +10,7 @@ later marker from a legitimate sender and nothing before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -37,6 +38,7 @@ from ops.natsauth import credentials
 from ops.natsauth.bundle import Bundle, open_bundle, write_bundle
 from ops.natsauth.connect import SecuredServer
 from ops.natsauth.credentials import CredentialsError
+from ops.natsauth.layout import DEV_LAYOUT
 from ops.natsauth.nkey import user_key
 from ops.natsauth.permissions import LEASE_STREAM
 from ops.natsserver import NatsServer, free_port
@@ -703,3 +705,33 @@ async def test_nats_secure_then_up_secure_as_processes(nats_bundle, tmp_path):
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 20)
     assert code == 0
+
+
+@contextlib.asynccontextmanager
+async def nats_up(*args: str) -> AsyncIterator[tuple[str, str]]:
+    """``hsmfleet nats up ARGS`` running: its URL and the line it prints next."""
+    proc = await asyncio.create_subprocess_exec(
+        *HSMFLEET, "nats", "up", "--port", "0", *args, stdout=subprocess.PIPE
+    )
+    try:
+        url = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
+        yield url, (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_nats_up_is_secured_by_default_and_says_so_when_not(tmp_path):
+    state = tmp_path / "state"
+    async with nats_up("--state", str(state)) as (url, said):
+        assert said.startswith("secured: nkey users and permissions per role (new bundle")
+        bundle = open_bundle(state / "auth")
+        assert bundle.layout == DEV_LAYOUT and not bundle.tls
+        node = await natsauth.connect(bundle, "node", "node-1", url, allow_reconnect=False)
+        await node.close()
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+    async with nats_up("--state", str(tmp_path / "open"), "--insecure") as (url, said):
+        assert said.startswith("WARNING: INSECURE NATS SERVER (--insecure)")
+        anyone = await nats.connect(url, allow_reconnect=False)
+        await anyone.close()
