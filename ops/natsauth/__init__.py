@@ -8,6 +8,8 @@
 - :mod:`ops.natsauth.tls`: a private CA and the server certificate for client TLS and routes;
 - :mod:`ops.natsauth.render`: the server configuration text;
 - :mod:`ops.natsauth.bundle`: writing and reading a directory of configs and credentials;
-- :mod:`ops.natsauth.connect`: connecting as a role, and starting servers with the configs;
+- :mod:`ops.natsauth.credentials`: one party's connection options from its own seed file (and
+  the CA), as every role's process connects;
+- :mod:`ops.natsauth.connect`: connecting as a role of a bundle, and servers running its configs;
 - :mod:`ops.natsauth.cli`: ``hsmfleet nats secure``.
 """

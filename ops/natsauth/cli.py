@@ -37,4 +37,6 @@ def secure_command(args: argparse.Namespace) -> int:
     print(f"wrote {len(layout.parties)} users to {bundle.root}")
     print(f"run a server:  hsmfleet nats up --secure {bundle.root}")
     print(f"seed files:    {bundle.root / 'keys'}/<role>-<id>.nk")
+    ca = f" --nats-ca {bundle.ca_file}" if bundle.tls else ""
+    print(f"give each process only its own: --nats-seed {bundle.root / 'keys'}/<role>-<id>.nk{ca}")
     return 0
