@@ -27,7 +27,9 @@ PUBLISH = "publish"
 ACTIVATE = "activate"
 RETIRE = "retire"
 ABORT = "abort"
-STAGES = (ENROLL, CEREMONY, QUORUM, PUBLISH, ACTIVATE, RETIRE, ABORT)
+DESTROY = "destroy"
+"""A rotation's old key epoch was destroyed on every member after its overlap window."""
+STAGES = (ENROLL, CEREMONY, QUORUM, PUBLISH, ACTIVATE, RETIRE, ABORT, DESTROY)
 """Stages this build knows; others are accepted (open world) with no evidence requirement."""
 
 MAX_REFS = 1024
@@ -75,10 +77,12 @@ class Evidence(Body):
 
 
 # What each known stage must carry: enrollment rests on attestations, the ceremony on receipts,
-# the quorum on a commit proof, publication on the fleet-key artifact.
+# the quorum on a commit proof, publication on the fleet-key artifact, the destruction of an old
+# key epoch on the members' signed answers.
 _REQUIRED_EVIDENCE = {
     ENROLL: ("attestations", lambda e: bool(e.attestations)),
     CEREMONY: ("receipts", lambda e: bool(e.receipts)),
+    DESTROY: ("receipts", lambda e: bool(e.receipts)),
     QUORUM: ("quorum_proof", lambda e: e.quorum_proof is not None),
     PUBLISH: ("artifact", lambda e: e.artifact is not None),
 }

@@ -9,6 +9,10 @@
   record through a quorum and answers with the signed acceptances (:class:`Joined`).
 - ``retire``: :class:`RetireFleet` destroys the keys one rollout made on a member and leaves its
   replication group; the answer :class:`Retired` says what was destroyed.
+  :class:`DestroyFleetKeys` destroys one key epoch's keys only (the old epoch after a rotation's
+  overlap window), or, with ``leave``, also leaves the fleet's group whichever rollout formed it
+  (a fleet's retirement); :class:`DrainFleet` stops new registrations on a retiring fleet. Both
+  are answered like ``retire`` (:class:`Retired`; :class:`Drained`).
 
 Every answer is an envelope signed by the member's attested identity key; the orchestrator
 counts an answer only if it verifies under the key the member's attestation established.
@@ -167,6 +171,10 @@ class JoinFleet(Body):
     rollout: str
     config: Config
     probe: bool
+    group: str | None = None
+    """The rollout whose replication group (and its stored records) this join continues: a
+    rotation or a member replacement keeps the group a fleet's first rollout formed. ``None``:
+    the group is ``rollout``'s own."""
 
 
 @message
@@ -206,4 +214,42 @@ class Retired(Body):
     @property
     def digest(self) -> str:
         """SHA-256 of the answer's canonical bytes: the abort bundle's evidence."""
+        return hex_digest(canonical(self.to_json()))
+
+
+@message
+@dataclass(frozen=True)
+class DestroyFleetKeys(Body):
+    """Destroy the keys of key epoch ``epoch`` that ``rollout`` made for ``fleet``; with
+    ``leave``, also leave the fleet's replication group (the fleet is retired)."""
+
+    TYPE = "node.fleet.destroy_keys"
+    fleet: str
+    epoch: int
+    rollout: str
+    leave: bool
+
+
+@message
+@dataclass(frozen=True)
+class DrainFleet(Body):
+    """The fleet is retiring: take no new registrations on it (recoveries go on)."""
+
+    TYPE = "node.fleet.drain"
+    fleet: str
+    epoch: int
+
+
+@message
+@dataclass(frozen=True)
+class Drained(Body):
+    """The member takes no new registrations on ``fleet``."""
+
+    TYPE = "node.fleet.drained"
+    fleet: str
+    epoch: int
+    node: str
+
+    @property
+    def digest(self) -> str:
         return hex_digest(canonical(self.to_json()))

@@ -188,6 +188,33 @@ class ArtifactPublished(Body):
     validation: dict[str, Any]
 
 
+@message
+@dataclass(frozen=True)
+class RotateFleet(Body):
+    """Operator command: rotate the keys of the active ``fleet`` to a new epoch; its old keys
+    stay usable for ``overlap_s`` seconds after the new artifact is prepared (``None``: the
+    fleet's scheduled overlap)."""
+
+    TYPE = "rollout.rotate"
+    fleet: str
+    requested_by: str
+    overlap_s: int | None
+    reason: str
+
+
+@message
+@dataclass(frozen=True)
+class ScheduleRotation(Body):
+    """Operator command: rotate ``fleet``'s keys every ``every_days`` days (0: never), each
+    rotation keeping the old keys usable for ``overlap_s`` seconds."""
+
+    TYPE = "rollout.schedule_rotation"
+    fleet: str
+    every_days: int
+    overlap_s: int
+    requested_by: str
+
+
 # --- the decision record ---------------------------------------------------------------
 
 
@@ -645,6 +672,77 @@ class RolloutActivated(_RolloutEvent):
     epoch: int
 
 
+# --- fleet-key rotation (DESIGN 5.6) ---------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True)
+class RotationStarted(_RolloutEvent):
+    """A rotation of the active ``fleet`` to key ``epoch`` began: a rollout by the plan of
+    ``predecessor`` (the active rollout) over its members, keeping its replication group; the
+    old keys stay usable for ``overlap_s`` seconds once the new artifact is prepared."""
+
+    TYPE = "rollout.rotation_started"
+    rollout_id: str
+    fleet: str
+    epoch: int
+    predecessor: str
+    members: tuple[PlannedMember, ...]
+    not_before_ms: int
+    not_after_ms: int
+    overlap_s: int
+    requested_by: str
+
+
+@message
+@dataclass(frozen=True)
+class LegacyKeysDestroyed(_RolloutEvent):
+    """After the overlap window, ``node_id`` destroyed the keys of the old ``epoch``
+    (``roles``); ``receipt`` is the digest of its signed answer."""
+
+    TYPE = "rollout.legacy_keys_destroyed"
+    rollout_id: str
+    fleet: str
+    node_id: str
+    epoch: int
+    roles: tuple[str, ...]
+    receipt: str
+
+
+@message
+@dataclass(frozen=True)
+class LegacyEpochClosed(_RolloutEvent):
+    """Every member destroyed the keys of the old ``epoch`` and the ``destroy`` bundle is
+    logged: the rotation is complete."""
+
+    TYPE = "rollout.legacy_epoch_closed"
+    rollout_id: str
+    fleet: str
+    epoch: int
+
+
+class _FleetEvent(LogEntry):
+    """An event about a fleet rather than one of its rollouts."""
+
+    fleet: str
+
+    def subject(self) -> str:
+        return subjects.event("rollout", self.fleet)
+
+
+@message
+@dataclass(frozen=True)
+class RotationScheduled(_FleetEvent):
+    """``fleet``'s keys rotate every ``every_days`` days (0: only when an operator asks),
+    each rotation with an overlap of ``overlap_s`` seconds."""
+
+    TYPE = "rollout.rotation_scheduled"
+    fleet: str
+    every_days: int
+    overlap_s: int
+    by: str
+
+
 EVENT_TYPES: tuple[type[LogEntry], ...] = (
     LeaseTaken,
     PolicySet,
@@ -676,4 +774,8 @@ EVENT_TYPES: tuple[type[LogEntry], ...] = (
     StageBundleIssued,
     StageBundleLogged,
     RolloutActivated,
+    RotationStarted,
+    LegacyKeysDestroyed,
+    LegacyEpochClosed,
+    RotationScheduled,
 )

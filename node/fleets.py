@@ -10,6 +10,13 @@ under ``<state>/fleets/<fleet>/<rollout>/``. What the node joined is recorded in
 ``<state>/fleets/<fleet>/fleet.json``, so a restarted daemon serves the group again. A probe
 (``join`` with ``probe``) commits the rollout's test record through a quorum and returns the
 signed acceptances. ``retire`` destroys the rollout's keys and stops its replica.
+
+A join that names the group it continues (``group``: a key rotation, a member replacement)
+keeps the running replica and its stored records: the same configuration changes nothing, a
+configuration of a later epoch is applied to the replica as a membership step (the joining
+member then catches up from a majority before it votes). On the ``retire`` subject,
+:class:`DestroyFleetKeys` destroys one key epoch's keys (leaving the group only when asked: a
+fleet's retirement) and :class:`DrainFleet` marks the fleet as taking no new registrations.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,6 +36,9 @@ from messages import subjects
 from messages.bus import serve
 from messages.canonical import canonical, loads_strict
 from messages.ceremony import (
+    DestroyFleetKeys,
+    Drained,
+    DrainFleet,
     FleetKeysOffer,
     GenerateFleetKeys,
     ImportFleetKeys,
@@ -63,12 +73,14 @@ VOTING_WAIT_S = 5.0
 
 @dataclass(frozen=True)
 class JoinedFleet:
-    """What the node joined: the fleet, the rollout, the key epoch and the configuration."""
+    """What the node joined: the fleet, the rollout whose group it is (its store), the key
+    epoch and the configuration; ``draining``: the fleet takes no new registrations."""
 
     fleet: str
     rollout: str
     epoch: int
     config: Config
+    draining: bool = False
 
 
 class FleetCommands:
@@ -81,6 +93,8 @@ class FleetCommands:
         self.outbox = outbox
         self.gate = gate
         self.replicas: dict[str, tuple[JoinedFleet, Replica]] = {}
+        self.draining: set[str] = set()
+        """Fleets that take no new registrations (retiring)."""
         self._nc: NATS | None = None
         self._subs: list[Subscription] = []
         self._lock = asyncio.Lock()
@@ -139,10 +153,12 @@ class FleetCommands:
             raise SchemaViolation("join expects a join command", type=received.envelope.type)
         if body.config.fleet != body.fleet or self.node_id not in body.config.prepare_set:
             raise BadConfig("the configuration does not make this node a member of the fleet")
-        joined = JoinedFleet(body.fleet, body.rollout, body.epoch, body.config)
+        joined = JoinedFleet(body.fleet, body.group or body.rollout, body.epoch, body.config)
         async with self._lock:
             current = self.replicas.get(body.fleet)
-            if current is None or current[0] != joined:
+            if current is not None and current[0].rollout == joined.rollout:
+                await self._continue(current[0], current[1], joined)
+            elif current is None or current[0] != joined:
                 if current is not None:
                     await self._leave(body.fleet)
                 self._record(joined)
@@ -167,17 +183,50 @@ class FleetCommands:
             votes=proof.votes,
         )
 
-    async def _on_retire(self, received: Received) -> Retired:
+    async def _continue(self, was: JoinedFleet, replica: Replica, joined: JoinedFleet) -> None:
+        """Keep serving the group ``was`` formed: apply a later configuration, if any."""
+        replica.reconfigure(joined.config)
+        config = replica.current().to_config()
+        kept = JoinedFleet(
+            was.fleet, was.rollout, max(was.epoch, joined.epoch), config, was.draining
+        )
+        if kept != was:
+            self._record(kept)
+            self.replicas[was.fleet] = (kept, replica)
+
+    async def _on_retire(self, received: Received) -> Retired | Drained:
         body = received.body
+        if isinstance(body, DrainFleet):
+            return await self._drain(body)
+        if isinstance(body, DestroyFleetKeys):
+            return await self._destroy(body.fleet, body.epoch, body.rollout, leave=body.leave)
         if not isinstance(body, RetireFleet):
             raise SchemaViolation("retire expects a retire command", type=received.envelope.type)
         async with self._lock:
             current = self.replicas.get(body.fleet)
-            if current is not None and current[0].rollout == body.rollout:
-                await self._leave(body.fleet)
-        roles = await self._keys(ceremony.destroy, self.hsm, body.fleet, body.rollout)
-        log.info("fleet keys destroyed", fleet=body.fleet, roles=list(roles))
-        return Retired(fleet=body.fleet, epoch=body.epoch, node=self.node_id, destroyed=roles)
+            leave = current is not None and current[0].rollout == body.rollout
+        return await self._destroy(body.fleet, body.epoch, body.rollout, leave=leave)
+
+    async def _drain(self, body: DrainFleet) -> Drained:
+        async with self._lock:
+            current = self.replicas.get(body.fleet)
+            if current is not None and not current[0].draining:
+                drained = replace(current[0], draining=True)
+                self._record(drained)
+                self.replicas[body.fleet] = (drained, current[1])
+        self.draining.add(body.fleet)
+        log.info("fleet drains: no new registrations", fleet=body.fleet)
+        return Drained(fleet=body.fleet, epoch=body.epoch, node=self.node_id)
+
+    async def _destroy(self, fleet: str, epoch: int, rollout: str, *, leave: bool) -> Retired:
+        """Destroy ``rollout``'s keys of ``fleet``; with ``leave``, leave its group first."""
+        if leave:
+            async with self._lock:
+                if fleet in self.replicas:
+                    await self._leave(fleet)
+        roles = await self._keys(ceremony.destroy, self.hsm, fleet, rollout)
+        log.info("fleet keys destroyed", fleet=fleet, rollout=rollout, roles=list(roles))
+        return Retired(fleet=fleet, epoch=epoch, node=self.node_id, destroyed=roles)
 
     async def _run(self, joined: JoinedFleet) -> None:
         assert self._nc is not None
@@ -190,6 +239,8 @@ class FleetCommands:
         )
         await replica.start(self._nc)
         self.replicas[joined.fleet] = (joined, replica)
+        if joined.draining:
+            self.draining.add(joined.fleet)
         log.info("serving the fleet's replication group", fleet=joined.fleet)
 
     async def _leave(self, fleet: str) -> None:
@@ -205,6 +256,7 @@ class FleetCommands:
             "rollout": joined.rollout,
             "epoch": joined.epoch,
             "config": joined.config.to_json(),
+            "draining": joined.draining,
         }
         write_atomic(directory / RECORD, canonical(record))
 
@@ -213,7 +265,11 @@ def _read(path: Path) -> JoinedFleet:
     try:
         raw = loads_strict(path.read_bytes())
         return JoinedFleet(
-            raw["fleet"], raw["rollout"], int(raw["epoch"]), Config.from_json(raw["config"])
+            raw["fleet"],
+            raw["rollout"],
+            int(raw["epoch"]),
+            Config.from_json(raw["config"]),
+            bool(raw.get("draining", False)),
         )
     except (OSError, ValueError, KeyError, TypeError, HsmfleetError) as exc:
         raise BadConfig(f"{path} is not a fleet record: {exc}") from None

@@ -52,6 +52,8 @@ from messages.events import (
     NodeRejected,
     OperateRollout,
     PolicySet,
+    RotateFleet,
+    ScheduleRotation,
     SetPolicy,
     StartRollout,
     TakeLease,
@@ -59,7 +61,7 @@ from messages.events import (
 )
 from messages.ids import make_id
 from messages.schema import REGISTRY, Body
-from orchestrator import node_keys, rollout, rollout_answers
+from orchestrator import node_keys, rollout, rollout_answers, rollout_rotation
 from orchestrator.errors import (
     CommandRefused,
     EnrollmentConflict,
@@ -128,7 +130,7 @@ def _advance(state: State, events: list[LogEntry], ctx: Context) -> list[LogEntr
         state = evolve(state, event)
     more: list[LogEntry] = []
     for _ in range(MAX_ADVANCES):
-        step = rollout.advance(state, ctx)
+        step = rollout.advance(state, ctx) + rollout_rotation.advance(state, ctx)
         if not step:
             return more
         for event in step:
@@ -286,13 +288,16 @@ def _tick(state: State, _: Tick, ctx: Context) -> list[LogEntry]:
         for e in open_enrollments(state)
         if e.expires_ms < ctx.now_ms
     ]
-    return closed + rollout.tick(state, ctx)
+    return closed + rollout.tick(state, ctx) + rollout_rotation.tick(state, ctx)
 
 
 def overdue(state: State, now_ms: int) -> bool:
-    """Whether a :class:`Tick` at ``now_ms`` would close a challenge or fail a member step."""
-    return any(e.expires_ms < now_ms for e in open_enrollments(state)) or rollout.overdue(
-        state, now_ms
+    """Whether a :class:`Tick` at ``now_ms`` would close a challenge, fail a member step, end
+    a rotation's overlap window or start a scheduled rotation."""
+    return (
+        any(e.expires_ms < now_ms for e in open_enrollments(state))
+        or rollout.overdue(state, now_ms)
+        or rollout_rotation.overdue(state, now_ms)
     )
 
 
@@ -308,5 +313,7 @@ _DECIDERS: dict[type[Body], Callable[[State, Any, Context], list[LogEntry]]] = {
     MemberAnswer: rollout_answers.answer,
     BundleCosigned: rollout_answers.cosigned,
     ArtifactPublished: rollout_answers.published,
+    RotateFleet: rollout_rotation.rotate,
+    ScheduleRotation: rollout_rotation.schedule,
     **node_keys.DECIDERS,
 }

@@ -14,8 +14,9 @@ records them as what was signed.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
-from messages.artifact import FleetKeyArtifact, Member, Quorum
+from messages.artifact import FleetKey, FleetKeyArtifact, Member, Quorum
 from messages.bundle import Evidence, NodeRef, StageBundle
 from messages.canonical import canonical
 from messages.ceremony import probe_key, probe_value
@@ -58,22 +59,22 @@ def stage_bundle(
     )
 
 
-def _refs(pairs: Iterable[tuple[str, str | None]]) -> tuple[NodeRef, ...]:
+def refs(pairs: Iterable[tuple[str, str | None]]) -> tuple[NodeRef, ...]:
     return tuple(NodeRef(node, digest) for node, digest in sorted(pairs) if digest is not None)
 
 
 def enroll_evidence(rollout: Rollout) -> Evidence:
     return Evidence.of(
-        attestations=_refs((m.node_id, m.attestation) for m in rollout.active_members())
+        attestations=refs((m.node_id, m.attestation) for m in rollout.active_members())
     )
 
 
 def ceremony_evidence(rollout: Rollout) -> Evidence:
-    return Evidence.of(receipts=_refs((m.node_id, m.receipt) for m in rollout.active_members()))
+    return Evidence.of(receipts=refs((m.node_id, m.receipt) for m in rollout.active_members()))
 
 
 def abort_evidence(rollout: Rollout) -> Evidence:
-    return Evidence.of(receipts=_refs((m.node_id, m.destroyed) for m in rollout.in_order()))
+    return Evidence.of(receipts=refs((m.node_id, m.destroyed) for m in rollout.in_order()))
 
 
 def fleet_members(rollout: Rollout) -> list[str]:
@@ -83,7 +84,11 @@ def fleet_members(rollout: Rollout) -> list[str]:
 
 def quorum_config(state: State, rollout: Rollout) -> Config:
     """The replication group: every fleet member, its attested identity key as its vote key,
-    the plan's threshold for both phases."""
+    the plan's threshold for both phases. A rotation keeps its predecessor's group."""
+    if rollout.predecessor is not None:
+        kept = state.book.rollouts[rollout.predecessor].config
+        assert kept is not None  # an active rollout went through its quorum stage
+        return kept
     keys = []
     for node_id in fleet_members(rollout):
         identity = state.nodes[node_id].identity
@@ -116,18 +121,29 @@ def quorum_proof(config: Config, epoch: int) -> str:
     return hex_digest(canonical(document))
 
 
-def artifact(state: State, rollout: Rollout) -> FleetKeyArtifact:
+def artifact(state: State, rollout: Rollout, now_ms: int) -> FleetKeyArtifact:
     """The fleet-key artifact: the keys, the members with their failure domains, the plan's
-    threshold and validity window."""
+    threshold and validity window. A rotation's lists the keys current before it too, each
+    with ``legacy_until`` = ``now_ms`` (when the artifact is prepared) + the overlap."""
     members = tuple(Member(m, rollout.members[m].domain) for m in fleet_members(rollout))
     return FleetKeyArtifact(
         fleet=rollout.fleet,
         epoch=rollout.epoch,
-        keys=rollout.keys,
+        keys=rollout.keys + legacy_keys(state, rollout, now_ms + rollout.overlap_ms),
         quorum=Quorum(members, rollout.plan.threshold),
         not_before=format_time(rollout.not_before_ms),
         not_after=format_time(rollout.not_after_ms),
     )
+
+
+def legacy_keys(state: State, rollout: Rollout, until_ms: int) -> tuple[FleetKey, ...]:
+    """The predecessor's current keys, usable until ``until_ms`` (none for a new fleet)."""
+    if rollout.predecessor is None:
+        return ()
+    before = state.book.rollouts[rollout.predecessor].artifact
+    assert before is not None  # the predecessor was active
+    until = format_time(until_ms)
+    return tuple(replace(k, legacy_until=until) for k in before.keys if k.legacy_until is None)
 
 
 def pins_of(rollout: Rollout) -> list[CosignerPin]:

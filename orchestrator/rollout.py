@@ -248,16 +248,16 @@ def _refuse_if(condition: bool, action: str, rollout: Rollout) -> None:
 
 def _overdue_members(state: State, now_ms: int) -> list[tuple[Rollout, RolloutMember]]:
     """Members whose open step (or enroll) is past its deadline, in rollouts whose clocks run:
-    running ones, and ended ones destroying their keys."""
+    running ones, ended ones destroying their keys, active ones destroying an old epoch's."""
     out = []
     for rollout_id in sorted(state.book.rollouts):
         rollout = state.book.rollouts[rollout_id]
-        if rollout.status != "running" and rollout.status not in ENDED:
+        if rollout.status not in ("running", "active", *ENDED):
             continue
         for member in rollout.in_order():
             if member.deadline_ms is None or member.deadline_ms >= now_ms:
                 continue
-            if member.step is None and (rollout.status in ENDED or member.status != "active"):
+            if member.step is None and (rollout.status != "running" or member.status != "active"):
                 continue  # an enroll deadline counts only while the rollout runs
             out.append((rollout, member))
     return out
@@ -303,7 +303,7 @@ def _deadline(rollout: Rollout, ctx: Any) -> int:
     return ctx.now_ms + rollout.plan.rollout.member_deadline_s * 1000
 
 
-def _command(rollout: Rollout, member: RolloutMember, step: str, ctx: Any) -> MemberCommanded:
+def member_command(rollout: Rollout, member: RolloutMember, step: str, ctx: Any) -> MemberCommanded:
     return MemberCommanded(
         rollout.rollout_id, rollout.fleet, member.node_id, step, _deadline(rollout, ctx)
     )
@@ -358,7 +358,7 @@ def shortfall(rollout: Rollout) -> str | None:
     return None
 
 
-def _issue(state: State, rollout: Rollout, stage: str, proof: Any) -> list[LogEntry]:
+def issue(state: State, rollout: Rollout, stage: str, proof: Any) -> list[LogEntry]:
     chain = state.book.fleets.get(rollout.fleet)
     bundle = evidence.stage_bundle(chain, rollout, stage, proof)
     return [StageBundleIssued(rollout.rollout_id, rollout.fleet, bundle)]
@@ -388,7 +388,7 @@ def _enroll(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEnt
         events += _challenge(state, rollout, member, ctx, index + len(events))
     if events or any(m.attestation is None for m in rollout.active_members()):
         return events
-    return _issue(state, rollout, ENROLL, evidence.enroll_evidence(rollout))
+    return issue(state, rollout, ENROLL, evidence.enroll_evidence(rollout))
 
 
 def _challenge(
@@ -440,9 +440,9 @@ def _ceremony(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogE
     wrapped_for = {w.node for w in rollout.wrapped}
     waiting = [m for m in active if not m.holds_keys]
     if len(waiting) == len(active) or any(m.node_id not in wrapped_for for m in waiting):
-        return [_command(rollout, _key_source(rollout), GENERATE, ctx)]
+        return [member_command(rollout, _key_source(rollout), GENERATE, ctx)]
     if not waiting:
-        return _issue(state, rollout, CEREMONY, evidence.ceremony_evidence(rollout))
+        return issue(state, rollout, CEREMONY, evidence.ceremony_evidence(rollout))
     return _wave(rollout, waiting, IMPORT, ctx)
 
 
@@ -451,7 +451,7 @@ def _wave(rollout: Rollout, waiting: list[RolloutMember], step: str, ctx: Any) -
     open_now = sum(1 for m in rollout.active_members() if m.step == step)
     room = rollout.plan.rollout.wave_size - open_now
     ready = [m for m in waiting if m.step is None]
-    return [_command(rollout, m, step, ctx) for m in ready[: max(room, 0)]]
+    return [member_command(rollout, m, step, ctx) for m in ready[: max(room, 0)]]
 
 
 def _quorum(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
@@ -460,7 +460,7 @@ def _quorum(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEnt
     if waiting:
         return _wave(rollout, waiting, JOIN, ctx)
     if rollout.quorum_proof is not None:
-        return _issue(state, rollout, QUORUM, Evidence.of(quorum_proof=rollout.quorum_proof))
+        return issue(state, rollout, QUORUM, Evidence.of(quorum_proof=rollout.quorum_proof))
     if any(m.step == PROBE for m in active):
         return []
     if rollout.probe_failures >= MAX_PROBE_FAILURES:
@@ -468,23 +468,23 @@ def _quorum(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEnt
             RolloutFailed(rollout.rollout_id, rollout.fleet, reason="the test write did not commit")
         ]
     joined = [m for m in active if m.joined]
-    return [_command(rollout, joined[rollout.probe_failures % len(joined)], PROBE, ctx)]
+    return [member_command(rollout, joined[rollout.probe_failures % len(joined)], PROBE, ctx)]
 
 
 def _publish(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
     if rollout.awaiting_approval:
         return []
     if rollout.artifact is None:
-        prepared = evidence.artifact(state, rollout)
+        prepared = evidence.artifact(state, rollout, ctx.now_ms)
         return [ArtifactPrepared(rollout.rollout_id, rollout.fleet, prepared)]
     if rollout.validation is None:
         return []  # the shell is publishing it
-    return _issue(state, rollout, PUBLISH, Evidence.of(artifact=rollout.artifact.digest))
+    return issue(state, rollout, PUBLISH, Evidence.of(artifact=rollout.artifact.digest))
 
 
 def _activate(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
     assert rollout.artifact is not None
-    return _issue(state, rollout, ACTIVATE, Evidence.of(artifact=rollout.artifact.digest))
+    return issue(state, rollout, ACTIVATE, Evidence.of(artifact=rollout.artifact.digest))
 
 
 def _clean_up(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry]:
@@ -492,7 +492,9 @@ def _clean_up(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry]:
     with an ``abort`` bundle naming the answers. Every member is asked, not only those on
     record as holding keys: one may hold keys whose receipt never arrived."""
     pending = [m for m in rollout.in_order() if m.destroyed is None and m.destroy_failed is None]
-    events: list[LogEntry] = [_command(rollout, m, RETIRE, ctx) for m in pending if m.step is None]
+    events: list[LogEntry] = [
+        member_command(rollout, m, RETIRE, ctx) for m in pending if m.step is None
+    ]
     if pending or rollout.status != "aborted":
         return events
     chain = state.book.fleets.get(rollout.fleet)
@@ -500,4 +502,4 @@ def _clean_up(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry]:
         b.stage == ABORT and by == rollout.rollout_id
         for b, by in zip(chain.bundles, chain.issued_by, strict=True)
     )
-    return [] if issued else _issue(state, rollout, ABORT, evidence.abort_evidence(rollout))
+    return [] if issued else issue(state, rollout, ABORT, evidence.abort_evidence(rollout))

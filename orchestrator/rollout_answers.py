@@ -16,9 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from messages.artifact import FleetKey, FleetKeyArtifact
-from messages.bundle import (
-    StageBundle,
-)
+from messages.bundle import DESTROY, StageBundle
 from messages.bus import Rejected
 from messages.ceremony import (
     FleetKeysOffer,
@@ -36,6 +34,7 @@ from messages.events import (
     BundleCosigned,
     CosignerAnswer,
     FleetKeysGenerated,
+    LegacyKeysDestroyed,
     LogEntry,
     MemberAnswer,
     MemberFailed,
@@ -164,6 +163,15 @@ def _judge(
         if step == JOIN:
             return MemberJoined(rid, fleet, node)
         return _proved(rollout, node, body)
+    if step == DESTROY:
+        old = state.book.rollouts[rollout.predecessor or ""]
+        _expect(
+            isinstance(body, Retired)
+            and (body.fleet, body.epoch, body.node) == (fleet, old.epoch, node)
+        )
+        return LegacyKeysDestroyed(
+            rid, fleet, node, epoch=old.epoch, roles=body.destroyed, receipt=body.digest
+        )
     _expect(
         isinstance(body, Retired)
         and (body.fleet, body.epoch, body.node) == (fleet, rollout.epoch, node)

@@ -1,7 +1,8 @@
 """What the shell carries out for rollouts, read off the state (pure).
 
 - :func:`member_commands`: every open member step (generate, import, join, probe of a running
-  rollout; retire of an ended one), with the command body built from the state;
+  rollout; retire of an ended one; destroy of an old key epoch by an active rotation), with the
+  command body built from the state;
 - :func:`bundles_to_log`: the first issued but unlogged stage bundle of each fleet;
 - :func:`artifacts_to_publish`: each prepared artifact without its validation bundle.
 
@@ -14,14 +15,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from messages.artifact import FleetKeyArtifact
-from messages.bundle import StageBundle
-from messages.ceremony import GenerateFleetKeys, ImportFleetKeys, JoinFleet, RetireFleet
+from messages.bundle import DESTROY, StageBundle
+from messages.ceremony import (
+    DestroyFleetKeys,
+    GenerateFleetKeys,
+    ImportFleetKeys,
+    JoinFleet,
+    RetireFleet,
+)
 from messages.schema import Body
 from orchestrator.rollout import GENERATE, IMPORT, JOIN, PROBE, RETIRE, recipients
 from orchestrator.rollout_state import ENDED, Rollout, RolloutMember
 from orchestrator.state import State
 
-VERBS = {GENERATE: "ceremony", IMPORT: "ceremony", JOIN: "join", PROBE: "join", RETIRE: "retire"}
+VERBS = {
+    GENERATE: "ceremony",
+    IMPORT: "ceremony",
+    JOIN: "join",
+    PROBE: "join",
+    RETIRE: "retire",
+    DESTROY: "retire",
+}
 """The node command subject each step is sent on."""
 
 
@@ -47,10 +61,8 @@ def member_commands(state: State) -> list[MemberCommand]:
     out = []
     for rollout_id in sorted(state.book.rollouts):
         rollout = state.book.rollouts[rollout_id]
-        if rollout.status != "running" and rollout.status not in ENDED:
-            continue
         for member in rollout.in_order():
-            if member.step is None or (rollout.status in ENDED) != (member.step == RETIRE):
+            if not _open(rollout, member):
                 continue
             out.append(
                 MemberCommand(
@@ -66,6 +78,18 @@ def member_commands(state: State) -> list[MemberCommand]:
     return out
 
 
+def _open(rollout: Rollout, member: RolloutMember) -> bool:
+    """Whether ``member``'s step is one to carry out: any but retire while the rollout runs,
+    retire once it ended, destroy of an old key epoch once it is active."""
+    if member.step is None:
+        return False
+    if rollout.status == "running":
+        return member.step != RETIRE
+    if rollout.status in ENDED:
+        return member.step == RETIRE
+    return rollout.status == "active" and member.step == DESTROY
+
+
 def _command_body(state: State, rollout: Rollout, member: RolloutMember) -> Body:
     rid, fleet, epoch, step = rollout.rollout_id, rollout.fleet, rollout.epoch, member.step
     if step == GENERATE:
@@ -77,7 +101,12 @@ def _command_body(state: State, rollout: Rollout, member: RolloutMember) -> Body
         return ImportFleetKeys(fleet, epoch, rid, keys)
     if step in (JOIN, PROBE):
         assert rollout.config is not None
-        return JoinFleet(fleet, epoch, rid, rollout.config, probe=step == PROBE)
+        return JoinFleet(
+            fleet, epoch, rid, rollout.config, probe=step == PROBE, group=rollout.group
+        )
+    if step == DESTROY:
+        old = state.book.rollouts[rollout.predecessor or ""]
+        return DestroyFleetKeys(fleet, old.epoch, old.rollout_id, leave=False)
     return RetireFleet(fleet, epoch, rid)
 
 

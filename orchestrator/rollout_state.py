@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from immutables import Map
 
 from messages.artifact import FleetKey, FleetKeyArtifact
-from messages.bundle import StageBundle
+from messages.bundle import DESTROY, StageBundle
 from messages.ceremony import WrappedFleetKey
+from messages.documents import time_ms
 from messages.events import (
     ArtifactPrepared,
     ConfigFixed,
     FleetKeysGenerated,
+    LegacyEpochClosed,
+    LegacyKeysDestroyed,
     LogEntry,
     MemberChallenged,
     MemberCommanded,
@@ -40,6 +43,8 @@ from messages.events import (
     RolloutRetried,
     RolloutStarted,
     RolloutSuperseded,
+    RotationScheduled,
+    RotationStarted,
     StageBundleIssued,
     StageBundleLogged,
     StageEntered,
@@ -51,10 +56,11 @@ from messages.quorum import Config
 if TYPE_CHECKING:
     from orchestrator.state import State
 
-RolloutStatus = Literal["running", "paused", "failed", "aborted", "superseded", "active"]
+RolloutStatus = Literal["running", "paused", "failed", "aborted", "superseded", "active", "rotated"]
 MemberStatus = Literal["active", "failed", "lost"]
-TERMINAL = ("aborted", "superseded", "active")
-"""Statuses a rollout never leaves."""
+TERMINAL = ("aborted", "superseded", "active", "rotated")
+"""Statuses a rollout never leaves (``rotated``: it was active and a rotation took over; its
+keys stay until the rotation's overlap window ends)."""
 ENDED = ("aborted", "superseded")
 """Ended without activating: the rollout's keys are to be destroyed."""
 
@@ -75,6 +81,8 @@ class RolloutMember:
     deadline_ms: int | None = None
     destroyed: str | None = None
     destroy_failed: str | None = None
+    legacy_destroyed: str | None = None
+    """A rotation's member: digest of its answer destroying the old epoch's keys."""
 
     @property
     def holds_keys(self) -> bool:
@@ -111,6 +119,13 @@ class Rollout:
     waiting_for: int | None = None
     """Serial of the stage bundle the next stage waits for the cosigners to log."""
     superseded_by: str | None = None
+    predecessor: str | None = None
+    """A rotation: the rollout that was active when it began (its keys become legacy)."""
+    group: str | None = None
+    """The rollout whose replication group this one continues (None: its own)."""
+    overlap_ms: int = 0
+    legacy_closed: bool = False
+    """A rotation: the old epoch's keys are destroyed everywhere and the bundle logged."""
 
     def in_order(self) -> list[RolloutMember]:
         return [self.members[m] for m in self.order]
@@ -121,6 +136,29 @@ class Rollout:
     @property
     def awaiting_approval(self) -> bool:
         return self.stage == "publish" and self.plan.rollout.approve_publish and not self.approved
+
+    @property
+    def replication_group(self) -> str:
+        """The rollout that formed the replication group this one serves (its store)."""
+        return self.group or self.rollout_id
+
+    @property
+    def legacy_until_ms(self) -> int | None:
+        """When the legacy keys the artifact lists stop being usable (None: it lists none)."""
+        if self.artifact is None:
+            return None
+        ends = [
+            time_ms(k.legacy_until, "legacy_until") for k in self.artifact.keys if k.legacy_until
+        ]
+        return min(ends) if ends else None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing of this rollout is under way: it ended, or is active with no old key epoch
+        left to destroy."""
+        if self.status not in TERMINAL:
+            return False
+        return self.status != "active" or self.predecessor is None or self.legacy_closed
 
 
 @dataclass(frozen=True)
@@ -138,6 +176,13 @@ class FleetChain:
     active_epoch: int | None = None
     validation: dict[str, Any] | None = None
     """The validation bundle of the active epoch."""
+    active_rollout: str | None = None
+    """The rollout whose keys are the fleet's current ones."""
+    rotate_every_days: int = 0
+    """Scheduled rotation period (0: rotations only when an operator asks)."""
+    rotation_overlap_s: int = 7 * 24 * 3600
+    retiring: bool = False
+    """The fleet is being retired: it takes no new registrations, its keys are to go."""
 
     @property
     def next_epoch(self) -> int:
@@ -203,6 +248,38 @@ def _started(state: State, e: RolloutStarted) -> State:
         requested_by=e.requested_by,
     )
     return _chain(_put(state, rollout), e.fleet, rollout_id=e.rollout_id)
+
+
+def _rotation_started(state: State, e: RotationStarted) -> State:
+    predecessor = state.book.rollouts[e.predecessor]
+    members = Map({m.node_id: RolloutMember(m.node_id, m.domain) for m in e.members})
+    rotation = Rollout(
+        rollout_id=e.rollout_id,
+        fleet=e.fleet,
+        plan=predecessor.plan,
+        epoch=e.epoch,
+        order=tuple(m.node_id for m in e.members),
+        members=members,
+        not_before_ms=e.not_before_ms,
+        not_after_ms=e.not_after_ms,
+        requested_by=e.requested_by,
+        predecessor=e.predecessor,
+        group=predecessor.replication_group,
+        overlap_ms=e.overlap_s * 1000,
+    )
+    return _chain(_put(state, rotation), e.fleet, rollout_id=e.rollout_id)
+
+
+def _legacy_destroyed(state: State, e: LegacyKeysDestroyed) -> State:
+    return _done(state, e.rollout_id, e.node_id, legacy_destroyed=e.receipt)
+
+
+def _legacy_closed(state: State, e: LegacyEpochClosed) -> State:
+    return _rollout(state, e.rollout_id, legacy_closed=True, waiting_for=None)
+
+
+def _rotation_scheduled(state: State, e: RotationScheduled) -> State:
+    return _chain(state, e.fleet, rotate_every_days=e.every_days, rotation_overlap_s=e.overlap_s)
 
 
 def _superseded(state: State, e: RolloutSuperseded) -> State:
@@ -271,6 +348,8 @@ def _member_failed(state: State, e: MemberFailed) -> State:
     rollout = state.book.rollouts[e.rollout_id]
     if e.step == "retire":
         return _done(state, e.rollout_id, e.node_id, destroy_failed=e.reason)
+    if e.step == DESTROY:
+        return _done(state, e.rollout_id, e.node_id)  # asked again: the old keys must go
     status = "lost" if rollout.plan.rollout.on_member_loss == "continue" else "failed"
     return _done(state, e.rollout_id, e.node_id, status=status, reason=e.reason)
 
@@ -353,7 +432,15 @@ def _bundle_logged(state: State, e: StageBundleLogged) -> State:
 
 def _activated(state: State, e: RolloutActivated) -> State:
     rollout = state.book.rollouts[e.rollout_id]
-    state = _chain(state, e.fleet, active_epoch=e.epoch, validation=rollout.validation)
+    state = _chain(
+        state,
+        e.fleet,
+        active_epoch=e.epoch,
+        validation=rollout.validation,
+        active_rollout=e.rollout_id,
+    )
+    if rollout.predecessor is not None:
+        state = _rollout(state, rollout.predecessor, status="rotated")
     return _rollout(state, e.rollout_id, status="active", stage="active")
 
 
@@ -382,4 +469,8 @@ ROLLOUT_FOLDS: dict[type[LogEntry], Callable[[State, Any], State]] = {
     StageBundleIssued: _bundle_issued,
     StageBundleLogged: _bundle_logged,
     RolloutActivated: _activated,
+    RotationStarted: _rotation_started,
+    LegacyKeysDestroyed: _legacy_destroyed,
+    LegacyEpochClosed: _legacy_closed,
+    RotationScheduled: _rotation_scheduled,
 }

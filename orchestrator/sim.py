@@ -24,6 +24,7 @@ from typing import TypeVar
 from messages.attestation import AttestRequest, NodeAnnounce
 from messages.bus import Rejected
 from messages.ceremony import (
+    DestroyFleetKeys,
     GenerateFleetKeys,
     ImportFleetKeys,
     Joined,
@@ -99,7 +100,7 @@ class SimNode:
             return ceremony.import_keys(self.hsm, self.node_id, body)
         if isinstance(body, JoinFleet):
             return Joined(fleet=body.fleet, epoch=body.epoch, node=self.node_id, proof=None)
-        assert isinstance(body, RetireFleet)
+        assert isinstance(body, RetireFleet | DestroyFleetKeys)
         roles = ceremony.destroy(self.hsm, body.fleet, body.rollout)
         return Retired(fleet=body.fleet, epoch=body.epoch, node=self.node_id, destroyed=roles)
 

@@ -210,6 +210,12 @@ class Replica:
         config = received.body
         if not isinstance(config, Config):
             raise BadConfig("not a configuration", type=received.envelope.type)
+        return self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> ConfigAck:
+        """Apply ``config`` if its epoch is higher (the same one again changes nothing); a
+        member it newly makes a voter catches up before voting. Raises :class:`BadConfig` for
+        another fleet's, an older, or a different configuration of the same epoch."""
         new = Membership.from_config(config)
         current = self._membership
         if new.fleet != current.fleet:

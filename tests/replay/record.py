@@ -263,7 +263,9 @@ def divergent_rollout_gate() -> Recorder:
         recorder = world.drill.recorder
         ctx = recorder.context(world.clock())
         prepared = ArtifactPrepared(
-            rollout.rollout_id, rollout.fleet, evidence.artifact(recorder.state, rollout)
+            rollout.rollout_id,
+            rollout.fleet,
+            evidence.artifact(recorder.state, rollout, ctx.now_ms),
         )
         recorder.record(Tick(), [prepared], ctx)
 

@@ -54,8 +54,9 @@ _ORDER = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551",
 
 class SeededHsm(SoftHsm):
     """A software HSM whose keys come from ``seed`` and the key's label (a fleet key from the
-    fleet id and role, whatever the rollout's id), and whose ECDSA signatures are
-    deterministic."""
+    fleet id and role, whatever the rollout's id, and how many keys of that fleet and role the
+    HSM holds already: a rotation's keys differ from the ones they replace), and whose ECDSA
+    signatures are deterministic."""
 
     def __init__(self, state_dir: Path, operator_key: bytes, seed: bytes) -> None:
         self.seed = seed
@@ -63,7 +64,11 @@ class SeededHsm(SoftHsm):
 
     def generate(self, label: str, alg: str, *, wrappable: bool = False) -> PublicKey:
         parts = label.split(":")
-        name = f"{parts[1]}:{parts[3]}" if parts[0] == "fleet" and len(parts) == 4 else label
+        name = label
+        if parts[0] == "fleet" and len(parts) == 4:
+            kind = ("fleet", parts[1], parts[3])
+            held = sum(1 for o in (x.split(":") for x in self.labels()) if (o[0], *o[1::2]) == kind)
+            name = f"{parts[1]}:{parts[3]}" + (f":{held}" if held else "")
         material = hashlib.sha256(self.seed + b"\n" + name.encode()).digest()
         if alg == ED25519:
             private: keys.PrivateKey = ed25519.Ed25519PrivateKey.from_private_bytes(material)

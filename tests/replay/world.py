@@ -10,7 +10,13 @@ from typing import Any
 
 from cosigner.testbed import ManualClock, Testbed
 from messages.canonical import b64
-from messages.events import LogEntry, OperateRollout, StartRollout
+from messages.events import (
+    LogEntry,
+    OperateRollout,
+    RotateFleet,
+    ScheduleRotation,
+    StartRollout,
+)
 from messages.plan import RolloutPlan, parse_plan
 from messages.signing import Ed25519Signer
 from orchestrator.cosigning import Cosigning
@@ -89,6 +95,20 @@ class World:
 
     def act(self, action: str, fleet: str = "fleet-1", reason: str = "") -> list[LogEntry]:
         command = OperateRollout(fleet=fleet, action=action, requested_by="operator", reason=reason)
+        return self.drill.decide(command)
+
+    def rotate(
+        self, fleet: str = "fleet-1", overlap_s: int | None = 3600, reason: str = ""
+    ) -> list[LogEntry]:
+        command = RotateFleet(
+            fleet=fleet, requested_by="operator", overlap_s=overlap_s, reason=reason
+        )
+        return self.drill.decide(command)
+
+    def schedule(self, every_days: int, overlap_s: int, fleet: str = "fleet-1") -> list[LogEntry]:
+        command = ScheduleRotation(
+            fleet=fleet, every_days=every_days, overlap_s=overlap_s, requested_by="operator"
+        )
         return self.drill.decide(command)
 
     async def settle(self) -> None:

@@ -66,8 +66,10 @@ class ForgetfulCosigning(Cosigning):
         return answer
 
 
-async def run(root: Path, world: SimFleet, drill_class: type[Drill], cosigning_class: type):
-    clock = ManualClock(time.time_ns() // 1_000_000)
+async def run(
+    root: Path, world: SimFleet, drill_class: type[Drill], cosigning_class: type, now_ms: int
+):
+    clock = ManualClock(now_ms)
     bed = Testbed.create(root, clock)
     recorder = Recorder(SIGNER, "orch-a")
     recorder.take_lease(1, clock())
@@ -100,10 +102,13 @@ async def run(root: Path, world: SimFleet, drill_class: type[Drill], cosigning_c
 
 
 async def test_restarted_at_every_point_the_chain_is_the_same_bytes(tmp_path):
+    # Both runs share the nodes (their HSMs) and their start time: the rollout gets the same id
+    # in both, so the second run's members find the first run's keys under the same labels.
     world = SimFleet(tmp_path / "nodes", list(MEMBERS), hsm=seeded)
-    calm, calm_logs, _, _ = await run(tmp_path / "calm", world, Drill, Cosigning)
+    now_ms = time.time_ns() // 1_000_000
+    calm, calm_logs, _, _ = await run(tmp_path / "calm", world, Drill, Cosigning, now_ms)
     crashed, crashed_logs, drill, cosigning = await run(
-        tmp_path / "crashed", world, CrashingDrill, ForgetfulCosigning
+        tmp_path / "crashed", world, CrashingDrill, ForgetfulCosigning, now_ms
     )
     assert calm.book.of_fleet("fleet-crash").status == "active"
     assert crashed.book.of_fleet("fleet-crash").status == "active"

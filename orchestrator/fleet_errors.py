@@ -1,0 +1,37 @@
+"""Refusals of the fleet flows (key rotation, its schedule, member replacement, retirement);
+each has its own ``kind``, and a refused command changes nothing."""
+
+from __future__ import annotations
+
+from orchestrator.errors import CommandRefused, RolloutConflict
+
+
+class UnknownFleet(CommandRefused):
+    """No rollout of this fleet is on record."""
+
+    kind = "unknown_fleet"
+
+
+class FleetNotActive(RolloutConflict):
+    """The flow needs an active fleet (its first rollout activated) and this one is not."""
+
+    kind = "fleet_not_active"
+
+
+class FleetBusy(RolloutConflict):
+    """A rotation, replacement or retirement of the fleet is still under way."""
+
+    kind = "fleet_busy"
+
+
+class FleetRetiring(RolloutConflict):
+    """The fleet is retiring or retired: its keys are not rotated nor its members replaced."""
+
+    kind = "fleet_retiring"
+
+
+class BadRotationSetting(CommandRefused):
+    """A rotation period or overlap window out of range (the overlap must end before the next
+    scheduled rotation)."""
+
+    kind = "bad_rotation_setting"

@@ -1,0 +1,97 @@
+"""A fleet-key rotation end to end on a real nats-server: five node daemons, two cosigners, the
+orchestrator. The members keep serving the replication group they formed (same replica, same
+store, the first epoch's records readable), a test write commits at the new epoch, the new
+artifact lists both epochs' keys, and once the overlap window is over the old keys are gone
+from every HSM with a ``destroy`` bundle logged by both cosigners."""
+
+from __future__ import annotations
+
+import pytest
+
+from messages.bundle import ACTIVATE, CEREMONY, DESTROY, ENROLL, PUBLISH, QUORUM, check_chain
+from messages.ceremony import key_label, probe_key, probe_value
+from messages.events import RotateFleet, StartRollout
+from messages.plan import parse_plan
+from node.hsm.base import KeyNotFound
+from ops.natsserver import NatsServer
+from tests.replay.fleet import running, wait_for
+from tests.replay.rolloutbed import open_bed, prepare
+
+FIRST = [ENROLL, CEREMONY, QUORUM, PUBLISH, ACTIVATE]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rotation-template") / "fleet"
+    prepare(root)
+    return root
+
+
+@pytest.fixture
+async def bed(tmp_path, template):
+    async with NatsServer(tmp_path / "nats", name="rotation") as server:
+        bed = await open_bed(template, tmp_path / "run", server.url)
+        yield bed
+        await bed.close()
+
+
+def holders(bed, rollout_id: str) -> set[str]:
+    out = set()
+    for daemon in bed.daemons:
+        try:
+            daemon.hsm.public_key(key_label("fleet-1", rollout_id, "vault"))
+        except KeyNotFound:
+            continue
+        out.add(daemon.node_id)
+    return out
+
+
+async def test_rotation_keeps_the_group_and_destroys_old_keys_after_the_window(bed):
+    async with running(bed.config) as orch:
+        await wait_for(lambda: orch.active, what="the orchestrator to take the lease")
+        await wait_for(lambda: len(orch.state.nodes) == 5, what="five announcements")
+        await orch.submit(StartRollout(plan=parse_plan(bed.plan()), requested_by="test"))
+        await wait_for(
+            lambda: orch.state.book.of_fleet("fleet-1").status == "active",
+            timeout=60,
+            what="the rollout to activate",
+        )
+        first = orch.state.book.of_fleet("fleet-1")
+        replicas = {d.node_id: d.fleets.replicas["fleet-1"][1] for d in bed.daemons}
+
+        await orch.submit(
+            RotateFleet(fleet="fleet-1", requested_by="test", overlap_s=2, reason="test")
+        )
+        await wait_for(
+            lambda: orch.state.book.fleets["fleet-1"].active_epoch == 2,
+            timeout=60,
+            what="the rotation to activate",
+        )
+        rotation = orch.state.book.of_fleet("fleet-1")
+        everyone = {d.node_id for d in bed.daemons}
+        assert holders(bed, first.rollout_id) == everyone == holders(bed, rotation.rollout_id)
+        for daemon in bed.daemons:
+            joined, replica = daemon.fleets.replicas["fleet-1"]
+            assert replica is replicas[daemon.node_id]  # the same replica kept serving
+            assert joined.rollout == first.rollout_id and joined.epoch == 2
+            assert replica.state_dir.name == first.rollout_id
+        # The records of the first epoch carried over; the rotation's probe committed too.
+        proposer = replicas["node-3"].proposer
+        assert (await proposer.read(probe_key(1))).value == probe_value("fleet-1", 1)
+        assert (await proposer.read(probe_key(2))).value == probe_value("fleet-1", 2)
+
+        await wait_for(
+            lambda: orch.state.book.of_fleet("fleet-1").legacy_closed,
+            timeout=60,
+            what="the old keys to be destroyed",
+        )
+        state = orch.state
+    chain = state.book.fleets["fleet-1"]
+    assert [b.stage for b in chain.bundles] == [*FIRST, *FIRST, DESTROY]
+    assert check_chain(chain.bundles).serial == 11 and chain.logged == 11
+    assert holders(bed, first.rollout_id) == set()
+    assert holders(bed, rotation.rollout_id) == everyone
+    for server in bed.cosigners:
+        assert server.cosigner.notary.size == 11 + 2  # eleven bundles, two artifacts
+    for daemon in bed.daemons:
+        assert daemon.fleets.replicas["fleet-1"][1] is replicas[daemon.node_id]
