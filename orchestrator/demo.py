@@ -170,12 +170,6 @@ def _secure(root: Path) -> Bundle:
     return write_bundle(layout, root / "nats-auth", tls=True)
 
 
-def _credentials(bundle: Bundle, role: str, party_id: str) -> list[str]:
-    """The arguments that give a process its own seed and the CA, nothing else of the bundle."""
-    seed = bundle.seed_file(bundle.layout.party(role, party_id))
-    return ["--nats-seed", str(seed), "--nats-ca", str(bundle.ca_file)]
-
-
 def _lay_out(root: Path, bundle: Bundle, nats_url: str, measurement: str) -> dict[str, Any]:
     """Keys, configurations and pins for every party; returns what the next steps need."""
     for name in ("logs", "nodes", "cosigners", "orch"):
@@ -286,7 +280,7 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
             state = root / "cosigners" / cid
             started_as = await processes.start(
                 cid, "cosigner", "run", "--state", str(state), "--nats", nats.url,
-                *_credentials(auth, "cosigner", cid), "--http", "127.0.0.1:0",
+                *auth.arguments("cosigner", cid), "--http", "127.0.0.1:0",
             )  # fmt: skip
             cosigner_pins[cid] = pin_of(load_config(state), load_key(state), started_as["url"])
             _say(f"cosigner {cid} logs at {started_as['url']}")
@@ -297,7 +291,7 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
         for node_id, domain in NODES:
             await processes.start(
                 node_id, "node", "run", "--hsm", "soft", "--state", str(root / "nodes" / node_id),
-                "--domain", domain, "--nats", nats.url, *_credentials(auth, "node", node_id),
+                "--domain", domain, "--nats", nats.url, *auth.arguments("node", node_id),
                 "--node-id", node_id,
                 "--orchestrator-key", str(root / "orchestrator-pin.json"),
                 "--vendor", str(root / "vendor"),

@@ -3,9 +3,11 @@
 No test talks to a fake broker: ``nats_server`` is one real JetStream server for the whole
 session with no authentication (low-level tests watch raw subjects on it);
 ``secure_nats_server`` is one with the accounts, nkey users and permissions of
-:mod:`ops.natsauth` on, for the parties of ``SECURE_LAYOUT``; ``nats_cluster`` is a real 3-server
-cluster, secured the same way, for the tests that ask for it. Both secured fixtures keep the
-bundle (``.bundle``) and connect as a party with ``await server.connect(role, id)``.
+:mod:`ops.natsauth` on, for the parties of ``SECURE_LAYOUT`` (its event stream holds entries the
+permission tests wrote: a test that runs an orchestrator starts its own ``SecuredServer``);
+``nats_cluster`` is a real 3-server cluster, secured the same way, for the tests that ask for it.
+Both secured fixtures keep the bundle (``.bundle``) and connect as a party with
+``await server.connect(role, id)``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from nats.js import JetStreamContext
 
 from ops.natsauth.bundle import Bundle, write_bundle
 from ops.natsauth.connect import SecuredCluster, SecuredServer
-from ops.natsauth.layout import parse_layout
+from ops.natsauth.layout import Layout, parse_layout
 from ops.natsserver import NatsServer
 
 SECURE_LAYOUT = parse_layout(
@@ -77,13 +79,32 @@ async def secure_nats_server(
     await server.stop()
 
 
+@pytest.fixture(scope="module")
+def nats_cluster_layout() -> Layout:
+    """The parties ``nats_cluster`` is secured for: ``SECURE_LAYOUT`` unless a test module
+    defines a fixture of this name with its own (its fleet, node, cosigner ids)."""
+    return SECURE_LAYOUT
+
+
+@pytest.fixture(scope="module")
+def nats_cluster_bundle(
+    nats_cluster_layout: Layout, nats_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory
+) -> Bundle:
+    """``nats_bundle`` for ``SECURE_LAYOUT``, else one written for the module's layout."""
+    if nats_cluster_layout == nats_bundle.layout:
+        return nats_bundle
+    return write_bundle(nats_cluster_layout, tmp_path_factory.mktemp("natsauth") / "bundle")
+
+
 @pytest.fixture
 async def nats_cluster(
-    nats_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory
+    nats_cluster_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[SecuredCluster]:
-    """A fresh 3-server JetStream cluster on loopback with ``nats_bundle``'s permissions on,
-    for tests that stop servers; ``await nats_cluster.connect(role, id)`` joins every server."""
-    cluster = SecuredCluster(nats_bundle, tmp_path_factory.mktemp("cluster"))
+    """A fresh 3-server JetStream cluster on loopback with permissions on, for tests that stop
+    servers. ``nats_cluster.bundle`` holds the credentials of ``nats_cluster_layout``;
+    ``await nats_cluster.connect(role, id, **options)`` joins every server as that party, and
+    ``nats_cluster.bundle.arguments(role, id)`` gives a process its ``--nats-seed``."""
+    cluster = SecuredCluster(nats_cluster_bundle, tmp_path_factory.mktemp("cluster"))
     await cluster.start()
     yield cluster
     await cluster.stop()

@@ -72,6 +72,12 @@ class Bundle:
     def ca_file(self) -> Path:
         return self.root / "tls" / "ca.pem"
 
+    def arguments(self, role: str, party_id: str) -> list[str]:
+        """The command-line arguments that give a process (``hsmfleet node run``, ``cosigner
+        run``) only ``role``/``party_id``'s seed and, with client TLS, the CA."""
+        seed = self.seed_file(self.layout.party(role, party_id))
+        return ["--nats-seed", str(seed), *(["--nats-ca", str(self.ca_file)] if self.tls else [])]
+
     def connect_options(self, role: str, party_id: str) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` as ``role``/``party_id`` (see
         :func:`~ops.natsauth.credentials.party_options`), from this bundle's files."""

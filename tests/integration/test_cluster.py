@@ -7,9 +7,17 @@ import nats
 import pytest
 
 from messages import subjects
+from ops.natsauth.layout import parse_layout
 from orchestrator.store import EventStore
 
 pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def nats_cluster_layout():
+    """This module's cluster is secured for one orchestrator of its own."""
+    return parse_layout({"orchestrators": ["writer"]})
+
 
 # What a JetStream call may raise while the cluster elects new leaders after losing a server.
 FAILOVER_ERRORS = (
@@ -44,7 +52,7 @@ async def read_all(js, count):
 
 async def test_replicated_stream_survives_a_stopped_server(nats_cluster):
     nc = await nats_cluster.connect(
-        "orchestrator", "o1", max_reconnect_attempts=-1, reconnect_time_wait=0.2
+        "orchestrator", "writer", max_reconnect_attempts=-1, reconnect_time_wait=0.2
     )
     before, after = subjects.event("rollout", "before"), subjects.event("rollout", "after")
     try:

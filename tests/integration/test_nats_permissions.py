@@ -643,7 +643,7 @@ async def test_node_daemon_and_orchestrator_enroll_each_with_its_own_seed(nats_b
         orch = Orchestrator(nc, settings, signer)
         running = asyncio.create_task(orch.run())
         daemon = await asyncio.create_subprocess_exec(
-            *HSMFLEET, *node, "--nats-seed", str(keys / "node-n1.nk"),
+            *HSMFLEET, *node, *nats_bundle.arguments("node", "n1"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         try:

@@ -34,6 +34,12 @@ def test_a_party_connects_with_its_seed_its_inbox_and_the_ca(bundle):
     assert "tls" not in party_options("node", "n1", seed)
     assert party_options("node", "n1", None) == {"name": "node-n1"}
     assert bundle.connect_options("node", "n1").keys() == options.keys()
+    assert bundle.arguments("node", "n1") == [
+        "--nats-seed",
+        str(seed),
+        "--nats-ca",
+        str(bundle.ca_file),
+    ]
 
 
 def _refused(match, *args):
