@@ -6,7 +6,11 @@
 - ``pin --state DIR [--url URL]``: print the pin verifiers and other witnesses need;
 - ``run --state DIR [--nats URL [--nats-seed FILE [--nats-ca FILE]]] [--http HOST:PORT]``: serve
   until SIGINT or SIGTERM, on NATS as the party ``cosigner-<id>`` with its own nkey seed; prints
-  one JSON line ``{"id", "name", "url"}`` once it answers.
+  one JSON line ``{"id", "name", "url"}`` once it answers; ``--refresh-every SECONDS`` re-signs
+  the latest checkpoint with a timestamp on that period (default 60);
+- ``rotate-key --state DIR``: with the cosigner stopped, move its log to a new key: the rotation
+  statement, signed by the old and the new key, is appended to its own log and printed (JSON) to
+  be submitted to the other cosigners; checkpoints from then on are signed by the new key.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from cosigner.config import (
     read_requesters,
     save_config,
 )
+from cosigner.engine import REFRESH_S, Cosigner
 from cosigner.http import COSIGNER, NATS_SERVICE, Server, make_app
 from cosigner.service import NatsService
 from messages.canonical import canonical
@@ -72,7 +77,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--nats", help="NATS server URL (omit to serve HTTP only)")
     credentials.add_arguments(run)
     run.add_argument("--http", default="127.0.0.1:0", help="HTTP listen address HOST:PORT")
+    run.add_argument(
+        "--refresh-every", type=float, default=REFRESH_S, help="checkpoint re-signing period (s)"
+    )
     run.set_defaults(run=run_command)
+
+    rotate = sub.add_parser("rotate-key", help="move the cosigner's log to a new key")
+    rotate.add_argument("--state", type=Path, required=True, help="state directory")
+    rotate.set_defaults(run=rotate_key_command)
 
 
 def _print_json(value: object) -> None:
@@ -148,6 +160,7 @@ async def run_command(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     cosigner = server.cosigner
+    cosigner.start_refresh(args.refresh_every)
     _print_json({"id": cosigner.id, "name": cosigner.name, "url": url})
     try:
         while not stop.is_set():
@@ -155,4 +168,14 @@ async def run_command(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:
         await server.stop()
+    return 0
+
+
+async def rotate_key_command(args: argparse.Namespace) -> int:
+    cosigner = await asyncio.to_thread(Cosigner.open, args.state)
+    try:
+        rotation = await cosigner.rotate_key()
+    finally:
+        await cosigner.close()
+    _print_json(rotation.to_json())
     return 0

@@ -224,12 +224,17 @@ class Cosigner:
 
     def start_refresh(self, period_s: float | None = None) -> None:
         """Re-sign the latest checkpoint now and every ``period_s`` seconds (default
-        :attr:`refresh_s`) in a background task, until :meth:`close`. Idempotent."""
-        if self._refresher is None and not self._closed:
-            period = self.refresh_s if period_s is None else period_s
-            self._refresher = asyncio.create_task(
-                self._refresh_every(period), name=f"cosigner-refresh-{self.id}"
-            )
+        :attr:`refresh_s`) in a background task, until :meth:`close`. Starting it again with
+        the same period does nothing; with another, the new period replaces the old."""
+        period = self.refresh_s if period_s is None else period_s
+        if self._closed or (self._refresher is not None and period == self.refresh_s):
+            return
+        if self._refresher is not None:
+            self._refresher.cancel()  # another period: the new task replaces it
+        self.refresh_s = period
+        self._refresher = asyncio.create_task(
+            self._refresh_every(period), name=f"cosigner-refresh-{self.id}"
+        )
 
     async def _refresh_every(self, period_s: float) -> None:
         while True:

@@ -1,11 +1,15 @@
 """Auditing a cosigner's whole log from its entries (pure; ``hsmfleet audit`` fetches them).
 
 :func:`audit_entries` checks that the entries hash to the signed checkpoint's root (so every
-entry is included, at its index, in the tree the log signed), that each entry is a stage bundle
-or fleet-key artifact, that no digest appears twice, that each fleet's stage bundles form one
-chain (serial + 1, ``prev`` = digest of the previous) and its artifacts' epochs go up by one, and
-that every ``publish`` bundle names an artifact of its fleet that the log holds. It then
-describes, per fleet, how keys and quorum members changed from epoch to epoch.
+entry is included, at its index, in the tree the log signed), that each entry is a document a
+cosigner logs, that no digest appears twice, that each fleet's stage bundles form one chain
+(serial + 1, ``prev`` = digest of the previous) and its artifacts' epochs go up by one, that
+nothing of a fleet follows its retirement (which names its last epoch), and that every
+``publish`` bundle names an artifact of its fleet that the log holds. It then describes, per
+fleet, how keys and quorum members changed from epoch to epoch, and lists the key rotations.
+
+:func:`own_keys` walks the log's own key rotations from the key a verifier pinned, so the audit
+knows which key signs which statements and checkpoints.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from messages.checkpoint import Checkpoint
 from messages.documents import DocumentError
 from messages.errors import HsmfleetError
 from messages.merkle import Tree
+from messages.retirement import FleetRetirement
+from messages.rotation import KeyRotation, RotationRefused, SignerKey, check_rotation
 from messages.signing import key_id
-from messages.statement import parse_logged_bytes
+from messages.statement import LoggedDocument, parse_logged_bytes
+from messages.verify import KeyInForce
 
 
 class AuditError(HsmfleetError):
@@ -36,7 +43,7 @@ class RootMismatch(AuditError):
 
 
 class BadLogEntry(AuditError):
-    """An entry is not a stage bundle or fleet-key artifact."""
+    """An entry is not a document a cosigner logs."""
 
     kind = "bad_log_entry"
 
@@ -66,6 +73,7 @@ class FleetRecord:
     fleet: str
     bundles: list[tuple[int, StageBundle]] = field(default_factory=list)
     artifacts: list[tuple[int, FleetKeyArtifact]] = field(default_factory=list)
+    retirement: tuple[int, FleetRetirement] | None = None
 
     def changes(self) -> list[str]:
         """How keys and members changed from each artifact to the next."""
@@ -122,6 +130,7 @@ class LogAudit:
     origin: str
     size: int
     fleets: dict[str, FleetRecord]
+    rotations: list[tuple[int, KeyRotation]] = field(default_factory=list)
 
 
 def audit_entries(checkpoint: Checkpoint, entries: Sequence[bytes]) -> LogAudit:
@@ -133,6 +142,7 @@ def audit_entries(checkpoint: Checkpoint, entries: Sequence[bytes]) -> LogAudit:
     fleets: dict[str, FleetRecord] = {}
     heads: dict[str, ChainHead] = {}
     digests: dict[str, int] = {}
+    rotations: list[tuple[int, KeyRotation]] = []
     for index, entry in enumerate(entries):
         try:
             document = parse_logged_bytes(entry)
@@ -145,15 +155,12 @@ def audit_entries(checkpoint: Checkpoint, entries: Sequence[bytes]) -> LogAudit:
                 "document logged twice", index=index, first=digests[document.digest]
             )
         digests[document.digest] = index
+        if isinstance(document, KeyRotation):
+            rotations.append((index, document))
+            continue
         record = fleets.setdefault(document.fleet, FleetRecord(document.fleet))
         try:
-            if isinstance(document, StageBundle):
-                heads[document.fleet] = check_successor(heads.get(document.fleet), document)
-                record.bundles.append((index, document))
-            else:
-                last = record.artifacts[-1][1].epoch if record.artifacts else None
-                check_next_epoch(last, document)
-                record.artifacts.append((index, document))
+            _add(record, heads, index, document)
         except (ChainError, EpochError) as exc:
             raise BrokenChain(f"entry {index}: {exc}", index=index, rule=exc.kind) from exc
     for record in fleets.values():
@@ -166,4 +173,47 @@ def audit_entries(checkpoint: Checkpoint, entries: Sequence[bytes]) -> LogAudit:
                     fleet=record.fleet,
                     artifact=bundle.evidence.artifact,
                 )
-    return LogAudit(checkpoint.origin, checkpoint.size, fleets)
+    return LogAudit(checkpoint.origin, checkpoint.size, fleets, rotations)
+
+
+def _add(record: FleetRecord, heads: dict[str, ChainHead], index: int, document: object) -> None:
+    """Add a fleet's document to its record, by the rules the cosigner applied."""
+    if record.retirement is not None:
+        raise BrokenChain("a document of a retired fleet", index=index, rule="fleet_retired")
+    if isinstance(document, StageBundle):
+        heads[document.fleet] = check_successor(heads.get(document.fleet), document)
+        record.bundles.append((index, document))
+    elif isinstance(document, FleetKeyArtifact):
+        last = record.artifacts[-1][1].epoch if record.artifacts else None
+        check_next_epoch(last, document)
+        record.artifacts.append((index, document))
+    else:
+        assert isinstance(document, FleetRetirement)
+        last = record.artifacts[-1][1].epoch if record.artifacts else None
+        if last != document.last_epoch:
+            raise BrokenChain(
+                "a retirement names another last epoch", index=index, rule="retirement_epoch"
+            )
+        record.retirement = (index, document)
+
+
+def own_keys(
+    origin: str, pinned: KeyInForce, documents: Sequence[LoggedDocument]
+) -> tuple[KeyInForce, ...]:
+    """The keys of log ``origin`` from its ``pinned`` one, walked through the rotations of its
+    own key among its entries ``documents`` (each from the key in force, the next version, both
+    signatures): :class:`BrokenChain` on one that does not follow."""
+    keys = [pinned]
+    for index, document in enumerate(documents):
+        if not isinstance(document, KeyRotation) or document.signer != origin:
+            continue
+        current = keys[-1]
+        if document.version <= current.version:
+            continue  # a rotation before the pinned key
+        try:
+            check_rotation(SignerKey(current.alg, current.public_key), current.version, document)
+        except RotationRefused as exc:
+            raise BrokenChain(f"entry {index}: {exc}", index=index, rule=exc.kind) from exc
+        new = document.new
+        keys.append(KeyInForce(new.alg, new.public_key, document.version, index, document.at))
+    return tuple(keys)

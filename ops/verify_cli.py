@@ -1,15 +1,22 @@
 """``hsmfleet verify``, ``hsmfleet audit`` and ``hsmfleet pins``: the client's and auditor's tools.
 
-- ``verify BUNDLE --pins PINS [--state FILE] [--now TIME] [--json]``: DESIGN 5.4 on a validation
-  bundle file. Consistency proofs the bundle does not carry are fetched from the ``url`` of each
-  pinned cosigner. Exit 0 when accepted (the state file is then updated), 1 with the refusal's
-  kind otherwise (the state file untouched).
+- ``verify BUNDLE --pins PINS [--state FILE] [--now TIME] [--rotations FILE] [--retirement FILE
+  ...] [--json]``: DESIGN 5.4 on a validation bundle file. The signer-key rotation chain is
+  walked first (``--rotations``: a notice or a list of them; by default the chain the bundle
+  carries), and each fleet retirement notice is ingested; what was walked is printed.
+  Consistency proofs the bundle does not carry are fetched from the ``url`` of each pinned
+  cosigner. Exit 0 when accepted (the state file is then updated), 1 with the refusal's kind
+  otherwise (the state file then keeps only notices that were accepted on their own).
 - ``audit --pins PINS [--url URL ...] [--state FILE] [--json]``: re-check each cosigner's whole log
   over HTTP: the checkpoint's signature (and witness cosignatures), consistency with the
   checkpoint stored by the last audit, every entry hashing into the signed root, every entry's
   signed statement and inclusion proof, each fleet's chain; then how keys and members changed
-  between epochs. With ``--orchestrator URL`` the orchestrator's evidence (each fleet's chain of
-  stage bundles, from its API) is cross-checked against every log too. Exit 0 when every log
+  between epochs. A log's own key rotations are walked from its pinned key (entries before a
+  rotation are checked with the old key, the checkpoint with the key in force), and every key
+  rotation logged is listed; ``--rotations FILE`` walks the operator's and other logs' keys
+  first (the state's walked keys are used too). With ``--orchestrator URL`` the orchestrator's
+  evidence (each fleet's chain of stage bundles, from its API) is cross-checked against every
+  log too. Exit 0 when every log
   passes, 1 otherwise.
 - ``pins --cosigner PIN... --operator-key FILE --threshold K [floor options] --out FILE``: write a
   pins file from cosigner pins (``hsmfleet cosigner pin``) and the operator's public key (hex, as
@@ -24,25 +31,30 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from messages.audit import AuditError, LogAudit, audit_entries
+from messages.audit import AuditError, BadLogEntry, LogAudit, audit_entries, own_keys
 from messages.canonical import b64, canonical
-from messages.checkpoint import CheckpointError, open_checkpoint
+from messages.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from messages.cosignature import cosignatures
 from messages.documents import DocumentError, load_json
 from messages.errors import HsmfleetError, MessageError
 from messages.ids import parse_time
 from messages.log_reader import LogReader, LogUnreachable
-from messages.note import NoteError
+from messages.note import Ed25519NoteVerifier, Note, NoteError
+from messages.rotation import KeyRotation
 from messages.signing import ED25519
 from messages.statement import parse_logged_bytes
+from messages.validation import LoggedNotice
 from messages.verify import (
     BadCheckpoint,
     CosignerPin,
+    KeyInForce,
+    Keyring,
     OperatorPin,
     Pins,
     PinsError,
@@ -53,8 +65,12 @@ from messages.verify import (
     VerifierState,
     check_extends,
     check_logged,
+    ingest_retirement,
+    ingest_rotations,
     needed_proofs,
     parse_bundle,
+    parse_notice,
+    pinned_keys,
     verify_bundle,
 )
 from orchestrator.audit import cross_check, fetch_evidence
@@ -72,6 +88,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     verify.add_argument("--state", type=Path, help="verifier state file, updated on acceptance")
     verify.add_argument("--now", help="verify at this RFC 3339 time instead of the clock's")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.add_argument("--rotations", type=Path, help="signer-key rotation notices (JSON)")
+    verify.add_argument(
+        "--retirement", type=Path, action="append", default=[], help="fleet retirement notice"
+    )
     verify.set_defaults(run=verify_command)
 
     audit = verbs.add_parser("audit", help="re-check cosigners' logs over HTTP")
@@ -83,6 +103,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
     audit.add_argument("--orchestrator", help="orchestrator API whose evidence to cross-check")
     audit.add_argument("--token", default=os.environ.get("HSMFLEET_TOKEN", ""), help="its token")
+    audit.add_argument("--rotations", type=Path, help="signer-key rotation notices (JSON)")
     audit.set_defaults(run=audit_command)
 
     pins = verbs.add_parser("pins", help="write a pins file for verifiers")
@@ -137,21 +158,70 @@ async def _fetch_proofs(needed: list[tuple]) -> dict[tuple[str, int, int], list[
     return proofs
 
 
+def _notices(path: Path | None) -> list[LoggedNotice]:
+    """The notices in a file: one notice or a JSON list of them."""
+    if path is None:
+        return []
+    try:
+        raw = load_json(path.read_bytes())
+    except (OSError, DocumentError) as exc:
+        raise HsmfleetError(f"cannot read the notices: {exc}", path=str(path)) from exc
+    return [parse_notice(item) for item in (raw if isinstance(raw, list) else [raw])]
+
+
+def _walked(steps: tuple[KeyRotation, ...]) -> tuple[list[dict[str, Any]], list[str]]:
+    rows = [
+        {"signer": r.signer, "version": r.version, "old": r.old.kid, "new": r.new.kid, "at": r.at}
+        for r in steps
+    ]
+    lines = [
+        f"  walked {r['signer']} key v{r['version'] - 1} {r['old']} -> v{r['version']} {r['new']}"
+        f" ({r['at']})"
+        for r in rows
+    ]
+    return rows, lines
+
+
+def _ingest(
+    args: argparse.Namespace, pins: Pins, state: VerifierState, now: int
+) -> tuple[VerifierState, list[dict[str, Any]], list[str]]:
+    """Ingest the retirement notices given (each after the rotation chain)."""
+    chain = _notices(args.rotations)
+    rows, lines = [], []
+    for path in args.retirement:
+        for notice in _notices(path):
+            state = ingest_retirement(notice, pins, state, now, chain)
+            retired = notice.logged
+            rows.append({"fleet": retired.fleet, "last_epoch": retired.last_epoch})
+            lines.append(f"  fleet {retired.fleet} retired after epoch {retired.last_epoch}")
+    return state, rows, lines
+
+
 async def verify_command(args: argparse.Namespace) -> int:
     pins = Pins.load(args.pins)
     state = VerifierState.load(args.state) if args.state else VerifierState()
     now = _now_ms(args)
     try:
         bundle = parse_bundle(args.bundle.read_bytes())
+        state, retired, retired_lines = _ingest(args, pins, state, now)
     except OSError as exc:
         raise HsmfleetError(f"cannot read the bundle: {exc}") from exc
     except VerificationError as exc:
         return _refusal(args, exc)
+    if args.state and retired:
+        state.save(args.state)
+    rotations = _notices(args.rotations) if args.rotations else None
     proofs = await _fetch_proofs(needed_proofs(bundle, pins, state))
     try:
-        accepted = verify_bundle(bundle, pins, state, now, proofs)
+        accepted = verify_bundle(bundle, pins, state, now, proofs, rotations)
     except VerificationError as exc:
-        return _refusal(args, exc, fleet=bundle.artifact.fleet, epoch=bundle.artifact.epoch)
+        return _refusal(
+            args,
+            exc,
+            fleet=bundle.artifact.fleet,
+            epoch=bundle.artifact.epoch,
+            retired=retired,
+        )
     if args.state:
         accepted.state.save(args.state)
     artifact = accepted.artifact
@@ -164,6 +234,7 @@ async def verify_command(args: argparse.Namespace) -> int:
         }
         for k in artifact.keys_usable_at(now)
     ]
+    walked, walked_lines = _walked(accepted.rotations)
     result = {
         "accepted": True,
         "fleet": artifact.fleet,
@@ -172,9 +243,13 @@ async def verify_command(args: argparse.Namespace) -> int:
         "vouchers": list(accepted.vouchers),
         "not_after": artifact.not_after,
         "keys": keys,
+        "rotations": walked,
+        "retired": retired,
     }
     lines = [
         f"ACCEPTED fleet {artifact.fleet} epoch {artifact.epoch} digest {accepted.digest}",
+        *walked_lines,
+        *retired_lines,
         f"  vouched by {', '.join(accepted.vouchers)}; valid until {artifact.not_after}",
         *(f"  key {k['role']} {k['alg']} {k['public_key']}" for k in keys),
     ]
@@ -191,9 +266,20 @@ async def _audit_log(
     pin = pins.cosigner(origin)
     if pin is None:
         raise BadCheckpoint("the log at this URL is not pinned", log=origin, url=reader.url)
-    witnesses = [c.witness_verifier for c in pins.cosigners]
+    claimed = Checkpoint.from_text(Note.parse(note).text).size
+    entries = await reader.entries(0, claimed)
     try:
-        signed = open_checkpoint(note, origin, pin.log_verifier, witnesses)
+        documents = [parse_logged_bytes(entry) for entry in entries]
+    except DocumentError as exc:
+        raise BadLogEntry(f"an entry is not a logged document: {exc}") from exc
+    keys = own_keys(origin, pinned_keys(pins, VerifierState(), origin)[0], documents)
+    keyring = Keyring({**Keyring.of(pins, state).keys, origin: keys})
+    witnesses = keyring.witnesses()
+    signer = keyring.log_key(origin, claimed - 1) if claimed else keys[0]
+    try:
+        signed = open_checkpoint(
+            note, origin, Ed25519NoteVerifier(origin, signer.public_key), witnesses
+        )
     except (NoteError, CheckpointError) as exc:
         raise BadCheckpoint(f"checkpoint refused: {exc}", log=origin) from exc
     head = TreeHead(signed.checkpoint.size, signed.checkpoint.root)
@@ -203,27 +289,34 @@ async def _audit_log(
         if 0 < stored.size < head.size:
             proof = await reader.consistency(stored.size, head.size)
         check_extends(origin, stored, head, proof)
-    entries = await reader.entries(0, head.size)
     audit = audit_entries(signed.checkpoint, entries)
-    await _check_receipts(reader, pin, entries)
-    return audit, head, [c.name for c in cosignatures(signed, witnesses)]
+    await _check_receipts(reader, pin, documents, keys)
+    return audit, head, sorted(keyring.vouching(cosignatures(signed, witnesses)))
 
 
-async def _check_receipts(reader: LogReader, pin: CosignerPin, entries: list[bytes]) -> None:
-    """Every entry's signed statement names it at its index and proves its inclusion."""
+async def _check_receipts(
+    reader: LogReader, pin: CosignerPin, documents: list, keys: tuple[KeyInForce, ...]
+) -> None:
+    """Every entry's signed statement names it at its index and proves its inclusion, signed
+    by the log's key in force at that index."""
     gate = asyncio.Semaphore(RECEIPT_CONCURRENCY)
 
-    async def check(index: int, entry: bytes) -> None:
-        document = parse_logged_bytes(entry)
+    async def check(index: int, document: Any) -> None:
         async with gate:
             answer = await reader.receipt(document.digest)
         if answer.statement.index != index:
             raise StatementMismatch("statement names another index", index=index)
         check_logged(
-            pin, document, answer.statement, answer.signature, answer.inclusion, answer.checkpoint
+            pin,
+            document,
+            answer.statement,
+            answer.signature,
+            answer.inclusion,
+            answer.checkpoint,
+            keys=keys,
         )
 
-    await asyncio.gather(*(check(i, e) for i, e in enumerate(entries)))
+    await asyncio.gather(*(check(i, d) for i, d in enumerate(documents)))
 
 
 def _report(audit: LogAudit, witnesses: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -244,13 +337,34 @@ def _report(audit: LogAudit, witnesses: list[str]) -> tuple[dict[str, Any], list
         epochs = ", ".join(str(a.epoch) for _, a in record.artifacts) or "-"
         lines.append(f"  fleet {name}: stages {stages}; epochs {epochs}")
         lines += [f"    {change}" for change in record.changes()]
-    result = {"log": audit.origin, "size": audit.size, "witnesses": witnesses, "fleets": fleets}
+    rotations = [
+        {"index": i, "signer": r.signer, "version": r.version, "new": r.new.kid}
+        for i, r in audit.rotations
+    ]
+    lines += [
+        f"  rotation at {r['index']}: {r['signer']} key v{r['version']} {r['new']}"
+        for r in rotations
+    ]
+    for name, record in sorted(audit.fleets.items()):
+        if record.retirement is not None:
+            index, retired = record.retirement
+            fleets[name]["retired"] = {"index": index, "last_epoch": retired.last_epoch}
+            lines.append(f"  fleet {name} retired at {index} after epoch {retired.last_epoch}")
+    result = {
+        "log": audit.origin,
+        "size": audit.size,
+        "witnesses": witnesses,
+        "fleets": fleets,
+        "rotations": rotations,
+    }
     return result, lines
 
 
 async def audit_command(args: argparse.Namespace) -> int:
     pins = Pins.load(args.pins)
     state = VerifierState.load(args.state) if args.state else VerifierState()
+    if args.rotations:
+        state, _ = ingest_rotations(_notices(args.rotations), pins, state, time.time_ns() // 10**6)
     urls = args.url or [c.url for c in pins.cosigners if c.url]
     if not urls:
         raise PinsError("no log to audit: give --url or pin cosigners with a url")
@@ -271,8 +385,7 @@ async def audit_command(args: argparse.Namespace) -> int:
             lines += text + crossed
             heads[audit.origin] = head
     if args.state:
-        checkpoints = dict(state.checkpoints) | heads
-        VerifierState(state.epoch, state.digest, checkpoints).save(args.state)
+        replace(state, checkpoints=dict(state.checkpoints) | heads).save(args.state)
     _emit(args, {"accepted": True, "logs": reports}, ["AUDIT PASSED", *lines])
     return 0
 
