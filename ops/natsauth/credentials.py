@@ -111,6 +111,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+async def _abandon(nc: NATS, connecting: asyncio.Future[None]) -> None:
+    """Stop a first connection that nats-py would otherwise keep retrying."""
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
+        await connecting
+    await nc.close()
+
+
 def _refusal(exc: BaseException) -> bool:
     return "authorization violation" in str(exc).lower()
 
@@ -133,17 +141,18 @@ async def connect(servers: str | list[str], party: Mapping[str, Any], **options:
 
     nc = NATS()
     connecting = asyncio.ensure_future(nc.connect(servers, error_cb=on_error, **party, **options))
-    await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        await _abandon(nc, connecting)
+        raise
     if connecting.done():
         error = connecting.exception()
         if error is None:
             return nc
         if not _refusal(error):
             raise error
-    await nc.close()
-    connecting.cancel()
-    with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
-        await connecting
+    await _abandon(nc, connecting)
     raise CredentialsError(
         "the NATS servers refused this party's credentials", name=party.get("name")
     )
