@@ -42,15 +42,18 @@ async def hsmfleet(*args: str) -> tuple[int, str, str]:
 
 
 class Running:
-    """A ``hsmfleet cosigner run`` process and the URL it printed."""
+    """A ``hsmfleet cosigner run`` process and the URL it printed; started again, it listens
+    on the same address. ``extra`` are more arguments for ``run``."""
 
     def __init__(self, state: Path, nats_url: str) -> None:
         self.state = state
         self.nats_url = nats_url
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.extra: tuple[str, ...] = ()
 
     async def start(self) -> None:
+        address = ("--http", self.url.removeprefix("http://")) if self.url else ()
         self.proc = await asyncio.create_subprocess_exec(
             *HSMFLEET,
             "cosigner",
@@ -59,6 +62,8 @@ class Running:
             str(self.state),
             "--nats",
             self.nats_url,
+            *address,
+            *self.extra,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
