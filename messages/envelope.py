@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from messages.canonical import b64, canonical, loads_strict, unb64
-from messages.errors import MalformedMessage
+from messages.errors import CanonicalizationError, MalformedMessage
 
 SIGNING_DOMAIN = b"hsmfleet/v1/"
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -76,7 +76,11 @@ class Envelope:
 
     def signing_bytes(self) -> bytes:
         """``b"hsmfleet/v1/" + type + b"\\n" + JCS(all fields but sig)``."""
-        return SIGNING_DOMAIN + self.type.encode() + b"\n" + canonical(self.unsigned_json())
+        try:
+            type_bytes = self.type.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate, decoded from a JSON escape
+            raise CanonicalizationError(f"message type is not UTF-8: {exc}") from None
+        return SIGNING_DOMAIN + type_bytes + b"\n" + canonical(self.unsigned_json())
 
     def to_json(self) -> dict[str, Any]:
         out = self.unsigned_json()

@@ -269,7 +269,15 @@ class Registry:
             step = self._upcasters.get((env.type, v))
             if step is None:
                 raise UnsupportedVersion("no upcaster from this version", type=env.type, v=v)
-            body, v = step(body), v + 1
+            try:
+                body = step(body)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                # An upcaster is written for bodies that fitted their old schema; whatever it
+                # trips over in one that did not is that body's defect, not the receiver's.
+                raise SchemaViolation(
+                    f"body does not fit version {v}: {exc!r}", type=env.type, v=v
+                ) from None
+            v += 1
         return replace(env, v=v, body=body)
 
     def parse(self, env: Envelope) -> Body:
