@@ -34,6 +34,14 @@ class Rejected(Body):
     kind: str
     reason: str
 
+    def __post_init__(self) -> None:
+        # A reason may quote the refused message, lone surrogates included; the answer must
+        # still have canonical bytes, or the refusal could not be sent at all.
+        for name in ("kind", "reason"):
+            text = getattr(self, name)
+            if not text.isascii():
+                object.__setattr__(self, name, text.encode("utf-8", "backslashreplace").decode())
+
 
 _REJECTION = frozenset({Rejected.TYPE})
 INTERNAL = "internal"
