@@ -6,17 +6,24 @@ cosigner policy, and the cosigners' answers in the form the log records them.
 log's statement signature with the operator key and returns :class:`ArtifactPublished`. Both are
 idempotent: a cosigner that already logged a document answers with its receipt for it
 (``digest_seen``), so a document is never signed twice, whoever asks again after a crash.
+
+:meth:`Cosigning.follow` takes logged cosigner key rotations (the chain in
+:func:`orchestrator.keys.load_rotation_chain`): every client, now and later, checks those
+cosigners' answers with their keys in force, whatever key the plan pinned.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from messages.artifact import FleetKeyArtifact
 from messages.bundle import StageBundle
 from messages.cosign_client import CosigningClient, Logged, Peer, Transport
 from messages.events import ArtifactPublished, BundleCosigned, CosignerAnswer
 from messages.plan import CosignerPolicy
+from messages.rotation import OPERATOR, KeyRotation
 from messages.signing import Signer
-from messages.validation import with_cosignatures
+from messages.validation import LoggedNotice, with_cosignatures
 from messages.verify import CosignerPin
 from orchestrator.rollout_effects import ToLog
 
@@ -33,6 +40,7 @@ class Cosigning:
         self.transport = transport
         self.operator = operator
         self._clients: dict[tuple, CosigningClient] = {}
+        self._rotations: list[tuple[KeyRotation, int]] = []
 
     def client(self, policy: CosignerPolicy) -> CosigningClient:
         """The client for ``policy`` (one per policy, so it remembers what witnesses saw)."""
@@ -40,8 +48,35 @@ class Cosigning:
         client = self._clients.get(key)
         if client is None:
             client = CosigningClient(self.transport, peers(policy), self.operator, policy.threshold)
+            for rotation, index in self._rotations:
+                _follow(client, rotation, index)
             self._clients[key] = client
         return client
+
+    def follow(self, chain: Iterable[LoggedNotice]) -> None:
+        """Follow the cosigner key rotations in ``chain`` (in logged order; the operator's own
+        are for :func:`orchestrator.keys.operator_signer`), each from its entry in the
+        cosigner's own log."""
+        for notice in chain:
+            rotation = notice.logged
+            if not isinstance(rotation, KeyRotation) or rotation.signer == OPERATOR:
+                continue
+            if any(r.digest == rotation.digest for r, _ in self._rotations):
+                continue
+            own = next((p for p in notice.proofs if p.log == rotation.signer), None)
+            index = own.statement.index if own is not None else 0
+            self._rotations.append((rotation, index))
+            for client in self._clients.values():
+                _follow(client, rotation, index)
+
+
+def _follow(client: CosigningClient, rotation: KeyRotation, index: int) -> None:
+    """``client`` following ``rotation`` if it uses that cosigner at the rotation's old key."""
+    if any(
+        p.name == rotation.signer and p.pin.public_key == rotation.old.public_key
+        for p in client.peers
+    ):
+        client.follow(rotation, index)
 
     async def log_document(self, job: ToLog) -> BundleCosigned:
         """Have a stage bundle logged and witnessed by ``job``'s cosigners."""

@@ -4,6 +4,12 @@ the operator's countersigning key inside a software HSM.
 A key file holds the 32-byte Ed25519 seed in hex; a public key file holds the 32-byte public
 key in hex. Auditors replaying a log trust only the public key they were given. The
 countersigning key never leaves its HSM: the orchestrator signs through ``hsm.signer(label)``.
+
+The countersigning key rotates (:mod:`orchestrator.signer_rotation`): version 1 has the
+configured label (``operator_key_label``), version ``n`` the label ``<label>.v<n>``. The key in
+force is the one the last logged operator rotation moved to: the chain of logged signer-key
+rotation notices is kept beside the orchestrator's key file (:func:`rotation_chain_path`), and
+it is what validation bundles carry (:func:`messages.validation.with_rotations`).
 """
 
 from __future__ import annotations
@@ -11,8 +17,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from messages.errors import HsmfleetError
+from messages.canonical import canonical
+from messages.documents import DocumentError, load_json
+from messages.errors import HsmfleetError, MessageError
+from messages.rotation import OPERATOR, KeyRotation
 from messages.signing import ED25519, Ed25519Signer, TrustedKey, TrustStore
+from messages.validation import LoggedNotice
 from node.hsm.base import HsmSigner, KeyNotFound
 from node.hsm.sealing import load_operator_key
 from node.hsm.soft import SoftHsm
@@ -82,14 +92,61 @@ def make_operator_key(settings: Settings) -> HsmSigner:
 
 
 def operator_signer(settings: Settings) -> HsmSigner | None:
-    """A signer over the countersigning key in the operator's HSM (None: none configured)."""
+    """A signer over the countersigning key in force in the operator's HSM (None: none
+    configured): the configured one, or the one the last logged rotation moved to."""
     hsm = operator_hsm(settings)
     if hsm is None:
         return None
+    label = operator_label(settings, operator_version(load_rotation_chain(settings)))
     try:
-        return hsm.signer(settings.operator_key_label)
+        return hsm.signer(label)
     except KeyNotFound:
         raise KeyFileError(
             "the operator HSM holds no countersigning key: run hsmfleet orchestrator operator-key",
-            label=settings.operator_key_label,
+            label=label,
         ) from None
+
+
+def operator_label(settings: Settings, version: int) -> str:
+    """The HSM label of countersigning key ``version``."""
+    base = settings.operator_key_label
+    return base if version == 1 else f"{base}.v{version}"
+
+
+def rotation_chain_path(settings: Settings) -> Path:
+    """Where the logged signer-key rotation notices are kept: beside the orchestrator's key."""
+    return settings.key_file.with_name("signer-rotations.json")
+
+
+def load_rotation_chain(settings: Settings) -> list[LoggedNotice]:
+    """The logged signer-key rotation notices (operator and cosigners), in logged order."""
+    path = rotation_chain_path(settings)
+    if not path.exists():
+        return []
+    try:
+        raw = load_json(path.read_bytes())
+        if not isinstance(raw, list):
+            raise KeyFileError("the rotation chain must be a list", path=str(path))
+        chain = [LoggedNotice.from_json(item) for item in raw]
+    except (OSError, DocumentError, MessageError) as exc:
+        raise KeyFileError(f"cannot read the rotation chain: {exc}", path=str(path)) from None
+    if not all(isinstance(n.logged, KeyRotation) for n in chain):
+        raise KeyFileError("the rotation chain holds something else", path=str(path))
+    return chain
+
+
+def save_rotation_chain(settings: Settings, chain: list[LoggedNotice]) -> None:
+    """Write the chain atomically (a temporary file, fsynced, renamed into place)."""
+    path = rotation_chain_path(settings)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(canonical([n.to_json() for n in chain]) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def operator_version(chain: list[LoggedNotice]) -> int:
+    """The version of the countersigning key in force: 1, or the last operator rotation's."""
+    versions = [n.logged.version for n in chain if n.logged.signer == OPERATOR]
+    return max(versions, default=1)
