@@ -2,24 +2,33 @@
 
 :func:`verify_bundle` accepts a :class:`~messages.validation.ValidationBundle` only if:
 
-1. the bundle's digest is the SHA-256 of the artifact's canonical bytes;
-2. for every log proof from a pinned cosigner: the cosigner's statement signature verifies,
-   its statement names this artifact, the checkpoint is a note signed by that cosigner as
-   the log, the inclusion proof leads from the artifact's leaf to the checkpoint's root at the
-   statement's index (size and root taken from the signed checkpoint), and the operator
-   countersignature over the statement signature verifies under the pinned operator key;
-3. at least ``threshold`` distinct pinned cosigners vouch: as the log of a verified proof, or by
-   a witness cosignature on the checkpoint of one;
-4. each such checkpoint extends the one the verifier stored for that log (never smaller, and a
+1. the bundle's digest is the SHA-256 of the artifact's canonical bytes, and its fleet was not
+   retired (a retirement notice ingested by :func:`ingest_retirement`);
+2. the signer-key rotation chain (the bundle's, or one given) walks from the keys the verifier
+   holds to the current ones (:func:`walk_rotations`): each rotation from the key in force, to
+   the next version, signed by both keys, and logged like a bundle;
+3. for every log proof from a pinned cosigner: the cosigner's statement signature verifies under
+   its key in force at that entry, its statement names this artifact, the checkpoint is a note
+   signed by that cosigner's key in force at that size, the inclusion proof leads from the
+   artifact's leaf to the checkpoint's root at the statement's index (size and root taken from
+   the signed checkpoint), and the operator countersignature over the statement signature
+   verifies under an operator key not superseded before the statement was logged; a signature
+   by a superseded key where it no longer counts is :class:`SupersededKey`;
+4. at least ``threshold`` distinct pinned cosigners vouch: as the log of a verified proof, or by
+   a witness cosignature on the checkpoint of one; and, if the pins set a maximum checkpoint
+   age, every such checkpoint carries a pinned timestamp that recent (:class:`StaleView`);
+5. each such checkpoint extends the one the verifier stored for that log (never smaller, and a
    consistency proof between them verifies);
-5. the epoch is not lower than the last accepted one (and an equal epoch is the same artifact);
-6. ``now`` is inside ``[not_before, not_after)``;
-7. the quorum meets the pinned floor.
+6. the epoch is not lower than the last accepted one (and an equal epoch is the same artifact);
+7. ``now`` is inside ``[not_before, not_after)``;
+8. the quorum meets the pinned floor.
 
 Each failure raises its own :class:`VerificationError`. The verifier's memory is a
 :class:`VerifierState` value the caller persists; :func:`verify_bundle` never changes it but
 returns the next one inside :class:`Accepted`, so a bundle that fails any check leaves nothing
 cached (the TUF client bug of caching before the rollback check cannot happen). Time is an input.
+:func:`check_fleet_key` is the check a client makes before using a fleet key (legacy keys only
+inside their overlap window).
 """
 
 from __future__ import annotations
