@@ -11,11 +11,13 @@ its own error and changes nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
 from cosigner.testbed import COSIGNERS, DAY_MS, MEMBERS, Testbed, sample_artifact, sample_chain
+from messages.audit import BrokenChain, audit_entries, own_keys
 from messages.checkpoint import Checkpoint
 from messages.documents import MalformedDocument
 from messages.ids import format_time
@@ -30,10 +32,12 @@ from messages.rotation import (
     StaleRotation,
 )
 from messages.signing import Ed25519Signer
+from messages.statement import parse_logged_bytes
 from messages.validation import LoggedNotice, ValidationBundle, with_rotations
 from messages.verify import (
     BadStatementSignature,
     BelowThreshold,
+    KeyInForce,
     LegacyKeyExpired,
     Pins,
     RotationNotLogged,
@@ -46,8 +50,10 @@ from messages.verify import (
     ingest_retirement,
     ingest_rotations,
     parse_bundle,
+    pinned_keys,
     verify_bundle,
 )
+from ops import cli
 
 A, B = "cosigner-a.example/log", "cosigner-b.example/log"
 OPERATOR_KEYS = [Ed25519Signer.from_seed(bytes([n]) * 32) for n in (101, 102, 103)]
@@ -66,6 +72,7 @@ class World:
     now: int
     refusals: dict[str, str]  # what each cosigner answered to the bad rotations
     proofs: dict  # every consistency proof between sizes of both logs
+    a_log: tuple[str, list[bytes]]  # A's latest checkpoint note and all its entries
 
 
 def _verify(world: World, bundle, state: VerifierState, **kw):
@@ -151,6 +158,8 @@ async def build_world(directory: Path) -> World:
             for new in range(1, c.notary.size + 1)
             for old in range(1, new)
         }
+        a = bed.cosigner("cosigner-a")
+        a_log = (a.notary.checkpoint(), a.notary.entries(0, a.notary.size))
     finally:
         await bed.close()
     return World(
@@ -165,6 +174,7 @@ async def build_world(directory: Path) -> World:
         now,
         refusals,
         proofs,
+        a_log,
     )
 
 
@@ -362,3 +372,54 @@ def test_pins_refuse_a_non_positive_maximum_age(world: World) -> None:
         dataclasses.replace(world.pins, max_checkpoint_age=0)
     raw = world.pins.to_json()
     assert "max_checkpoint_age" not in raw and "version" not in raw["operator"]
+
+
+def test_an_audit_walks_the_logs_own_rotations_and_sees_the_retirement(world: World) -> None:
+    note, entries = world.a_log
+    documents = [parse_logged_bytes(e) for e in entries]
+    keys = own_keys(A, pinned_keys(world.pins, VerifierState(), A)[0], documents)
+    assert [k.version for k in keys] == [1, 2, 3]
+    assert keys[1].from_index == next(
+        i for i, d in enumerate(documents) if isinstance(d, KeyRotation) and d.signer == A
+    )
+    audit = audit_entries(Checkpoint.from_text(Note.parse(note).text), entries)
+    assert [(r.signer, r.version) for _, r in audit.rotations] == [
+        (OPERATOR, 2),
+        (A, 2),
+        (OPERATOR, 3),
+        (A, 3),
+    ]
+    assert audit.fleets["fleet-1"].retirement[1].last_epoch == 2
+    # A log whose own chain does not follow from the pinned key fails the audit.
+    stranger = KeyInForce(
+        "ed25519", Ed25519Signer.from_seed(bytes([5]) * 32).public_key, 1, 0, None
+    )
+    with pytest.raises(BrokenChain):
+        own_keys(A, stranger, documents)
+
+
+def test_hsmfleet_verify_walks_the_chain_and_ingests_retirements(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.pins.dump(tmp_path / "pins.json")
+    (tmp_path / "second.json").write_bytes(world.second.to_bytes())
+    (tmp_path / "retired.json").write_bytes(world.retirement.to_bytes())
+    now = format_time(world.now)
+    base = ["verify", str(tmp_path / "second.json"), "--pins", str(tmp_path / "pins.json")]
+    base += ["--now", now, "--json", "--state", str(tmp_path / "state.json")]
+    assert cli.main(base) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["signer"], r["version"]) for r in result["rotations"]] == [
+        (OPERATOR, 2),
+        (A, 2),
+        (OPERATOR, 3),
+        (A, 3),
+    ]
+    assert cli.main([*base, "--retirement", str(tmp_path / "retired.json")]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["kind"], result["retired"]) == (
+        "fleet_retired",
+        [{"fleet": "fleet-1", "last_epoch": 2}],
+    )
+    state = VerifierState.load(tmp_path / "state.json")
+    assert state.retired == {"fleet-1": 2} and state.epoch == 2
