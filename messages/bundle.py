@@ -29,7 +29,9 @@ RETIRE = "retire"
 ABORT = "abort"
 DESTROY = "destroy"
 """A rotation's old key epoch was destroyed on every member after its overlap window."""
-STAGES = (ENROLL, CEREMONY, QUORUM, PUBLISH, ACTIVATE, RETIRE, ABORT, DESTROY)
+DRAIN = "drain"
+"""A retiring fleet's members take no new registrations (recoveries go on)."""
+STAGES = (ENROLL, CEREMONY, QUORUM, PUBLISH, ACTIVATE, RETIRE, ABORT, DESTROY, DRAIN)
 """Stages this build knows; others are accepted (open world) with no evidence requirement."""
 
 MAX_REFS = 1024
@@ -78,8 +80,10 @@ class Evidence(Body):
 
 # What each known stage must carry: enrollment rests on attestations, the ceremony on receipts,
 # the quorum on a commit proof, publication on the fleet-key artifact, the destruction of an old
-# key epoch on the members' signed answers.
+# key epoch, a fleet's draining and its retirement on the members' signed answers.
 _REQUIRED_EVIDENCE = {
+    DRAIN: ("receipts", lambda e: bool(e.receipts)),
+    RETIRE: ("receipts", lambda e: bool(e.receipts)),
     ENROLL: ("attestations", lambda e: bool(e.attestations)),
     CEREMONY: ("receipts", lambda e: bool(e.receipts)),
     DESTROY: ("receipts", lambda e: bool(e.receipts)),

@@ -215,6 +215,33 @@ class ScheduleRotation(Body):
     requested_by: str
 
 
+@message
+@dataclass(frozen=True)
+class StartRetirement(Body):
+    """Operator command: retire the active ``fleet``. Its members stop taking registrations at
+    once and destroy its keys ``drain_s`` seconds later (users re-register on ``successor``
+    meanwhile); ``force`` retires a fleet without an active successor."""
+
+    TYPE = "rollout.start_retirement"
+    fleet: str
+    successor: str | None
+    force: bool
+    drain_s: int
+    requested_by: str
+    reason: str
+
+
+@message
+@dataclass(frozen=True)
+class RetirementLogged(Body):
+    """The fleet's retirement document was logged by its cosigners: the logged notice
+    (document and log proofs) as JSON."""
+
+    TYPE = "rollout.retirement_logged"
+    fleet: str
+    notice: dict[str, Any]
+
+
 # --- the decision record ---------------------------------------------------------------
 
 
@@ -743,6 +770,56 @@ class RotationScheduled(_FleetEvent):
     by: str
 
 
+# --- fleet retirement --------------------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True)
+class RetirementStarted(_RolloutEvent):
+    """The retirement of ``fleet`` began, at its last key ``epoch``: the members of
+    ``predecessor`` (the active rollout) stop taking registrations, and destroy the fleet's
+    keys once ``drain_until_ms`` has passed. ``successor`` is where users go."""
+
+    TYPE = "rollout.retirement_started"
+    rollout_id: str
+    fleet: str
+    epoch: int
+    predecessor: str
+    members: tuple[PlannedMember, ...]
+    successor: str | None
+    drain_until_ms: int
+    not_before_ms: int
+    not_after_ms: int
+    requested_by: str
+    reason: str
+
+
+@message
+@dataclass(frozen=True)
+class MemberDrained(_RolloutEvent):
+    """``node_id`` takes no new registrations on the fleet; ``receipt`` is its answer's digest."""
+
+    TYPE = "rollout.member_drained"
+    rollout_id: str
+    fleet: str
+    node_id: str
+    receipt: str
+
+
+@message
+@dataclass(frozen=True)
+class FleetRetired(_RolloutEvent):
+    """The fleet's retirement document (``digest``) is logged: ``notice`` is what clients and
+    verifiers ingest to refuse the fleet from now on."""
+
+    TYPE = "rollout.fleet_retired"
+    rollout_id: str
+    fleet: str
+    last_epoch: int
+    digest: str
+    notice: dict[str, Any]
+
+
 EVENT_TYPES: tuple[type[LogEntry], ...] = (
     LeaseTaken,
     PolicySet,
@@ -778,4 +855,7 @@ EVENT_TYPES: tuple[type[LogEntry], ...] = (
     LegacyKeysDestroyed,
     LegacyEpochClosed,
     RotationScheduled,
+    RetirementStarted,
+    MemberDrained,
+    FleetRetired,
 )

@@ -148,6 +148,13 @@ class UnreadableRequest(VaultError):
     kind = "unreadable_request"
 
 
+class RegistrationsClosed(VaultError):
+    """The fleet is retiring: it takes no new registrations (register on its successor);
+    recoveries go on until its keys are destroyed."""
+
+    kind = "registrations_closed"
+
+
 class UnreadableAnswer(VaultError):
     """The answer does not open with the request's answer key, or is malformed."""
 
@@ -164,6 +171,7 @@ ERRORS: dict[str, type[VaultError]] = {
         ReplayedRequest,
         VaultUnavailable,
         UnreadableRequest,
+        RegistrationsClosed,
     )
 }
 

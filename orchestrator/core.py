@@ -52,16 +52,24 @@ from messages.events import (
     NodeRejected,
     OperateRollout,
     PolicySet,
+    RetirementLogged,
     RotateFleet,
     ScheduleRotation,
     SetPolicy,
+    StartRetirement,
     StartRollout,
     TakeLease,
     Tick,
 )
 from messages.ids import make_id
 from messages.schema import REGISTRY, Body
-from orchestrator import node_keys, rollout, rollout_answers, rollout_rotation
+from orchestrator import (
+    node_keys,
+    rollout,
+    rollout_answers,
+    rollout_retirement,
+    rollout_rotation,
+)
 from orchestrator.errors import (
     CommandRefused,
     EnrollmentConflict,
@@ -78,6 +86,9 @@ MAX_ADVANCES = 16
 """Bound on the rounds of :func:`rollout.advance` in one decision (each stage moves at most a
 few steps per round; a rollout that kept moving for longer would be a bug)."""
 _DERIVE = b"hsmfleet/v1/decision\n"
+FLOWS = (rollout, rollout_rotation, rollout_retirement)
+"""The fleet flows, each with ``advance`` (after every decision), ``tick`` and ``overdue``
+(the passing of time), in the order their events are emitted."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,7 @@ def _advance(state: State, events: list[LogEntry], ctx: Context) -> list[LogEntr
         state = evolve(state, event)
     more: list[LogEntry] = []
     for _ in range(MAX_ADVANCES):
-        step = rollout.advance(state, ctx) + rollout_rotation.advance(state, ctx)
+        step = [event for flow in FLOWS for event in flow.advance(state, ctx)]
         if not step:
             return more
         for event in step:
@@ -288,16 +299,14 @@ def _tick(state: State, _: Tick, ctx: Context) -> list[LogEntry]:
         for e in open_enrollments(state)
         if e.expires_ms < ctx.now_ms
     ]
-    return closed + rollout.tick(state, ctx) + rollout_rotation.tick(state, ctx)
+    return closed + [event for flow in FLOWS for event in flow.tick(state, ctx)]
 
 
 def overdue(state: State, now_ms: int) -> bool:
     """Whether a :class:`Tick` at ``now_ms`` would close a challenge, fail a member step, end
     a rotation's overlap window or start a scheduled rotation."""
-    return (
-        any(e.expires_ms < now_ms for e in open_enrollments(state))
-        or rollout.overdue(state, now_ms)
-        or rollout_rotation.overdue(state, now_ms)
+    return any(e.expires_ms < now_ms for e in open_enrollments(state)) or any(
+        flow.overdue(state, now_ms) for flow in FLOWS
     )
 
 
@@ -315,5 +324,7 @@ _DECIDERS: dict[type[Body], Callable[[State, Any, Context], list[LogEntry]]] = {
     ArtifactPublished: rollout_answers.published,
     RotateFleet: rollout_rotation.rotate,
     ScheduleRotation: rollout_rotation.schedule,
+    StartRetirement: rollout_retirement.start,
+    RetirementLogged: rollout_retirement.logged,
     **node_keys.DECIDERS,
 }

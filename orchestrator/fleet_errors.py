@@ -35,3 +35,16 @@ class BadRotationSetting(CommandRefused):
     scheduled rotation)."""
 
     kind = "bad_rotation_setting"
+
+
+class NoActiveSuccessor(RolloutConflict):
+    """A fleet is retired only once the fleet its users move to is active (or when forced)."""
+
+    kind = "no_active_successor"
+
+
+class BadRetirement(CommandRefused):
+    """A retirement's drain window is out of range, or its logged notice is not the fleet's
+    retirement document vouched for by enough pinned cosigners."""
+
+    kind = "bad_retirement"

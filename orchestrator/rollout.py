@@ -212,6 +212,9 @@ def operate(state: State, c: OperateRollout, ctx: Any) -> list[LogEntry]:
     if already.get(c.action, False):
         return []
     _refuse_if(status in TERMINAL, c.action, rollout)
+    _refuse_if(
+        rollout.kind == "retirement" and c.action not in ("pause", "resume"), c.action, rollout
+    )
     if c.action == "abort":
         return [RolloutAborted(rid, fleet, by=by, reason=c.reason or "aborted by the operator")]
     if c.action == "pause":
@@ -292,7 +295,7 @@ def advance(state: State, ctx: Any) -> list[LogEntry]:
         rollout = state.book.rollouts[rollout_id]
         if rollout.status in ENDED:
             events += _clean_up(state, rollout, ctx)
-        elif rollout.status == "running":
+        elif rollout.status == "running" and rollout.kind != "retirement":
             moved = _run(state, rollout, ctx, index)
             index += len(moved)
             events += moved

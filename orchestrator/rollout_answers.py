@@ -16,9 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from messages.artifact import FleetKey, FleetKeyArtifact
-from messages.bundle import DESTROY, StageBundle
+from messages.bundle import DESTROY, DRAIN, StageBundle
 from messages.bus import Rejected
 from messages.ceremony import (
+    Drained,
     FleetKeysOffer,
     Joined,
     KeyReceipt,
@@ -37,6 +38,7 @@ from messages.events import (
     LegacyKeysDestroyed,
     LogEntry,
     MemberAnswer,
+    MemberDrained,
     MemberFailed,
     MemberJoined,
     MemberKeysDestroyed,
@@ -163,7 +165,13 @@ def _judge(
         if step == JOIN:
             return MemberJoined(rid, fleet, node)
         return _proved(rollout, node, body)
-    if step == DESTROY:
+    if step == DRAIN:
+        _expect(
+            isinstance(body, Drained)
+            and (body.fleet, body.epoch, body.node) == (fleet, rollout.epoch, node)
+        )
+        return MemberDrained(rid, fleet, node, receipt=body.digest)
+    if step == DESTROY and rollout.kind == "rotation":
         old = state.book.rollouts[rollout.predecessor or ""]
         _expect(
             isinstance(body, Retired)

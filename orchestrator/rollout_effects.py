@@ -4,7 +4,8 @@
   rollout; retire of an ended one; destroy of an old key epoch by an active rotation), with the
   command body built from the state;
 - :func:`bundles_to_log`: the first issued but unlogged stage bundle of each fleet;
-- :func:`artifacts_to_publish`: each prepared artifact without its validation bundle.
+- :func:`artifacts_to_publish`: each prepared artifact without its validation bundle;
+- :func:`retirements_to_log`: each retiring fleet's retirement document, once due.
 
 Each comes with a key, so the shell runs one effect per key at a time, and each is derived from
 the state alone: after a crash the next orchestrator finds the same effects still to do.
@@ -15,15 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from messages.artifact import FleetKeyArtifact
-from messages.bundle import DESTROY, StageBundle
+from messages.bundle import DESTROY, DRAIN, StageBundle
 from messages.ceremony import (
     DestroyFleetKeys,
+    DrainFleet,
     GenerateFleetKeys,
     ImportFleetKeys,
     JoinFleet,
     RetireFleet,
 )
+from messages.retirement import FleetRetirement
 from messages.schema import Body
+from orchestrator import rollout_retirement
 from orchestrator.rollout import GENERATE, IMPORT, JOIN, PROBE, RETIRE, recipients
 from orchestrator.rollout_state import ENDED, Rollout, RolloutMember
 from orchestrator.state import State
@@ -35,6 +39,7 @@ VERBS = {
     PROBE: "join",
     RETIRE: "retire",
     DESTROY: "retire",
+    DRAIN: "retire",
 }
 """The node command subject each step is sent on."""
 
@@ -104,9 +109,12 @@ def _command_body(state: State, rollout: Rollout, member: RolloutMember) -> Body
         return JoinFleet(
             fleet, epoch, rid, rollout.config, probe=step == PROBE, group=rollout.group
         )
+    if step == DRAIN:
+        return DrainFleet(fleet, epoch)
     if step == DESTROY:
         old = state.book.rollouts[rollout.predecessor or ""]
-        return DestroyFleetKeys(fleet, old.epoch, old.rollout_id, leave=False)
+        retiring = rollout.kind == "retirement"
+        return DestroyFleetKeys(fleet, old.epoch, old.rollout_id, leave=retiring)
     return RetireFleet(fleet, epoch, rid)
 
 
@@ -117,7 +125,7 @@ class ToLog:
 
     fleet: str
     rollout: Rollout
-    document: StageBundle | FleetKeyArtifact
+    document: StageBundle | FleetKeyArtifact | FleetRetirement
     earlier: tuple[StageBundle, ...] | tuple[FleetKeyArtifact, ...]
 
     @property
@@ -152,3 +160,9 @@ def artifacts_to_publish(state: State) -> list[ToLog]:
         earlier = tuple(a for a in chain.artifacts if a.epoch < rollout.artifact.epoch)
         out.append(ToLog(rollout.fleet, rollout, rollout.artifact, earlier))
     return out
+
+
+def retirements_to_log(state: State) -> list[ToLog]:
+    """Each retirement's fleet-retirement document, once its ``retire`` bundle is logged."""
+    due = rollout_retirement.to_log(state)
+    return [ToLog(r.fleet, r, rollout_retirement.document(r), ()) for r in due]

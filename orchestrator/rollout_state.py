@@ -16,24 +16,27 @@ from typing import TYPE_CHECKING, Any, Literal
 from immutables import Map
 
 from messages.artifact import FleetKey, FleetKeyArtifact
-from messages.bundle import DESTROY, StageBundle
+from messages.bundle import DESTROY, DRAIN, StageBundle
 from messages.ceremony import WrappedFleetKey
 from messages.documents import time_ms
 from messages.events import (
     ArtifactPrepared,
     ConfigFixed,
     FleetKeysGenerated,
+    FleetRetired,
     LegacyEpochClosed,
     LegacyKeysDestroyed,
     LogEntry,
     MemberChallenged,
     MemberCommanded,
+    MemberDrained,
     MemberFailed,
     MemberJoined,
     MemberKeysDestroyed,
     MemberKeysImported,
     ProbeFailed,
     QuorumProved,
+    RetirementStarted,
     RolloutAborted,
     RolloutActivated,
     RolloutApproved,
@@ -56,11 +59,14 @@ from messages.quorum import Config
 if TYPE_CHECKING:
     from orchestrator.state import State
 
-RolloutStatus = Literal["running", "paused", "failed", "aborted", "superseded", "active", "rotated"]
+RolloutStatus = Literal[
+    "running", "paused", "failed", "aborted", "superseded", "active", "rotated", "retired"
+]
+RolloutKind = Literal["rollout", "rotation", "retirement"]
 MemberStatus = Literal["active", "failed", "lost"]
-TERMINAL = ("aborted", "superseded", "active", "rotated")
-"""Statuses a rollout never leaves (``rotated``: it was active and a rotation took over; its
-keys stay until the rotation's overlap window ends)."""
+TERMINAL = ("aborted", "superseded", "active", "rotated", "retired")
+"""Statuses a rollout never leaves (``rotated``: it was active and a rotation took over, its
+keys stay until the rotation's overlap window ends; ``retired``: a retirement that is done)."""
 ENDED = ("aborted", "superseded")
 """Ended without activating: the rollout's keys are to be destroyed."""
 
@@ -83,6 +89,8 @@ class RolloutMember:
     destroy_failed: str | None = None
     legacy_destroyed: str | None = None
     """A rotation's member: digest of its answer destroying the old epoch's keys."""
+    drained: str | None = None
+    """A retirement's member: digest of its answer saying it takes no new registrations."""
 
     @property
     def holds_keys(self) -> bool:
@@ -120,12 +128,19 @@ class Rollout:
     """Serial of the stage bundle the next stage waits for the cosigners to log."""
     superseded_by: str | None = None
     predecessor: str | None = None
-    """A rotation: the rollout that was active when it began (its keys become legacy)."""
+    """A rotation or retirement: the rollout that was active when it began (a rotation makes
+    its keys legacy, a retirement destroys them)."""
     group: str | None = None
     """The rollout whose replication group this one continues (None: its own)."""
     overlap_ms: int = 0
     legacy_closed: bool = False
     """A rotation: the old epoch's keys are destroyed everywhere and the bundle logged."""
+    kind: RolloutKind = "rollout"
+    successor: str | None = None
+    """A retirement: the fleet users move to."""
+    drain_until_ms: int | None = None
+    """A retirement: when the members destroy the fleet's keys."""
+    retire_reason: str = ""
 
     def in_order(self) -> list[RolloutMember]:
         return [self.members[m] for m in self.order]
@@ -176,6 +191,8 @@ class FleetChain:
     active_epoch: int | None = None
     validation: dict[str, Any] | None = None
     """The validation bundle of the active epoch."""
+    retirement: dict[str, Any] | None = None
+    """The logged retirement notice, once the fleet is retired."""
     active_rollout: str | None = None
     """The rollout whose keys are the fleet's current ones."""
     rotate_every_days: int = 0
@@ -266,8 +283,41 @@ def _rotation_started(state: State, e: RotationStarted) -> State:
         predecessor=e.predecessor,
         group=predecessor.replication_group,
         overlap_ms=e.overlap_s * 1000,
+        kind="rotation",
     )
     return _chain(_put(state, rotation), e.fleet, rollout_id=e.rollout_id)
+
+
+def _retirement_started(state: State, e: RetirementStarted) -> State:
+    predecessor = state.book.rollouts[e.predecessor]
+    members = Map({m.node_id: RolloutMember(m.node_id, m.domain) for m in e.members})
+    retirement = Rollout(
+        rollout_id=e.rollout_id,
+        fleet=e.fleet,
+        plan=predecessor.plan,
+        epoch=e.epoch,
+        order=tuple(m.node_id for m in e.members),
+        members=members,
+        not_before_ms=e.not_before_ms,
+        not_after_ms=e.not_after_ms,
+        requested_by=e.requested_by,
+        predecessor=e.predecessor,
+        group=predecessor.replication_group,
+        kind="retirement",
+        successor=e.successor,
+        drain_until_ms=e.drain_until_ms,
+        retire_reason=e.reason,
+    )
+    return _chain(_put(state, retirement), e.fleet, rollout_id=e.rollout_id, retiring=True)
+
+
+def _drained(state: State, e: MemberDrained) -> State:
+    return _done(state, e.rollout_id, e.node_id, drained=e.receipt)
+
+
+def _retired(state: State, e: FleetRetired) -> State:
+    state = _chain(state, e.fleet, retirement=e.notice)
+    return _rollout(state, e.rollout_id, status="retired", stage="retired", waiting_for=None)
 
 
 def _legacy_destroyed(state: State, e: LegacyKeysDestroyed) -> State:
@@ -348,8 +398,8 @@ def _member_failed(state: State, e: MemberFailed) -> State:
     rollout = state.book.rollouts[e.rollout_id]
     if e.step == "retire":
         return _done(state, e.rollout_id, e.node_id, destroy_failed=e.reason)
-    if e.step == DESTROY:
-        return _done(state, e.rollout_id, e.node_id)  # asked again: the old keys must go
+    if e.step in (DESTROY, DRAIN):
+        return _done(state, e.rollout_id, e.node_id)  # asked again until it answers
     status = "lost" if rollout.plan.rollout.on_member_loss == "continue" else "failed"
     return _done(state, e.rollout_id, e.node_id, status=status, reason=e.reason)
 
@@ -473,4 +523,7 @@ ROLLOUT_FOLDS: dict[type[LogEntry], Callable[[State, Any], State]] = {
     LegacyKeysDestroyed: _legacy_destroyed,
     LegacyEpochClosed: _legacy_closed,
     RotationScheduled: _rotation_scheduled,
+    RetirementStarted: _retirement_started,
+    MemberDrained: _drained,
+    FleetRetired: _retired,
 }

@@ -68,7 +68,9 @@ from orchestrator.rollout_effects import (
     artifacts_to_publish,
     bundles_to_log,
     member_commands,
+    retirements_to_log,
 )
+from orchestrator.rollout_notices import log_retirement
 from orchestrator.state import Enrollment, State
 from orchestrator.store import EventStore
 
@@ -333,6 +335,8 @@ class Orchestrator:
             self._start(job.key, lambda j=job: self._cosign(j, self.cosigning.log_document))
         for job in artifacts_to_publish(self.state):
             self._start(job.key, lambda j=job: self._cosign(j, self.cosigning.publish_artifact))
+        for job in retirements_to_log(self.state):
+            self._start(job.key, lambda j=job: self._cosign(j, self._log_retirement))
 
     def _start(self, key: str, effect: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``effect`` unless one under ``key`` runs already."""
@@ -381,7 +385,16 @@ class Orchestrator:
             self.metrics.stage.labels(command.step).observe(time.perf_counter() - started)
 
     def _documents_to_log(self) -> set[str]:
-        return {j.key for j in [*bundles_to_log(self.state), *artifacts_to_publish(self.state)]}
+        jobs = [
+            *bundles_to_log(self.state),
+            *artifacts_to_publish(self.state),
+            *retirements_to_log(self.state),
+        ]
+        return {j.key for j in jobs}
+
+    async def _log_retirement(self, job: ToLog) -> Body:
+        assert self.cosigning is not None
+        return await log_retirement(self.cosigning, job)
 
     async def _cosign(self, job: ToLog, carry_out: Callable[[ToLog], Awaitable[Body]]) -> None:
         """Get ``job``'s document logged (and countersigned, for an artifact), retrying with

@@ -25,6 +25,8 @@ from messages.attestation import AttestRequest, NodeAnnounce
 from messages.bus import Rejected
 from messages.ceremony import (
     DestroyFleetKeys,
+    Drained,
+    DrainFleet,
     GenerateFleetKeys,
     ImportFleetKeys,
     Joined,
@@ -49,8 +51,14 @@ from orchestrator.core import open_enrollments, overdue
 from orchestrator.cosigning import Cosigning
 from orchestrator.recorder import Recorder
 from orchestrator.rollout import PROBE
-from orchestrator.rollout_effects import MemberCommand, artifacts_to_publish, bundles_to_log
+from orchestrator.rollout_effects import (
+    MemberCommand,
+    artifacts_to_publish,
+    bundles_to_log,
+    retirements_to_log,
+)
 from orchestrator.rollout_effects import member_commands as commands_of
+from orchestrator.rollout_notices import log_retirement
 from orchestrator.state import State
 
 MEASUREMENT = "sha256:" + "5e" * 32
@@ -78,6 +86,7 @@ class SimNode:
         provision(self.hsm, vendor, datetime.now(UTC))
         self.identity = establish(self.hsm, root / node_id, node_id)
         self.outbox = Outbox(node_id, self.hsm.signer(IDENTITY))
+        self.draining: set[str] = set()
 
     def announce(self) -> NodeAnnounce:
         return NodeAnnounce(
@@ -100,6 +109,9 @@ class SimNode:
             return ceremony.import_keys(self.hsm, self.node_id, body)
         if isinstance(body, JoinFleet):
             return Joined(fleet=body.fleet, epoch=body.epoch, node=self.node_id, proof=None)
+        if isinstance(body, DrainFleet):
+            self.draining.add(body.fleet)
+            return Drained(fleet=body.fleet, epoch=body.epoch, node=self.node_id)
         assert isinstance(body, RetireFleet | DestroyFleetKeys)
         roles = ceremony.destroy(self.hsm, body.fleet, body.rollout)
         return Retired(fleet=body.fleet, epoch=body.epoch, node=self.node_id, destroyed=roles)
@@ -223,6 +235,10 @@ class Drill:
             artifacts = self._timed(artifacts_to_publish, state)
             if artifacts:
                 self.decide(await self.cosigning.publish_artifact(artifacts[0]))
+                continue
+            retirements = self._timed(retirements_to_log, state)
+            if retirements:
+                self.decide(await log_retirement(self.cosigning, retirements[0]))
                 continue
             return
         raise RuntimeError("the rollout did not settle")

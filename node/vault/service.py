@@ -37,6 +37,7 @@ from messages.vault import (
     Outcome,
     RecoverRequest,
     RegisterRequest,
+    RegistrationsClosed,
     UnreadableRequest,
     VaultAnswer,
     VaultError,
@@ -87,6 +88,8 @@ class VaultService:
         self.limit = limit
         self.max_pending = max_pending
         self.rejects: Counter[str] = Counter()
+        self.draining = False
+        """The fleet is retiring: registrations are refused, recoveries go on."""
         self._gate = Gate(TrustStore())
         self._outbox = Outbox(member)
         self._slots = asyncio.Semaphore(concurrency)
@@ -169,8 +172,17 @@ class VaultService:
         if abs(now - id_time_ms(request_id)) > records.REQUEST_WINDOW_MS:
             raise UnreadableRequest("the request is too old or from the future", id=request_id)
 
+    def drain(self) -> None:
+        """Take no new registrations from now on (the fleet is retiring)."""
+        self.draining = True
+
     async def register(self, request: RegisterRequest) -> Outcome:
-        """Replace the user's registration; the guess budget stays as it is."""
+        """Replace the user's registration; the guess budget stays as it is. A draining
+        member refuses it with :class:`RegistrationsClosed`."""
+        if self.draining:
+            raise RegistrationsClosed(
+                "the fleet is retiring: register on its successor", fleet=self.fleet
+            )
         sealed = records.seal_registration(
             self.keys.storage, request.user, request.id, request.pin, request.secret, os.urandom(12)
         )

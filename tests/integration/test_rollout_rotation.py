@@ -1,17 +1,30 @@
-"""A fleet-key rotation end to end on a real nats-server: five node daemons, two cosigners, the
-orchestrator. The members keep serving the replication group they formed (same replica, same
-store, the first epoch's records readable), a test write commits at the new epoch, the new
-artifact lists both epochs' keys, and once the overlap window is over the old keys are gone
-from every HSM with a ``destroy`` bundle logged by both cosigners."""
+"""Fleet-key rotation and fleet retirement end to end on a real nats-server: five node daemons,
+two cosigners, the orchestrator. In a rotation the members keep serving the replication group
+they formed (same replica, same store, the first epoch's records readable), a test write
+commits at the new epoch, the new artifact lists both epochs' keys, and once the overlap window
+is over the old keys are gone from every HSM with a ``destroy`` bundle logged by both
+cosigners. A retired fleet's members drain, destroy its keys and leave its group, and the
+retirement document is logged."""
 
 from __future__ import annotations
 
 import pytest
 
-from messages.bundle import ACTIVATE, CEREMONY, DESTROY, ENROLL, PUBLISH, QUORUM, check_chain
+from messages.bundle import (
+    ACTIVATE,
+    CEREMONY,
+    DESTROY,
+    DRAIN,
+    ENROLL,
+    PUBLISH,
+    QUORUM,
+    RETIRE,
+    check_chain,
+)
 from messages.ceremony import key_label, probe_key, probe_value
-from messages.events import RotateFleet, StartRollout
+from messages.events import RotateFleet, StartRetirement, StartRollout
 from messages.plan import parse_plan
+from messages.verify import parse_notice
 from node.hsm.base import KeyNotFound
 from ops.natsserver import NatsServer
 from tests.replay.fleet import running, wait_for
@@ -35,11 +48,11 @@ async def bed(tmp_path, template):
         await bed.close()
 
 
-def holders(bed, rollout_id: str) -> set[str]:
+def holders(bed, rollout_id: str, fleet: str = "fleet-1") -> set[str]:
     out = set()
     for daemon in bed.daemons:
         try:
-            daemon.hsm.public_key(key_label("fleet-1", rollout_id, "vault"))
+            daemon.hsm.public_key(key_label(fleet, rollout_id, "vault"))
         except KeyNotFound:
             continue
         out.add(daemon.node_id)
@@ -95,3 +108,43 @@ async def test_rotation_keeps_the_group_and_destroys_old_keys_after_the_window(b
         assert server.cosigner.notary.size == 11 + 2  # eleven bundles, two artifacts
     for daemon in bed.daemons:
         assert daemon.fleets.replicas["fleet-1"][1] is replicas[daemon.node_id]
+
+
+async def test_retirement_drains_then_members_destroy_keys_and_leave_the_group(bed):
+    async with running(bed.config) as orch:
+        await wait_for(lambda: orch.active, what="the orchestrator to take the lease")
+        await wait_for(lambda: len(orch.state.nodes) == 5, what="five announcements")
+        for fleet in ("fleet-1", "fleet-2"):
+            await orch.submit(StartRollout(plan=parse_plan(bed.plan(fleet)), requested_by="t"))
+        await wait_for(
+            lambda: all(
+                orch.state.book.fleets[f].active_epoch == 1 for f in ("fleet-1", "fleet-2")
+            ),
+            timeout=90,
+            what="both fleets to activate",
+        )
+        first = orch.state.book.of_fleet("fleet-1")
+        await orch.submit(
+            StartRetirement(
+                fleet="fleet-1",
+                successor="fleet-2",
+                force=False,
+                drain_s=1,
+                requested_by="test",
+                reason="replaced by fleet-2",
+            )
+        )
+        await wait_for(
+            lambda: orch.state.book.of_fleet("fleet-1").status == "retired",
+            timeout=60,
+            what="the retirement to be logged",
+        )
+        state = orch.state
+    chain = state.book.fleets["fleet-1"]
+    assert [b.stage for b in chain.bundles] == [*FIRST, DRAIN, RETIRE]
+    assert parse_notice(chain.retirement).logged.successor == "fleet-2"
+    assert holders(bed, first.rollout_id) == set()
+    for daemon in bed.daemons:
+        assert "fleet-1" not in daemon.fleets.replicas and "fleet-1" in daemon.fleets.draining
+        assert not (daemon.fleets.root / "fleet-1" / "fleet.json").exists()
+        assert "fleet-2" in daemon.fleets.replicas

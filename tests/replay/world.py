@@ -15,6 +15,7 @@ from messages.events import (
     OperateRollout,
     RotateFleet,
     ScheduleRotation,
+    StartRetirement,
     StartRollout,
 )
 from messages.plan import RolloutPlan, parse_plan
@@ -108,6 +109,24 @@ class World:
     def schedule(self, every_days: int, overlap_s: int, fleet: str = "fleet-1") -> list[LogEntry]:
         command = ScheduleRotation(
             fleet=fleet, every_days=every_days, overlap_s=overlap_s, requested_by="operator"
+        )
+        return self.drill.decide(command)
+
+    def retire(
+        self,
+        fleet: str = "fleet-1",
+        successor: str | None = "fleet-2",
+        *,
+        force: bool = False,
+        drain_s: int = 3600,
+    ) -> list[LogEntry]:
+        command = StartRetirement(
+            fleet=fleet,
+            successor=successor,
+            force=force,
+            drain_s=drain_s,
+            requested_by="operator",
+            reason=f"replaced by {successor}" if successor else "retired",
         )
         return self.drill.decide(command)
 
