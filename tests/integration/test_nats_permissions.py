@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -29,16 +30,20 @@ from nats.aio.msg import Msg
 
 from messages import subjects
 from messages.events import EnrollNode
+from messages.vault import Registration
+from messages.vault_client import VaultClient
 from node.hsm.sealing import new_operator_key
 from node.measurement import measure
 from node.pins import write_pin
+from node.quorum.localfleet import LocalFleet
+from node.quorum.member import Member
 from node.vendor import VendorCA
 from ops.natsauth import connect as natsauth
 from ops.natsauth import credentials
 from ops.natsauth.bundle import Bundle, open_bundle, write_bundle
 from ops.natsauth.connect import SecuredServer
 from ops.natsauth.credentials import CredentialsError
-from ops.natsauth.layout import DEV_LAYOUT
+from ops.natsauth.layout import DEV_LAYOUT, parse_layout
 from ops.natsauth.nkey import user_key
 from ops.natsauth.permissions import LEASE_STREAM
 from ops.natsserver import NatsServer, free_port
@@ -49,6 +54,7 @@ from orchestrator.lease import BUCKET, Lease
 from orchestrator.log import Sealed
 from orchestrator.service import STATUS_SUBJECTS, Orchestrator
 from orchestrator.store import EventStore
+from tests.faults.fleets import FAST
 from tests.replay.fleet import wait_for, write_config
 
 TIMEOUT = 5.0
@@ -597,6 +603,7 @@ async def wait_for_log(path: Path, text: str) -> None:
 # --- the roles' processes ----------------------------------------------------------------
 
 HSMFLEET = [sys.executable, "-m", "ops.cli"]
+CLIENT_ID = "app"
 
 
 async def hsmfleet(*args: str) -> tuple[int, str]:
@@ -657,6 +664,40 @@ async def test_node_daemon_and_orchestrator_enroll_each_with_its_own_seed(nats_b
             orch.stop()
             await asyncio.wait_for(running, 10)
             await nc.close()
+        assert "Violation" not in server.log_file.read_text()
+
+
+async def test_fleet_members_and_a_vault_client_each_with_its_own_seed(tmp_path):
+    fleet = "vf"
+    members = ("m1", "m2", "m3")
+    layout = parse_layout(
+        {"nodes": [{"id": m, "fleet": fleet} for m in members], "clients": [CLIENT_ID]}
+    )
+    bundle = write_bundle(layout, tmp_path / "bundle")
+    async with SecuredServer(bundle, tmp_path / "nats", name="members") as server:
+        local = LocalFleet.create(tmp_path / "fleet", fleet, len(members), [server.url], **FAST)
+        running = [
+            Member(
+                dataclasses.replace(
+                    local.settings(m), nats_seed=str(bundle.seed_file(layout.party("node", m)))
+                ),
+                new=True,
+            )
+            for m in members
+        ]
+        nc = None
+        try:
+            await asyncio.gather(*(m.start() for m in running))
+            await asyncio.gather(*(m.replica.wait_voting(10) for m in running))
+            nc = await natsauth.connect(bundle, "client", CLIENT_ID, server.url)
+            client = VaultClient(nc, fleet, local.session_public)
+            await client.register("alice", Registration(pin=b"1234", secret=b"backup key"))
+            assert await client.recover("alice", b"1234") == b"backup key"
+        finally:
+            if nc is not None:
+                await nc.close()
+            for member in running:
+                await member.stop()
         assert "Violation" not in server.log_file.read_text()
 
 
