@@ -879,7 +879,10 @@ def verify_bundle(
             "the fleet was retired", fleet=artifact.fleet, last=state.retired[artifact.fleet]
         )
     if rotations is None:
-        rotations = parse_bundle(bundle.to_json()).rotations
+        try:
+            rotations = bundle.rotations
+        except (DocumentError, MessageError) as exc:
+            raise MalformedBundle(f"not a rotation chain: {exc}") from exc
     walk = walk_rotations(rotations, pins, state, now_ms)
     logged, vouchers = _verify_logged(artifact, bundle.proofs, walk.keyring, pins, now_ms)
 

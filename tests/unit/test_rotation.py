@@ -39,6 +39,7 @@ from messages.verify import (
     BelowThreshold,
     KeyInForce,
     LegacyKeyExpired,
+    MalformedBundle,
     Pins,
     RotationNotLogged,
     StaleView,
@@ -423,3 +424,12 @@ def test_hsmfleet_verify_walks_the_chain_and_ingests_retirements(
     )
     state = VerifierState.load(tmp_path / "state.json")
     assert state.retired == {"fleet-1": 2} and state.epoch == 2
+
+
+def test_a_malformed_rotation_chain_is_a_malformed_bundle(world: World) -> None:
+    for chain in ("x", [{"format": "hsmfleet/logged-notice/v1"}], [world.retirement.to_json()]):
+        bad = dataclasses.replace(world.second, extra={"rotations": chain})
+        with pytest.raises(MalformedBundle):
+            _verify(world, bad, world.state)
+        with pytest.raises(MalformedBundle):
+            parse_bundle(bad.to_json())
