@@ -242,6 +242,19 @@ class RetirementLogged(Body):
     notice: dict[str, Any]
 
 
+@message
+@dataclass(frozen=True)
+class ReplaceMember(Body):
+    """Operator command: replace ``node_id``, a failed member of the active ``fleet``, by the
+    node ``replacement`` (attested afresh before it receives the fleet keys)."""
+
+    TYPE = "rollout.replace_member"
+    fleet: str
+    node_id: str
+    replacement: str
+    requested_by: str
+
+
 # --- the decision record ---------------------------------------------------------------
 
 
@@ -820,6 +833,41 @@ class FleetRetired(_RolloutEvent):
     notice: dict[str, Any]
 
 
+# --- member replacement ------------------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True)
+class ReplacementStarted(_RolloutEvent):
+    """A replacement of ``replaced`` by ``replacement`` in the active ``fleet`` began: the next
+    key ``epoch`` lists the same keys and the new quorum; the other members of ``predecessor``
+    carry over what they proved."""
+
+    TYPE = "rollout.replacement_started"
+    rollout_id: str
+    fleet: str
+    epoch: int
+    predecessor: str
+    replaced: str
+    replacement: PlannedMember
+    not_before_ms: int
+    not_after_ms: int
+    requested_by: str
+
+
+@message
+@dataclass(frozen=True)
+class MemberReconfigured(_RolloutEvent):
+    """``node_id`` applied the replication configuration of ``config_epoch`` (a step of the
+    membership change; a joining member answers once it caught up and votes)."""
+
+    TYPE = "rollout.member_reconfigured"
+    rollout_id: str
+    fleet: str
+    node_id: str
+    config_epoch: int
+
+
 EVENT_TYPES: tuple[type[LogEntry], ...] = (
     LeaseTaken,
     PolicySet,
@@ -858,4 +906,6 @@ EVENT_TYPES: tuple[type[LogEntry], ...] = (
     RetirementStarted,
     MemberDrained,
     FleetRetired,
+    ReplacementStarted,
+    MemberReconfigured,
 )

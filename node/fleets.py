@@ -164,14 +164,19 @@ class FleetCommands:
                 self._record(joined)
                 await self._run(joined)
             replica = self.replicas[body.fleet][1]
+        if body.group is not None and not body.probe and self.node_id in replica.current().voters:
+            await self._voting(replica, body.fleet)  # a joining member has caught up
         proof = await self._probe(replica, body) if body.probe else None
         return Joined(fleet=body.fleet, epoch=body.epoch, node=self.node_id, proof=proof)
 
-    async def _probe(self, replica: Replica, body: JoinFleet) -> ProbeProof:
+    async def _voting(self, replica: Replica, fleet: str) -> None:
         try:
             await replica.wait_voting(VOTING_WAIT_S)
         except TimeoutError:
-            raise QuorumUnavailable("this member does not vote yet", fleet=body.fleet) from None
+            raise QuorumUnavailable("this member does not vote yet", fleet=fleet) from None
+
+    async def _probe(self, replica: Replica, body: JoinFleet) -> ProbeProof:
+        await self._voting(replica, body.fleet)
         value = probe_value(body.fleet, body.epoch)
         commit = await replica.proposer.change(probe_key(body.epoch), lambda _: value)
         proof = commit.proof

@@ -52,6 +52,7 @@ from messages.events import (
     NodeRejected,
     OperateRollout,
     PolicySet,
+    ReplaceMember,
     RetirementLogged,
     RotateFleet,
     ScheduleRotation,
@@ -67,6 +68,7 @@ from orchestrator import (
     node_keys,
     rollout,
     rollout_answers,
+    rollout_replacement,
     rollout_retirement,
     rollout_rotation,
 )
@@ -325,6 +327,7 @@ _DECIDERS: dict[type[Body], Callable[[State, Any, Context], list[LogEntry]]] = {
     RotateFleet: rollout_rotation.rotate,
     ScheduleRotation: rollout_rotation.schedule,
     StartRetirement: rollout_retirement.start,
+    ReplaceMember: rollout_replacement.replace_member,
     RetirementLogged: rollout_retirement.logged,
     **node_keys.DECIDERS,
 }

@@ -28,6 +28,7 @@ from messages.ids import format_time
 from messages.quorum import Config, MemberKey, value_digest
 from messages.statement import LoggedDocument, Statement
 from messages.verify import CosignerPin, VerificationError, check_logged
+from node.quorum.membership import Membership, plan_join, plan_leave
 from orchestrator.errors import CommandRefused
 from orchestrator.rollout_state import FleetChain, Rollout
 from orchestrator.state import State
@@ -84,7 +85,10 @@ def fleet_members(rollout: Rollout) -> list[str]:
 
 def quorum_config(state: State, rollout: Rollout) -> Config:
     """The replication group: every fleet member, its attested identity key as its vote key,
-    the plan's threshold for both phases. A rotation keeps its predecessor's group."""
+    the plan's threshold for both phases. A rotation keeps its predecessor's group; a
+    replacement ends its membership change with the newcomer in and the replaced one out."""
+    if rollout.kind == "replacement":
+        return membership_steps(state, rollout)[-1]
     if rollout.predecessor is not None:
         kept = state.book.rollouts[rollout.predecessor].config
         assert kept is not None  # an active rollout went through its quorum stage
@@ -105,6 +109,30 @@ def quorum_config(state: State, rollout: Rollout) -> Config:
         prepare_quorum=threshold,
         accept_quorum=threshold,
     )
+
+
+def membership_steps(state: State, rollout: Rollout) -> tuple[Config, ...]:
+    """A replacement's membership change, from its predecessor's configuration: the CASPaxos
+    2.3 steps adding the newcomer (attested: its identity key votes), then those removing the
+    replaced member."""
+    assert rollout.newcomer is not None and rollout.replaced is not None
+    before = state.book.rollouts[rollout.predecessor or ""].config
+    identity = state.nodes[rollout.newcomer].identity
+    assert before is not None and identity is not None
+    key = MemberKey(rollout.newcomer, identity.identity_alg, identity.identity_key)
+    joining = plan_join(Membership.from_config(before), rollout.newcomer, key)
+    leaving = plan_leave(joining[-1].membership, rollout.replaced)
+    return tuple(step.membership.to_config() for step in (*joining, *leaving))
+
+
+def membership_step(state: State, rollout: Rollout, node_id: str) -> Config:
+    """The configuration ``node_id`` is to apply next in a replacement's membership change."""
+    member = rollout.members[node_id]
+    for config in membership_steps(state, rollout):
+        if node_id in {k.member for k in config.members} and member.config_epoch < config.epoch:
+            return config
+    assert rollout.config is not None
+    return rollout.config
 
 
 def quorum_proof(config: Config, epoch: int) -> str:
@@ -138,9 +166,9 @@ def artifact(state: State, rollout: Rollout, now_ms: int) -> FleetKeyArtifact:
 
 def legacy_keys(state: State, rollout: Rollout, until_ms: int) -> tuple[FleetKey, ...]:
     """The predecessor's current keys, usable until ``until_ms`` (none for a new fleet)."""
-    if rollout.predecessor is None:
+    if rollout.kind != "rotation":
         return ()
-    before = state.book.rollouts[rollout.predecessor].artifact
+    before = state.book.rollouts[rollout.predecessor or ""].artifact
     assert before is not None  # the predecessor was active
     until = format_time(until_ms)
     return tuple(replace(k, legacy_until=until) for k in before.keys if k.legacy_until is None)

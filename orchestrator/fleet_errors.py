@@ -48,3 +48,15 @@ class BadRetirement(CommandRefused):
     retirement document vouched for by enough pinned cosigners."""
 
     kind = "bad_retirement"
+
+
+class NotAMember(CommandRefused):
+    """The node to replace is not a member of the fleet's active key epoch."""
+
+    kind = "not_a_member"
+
+
+class AlreadyAMember(CommandRefused):
+    """The replacement node is a member of the fleet already."""
+
+    kind = "already_a_member"

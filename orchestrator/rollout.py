@@ -212,9 +212,14 @@ def operate(state: State, c: OperateRollout, ctx: Any) -> list[LogEntry]:
     if already.get(c.action, False):
         return []
     _refuse_if(status in TERMINAL, c.action, rollout)
-    _refuse_if(
-        rollout.kind == "retirement" and c.action not in ("pause", "resume"), c.action, rollout
-    )
+    # A retirement's members stopped registering: no way back. A replacement is aborted only
+    # while its newcomer is being attested: after that it holds keys and the group changes.
+    allowed = {
+        "retirement": ("pause", "resume"),
+        "replacement": ("pause", "resume", "retry", "approve")
+        + (("abort",) if rollout.stage == ENROLL else ()),
+    }
+    _refuse_if(c.action not in allowed.get(rollout.kind, ROLLOUT_ACTIONS), c.action, rollout)
     if c.action == "abort":
         return [RolloutAborted(rid, fleet, by=by, reason=c.reason or "aborted by the operator")]
     if c.action == "pause":
@@ -348,6 +353,9 @@ def shortfall(rollout: Rollout) -> str | None:
     """Why the members still active cannot make the planned fleet, if they cannot."""
     plan = rollout.plan
     active = rollout.active_members()
+    newcomer = rollout.members.get(rollout.newcomer) if rollout.newcomer else None
+    if newcomer is not None and newcomer.status != "active":
+        return f"the replacement node {newcomer.node_id} was not admitted ({newcomer.reason})"
     if len(active) < plan.threshold:
         return f"too few members left: {len(active)} of the {plan.threshold} the quorum needs"
     domains = Counter(m.domain for m in active)
@@ -421,6 +429,8 @@ def recipients(state: State, rollout: Rollout, source: str) -> list[Recipient]:
         identity = state.nodes[member.node_id].identity
         if member.node_id == source or member.holds_keys or identity is None:
             continue
+        if member.attestation is None:
+            continue  # keys go only to a member attested for this rollout
         out.append(Recipient(member.node_id, identity.transport_alg, identity.transport_key))
     return out
 
@@ -459,9 +469,14 @@ def _wave(rollout: Rollout, waiting: list[RolloutMember], step: str, ctx: Any) -
 
 def _quorum(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
     active = rollout.active_members()
-    waiting = [m for m in active if not m.joined and m.holds_keys]
-    if waiting:
-        return _wave(rollout, waiting, JOIN, ctx)
+    if rollout.kind == "replacement":
+        changing = _membership_change(state, rollout, ctx)
+        if changing is not None:
+            return changing
+    else:
+        waiting = [m for m in active if not m.joined and m.holds_keys]
+        if waiting:
+            return _wave(rollout, waiting, JOIN, ctx)
     if rollout.quorum_proof is not None:
         return issue(state, rollout, QUORUM, Evidence.of(quorum_proof=rollout.quorum_proof))
     if any(m.step == PROBE for m in active):
@@ -472,6 +487,21 @@ def _quorum(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEnt
         ]
     joined = [m for m in active if m.joined]
     return [member_command(rollout, joined[rollout.probe_failures % len(joined)], PROBE, ctx)]
+
+
+def _membership_change(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry] | None:
+    """The next commands of a replacement's membership change (CASPaxos 2.3 steps, each
+    applied by every active member before the next; the newcomer last, once the others serve
+    the step it catches up under); None once every step is applied."""
+    active = rollout.active_members()
+    for config in evidence.membership_steps(state, rollout):
+        named = {k.member for k in config.members}
+        behind = [m for m in active if m.node_id in named and m.config_epoch < config.epoch]
+        if not behind:
+            continue
+        first = [m for m in behind if m.node_id != rollout.newcomer] or behind
+        return [member_command(rollout, m, JOIN, ctx) for m in first if m.step is None]
+    return None
 
 
 def _publish(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:

@@ -43,6 +43,7 @@ from messages.events import (
     MemberJoined,
     MemberKeysDestroyed,
     MemberKeysImported,
+    MemberReconfigured,
     ProbeFailed,
     QuorumProved,
     StageBundleLogged,
@@ -162,6 +163,9 @@ def _judge(
             isinstance(body, Joined)
             and (body.fleet, body.epoch, body.node) == (fleet, rollout.epoch, node)
         )
+        if step == JOIN and rollout.kind == "replacement":
+            config = evidence.membership_step(state, rollout, node)
+            return MemberReconfigured(rid, fleet, node, config_epoch=config.epoch)
         if step == JOIN:
             return MemberJoined(rid, fleet, node)
         return _proved(rollout, node, body)

@@ -27,7 +27,7 @@ from messages.ceremony import (
 )
 from messages.retirement import FleetRetirement
 from messages.schema import Body
-from orchestrator import rollout_retirement
+from orchestrator import evidence, rollout_retirement
 from orchestrator.rollout import GENERATE, IMPORT, JOIN, PROBE, RETIRE, recipients
 from orchestrator.rollout_state import ENDED, Rollout, RolloutMember
 from orchestrator.state import State
@@ -97,13 +97,16 @@ def _open(rollout: Rollout, member: RolloutMember) -> bool:
 
 def _command_body(state: State, rollout: Rollout, member: RolloutMember) -> Body:
     rid, fleet, epoch, step = rollout.rollout_id, rollout.fleet, rollout.epoch, member.step
+    labels = rollout.key_rollout
     if step == GENERATE:
-        return GenerateFleetKeys(
-            fleet, epoch, rid, rollout.plan.keys, tuple(recipients(state, rollout, member.node_id))
-        )
+        to = tuple(recipients(state, rollout, member.node_id))
+        return GenerateFleetKeys(fleet, epoch, labels, rollout.plan.keys, to)
     if step == IMPORT:
         keys = tuple(w for w in rollout.wrapped if w.node == member.node_id)
-        return ImportFleetKeys(fleet, epoch, rid, keys)
+        return ImportFleetKeys(fleet, epoch, labels, keys)
+    if step == JOIN and rollout.kind == "replacement":
+        config = evidence.membership_step(state, rollout, member.node_id)
+        return JoinFleet(fleet, epoch, rid, config, probe=False, group=rollout.group)
     if step in (JOIN, PROBE):
         assert rollout.config is not None
         return JoinFleet(

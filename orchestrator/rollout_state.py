@@ -34,8 +34,10 @@ from messages.events import (
     MemberJoined,
     MemberKeysDestroyed,
     MemberKeysImported,
+    MemberReconfigured,
     ProbeFailed,
     QuorumProved,
+    ReplacementStarted,
     RetirementStarted,
     RolloutAborted,
     RolloutActivated,
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
 RolloutStatus = Literal[
     "running", "paused", "failed", "aborted", "superseded", "active", "rotated", "retired"
 ]
-RolloutKind = Literal["rollout", "rotation", "retirement"]
+RolloutKind = Literal["rollout", "rotation", "retirement", "replacement"]
 MemberStatus = Literal["active", "failed", "lost"]
 TERMINAL = ("aborted", "superseded", "active", "rotated", "retired")
 """Statuses a rollout never leaves (``rotated``: it was active and a rotation took over, its
@@ -91,6 +93,8 @@ class RolloutMember:
     """A rotation's member: digest of its answer destroying the old epoch's keys."""
     drained: str | None = None
     """A retirement's member: digest of its answer saying it takes no new registrations."""
+    config_epoch: int = 0
+    """A replacement's member: the last configuration epoch of the change it applied."""
 
     @property
     def holds_keys(self) -> bool:
@@ -141,6 +145,12 @@ class Rollout:
     drain_until_ms: int | None = None
     """A retirement: when the members destroy the fleet's keys."""
     retire_reason: str = ""
+    keys_of: str | None = None
+    """The rollout whose key labels hold this one's keys (None: its own); a replacement
+    wraps the keys its predecessor holds."""
+    replaced: str | None = None
+    newcomer: str | None = None
+    """A replacement: the member replaced, and the node that takes its place."""
 
     def in_order(self) -> list[RolloutMember]:
         return [self.members[m] for m in self.order]
@@ -151,6 +161,11 @@ class Rollout:
     @property
     def awaiting_approval(self) -> bool:
         return self.stage == "publish" and self.plan.rollout.approve_publish and not self.approved
+
+    @property
+    def key_rollout(self) -> str:
+        """The rollout id in the labels of this rollout's keys."""
+        return self.keys_of or self.rollout_id
 
     @property
     def replication_group(self) -> str:
@@ -173,7 +188,7 @@ class Rollout:
         left to destroy."""
         if self.status not in TERMINAL:
             return False
-        return self.status != "active" or self.predecessor is None or self.legacy_closed
+        return self.status != "active" or self.kind != "rotation" or self.legacy_closed
 
 
 @dataclass(frozen=True)
@@ -318,6 +333,55 @@ def _drained(state: State, e: MemberDrained) -> State:
 def _retired(state: State, e: FleetRetired) -> State:
     state = _chain(state, e.fleet, retirement=e.notice)
     return _rollout(state, e.rollout_id, status="retired", stage="retired", waiting_for=None)
+
+
+def _replacement_started(state: State, e: ReplacementStarted) -> State:
+    """The predecessor's members carry over what they proved (attestation, keys, the
+    configuration they serve); the replaced one is lost; the newcomer starts afresh."""
+    predecessor = state.book.rollouts[e.predecessor]
+    assert predecessor.config is not None
+    members = {}
+    for old in predecessor.in_order():
+        if old.status != "active" or not old.holds_keys:
+            continue
+        if old.node_id == e.replaced:
+            members[old.node_id] = RolloutMember(
+                old.node_id, old.domain, status="lost", reason="replaced"
+            )
+            continue
+        members[old.node_id] = RolloutMember(
+            old.node_id,
+            old.domain,
+            attestation=old.attestation,
+            receipt=old.receipt,
+            joined=True,
+            config_epoch=predecessor.config.epoch,
+        )
+    new = e.replacement
+    members[new.node_id] = RolloutMember(new.node_id, new.domain)
+    replacement = Rollout(
+        rollout_id=e.rollout_id,
+        fleet=e.fleet,
+        plan=predecessor.plan,
+        epoch=e.epoch,
+        order=tuple(members),
+        members=Map(members),
+        not_before_ms=e.not_before_ms,
+        not_after_ms=e.not_after_ms,
+        requested_by=e.requested_by,
+        predecessor=e.predecessor,
+        group=predecessor.replication_group,
+        kind="replacement",
+        keys=predecessor.keys,
+        keys_of=predecessor.key_rollout,
+        replaced=e.replaced,
+        newcomer=new.node_id,
+    )
+    return _chain(_put(state, replacement), e.fleet, rollout_id=e.rollout_id)
+
+
+def _reconfigured(state: State, e: MemberReconfigured) -> State:
+    return _done(state, e.rollout_id, e.node_id, config_epoch=e.config_epoch, joined=True)
 
 
 def _legacy_destroyed(state: State, e: LegacyKeysDestroyed) -> State:
@@ -526,4 +590,6 @@ ROLLOUT_FOLDS: dict[type[LogEntry], Callable[[State, Any], State]] = {
     RetirementStarted: _retirement_started,
     MemberDrained: _drained,
     FleetRetired: _retired,
+    ReplacementStarted: _replacement_started,
+    MemberReconfigured: _reconfigured,
 }

@@ -160,6 +160,7 @@ class SimFleet:
                     keys=(key,),
                     ballots=(n,),
                     digests=(digest,),
+                    epoch=config.epoch,
                 )
             )
             .encode()

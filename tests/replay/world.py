@@ -13,6 +13,7 @@ from messages.canonical import b64
 from messages.events import (
     LogEntry,
     OperateRollout,
+    ReplaceMember,
     RotateFleet,
     ScheduleRotation,
     StartRetirement,
@@ -109,6 +110,12 @@ class World:
     def schedule(self, every_days: int, overlap_s: int, fleet: str = "fleet-1") -> list[LogEntry]:
         command = ScheduleRotation(
             fleet=fleet, every_days=every_days, overlap_s=overlap_s, requested_by="operator"
+        )
+        return self.drill.decide(command)
+
+    def replace(self, node_id: str, replacement: str, fleet: str = "fleet-1") -> list[LogEntry]:
+        command = ReplaceMember(
+            fleet=fleet, node_id=node_id, replacement=replacement, requested_by="operator"
         )
         return self.drill.decide(command)
 
