@@ -54,6 +54,7 @@ from orchestrator.lease import LeaseLost
 from orchestrator.openapi import OPENAPI
 from orchestrator.rollout_state import ENDED
 from orchestrator.service import Orchestrator
+from orchestrator.store import EventStore
 from orchestrator.views import (
     enrollment_view,
     entry_view,
@@ -322,18 +323,30 @@ async def list_events(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 100, minimum=1, maximum=MAX_PAGE)
     store = _orchestrator(request).store
     last = min(await store.last_seq(), from_seq + limit - 1)
-    entries: list[dict[str, Any]] = []
-    await store.scan(from_seq, last, lambda seq, data: entries.append(entry_view(seq, data)))
+    entries = [entry_view(seq, data) for seq, data in await _entries(store, from_seq, last)]
     return web.json_response({"events": entries, "next": from_seq + len(entries)})
 
 
+async def _entries(store: EventStore, first: int, last: int) -> list[tuple[int, bytes]]:
+    """The log's entries ``first`` through ``last`` with their sequence numbers."""
+    entries: list[tuple[int, bytes]] = []
+    await store.scan(first, last, lambda seq, data: entries.append((seq, data)))
+    return entries
+
+
 async def stream_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: every entry from ``from`` (default: the next one) as it is appended."""
+    """Server-sent events: every entry from ``from`` (default: the next one) as it is appended.
+
+    Entries are read from the log a page at a time, as fast as the client takes them; new
+    appends only wake the reader. Nothing is buffered per client, so a slow client misses
+    nothing and holds no memory.
+    """
     store = _orchestrator(request).store
-    from_seq = _int_param(request, "from", 0, minimum=0) or await store.last_seq() + 1
+    last = await store.last_seq()
+    next_seq = _int_param(request, "from", 0, minimum=0) or last + 1
     count = _int_param(request, "count", 0, minimum=0)
-    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(maxsize=10_000)
-    sub = await store.follow(from_seq, lambda seq, data: queue.put_nowait((seq, data)))
+    appended = asyncio.Event()
+    sub = await store.follow(last + 1, lambda seq, data: appended.set())
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -341,15 +354,24 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     sent = 0
     try:
         while not count or sent < count:
-            try:
-                seq, data = await asyncio.wait_for(queue.get(), 15)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+            appended.clear()
+            last = await store.last_seq()
+            if last < next_seq:
+                try:
+                    await asyncio.wait_for(appended.wait(), 15)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
                 continue
-            view = entry_view(seq, data)
-            frame = f"id: {seq}\nevent: {view['type']}\ndata: {json.dumps(view)}\n\n"
-            await response.write(frame.encode())
-            sent += 1
+            upto = min(last, next_seq + MAX_PAGE - 1)
+            if count:
+                upto = min(upto, next_seq + count - sent - 1)
+            page = await _entries(store, next_seq, upto)
+            for seq, data in page:
+                view = entry_view(seq, data)
+                frame = f"id: {seq}\nevent: {view['type']}\ndata: {json.dumps(view)}\n\n"
+                await response.write(frame.encode())
+            sent += len(page)
+            next_seq = upto + 1
     except ConnectionResetError:
         pass  # the client went away
     finally:
