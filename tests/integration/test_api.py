@@ -173,6 +173,14 @@ async def test_event_pages_and_stream(api):
     assert frames[0]["seq"] + 1 == frames[1]["seq"]
 
 
+async def test_a_stream_from_the_start_replays_the_log_in_order(api):
+    http, orch, _ = api
+    last = orch.last_seq
+    async with http.get(f"/v1/events/stream?from=1&count={last}", headers=READ) as resp:
+        seqs = [json.loads(raw[6:])["seq"] async for raw in resp.content if raw[:6] == b"data: "]
+    assert seqs == list(range(1, last + 1))
+
+
 async def test_health_openapi_and_metrics(api):
     http, _, _ = api
     status, health = await call(http, "GET", "/health")
