@@ -89,16 +89,23 @@ def _no_constant(name: str) -> Any:
 
 
 def loads_strict(data: bytes | str) -> Any:
-    """Parse JSON, refusing duplicate keys and NaN or Infinity (they make signatures ambiguous)
-    and values nested deeper than :data:`MAX_DEPTH`; raises ``ValueError``."""
+    """Parse JSON, refusing duplicate keys and NaN or Infinity (they make signatures ambiguous),
+    values nested deeper than :data:`MAX_DEPTH`, and lone surrogates; raises ``ValueError``."""
     try:
         value = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("JSON is nested too deeply") from None
-    opened = data.count(b"[" if isinstance(data, bytes) else "[")
-    opened += data.count(b"{" if isinstance(data, bytes) else "{")
+    text_type = isinstance(data, str)
+    opened = data.count("[" if text_type else b"[") + data.count("{" if text_type else b"{")
     if opened > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise ValueError(f"JSON is nested deeper than {MAX_DEPTH} levels")
+    if "\\u" in data if text_type else b"\\u" in data:
+        # An escaped lone surrogate decodes to a string no UTF-8 (and no canonical form) can
+        # hold; I-JSON (RFC 7493) refuses it, and so must every reader here.
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError("JSON holds a lone surrogate (RFC 7493 2.1)") from None
     return value
 
 
