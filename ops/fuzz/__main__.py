@@ -1,0 +1,5 @@
+"""``python -m ops.fuzz``: see :mod:`ops.fuzz`."""
+
+from ops.fuzz.cli import main
+
+raise SystemExit(main())

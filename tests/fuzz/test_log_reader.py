@@ -1,0 +1,60 @@
+"""The orchestrator's other input, its event log: a mutated entry of a recorded log must be
+refused with :class:`LogCorrupt` whatever the mutation, leaving the reader where it was.
+
+It is not yet: ``orchestrator/log.py`` (``LogReader.admit``) parses entries with ``json.loads``,
+so an entry with a duplicated key (the signed fields unchanged) is admitted under other bytes,
+moving the chain's head off the real entry, and deeply nested JSON raises ``RecursionError``.
+Reading them with ``Envelope.decode`` (strict JSON) and requiring canonical bytes would fix both;
+the marker below goes once it is fixed (the test then passes and strict xfail fails it).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from messages.envelope import Envelope
+from messages.ids import parse_time
+from messages.signing import Ed25519Signer
+from ops.fuzz.mutate import Mutator, Seed
+from orchestrator.errors import LogCorrupt
+from orchestrator.keys import load_trust
+from orchestrator.log import LogReader
+
+DATA = Path(__file__).parent.parent / "data"
+MUTANTS = 3000
+
+
+def reader_at_entry_5(lines: list[bytes]) -> LogReader:
+    reader = LogReader(load_trust(DATA / "orchestrator.pub"))
+    for i, line in enumerate(lines[:5]):
+        reader.admit(line, f"entry {i}")
+    return reader
+
+
+@pytest.mark.xfail(strict=True, reason="orchestrator/log.py:120 reads entries with json.loads")
+def test_mutated_log_entries_are_refused_as_corrupt():
+    lines = (DATA / "rollout-active.v2.jsonl").read_bytes().splitlines()[1:]
+    target = lines[5]
+    seed = Seed(Envelope.decode(target))
+    at = parse_time(seed.env.at)
+    mutator = Mutator(random.Random(5), [Ed25519Signer.from_seed(bytes(32))], lambda: at)
+    outcomes: Counter[str] = Counter()
+    for _ in range(MUTANTS):
+        how, data = mutator.candidate(seed)
+        if data == target:
+            continue  # the very entry that is due is rightly admitted
+        reader = reader_at_entry_5(lines)
+        try:
+            reader.admit(data, "mutant")
+        except LogCorrupt:
+            outcomes["corrupt"] += 1
+        except Exception as exc:  # what this test looks for: anything but LogCorrupt
+            outcomes[f"{how} raised {type(exc).__name__}"] += 1
+        else:
+            outcomes[f"{how} admitted"] += 1
+    assert set(outcomes) == {"corrupt"}, outcomes
+    assert reader_at_entry_5(lines).admit(target, "entry 5").entry is not None
