@@ -106,13 +106,18 @@ class Tally:
         self.faults.append(what)
 
     def line(self) -> str:
-        """One line for the terminal summary."""
+        """One line for the terminal summary (counts a scenario does not check are left out)."""
+        checked = {
+            "events checked": self.events_checked,
+            "decisions replayed": self.decisions_replayed,
+            "stage bundles checked": self.bundles_checked,
+            "acknowledged vault operations checked": self.writes_checked,
+        }
+        counts = ", ".join(f"{name} {n}" for name, n in checked.items() if n)
         return (
             f"cluster-faults {self.scenario}: faults injected {len(self.faults)} "
-            f"({'; '.join(self.faults)}), events checked {self.events_checked}, "
-            f"decisions replayed {self.decisions_replayed}, bundles checked "
-            f"{self.bundles_checked}, writes checked {self.writes_checked}, "
-            f"lost {self.lost}, duplicates {self.duplicates}"
+            f"({'; '.join(self.faults)}), {counts}, lost {self.lost}, "
+            f"duplicates {self.duplicates}"
         )
 
 
