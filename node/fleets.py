@@ -151,7 +151,8 @@ class FleetCommands:
         body = received.body
         if not isinstance(body, JoinFleet):
             raise SchemaViolation("join expects a join command", type=received.envelope.type)
-        if body.config.fleet != body.fleet or self.node_id not in body.config.prepare_set:
+        voters = {*body.config.prepare_set, *body.config.accept_set}
+        if body.config.fleet != body.fleet or self.node_id not in voters:
             raise BadConfig("the configuration does not make this node a member of the fleet")
         joined = JoinedFleet(body.fleet, body.group or body.rollout, body.epoch, body.config)
         async with self._lock:

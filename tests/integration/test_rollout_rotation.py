@@ -114,15 +114,13 @@ async def test_retirement_drains_then_members_destroy_keys_and_leave_the_group(b
     async with running(bed.config) as orch:
         await wait_for(lambda: orch.active, what="the orchestrator to take the lease")
         await wait_for(lambda: len(orch.state.nodes) == 5, what="five announcements")
-        for fleet in ("fleet-1", "fleet-2"):
+        for fleet in ("fleet-1", "fleet-2"):  # one after the other: they share the nodes
             await orch.submit(StartRollout(plan=parse_plan(bed.plan(fleet)), requested_by="t"))
-        await wait_for(
-            lambda: all(
-                orch.state.book.fleets[f].active_epoch == 1 for f in ("fleet-1", "fleet-2")
-            ),
-            timeout=90,
-            what="both fleets to activate",
-        )
+            await wait_for(
+                lambda f=fleet: orch.state.book.fleets[f].active_epoch == 1,
+                timeout=60,
+                what=f"{fleet} to activate",
+            )
         first = orch.state.book.of_fleet("fleet-1")
         await orch.submit(
             StartRetirement(

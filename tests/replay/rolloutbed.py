@@ -49,6 +49,8 @@ MEMBERS = (
     ("node-4", "dc2"),
     ("node-5", "dc3"),
 )
+SPARE = ("node-6", "dc3")
+"""A node provisioned beside the members, started on request: a replacement for one of them."""
 _ORDER = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16)
 
 
@@ -137,7 +139,7 @@ class RolloutBed:
     async def start_nodes(self, hsms: dict[str, SoftHsm]) -> None:
         pins = read_pins(self.root / "pins.json")
         assert self.nc is not None
-        for node_id, domain in MEMBERS:
+        for node_id, domain in [m for m in (*MEMBERS, SPARE) if m[0] in hsms]:
             daemon = NodeDaemon(
                 hsms[node_id],
                 self.root / "nodes" / node_id,
@@ -177,14 +179,15 @@ def prepare(root: Path) -> None:
     signer = load_signer(root / "orch" / "orchestrator.key")
     write_pin(root / "pins.json", "orchestrator", signer)
     init_cosigners(root / "cosigners", signer, COSIGNERS)
-    for node_id, _ in MEMBERS:
+    for node_id, _ in (*MEMBERS, SPARE):
         hsm = SeededHsm(root / "nodes" / node_id / "hsm", SEALING_KEY, node_id.encode())
         provision(hsm, vendor, datetime.now(UTC))
         hsm.close()
 
 
-async def open_bed(template: Path, root: Path, nats_url: str) -> RolloutBed:
-    """A copy of ``template`` under ``root``, its cosigners served and its nodes started."""
+async def open_bed(template: Path, root: Path, nats_url: str, *, spare: bool = False) -> RolloutBed:
+    """A copy of ``template`` under ``root``, its cosigners served and its nodes started (with
+    ``spare``, the spare node too)."""
     shutil.copytree(template, root)
     config = root / "orch" / "orch-a.json"
     raw = json.loads(config.read_text())
@@ -207,7 +210,8 @@ async def open_bed(template: Path, root: Path, nats_url: str) -> RolloutBed:
     bed.nc = await nats.connect(nats_url, name="rollout-bed")
     hsms = {
         node_id: SeededHsm(root / "nodes" / node_id / "hsm", SEALING_KEY, node_id.encode())
-        for node_id, _ in MEMBERS
+        for node_id, _ in (*MEMBERS, SPARE)
+        if spare or node_id != SPARE[0]
     }
     await bed.start_nodes(hsms)
     return bed
