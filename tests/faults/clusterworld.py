@@ -18,7 +18,7 @@ import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,7 @@ class Tally:
     decisions_replayed: int = 0
     bundles_checked: int = 0
     writes_checked: int = 0
+    writes_during_faults: int = 0
     lost: int = 0
     duplicates: int = 0
 
@@ -112,6 +113,7 @@ class Tally:
             "decisions replayed": self.decisions_replayed,
             "stage bundles checked": self.bundles_checked,
             "acknowledged vault operations checked": self.writes_checked,
+            "of them while a server was down": self.writes_during_faults,
         }
         counts = ", ".join(f"{name} {n}" for name, n in checked.items() if n)
         return (
@@ -191,6 +193,32 @@ class Witness:
 
     def activated(self) -> bool:
         return any(env["body"]["fleet"] == FLEET for env in self.envelopes(RolloutActivated.TYPE))
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What :func:`examine` found in a log."""
+
+    entries: int
+    breaks: int
+    """Entries whose ``prev`` is not the digest of the entry before."""
+    duplicates: int
+    """Entries whose id an earlier entry has."""
+    lost: int
+    """Entries the witness read that are not in the log at their place, byte for byte."""
+
+
+def examine(lines: list[bytes], seen: Mapping[int, bytes]) -> Findings:
+    """Check a log's entries (wire bytes, from seq 1) for breaks in the chain, repeated ids and
+    entries lost since ``seen`` (seq -> bytes) was read."""
+    head, breaks, ids = GENESIS, 0, Counter[str]()
+    for line in lines:
+        env = json.loads(line)
+        breaks += env[PREV] != b64(head)
+        ids[env["id"]] += 1
+        head = entry_digest(line)
+    lost = sum(1 for seq, data in seen.items() if seq > len(lines) or lines[seq - 1] != data)
+    return Findings(len(lines), breaks, sum(n - 1 for n in ids.values()), lost)
 
 
 @dataclass
@@ -368,21 +396,12 @@ class ClusterWorld:
         lines = await self.export(export_to)
         tally = self.tally
         entries = [json.loads(line) for line in lines]
-
-        head, breaks = GENESIS, 0
-        for line, env in zip(lines, entries, strict=True):
-            breaks += env[PREV] != b64(head)
-            head = entry_digest(line)
-        ids = Counter(env["id"] for env in entries)
-        tally.events_checked = len(lines)
-        tally.duplicates += sum(n - 1 for n in ids.values())
-        tally.lost += sum(
-            1
-            for seq, data in self.witness.seen.items()
-            if seq > len(lines) or lines[seq - 1] != data
-        )
-        assert breaks == 0, f"{breaks} entries break the chain"
         assert self.witness.seen, "the witness read nothing"
+        findings = examine(lines, self.witness.seen)
+        tally.events_checked = findings.entries
+        tally.duplicates += findings.duplicates
+        tally.lost += findings.lost
+        assert findings.breaks == 0, f"{findings.breaks} entries break the chain"
 
         trust = trust_for(load_signer(self.bed.settings.key_file))
         replay = replay_files([export_to], trust, check=True, verify_every=1)

@@ -14,10 +14,19 @@ contiguous serials, each logged once in the log and once by each cosigner.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from messages.bundle import CEREMONY, QUORUM
-from tests.faults.clusterworld import HOLDERS, LAYOUT, ClusterWorld, report, wait_until
+from tests.faults.clusterworld import (
+    HOLDERS,
+    LAYOUT,
+    ClusterWorld,
+    examine,
+    report,
+    wait_until,
+)
 from tests.replay.rolloutbed import prepare
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster]
@@ -90,3 +99,18 @@ async def test_the_active_orchestrator_killed_during_the_ceremony(world, tmp_pat
     await world.check(tmp_path / "log.jsonl")
     report(request, world.tally)
     assert len(world.tally.faults) == 1 and world.tally.bundles_checked == 5
+
+
+def test_the_checks_count_what_a_doctored_log_lost_or_repeats():
+    golden = Path(__file__).parents[1] / "data" / "rollout-active.v2.jsonl"
+    lines = golden.read_bytes().splitlines()[1:]
+    seen = dict(enumerate(lines, start=1))
+    intact = examine(lines, seen)
+    assert (intact.entries, intact.breaks, intact.duplicates, intact.lost) == (len(lines), 0, 0, 0)
+
+    dropped = examine(lines[:40] + lines[41:], seen)
+    assert dropped.breaks == 1 and dropped.duplicates == 0
+    assert dropped.lost == len(lines) - 40  # entry 41 and every one after it moved
+
+    repeated = examine(lines[:41] + lines[40:], seen)
+    assert repeated.breaks == 1 and repeated.duplicates == 1 and repeated.lost == len(lines) - 41
