@@ -13,7 +13,7 @@ from node import cli as node_cli
 from node.quorum import cli as member_cli
 from ops import logs, nats_cli, verify_cli
 from orchestrator import cli as orchestrator_cli
-from orchestrator import demo, node_keys_cli, rollout_cli, signer_rotation_cli
+from orchestrator import demo, fleet_cli, node_keys_cli, rollout_cli, signer_rotation_cli
 
 # Each part adds its verbs to the parser; the chosen verb's ``run`` gets the parsed arguments
 # and returns the process exit code.
@@ -28,6 +28,7 @@ VERB_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     demo.register,
     node_keys_cli.register,
     signer_rotation_cli.register,
+    fleet_cli.register,
 ]
 
 

@@ -3,10 +3,10 @@ each has its own ``kind``, and a refused command changes nothing."""
 
 from __future__ import annotations
 
-from orchestrator.errors import CommandRefused, RolloutConflict
+from orchestrator.errors import CommandRefused, RolloutConflict, UnknownRollout
 
 
-class UnknownFleet(CommandRefused):
+class UnknownFleet(UnknownRollout):
     """No rollout of this fleet is on record."""
 
     kind = "unknown_fleet"
