@@ -179,11 +179,6 @@ class Witness:
         """The stages the fleet's rollout entered, in order."""
         return [e["body"]["stage"] for e in self.envelopes(StageEntered.TYPE)]
 
-    def mid_rollout(self) -> str:
-        """The stage the rollout is in; fails if it is over (a fault must land mid-rollout)."""
-        assert self.stages() and not self.activated(), "the rollout is not under way"
-        return self.stages()[-1]
-
     def holders(self) -> list[str]:
         """Who took the lease, in order."""
         return [env["body"]["holder"] for env in self.envelopes(LeaseTaken.TYPE)]
@@ -233,6 +228,8 @@ class ClusterWorld:
     auditor: NATS
     cosigners: list[tuple[Cosigner, NatsService]] = field(default_factory=list)
     connections: dict[str, NATS] = field(default_factory=dict)
+    fault_seqs: list[int] = field(default_factory=list)
+    """The log's last sequence as each fault was injected: the activation must come later."""
 
     @classmethod
     async def open(
@@ -321,6 +318,14 @@ class ClusterWorld:
 
     # --- faults --------------------------------------------------------------------------
 
+    async def mid_rollout(self) -> str:
+        """The stage the rollout is in as a fault is about to land, and where the log ends
+        then; fails if the rollout is not under way."""
+        stages = self.witness.stages()
+        assert stages and not self.witness.activated(), "the rollout is not under way"
+        self.fault_seqs.append(await EventStore(self.auditor).last_seq())
+        return stages[-1]
+
     async def stream_leader(self) -> NatsServer:
         """The server leading the event stream's replicas."""
         deadline = time.monotonic() + SETTLE_S
@@ -337,7 +342,7 @@ class ClusterWorld:
     async def stop_server(self, server: NatsServer, why: str) -> None:
         """Stop ``server`` (SIGTERM) mid-rollout; the tally names the stage and the parties
         it cut off (an orchestrator process counts as on the server it is configured with)."""
-        stage = self.witness.mid_rollout()
+        stage = await self.mid_rollout()
         cut = [name for name, nc in self.connections.items() if connected_to(nc, server)]
         if server is self.cluster.servers[ORCHESTRATOR_SERVER]:
             cut.append("orchestrator")
@@ -350,14 +355,14 @@ class ClusterWorld:
 
     async def restart_cluster(self) -> None:
         """Stop every server mid-rollout, then start them again on the same stores."""
-        stage = self.witness.mid_rollout()
+        stage = await self.mid_rollout()
         await self.cluster.stop()
         self.tally.fault(f"stopped all {len(self.cluster.servers)} servers in {stage}")
         await self.cluster.start(SETTLE_S)
 
     async def kill(self, orchestrator: OrchestratorProcess, holder: str) -> None:
         """SIGKILL ``orchestrator`` (``holder``) mid-rollout."""
-        stage = self.witness.mid_rollout()
+        stage = await self.mid_rollout()
         orchestrator.signal(signal.SIGKILL)
         assert orchestrator.proc is not None
         await orchestrator.proc.wait()
@@ -410,6 +415,12 @@ class ClusterWorld:
 
         rollout = replay.state.book.of_fleet(FLEET)
         assert rollout is not None and rollout.status == "active", rollout
+        activated = next(
+            seq
+            for seq, env in enumerate(entries, start=1)
+            if env["type"] == RolloutActivated.TYPE and env["body"]["fleet"] == FLEET
+        )
+        assert all(seq < activated for seq in self.fault_seqs), "a fault came after the end"
         chain = replay.state.book.fleets[FLEET]
         documents = [b.to_bytes() for b in chain.bundles]
         tally.bundles_checked = len(documents)

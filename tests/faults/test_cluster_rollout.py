@@ -1,10 +1,13 @@
 """Rollouts on a 3-server JetStream cluster (NATS permissions on) that loses servers and
 orchestrators on the way.
 
-- The server leading the event stream is stopped during the ceremony, and started again once
-  the fleet is active;
-- every server is stopped and started again on the same stores during the quorum stage;
-- the active orchestrator process is SIGKILLed during the ceremony and a standby takes over.
+- The server leading the event stream is stopped once the ceremony begins, and started again
+  once the fleet is active;
+- every server is stopped and started again on the same stores once the quorum stage begins;
+- the active orchestrator process is SIGKILLed once the ceremony begins, and a standby takes
+  over through the lease.
+
+Each fault must land before the activation is logged; the stage it landed in is reported.
 
 Each time the rollout completes to an active fleet whose validation bundle verifies, and the
 log exported afterwards has an unbroken chain, no entry twice, every entry a witness read
@@ -51,7 +54,7 @@ async def world(tmp_path, template, nats_cluster, request):
     await world.close()
 
 
-async def test_the_stream_leader_stopped_during_the_ceremony(world, tmp_path, request):
+async def test_the_stream_leader_stopped_mid_rollout(world, tmp_path, request):
     orchestrator = world.orchestrator(HOLDERS[0])
     try:
         await orchestrator.start()
@@ -68,7 +71,7 @@ async def test_the_stream_leader_stopped_during_the_ceremony(world, tmp_path, re
     assert len(world.tally.faults) == 1 and world.tally.bundles_checked == 5
 
 
-async def test_every_server_restarted_during_the_quorum_stage(world, tmp_path, request):
+async def test_every_server_restarted_mid_rollout(world, tmp_path, request):
     orchestrator = world.orchestrator(HOLDERS[0])
     try:
         await orchestrator.start()
@@ -83,7 +86,7 @@ async def test_every_server_restarted_during_the_quorum_stage(world, tmp_path, r
     assert len(world.tally.faults) == 1 and world.tally.bundles_checked == 5
 
 
-async def test_the_active_orchestrator_killed_during_the_ceremony(world, tmp_path, request):
+async def test_the_active_orchestrator_killed_mid_rollout(world, tmp_path, request):
     active, standby = (world.orchestrator(holder) for holder in HOLDERS)
     try:
         await active.start()
