@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from messages.attestation import NodeAnnounce
-from messages.bundle import Evidence, StageBundle
+from messages.bundle import DESTROY, Evidence, StageBundle
 from messages.events import (
     ArtifactPrepared,
     AttestationAnswer,
@@ -31,6 +31,7 @@ from messages.events import (
     NodeEnrolled,
     SetPolicy,
     StageBundleIssued,
+    StageEntered,
     Tick,
 )
 from messages.signing import Ed25519Signer
@@ -272,6 +273,45 @@ def divergent_rollout_gate() -> Recorder:
     return _in_world(play)
 
 
+def fleet_flows() -> Recorder:
+    """A fleet's keys rotated (old keys destroyed once the overlap ends), a rotation schedule,
+    a second fleet rolled out and the first retired in its favour (drained, keys destroyed,
+    retirement logged)."""
+
+    async def play(world: World) -> None:
+        world.start()
+        await world.settle()
+        world.rotate(overlap_s=60)
+        await world.settle()
+        await world.wait_out(61)
+        world.schedule(every_days=90, overlap_s=3600)
+        world.start("fleet-2")
+        await world.settle()
+        world.retire("fleet-1", "fleet-2", drain_s=60)
+        await world.settle()
+        await world.wait_out(61)
+
+    return _in_world(play)
+
+
+def divergent_early_destroy() -> Recorder:
+    """A buggy build began destroying a rotation's old keys on a tick before the overlap
+    window ended."""
+
+    async def play(world: World) -> None:
+        world.start()
+        await world.settle()
+        world.rotate(overlap_s=3600)
+        await world.settle()
+        rotation = world.rollout()
+        recorder = world.drill.recorder
+        ctx = recorder.context(world.clock())
+        early = StageEntered(rotation.rollout_id, rotation.fleet, DESTROY)
+        recorder.record(Tick(), [early], ctx)
+
+    return _in_world(play)
+
+
 SCENARIOS = {
     "enrollment-mixed.v2": enrollment_mixed,
     "enrollment-mixed.v1": lambda: enrollment_mixed(version=1),
@@ -282,6 +322,8 @@ SCENARIOS = {
     "rollout-faults.v2": rollout_faults,
     "divergent-rollout-bundle.v2": divergent_rollout_bundle,
     "divergent-rollout-gate.v2": divergent_rollout_gate,
+    "fleet-flows.v2": fleet_flows,
+    "divergent-early-destroy.v2": divergent_early_destroy,
 }
 
 

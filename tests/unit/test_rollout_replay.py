@@ -79,3 +79,25 @@ def test_a_log_with_lost_members_supersede_and_abort_replays(trust):
 def test_a_divergent_rollout_log_fails_naming_the_entry(trust, name, words):
     with pytest.raises(ReplayDivergence, match=rf"{name} line \d+: .*{words}"):
         replay_files([DATA / name], trust)
+
+
+def test_a_log_of_rotation_schedule_and_retirement_replays(trust):
+    book = replay_files([DATA / "fleet-flows.v2.jsonl"], trust).state.book
+    one, two = book.fleets["fleet-1"], book.fleets["fleet-2"]
+    stages = [b.stage for b in one.bundles]
+    first = ["enroll", "ceremony", "quorum", "publish", "activate"]
+    assert stages == [*first, *first, "destroy", "drain", "retire"]
+    assert one.logged == len(stages) and one.active_epoch == 2
+    assert one.rotate_every_days == 90 and one.retirement is not None
+    rotation = book.rollouts[one.active_rollout]
+    assert rotation.kind == "rotation" and rotation.legacy_closed
+    assert book.of_fleet("fleet-1").status == "retired"
+    assert two.active_epoch == 1
+    rebuilt = [b.to_bytes() for f in ("fleet-1", "fleet-2") for b in book.fleets[f].bundles]
+    assert sorted(rebuilt) == sorted(recorded_bundles("fleet-flows.v2.jsonl"))
+
+
+def test_a_log_destroying_old_keys_inside_the_overlap_diverges(trust):
+    name = "divergent-early-destroy.v2.jsonl"
+    with pytest.raises(ReplayDivergence, match=rf"{name} line \d+: .*decide now emits 0"):
+        replay_files([DATA / name], trust)
