@@ -106,8 +106,20 @@ class Tally:
     def fault(self, what: str) -> None:
         self.faults.append(what)
 
-    def line(self) -> str:
-        """One line for the terminal summary (counts a scenario does not check are left out)."""
+    def add(self, other: Tally) -> None:
+        """Count ``other``'s figures in too."""
+        self.faults += other.faults
+        self.events_checked += other.events_checked
+        self.decisions_replayed += other.decisions_replayed
+        self.bundles_checked += other.bundles_checked
+        self.writes_checked += other.writes_checked
+        self.writes_during_faults += other.writes_during_faults
+        self.lost += other.lost
+        self.duplicates += other.duplicates
+
+    def line(self, *, detail: bool = True) -> str:
+        """One line for the terminal summary (counts a scenario does not check are left out;
+        ``detail`` lists the faults)."""
         checked = {
             "events checked": self.events_checked,
             "decisions replayed": self.decisions_replayed,
@@ -116,18 +128,23 @@ class Tally:
             "of them while a server was down": self.writes_during_faults,
         }
         counts = ", ".join(f"{name} {n}" for name, n in checked.items() if n)
+        faults = f" ({'; '.join(self.faults)})" if detail else ""
         return (
-            f"cluster-faults {self.scenario}: faults injected {len(self.faults)} "
-            f"({'; '.join(self.faults)}), {counts}, lost {self.lost}, "
-            f"duplicates {self.duplicates}"
+            f"cluster-faults {self.scenario}: faults injected {len(self.faults)}{faults}, "
+            f"{counts}, lost {self.lost}, duplicates {self.duplicates}"
         )
 
 
+TOTAL = Tally("all scenarios run so far")
+
+
 def report(request: pytest.FixtureRequest, tally: Tally) -> None:
-    """Put a scenario's figures on the terminal, past pytest's output capture."""
+    """Put a scenario's figures, and the totals of the run so far, on the terminal, past
+    pytest's output capture."""
+    TOTAL.add(tally)
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
-        print(f"\n{tally.line()}")
+        print(f"\n{tally.line()}\n{TOTAL.line(detail=False)}")
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = SETTLE_S) -> None:
