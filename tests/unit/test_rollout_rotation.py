@@ -293,3 +293,60 @@ async def test_a_verifier_follows_the_rotation_and_refuses_old_keys_after_the_wi
     # A verifier that took epoch 2 refuses the first artifact again (no rollback).
     with pytest.raises((Rollback, StaleCheckpoint)):
         verify_bundle(first.validation, pins, accepted.state, world.clock())
+
+
+def _rotation_member_doing(state, step: str) -> str | None:
+    """A member of the running rotation with ``step`` open (``enroll``: challenged, not yet
+    attested), if any."""
+    rotation = next((r for r in state.book.rollouts.values() if r.kind == "rotation"), None)
+    if rotation is None:
+        return None
+    for member in rotation.in_order():
+        if step == ENROLL and member.enrollment_id and member.attestation is None:
+            return member.node_id
+        if member.step == step:
+            return member.node_id
+    return None
+
+
+@pytest.mark.parametrize("step", [ENROLL, "generate", "import", "join", "probe", DESTROY])
+async def test_a_member_down_at_any_step_of_a_rotation_ends_the_same(world, step):
+    await active(world)
+    first = world.rollout()
+    world.rotate(overlap_s=60)
+    if step == DESTROY:
+        await world.settle()
+        world.clock.advance(60_000)  # the overlap is over: the next tick starts destroying
+    await world.drill.settle(until=lambda state: _rotation_member_doing(state, step) is not None)
+    node = _rotation_member_doing(world.state, step)
+    assert node is not None
+    world.nodes.down.add(node)
+    await world.wait_out(5)  # within its deadline: the others go on as far as they can
+    world.nodes.down.clear()
+    await world.settle()
+    await world.wait_out(61)
+    rotation = world.rollout()
+    assert rotation.status == "active" and rotation.legacy_closed
+    assert stages(world) == [*FIRST, *FIRST, DESTROY]
+    assert {m.id for m in rotation.artifact.quorum.members} == set(world.nodes.nodes)
+    assert holds(world, first.rollout_id, "vault") == set()
+    assert holds(world, rotation.rollout_id, "vault") == set(world.nodes.nodes)
+    replays(world)
+
+
+async def test_a_member_down_past_its_deadline_pauses_and_retry_ends_the_same(world):
+    await active(world)
+    world.rotate(overlap_s=60)
+    await world.drill.settle(until=lambda state: _rotation_member_doing(state, "import"))
+    node = _rotation_member_doing(world.state, "import")
+    world.nodes.down.add(node)
+    await world.wait_out(11)
+    assert world.rollout().status == "paused" and node in world.rollout().reason
+    world.nodes.down.clear()
+    world.act("retry")
+    await world.settle()
+    await world.wait_out(61)
+    rotation = world.rollout()
+    assert rotation.legacy_closed and stages(world) == [*FIRST, *FIRST, DESTROY]
+    assert {m.id for m in rotation.artifact.quorum.members} == set(world.nodes.nodes)
+    replays(world)
