@@ -56,7 +56,7 @@ class TargetFigures:
 
 
 class Campaign:
-    """Sends mutants from ``rng`` through ``nc``; ``strangers`` sign the wrong-signer mutants."""
+    """Sends candidates of ``mutator`` through ``nc``, choosing seeds with ``rng``."""
 
     def __init__(self, nc: NATS, rng: random.Random, mutator: Mutator) -> None:
         self.nc = nc
@@ -69,8 +69,12 @@ class Campaign:
         started = time.perf_counter()
         seeds, seen = await self._prime(target, figures)
         baseline = target.counted()
+        next_refresh = REFRESH_EVERY
         while figures.sent < count:
-            if figures.sent and figures.sent % REFRESH_EVERY == 0:
+            if figures.sent >= next_refresh:
+                next_refresh += REFRESH_EVERY
+                # settle first, so that what priming sees counted is priming's own doing
+                await self._pace(target, baseline, figures.sent, 0, figures)
                 seeds, more = await self._prime(target, figures)  # admitted: not counted
                 seen |= more
             seed = self.rng.choice(seeds)

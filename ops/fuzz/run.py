@@ -24,7 +24,7 @@ from messages.bus import Rejected
 from messages.cosigning import CheckpointRequest
 from messages.envelope import Envelope
 from messages.outbox import Outbox
-from messages.quorum import Config, SnapshotRequest
+from messages.quorum import SnapshotRequest
 from messages.signing import Ed25519Signer
 from messages.subjects import EVENT_STREAM
 from messages.vault import Registration
@@ -232,7 +232,7 @@ async def probe(world: World) -> list[str]:
         ),
         "replica config": (
             subjects.quorum(FLEET, "config"),
-            operator.envelope(Config.from_json(current.to_config().to_json())),
+            operator.envelope(current.to_config()),
         ),
     }
     for name, (subject, env) in asks.items():

@@ -58,10 +58,6 @@ class BusTarget:
     answers: bool = True
 
 
-def _signed(source: str, signer: Signer) -> Outbox:
-    return Outbox(source, signer)
-
-
 def global_rejects() -> int:
     """Every reject counted by any gate of this process (``hsmfleet_messages_rejected``)."""
     return int(
@@ -75,9 +71,10 @@ def _counter(registry: Any, name: str, labels: dict[str, str]) -> int:
 
 def node_targets(world: World) -> list[BusTarget]:
     """The node daemon's command subjects: attest answers anyone signed by the orchestrator;
-    ceremony, join and retire refuse an attest request (their handlers check the type)."""
+    every other verb (ceremony, join, rotate, retire) refuses an attest request, its handler
+    checking the type."""
     pins = read_pins(world.root / "pins.json")
-    outbox = _signed(ORCHESTRATOR_SOURCE, world.orchestrator_key)
+    outbox = Outbox(ORCHESTRATOR_SOURCE, world.orchestrator_key)
     gate = world.daemon.gate
 
     def attest(deep: bool) -> Callable[[], list[Seed]]:
@@ -135,8 +132,8 @@ def quorum_targets(world: World) -> list[BusTarget]:
     replicas (snapshot: answered; config: a snapshot request is not a configuration)."""
     membership = next(iter(world.members.values())).replica.current()
     trust = membership.trust()
-    member = _signed(OUTSIDER, world.outsider_key)
-    operator = _signed(OPERATOR_SOURCE, world.fleet.operator)
+    member = Outbox(OUTSIDER, world.outsider_key)
+    operator = Outbox(OPERATOR_SOURCE, world.fleet.operator)
     operator_trust = TrustStore()
     operator_trust.trust(OPERATOR_SOURCE, world.fleet.operator, OPERATOR_ROLE)
     acceptors = [m.replica.acceptor for m in world.members.values()]
@@ -236,7 +233,7 @@ def cosigner_target(world: World) -> BusTarget:
     """The cosigner's signing subject: a checkpoint request is answered; a document that is no
     stage bundle or artifact is refused by the cosigner."""
     cosigner = world.cosigner.cosigner
-    outbox = _signed(ORCHESTRATOR_SOURCE, world.orchestrator_key)
+    outbox = Outbox(ORCHESTRATOR_SOURCE, world.orchestrator_key)
 
     def seeds() -> list[Seed]:
         return [
