@@ -12,7 +12,13 @@ out (member commands, bundles to sign, the artifact to publish) are read off the
 Stages: ``enroll`` → ``ceremony`` → ``quorum`` → ``publish`` → ``activate``. A rollout's status is
 ``running``, ``paused`` (clocks stopped), ``failed`` (``retry`` or ``abort``), or one it never
 leaves: ``active``, ``aborted`` (its keys are destroyed on every member, then an ``abort``
-bundle closes the chain), ``superseded`` (a new plan for the fleet took over; keys destroyed).
+bundle closes the chain), ``superseded`` (a new plan for the fleet took over; keys destroyed),
+``rotated`` (it was active and a later epoch of the fleet took over).
+
+An active fleet's later flows are rollouts too, of other kinds, started by their own modules and
+run by the same stages here: a key rotation (:mod:`orchestrator.rollout_rotation`) and a member
+replacement (:mod:`orchestrator.rollout_replacement`). A retirement
+(:mod:`orchestrator.rollout_retirement`) has stages of its own and is run there.
 """
 
 from __future__ import annotations

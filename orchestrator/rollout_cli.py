@@ -4,8 +4,9 @@
 - ``rollout start FILE [--watch]``: start it (a rollout of the same fleet in progress is
   superseded);
 - ``rollout status FLEET [--watch]``: where the rollout is; with ``--watch``, follow it until it
-  is active (exit 0), or aborted, failed or superseded (exit 1). Time spent paused does not count
-  against ``--timeout``, as it does not count against the rollout's own deadlines;
+  is active (or, for a fleet's later flows, rotated or retired: exit 0), or aborted, failed or
+  superseded (exit 1). Time spent paused does not count against ``--timeout``, as it does not
+  count against the rollout's own deadlines;
 - ``rollout pause|resume|abort|retry|approve FLEET [--reason TEXT]``;
 - ``rollout bundle FLEET [--out FILE]``: the fleet's validation bundle, for clients.
 
@@ -141,7 +142,7 @@ async def _watch(args: argparse.Namespace, fleet: str) -> int:
             else:
                 print("\n".join(lines), flush=True)
             last = lines
-        if view["status"] == "active":
+        if view["status"] in ("active", "rotated", "retired"):
             return DONE
         if view["status"] in ENDED:
             return NEGATIVE

@@ -2,9 +2,12 @@
 
 A :class:`Rollout` is one plan being carried out: its members (each with what it proved so far
 and the command it has open), its stage and status, the fleet keys' public halves, the artifact
-and its validation bundle. A :class:`FleetChain` is what a fleet accumulates across rollouts: its
-chain of stage bundles (issued, and how many of them the cosigners logged), the artifacts
-prepared for it, its active epoch. The folds here are part of :func:`orchestrator.state.evolve`.
+and its validation bundle. Its ``kind`` says which flow it is: a new fleet's rollout, a key
+rotation, a member replacement or a retirement of an active fleet (the later ones name the
+rollout they follow, ``predecessor``). A :class:`FleetChain` is what a fleet accumulates across
+rollouts: its chain of stage bundles (issued, and how many of them the cosigners logged), the
+artifacts prepared for it, its active epoch and rollout, its rotation schedule, its retirement.
+The folds here are part of :func:`orchestrator.state.evolve`.
 """
 
 from __future__ import annotations
