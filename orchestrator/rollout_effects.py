@@ -117,7 +117,7 @@ def _command_body(state: State, rollout: Rollout, member: RolloutMember) -> Body
     if step == DESTROY:
         old = state.book.rollouts[rollout.predecessor or ""]
         retiring = rollout.kind == "retirement"
-        return DestroyFleetKeys(fleet, old.epoch, old.rollout_id, leave=retiring)
+        return DestroyFleetKeys(fleet, old.epoch, old.key_rollout, leave=retiring)
     return RetireFleet(fleet, epoch, rid)
 
 

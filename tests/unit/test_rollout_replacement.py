@@ -13,6 +13,7 @@ import pytest
 from messages.bundle import ACTIVATE, CEREMONY, ENROLL, PUBLISH, QUORUM, check_chain
 from messages.ceremony import GenerateFleetKeys, JoinFleet, key_label
 from messages.events import MemberCommanded, MemberReconfigured, ReplaceMember
+from node.hsm.base import KeyNotFound
 from node.quorum.membership import Membership
 from node.vendor import VendorCA
 from orchestrator.errors import RolloutConflict, UnknownNode
@@ -178,3 +179,34 @@ async def test_bad_replacements_are_refused_and_change_nothing(world):
     world.act("approve")
     await world.settle()
     assert world.rollout().status == "active"
+
+
+async def test_after_a_replacement_a_rotation_and_a_retirement_destroy_the_keys_it_kept(world):
+    await active(world)
+    first = world.rollout()
+    world.nodes.down.add("node-5")
+    world.replace("node-5", "node-6")
+    await world.settle()
+    world.nodes.down.clear()
+    label = key_label("fleet-1", first.rollout_id, "vault")
+    world.rotate(overlap_s=60)
+    await world.settle()
+    rotation = world.rollout()
+    assert {m.node_id for m in rotation.in_order()} == {*FIVE[:4], "node-6"}
+    assert rotation.config == world.state.book.rollouts[rotation.predecessor].config
+    await world.wait_out(61)
+    assert world.rollout().legacy_closed
+    for node_id in (*FIVE[:4], "node-6"):
+        with pytest.raises(KeyNotFound):
+            world.nodes.nodes[node_id].hsm.public_key(label)
+    world.start("fleet-2", members={"ids": FIVE})
+    await world.settle()
+    world.retire("fleet-1", "fleet-2", drain_s=0)
+    await world.settle()
+    await world.wait_out(1)
+    assert world.rollout("fleet-1").status == "retired"
+    new_label = key_label("fleet-1", rotation.rollout_id, "vault")
+    for node_id in (*FIVE[:4], "node-6"):
+        with pytest.raises(KeyNotFound):
+            world.nodes.nodes[node_id].hsm.public_key(new_label)
+    replays(world)
