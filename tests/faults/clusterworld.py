@@ -6,8 +6,8 @@ The fleet is the one :mod:`tests.replay.rolloutbed` lays out (node daemons with 
 two cosigners, the orchestrator's configuration with an operator HSM), each party connected as
 itself (its own nkey user from the cluster's bundle, see :data:`LAYOUT`): node daemons and
 cosigners in this process, orchestrators as ``hsmfleet orchestrator`` processes.
-:func:`connect` and :func:`credentials` are the one place that says how a party reaches the
-cluster.
+:func:`connect`, :func:`seed_settings` and :func:`credentials` are the one place that says
+how a party reaches the cluster.
 """
 
 from __future__ import annotations
@@ -76,16 +76,21 @@ async def connect(cluster: SecuredCluster, role: str, party_id: str) -> NATS:
     return await cluster.connect(role, party_id, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
 
 
-def credentials(cluster: SecuredCluster, role: str, party_id: str) -> dict[str, str]:
-    """The NATS settings of a party's configuration file: one server's URL and its seed."""
+def seed_settings(cluster: SecuredCluster, role: str, party_id: str) -> dict[str, str]:
+    """The NATS credentials of a party's settings file: its seed file (and the CA's, with TLS)."""
     party = cluster.bundle.layout.party(role, party_id)
-    settings = {
-        "nats": cluster.servers[ORCHESTRATOR_SERVER].url,
-        "nats_seed": str(cluster.bundle.seed_file(party)),
-    }
+    settings = {"nats_seed": str(cluster.bundle.seed_file(party))}
     if cluster.bundle.tls:
         settings["nats_ca"] = str(cluster.bundle.ca_file)
     return settings
+
+
+def credentials(cluster: SecuredCluster, role: str, party_id: str) -> dict[str, str]:
+    """The NATS settings of a process's configuration file: one server's URL, its seed."""
+    return {
+        "nats": cluster.servers[ORCHESTRATOR_SERVER].url,
+        **seed_settings(cluster, role, party_id),
+    }
 
 
 @dataclass

@@ -19,7 +19,14 @@ from node.quorum.localfleet import LocalFleet
 from ops.natsauth.connect import SecuredCluster
 from ops.natsauth.layout import CLIENT, NODE, parse_layout
 from ops.natsserver import NatsServer
-from tests.faults.clusterworld import SETTLE_S, Tally, connect, connected_to, report
+from tests.faults.clusterworld import (
+    SETTLE_S,
+    Tally,
+    connect,
+    connected_to,
+    report,
+    seed_settings,
+)
 from tests.faults.fleets import FAST, RunningFleet
 from tests.faults.harness import Recorder, owner
 from tests.faults.linearizability import UNKNOWN, check
@@ -54,10 +61,7 @@ def secured_fleet(root, cluster: SecuredCluster) -> RunningFleet:
     """A new fleet of ``SIZE`` members that reach every server, each as its own NATS user."""
     local = LocalFleet.create(root, FLEET, SIZE, cluster.urls, limit=LIMIT, **FAST)
     for member in local.members:
-        settings = local.settings(member)
-        seed = cluster.bundle.seed_file(cluster.bundle.layout.party(NODE, member))
-        ca = str(cluster.bundle.ca_file) if cluster.bundle.tls else None
-        own = dataclasses.replace(settings, nats_seed=str(seed), nats_ca=ca)
+        own = dataclasses.replace(local.settings(member), **seed_settings(cluster, NODE, member))
         own.save(local.settings_path(member))
     return RunningFleet(local)
 
