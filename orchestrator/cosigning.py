@@ -69,15 +69,6 @@ class Cosigning:
             for client in self._clients.values():
                 _follow(client, rotation, index)
 
-
-def _follow(client: CosigningClient, rotation: KeyRotation, index: int) -> None:
-    """``client`` following ``rotation`` if it uses that cosigner at the rotation's old key."""
-    if any(
-        p.name == rotation.signer and p.pin.public_key == rotation.old.public_key
-        for p in client.peers
-    ):
-        client.follow(rotation, index)
-
     async def log_document(self, job: ToLog) -> BundleCosigned:
         """Have a stage bundle logged and witnessed by ``job``'s cosigners."""
         assert isinstance(job.document, StageBundle)
@@ -98,6 +89,15 @@ def _follow(client: CosigningClient, rotation: KeyRotation, index: int) -> None:
         return ArtifactPublished(
             fleet=job.fleet, epoch=job.document.epoch, validation=validation.to_json()
         )
+
+
+def _follow(client: CosigningClient, rotation: KeyRotation, index: int) -> None:
+    """``client`` following ``rotation`` if it uses that cosigner at the rotation's old key."""
+    if any(
+        p.name == rotation.signer and p.pin.public_key == rotation.old.public_key
+        for p in client.peers
+    ):
+        client.follow(rotation, index)
 
 
 def answers(logged: Logged, cosigners: list[Peer]) -> tuple[CosignerAnswer, ...]:
