@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import nats
+import pytest
+
+from ops.natsauth.credentials import connect, party_options
 
 HSMFLEET = [sys.executable, "-m", "ops.cli"]
 
@@ -26,6 +29,7 @@ def test_console_script_is_installed():
 
 
 async def test_nats_up_serves_until_interrupted(tmp_path):
+    """The dev server is secured by default: a party connects with its seed, nobody without."""
     proc = await asyncio.create_subprocess_exec(
         *HSMFLEET,
         "--log-json",
@@ -42,7 +46,10 @@ async def test_nats_up_serves_until_interrupted(tmp_path):
     try:
         url = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
         assert url.startswith("nats://127.0.0.1:")
-        nc = await nats.connect(url)
+        seed = tmp_path / "auth" / "keys" / "orchestrator-orch-a.nk"
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        nc = await connect(url, party_options("orchestrator", "orch-a", seed))
         info = await nc.jetstream().account_info()
         assert info.limits is not None
         await nc.close()
