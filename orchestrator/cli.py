@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 from aiohttp import web
 
 from messages.canonical import b64
 from messages.errors import HsmfleetError
+from ops.natsauth import credentials
+from ops.natsauth.layout import AUDITOR
 from orchestrator.api import create_app
 from orchestrator.config import Settings
 from orchestrator.errors import Fenced, ReplayDivergence
@@ -84,6 +85,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     export = log_actions.add_parser("export", help="write the log as JSON lines to stdout")
     export.add_argument("--from", dest="from_seq", type=int, default=1)
     export.add_argument("--nats", default=os.environ.get("HSMFLEET_NATS", "nats://127.0.0.1:4222"))
+    export.add_argument(
+        "--auditor", default="audit", help="the auditor id whose seed --nats-seed names"
+    )
+    credentials.add_arguments(export)
     export.set_defaults(run=export_command)
 
     replay = verbs.add_parser("replay", help="rebuild state from exported logs, re-deciding")
@@ -236,7 +241,8 @@ async def watch_command(args: argparse.Namespace) -> int:
 
 
 async def export_command(args: argparse.Namespace) -> int:
-    nc = await nats.connect(args.nats, name="hsmfleet-log-export")
+    party = credentials.party_options(AUDITOR, args.auditor, args.nats_seed, args.nats_ca)
+    nc = await credentials.connect(args.nats, party)
     try:
         store = EventStore(nc)
         last = await store.last_seq()

@@ -658,6 +658,12 @@ async def test_node_daemon_and_orchestrator_enroll_each_with_its_own_seed(nats_b
             await wait_for(lambda: "n1" in orch.state.nodes, what="n1 to announce itself")
             await orch.submit(EnrollNode(node_id="n1", requested_by="test"))
             await wait_for(lambda: orch.state.nodes["n1"].status == "enrolled", what="enrolment")
+            # An auditor exports the log with its own seed; without one it is refused.
+            export = ["log", "export", "--nats", server.url]
+            code, err = await hsmfleet(*export, "--nats-seed", str(keys / "auditor-audit.nk"))
+            assert code == 0 and "exported" in err and "exported 0 " not in err
+            code, err = await hsmfleet(*export)
+            assert code == 2 and "refused" in err
         finally:
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.wait(), 30) == 0
