@@ -46,9 +46,9 @@ from ops.natsserver import NatsServer
 from orchestrator.config import Settings
 from orchestrator.keys import load_signer, make_operator_key, trust_for
 from orchestrator.log import GENESIS, PREV, entry_digest
-from orchestrator.logfile import Header, ReplayResult, replay_files, write_entry, write_header
+from orchestrator.logfile import ReplayResult, replay_files
 from orchestrator.store import EventStore
-from tests.replay.fleet import OPERATOR_TOKEN, OrchestratorProcess
+from tests.replay.fleet import HSMFLEET, OPERATOR_TOKEN, OrchestratorProcess
 from tests.replay.rolloutbed import MEMBERS, SEALING_KEY, SOFTWARE, RolloutBed, SeededHsm
 
 FLEET = "fleet-1"
@@ -393,16 +393,17 @@ class ClusterWorld:
     # --- checks --------------------------------------------------------------------------
 
     async def export(self, path: Path) -> list[bytes]:
-        """The whole log, read as the auditor, in the format of ``hsmfleet log export``;
-        returns its entries."""
-        store = EventStore(self.auditor)
-        entries: list[bytes] = []
-        await store.scan(1, await store.last_seq(), lambda _seq, data: entries.append(data))
+        """``hsmfleet log export`` of the whole log into ``path``, run as the auditor; returns
+        the log's entries."""
         with path.open("wb") as out:
-            write_header(out, Header(store.stream, 1, GENESIS))
-            for data in entries:
-                write_entry(out, data)
-        return entries
+            proc = await asyncio.create_subprocess_exec(
+                *HSMFLEET, "log", "export", "--nats", self.cluster.servers[0].url,
+                "--auditor", WITNESS, *self.cluster.bundle.arguments(AUDITOR, WITNESS),
+                stdout=out, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(proc.communicate(), SETTLE_S)
+        assert proc.returncode == 0, err.decode()
+        return (await asyncio.to_thread(path.read_bytes)).splitlines()[1:]
 
     async def check(self, export_to: Path) -> ReplayResult:
         """Every check a rollout scenario ends with; returns the replay of the exported log.
