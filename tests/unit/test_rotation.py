@@ -10,6 +10,7 @@ its own error and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from pathlib import Path
@@ -399,6 +400,12 @@ def test_an_audit_walks_the_logs_own_rotations_and_sees_the_retirement(world: Wo
         own_keys(A, stranger, documents)
 
 
+def _hsmfleet(argv: list[str]) -> int:
+    """Run a ``hsmfleet`` verb in this process (without reconfiguring logging)."""
+    args = cli.build_parser().parse_args(argv)
+    return asyncio.run(args.run(args))
+
+
 def test_hsmfleet_verify_walks_the_chain_and_ingests_retirements(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -408,7 +415,7 @@ def test_hsmfleet_verify_walks_the_chain_and_ingests_retirements(
     now = format_time(world.now)
     base = ["verify", str(tmp_path / "second.json"), "--pins", str(tmp_path / "pins.json")]
     base += ["--now", now, "--json", "--state", str(tmp_path / "state.json")]
-    assert cli.main(base) == 0
+    assert _hsmfleet(base) == 0
     result = json.loads(capsys.readouterr().out)
     assert [(r["signer"], r["version"]) for r in result["rotations"]] == [
         (OPERATOR, 2),
@@ -416,7 +423,7 @@ def test_hsmfleet_verify_walks_the_chain_and_ingests_retirements(
         (OPERATOR, 3),
         (A, 3),
     ]
-    assert cli.main([*base, "--retirement", str(tmp_path / "retired.json")]) == 1
+    assert _hsmfleet([*base, "--retirement", str(tmp_path / "retired.json")]) == 1
     result = json.loads(capsys.readouterr().out)
     assert (result["kind"], result["retired"]) == (
         "fleet_retired",
