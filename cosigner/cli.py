@@ -3,7 +3,8 @@
 - ``init --state DIR --id ID [--name NAME] --requester-key FILE``: a new key (mode 0600) and a
   configuration trusting the orchestrator key(s) pinned in FILE; prints the cosigner's pin;
 - ``witness-of --state DIR PIN...``: also witness the logs pinned in these files;
-- ``pin --state DIR [--url URL]``: print the pin verifiers and other witnesses need;
+- ``pin --state DIR [--url URL]``: print the pin verifiers and other witnesses need (with the
+  key's ``version`` once it rotated);
 - ``run --state DIR [--nats URL [--nats-seed FILE [--nats-ca FILE]]] [--http HOST:PORT]``: serve
   until SIGINT or SIGTERM, on NATS as the party ``cosigner-<id>`` with its own nkey seed; prints
   one JSON line ``{"id", "name", "url"}`` once it answers; ``--refresh-every SECONDS`` re-signs
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +40,7 @@ from cosigner.config import (
 )
 from cosigner.engine import REFRESH_S, Cosigner
 from cosigner.http import COSIGNER, NATS_SERVICE, Server, make_app
+from cosigner.keys import key_version
 from cosigner.service import NatsService
 from messages.canonical import canonical
 from messages.errors import HsmfleetError
@@ -110,7 +113,8 @@ def witness_command(args: argparse.Namespace) -> int:
 
 
 def pin_command(args: argparse.Namespace) -> int:
-    _print_json(pin_of(load_config(args.state), load_key(args.state), args.url).to_json())
+    pin = pin_of(load_config(args.state), load_key(args.state), args.url)
+    _print_json(dataclasses.replace(pin, version=key_version(args.state)).to_json())
     return 0
 
 

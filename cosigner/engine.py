@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from cosigner.config import ConfigError, CosignerConfig, load_config
-from cosigner.keys import available_keys, next_key, settle
+from cosigner.keys import available_keys, next_key, record_version, settle
 from cosigner.notary import Notary
 from cosigner.witness import Witness, WitnessConflict
 from messages.cosigning import Signed, Witnessed
@@ -113,6 +113,7 @@ class Cosigner:
         notary = Notary.open(state, config.name, keys[0], keys[1:], known)
         try:
             settle(state, notary.signer.public_key)
+            record_version(state, notary.own_version)
         except BaseException:
             notary.close()
             raise
@@ -215,6 +216,7 @@ class Cosigner:
         )
         await self.sign(rotation.to_json())
         await asyncio.to_thread(settle, self.state, new.public_key)
+        await asyncio.to_thread(record_version, self.state, rotation.version)
         log.info("log key rotated", id=self.id, version=rotation.version, kid=new.kid)
         return rotation
 

@@ -6,6 +6,7 @@ logs the rotation statement signed by both keys, then moves ``key.next`` over ``
 seed is gone, and its signatures stay good for the log up to the rotation. The log says which
 key is in force, so a crash between logging and the move is finished when the cosigner opens
 (:func:`settle`), and a ``key.next`` the log never adopted is kept for the next attempt.
+``<state>/key.version`` says the version of the key in force (absent: 1), for its pin.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cosigner.config import KEY_FILE, ConfigError, load_key
 from messages.signing import Ed25519Signer
 
 NEXT_FILE = "key.next"
+VERSION_FILE = "key.version"
 
 
 def _fsync_directory(path: Path) -> None:
@@ -75,3 +77,22 @@ def settle(state: Path, current: bytes) -> None:
         _fsync_directory(state)
         return
     raise ConfigError("the cosigner holds no private key for the key its log says is in force")
+
+
+def key_version(state: Path) -> int:
+    """The version of the key in force, as last recorded (1 if never rotated)."""
+    path = Path(state) / VERSION_FILE
+    try:
+        return int(path.read_text().strip()) if path.exists() else 1
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the key version: {exc}", path=str(path)) from None
+
+
+def record_version(state: Path, version: int) -> None:
+    """Record the version of the key in force (what the log says), if it changed."""
+    if key_version(state) == version:
+        return
+    path = Path(state) / VERSION_FILE
+    tmp = path.with_name(VERSION_FILE + ".tmp")
+    tmp.write_text(f"{version}\n")
+    tmp.replace(path)

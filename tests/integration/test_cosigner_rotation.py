@@ -108,6 +108,11 @@ async def test_a_cosigner_process_rotates_its_key_and_a_verifier_follows(running
         await procs["cosigner-a"].start()
         chain.append(client.notice(await client.log(rotation)))
     assert client.peers[0].pin.public_key == rotation.new.public_key
+    code, out, err = await hsmfleet("cosigner", "pin", "--state", str(tmp_path / "cosigner-a"))
+    assert code == 0, err
+    assert CosignerPin.from_json(json.loads(out)) == CosignerPin(
+        a_name, rotation.new.public_key, None, 3
+    )
 
     second = sample_artifact(epoch=2, legacy=True)
     bundle = with_rotations(await client.publish(second), chain)
