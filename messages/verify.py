@@ -562,13 +562,13 @@ class Walk:
 def _new_key(rotation: KeyRotation, notice: LoggedNotice, keyring: Keyring) -> KeyInForce:
     """The key ``rotation`` introduces and where it takes over."""
     new = rotation.new
+    others = {k.public_key for keys in keyring.keys.values() for k in keys}
+    if new.public_key in others:
+        raise RotationBadKey("the new key is another signer's key", signer=rotation.signer)
     if rotation.signer == OPERATOR:
         return KeyInForce(new.alg, new.public_key, rotation.version, 0, rotation.at)
-    others = {k.public_key for name, keys in keyring.keys.items() for k in keys}
-    if new.alg != ED25519 or not is_ed25519_public_key(new.public_key) or new.public_key in others:
-        raise RotationBadKey(
-            "a cosigner's new key must be a fresh Ed25519 key", signer=rotation.signer
-        )
+    if new.alg != ED25519 or not is_ed25519_public_key(new.public_key):
+        raise RotationBadKey("a cosigner's new key must be an Ed25519 key", signer=rotation.signer)
     own = next((p for p in notice.proofs if p.log == rotation.signer), None)
     if own is None:
         raise RotationNotLogged(

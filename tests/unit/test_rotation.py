@@ -42,6 +42,7 @@ from messages.verify import (
     LegacyKeyExpired,
     MalformedBundle,
     Pins,
+    RotationBadKey,
     RotationNotLogged,
     StaleView,
     SupersededKey,
@@ -440,3 +441,10 @@ def test_a_malformed_rotation_chain_is_a_malformed_bundle(world: World) -> None:
             _verify(world, bad, world.state)
         with pytest.raises(MalformedBundle):
             parse_bundle(bad.to_json())
+
+
+def test_a_rotation_to_another_signers_key_is_refused(world: World) -> None:
+    a_key = Ed25519Signer.from_seed(world.a_old_seed)  # cosigner A's pinned key
+    rotation = KeyRotation.make(OPERATOR, 2, OPERATOR_KEYS[0], a_key, "2026-01-01T00:00:09.000Z")
+    with pytest.raises(RotationBadKey):
+        ingest_rotations([_forged(world, rotation)], world.pins, world.state, world.now)
