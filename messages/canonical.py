@@ -105,7 +105,7 @@ def loads_strict(data: bytes | str) -> Any:
         try:
             json.dumps(value, ensure_ascii=False).encode()
         except UnicodeEncodeError:
-            raise ValueError("JSON holds a lone surrogate (RFC 7493 2.1)") from None
+            raise ValueError("JSON holds a lone surrogate, which has no canonical form") from None
     return value
 
 
