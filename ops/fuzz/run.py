@@ -85,16 +85,16 @@ class Report:
 
     def summary(self) -> str:
         """A table of the figures, the failures (at most 20), and how to reproduce the run."""
-        lines = [f"{'target':<22}{'sent':>9}{'counted':>10}{'dropped':>9}{'sampled':>9}{'s':>7}"]
+        lines = [f"{'target':<30}{'sent':>9}{'counted':>10}{'dropped':>9}{'sampled':>9}{'s':>7}"]
         for f in self.bus:
             lines.append(
-                f"{f.name:<22}{f.sent:>9}{f.counted_rejects:>10}{f.dropped_valid:>9}"
+                f"{f.name:<30}{f.sent:>9}{f.counted_rejects:>10}{f.dropped_valid:>9}"
                 f"{f.sampled:>9}{f.seconds:>7.1f}"
             )
         for h in self.http:
             statuses = " ".join(f"{k}:{v}" for k, v in sorted(h.by_status.items()))
-            lines.append(f"{h.name:<22}{h.sent:>9}{h.counted_rejects:>10}{'':>18}{h.seconds:>7.1f}")
-            lines.append(f"{'':<22}statuses {statuses}")
+            lines.append(f"{h.name:<30}{h.sent:>9}{h.counted_rejects:>10}{'':>18}{h.seconds:>7.1f}")
+            lines.append(f"{'':<30}statuses {statuses}")
         lines += [f"not served, not fuzzed: {subject}" for subject in self.unserved]
         lines.append(f"total {self.sent} messages in {self.seconds:.1f} s, seed {self.seed}")
         failures = self.failures

@@ -36,6 +36,7 @@ from ops.fuzz.world import FLEET, NODE_ID, OUTSIDER, World
 
 ORCHESTRATOR_SOURCE = "orchestrator"
 OPERATOR_SOURCE = "operator"
+FOREIGN_STATUS = "orchestrator.status.foreign"
 
 
 @dataclass
@@ -96,13 +97,15 @@ def node_targets(world: World) -> list[BusTarget]:
     ]
 
 
-def status_target(world: World) -> BusTarget:
+def status_targets(world: World) -> list[BusTarget]:
     """The orchestrator's status consumer: a heartbeat of the node is accepted; an
-    announcement of another node on this node's subject is spoofed."""
+    announcement of another node on this node's subject is spoofed. A message of a type that is
+    no status at all ("foreign": an unsigned checkpoint request) must be refused too."""
     orch = world.orchestrator
     node = orch.state.nodes[NODE_ID]
     heartbeats = Outbox(NODE_ID)
     ghosts = Outbox("ghost-node")
+    anyone = Outbox("fuzz-anyone")
 
     def seeds() -> list[Seed]:
         beat = NodeHeartbeat(node_id=NODE_ID, domain="dc-fuzz", seq=1, uptime_ms=1, hsm_ok=True)
@@ -111,20 +114,21 @@ def status_target(world: World) -> BusTarget:
         )
         return [Seed(heartbeats.envelope(beat)), Seed(ghosts.envelope(ghost), deep=True)]
 
+    def foreign() -> list[Seed]:
+        return [Seed(anyone.envelope(CheckpointRequest()), deep=True)]
+
     def counted() -> int:
         spoofed = _counter(
             orch.metrics.registry, "hsmfleet_errors_total", {"kind": "status_spoofed"}
         )
         return sum(orch.status_gate.rejects.values()) + spoofed
 
-    return BusTarget(
-        "orchestrator.status",
-        subjects.node_status(NODE_ID),
-        GateModel(TrustStore(), None),
-        seeds,
-        counted,
-        answers=False,
-    )
+    subject = subjects.node_status(NODE_ID)
+    gate = GateModel(TrustStore(), None)
+    return [
+        BusTarget("orchestrator.status", subject, gate, seeds, counted, answers=False),
+        BusTarget(FOREIGN_STATUS, subject, gate, foreign, counted, answers=False),
+    ]
 
 
 def quorum_targets(world: World) -> list[BusTarget]:
@@ -257,7 +261,7 @@ def cosigner_target(world: World) -> BusTarget:
 def all_targets(world: World) -> list[BusTarget]:
     return [
         *node_targets(world),
-        status_target(world),
+        *status_targets(world),
         *quorum_targets(world),
         *vault_targets(world),
         cosigner_target(world),
