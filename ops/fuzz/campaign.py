@@ -16,6 +16,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
@@ -58,12 +59,16 @@ class TargetFigures:
 
 
 class Campaign:
-    """Sends candidates of ``mutator`` through ``nc``, choosing seeds with ``rng``."""
+    """Sends candidates of ``mutator`` through ``nc``, choosing seeds with ``rng``; ``clock_ms``
+    is the receivers' clock, against which the gate model judges freshness."""
 
-    def __init__(self, nc: NATS, rng: random.Random, mutator: Mutator) -> None:
+    def __init__(
+        self, nc: NATS, rng: random.Random, mutator: Mutator, clock_ms: Callable[[], int]
+    ) -> None:
         self.nc = nc
         self.rng = rng
         self.mutator = mutator
+        self.clock_ms = clock_ms
 
     async def run(self, target: BusTarget, count: int) -> TargetFigures:
         """Send ``count`` candidates to ``target`` and check every one was counted."""
@@ -81,7 +86,7 @@ class Campaign:
                 seen |= more
             seed = self.rng.choice(seeds)
             how, data = self.mutator.candidate(seed)
-            now = self.mutator.now_ms()
+            now = self.clock_ms()
             try:
                 kind = target.gate.expected_refusal(data, seen, now)
             except Exception as exc:  # the shared decoding code itself failed

@@ -83,10 +83,9 @@ Mutation = Callable[["Mutator", Seed], bytes]
 class Mutator:
     """Draws candidates from ``rng``; ``strangers`` are keys no receiver trusts."""
 
-    def __init__(self, rng: random.Random, strangers: list[Signer], now_ms: Callable[[], int]):
+    def __init__(self, rng: random.Random, strangers: list[Signer]) -> None:
         self.rng = rng
         self.strangers = strangers
-        self.now_ms = now_ms
         self.types = REGISTRY.types()
 
     def candidate(self, seed: Seed) -> tuple[str, bytes]:

@@ -116,13 +116,10 @@ async def fuzz(root: Path, messages: int, seed: int) -> Report:
     watch = CrashWatch()
     with watch.watching():
         async with open_world(root) as world:
-            mutator = Mutator(
-                rng,
-                [Ed25519Signer.from_seed(rng.randbytes(32)) for _ in range(STRANGERS)],
-                world.daemon.outbox.ids.now_ms,
-            )
+            strangers = [Ed25519Signer.from_seed(rng.randbytes(32)) for _ in range(STRANGERS)]
+            mutator = Mutator(rng, strangers)
             before = await state(world)
-            campaign = Campaign(world.nc, rng, mutator)
+            campaign = Campaign(world.nc, rng, mutator, world.daemon.outbox.ids.now_ms)
             targets = []
             for target in all_targets(world):
                 if await campaign.served(target):

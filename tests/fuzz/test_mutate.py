@@ -30,7 +30,7 @@ def setting(seed: int):
     outbox = Outbox("orchestrator", signer)
     env = outbox.envelope(AttestRequest(nonce=os.urandom(32), expires_ms=now_ms() + 60_000))
     strangers = [Ed25519Signer.from_seed(bytes([i]) * 32) for i in range(1, 3)]
-    return trust, Seed(env, signer), Mutator(random.Random(seed), strangers, now_ms)
+    return trust, Seed(env, signer), Mutator(random.Random(seed), strangers)
 
 
 def test_same_seed_same_candidates():
