@@ -277,6 +277,7 @@ def make_app(
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         cosigner = await asyncio.to_thread(Cosigner.open, state, clock_ms)
         app[COSIGNER] = cosigner
+        cosigner.start_refresh()
         nc = None
         try:
             if nats_url is not None:
