@@ -22,10 +22,7 @@ import contextlib
 import dataclasses
 import json
 import signal
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-
-from aiohttp import web
 
 from cosigner.config import (
     ConfigError,
@@ -39,13 +36,11 @@ from cosigner.config import (
     save_config,
 )
 from cosigner.engine import REFRESH_S, Cosigner
-from cosigner.http import COSIGNER, NATS_SERVICE, Server, make_app
+from cosigner.http import Server, make_app
 from cosigner.keys import key_version
-from cosigner.service import NatsService
 from messages.canonical import canonical
 from messages.errors import HsmfleetError
 from ops.natsauth import credentials
-from ops.natsauth.layout import COSIGNER as COSIGNER_ROLE
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -126,30 +121,9 @@ def listen_address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def on_nats(args: argparse.Namespace) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The app's part that serves the cosigner's subject on NATS, connected as the party
-    ``cosigner-<id>`` with ``--nats-seed``/``--nats-ca``; started once the cosigner is open."""
-
-    async def serving(app: web.Application) -> AsyncIterator[None]:
-        cosigner = app[COSIGNER]
-        party = credentials.party_options(COSIGNER_ROLE, cosigner.id, args.nats_seed, args.nats_ca)
-        nc = await credentials.connect(args.nats, party)
-        app[NATS_SERVICE] = NatsService(nc, cosigner)
-        try:
-            await app[NATS_SERVICE].start()
-            yield
-        finally:
-            await app[NATS_SERVICE].stop()
-            await nc.drain()
-
-    return serving
-
-
 async def run_command(args: argparse.Namespace) -> int:
     host, port = listen_address(args.http)
-    app = make_app(args.state)
-    if args.nats is not None:
-        app.cleanup_ctx.append(on_nats(args))
+    app = make_app(args.state, args.nats, nats_seed=args.nats_seed, nats_ca=args.nats_ca)
     server = Server(app)
     try:
         url = await server.start(host, port)

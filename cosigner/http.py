@@ -45,7 +45,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import nats
 import structlog
 from aiohttp import web
 
@@ -64,6 +63,8 @@ from messages.documents import is_digest
 from messages.errors import HsmfleetError
 from messages.merkle import MerkleError
 from ops.httpguard import HttpRefusal, Limits, application
+from ops.natsauth import credentials
+from ops.natsauth.layout import COSIGNER as COSIGNER_ROLE
 
 MAX_ENTRIES = 256
 MAX_REQUEST_BYTES = 64 * 1024
@@ -268,9 +269,14 @@ def make_app(
     nats_url: str | None = None,
     clock_ms: Callable[[], int] = wall_clock_ms,
     limits: Limits = LIMITS,
+    *,
+    nats_seed: Path | None = None,
+    nats_ca: Path | None = None,
 ) -> web.Application:
     """The cosigner whose state lives in ``state``, served over HTTP and, given ``nats_url``,
-    over NATS, held to ``limits``. Opened when the app starts, closed when it stops."""
+    over NATS (connected as the party ``cosigner-<id>`` with ``nats_seed`` and ``nats_ca`` when
+    the servers are secured), held to ``limits``. Opened when the app starts, closed when it
+    stops."""
     app = application(limits, _refusals)
     app[HTTP_REJECTS] = Counter()
 
@@ -281,7 +287,8 @@ def make_app(
         nc = None
         try:
             if nats_url is not None:
-                nc = await nats.connect(nats_url, name=f"cosigner-{cosigner.id}")
+                party = credentials.party_options(COSIGNER_ROLE, cosigner.id, nats_seed, nats_ca)
+                nc = await credentials.connect(nats_url, party)
                 app[NATS_SERVICE] = NatsService(nc, cosigner)
                 await app[NATS_SERVICE].start()
             log.info(

@@ -199,7 +199,13 @@ async def test_a_port_in_use_is_a_config_error_and_the_state_is_closed(tmp_path:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        args = argparse.Namespace(state=tmp_path / peer.id, nats=None, http=f"127.0.0.1:{port}")
+        args = argparse.Namespace(
+            state=tmp_path / peer.id,
+            nats=None,
+            nats_seed=None,
+            nats_ca=None,
+            http=f"127.0.0.1:{port}",
+        )
         with pytest.raises(ConfigError, match="cannot listen"):
             await run_command(args)
     # Closed again: a second opening is not refused as busy.
