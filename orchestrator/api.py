@@ -51,6 +51,7 @@ from orchestrator.errors import (
 )
 from orchestrator.keys import operator_signer
 from orchestrator.lease import LeaseLost
+from orchestrator.node_keys import RotationConflict, UnknownRotation
 from orchestrator.openapi import OPENAPI
 from orchestrator.rollout_state import ENDED
 from orchestrator.service import Orchestrator
@@ -105,7 +106,9 @@ _STATUS: list[tuple[type[HsmfleetError], int]] = [
     (UnknownEnrollment, 404),
     (UnknownId, 404),
     (UnknownRollout, 404),
+    (UnknownRotation, 404),
     (EnrollmentConflict, 409),
+    (RotationConflict, 409),
     (RolloutConflict, 409),
     (PlanError, 422),
     (NoPolicy, 409),
@@ -449,4 +452,9 @@ def create_app(settings: Settings, signer: Signer, limits: Limits | None = None)
     app.router.add_get("/v1/fleets/{fleet_id}/bundle", validation_bundle)
     app.router.add_get("/v1/events", list_events)
     app.router.add_get("/v1/events/stream", stream_events)
+    # The fleet and node-key flows' routes build on this module's helpers, hence imported here.
+    from orchestrator import api_fleets, api_nodes
+
+    app.router.add_routes(api_fleets.routes)
+    app.router.add_routes(api_nodes.routes)
     return app

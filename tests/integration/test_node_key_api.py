@@ -21,7 +21,6 @@ from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.cli import build_parser
 from ops.natsserver import NatsServer
-from orchestrator import api_nodes
 from orchestrator.api import ORCHESTRATOR, create_app
 from orchestrator.cli import ApiError, _call
 from orchestrator.config import Settings
@@ -72,7 +71,6 @@ async def api(tmp_path, nats_server):
         measurement=SOFTWARE,
     )
     app = create_app(settings, signer)
-    app.router.add_routes(api_nodes.routes)
     nc = await nats.connect(nats_server.url)
     async with TestServer(app) as server:
         orch = app[ORCHESTRATOR]

@@ -16,7 +16,6 @@ from messages.plan import parse_plan
 from messages.verify import parse_notice
 from ops.cli import build_parser
 from ops.natsserver import NatsServer
-from orchestrator import api_fleets
 from orchestrator.api import ORCHESTRATOR, create_app
 from orchestrator.cli import ApiError, _call
 from orchestrator.keys import load_signer
@@ -37,7 +36,6 @@ async def api(tmp_path, template):
         bed = await open_bed(template, tmp_path / "run", server.url)
         settings = bed.settings
         app = create_app(settings, load_signer(settings.key_file))
-        app.router.add_routes(api_fleets.routes)
         try:
             async with TestServer(app) as http:
                 orch = app[ORCHESTRATOR]
