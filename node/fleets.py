@@ -158,7 +158,7 @@ class FleetCommands:
         async with self._lock:
             current = self.replicas.get(body.fleet)
             if current is not None and current[0].rollout == joined.rollout:
-                await self._continue(current[0], current[1], joined)
+                self._continue(current[0], current[1], joined)
             elif current is None or current[0] != joined:
                 if current is not None:
                     await self._leave(body.fleet)
@@ -189,7 +189,7 @@ class FleetCommands:
             votes=proof.votes,
         )
 
-    async def _continue(self, was: JoinedFleet, replica: Replica, joined: JoinedFleet) -> None:
+    def _continue(self, was: JoinedFleet, replica: Replica, joined: JoinedFleet) -> None:
         """Keep serving the group ``was`` formed: apply a later configuration, if any."""
         replica.reconfigure(joined.config)
         config = replica.current().to_config()
