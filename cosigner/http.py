@@ -111,8 +111,12 @@ def _count(request: web.Request, query: str, *, default: int | None = None) -> i
 
 
 def _error(request: web.Request, exc: HsmfleetError, status: int) -> web.Response:
-    request.app[HTTP_REJECTS][exc.kind] += 1
-    return web.json_response({"kind": exc.kind, "reason": str(exc)}, status=status)
+    return _refused(request, status, exc.kind, str(exc))
+
+
+def _refused(request: web.Request, status: int, kind: str, reason: str) -> web.Response:
+    request.app[HTTP_REJECTS][kind] += 1
+    return web.json_response({"kind": kind, "reason": reason}, status=status)
 
 
 @web.middleware
@@ -129,6 +133,11 @@ async def _refusals(
         return _error(request, exc, exc.status)
     except HsmfleetError as exc:
         return _error(request, exc, 400)
+    except web.HTTPException as exc:
+        # aiohttp's own refusals (no such route, method not allowed) are counted too.
+        if exc.status < 400:
+            raise
+        return _refused(request, exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
 
 
 routes = web.RouteTableDef()

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from messages.canonical import b64
+from messages.canonical import b64, canonical
 from messages.envelope import Envelope
 from messages.errors import HsmfleetError, MessageError
 from messages.events import Decision, LogEntry
@@ -118,9 +118,15 @@ class LogReader:
     def admit(self, data: bytes, where: str) -> Record:
         """Decode, chain-check and (when due) verify one entry; raises :class:`LogCorrupt`."""
         try:
-            env = Envelope.from_json(json.loads(data))
-        except (ValueError, UnicodeDecodeError, MessageError) as exc:
+            raw = json.loads(data)
+            spelled = canonical(raw)
+            env = Envelope.from_json(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError, HsmfleetError) as exc:
             raise LogCorrupt(where, f"not a log entry: {exc}") from None
+        if spelled != data:
+            # Entries are written as canonical bytes; any other spelling of the same JSON (a
+            # duplicated key, other escapes) would chain under bytes the signature never saw.
+            raise LogCorrupt(where, "not a log entry: not in canonical form")
         if env.extra.get(PREV) != b64(self.head):
             raise LogCorrupt(where, "breaks the chain: prev is not the digest of the entry before")
         if (self.admitted + 1) % self.verify_every == 0:

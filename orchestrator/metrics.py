@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from messages.gate import REJECTED
+
 
 class Metrics:
     """Events appended, decisions, errors and refused HTTP requests by kind, and how long each
@@ -12,6 +14,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Messages refused by the process's gates (node status, answers) count in the process,
+        # whichever orchestrator's registry shows them.
+        self.registry.register(REJECTED)
         self.events = Counter(
             "hsmfleet_events_appended",
             "Entries appended to the log, by type",

@@ -82,11 +82,6 @@ def test_cosigner_http_answers_below_500(report):
     assert not [s for s in http.by_status if s >= 500]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cosigner/http.py:117 (_refusals) lets aiohttp's 404 and 405 (no such route or "
-    "method) through without counting them in http_rejects",
-)
 def test_cosigner_http_counts_every_refusal(report):
     (http,) = [h for h in report.http if h.name == "http.cosigner"]
     assert http.counted_rejects == http.refused, report.summary()

@@ -1,11 +1,9 @@
 """The orchestrator's other input, its event log: a mutated entry of a recorded log must be
 refused with :class:`LogCorrupt` whatever the mutation, leaving the reader where it was.
 
-It is not yet: ``orchestrator/log.py`` (``LogReader.admit``) parses entries with ``json.loads``,
-so an entry with a duplicated key (the signed fields unchanged) is admitted under other bytes,
-moving the chain's head off the real entry, and deeply nested JSON raises ``RecursionError``.
-Reading them with ``Envelope.decode`` (strict JSON) and requiring canonical bytes would fix both;
-the marker below goes once it is fixed (the test then passes and strict xfail fails it).
+``LogReader.admit`` requires each entry's bytes to be the canonical JSON they decode to, so a
+duplicated key or another spelling of a signed entry cannot move the chain's head, and JSON nested
+too deeply is corrupt, not a ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -13,8 +11,6 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
-
-import pytest
 
 from messages.envelope import Envelope
 from messages.signing import Ed25519Signer
@@ -34,7 +30,6 @@ def reader_at_entry_5(lines: list[bytes]) -> LogReader:
     return reader
 
 
-@pytest.mark.xfail(strict=True, reason="orchestrator/log.py:120 reads entries with json.loads")
 def test_mutated_log_entries_are_refused_as_corrupt():
     lines = (DATA / "rollout-active.v2.jsonl").read_bytes().splitlines()[1:]
     target = lines[5]

@@ -192,6 +192,7 @@ async def test_health_openapi_and_metrics(api):
     assert 'hsmfleet_decisions_total{input="node.announce"} 1.0' in text
     assert "hsmfleet_events_appended_total" in text
     assert 'hsmfleet_stage_duration_seconds_count{stage="append"}' in text
+    assert "# TYPE hsmfleet_messages_rejected_total counter" in text
 
 
 async def test_a_standby_refuses_commands(api, tmp_path, server):
