@@ -49,8 +49,8 @@ def test_round_trip_and_open_world_evidence() -> None:
 
 def test_unknown_stages_are_accepted_without_evidence_rules() -> None:
     first = sample_chain()[0]
-    drained = dataclasses.replace(first, stage="drain", evidence=Evidence.of())
-    assert StageBundle.from_json(drained.to_json()).stage == "drain"
+    inspected = dataclasses.replace(first, stage="inspect", evidence=Evidence.of())
+    assert StageBundle.from_json(inspected.to_json()).stage == "inspect"
 
 
 @pytest.mark.parametrize(
@@ -60,6 +60,9 @@ def test_unknown_stages_are_accepted_without_evidence_rules() -> None:
         ("ceremony", Evidence.of(attestations=[NodeRef("node-1", "0" * 64)])),
         ("quorum", Evidence.of()),
         ("publish", Evidence.of(quorum_proof="0" * 64)),
+        ("destroy", Evidence.of(attestations=[NodeRef("node-1", "0" * 64)])),
+        ("drain", Evidence.of()),
+        ("retire", Evidence.of(artifact="0" * 64)),
     ],
 )
 def test_known_stages_need_their_evidence(stage: str, evidence: Evidence) -> None:
