@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli import DONE, NEGATIVE, TIMED_OUT, ApiError, _api_arguments, _call
+from orchestrator.rollout_cli import progress_lines, status_line
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 FAILED = ("aborted", "failed", "superseded")
@@ -219,12 +220,10 @@ def _when(ms: int | None) -> str:
 def summary(view: dict[str, Any]) -> list[str]:
     """A fleet flow in a few lines: what it is, its stage and status, what it waits for, the
     members' progress."""
-    kind, status = view["kind"], view["status"]
-    if view.get("awaiting_approval"):
-        status += ", waiting for approval (hsmfleet rollout approve)"
-    if view.get("reason"):
-        status += f": {view['reason']}"
-    lines = [f"{view['fleet']} {kind} to epoch {view['epoch']}: {view['stage']} [{status}]"]
+    kind = view["kind"]
+    lines = [
+        f"{view['fleet']} {kind} to epoch {view['epoch']}: {view['stage']} [{status_line(view)}]"
+    ]
     if kind == "rotation" and view["legacy_until_ms"] is not None:
         done = "destroyed" if view["legacy_closed"] else "destroyed after"
         lines.append(f"  old keys usable until {_when(view['legacy_until_ms'])}, {done}")
@@ -235,24 +234,5 @@ def summary(view: dict[str, Any]) -> list[str]:
         lines.append(
             f"  users move to {successor}; keys destroyed after {_when(view['drain_until_ms'])}"
         )
-    for m in view["members"]:
-        marks = (
-            ("attested", m["attested"]),
-            ("keys", m["holds_keys"]),
-            ("joined", m["joined"]),
-            ("drained", m["drained"]),
-            ("destroyed", m["destroyed"] or m["legacy_destroyed"]),
-        )
-        progress = "+".join(name for name, done in marks if done)
-        state = m["status"] + (f" ({m['reason']})" if m["reason"] else "")
-        step = f" doing {m['step']}" if m["step"] else ""
-        lines.append(f"  {m['node_id']:<14} {m['domain']:<8} {state:<10} {progress}{step}")
-    if view["bundles"]:
-        chain = ", ".join(
-            f"{b['serial']} {b['stage']}{'' if b['logged'] else ' (signing)'}"
-            for b in view["bundles"]
-        )
-        lines.append(f"  stage bundles: {chain}")
-    if view.get("last_error"):
-        lines.append(f"  retrying: {view['last_error']}")
-    return lines
+    marks = ("attested", "holds_keys", "joined", "drained", "destroyed", "legacy_destroyed")
+    return lines + progress_lines(view, marks)

@@ -154,18 +154,30 @@ async def _watch(args: argparse.Namespace, fleet: str) -> int:
 
 def summary(view: dict[str, Any]) -> list[str]:
     """A rollout in a few lines: stage and status, members, bundles, what it waits for."""
+    head = f"{view['fleet']} epoch {view['epoch']}: {view['stage']} [{status_line(view)}]"
+    return [head, *progress_lines(view, ("attested", "holds_keys", "joined"))]
+
+
+def status_line(view: dict[str, Any]) -> str:
+    """A flow's status, with the approval it waits for and the reason it stopped, if any."""
     status = view["status"]
     if view.get("awaiting_approval"):
         status += ", waiting for approval (hsmfleet rollout approve)"
     if view.get("reason"):
         status += f": {view['reason']}"
-    lines = [f"{view['fleet']} epoch {view['epoch']}: {view['stage']} [{status}]"]
+    return status
+
+
+def progress_lines(view: dict[str, Any], marks: tuple[str, ...]) -> list[str]:
+    """Each member's progress (the ``marks`` it has reached), the stage-bundle chain and the
+    error being retried."""
+    names = {"holds_keys": "keys", "legacy_destroyed": "destroyed"}
+    lines = []
     for m in view["members"]:
-        steps = (("attested", m["attested"]), ("keys", m["holds_keys"]), ("joined", m["joined"]))
-        progress = "+".join(name for name, done in steps if done)
+        reached = dict.fromkeys(names.get(mark, mark) for mark in marks if m[mark])
         state = m["status"] + (f" ({m['reason']})" if m["reason"] else "")
         step = f" doing {m['step']}" if m["step"] else ""
-        lines.append(f"  {m['node_id']:<14} {m['domain']:<8} {state:<10} {progress}{step}")
+        lines.append(f"  {m['node_id']:<14} {m['domain']:<8} {state:<10} {'+'.join(reached)}{step}")
     if view["bundles"]:
         chain = ", ".join(
             f"{b['serial']} {b['stage']}{'' if b['logged'] else ' (signing)'}"
