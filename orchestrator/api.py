@@ -36,6 +36,7 @@ from messages.events import (
 )
 from messages.plan import PlanError, parse_plan
 from messages.signing import Signer
+from messages.validation import ValidationBundle, with_rotations
 from ops.httpguard import SAFE_METHODS, HttpRefusal, Limits, application
 from orchestrator.config import Settings
 from orchestrator.errors import (
@@ -310,7 +311,8 @@ async def stage_bundles(request: web.Request) -> web.Response:
 
 async def validation_bundle(request: web.Request) -> web.Response:
     """The validation bundle clients need: the active epoch's, else that of the rollout in
-    progress once it is published (never one of an aborted or superseded rollout)."""
+    progress once it is published (never one of an aborted or superseded rollout), carrying
+    every signer-key rotation logged so far (also those logged after it was published)."""
     chain = _chain(request)
     bundle = chain.validation
     latest = _orchestrator(request).state.book.of_fleet(chain.fleet)
@@ -318,7 +320,9 @@ async def validation_bundle(request: web.Request) -> web.Response:
         bundle = latest.validation
     if bundle is None:
         raise UnknownId("the fleet has no published validation bundle yet", fleet_id=chain.fleet)
-    return web.json_response(bundle)
+    rotations = _orchestrator(request).rotation_chain()
+    served = with_rotations(ValidationBundle.from_json(bundle), rotations)
+    return web.json_response(served.to_json())
 
 
 async def list_events(request: web.Request) -> web.Response:

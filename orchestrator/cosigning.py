@@ -23,7 +23,7 @@ from messages.events import ArtifactPublished, BundleCosigned, CosignerAnswer
 from messages.plan import CosignerPolicy
 from messages.rotation import OPERATOR, KeyRotation
 from messages.signing import Signer
-from messages.validation import LoggedNotice, with_cosignatures
+from messages.validation import LoggedNotice, with_cosignatures, with_rotations
 from messages.verify import CosignerPin
 from orchestrator.rollout_effects import ToLog
 
@@ -41,6 +41,9 @@ class Cosigning:
         self.operator = operator
         self._clients: dict[tuple, CosigningClient] = {}
         self._rotations: list[tuple[KeyRotation, int]] = []
+        self.chain: list[LoggedNotice] = []
+        """Every rotation notice followed (the operator's too), in logged order: what each
+        published validation bundle carries."""
 
     def client(self, policy: CosignerPolicy) -> CosigningClient:
         """The client for ``policy`` (one per policy, so it remembers what witnesses saw)."""
@@ -59,7 +62,11 @@ class Cosigning:
         cosigner's own log."""
         for notice in chain:
             rotation = notice.logged
-            if not isinstance(rotation, KeyRotation) or rotation.signer == OPERATOR:
+            if not isinstance(rotation, KeyRotation):
+                continue
+            if all(n.logged.digest != rotation.digest for n in self.chain):
+                self.chain.append(notice)
+            if rotation.signer == OPERATOR:
                 continue
             if any(r.digest == rotation.digest for r, _ in self._rotations):
                 continue
@@ -82,10 +89,12 @@ class Cosigning:
         )
 
     async def publish_artifact(self, job: ToLog) -> ArtifactPublished:
-        """Have the artifact logged, witnessed and countersigned: its validation bundle."""
+        """Have the artifact logged, witnessed and countersigned: its validation bundle,
+        carrying the rotation notices followed, so a client pinned to older keys walks to the
+        current ones."""
         assert isinstance(job.document, FleetKeyArtifact)
         client = self.client(job.rollout.plan.cosigners)
-        validation = await client.publish(job.document, job.earlier)
+        validation = with_rotations(await client.publish(job.document, job.earlier), self.chain)
         return ArtifactPublished(
             fleet=job.fleet, epoch=job.document.epoch, validation=validation.to_json()
         )

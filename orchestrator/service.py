@@ -46,6 +46,7 @@ from messages.gate import Gate
 from messages.outbox import Outbox
 from messages.schema import Body
 from messages.signing import Signer, TrustStore
+from messages.validation import LoggedNotice
 from orchestrator.config import Settings
 from orchestrator.core import Context, decide, open_enrollments, overdue
 from orchestrator.cosigning import Cosigning
@@ -57,7 +58,7 @@ from orchestrator.errors import (
     ReplayDivergence,
     StoreUnavailable,
 )
-from orchestrator.keys import trust_for
+from orchestrator.keys import KeyFileError, load_rotation_chain, trust_for
 from orchestrator.lease import Lease, LeaseLost
 from orchestrator.log import SOURCE, LogReader, seal
 from orchestrator.metrics import Metrics
@@ -197,6 +198,7 @@ class Orchestrator:
             asyncio.create_task(self._lost.wait()),
             asyncio.create_task(self._stop.wait()),
         ]
+        self.follow_rotations()
         self._kick_effects()
         try:
             done, _ = await asyncio.wait(keepers, return_when=asyncio.FIRST_COMPLETED)
@@ -322,6 +324,23 @@ class Orchestrator:
 
     # --- effects -----------------------------------------------------------------------
 
+    def rotation_chain(self) -> list[LoggedNotice]:
+        """The logged signer-key rotations (kept beside the orchestrator's key by the rotation
+        verbs, which run in their own process): read afresh on each use."""
+        return load_rotation_chain(self.settings)
+
+    def follow_rotations(self) -> None:
+        """Have the cosigning clients follow every logged cosigner key rotation, so the
+        orchestrator checks rotated cosigners' answers with their keys in force. An unreadable
+        chain is counted and logged; the clients keep the keys they follow."""
+        if self.cosigning is None:
+            return
+        try:
+            self.cosigning.follow(self.rotation_chain())
+        except KeyFileError as exc:
+            self._count(exc)
+            self.log.error("rotation chain unreadable", reason=str(exc))
+
     def _kick_effects(self) -> None:
         if not self.active:
             return
@@ -404,6 +423,7 @@ class Orchestrator:
         pause, longest = COSIGNING_BACKOFF_S
         started = time.perf_counter()
         while self.active and job.key in self._documents_to_log():
+            self.follow_rotations()
             try:
                 outcome = await carry_out(job)
                 await self.submit(outcome)
