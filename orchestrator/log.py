@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from messages.canonical import b64, canonical
 from messages.envelope import Envelope
@@ -90,6 +91,16 @@ class Record:
     entry: LogEntry
 
 
+@dataclass(frozen=True)
+class _Unverified:
+    """An admitted entry whose signature and spelling are still to be checked."""
+
+    where: str
+    envelope: Envelope
+    raw: Any
+    data: bytes
+
+
 class LogReader:
     """Admits a log's entries in order, refusing any that is not a well-formed, chained entry.
 
@@ -113,27 +124,22 @@ class LogReader:
         self.verify_every = verify_every
         self.registry = registry
         self.admitted = 0
-        self._unverified: tuple[str, Envelope] | None = None
+        self._unverified: _Unverified | None = None
 
     def admit(self, data: bytes, where: str) -> Record:
         """Decode, chain-check and (when due) verify one entry; raises :class:`LogCorrupt`."""
         try:
             raw = json.loads(data)
-            spelled = canonical(raw)
             env = Envelope.from_json(raw)
         except (ValueError, UnicodeDecodeError, RecursionError, HsmfleetError) as exc:
             raise LogCorrupt(where, f"not a log entry: {exc}") from None
-        if spelled != data:
-            # Entries are written as canonical bytes; any other spelling of the same JSON (a
-            # duplicated key, other escapes) would chain under bytes the signature never saw.
-            raise LogCorrupt(where, "not a log entry: not in canonical form")
         if env.extra.get(PREV) != b64(self.head):
             raise LogCorrupt(where, "breaks the chain: prev is not the digest of the entry before")
         if (self.admitted + 1) % self.verify_every == 0:
-            self._verify(env, where)
+            self._verify(_Unverified(where, env, raw, data))
             self._unverified = None
         else:
-            self._unverified = (where, env)
+            self._unverified = _Unverified(where, env, raw, data)
         try:
             entry = self.registry.parse(env)
         except MessageError as exc:
@@ -147,13 +153,22 @@ class LogReader:
     def settle(self) -> None:
         """Verify the signature of the last entry admitted, if it was not yet verified."""
         if self._unverified is not None:
-            where, env = self._unverified
-            self._verify(env, where)
+            self._verify(self._unverified)
             self._unverified = None
 
-    def _verify(self, env: Envelope, where: str) -> None:
+    def _verify(self, entry: _Unverified) -> None:
+        where, env = entry.where, entry.envelope
         if env.source != SOURCE:
             raise LogCorrupt(where, "entry was not written by the orchestrator", source=env.source)
+        # Entries are written as canonical bytes. Another spelling of a signed entry (a
+        # duplicated key, other escapes) would chain under bytes its signature never saw; the
+        # entries between verified ones are held to their bytes by the next entry's prev.
+        try:
+            spelled = canonical(entry.raw)
+        except HsmfleetError as exc:
+            raise LogCorrupt(where, f"not a log entry: {exc}") from None
+        if spelled != entry.data:
+            raise LogCorrupt(where, "not a log entry: not in canonical form")
         try:
             verify_envelope(env, self.trust, ROLE)
         except HsmfleetError as exc:
