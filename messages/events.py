@@ -255,6 +255,17 @@ class ReplaceMember(Body):
     requested_by: str
 
 
+@message
+@dataclass(frozen=True)
+class RecordSignerRotation(Body):
+    """A signer-key rotation the cosigners logged: the notice (rotation and log proofs) as
+    JSON. A cosigner's rotation makes the core check that cosigner's later answers with its
+    new key; the operator's changes nothing the core checks."""
+
+    TYPE = "orchestrator.record_signer_rotation"
+    notice: dict[str, Any]
+
+
 # --- the decision record ---------------------------------------------------------------
 
 
@@ -306,6 +317,26 @@ class PolicySet(LogEntry):
 
     def subject(self) -> str:
         return _orchestrator_subject("policy")
+
+
+@message
+@dataclass(frozen=True)
+class SignerKeyRotated(LogEntry):
+    """Cosigner ``signer``'s log key moved from ``old_key`` to ``new_key`` (Ed25519, key
+    ``version``), signing its log's entries from ``from_index`` on (the rotation's own entry,
+    logged as ``digest``)."""
+
+    TYPE = "orchestrator.signer_key_rotated"
+    signer: str
+    version: int
+    old_key: bytes
+    new_key: bytes
+    from_index: int
+    at: str
+    digest: str
+
+    def subject(self) -> str:
+        return _orchestrator_subject("signer")
 
 
 @message

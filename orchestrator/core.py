@@ -52,6 +52,7 @@ from messages.events import (
     NodeRejected,
     OperateRollout,
     PolicySet,
+    RecordSignerRotation,
     ReplaceMember,
     RetirementLogged,
     RotateFleet,
@@ -71,6 +72,7 @@ from orchestrator import (
     rollout_replacement,
     rollout_retirement,
     rollout_rotation,
+    signer_keys,
 )
 from orchestrator.errors import (
     CommandRefused,
@@ -329,5 +331,6 @@ _DECIDERS: dict[type[Body], Callable[[State, Any, Context], list[LogEntry]]] = {
     StartRetirement: rollout_retirement.start,
     ReplaceMember: rollout_replacement.replace_member,
     RetirementLogged: rollout_retirement.logged,
+    RecordSignerRotation: signer_keys.record,
     **node_keys.DECIDERS,
 }

@@ -13,27 +13,30 @@ records them as what was signed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from messages.artifact import FleetKey, FleetKeyArtifact, Member, Quorum
 from messages.bundle import Evidence, NodeRef, StageBundle
 from messages.canonical import canonical
 from messages.ceremony import probe_key, probe_value
-from messages.cosignature import cosignatures
+from messages.cosignature import CosignatureVerifier, cosignatures
 from messages.documents import DocumentError, hex_digest
 from messages.errors import MessageError
 from messages.events import CosignerAnswer
 from messages.ids import format_time
 from messages.quorum import Config, MemberKey, value_digest
+from messages.signing import ED25519
 from messages.statement import LoggedDocument, Statement
-from messages.verify import CosignerPin, VerificationError, check_logged
+from messages.verify import CosignerPin, KeyInForce, VerificationError, check_logged
 from node.quorum.membership import Membership, plan_join, plan_leave
 from orchestrator.errors import CommandRefused
 from orchestrator.rollout_state import FleetChain, Rollout
 from orchestrator.state import State
 
 QUORUM_PROOF_FORMAT = "hsmfleet/quorum-proof/v1"
+Walked = Mapping[str, tuple[KeyInForce, ...]]
+"""Cosigner name -> its log keys walked by recorded rotations (the state's ``signer_keys``)."""
 CONFIG_EPOCH = 1
 """A new fleet's replication group starts at configuration epoch 1."""
 
@@ -178,14 +181,37 @@ def pins_of(rollout: Rollout) -> list[CosignerPin]:
     return [CosignerPin(p.name, p.public_key, p.url) for p in rollout.plan.cosigners.pins]
 
 
+def pinned_keys(
+    pin: CosignerPin, walked: Mapping[str, tuple[KeyInForce, ...]]
+) -> tuple[KeyInForce, ...]:
+    """``pin``'s log keys from the pinned one on, as recorded rotations walked them (oldest
+    first, the pinned one taking over at entry 0); empty when none walked from the pinned key."""
+    chain = walked.get(pin.name, ())
+    start = next((i for i, k in enumerate(chain) if k.public_key == pin.public_key), None)
+    if start is None:
+        return ()
+    return (replace(chain[start], from_index=0), *chain[start + 1 :])
+
+
 def vouchers(
-    document: LoggedDocument, answers: Iterable[CosignerAnswer], pins: list[CosignerPin]
+    document: LoggedDocument,
+    answers: Iterable[CosignerAnswer],
+    pins: list[CosignerPin],
+    walked: Walked | None = None,
 ) -> set[str]:
     """The pinned cosigners that vouch for ``document`` through ``answers``: each log whose
-    answer verifies, and each witness whose cosignature is on such a log's checkpoint.
-    Raises :class:`BadCosignerAnswers` for an answer that does not verify."""
+    answer verifies, and each witness whose cosignature is on such a log's checkpoint. A
+    cosigner whose key rotated (``walked``: the state's ``signer_keys``) is checked with the
+    key in force at each position of its log. Raises :class:`BadCosignerAnswers` for an
+    answer that does not verify."""
+    walked = walked or {}
     by_name = {p.name: p for p in pins}
-    witnesses = [p.witness_verifier for p in pins]
+    keys = {p.name: pinned_keys(p, walked) for p in pins}
+    witnesses = [
+        CosignatureVerifier(p.name, k.public_key)
+        for p in pins
+        for k in keys[p.name] or (KeyInForce(ED25519, p.public_key, p.version, 0, None),)
+    ]
     names: set[str] = set()
     for answer in answers:
         try:
@@ -204,6 +230,7 @@ def vouchers(
                 answer.inclusion,
                 answer.checkpoint,
                 witnesses,
+                keys[pin.name],
             )
         except VerificationError as exc:
             raise BadCosignerAnswers(f"an answer does not verify: {exc}", log=pin.name) from None

@@ -225,7 +225,7 @@ def cosigned(state: State, c: BundleCosigned, ctx: Any) -> list[LogEntry]:
     if bundle.digest != c.digest:
         raise RolloutConflict("the digest is not the bundle's", serial=c.serial)
     issuer = state.book.rollouts[chain.issued_by[c.serial - 1]]
-    _enough(issuer, bundle, c.answers)
+    _enough(state, issuer, bundle, c.answers)
     return [StageBundleLogged(issuer.rollout_id, c.fleet, c.serial, c.digest, c.answers)]
 
 
@@ -253,7 +253,7 @@ def published(state: State, c: ArtifactPublished, ctx: Any) -> list[LogEntry]:
         CosignerAnswer(p.log, p.statement.to_json(), p.signature, p.inclusion, p.checkpoint)
         for p in bundle.proofs
     ]
-    _enough(rollout, bundle.artifact, answers)
+    _enough(state, rollout, bundle.artifact, answers)
     return [
         ValidationBundleIssued(
             rollout.rollout_id, c.fleet, c.epoch, bundle.digest, bundle=c.validation
@@ -261,9 +261,12 @@ def published(state: State, c: ArtifactPublished, ctx: Any) -> list[LogEntry]:
     ]
 
 
-def _enough(rollout: Rollout, document: StageBundle | FleetKeyArtifact, answers: Any) -> None:
+def _enough(
+    state: State, rollout: Rollout, document: StageBundle | FleetKeyArtifact, answers: Any
+) -> None:
     policy = rollout.plan.cosigners
-    vouched = evidence.vouchers(document, answers, evidence.pins_of(rollout))
+    pins = evidence.pins_of(rollout)
+    vouched = evidence.vouchers(document, answers, pins, state.signer_keys)
     if len(vouched) < policy.threshold:
         raise evidence.BadCosignerAnswers(
             "too few pinned cosigners vouch", vouchers=sorted(vouched), threshold=policy.threshold

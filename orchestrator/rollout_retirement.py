@@ -131,7 +131,7 @@ def logged(state: State, c: RetirementLogged, ctx: Any) -> list[LogEntry]:
         CosignerAnswer(p.log, p.statement.to_json(), p.signature, p.inclusion, p.checkpoint)
         for p in notice.proofs
     ]
-    vouched = evidence.vouchers(expected, answers, evidence.pins_of(rollout))
+    vouched = evidence.vouchers(expected, answers, evidence.pins_of(rollout), state.signer_keys)
     if len(vouched) < rollout.plan.cosigners.threshold:
         raise evidence.BadCosignerAnswers(
             "too few pinned cosigners vouch",

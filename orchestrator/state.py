@@ -22,6 +22,7 @@ from messages.events import (
     NodeEnrolled,
     NodeRejected,
     PolicySet,
+    SignerKeyRotated,
 )
 from messages.node_keys import (
     NodeKeyAdopted,
@@ -29,7 +30,8 @@ from messages.node_keys import (
     NodeKeyRotated,
     NodeKeyRotationRefused,
 )
-from messages.signing import key_id
+from messages.signing import ED25519, key_id
+from messages.verify import KeyInForce
 from orchestrator.rollout_state import ROLLOUT_FOLDS, RolloutBook, attested
 
 NodeStatus = Literal["announced", "enrolling", "enrolled", "rejected"]
@@ -146,6 +148,9 @@ class State:
     or for it to adopt its recorded new key (rotated)."""
     book: RolloutBook = field(default_factory=RolloutBook)
     """Rollouts and the fleets they build."""
+    signer_keys: Map[str, tuple[KeyInForce, ...]] = field(default_factory=Map)
+    """Cosigner name -> its log keys walked by recorded rotations, oldest first (the key
+    the first rotation replaced included)."""
 
     def open_enrollment_of(self, node_id: str) -> Enrollment | None:
         node = self.nodes.get(node_id)
@@ -307,6 +312,14 @@ def _node_key_adopted(state: State, e: NodeKeyAdopted) -> State:
     return _rotation_closed(state, e.rotation_id, "adopted")
 
 
+def _signer_key_rotated(state: State, e: SignerKeyRotated) -> State:
+    walked = state.signer_keys.get(e.signer) or (
+        KeyInForce(ED25519, e.old_key, e.version - 1, 0, None),
+    )
+    new = KeyInForce(ED25519, e.new_key, e.version, e.from_index, e.at)
+    return replace(state, signer_keys=state.signer_keys.set(e.signer, (*walked, new)))
+
+
 def _decision(state: State, _: Decision) -> State:
     # The record of a decision changes nothing itself; the events it emitted do.
     return state
@@ -324,6 +337,7 @@ _FOLDS: dict[type[LogEntry], Callable[[State, LogEntry], State]] = {
     NodeKeyRotated: _node_key_rotated,
     NodeKeyRotationRefused: _node_key_rotation_refused,
     NodeKeyAdopted: _node_key_adopted,
+    SignerKeyRotated: _signer_key_rotated,
     **ROLLOUT_FOLDS,
 }
 
