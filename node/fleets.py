@@ -5,7 +5,8 @@ the daemon's gate (commands signed by a pinned orchestrator key); answers go out
 node's identity key. Keys are handled by :mod:`node.ceremony`.
 
 A ``join`` starts the node's replica of the fleet's replication group (:class:`Replica`, DESIGN
-5.5) with the configuration the command carries, its identity key as its vote key, its state
+5.5) with the configuration the command carries, the identity key that configuration names for
+this node as its vote key (a later configuration naming another switches it), its state
 under ``<state>/fleets/<fleet>/<rollout>/``. What the node joined is recorded in
 ``<state>/fleets/<fleet>/fleet.json``, so a restarted daemon serves the group again. A probe
 (``join`` with ``probe``) commits the rollout's test record through a quorum and returns the
@@ -58,7 +59,7 @@ from messages.quorum import BadConfig, Config, QuorumUnavailable
 from node import ceremony
 from node.hsm.base import Hsm
 from node.hsm.sealing import write_atomic
-from node.identity import IDENTITY
+from node.identity import vote_signer
 from node.pins import ORCHESTRATOR_ROLE
 from node.quorum.membership import Membership
 from node.quorum.replica import Replica
@@ -193,6 +194,9 @@ class FleetCommands:
         """Keep serving the group ``was`` formed: apply a later configuration, if any."""
         replica.reconfigure(joined.config)
         config = replica.current().to_config()
+        if any(m.member == self.node_id for m in config.members):
+            # The configuration in force may name another of this node's identity keys.
+            replica.outbox.signer = vote_signer(self.hsm, config, self.node_id)
         kept = JoinedFleet(
             was.fleet, was.rollout, max(was.epoch, joined.epoch), config, was.draining
         )
@@ -238,7 +242,7 @@ class FleetCommands:
         assert self._nc is not None
         replica = Replica(
             self.node_id,
-            self.hsm.signer(IDENTITY),
+            vote_signer(self.hsm, joined.config, self.node_id),
             self.root / joined.fleet / joined.rollout,
             Membership.from_config(joined.config),
             new=True,
