@@ -38,12 +38,14 @@ from messages.events import (
     AttestationAnswer,
     LogEntry,
     MemberAnswer,
+    RecordSignerRotation,
     SetPolicy,
     TakeLease,
     Tick,
 )
 from messages.gate import Gate
 from messages.outbox import Outbox
+from messages.rotation import KeyRotation
 from messages.schema import Body
 from messages.signing import Signer, TrustStore
 from messages.validation import LoggedNotice
@@ -72,6 +74,7 @@ from orchestrator.rollout_effects import (
     retirements_to_log,
 )
 from orchestrator.rollout_notices import log_retirement
+from orchestrator.signer_keys import recorded
 from orchestrator.state import Enrollment, State
 from orchestrator.store import EventStore
 
@@ -198,7 +201,7 @@ class Orchestrator:
             asyncio.create_task(self._lost.wait()),
             asyncio.create_task(self._stop.wait()),
         ]
-        self.follow_rotations()
+        await self.follow_rotations()
         self._kick_effects()
         try:
             done, _ = await asyncio.wait(keepers, return_when=asyncio.FIRST_COMPLETED)
@@ -329,17 +332,29 @@ class Orchestrator:
         verbs, which run in their own process): read afresh on each use."""
         return load_rotation_chain(self.settings)
 
-    def follow_rotations(self) -> None:
-        """Have the cosigning clients follow every logged cosigner key rotation, so the
-        orchestrator checks rotated cosigners' answers with their keys in force. An unreadable
-        chain is counted and logged; the clients keep the keys they follow."""
-        if self.cosigning is None:
-            return
+    async def follow_rotations(self) -> None:
+        """Take in every logged signer-key rotation: the cosigning clients follow it (the
+        orchestrator talks to rotated cosigners with their keys in force) and the log records
+        each cosigner's not yet on record (the core then checks that cosigner's later answers
+        with its new key). An unreadable chain or a refused rotation is counted and logged;
+        what was taken in before stays."""
         try:
-            self.cosigning.follow(self.rotation_chain())
+            chain = self.rotation_chain()
         except KeyFileError as exc:
             self._count(exc)
             self.log.error("rotation chain unreadable", reason=str(exc))
+            return
+        if self.cosigning is not None:
+            self.cosigning.follow(chain)
+        for notice in chain:
+            rotation = notice.logged
+            if not isinstance(rotation, KeyRotation) or recorded(self.state, rotation):
+                continue
+            try:
+                await self.submit(RecordSignerRotation(notice=notice.to_json()))
+            except HsmfleetError as exc:
+                self._count(exc)
+                self.log.error("signer rotation refused", signer=rotation.signer, reason=str(exc))
 
     def _kick_effects(self) -> None:
         if not self.active:
@@ -372,12 +387,13 @@ class Orchestrator:
 
     async def _command(self, command: MemberCommand) -> None:
         """Send a rollout command to its member until it answers, the step closes (answered,
-        failed, paused) or its deadline passes (the tick then fails it); record the answer."""
+        failed, paused) or its deadline passes (the tick then fails it); record the answer,
+        retrying while the log cannot take it (:meth:`_record_answer`)."""
         log = self.log.bind(corr=command.rollout_id, node=command.node_id, step=command.step)
         subject = subjects.node_command(command.node_id, command.verb)
         started = time.perf_counter()
         try:
-            while self.active and command.key in {c.key for c in member_commands(self.state)}:
+            while self._command_open(command):
                 remaining = (command.deadline_ms - self._clock_ms()) / 1000
                 if remaining <= 0:
                     return
@@ -394,7 +410,7 @@ class Orchestrator:
                     await asyncio.sleep(min(0.5, max(remaining, 0)))
                     continue
                 answer = MemberAnswer(command.rollout_id, command.node_id, command.step, reply.data)
-                events = await self.submit(answer)
+                events = await self._record_answer(answer, lambda: self._command_open(command))
                 log.info("member answered", events=[e.TYPE for e in events])
                 return
         except HsmfleetError as exc:
@@ -402,6 +418,31 @@ class Orchestrator:
             log.warning("member command stopped", reason=str(exc))
         finally:
             self.metrics.stage.labels(command.step).observe(time.perf_counter() - started)
+
+    def _command_open(self, command: MemberCommand) -> bool:
+        return self.active and command.key in {c.key for c in member_commands(self.state)}
+
+    def _challenge_open(self, enrollment: Enrollment) -> bool:
+        return self.active and enrollment.enrollment_id in self.state.open_enrollments
+
+    async def _record_answer(self, answer: Body, due: Callable[[], bool]) -> list[LogEntry]:
+        """Record an answer that arrived, retrying with backoff while the log is unavailable
+        or keeps moving (a stream leader election, say) and the answer is still ``due``: it
+        arrived once and is not asked for again. The core's refusal is raised at once."""
+        pause, longest = COSIGNING_BACKOFF_S
+        while True:
+            try:
+                return await self.submit(answer)
+            except (StoreUnavailable, AppendConflict, NatsError) as exc:
+                if isinstance(exc, HsmfleetError):
+                    self._count(exc)
+                else:
+                    self.metrics.errors.labels("nats").inc()
+                if not due():
+                    return []
+                self.log.warning("answer not recorded; retrying", reason=repr(exc), after_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
 
     def _documents_to_log(self) -> set[str]:
         jobs = [
@@ -423,7 +464,7 @@ class Orchestrator:
         pause, longest = COSIGNING_BACKOFF_S
         started = time.perf_counter()
         while self.active and job.key in self._documents_to_log():
-            self.follow_rotations()
+            await self.follow_rotations()
             try:
                 outcome = await carry_out(job)
                 await self.submit(outcome)
@@ -440,7 +481,8 @@ class Orchestrator:
             return
 
     async def _attest(self, enrollment: Enrollment) -> None:
-        """Send the challenge until the node answers or the nonce expires; record the answer."""
+        """Send the challenge until the node answers or the nonce expires; record the answer
+        (:meth:`_record_answer`)."""
         log = self.log.bind(corr=enrollment.enrollment_id, node=enrollment.node_id)
         subject = subjects.node_command(enrollment.node_id, "attest")
         started = time.perf_counter()
@@ -469,7 +511,7 @@ class Orchestrator:
                     node_id=enrollment.node_id,
                     reply=reply.data,
                 )
-                events = await self.submit(answer)
+                events = await self._record_answer(answer, lambda: self._challenge_open(enrollment))
                 log.info("enrollment decided", events=[e.TYPE for e in events])
                 return
         except HsmfleetError as exc:

@@ -5,17 +5,24 @@ bundle; a node daemon restarted after the rollout serves the fleet's replication
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+from nats.js.api import DiscardPolicy
 
 from messages.bundle import ABORT
 from messages.ceremony import key_label
 from messages.events import OperateRollout, StartRollout
 from messages.plan import parse_plan
+from messages.subjects import EVENT_STREAM
 from messages.verify import VerifierState, verify_bundle
 from node.daemon import NodeDaemon
 from node.hsm.base import KeyNotFound
 from node.pins import read_pins
 from ops.natsserver import NatsServer
+from orchestrator.core import open_enrollments
+from orchestrator.errors import AppendConflict
+from orchestrator.rollout_effects import member_commands
 from tests.replay.fleet import running, wait_for
 from tests.replay.rolloutbed import MEMBERS, SOFTWARE, open_bed, prepare
 
@@ -151,3 +158,57 @@ async def test_a_restarted_node_serves_the_fleet_again(bed):
     bed.daemons.append(again)
     replica = again.fleets.replicas["fleet-1"][1]
     await replica.wait_voting(10)
+
+
+def waiting_only_for(orch, node_id: str) -> bool:
+    """Whether the one answer the orchestrator still waits for is ``node_id``'s."""
+    state = orch.state
+    waiting = [c.node_id for c in member_commands(state)]
+    waiting += [e.node_id for e in open_enrollments(state)]
+    return waiting == [node_id]
+
+
+async def test_an_answer_that_arrives_while_the_log_takes_no_appends_is_recorded_later(bed):
+    """The event stream refuses appends for a while (full, discarding new messages: what a
+    client sees during a stream leader election too) when the one member the rollout waits
+    for answers: its answer is recorded once the stream takes appends again, not dropped
+    until the member's deadline fails it."""
+    async with running(bed.config) as orch:
+        await wait_for(lambda: orch.active and len(orch.state.nodes) == 5, what="five nodes")
+        plan = bed.plan(rollout={"on_member_loss": "pause", "member_deadline_s": 20})
+        late = daemon(bed, "node-2")
+        await late.stop()
+        bed.daemons.remove(late)
+        await orch.submit(StartRollout(plan=parse_plan(plan), requested_by="test"))
+        await wait_for(lambda: waiting_only_for(orch, "node-2"), what="the others' answers")
+
+        js = orch.nc.jetstream()
+        info = await js.stream_info(EVENT_STREAM)
+        full = dataclasses.replace(
+            info.config, max_msgs=info.state.messages, discard=DiscardPolicy.NEW
+        )
+        await js.update_stream(full)
+        # The answer's decision is refused by the stream (counted as store_unavailable) until
+        # the append attempts run out (append_conflict): only the effect that got it counts that.
+        refused = orch.metrics.errors.labels(AppendConflict.kind)
+        before = refused._value.get()
+        again = NodeDaemon(
+            late.hsm,
+            bed.root / "nodes" / "node-2",
+            dict(MEMBERS)["node-2"],
+            read_pins(bed.root / "pins.json"),
+            node_id="node-2",
+            measurement=SOFTWARE,
+        )
+        await again.start(bed.nc)
+        bed.daemons.append(again)
+        await wait_for(lambda: refused._value.get() > before, what="the answer refused")
+        await js.update_stream(info.config)
+        await wait_for(
+            lambda: orch.state.book.of_fleet("fleet-1").status in ("active", "paused"),
+            timeout=60,
+            what="the rollout to end its run",
+        )
+        rollout = orch.state.book.of_fleet("fleet-1")
+    assert rollout.status == "active"
+    assert all(m.status != "failed" for m in rollout.in_order())
