@@ -58,6 +58,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--hsm-key-file", type=Path, help="operator key sealing the software HSM (or env key)"
     )
+    run.add_argument(
+        "--vault-keys",
+        type=Path,
+        help="directory of the fleets' vault key files, <fleet>.keys (default: <state>/vault)",
+    )
     run.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
     run.add_argument(
         "--measurement", help="the install's measurement, if a launcher measured it once already"
@@ -142,6 +147,7 @@ async def node_run(args: argparse.Namespace) -> int:
             node_id=args.node_id,
             measurement=args.measurement,
             heartbeat_s=args.heartbeat,
+            vault_dir=args.vault_keys,
         )
         options = credentials.party_options(NODE, daemon.node_id, args.nats_seed, args.nats_ca)
         nc = await credentials.connect(args.nats, options)

@@ -66,6 +66,7 @@ class NodeDaemon:
         node_id: str | None = None,
         measurement: str | None = None,
         heartbeat_s: float = 5.0,
+        vault_dir: Path | None = None,
     ) -> None:
         if not heartbeat_s > 0:
             raise NodeConfigError("the heartbeat interval must be positive", seconds=heartbeat_s)
@@ -80,7 +81,9 @@ class NodeDaemon:
         """Signs the answers to ``rotate``: with the key the node rotates to."""
         self._rotating = asyncio.Lock()
         self.gate = Gate(orchestrator)
-        self.fleets = FleetCommands(self.node.node_id, hsm, state_dir, self.outbox, self.gate)
+        self.fleets = FleetCommands(
+            self.node.node_id, hsm, state_dir, self.outbox, self.gate, vault_dir
+        )
         self.log = log.bind(node_id=self.node.node_id, domain=domain, hsm=hsm.kind)
         self._nc: NATS | None = None
         self._subs: list[Subscription] = []

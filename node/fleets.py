@@ -18,6 +18,12 @@ configuration of a later epoch is applied to the replica as a membership step (t
 member then catches up from a majority before it votes). On the ``retire`` subject,
 :class:`DestroyFleetKeys` destroys one key epoch's keys (leaving the group only when asked: a
 fleet's retirement) and :class:`DrainFleet` marks the fleet as taking no new registrations.
+
+Beside each replica the node serves the fleet's vault (:class:`VaultService`, register and
+recover on ``fleet.vault.<fleet>.*``) on the replica's proposer, when it holds the fleet's vault
+keys: the key file ``<vault dir>/<fleet>.keys`` (:class:`VaultKeys`, host-held like the
+``member`` process's, provisioned to every member). A continued group keeps its vault serving; a
+drain stops its registrations; leaving the group stops it.
 """
 
 from __future__ import annotations
@@ -63,12 +69,17 @@ from node.identity import vote_signer
 from node.pins import ORCHESTRATOR_ROLE
 from node.quorum.membership import Membership
 from node.quorum.replica import Replica
+from node.vault.evaluator import EvaluationJournal, GuessEvaluator
+from node.vault.keys import VaultKeyError, VaultKeys
+from node.vault.service import VaultService
 
 log = structlog.get_logger("hsmfleet.node.fleets")
 T = TypeVar("T")
 
 FLEETS_DIR = "fleets"
 RECORD = "fleet.json"
+VAULT_DIR = "vault"
+EVALUATIONS = "evaluations.sqlite3"
 VOTING_WAIT_S = 5.0
 
 
@@ -87,10 +98,21 @@ class JoinedFleet:
 class FleetCommands:
     """One node's fleets: its replicas, and the ceremony, join and retire commands."""
 
-    def __init__(self, node_id: str, hsm: Hsm, state_dir: Path, outbox: Outbox, gate: Gate):
+    def __init__(
+        self,
+        node_id: str,
+        hsm: Hsm,
+        state_dir: Path,
+        outbox: Outbox,
+        gate: Gate,
+        vault_dir: Path | None = None,
+    ):
         self.node_id = node_id
         self.hsm = hsm
         self.root = Path(state_dir) / FLEETS_DIR
+        self.vault_dir = Path(vault_dir) if vault_dir is not None else Path(state_dir) / VAULT_DIR
+        """Where the fleets' vault key files are, ``<fleet>.keys``."""
+        self.vaults: dict[str, tuple[VaultService, EvaluationJournal]] = {}
         self.outbox = outbox
         self.gate = gate
         self.replicas: dict[str, tuple[JoinedFleet, Replica]] = {}
@@ -126,6 +148,8 @@ class FleetCommands:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
+        for fleet in list(self.vaults):
+            await self._stop_vault(fleet)
         for _, replica in self.replicas.values():
             await replica.stop()
         self.replicas.clear()
@@ -224,6 +248,8 @@ class FleetCommands:
                 drained = replace(current[0], draining=True)
                 self._record(drained)
                 self.replicas[body.fleet] = (drained, current[1])
+            if body.fleet in self.vaults:
+                self.vaults[body.fleet][0].drain()
         self.draining.add(body.fleet)
         log.info("fleet drains: no new registrations", fleet=body.fleet)
         return Drained(fleet=body.fleet, epoch=body.epoch, node=self.node_id)
@@ -252,8 +278,36 @@ class FleetCommands:
         if joined.draining:
             self.draining.add(joined.fleet)
         log.info("serving the fleet's replication group", fleet=joined.fleet)
+        await self._serve_vault(joined, replica)
+
+    async def _serve_vault(self, joined: JoinedFleet, replica: Replica) -> None:
+        """Serve the fleet's vault on ``replica``, if this node holds the fleet's vault keys."""
+        path = self.vault_dir / f"{joined.fleet}.keys"
+        if not path.exists():
+            log.info("no vault keys: the fleet's vault is not served here", fleet=joined.fleet)
+            return
+        try:
+            keys = VaultKeys.load(path)
+        except VaultKeyError as exc:  # the replica serves on; the operator fixes the file
+            log.error("unreadable vault keys", fleet=joined.fleet, error=str(exc))
+            return
+        journal = EvaluationJournal(replica.state_dir / EVALUATIONS)
+        evaluator = GuessEvaluator(self.node_id, keys, replica.current, journal)
+        vault = VaultService(joined.fleet, self.node_id, replica.proposer, evaluator, keys)
+        if joined.draining:
+            vault.drain()
+        await vault.start(self._nc)
+        self.vaults[joined.fleet] = (vault, journal)
+        log.info("serving the fleet's vault", fleet=joined.fleet)
+
+    async def _stop_vault(self, fleet: str) -> None:
+        vault, journal = self.vaults.pop(fleet)
+        await vault.stop()
+        journal.close()
 
     async def _leave(self, fleet: str) -> None:
+        if fleet in self.vaults:
+            await self._stop_vault(fleet)
         _, replica = self.replicas.pop(fleet)
         await replica.stop()
         (self.root / fleet / RECORD).unlink(missing_ok=True)

@@ -1,0 +1,40 @@
+"""What the node-vault tests share on the rollout bed (:mod:`tests.replay.rolloutbed`): a
+fleet's vault keys provisioned to every node, and an orchestrator step waited for."""
+
+from __future__ import annotations
+
+from messages.events import StartRollout
+from messages.plan import parse_plan
+from node.fleets import VAULT_DIR
+from node.vault.keys import VaultKeys
+from orchestrator.service import Orchestrator
+from tests.replay.fleet import wait_for
+from tests.replay.rolloutbed import RolloutBed
+
+
+def provision_vault_keys(bed: RolloutBed, fleet: str) -> VaultKeys:
+    """New vault keys of ``fleet``, the same file in every node's ``<state>/vault``."""
+    keys = VaultKeys.generate()
+    for node_dir in sorted((bed.root / "nodes").iterdir()):
+        (node_dir / VAULT_DIR).mkdir(exist_ok=True)
+        keys.save(node_dir / VAULT_DIR / f"{fleet}.keys")
+    return keys
+
+
+async def started(orch: Orchestrator, members: int = 5) -> None:
+    """Wait for ``orch`` to hold the lease and know ``members`` nodes."""
+    await wait_for(lambda: orch.active, what="the orchestrator to take the lease")
+    await wait_for(lambda: len(orch.state.nodes) == members, what=f"{members} announcements")
+
+
+async def roll_out(orch: Orchestrator, bed: RolloutBed, fleet: str) -> None:
+    """Roll out ``fleet`` to the bed's nodes and wait for its first epoch to be active."""
+    await orch.submit(StartRollout(plan=parse_plan(bed.plan(fleet)), requested_by="test"))
+    await wait_for(
+        lambda: (
+            orch.state.book.fleets.get(fleet) is not None
+            and orch.state.book.fleets[fleet].active_epoch == 1
+        ),
+        timeout=60,
+        what=f"{fleet} to activate",
+    )
