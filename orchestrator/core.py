@@ -303,14 +303,18 @@ def _tick(state: State, _: Tick, ctx: Context) -> list[LogEntry]:
         for e in open_enrollments(state)
         if e.expires_ms < ctx.now_ms
     ]
-    return closed + [event for flow in FLOWS for event in flow.tick(state, ctx)]
+    flows = [event for flow in FLOWS for event in flow.tick(state, ctx)]
+    return closed + node_keys.tick(state, ctx) + flows
 
 
 def overdue(state: State, now_ms: int) -> bool:
-    """Whether a :class:`Tick` at ``now_ms`` would close a challenge, fail a member step, end
-    a rotation's overlap window or start a scheduled rotation."""
-    return any(e.expires_ms < now_ms for e in open_enrollments(state)) or any(
-        flow.overdue(state, now_ms) for flow in FLOWS
+    """Whether a :class:`Tick` at ``now_ms`` would close a challenge (enrollment or node-key
+    rotation), fail a member step, end a rotation's overlap window or start a scheduled
+    rotation."""
+    return (
+        any(e.expires_ms < now_ms for e in open_enrollments(state))
+        or node_keys.overdue(state, now_ms)
+        or any(flow.overdue(state, now_ms) for flow in FLOWS)
     )
 
 

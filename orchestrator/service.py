@@ -64,6 +64,7 @@ from orchestrator.keys import KeyFileError, load_rotation_chain, trust_for
 from orchestrator.lease import Lease, LeaseLost
 from orchestrator.log import SOURCE, LogReader, seal
 from orchestrator.metrics import Metrics
+from orchestrator.node_keys_effects import carry_out, node_key_jobs
 from orchestrator.replay import Replayer
 from orchestrator.rollout_effects import (
     MemberCommand,
@@ -363,6 +364,8 @@ class Orchestrator:
             self._start(enrollment.enrollment_id, lambda e=enrollment: self._attest(e))
         for command in member_commands(self.state):
             self._start(command.key, lambda c=command: self._command(c))
+        for job in node_key_jobs(self.state):
+            self._start(job.key, lambda j=job: carry_out(self, j, self._clock_ms))
         if self.cosigning is None:
             return
         for job in bundles_to_log(self.state):
