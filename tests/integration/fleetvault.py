@@ -3,6 +3,8 @@ fleet's vault keys provisioned to every node, and an orchestrator step waited fo
 
 from __future__ import annotations
 
+from typing import Any
+
 from messages.events import StartRollout
 from messages.plan import parse_plan
 from node.fleets import VAULT_DIR
@@ -22,14 +24,16 @@ def provision_vault_keys(bed: RolloutBed, fleet: str) -> VaultKeys:
 
 
 async def started(orch: Orchestrator, members: int = 5) -> None:
-    """Wait for ``orch`` to hold the lease and know ``members`` nodes."""
+    """Wait for ``orch`` to hold the lease and know at least ``members`` nodes."""
     await wait_for(lambda: orch.active, what="the orchestrator to take the lease")
-    await wait_for(lambda: len(orch.state.nodes) == members, what=f"{members} announcements")
+    await wait_for(lambda: len(orch.state.nodes) >= members, what=f"{members} announcements")
 
 
-async def roll_out(orch: Orchestrator, bed: RolloutBed, fleet: str) -> None:
-    """Roll out ``fleet`` to the bed's nodes and wait for its first epoch to be active."""
-    await orch.submit(StartRollout(plan=parse_plan(bed.plan(fleet)), requested_by="test"))
+async def roll_out(orch: Orchestrator, bed: RolloutBed, fleet: str, **sections: Any) -> None:
+    """Roll out ``fleet`` to the bed's nodes (``sections`` as :meth:`RolloutBed.plan` takes
+    them) and wait for its first epoch to be active."""
+    plan = parse_plan(bed.plan(fleet, **sections))
+    await orch.submit(StartRollout(plan=plan, requested_by="test"))
     await wait_for(
         lambda: (
             orch.state.book.fleets.get(fleet) is not None

@@ -1,0 +1,290 @@
+"""Issue 7 end to end: a fleet's whole key lifecycle on real components (nats-server, six node
+daemons with software HSMs, two cosigners, the orchestrator) while vault traffic runs.
+
+One fleet is rolled out; a background task registers and recovers through
+:class:`~messages.vault_client.VaultClient` the whole time, and every operation must succeed.
+The fleet's keys are rotated (the old ones destroyed after a short overlap), a failed member is
+replaced by the spare node, the operator's countersigning key and one cosigner's log key are
+rotated (orchestrator stopped meanwhile: the vault does not need it), a successor fleet is
+rolled out, the users move to it (recover on the old fleet, register on the new one), and the
+old fleet is retired. A verifier pinned to the ORIGINAL keys follows every step (each validation
+bundle, the rotation chain, the retirement notice) and refuses each bad input with its own
+error: a rotation signed by one key only, a rotation that skips a version, the retired fleet's
+bundle, a fleet key used after its ``legacy_until``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import aiohttp
+import pytest
+
+from messages.cosign_client import CosigningClient, NatsTransport
+from messages.documents import time_ms
+from messages.events import ReplaceMember, RotateFleet, StartRetirement
+from messages.log_reader import LogReader
+from messages.outbox import Outbox
+from messages.retirement import FleetRetired
+from messages.rotation import RotationSingleSigned, RotationVersionGap
+from messages.validation import LoggedNotice, ValidationBundle
+from messages.vault import Registration, VaultError
+from messages.vault_client import VaultClient
+from messages.verify import (
+    Accepted,
+    LegacyKeyExpired,
+    Pins,
+    VerifierState,
+    check_fleet_key,
+    ingest_retirement,
+    ingest_rotations,
+    needed_proofs,
+    parse_bundle,
+    verify_bundle,
+)
+from node.vault.keys import VaultKeys
+from ops.natsserver import NatsServer
+from orchestrator.keys import load_rotation_chain, load_signer, operator_signer
+from orchestrator.log import SOURCE
+from orchestrator.signer_rotation import log_cosigner_rotation, rotate_operator_key
+from tests.integration.fleetvault import provision_vault_keys, roll_out, started
+from tests.replay.fleet import running, wait_for
+from tests.replay.rolloutbed import MEMBERS, SPARE, RolloutBed, open_bed, prepare
+
+USERS = 4
+MAX_OPS = 5000
+PAUSE_S = 0.01
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lifecycle-template") / "fleet"
+    prepare(root)
+    return root
+
+
+@pytest.fixture
+async def bed(tmp_path, template):
+    async with NatsServer(tmp_path / "nats", name="lifecycle") as server:
+        bed = await open_bed(template, tmp_path / "run", server.url, spare=True)
+        yield bed
+        await bed.close()
+
+
+@dataclass
+class VaultLoad:
+    """Users registering and recovering on ``fleet`` until stopped; switching ``fleet`` moves
+    each user (recover on the fleet it was on, register on the new one)."""
+
+    clients: dict[str, VaultClient]
+    fleet: str
+    ops: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    secrets: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    """(fleet, user) -> the secret registered there last."""
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on(self, fleet: str) -> int:
+        """How many users are registered on ``fleet``."""
+        return sum(1 for f, _ in self.secrets if f == fleet)
+
+    async def run(self) -> None:
+        step = 0
+        while not self.stop.is_set() and sum(self.ops.values()) < MAX_OPS:
+            user = f"user-{step % USERS}"
+            await self._one(user, step)
+            step += 1
+            await asyncio.sleep(PAUSE_S)
+
+    async def _one(self, user: str, step: int) -> None:
+        fleet = self.fleet
+        pin = f"{step % USERS:04d}".encode()
+        if (fleet, user) not in self.secrets:
+            moving_from = next((f for f, u in self.secrets if u == user), None)
+            if moving_from is not None:
+                await self._recover(moving_from, user, pin)
+            await self._register(fleet, user, pin, step)
+        elif step % 5 == 0:
+            await self._register(fleet, user, pin, step)
+        else:
+            await self._recover(fleet, user, pin)
+
+    async def _register(self, fleet: str, user: str, pin: bytes, step: int) -> None:
+        secret = f"backup of {user} #{step}".encode()
+        if await self._call(
+            fleet, "register", self.clients[fleet].register(user, Registration(pin, secret))
+        ):
+            self.secrets[(fleet, user)] = secret
+
+    async def _recover(self, fleet: str, user: str, pin: bytes) -> None:
+        got = await self._call(fleet, "recover", self.clients[fleet].recover(user, pin))
+        if got is not False and got != self.secrets[(fleet, user)]:
+            self.failures.append((fleet, "recover", "wrong secret"))
+
+    async def _call(self, fleet: str, op: str, call) -> object:
+        self.ops[f"{fleet} {op}"] += 1
+        try:
+            return (await call) or True
+        except VaultError as exc:
+            self.failures.append((fleet, op, exc.kind))
+            return False
+
+
+@dataclass
+class Follower:
+    """A client pinned to the original keys, following several fleets: one verifier state
+    per fleet for epoch and digest, the rest (logs' tree heads, walked keys, retired fleets)
+    shared."""
+
+    pins: Pins
+    state: VerifierState = field(default_factory=VerifierState)
+    epochs: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def of(self, fleet: str) -> VerifierState:
+        epoch, digest = self.epochs.get(fleet, (None, None))
+        return replace(self.state, epoch=epoch, digest=digest)
+
+    async def accept(self, served: ValidationBundle | dict) -> Accepted:
+        """Verify ``served`` with the consistency proofs it needs, read from the logs."""
+        bundle = parse_bundle(served)
+        fleet = bundle.artifact.fleet
+        proofs = {}
+        async with aiohttp.ClientSession() as http:
+            for log, old, new, url in needed_proofs(bundle, self.pins, self.of(fleet)):
+                proofs[(log, old, new)] = await LogReader(http, url).consistency(old, new)
+        accepted = verify_bundle(bundle, self.pins, self.of(fleet), now_ms(), proofs)
+        self.state = replace(accepted.state, epoch=None, digest=None)
+        self.epochs[fleet] = (accepted.state.epoch, accepted.state.digest)
+        return accepted
+
+
+def tampered(notice: LoggedNotice, **changes: object) -> LoggedNotice:
+    """``notice`` with its rotation statement changed (its log proofs no longer match it)."""
+    return replace(notice, document=replace(notice.logged, **changes).to_json())
+
+
+async def rotate_signers(bed: RolloutBed) -> list[LoggedNotice]:
+    """Rotate the operator's key, then cosigner-a's log key, and log both (the orchestrator
+    must be stopped: this process opens the operator's HSM). The rotation chain after."""
+    settings = bed.settings
+    outbox = Outbox(SOURCE, load_signer(settings.key_file))
+    client = CosigningClient(NatsTransport(bed.nc, outbox), bed.peers, operator_signer(settings), 2)
+    await rotate_operator_key(settings, client, now_ms())
+    rotation = await bed.cosigners[0].cosigner.rotate_key()
+    await log_cosigner_rotation(settings, client, rotation)
+    return load_rotation_chain(settings)
+
+
+async def test_a_fleet_lives_through_rotation_replacement_signer_rotations_and_retirement(bed):
+    five = [n for n, _ in MEMBERS]
+    daemons = {d.node_id: d for d in bed.daemons}
+    keys: dict[str, VaultKeys] = {f: provision_vault_keys(bed, f) for f in ("fleet-1", "fleet-2")}
+    clients = {f: VaultClient(bed.nc, f, k.session_public, timeout=5) for f, k in keys.items()}
+    load = VaultLoad(clients, "fleet-1")
+    follower = Follower(bed.pins())
+    original = VerifierState()
+    background: asyncio.Task[None] | None = None
+    try:
+        async with running(bed.config) as orch:
+            await started(orch, members=6)
+            await roll_out(orch, bed, "fleet-1", members={"ids": five})
+            first = orch.state.book.of_fleet("fleet-1")
+            await follower.accept(first.validation)
+            background = asyncio.create_task(load.run())
+            await wait_for(lambda: load.on("fleet-1") == USERS, what="the users to register")
+
+            # Fleet-key rotation: both epochs' keys during the overlap, the old ones after.
+            await orch.submit(
+                RotateFleet(fleet="fleet-1", requested_by="test", overlap_s=2, reason="age")
+            )
+            await wait_for(
+                lambda: orch.state.book.fleets["fleet-1"].active_epoch == 2,
+                timeout=60,
+                what="the rotation to activate",
+            )
+            rotation = orch.state.book.of_fleet("fleet-1")
+            assert (await follower.accept(rotation.validation)).artifact.epoch == 2
+            old_vault = next(k for k in first.artifact.keys if k.role == "vault")
+            legacy = next(k for k in rotation.artifact.keys if k.public_key == old_vault.public_key)
+            check_fleet_key(rotation.artifact, old_vault.public_key, "vault", now_ms())
+            await wait_for(
+                lambda: orch.state.book.of_fleet("fleet-1").legacy_closed,
+                timeout=60,
+                what="the old keys to be destroyed",
+            )
+            after = time_ms(legacy.legacy_until, "legacy_until") + 1
+            with pytest.raises(LegacyKeyExpired):
+                check_fleet_key(rotation.artifact, old_vault.public_key, "vault", after)
+
+            # Member replacement: node-5 is lost for good; the spare node takes its place.
+            await daemons["node-5"].stop()
+            await orch.submit(
+                ReplaceMember(
+                    fleet="fleet-1", node_id="node-5", replacement=SPARE[0], requested_by="test"
+                )
+            )
+            await wait_for(
+                lambda: orch.state.book.fleets["fleet-1"].active_epoch == 3,
+                timeout=90,
+                what="the replacement to activate",
+            )
+            replacement = orch.state.book.of_fleet("fleet-1")
+            assert (await follower.accept(replacement.validation)).artifact.epoch == 3
+            assert {m.id for m in replacement.artifact.quorum.members} == {*five[:4], SPARE[0]}
+
+        # Signer-key rotations, with the orchestrator stopped; the vault keeps serving.
+        ops_before = sum(load.ops.values())
+        chain = await rotate_signers(bed)
+        assert [n.logged.signer for n in chain] == ["operator", bed.peers[0].pin.name]
+        with pytest.raises(RotationSingleSigned):
+            bad = tampered(chain[0], new_signature=chain[0].logged.old_signature)
+            ingest_rotations([bad, *chain[1:]], follower.pins, original, now_ms())
+        with pytest.raises(RotationVersionGap):
+            ingest_rotations([tampered(chain[0], version=3)], follower.pins, original, now_ms())
+
+        async with running(bed.config) as orch:
+            await started(orch, members=5)
+            # A successor fleet, published under the rotated keys: the verifier walks to them.
+            await roll_out(orch, bed, "fleet-2", members={"ids": [*five[:4], SPARE[0]]})
+            successor = orch.state.book.of_fleet("fleet-2").validation
+            accepted = await follower.accept(successor)
+            assert [r.signer for r in accepted.rotations] == [n.logged.signer for n in chain]
+            assert sum(load.ops.values()) > ops_before
+
+            # Users move to the successor, then the old fleet retires.
+            load.fleet = "fleet-2"
+            await wait_for(lambda: load.on("fleet-2") == USERS, what="the users to move")
+            await orch.submit(
+                StartRetirement(
+                    fleet="fleet-1",
+                    successor="fleet-2",
+                    force=False,
+                    drain_s=1,
+                    requested_by="test",
+                    reason="replaced by fleet-2",
+                )
+            )
+            await wait_for(
+                lambda: orch.state.book.of_fleet("fleet-1").status == "retired",
+                timeout=60,
+                what="the retirement to be logged",
+            )
+            notice = orch.state.book.fleets["fleet-1"].retirement
+        follower.state = ingest_retirement(notice, follower.pins, follower.state, now_ms())
+        with pytest.raises(FleetRetired):
+            await follower.accept(replacement.validation)
+        await follower.accept(successor)  # the successor stays accepted
+    finally:
+        load.stop.set()
+        if background is not None:
+            await background
+    print(f"vault operations: {dict(load.ops)}; failures: {load.failures}")
+    assert load.failures == []
+    assert load.ops["fleet-1 recover"] > 0 and load.ops["fleet-2 register"] >= USERS
