@@ -91,6 +91,10 @@ class VaultLoad:
     """(fleet, user) -> the secret registered there last."""
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
     def on(self, fleet: str) -> int:
         """How many users are registered on ``fleet``."""
         return sum(1 for f, _ in self.secrets if f == fleet)
@@ -201,6 +205,7 @@ async def test_a_fleet_lives_through_rotation_replacement_signer_rotations_and_r
             await wait_for(lambda: load.on("fleet-1") == USERS, what="the users to register")
 
             # Fleet-key rotation: both epochs' keys during the overlap, the old ones after.
+            mark = load.total
             await orch.submit(
                 RotateFleet(fleet="fleet-1", requested_by="test", overlap_s=2, reason="age")
             )
@@ -223,7 +228,9 @@ async def test_a_fleet_lives_through_rotation_replacement_signer_rotations_and_r
             with pytest.raises(LegacyKeyExpired):
                 check_fleet_key(rotation.artifact, old_vault.public_key, "vault", after)
 
+            assert load.total > mark
             # Member replacement: node-5 is lost for good; the spare node takes its place.
+            mark = load.total
             await daemons["node-5"].stop()
             await orch.submit(
                 ReplaceMember(
@@ -240,8 +247,12 @@ async def test_a_fleet_lives_through_rotation_replacement_signer_rotations_and_r
             assert {m.id for m in replacement.artifact.quorum.members} == {*five[:4], SPARE[0]}
 
         # Signer-key rotations, with the orchestrator stopped; the vault keeps serving.
-        ops_before = sum(load.ops.values())
+        assert load.total > mark
+        mark = load.total
         chain = await rotate_signers(bed)
+        await wait_for(
+            lambda: load.total > mark + USERS, what="vault operations, orchestrator down"
+        )
         assert [n.logged.signer for n in chain] == ["operator", bed.peers[0].pin.name]
         with pytest.raises(RotationSingleSigned):
             bad = tampered(chain[0], new_signature=chain[0].logged.old_signature)
@@ -256,9 +267,9 @@ async def test_a_fleet_lives_through_rotation_replacement_signer_rotations_and_r
             successor = orch.state.book.of_fleet("fleet-2").validation
             accepted = await follower.accept(successor)
             assert [r.signer for r in accepted.rotations] == [n.logged.signer for n in chain]
-            assert sum(load.ops.values()) > ops_before
 
             # Users move to the successor, then the old fleet retires.
+            mark = load.total
             load.fleet = "fleet-2"
             await wait_for(lambda: load.on("fleet-2") == USERS, what="the users to move")
             await orch.submit(
@@ -277,6 +288,8 @@ async def test_a_fleet_lives_through_rotation_replacement_signer_rotations_and_r
                 what="the retirement to be logged",
             )
             notice = orch.state.book.fleets["fleet-1"].retirement
+            assert load.total > mark
+        assert not any("fleet-1" in d.fleets.vaults for d in bed.daemons)
         follower.state = ingest_retirement(notice, follower.pins, follower.state, now_ms())
         with pytest.raises(FleetRetired):
             await follower.accept(replacement.validation)
