@@ -142,13 +142,16 @@ class OperateRollout(Body):
 @message
 @dataclass(frozen=True)
 class MemberAnswer(Body):
-    """A member's reply to a rollout command (``step``), as the raw bytes that arrived."""
+    """A member's reply to a rollout command (``step``), as the raw bytes that arrived, and the
+    id of the command envelope it answers: the reply's ``causation`` must name it (None in
+    answers recorded before answers were bound to their command)."""
 
     TYPE = "rollout.member_answer"
     rollout_id: str
     node_id: str
     step: str
     reply: bytes
+    command_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,12 @@ FLOWS = (rollout, rollout_rotation, rollout_retirement)
 (the passing of time), in the order their events are emitted."""
 
 
+class DomainChangeRefused(CommandRefused):
+    """An announcement would move an enrolled node to another failure domain."""
+
+    kind = "domain_change_refused"
+
+
 @dataclass(frozen=True)
 class Context:
     """What a decision may depend on besides the state and the input."""
@@ -196,6 +202,15 @@ def _node_announce(state: State, c: NodeAnnounce, ctx: Context) -> list[LogEntry
     subjects.token(c.node_id, "node id")
     subjects.token(c.domain, "failure domain")
     old = state.nodes.get(c.node_id)
+    if old is not None and old.identity is not None and old.domain != c.domain:
+        # Where an attested node runs decides which fleets' quorums it may count in; its
+        # announcement cannot move it (THREAT_MODEL G11).
+        raise DomainChangeRefused(
+            "an enrolled node's failure domain does not change by announcement",
+            node_id=c.node_id,
+            domain=old.domain,
+            announced=c.domain,
+        )
     events: list[LogEntry] = []
     if old is None or (old.domain, old.hsm, old.measurement) != (c.domain, c.hsm, c.measurement):
         events.append(

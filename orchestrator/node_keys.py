@@ -228,6 +228,25 @@ def waiting(state: State) -> list[KeyRotation]:
     return [state.rotations[rid] for rid in sorted(state.open_rotations)]
 
 
+def status_trust(state: State, node_id: str) -> TrustStore | None:
+    """The keys an enrolled node's own messages (its status) must be signed with: its
+    recorded identity key, and while it has yet to adopt a rotated one, the key it rotates
+    away from. None for a node not enrolled (its announcement is what introduces it)."""
+    node = state.nodes.get(node_id)
+    if node is None or node.identity is None:
+        return None
+    identities = [node.identity]
+    rotation = state.rotation_of(node_id)
+    if rotation is not None and rotation.status == "rotated" and node.past_identities:
+        identities.append(node.past_identities[-1])
+    return TrustStore(
+        [
+            TrustedKey(node_id, i.identity_alg, i.identity_key, frozenset({NODE_ROLE}))
+            for i in identities
+        ]
+    )
+
+
 def _open(state: State) -> list[KeyRotation]:
     return [r for r in waiting(state) if r.status == "open"]
 

@@ -88,6 +88,7 @@ def answer(state: State, c: MemberAnswer, ctx: Any) -> list[LogEntry]:
         raise UnknownNode("the node is not a member of this rollout", node_id=c.node_id)
     if member.step != c.step:
         return []
+    _bound(c)
     rid, fleet = rollout.rollout_id, rollout.fleet
     try:
         body = _open_answer(state, c)
@@ -96,6 +97,29 @@ def answer(state: State, c: MemberAnswer, ctx: Any) -> list[LogEntry]:
         if c.step == PROBE:
             return [ProbeFailed(rid, fleet, c.node_id, reason=refusal.reason)]
         return [MemberFailed(rid, fleet, c.node_id, step=c.step, reason=refusal.reason)]
+
+
+class AnswerNotForCommand(CommandRefused):
+    """A member's reply does not name the command it was sent for (its ``causation``): an
+    answer to an earlier attempt, or replayed. Refused without a state change, so the member's
+    answer to the command itself still counts."""
+
+    kind = "answer_not_for_command"
+
+
+def _bound(c: MemberAnswer) -> None:
+    """Refuse a reply whose ``causation`` is not the command it is recorded as answering (a
+    garbled reply is judged as such by :func:`_open_answer`)."""
+    if c.command_id is None:
+        return  # recorded before answers were bound to their command
+    try:
+        causation = Envelope.decode(c.reply).causation
+    except MessageError:
+        return
+    if causation != c.command_id:
+        raise AnswerNotForCommand(
+            "the reply answers another command", node_id=c.node_id, step=c.step
+        )
 
 
 def _open_answer(state: State, c: MemberAnswer) -> Body:

@@ -47,7 +47,7 @@ from messages.gate import Gate
 from messages.outbox import Outbox
 from messages.rotation import KeyRotation
 from messages.schema import Body
-from messages.signing import Signer, TrustStore
+from messages.signing import Signer, TrustStore, verify_envelope
 from messages.validation import LoggedNotice
 from orchestrator.config import Settings
 from orchestrator.core import Context, decide, open_enrollments, overdue
@@ -64,8 +64,11 @@ from orchestrator.keys import KeyFileError, load_rotation_chain, trust_for
 from orchestrator.lease import Lease, LeaseLost
 from orchestrator.log import SOURCE, LogReader, seal
 from orchestrator.metrics import Metrics
+from orchestrator.node_keys import status_trust
 from orchestrator.node_keys_effects import carry_out, node_key_jobs
 from orchestrator.replay import Replayer
+from orchestrator.rollout import NODE_ROLE
+from orchestrator.rollout_answers import AnswerNotForCommand
 from orchestrator.rollout_effects import (
     MemberCommand,
     ToLog,
@@ -80,6 +83,8 @@ from orchestrator.state import Enrollment, State
 from orchestrator.store import EventStore
 
 STATUS_SUBJECTS = "fleet.node.*.status"
+NOT_STATUS = "not_status"
+"""How the status gate counts an admitted message of another type on a status subject."""
 APPEND_ATTEMPTS = 3
 COMMAND_TIMEOUT_S = 10.0
 """How long a member may take over one command (a probe waits for its replica to vote, then
@@ -412,8 +417,15 @@ class Orchestrator:
                     self.metrics.errors.labels("member_unanswered").inc()
                     await asyncio.sleep(min(0.5, max(remaining, 0)))
                     continue
-                answer = MemberAnswer(command.rollout_id, command.node_id, command.step, reply.data)
-                events = await self._record_answer(answer, lambda: self._command_open(command))
+                answer = MemberAnswer(
+                    command.rollout_id, command.node_id, command.step, reply.data, request.id
+                )
+                try:
+                    events = await self._record_answer(answer, lambda: self._command_open(command))
+                except AnswerNotForCommand as exc:
+                    log.warning("reply to another command; asking again", reason=str(exc))
+                    await asyncio.sleep(min(0.5, max(remaining, 0)))
+                    continue
                 log.info("member answered", events=[e.TYPE for e in events])
                 return
         except HsmfleetError as exc:
@@ -524,16 +536,28 @@ class Orchestrator:
             self.metrics.stage.labels("attest").observe(time.perf_counter() - started)
 
     async def _on_status(self, msg: Msg) -> None:
+        """Take a node's status: an announcement or heartbeat on its own subject, signed by
+        its recorded identity key once it is enrolled (before, its announcement introduces
+        it). Anything else is refused and counted by the status gate."""
         try:
             received = self.status_gate.admit(msg.data, None)
         except MessageError:
             return  # counted and logged by the gate
         body = received.body
         if not isinstance(body, NodeAnnounce | NodeHeartbeat):
+            self.status_gate.refused(NOT_STATUS)
             return
         if received.envelope.source != body.node_id or msg.subject != _status_subject(body):
             self.metrics.errors.labels("status_spoofed").inc()
             return
+        trust = status_trust(self.state, body.node_id)
+        if trust is not None:
+            try:
+                verify_envelope(received.envelope, trust, NODE_ROLE)
+            except MessageError as exc:
+                self.status_gate.refused(exc.kind)
+                self.log.warning("status refused", node=body.node_id, reason=str(exc))
+                return
         hsm_ok = body.hsm_ok if isinstance(body, NodeHeartbeat) else True
         self.liveness[body.node_id] = Liveness(self._clock_ms(), hsm_ok)
         if isinstance(body, NodeAnnounce) or body.node_id not in self.state.nodes:

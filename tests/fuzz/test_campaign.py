@@ -54,11 +54,6 @@ def test_every_bus_message_is_refused_and_counted(report):
     assert all(f.counted_rejects == f.expected_rejects for f in checked)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orchestrator/service.py:467 drops an admitted message that is no status without "
-    "counting it",
-)
 def test_the_status_consumer_counts_messages_of_other_types(report):
     (foreign,) = [f for f in report.bus if f.name == FOREIGN_STATUS]
     assert not foreign.failures, report.summary()

@@ -11,6 +11,12 @@ import nats
 import pytest
 from aiohttp import web
 
+from messages import subjects
+from messages.attestation import NodeAnnounce, NodeHeartbeat
+from messages.bus import publish
+from messages.cosign_client import CheckpointRequest
+from messages.outbox import Outbox
+from messages.signing import Ed25519Signer
 from node.daemon import NodeDaemon
 from node.hsm import SoftHsm
 from node.measurement import measure
@@ -49,7 +55,7 @@ def late_routes():
 
 
 @pytest.fixture
-async def api(tmp_path, server, limits, late_routes):
+async def api(request, tmp_path, server, limits, late_routes):
     """The API app served on a free port, its orchestrator active, one node announced."""
     VendorCA.init(tmp_path / "vendor", datetime.now(UTC))
     config = write_config(tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", SOFTWARE)
@@ -74,6 +80,7 @@ async def api(tmp_path, server, limits, late_routes):
     await daemon.start(nc)
     await wait_for(lambda: daemon.node_id in orch.state.nodes, what="the announcement")
     async with aiohttp.ClientSession(base_url=f"http://{host}:{port}") as http:
+        request.node.daemon = daemon  # for tests that speak as the node
         yield http, orch, daemon.node_id
     await daemon.stop()
     await nc.close()
@@ -83,6 +90,43 @@ async def api(tmp_path, server, limits, late_routes):
 async def call(http, method, path, headers=None, **kw):
     async with http.request(method, path, headers=headers or {}, **kw) as resp:
         return resp.status, await resp.json(content_type=None)
+
+
+def rejects(orch, kind: str) -> int:
+    return orch.status_gate.rejects[kind] + int(orch.metrics.errors.labels(kind)._value.get())
+
+
+async def test_an_enrolled_nodes_status_must_be_signed_by_its_identity_key(request, api):
+    """Once enrolled, a node's status counts only signed by its recorded identity key; its
+    announcement cannot move it to another failure domain; a message of another type on a
+    status subject is refused and counted (THREAT_MODEL G11)."""
+    http, orch, node_id = api
+    daemon = request.node.daemon
+    subject = subjects.node_status(node_id)
+    bus = await nats.connect(orch.settings.nats)
+    try:
+        # Before enrollment, a message of another type is counted, never silently dropped.
+        await publish(bus, subject, Outbox("anyone").envelope(CheckpointRequest()))
+        await wait_for(lambda: rejects(orch, "not_status") == 1, what="the foreign message")
+
+        await call(http, "POST", f"/v1/nodes/{node_id}/enroll", OP)
+        await wait_for(lambda: orch.state.nodes[node_id].status == "enrolled", what="enrolled")
+        moved = NodeAnnounce(node_id=node_id, domain="dc-9", hsm="soft", measurement=SOFTWARE)
+        impostor = Outbox(node_id, Ed25519Signer.from_seed(bytes([5]) * 32))
+        await publish(bus, subject, Outbox(node_id).envelope(moved))
+        await publish(bus, subject, impostor.envelope(moved))
+        await wait_for(lambda: rejects(orch, "unsigned") == 1, what="the unsigned status")
+        await wait_for(lambda: rejects(orch, "unknown_signer") == 1, what="the impostor")
+        await publish(bus, subject, daemon.outbox.envelope(moved))
+        await wait_for(
+            lambda: rejects(orch, "domain_change_refused") == 1, what="the domain change"
+        )
+        assert orch.state.nodes[node_id].domain == "dc-7"
+        beat = NodeHeartbeat(node_id=node_id, domain="dc-7", seq=99, uptime_ms=1, hsm_ok=False)
+        await publish(bus, subject, daemon.outbox.envelope(beat))
+        await wait_for(lambda: not orch.liveness[node_id].hsm_ok, what="the signed heartbeat")
+    finally:
+        await bus.close()
 
 
 async def test_nodes_and_enrollment(api):
