@@ -10,7 +10,10 @@ across three failure domains (``hsmfleet node run``), each process connecting wi
 seed file and the CA (``--nats-seed``, ``--nats-ca``). It then writes a rollout plan, shows what
 it would do, starts it, follows it stage by stage, approves the gate before ``publish``, fetches
 the validation bundle, writes the trust file a client pins, verifies the bundle with the
-verifier (DESIGN 5.4), and prints where the bundle, the trust file and the logs are.
+verifier (DESIGN 5.4), registers a secret in the fleet's vault and recovers it as the vault
+client party (the node daemons serve the vault with the fleet's vault keys, provisioned to each
+node's ``vault/`` directory: host-held, see :mod:`node.vault.keys`), and prints where the bundle,
+the trust file and the logs are.
 
 The processes keep running (the API and the cosigners' logs can be explored) until Ctrl-C, which
 stops every process the demo started; ``--exit`` stops them as soon as the bundle verified.
@@ -39,6 +42,8 @@ from cosigner.testbed import init_cosigners
 from messages.canonical import b64
 from messages.errors import HsmfleetError
 from messages.plan import describe, load_plan
+from messages.vault import Registration
+from messages.vault_client import VaultClient
 from messages.verify import (
     CosignerPin,
     OperatorPin,
@@ -48,13 +53,17 @@ from messages.verify import (
     VerifierState,
     verify_bundle,
 )
+from node.fleets import VAULT_DIR
 from node.hsm.sealing import new_operator_key
 from node.measurement import measure
 from node.pins import write_pin
+from node.vault.keys import VaultKeys
 from node.vendor import VendorCA
 from ops import logs
+from ops.natsauth import credentials
 from ops.natsauth.bundle import Bundle, write_bundle
 from ops.natsauth.connect import SecuredServer
+from ops.natsauth.layout import CLIENT as CLIENT_ROLE
 from ops.natsauth.layout import Party, parse_layout
 from orchestrator.config import Settings
 from orchestrator.keys import generate, make_operator_key
@@ -198,7 +207,27 @@ def _lay_out(root: Path, bundle: Bundle, nats_url: str, measurement: str) -> dic
     operator = make_operator_key(Settings.load(root / "orch" / "orchestrator.json"))
     cosigners = [(cid, f"{cid}.demo/log", os.urandom(32)) for cid in COSIGNERS]
     init_cosigners(root / "cosigners", signer, cosigners)
-    return {"operator": OperatorPin(operator.alg, operator.public_key)}
+    vault = VaultKeys.generate()
+    for node_id, _ in NODES:
+        (root / "nodes" / node_id / VAULT_DIR).mkdir(parents=True)
+        vault.save(root / "nodes" / node_id / VAULT_DIR / f"{FLEET}.keys")
+    return {"operator": OperatorPin(operator.alg, operator.public_key), "vault": vault}
+
+
+async def _use_vault(nats_url: str, bundle: Bundle, session_public: bytes) -> None:
+    """Register a secret in the fleet's vault and recover it, as the vault client party."""
+    party = credentials.party_options(
+        CLIENT_ROLE, CLIENT, bundle.seed_file(Party(CLIENT_ROLE, CLIENT)), bundle.ca_file
+    )
+    nc = await credentials.connect(nats_url, party)
+    try:
+        client = VaultClient(nc, FLEET, session_public, source=CLIENT)
+        secret = b"the demo user's backup key"
+        await client.register("demo-user", Registration(pin=b"2468", secret=secret))
+        if await client.recover("demo-user", b"2468") != secret:
+            raise DemoFailed("the vault returned another secret")
+    finally:
+        await nc.close()
 
 
 def _plan(root: Path, pins: dict[str, CosignerPin]) -> Path:
@@ -334,6 +363,13 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
         _say(f"  digest {accepted.digest}, vouched by {', '.join(accepted.vouchers)}")
         for key in accepted.artifact.keys:
             _say(f"  key {key.role} {key.alg} {b64(key.public_key)}")
+        try:
+            await _use_vault(nats.url, auth, laid["vault"].session_public)
+        except HsmfleetError as exc:
+            _say(f"the fleet's vault did not answer ({exc.kind}): {exc}")
+            return 1
+        _say(f"vault: registered a secret and recovered it through {FLEET}'s members")
+        _say(f"  vault session key {b64(laid['vault'].session_public)}")
         _say(f"\nrolled out and verified in {time.monotonic() - started:.1f}s")
         _say(f"  bundle:     {bundle_file}")
         _say(f"  trust file: {trust_file}")
