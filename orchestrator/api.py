@@ -35,6 +35,7 @@ from messages.events import (
     StartRollout,
 )
 from messages.plan import PlanError, parse_plan
+from messages.retirement import FleetRetired
 from messages.signing import Signer
 from messages.validation import ValidationBundle, with_rotations
 from ops.httpguard import SAFE_METHODS, HttpRefusal, Limits, application
@@ -103,6 +104,7 @@ class Forbidden(HsmfleetError):
 
 
 _STATUS: list[tuple[type[HsmfleetError], int]] = [
+    (FleetRetired, 410),
     (UnknownNode, 404),
     (UnknownEnrollment, 404),
     (UnknownId, 404),
@@ -311,9 +313,12 @@ async def stage_bundles(request: web.Request) -> web.Response:
 
 async def validation_bundle(request: web.Request) -> web.Response:
     """The validation bundle clients need: the active epoch's, else that of the rollout in
-    progress once it is published (never one of an aborted or superseded rollout), carrying
+    progress once it is published (never one of an aborted or superseded rollout; none of a
+    retired fleet: 410), carrying
     every signer-key rotation logged so far (also those logged after it was published)."""
     chain = _chain(request)
+    if chain.retirement is not None:
+        raise FleetRetired("the fleet is retired: clients must refuse it", fleet_id=chain.fleet)
     bundle = chain.validation
     latest = _orchestrator(request).state.book.of_fleet(chain.fleet)
     if bundle is None and latest is not None and latest.status not in ENDED:

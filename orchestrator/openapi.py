@@ -35,6 +35,37 @@ def _query_int(name: str, description: str) -> dict[str, Any]:
     }
 
 
+_COMMAND_ERRORS = {
+    "400": _json(_ref("Error"), "Malformed JSON, unknown fields or a field of the wrong type"),
+    "404": _json(_ref("Error"), "Unknown fleet"),
+    "409": _json(_ref("Error"), "The command does not fit the fleet's state"),
+    "422": _json(_ref("Error"), "A setting out of range (typed by kind)"),
+    "503": _json(_ref("Error"), "This orchestrator is a standby (not_active)"),
+    **_ERRORS,
+}
+
+
+def _fleet_command(summary: str, body: str, conflict: str) -> dict[str, Any]:
+    """A POST on a fleet that starts one of its flows: answered 202 with the flow."""
+    return {
+        "post": {
+            "summary": summary,
+            "description": conflict,
+            "security": _READ,
+            "parameters": [_path_id("fleet_id")],
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": _ref(body)}},
+            },
+            "responses": {"202": _json(_ref("Rollout"), "The flow started"), **_COMMAND_ERRORS},
+        }
+    }
+
+
+def _command(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -107,6 +138,55 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "description": "A rollout plan as JSON: the settings of a plan file (TOML)",
                 "required": ["fleet", "members", "keys", "cosigners"],
+            },
+            "RotateCommand": _command(
+                {"overlap_s": {"type": ["integer", "null"]}, "reason": {"type": "string"}}
+            ),
+            "ScheduleCommand": {
+                **_command(
+                    {
+                        "every_days": {"type": "integer", "minimum": 0},
+                        "overlap_s": {"type": "integer", "minimum": 0},
+                    }
+                ),
+                "required": ["every_days", "overlap_s"],
+            },
+            "ReplaceCommand": {
+                **_command({"node_id": {"type": "string"}, "replacement": {"type": "string"}}),
+                "required": ["node_id", "replacement"],
+            },
+            "RetireCommand": _command(
+                {
+                    "successor": {"type": ["string", "null"]},
+                    "force": {"type": "boolean"},
+                    "drain_s": {"type": "integer", "minimum": 0},
+                    "reason": {"type": "string"},
+                }
+            ),
+            "FleetState": {
+                "type": "object",
+                "properties": {
+                    "active_epoch": {"type": ["integer", "null"]},
+                    "active_rollout": {"type": ["string", "null"]},
+                    "rotate_every_days": {"type": "integer"},
+                    "rotation_overlap_s": {"type": "integer"},
+                    "retiring": {"type": "boolean"},
+                    "retired": {"type": "boolean"},
+                },
+            },
+            "NodeKeyRotation": {
+                "type": "object",
+                "required": ["rotation_id", "node_id", "status"],
+                "properties": {
+                    "rotation_id": {"type": "string"},
+                    "node_id": {"type": "string"},
+                    "status": {"enum": ["open", "rotated", "adopted", "refused"]},
+                    "reason": {"type": ["string", "null"]},
+                    "expires_ms": {"type": "integer"},
+                    "requested_by": {"type": "string"},
+                    "new_kid": {"type": ["string", "null"]},
+                    "identity": {"type": ["object", "null"]},
+                },
             },
             "Entry": {
                 "type": "object",
@@ -272,7 +352,91 @@ OPENAPI: dict[str, Any] = {
                 "security": _READ,
                 "parameters": [_path_id("fleet_id")],
                 "responses": {
+                    "200": {"description": "The bundle, with the signer-key rotations logged"},
                     "404": _json(_ref("Error"), "Unknown fleet, or nothing published yet"),
+                    "410": _json(_ref("Error"), "The fleet is retired (fleet_retired)"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/fleets/{fleet_id}/rotate": _fleet_command(
+            "Rotate the active fleet's keys to a new epoch (operator)",
+            "RotateCommand",
+            "409 when the fleet is busy or not active",
+        ),
+        "/v1/fleets/{fleet_id}/rotation-schedule": {
+            "put": {
+                **_fleet_command(
+                    "Rotate the fleet's keys every N days (0: never) (operator)",
+                    "ScheduleCommand",
+                    "409 when the fleet is not active",
+                )["post"],
+                "responses": {
+                    "200": _json(_ref("FleetState"), "The fleet's schedule now"),
+                    **_COMMAND_ERRORS,
+                },
+            }
+        },
+        "/v1/fleets/{fleet_id}/replace-member": _fleet_command(
+            "Replace a failed member by a freshly attested node (operator)",
+            "ReplaceCommand",
+            "409 when the fleet is busy, 404 for an unknown node",
+        ),
+        "/v1/fleets/{fleet_id}/retire": _fleet_command(
+            "Retire the active fleet: stop registrations, drain, destroy its keys (operator)",
+            "RetireCommand",
+            "409 when the fleet is busy or has no active successor (without force)",
+        ),
+        "/v1/fleets/{fleet_id}/flow": {
+            "get": {
+                "summary": "The fleet's latest flow (rollout, rotation, replacement, retirement)",
+                "security": _READ,
+                "parameters": [_path_id("fleet_id")],
+                "responses": {
+                    "200": _json(_ref("Rollout"), "The flow and its members' progress"),
+                    "404": _json(_ref("Error"), "No rollout of this fleet"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/fleets/{fleet_id}/retirement": {
+            "get": {
+                "summary": "The logged notice of the fleet's retirement, as verifiers ingest it",
+                "security": _READ,
+                "parameters": [_path_id("fleet_id")],
+                "responses": {
+                    "200": {"description": "The logged notice (document and log proofs)"},
+                    "404": _json(_ref("Error"), "Unknown fleet, or not retired"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/nodes/{node_id}/rotate-key": {
+            "post": {
+                "summary": "Have the enrolled node rotate its identity key (operator)",
+                "security": _READ,
+                "parameters": [_path_id("node_id")],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("EnrollCommand")}},
+                },
+                "responses": {
+                    "202": _json(_ref("NodeKeyRotation"), "Challenge issued (or refused)"),
+                    "400": _json(_ref("Error"), "Malformed JSON or unknown fields"),
+                    "404": _json(_ref("Error"), "Unknown node"),
+                    "409": _json(_ref("Error"), "A rotation of this node is in progress"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/v1/node-key-rotations/{rotation_id}": {
+            "get": {
+                "summary": "One node-key rotation and its outcome",
+                "security": _READ,
+                "parameters": [_path_id("rotation_id")],
+                "responses": {
+                    "200": _json(_ref("NodeKeyRotation"), "The rotation"),
+                    "404": _json(_ref("Error"), "Unknown rotation"),
                     **_ERRORS,
                 },
             }

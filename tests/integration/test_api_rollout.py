@@ -18,7 +18,7 @@ from messages.verify import VerifierState, verify_bundle
 from ops.cli import build_parser
 from ops.natsserver import NatsServer
 from orchestrator.api import ORCHESTRATOR, create_app
-from orchestrator.keys import load_signer
+from orchestrator.keys import load_signer, save_rotation_chain
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for
 from tests.replay.rolloutbed import open_bed, prepare
 
@@ -165,6 +165,29 @@ async def test_a_rollout_through_the_api_and_the_cli(api, tmp_path, capsys):
     assert (status, body["error"]) == (409, "rollout_conflict")
     status, body = await call(http, "POST", "/v1/rollouts", OP, json=bed.plan())
     assert (status, body["error"]) == (409, "fleet_active")
+    # A cosigner rotates its log key: the bundle served carries the logged rotation, which a
+    # client pinned to the old key walks; the orchestrator follows it for later documents.
+    rotation = await bed.cosigners[0].cosigner.rotate_key()
+    client = orch.cosigning.client(rollout.plan.cosigners)
+    notice = client.notice(await client.log(rotation))
+    save_rotation_chain(bed.settings, [notice])
+    status, served = await call(http, "GET", "/v1/fleets/fleet-1/bundle", READ)
+    assert status == 200 and served["rotations"] == [notice.to_json()]
+    now = rollout.artifact.not_before_ms + 1
+    assert verify_bundle(served, bed.pins(), VerifierState(), now).rotations == (rotation,)
+    # Once the fleet is retired, its validation bundle is gone: clients must refuse the fleet.
+    retire = {"force": True, "drain_s": 0, "reason": "test"}
+    status, body = await call(http, "POST", "/v1/fleets/fleet-1/retire", OP, json=retire)
+    assert status == 202, body
+    await wait_for(
+        lambda: orch.state.book.fleets["fleet-1"].retirement is not None,
+        timeout=60,
+        what="the retirement",
+    )
+    status, body = await call(http, "GET", "/v1/fleets/fleet-1/bundle", READ)
+    assert (status, body["error"]) == (410, "fleet_retired")
+    # The retirement's bundles were logged with the rotated key: the core knows the rotation.
+    assert orch.state.signer_keys[rotation.signer][-1].public_key == rotation.new.public_key
 
 
 async def test_status_watch_exits_non_zero_when_the_rollout_is_aborted(api, tmp_path, capsys):
