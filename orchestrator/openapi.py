@@ -212,6 +212,12 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "Text exposition format"}},
             }
         },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "The OpenAPI 3.1 document"}},
+            }
+        },
         "/v1/nodes": {
             "get": {
                 "summary": "Nodes with their state and failure domain",

@@ -226,11 +226,19 @@ async def test_a_stream_from_the_start_replays_the_log_in_order(api):
 
 
 async def test_health_openapi_and_metrics(api):
-    http, _, _ = api
+    http, orch, _ = api
     status, health = await call(http, "GET", "/health")
     assert status == 200 and health["active"] and health["lease"]["holder"] == "orch-a"
     status, doc = await call(http, "GET", "/openapi.json")
     assert doc["openapi"].startswith("3.") and "/v1/nodes/{node_id}/enroll" in doc["paths"]
+    # Every route the app serves is documented, with its method.
+    served = {
+        (r.resource.canonical, r.method.lower())
+        for r in create_app(orch.settings, orch.signer).router.routes()
+        if r.method != "HEAD"
+    }
+    documented = {(path, method) for path, item in doc["paths"].items() for method in item}
+    assert served - documented == set()
     async with http.get("/metrics") as resp:
         text = await resp.text()
     assert 'hsmfleet_decisions_total{input="node.announce"} 1.0' in text
