@@ -326,17 +326,6 @@ async def test_pkcs11_node_rotates_its_p256_identity(
         reopened.close()
 
 
-class RotatingOrchestrator(Orchestrator):
-    """The orchestrator process with the node-key effect hooked in as the lead would."""
-
-    def _kick_effects(self) -> None:
-        super()._kick_effects()
-        if not self.active:
-            return
-        for job in node_key_jobs(self.state):
-            self._start(job.key, lambda j=job: carry_out(self, j, self._clock_ms))
-
-
 async def test_the_orchestrator_process_rotates_a_node_key_and_its_log_replays(
     tmp_path, own_server, vendor
 ):
@@ -350,7 +339,7 @@ async def test_the_orchestrator_process_rotates_a_node_key_and_its_log_replays(
     daemon = soft_daemon(tmp_path / "n1", vendor, read_pins(tmp_path / "pins.json"))
     nc = await nats.connect(nats_server.url)
     orch_nc = await nats.connect(nats_server.url)
-    orch = RotatingOrchestrator(orch_nc, settings, signer, operator=operator_signer(settings))
+    orch = Orchestrator(orch_nc, settings, signer, operator=operator_signer(settings))
     task = asyncio.create_task(orch.run())
     try:
         await wait_for(lambda: orch.active, what="the lease")
