@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cli import DONE, NEGATIVE, TIMED_OUT, ApiError, _api_arguments, _call
-from orchestrator.rollout_cli import progress_lines, status_line
+from orchestrator.rollout_cli import progress_lines, status_line, write_document
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 FAILED = ("aborted", "failed", "superseded")
@@ -164,13 +164,7 @@ async def status_command(args: argparse.Namespace) -> int:
 
 
 async def retirement_command(args: argparse.Namespace) -> int:
-    notice = await _call(args, "GET", f"/v1/fleets/{args.fleet}/retirement")
-    text = json.dumps(notice, indent=2) + "\n"
-    if args.out is None:
-        sys.stdout.write(text)
-    else:
-        args.out.write_text(text)
-        print(args.out, file=sys.stderr)
+    write_document(args, await _call(args, "GET", f"/v1/fleets/{args.fleet}/retirement"))
     return DONE
 
 

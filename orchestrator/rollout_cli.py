@@ -115,14 +115,18 @@ async def operate_command(args: argparse.Namespace) -> int:
 
 
 async def bundle_command(args: argparse.Namespace) -> int:
-    bundle = await _call(args, "GET", f"/v1/fleets/{args.fleet}/bundle")
-    text = json.dumps(bundle, indent=2) + "\n"
+    write_document(args, await _call(args, "GET", f"/v1/fleets/{args.fleet}/bundle"))
+    return DONE
+
+
+def write_document(args: argparse.Namespace, document: Any) -> None:
+    """``document`` as indented JSON to ``--out`` (its path then on stderr) or stdout."""
+    text = json.dumps(document, indent=2) + "\n"
     if args.out is None:
         sys.stdout.write(text)
     else:
         args.out.write_text(text)
         print(args.out, file=sys.stderr)
-    return DONE
 
 
 async def _watch(args: argparse.Namespace, fleet: str) -> int:

@@ -285,42 +285,35 @@ def _started(state: State, e: RolloutStarted) -> State:
     return _chain(_put(state, rollout), e.fleet, rollout_id=e.rollout_id)
 
 
-def _rotation_started(state: State, e: RotationStarted) -> State:
+def _later_flow(state: State, e: RotationStarted | RetirementStarted, **kind: Any) -> Rollout:
+    """A flow of an active fleet (rotation, retirement): its predecessor's plan and
+    replication group, the members ``e`` names."""
     predecessor = state.book.rollouts[e.predecessor]
-    members = Map({m.node_id: RolloutMember(m.node_id, m.domain) for m in e.members})
-    rotation = Rollout(
+    return Rollout(
         rollout_id=e.rollout_id,
         fleet=e.fleet,
         plan=predecessor.plan,
         epoch=e.epoch,
         order=tuple(m.node_id for m in e.members),
-        members=members,
+        members=Map({m.node_id: RolloutMember(m.node_id, m.domain) for m in e.members}),
         not_before_ms=e.not_before_ms,
         not_after_ms=e.not_after_ms,
         requested_by=e.requested_by,
         predecessor=e.predecessor,
         group=predecessor.replication_group,
-        overlap_ms=e.overlap_s * 1000,
-        kind="rotation",
+        **kind,
     )
+
+
+def _rotation_started(state: State, e: RotationStarted) -> State:
+    rotation = _later_flow(state, e, overlap_ms=e.overlap_s * 1000, kind="rotation")
     return _chain(_put(state, rotation), e.fleet, rollout_id=e.rollout_id)
 
 
 def _retirement_started(state: State, e: RetirementStarted) -> State:
-    predecessor = state.book.rollouts[e.predecessor]
-    members = Map({m.node_id: RolloutMember(m.node_id, m.domain) for m in e.members})
-    retirement = Rollout(
-        rollout_id=e.rollout_id,
-        fleet=e.fleet,
-        plan=predecessor.plan,
-        epoch=e.epoch,
-        order=tuple(m.node_id for m in e.members),
-        members=members,
-        not_before_ms=e.not_before_ms,
-        not_after_ms=e.not_after_ms,
-        requested_by=e.requested_by,
-        predecessor=e.predecessor,
-        group=predecessor.replication_group,
+    retirement = _later_flow(
+        state,
+        e,
         kind="retirement",
         successor=e.successor,
         drain_until_ms=e.drain_until_ms,
