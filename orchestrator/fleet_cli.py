@@ -20,15 +20,20 @@ aborted); 2 error (API unreachable or failing); 3 timed out waiting.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import DONE, NEGATIVE, TIMED_OUT, ApiError, _api_arguments, _call
-from orchestrator.rollout_cli import progress_lines, status_line, write_document
+from orchestrator.cli import DONE, NEGATIVE, ApiError, _api_arguments, _call
+from orchestrator.rollout_cli import (
+    follow,
+    progress_lines,
+    status_line,
+    watch_arguments,
+    write_document,
+)
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 FAILED = ("aborted", "failed", "superseded")
@@ -96,9 +101,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def _flow_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--watch", action="store_true", help="follow the flow until it ends")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds of running time")
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between looks")
+    watch_arguments(parser)
     _api_arguments(parser)
 
 
@@ -183,28 +186,14 @@ def finished(view: dict[str, Any]) -> bool:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    """Print each change of the fleet's flow until it ends; the exit code says how. Time spent
-    paused does not count against ``--timeout``."""
-    last: list[str] = []
-    running_s, seen = 0.0, time.monotonic()
-    while True:
-        view = await _call(args, "GET", f"/v1/fleets/{args.fleet}/flow")
-        now = time.monotonic()
-        if view["status"] != "paused":
-            running_s += now - seen
-        seen = now
-        lines = summary(view)
-        if lines != last:
-            _show(args, view)
-            last = lines
-        if finished(view):
-            return DONE
-        if view["status"] in FAILED:
-            return NEGATIVE
-        if running_s > args.timeout:
-            print(f"still {view['status']} in stage {view['stage']} after {args.timeout}s")
-            return TIMED_OUT
-        await asyncio.sleep(args.interval)
+    """Print each change of the fleet's flow until it ends; the exit code says how."""
+    return await follow(
+        args,
+        f"/v1/fleets/{args.fleet}/flow",
+        summary,
+        finished=finished,
+        failed=lambda view: view["status"] in FAILED,
+    )
 
 
 def _when(ms: int | None) -> str:

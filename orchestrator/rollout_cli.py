@@ -21,6 +21,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     start = actions.add_parser("start", help="start a rollout by a plan")
     start.add_argument("file", type=Path)
-    _watch_arguments(start)
+    watch_arguments(start)
     _api_arguments(start)
     start.set_defaults(run=start_command)
 
     status = actions.add_parser("status", help="where a fleet's rollout is")
     status.add_argument("fleet")
-    _watch_arguments(status)
+    watch_arguments(status)
     _api_arguments(status)
     status.set_defaults(run=status_command)
 
@@ -67,7 +68,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     bundle.set_defaults(run=bundle_command)
 
 
-def _watch_arguments(parser: argparse.ArgumentParser) -> None:
+def watch_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--watch``, ``--timeout`` and ``--interval`` of a verb that can follow its flow."""
     parser.add_argument("--watch", action="store_true", help="follow it until it ends")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds of running time")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between looks")
@@ -131,24 +133,40 @@ def write_document(args: argparse.Namespace, document: Any) -> None:
 
 async def _watch(args: argparse.Namespace, fleet: str) -> int:
     """Print each change of the rollout until it ends; the exit code says how."""
+    return await follow(
+        args,
+        f"/v1/rollouts/{fleet}",
+        summary,
+        finished=lambda view: view["status"] in ("active", "rotated", "retired"),
+        failed=lambda view: view["status"] in ENDED,
+    )
+
+
+async def follow(
+    args: argparse.Namespace,
+    path: str,
+    summarize: Callable[[dict[str, Any]], list[str]],
+    finished: Callable[[dict[str, Any]], bool],
+    failed: Callable[[dict[str, Any]], bool],
+) -> int:
+    """Print each change of the flow at ``path`` until it is ``finished`` (DONE) or ``failed``
+    (NEGATIVE), or ``--timeout`` seconds of running time passed (TIMED_OUT); time spent paused
+    does not count."""
     last: list[str] = []
     running_s, seen = 0.0, time.monotonic()
     while True:
-        view = await _call(args, "GET", f"/v1/rollouts/{fleet}")
+        view = await _call(args, "GET", path)
         now = time.monotonic()
         if view["status"] != "paused":
             running_s += now - seen
         seen = now
-        lines = summary(view)
+        lines = summarize(view)
         if lines != last:
-            if args.json:
-                print(json.dumps(view), flush=True)
-            else:
-                print("\n".join(lines), flush=True)
+            print(json.dumps(view) if args.json else "\n".join(lines), flush=True)
             last = lines
-        if view["status"] in ("active", "rotated", "retired"):
+        if finished(view):
             return DONE
-        if view["status"] in ENDED:
+        if failed(view):
             return NEGATIVE
         if running_s > args.timeout:
             print(f"still {view['status']} in stage {view['stage']} after {args.timeout}s")

@@ -217,8 +217,9 @@ def _with_identity(node: Node, identity: Identity, version: int | None = None) -
     return replace(node, identity=identity, identity_version=number, past_identities=past)
 
 
-def _node_enrolled(state: State, e: NodeEnrolled) -> State:
-    identity = Identity(
+def _identity_of(e: NodeEnrolled | NodeKeyRotated) -> Identity:
+    """The identity an accepted attestation (at enrollment or rotation) established."""
+    return Identity(
         e.identity_alg,
         e.identity_key,
         e.transport_alg,
@@ -227,6 +228,10 @@ def _node_enrolled(state: State, e: NodeEnrolled) -> State:
         e.device_fingerprint,
         e.attestation_digest,
     )
+
+
+def _node_enrolled(state: State, e: NodeEnrolled) -> State:
+    identity = _identity_of(e)
     node = replace(
         _with_identity(state.nodes[e.node_id], identity),
         status="enrolled",
@@ -281,15 +286,7 @@ def _rotation_closed(
 
 
 def _node_key_rotated(state: State, e: NodeKeyRotated) -> State:
-    identity = Identity(
-        e.identity_alg,
-        e.identity_key,
-        e.transport_alg,
-        e.transport_key,
-        e.measurement,
-        e.device_fingerprint,
-        e.attestation_digest,
-    )
+    identity = _identity_of(e)
     node = _with_identity(state.nodes[e.node_id], identity, e.version)
     state = _rotation_closed(state, e.rotation_id, "rotated", identity_kid=identity.kid)
     return replace(state, nodes=state.nodes.set(e.node_id, node))
