@@ -128,8 +128,9 @@ def save_config(state: Path, config: CosignerConfig) -> None:
     tmp.replace(path)
 
 
-def load_key(state: Path) -> Ed25519Signer:
-    path = Path(state) / KEY_FILE
+def load_key(state: Path, name: str = KEY_FILE) -> Ed25519Signer:
+    """The Ed25519 key in ``<state>/<name>`` (hex seed): ``key``, the one in force, by default."""
+    path = Path(state) / name
     try:
         seed = bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as exc:
@@ -137,6 +138,16 @@ def load_key(state: Path) -> Ed25519Signer:
     if len(seed) != 32:
         raise ConfigError("the cosigner key must be 32 bytes of hex", path=str(path))
     return Ed25519Signer.from_seed(seed)
+
+
+def write_seed(path: Path, seed: bytes) -> None:
+    """Create ``path`` (0600) holding ``seed`` as hex, fsynced; ``FileExistsError`` if it exists:
+    a key file is never overwritten."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(seed.hex() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def pin_of(config: CosignerConfig, signer: Ed25519Signer, url: str | None = None) -> CosignerPin:
@@ -153,12 +164,8 @@ def init_state(state: Path, config: CosignerConfig, seed: bytes | None = None) -
     state.mkdir(parents=True, exist_ok=True)
     seed = os.urandom(32) if seed is None else seed
     try:
-        fd = os.open(state / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_seed(state / KEY_FILE, seed)
     except FileExistsError:
         raise ConfigError("the state directory already has a key", path=str(state)) from None
-    with os.fdopen(fd, "w") as f:
-        f.write(seed.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
     save_config(state, config)
     return Ed25519Signer.from_seed(seed)

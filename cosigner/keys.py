@@ -11,57 +11,33 @@ key is in force, so a crash between logging and the move is finished when the co
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
-from cosigner.config import KEY_FILE, ConfigError, load_key
+from cosigner.config import KEY_FILE, ConfigError, load_key, write_seed
+from cosigner.log import fsync_directory
 from messages.signing import Ed25519Signer
 
 NEXT_FILE = "key.next"
 VERSION_FILE = "key.version"
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def next_key(state: Path) -> Ed25519Signer:
     """The key a rotation moves to: ``key.next``, created (from a fresh random seed) if absent."""
     path = Path(state) / NEXT_FILE
     if not path.exists():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(os.urandom(32).hex() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync_directory(path.parent)
-    return _load(path)
-
-
-def _load(path: Path) -> Ed25519Signer:
-    """The key in ``path``, checked as :func:`cosigner.config.load_key` checks ``key``."""
-    try:
-        seed = bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the cosigner key: {exc}", path=str(path)) from None
-    if len(seed) != 32:
-        raise ConfigError("the cosigner key must be 32 bytes of hex", path=str(path))
-    return Ed25519Signer.from_seed(seed)
+        with contextlib.suppress(FileExistsError):
+            write_seed(path, os.urandom(32))
+            fsync_directory(path.parent)
+    return load_key(state, NEXT_FILE)
 
 
 def available_keys(state: Path) -> list[Ed25519Signer]:
     """The private keys the cosigner holds: the one in force first, then ``key.next`` if any."""
     keys = [load_key(state)]
     if (Path(state) / NEXT_FILE).exists():
-        keys.append(_load(Path(state) / NEXT_FILE))
+        keys.append(load_key(state, NEXT_FILE))
     return keys
 
 
@@ -72,9 +48,9 @@ def settle(state: Path, current: bytes) -> None:
     if load_key(state).public_key == current:
         return
     nxt = state / NEXT_FILE
-    if nxt.exists() and _load(nxt).public_key == current:
+    if nxt.exists() and load_key(state, NEXT_FILE).public_key == current:
         nxt.replace(state / KEY_FILE)
-        _fsync_directory(state)
+        fsync_directory(state)
         return
     raise ConfigError("the cosigner holds no private key for the key its log says is in force")
 
@@ -94,5 +70,9 @@ def record_version(state: Path, version: int) -> None:
         return
     path = Path(state) / VERSION_FILE
     tmp = path.with_name(VERSION_FILE + ".tmp")
-    tmp.write_text(f"{version}\n")
+    with open(tmp, "w") as f:
+        f.write(f"{version}\n")
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
+    fsync_directory(path.parent)

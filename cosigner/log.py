@@ -120,7 +120,8 @@ def open_database(path: Path, what: str, schema: Sequence[str] = ()) -> sqlite3.
     return db
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make the entries of directory ``path`` (a file created, renamed) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -153,7 +154,7 @@ class AuditLog(TreeView):
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             if not tables:
                 _create(db)
-                _fsync_directory(path.parent)
+                fsync_directory(path.parent)
             elif not {"meta", "leaves"} <= tables:
                 raise LogCorrupted("not an audit log", path=str(path))
             frontier, size = _check(db)

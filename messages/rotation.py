@@ -95,10 +95,6 @@ class KeyRotation(Digested):
         """Its position for a cosigner's statement: the new key's version."""
         return self.version
 
-    @property
-    def at_ms(self) -> int:
-        return time_ms(self.at, "at")
-
     def signing_bytes(self) -> bytes:
         """``b"hsmfleet/v1/key-rotation\\n" || JCS(rotation without its two signatures)``."""
         body = {k: v for k, v in self.to_json().items() if k not in _SIGNATURES}

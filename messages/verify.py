@@ -708,7 +708,8 @@ def check_logged(
         raise BadStatementSignature("statement signature does not verify", log=log)
     if statement.log != log or not statement.describes(document):
         raise StatementMismatch("statement names another document or log", log=log)
-    size = _claimed_size(checkpoint)
+    # Which key signed the checkpoint follows from its size only once the log has rotated.
+    size = _claimed_size(checkpoint) if len(ring.keys[log]) > 1 else None
     signer = ring.log_key(log, size - 1) if size else ring.keys[log][0]
     witnesses = list(witnesses)
     try:
