@@ -47,7 +47,7 @@ from messages.node_keys import (
     RotationProof,
 )
 from messages.schema import REGISTRY
-from messages.signing import TrustedKey, TrustStore, verify_envelope
+from messages.signing import TrustStore, verify_envelope
 from orchestrator.errors import CommandRefused, NoPolicy, UnknownNode
 from orchestrator.state import KeyRotation, Policy, State
 
@@ -196,9 +196,7 @@ def adopted(state: State, c: AdoptionAnswer, _: Context) -> list[LogEntry]:
         return []  # adopted already, or a later rotation stands in for it
     node = state.nodes[c.node_id]
     assert node.identity is not None  # rotated: the new key is on record
-    key = TrustedKey(
-        c.node_id, node.identity.identity_alg, node.identity.identity_key, frozenset({NODE_ROLE})
-    )
+    key = node.identity.trusted(c.node_id)
     try:
         env = Envelope.decode(c.reply)
         verify_envelope(env, TrustStore([key]), NODE_ROLE)
@@ -239,12 +237,7 @@ def status_trust(state: State, node_id: str) -> TrustStore | None:
     rotation = state.rotation_of(node_id)
     if rotation is not None and rotation.status == "rotated" and node.past_identities:
         identities.append(node.past_identities[-1])
-    return TrustStore(
-        [
-            TrustedKey(node_id, i.identity_alg, i.identity_key, frozenset({NODE_ROLE}))
-            for i in identities
-        ]
-    )
+    return TrustStore([i.trusted(node_id) for i in identities])
 
 
 def _open(state: State) -> list[KeyRotation]:

@@ -50,7 +50,7 @@ from messages.events import (
     ValidationBundleIssued,
 )
 from messages.schema import REGISTRY, Body
-from messages.signing import TrustedKey, TrustStore, verify_envelope
+from messages.signing import TrustStore, verify_envelope
 from messages.verify import MalformedBundle, parse_bundle
 from node.quorum.membership import Membership
 from node.quorum.proof import CommitProof, verify_proof
@@ -134,9 +134,7 @@ def _open_answer(state: State, c: MemberAnswer) -> Body:
     identity = state.nodes[c.node_id].identity
     if identity is None:
         raise _Refused("not attested")
-    key = TrustedKey(
-        c.node_id, identity.identity_alg, identity.identity_key, frozenset({NODE_ROLE})
-    )
+    key = identity.trusted(c.node_id)
     try:
         verify_envelope(env, TrustStore([key]), NODE_ROLE)
         return REGISTRY.parse(env)

@@ -22,8 +22,8 @@ from messages.events import LogEntry, PlannedMember, ReplaceMember, ReplacementS
 from orchestrator import evidence
 from orchestrator.errors import UnknownNode
 from orchestrator.fleet_errors import AlreadyAMember, NotAMember
-from orchestrator.rollout import DAY_MS, ENROLL
-from orchestrator.rollout_rotation import active_rollout
+from orchestrator.rollout import ENROLL
+from orchestrator.rollout_rotation import active_rollout, not_after_ms
 from orchestrator.state import State
 
 
@@ -50,7 +50,7 @@ def replace_member(state: State, c: ReplaceMember, ctx: Any) -> list[LogEntry]:
             replaced=c.node_id,
             replacement=PlannedMember(c.replacement, node.domain),
             not_before_ms=ctx.now_ms,
-            not_after_ms=ctx.now_ms + active.plan.validity.days * DAY_MS,
+            not_after_ms=not_after_ms(active, ctx.now_ms),
             requested_by=c.requested_by,
         ),
         StageEntered(rollout_id, c.fleet, ENROLL),

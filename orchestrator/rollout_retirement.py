@@ -27,7 +27,6 @@ from messages.events import (
     CosignerAnswer,
     FleetRetired,
     LogEntry,
-    PlannedMember,
     RetirementLogged,
     RetirementStarted,
     StageEntered,
@@ -38,8 +37,8 @@ from messages.retirement import FleetRetirement
 from messages.verify import MalformedBundle, parse_notice
 from orchestrator import evidence
 from orchestrator.fleet_errors import BadRetirement, FleetRetiring, NoActiveSuccessor
-from orchestrator.rollout import DAY_MS, issue, member_command
-from orchestrator.rollout_rotation import active_rollout
+from orchestrator.rollout import issue, member_command
+from orchestrator.rollout_rotation import active_rollout, not_after_ms, planned_members
 from orchestrator.rollout_state import Rollout
 from orchestrator.state import State
 
@@ -64,9 +63,7 @@ def start(state: State, c: StartRetirement, ctx: Any) -> list[LogEntry]:
             successor=c.successor,
         )
     rollout_id = ctx.new_id(f"retirement:{c.fleet}", 0)
-    members = tuple(
-        PlannedMember(node, active.members[node].domain) for node in evidence.fleet_members(active)
-    )
+    members = planned_members(active)
     return [
         RetirementStarted(
             rollout_id=rollout_id,
@@ -77,7 +74,7 @@ def start(state: State, c: StartRetirement, ctx: Any) -> list[LogEntry]:
             successor=c.successor,
             drain_until_ms=ctx.now_ms + c.drain_s * 1000,
             not_before_ms=ctx.now_ms,
-            not_after_ms=ctx.now_ms + active.plan.validity.days * DAY_MS,
+            not_after_ms=not_after_ms(active, ctx.now_ms),
             requested_by=c.requested_by,
             reason=c.reason,
         ),

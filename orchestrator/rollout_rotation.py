@@ -59,6 +59,18 @@ def _chain(state: State, fleet: str) -> FleetChain:
     return chain
 
 
+def planned_members(active: Rollout) -> tuple[PlannedMember, ...]:
+    """The active rollout's fleet members, as a later flow of the fleet plans them."""
+    return tuple(
+        PlannedMember(node, active.members[node].domain) for node in evidence.fleet_members(active)
+    )
+
+
+def not_after_ms(active: Rollout, now_ms: int) -> int:
+    """The end of validity of an artifact a later flow of ``active``'s fleet starts at now."""
+    return now_ms + active.plan.validity.days * DAY_MS
+
+
 def active_rollout(state: State, fleet: str) -> Rollout:
     """The fleet's active rollout, once nothing else of the fleet is under way; raises
     :class:`FleetNotActive`, :class:`FleetRetiring` or :class:`FleetBusy`."""
@@ -97,9 +109,7 @@ def rotate(state: State, c: RotateFleet, ctx: Any) -> list[LogEntry]:
 def _started(state: State, active: Rollout, overlap_s: int, by: str, ctx: Any) -> list[LogEntry]:
     fleet = active.fleet
     rollout_id = ctx.new_id(f"rotation:{fleet}", 0)
-    members = tuple(
-        PlannedMember(node, active.members[node].domain) for node in evidence.fleet_members(active)
-    )
+    members = planned_members(active)
     return [
         RotationStarted(
             rollout_id=rollout_id,
@@ -108,7 +118,7 @@ def _started(state: State, active: Rollout, overlap_s: int, by: str, ctx: Any) -
             predecessor=active.rollout_id,
             members=members,
             not_before_ms=ctx.now_ms,
-            not_after_ms=ctx.now_ms + active.plan.validity.days * DAY_MS,
+            not_after_ms=not_after_ms(active, ctx.now_ms),
             overlap_s=overlap_s,
             requested_by=by,
         ),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from immutables import Map
@@ -175,7 +176,7 @@ class Rollout:
         """The rollout that formed the replication group this one serves (its store)."""
         return self.group or self.rollout_id
 
-    @property
+    @cached_property
     def legacy_until_ms(self) -> int | None:
         """When the legacy keys the artifact lists stop being usable (None: it lists none)."""
         if self.artifact is None:

@@ -12,6 +12,7 @@ from typing import Literal
 
 from immutables import Map
 
+from messages.attestation import NODE_ROLE
 from messages.canonical import b64
 from messages.events import (
     ChallengeIssued,
@@ -30,7 +31,7 @@ from messages.node_keys import (
     NodeKeyRotated,
     NodeKeyRotationRefused,
 )
-from messages.signing import ED25519, key_id
+from messages.signing import ED25519, TrustedKey, key_id
 from messages.verify import KeyInForce
 from orchestrator.rollout_state import ROLLOUT_FOLDS, RolloutBook, attested
 
@@ -73,6 +74,10 @@ class Identity:
     def kid(self) -> str:
         """The identity key's id."""
         return key_id(self.identity_alg, self.identity_key)
+
+    def trusted(self, node_id: str) -> TrustedKey:
+        """The identity key, trusted to sign as node ``node_id``."""
+        return TrustedKey(node_id, self.identity_alg, self.identity_key, frozenset({NODE_ROLE}))
 
 
 @dataclass(frozen=True)
