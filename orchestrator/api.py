@@ -217,11 +217,18 @@ async def get_node(request: web.Request) -> web.Response:
     return web.json_response(node_view(node, orch.liveness.get(node_id)))
 
 
-async def enroll(request: web.Request) -> web.Response:
+async def requester(request: web.Request) -> str:
+    """Who a node command is recorded as requested by: the body's ``requested_by`` (its only
+    field), else the caller's token name."""
     body = await _command_body(request, allowed={"requested_by"})
     requested_by = body.get("requested_by", request[CALLER])
     if not isinstance(requested_by, str) or not requested_by:
         raise BadRequest("requested_by must be a non-empty string")
+    return requested_by
+
+
+async def enroll(request: web.Request) -> web.Response:
+    requested_by = await requester(request)
     command = EnrollNode(node_id=request.match_info["node_id"], requested_by=requested_by)
     orch = _orchestrator(request)
     events = await orch.submit(command)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from messages.canonical import b64
 from messages.node_keys import NodeKeyChallenged, NodeKeyRotationRefused, RotateNodeKey
-from orchestrator.api import CALLER, BadRequest, UnknownId, _command_body, _orchestrator
+from orchestrator.api import UnknownId, _orchestrator, requester
 from orchestrator.state import KeyRotation, Node
 
 routes = web.RouteTableDef()
@@ -51,10 +51,7 @@ def rotation_view(rotation: KeyRotation, node: Node) -> dict[str, Any]:
 
 @routes.post("/v1/nodes/{node_id}/rotate-key")
 async def rotate_key(request: web.Request) -> web.Response:
-    body = await _command_body(request, allowed={"requested_by"})
-    requested_by = body.get("requested_by", request[CALLER])
-    if not isinstance(requested_by, str) or not requested_by:
-        raise BadRequest("requested_by must be a non-empty string")
+    requested_by = await requester(request)
     orch = _orchestrator(request)
     command = RotateNodeKey(node_id=request.match_info["node_id"], requested_by=requested_by)
     events = await orch.submit(command)

@@ -105,14 +105,24 @@ def _flow_arguments(parser: argparse.ArgumentParser) -> None:
     _api_arguments(parser)
 
 
-async def _command(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
-    """POST a fleet command; print the flow it started; follow it with ``--watch``."""
+async def _send(
+    args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The API's answer to a fleet command, or None when it refused (said on stderr); a server
+    failure (5xx) raises."""
     try:
-        view = await _call(args, "POST", f"/v1/fleets/{args.fleet}/{path}", json=body)
+        return await _call(args, method, path, json=body)
     except ApiError as exc:
         if exc.detail.get("status", 500) >= 500:
             raise
         print(f"refused: {exc}", file=sys.stderr)
+        return None
+
+
+async def _command(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+    """POST a fleet command; print the flow it started; follow it with ``--watch``."""
+    view = await _send(args, "POST", f"/v1/fleets/{args.fleet}/{path}", body)
+    if view is None:
         return NEGATIVE
     _show(args, view)
     return await _watch(args) if args.watch else DONE
@@ -142,12 +152,8 @@ async def retire_command(args: argparse.Namespace) -> int:
 
 async def schedule_command(args: argparse.Namespace) -> int:
     body = {"every_days": args.every, "overlap_s": args.overlap}
-    try:
-        state = await _call(args, "PUT", f"/v1/fleets/{args.fleet}/rotation-schedule", json=body)
-    except ApiError as exc:
-        if exc.detail.get("status", 500) >= 500:
-            raise
-        print(f"refused: {exc}", file=sys.stderr)
+    state = await _send(args, "PUT", f"/v1/fleets/{args.fleet}/rotation-schedule", body)
+    if state is None:
         return NEGATIVE
     if args.json:
         print(json.dumps(state))

@@ -36,7 +36,7 @@ from messages.ids import format_time
 from messages.retirement import FleetRetirement
 from messages.verify import MalformedBundle, parse_notice
 from orchestrator import evidence
-from orchestrator.fleet_errors import BadRetirement, FleetRetiring, NoActiveSuccessor
+from orchestrator.fleet_errors import BadRetirement, NoActiveSuccessor
 from orchestrator.rollout import issue, member_command
 from orchestrator.rollout_rotation import active_rollout, not_after_ms, planned_members
 from orchestrator.rollout_state import Rollout
@@ -47,10 +47,7 @@ MAX_DRAIN_S = 365 * 24 * 3600
 
 def start(state: State, c: StartRetirement, ctx: Any) -> list[LogEntry]:
     """Begin retiring the active fleet ``c.fleet``."""
-    chain = state.book.fleets.get(c.fleet)
-    if chain is not None and chain.retiring:
-        raise FleetRetiring("the fleet is retiring already", fleet=c.fleet)
-    active = active_rollout(state, c.fleet)
+    active = active_rollout(state, c.fleet)  # refuses a fleet retiring already
     if not 0 <= c.drain_s <= MAX_DRAIN_S:
         raise BadRetirement(f"the drain window is 0 to {MAX_DRAIN_S} seconds", drain_s=c.drain_s)
     successor = state.book.fleets.get(c.successor) if c.successor is not None else None
