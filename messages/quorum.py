@@ -435,6 +435,14 @@ class BadProof(QuorumError):
     kind = "bad_proof"
 
 
+class ProofOfAnotherConfiguration(BadProof):
+    """A commit proof's votes were cast under another configuration than the verifier's: they
+    prove nothing under this one. A proof of a value still current is renewed by reading the
+    record under the current configuration."""
+
+    kind = "proof_of_another_configuration"
+
+
 class BadVote(QuorumError):
     """A vote that must not count; the proposer ignores it and counts it by ``kind``."""
 

@@ -232,7 +232,13 @@ def open_answer(answer_key: bytes, request_id: str, sealed: bytes) -> Outcome:
 
 
 def outcome_error(outcome: Outcome) -> VaultError:
-    """The typed error an unsuccessful outcome stands for."""
-    cls = ERRORS.get(outcome.status, VaultError)
+    """The typed error an unsuccessful outcome stands for. A refusal this client has no class
+    for (a member's own kind, such as a quorum's ``bad_proof``) is a :class:`VaultError` that
+    keeps the member's kind."""
     detail = {} if outcome.remaining is None else {"remaining": outcome.remaining}
-    return cls(outcome.reason or outcome.status, **detail)
+    cls = ERRORS.get(outcome.status)
+    if cls is not None:
+        return cls(outcome.reason or outcome.status, **detail)
+    error = VaultError(outcome.reason or outcome.status, **detail)
+    error.kind = outcome.status
+    return error

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from messages.envelope import Envelope
 from messages.errors import MessageError
-from messages.quorum import MEMBER_ROLE, Accepted, BadProof, value_digest
+from messages.quorum import (
+    MEMBER_ROLE,
+    Accepted,
+    BadProof,
+    ProofOfAnotherConfiguration,
+    value_digest,
+)
 from messages.schema import REGISTRY
 from messages.signing import verify_envelope
 from node.quorum.membership import Membership
@@ -45,18 +51,26 @@ def verify_proof(proof: CommitProof, membership: Membership, value: bytes | None
     for data in proof.votes:
         try:
             env = Envelope.decode(data)
-            verify_envelope(env, trust, MEMBER_ROLE)
             vote = REGISTRY.parse(env)
+        except MessageError as exc:
+            raise BadProof(f"a vote does not parse: {exc}", key=proof.key) from exc
+        # The epoch is read before the signature is checked: a vote of another configuration
+        # may be signed by a key this one no longer trusts, and the caller should learn that
+        # the proof is outdated (and can be renewed), not that it is forged.
+        epoch = getattr(vote, "epoch", None)
+        if epoch != membership.epoch:
+            raise ProofOfAnotherConfiguration(
+                "a vote was cast under another configuration",
+                member=env.source,
+                epoch=epoch,
+                current=membership.epoch,
+            )
+        try:
+            verify_envelope(env, trust, MEMBER_ROLE)
         except MessageError as exc:
             raise BadProof(f"a vote does not verify: {exc}", key=proof.key) from exc
         if env.source not in membership.accept_set:
             raise BadProof("a vote is from outside the accept set", member=env.source)
-        if getattr(vote, "epoch", None) != membership.epoch:
-            raise BadProof(
-                "a vote was cast under another configuration",
-                member=env.source,
-                epoch=membership.epoch,
-            )
         if not _grants(vote, proof):
             raise BadProof("a vote does not accept this value", member=env.source)
         signers.add(env.source)

@@ -11,6 +11,7 @@ requests share each quorum round.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 
 from messages import subjects
 from messages.bus import Rejected, headers_for
@@ -26,7 +28,7 @@ from messages.errors import HsmfleetError, MessageError
 from messages.gate import Gate
 from messages.ids import id_time_ms
 from messages.outbox import Outbox
-from messages.quorum import OutcomeUnknown, QuorumError
+from messages.quorum import OutcomeUnknown, ProofOfAnotherConfiguration, QuorumError
 from messages.schema import Body
 from messages.signing import TrustStore
 from messages.vault import (
@@ -57,6 +59,12 @@ log = structlog.get_logger("hsmfleet.vault")
 
 # Times a change whose outcome a read showed to be lost is made again.
 UNKNOWN_RETRIES = 2
+
+# Times an attempt's proof is renewed when the configuration changed before its evaluation.
+PROOF_RENEWALS = 2
+
+# How long a stopping member goes on answering the requests it already took.
+STOP_GRACE_S = 5.0
 
 
 class VaultBusy(VaultError):
@@ -108,10 +116,21 @@ class VaultService:
                 )
             )
 
-    async def stop(self) -> None:
+    @property
+    def in_progress(self) -> int:
+        """Requests taken and not answered yet."""
+        return len(self._tasks)
+
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Take no new requests, answer the ones already taken for up to ``grace_s`` seconds,
+        then abandon the rest. Draining (not just unsubscribing) matters: a request the server
+        routed here before it saw the unsubscribe still gets its answer."""
         for sub in self._subs:
-            await sub.unsubscribe()
+            with contextlib.suppress(NatsError):
+                await sub.drain()
         self._subs.clear()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_s)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -120,7 +139,7 @@ class VaultService:
         if not msg.reply:
             self.rejects["no_reply_subject"] += 1
             return
-        if len(self._tasks) >= self.max_pending:  # anonymous clients must not grow memory
+        if self.in_progress >= self.max_pending:  # anonymous clients must not grow memory
             busy = VaultBusy("too many requests in progress; try again later")
             self.rejects[busy.kind] += 1
             await self._reply(msg.reply, Rejected(kind=busy.kind, reason=str(busy)), None)
@@ -209,15 +228,45 @@ class VaultService:
         attempt = records.decode(attempt_commit.value)
         if attempt is None or attempt.sealed is None:
             raise BudgetExhausted("the user's guesses are used up", user=request.user)
-        secret = self.evaluator.evaluate(
-            request.user, attempt_commit.value, attempt_commit.proof, request.guess
-        )
+        secret = await self._evaluate(request, attempt_commit)
         if secret is not None:
             await self._settle(request.user, lambda old: records.after_success(old, attempt))
             return Outcome(status=OK, secret=secret, remaining=attempt.limit)
         if attempt.failures >= attempt.limit:
             await self._settle(request.user, records.after_failure)
         raise WrongGuess("wrong guess", remaining=attempt.remaining)
+
+    async def _evaluate(self, request: RecoverRequest, attempt: Commit) -> bytes | None:
+        """The evaluator's verdict on the guess for the committed ``attempt``.
+
+        When the group's configuration changed between the commit and the evaluation, the
+        proof's votes no longer prove anything to the evaluator; a read under the current
+        configuration proves the same value again, provided no later change overtook it
+        (values are unique, so an equal value is this very attempt). The attempt is spent
+        either way, so a failure here says so.
+        """
+        for _ in range(PROOF_RENEWALS + 1):
+            try:
+                return self.evaluator.evaluate(
+                    request.user, attempt.value, attempt.proof, request.guess
+                )
+            except ProofOfAnotherConfiguration as exc:
+                outdated = exc
+            try:
+                renewed = await self.proposer.read(attempt.key)
+            except QuorumError as exc:
+                raise VaultUnavailable(
+                    f"the attempt could not be proven again: {exc}", attempt_spent=True
+                ) from exc
+            if renewed.value != attempt.value:
+                raise VaultUnavailable(
+                    "a later change overtook the attempt before it was evaluated",
+                    attempt_spent=True,
+                )
+            attempt = renewed
+        raise VaultUnavailable(
+            f"the configuration kept changing under the attempt: {outdated}", attempt_spent=True
+        ) from outdated
 
     async def _commit(
         self,

@@ -31,6 +31,8 @@ from messages.vault import (
     seal_request,
     session_public_key,
 )
+from node.quorum.membership import Step
+from node.quorum.reconfigure import apply_steps
 from tests.faults.fleets import running_fleet
 
 ALICE = Registration(pin=b"1234", secret=b"backup key of alice")
@@ -230,3 +232,52 @@ async def test_a_member_with_too_many_requests_in_progress_refuses_more(
         for member in fleet.running.values():
             member.vault.max_pending = 10
         await fleet.client(client_nc).register("alice", ALICE)
+
+
+async def test_a_member_stopped_mid_request_still_answers_what_it_took(
+    tmp_path, nats_server, client_nc
+):
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        client = fleet.client(client_nc)
+        users = [f"user-{i}" for i in range(24)]
+        calls = [asyncio.create_task(client.register(u, ALICE)) for u in users]
+        stopping = fleet["m1"].vault
+        # Checked on every turn of the loop: all the requests may be answered within one poll.
+        while stopping.in_progress == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        await fleet.stop("m1")  # m2 and m3 remain a majority
+        await asyncio.gather(*calls)
+        assert stopping.in_progress == 0
+        for user in users:
+            assert await client.recover(user, b"1234") == ALICE.secret
+
+
+async def test_a_recovery_whose_group_changes_before_evaluation_is_proven_again(
+    tmp_path, nats_server, client_nc
+):
+    """The group moves to a new configuration right after the attempt commits: the attempt's
+    proof is then of another configuration, and a read under the new one proves it again."""
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        client = fleet.client(client_nc)
+        await client.register("alice", ALICE)
+        reconfigured: list[int] = []
+
+        def reconfiguring(member):
+            commit = member.vault.proposer.change
+
+            async def change(key, fn, **options):
+                committed = await commit(key, fn, **options)
+                if not reconfigured:
+                    newer = member.replica.current().next()
+                    reconfigured.append(newer.epoch)
+                    await apply_steps(client_nc, fleet.local.operator, [Step(newer)])
+                return committed
+
+            return change
+
+        for member in fleet.running.values():
+            member.vault.proposer.change = reconfiguring(member)
+        assert await client.recover("alice", b"1234") == ALICE.secret
+        assert reconfigured == [2]
+        assert {m.replica.current().epoch for m in fleet.running.values()} == {2}
+        assert len(evaluations(fleet, "alice")) == 1

@@ -3,7 +3,7 @@
 import pytest
 
 from messages import Ed25519Signer, Outbox
-from messages.quorum import Accepted, BadProof, Refusal, value_digest
+from messages.quorum import Accepted, BadProof, ProofOfAnotherConfiguration, Refusal, value_digest
 from node.quorum.membership import Membership
 from node.quorum.proof import CommitProof, verify_proof
 from node.quorum.rules import Ballot
@@ -102,6 +102,17 @@ def test_acceptances_of_another_configuration_prove_nothing(fleet):
     cast_under_four = proof(accepted(out["m1"], epoch=2), accepted(out["m2"], epoch=2))
     with pytest.raises(BadProof, match="fewer"):
         verify_proof(cast_under_four, four, VALUE)
-    with pytest.raises(BadProof, match="another configuration"):
+    with pytest.raises(ProofOfAnotherConfiguration):
         verify_proof(cast_under_four, three, VALUE)
     verify_proof(proof(accepted(out["m1"], epoch=3), accepted(out["m2"], epoch=3)), three, VALUE)
+
+
+def test_a_vote_of_another_configuration_is_outdated_even_under_a_key_no_longer_trusted(fleet):
+    """A member replaced since (its key gone from the configuration) cast a vote under the old
+    one: the proof is outdated, which the caller can mend by a read, not forged."""
+    membership, out = fleet
+    replaced = Outbox("m2", Ed25519Signer.generate())
+    votes = (accepted(out["m1"], epoch=0), accepted(replaced, epoch=0))
+    with pytest.raises(ProofOfAnotherConfiguration) as outdated:
+        verify_proof(proof(*votes), membership, VALUE)
+    assert outdated.value.detail == {"member": "m1", "epoch": 0, "current": 1}

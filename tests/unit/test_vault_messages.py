@@ -12,6 +12,7 @@ from messages.vault import (
     RecoverRequest,
     UnreadableAnswer,
     UnreadableRequest,
+    VaultError,
     WrongGuess,
     open_answer,
     open_request,
@@ -68,7 +69,9 @@ def test_outcomes_become_typed_errors():
     wrong = outcome_error(Outcome(status="wrong_guess", reason="wrong guess", remaining=3))
     assert isinstance(wrong, WrongGuess) and wrong.remaining == 3
     assert isinstance(outcome_error(Outcome(status="budget_exhausted")), BudgetExhausted)
-    assert outcome_error(Outcome(status="something_new")).kind == "vault"
+    unknown = outcome_error(Outcome(status="bad_proof", reason="too few acceptances"))
+    assert type(unknown) is VaultError and unknown.kind == "bad_proof"
+    assert VaultError.kind == "vault"  # the member's kind is the instance's, not the class's
 
 
 def test_vault_keys_round_trip_and_refuse_bad_files(tmp_path, keys):
