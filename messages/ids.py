@@ -51,6 +51,11 @@ def format_time(ms: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
+def display_time(ms: int) -> str:
+    """``ms`` for people to read (CLI output): :func:`format_time` to the whole second."""
+    return format_time(ms)[:19] + "Z"
+
+
 def parse_time(text: str) -> int:
     """Milliseconds since the epoch from an RFC 3339 timestamp as :func:`format_time` writes."""
     try:

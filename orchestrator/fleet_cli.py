@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from messages.ids import display_time
 from orchestrator.cli import DONE, NEGATIVE, ApiError, _api_arguments, _call
 from orchestrator.rollout_cli import (
     follow,
@@ -203,7 +203,7 @@ async def _watch(args: argparse.Namespace) -> int:
 
 
 def _when(ms: int | None) -> str:
-    return "-" if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+    return "-" if ms is None else display_time(ms)
 
 
 def summary(view: dict[str, Any]) -> list[str]:

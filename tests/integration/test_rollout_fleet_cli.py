@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from messages.events import StartRollout
+from messages.ids import display_time, parse_time
 from messages.plan import parse_plan
 from messages.verify import parse_notice
 from ops.cli import build_parser
@@ -104,5 +105,8 @@ async def test_rotate_schedule_refusals_and_retire_through_the_cli(api, capsys):
     printed = capsys.readouterr().out
     notice = parse_notice(json.loads(printed[printed.index("{\n") :]))
     assert (notice.logged.fleet, notice.logged.successor) == ("fleet-1", "fleet-2")
+    # The watch showed the drain's end, to the second, as the logged notice's retired_at.
+    drained = display_time(parse_time(notice.logged.retired_at))
+    assert f"keys destroyed after {drained}" in out
     assert await run(url, "fleet", "rotate", "fleet-1") == 1  # retired
     assert "retiring" in capsys.readouterr().err
