@@ -21,9 +21,9 @@ from messages.rotation import OPERATOR, KeyRotation, SignerKey, check_rotation
 from messages.signing import ED25519
 from messages.validation import LoggedNotice
 from messages.verification import VerificationError
-from messages.verify import CosignerPin, KeyInForce, check_logged
+from messages.verify import CosignerPin, check_logged
 from orchestrator.errors import CommandRefused
-from orchestrator.state import State
+from orchestrator.state import State, signer_keys_after
 
 
 class BadSignerRotation(CommandRefused):
@@ -73,8 +73,15 @@ def record(state: State, c: RecordSignerRotation, _: Any) -> list[LogEntry]:
     own = next((p for p in notice.proofs if p.log == rotation.signer), None)
     if own is None:
         raise BadSignerRotation("the cosigner's own log does not prove it", signer=rotation.signer)
-    before = walked or (KeyInForce(ED25519, current.public_key, rotation.version - 1, 0, None),)
-    new = KeyInForce(ED25519, rotation.new.public_key, rotation.version, own.statement.index, None)
+    rotated = SignerKeyRotated(
+        signer=rotation.signer,
+        version=rotation.version,
+        old_key=current.public_key,
+        new_key=rotation.new.public_key,
+        from_index=own.statement.index,
+        at=rotation.at,
+        digest=rotation.digest,
+    )
     try:
         check_rotation(current, version, rotation)
         check_logged(
@@ -84,20 +91,10 @@ def record(state: State, c: RecordSignerRotation, _: Any) -> list[LogEntry]:
             own.signature,
             own.inclusion,
             own.checkpoint,
-            keys=(*before, new),
+            keys=signer_keys_after(state, rotated),
         )
     except VerificationError as exc:
         raise BadSignerRotation(
             f"rotation refused: {exc}", signer=rotation.signer, reason=exc.kind
         ) from None
-    return [
-        SignerKeyRotated(
-            signer=rotation.signer,
-            version=rotation.version,
-            old_key=current.public_key,
-            new_key=rotation.new.public_key,
-            from_index=own.statement.index,
-            at=rotation.at,
-            digest=rotation.digest,
-        )
-    ]
+    return [rotated]

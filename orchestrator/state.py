@@ -314,12 +314,19 @@ def _node_key_adopted(state: State, e: NodeKeyAdopted) -> State:
     return _rotation_closed(state, e.rotation_id, "adopted")
 
 
-def _signer_key_rotated(state: State, e: SignerKeyRotated) -> State:
-    walked = state.signer_keys.get(e.signer) or (
-        KeyInForce(ED25519, e.old_key, e.version - 1, 0, None),
+def signer_keys_after(state: State, rotated: SignerKeyRotated) -> tuple[KeyInForce, ...]:
+    """The log keys of ``rotated``'s cosigner once it is recorded, oldest first: those walked
+    so far (before its first rotation, the key that rotation replaces, the version before) and
+    the one ``rotated`` puts in force from its log entry on."""
+    walked = state.signer_keys.get(rotated.signer) or (
+        KeyInForce(ED25519, rotated.old_key, rotated.version - 1, 0, None),
     )
-    new = KeyInForce(ED25519, e.new_key, e.version, e.from_index, e.at)
-    return replace(state, signer_keys=state.signer_keys.set(e.signer, (*walked, new)))
+    new = KeyInForce(ED25519, rotated.new_key, rotated.version, rotated.from_index, rotated.at)
+    return (*walked, new)
+
+
+def _signer_key_rotated(state: State, e: SignerKeyRotated) -> State:
+    return replace(state, signer_keys=state.signer_keys.set(e.signer, signer_keys_after(state, e)))
 
 
 def _decision(state: State, _: Decision) -> State:

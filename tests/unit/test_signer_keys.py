@@ -84,7 +84,16 @@ async def test_a_second_rotation_follows_the_first_and_a_gap_is_refused(world):
     record(world, first)
     [event] = record(world, second)
     assert event.version == 3
-    assert [k.version for k in world.state.signer_keys[event.signer]] == [1, 2, 3]
+    keys = world.state.signer_keys[event.signer]
+    assert [k.version for k in keys] == [1, 2, 3]
+    one, two = first.logged, second.logged
+    assert [k.public_key for k in keys] == [
+        one.old.public_key,
+        one.new.public_key,
+        two.new.public_key,
+    ]
+    assert [k.since for k in keys] == [None, one.at, two.at]
+    assert keys[0].from_index == 0 < keys[1].from_index < keys[2].from_index
     world.rotate()
     await world.settle()
     assert world.rollout().status == "active"
