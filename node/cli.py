@@ -10,19 +10,25 @@ import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
+import structlog
+from aiohttp import web
+
 from node.daemon import NodeConfigError, NodeDaemon
 from node.hsm.base import Hsm
 from node.hsm.cryptoki import Pkcs11Hsm
 from node.hsm.sealing import load_operator_key, new_operator_key
 from node.hsm.soft import SoftHsm
 from node.hsm.softhsm import MODULE
+from node.http import create_app
 from node.measurement import measure
 from node.pins import read_pins
 from node.vendor import DEVICE, VendorCA, provision
+from ops.httpguard import listen_address
 from ops.natsauth import credentials
 from ops.natsauth.layout import NODE
 
 PIN_ENV = "HSMFLEET_PKCS11_PIN"
+log = structlog.get_logger("hsmfleet.node")
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -64,6 +70,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="directory of the fleets' vault key files, <fleet>.keys (default: <state>/vault)",
     )
     run.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve /health and /metrics (read-only) on this address; off by default",
+    )
     run.add_argument(
         "--measurement", help="the install's measurement, if a launcher measured it once already"
     )
@@ -137,6 +148,7 @@ def open_hsm(args: argparse.Namespace) -> Hsm:
 
 
 async def node_run(args: argparse.Namespace) -> int:
+    listen = listen_address(args.http) if args.http else None
     hsm = open_hsm(args)
     try:
         daemon = NodeDaemon(
@@ -156,14 +168,29 @@ async def node_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await daemon.start(nc)
-        print(daemon.node_id, flush=True)
+        runner = web.AppRunner(create_app(daemon), access_log=None)
         try:
+            if listen is not None:
+                await _serve_http(runner, *listen)
+            print(daemon.node_id, flush=True)
             while not stop.is_set() and not nc.is_closed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
         finally:
+            await runner.cleanup()
             await daemon.stop()
             await nc.close()
     finally:
         hsm.close()
     return 0 if stop.is_set() else 1
+
+
+async def _serve_http(runner: web.AppRunner, host: str, port: int) -> None:
+    """Serve ``runner``'s app on ``host:port`` (0: any free port) and log where."""
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        raise NodeConfigError(f"cannot serve HTTP on {host}:{port}: {exc}") from exc
+    bound = runner.addresses[0]
+    log.info("serving health and metrics", url=f"http://{bound[0]}:{bound[1]}")

@@ -89,10 +89,21 @@ class NodeDaemon:
         self._subs: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._started = 0.0
+        self.hsm_ok: bool | None = None
+        """Whether the HSM answered at the last heartbeat (None before the first)."""
 
     @property
     def node_id(self) -> str:
         return self.node.node_id
+
+    @property
+    def connected(self) -> bool:
+        """Whether the daemon runs and its NATS connection is up."""
+        return self._nc is not None and self._nc.is_connected
+
+    def uptime_s(self) -> float:
+        """Seconds since the daemon started serving (0 before it starts)."""
+        return time.monotonic() - self._started if self._nc is not None else 0.0
 
     async def start(self, nc: NATS) -> None:
         """Serve commands on ``nc``, announce this node, and start heartbeating."""
@@ -187,14 +198,14 @@ class NodeDaemon:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             seq += 1
-            healthy = await asyncio.to_thread(self.hsm.healthy)
+            healthy = self.hsm_ok = await asyncio.to_thread(self.hsm.healthy)
             if not healthy:
                 self.log.warning("HSM does not answer")
             beat = NodeHeartbeat(
                 node_id=self.node_id,
                 domain=self.domain,
                 seq=seq,
-                uptime_ms=int((time.monotonic() - self._started) * 1000),
+                uptime_ms=int(self.uptime_s() * 1000),
                 hsm_ok=healthy,
             )
             try:

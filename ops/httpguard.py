@@ -77,6 +77,20 @@ class HandlerTimeout(HttpRefusal):
     status = 503
 
 
+class BadListenAddress(HsmfleetError):
+    """An HTTP listen address that is not ``HOST:PORT``."""
+
+    kind = "listen_address"
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (host optional, port 0 for any free one) as a host and a port number."""
+    host, _, port = text.rpartition(":")
+    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise BadListenAddress("the HTTP address must be HOST:PORT", address=text)
+    return host or "127.0.0.1", int(port)
+
+
 LIMITS = web.AppKey("http_limits", Limits)
 _DEADLINE = web.RequestKey("http_deadline", asyncio.Timeout)
 

@@ -50,6 +50,7 @@ from messages.vault import (
     seal_answer,
 )
 from node.quorum.proposer import Commit, Proposer
+from node.vault import metrics
 from node.vault import record as records
 from node.vault.evaluator import GuessEvaluator
 from node.vault.keys import VaultKeys
@@ -137,11 +138,11 @@ class VaultService:
 
     async def _on_msg(self, msg: Msg) -> None:
         if not msg.reply:
-            self.rejects["no_reply_subject"] += 1
+            self._refuse("no_reply_subject")
             return
         if self.in_progress >= self.max_pending:  # anonymous clients must not grow memory
             busy = VaultBusy("too many requests in progress; try again later")
-            self.rejects[busy.kind] += 1
+            self._refuse(busy.kind)
             await self._reply(msg.reply, Rejected(kind=busy.kind, reason=str(busy)), None)
             return
         task = asyncio.create_task(self._answer(msg))
@@ -161,12 +162,17 @@ class VaultService:
                 if plain.id != causation:
                     raise UnreadableRequest("the sealed request names another envelope id")
             except (MessageError, VaultError) as exc:
-                self.rejects[exc.kind] += 1
+                self._refuse(exc.kind)
                 await self._reply(msg.reply, Rejected(kind=exc.kind, reason=str(exc)), causation)
                 return
             outcome = await self.handle(plain)
+            metrics.OPERATIONS.labels(self.fleet, self.member, op, outcome.status).inc()
             sealed = seal_answer(plain.answer_key, plain.id, outcome)
             await self._reply(msg.reply, VaultAnswer(sealed=sealed), causation)
+
+    def _refuse(self, kind: str) -> None:
+        self.rejects[kind] += 1
+        metrics.REQUESTS_REJECTED.labels(self.fleet, self.member, kind).inc()
 
     async def _reply(self, subject: str, body: Body, causation: str | None) -> None:
         env = self._outbox.envelope(body, causation=causation)

@@ -45,6 +45,7 @@ from messages.verify import (
     parse_bundle,
     verify_bundle,
 )
+from node.http import health
 from node.vault.keys import VaultKeys
 from ops.natsserver import NatsServer
 from orchestrator.keys import load_rotation_chain, load_signer, operator_signer
@@ -200,6 +201,7 @@ async def test_a_fleet_lives_through_rotation_replacement_signer_rotations_and_r
             await started(orch, members=6)
             await roll_out(orch, bed, "fleet-1", members={"ids": five})
             first = orch.state.book.of_fleet("fleet-1")
+            assert all(set(health(daemons[n])["fleets"]) == {"fleet-1"} for n in five)
             await follower.accept(first.validation)
             background = asyncio.create_task(load.run())
             await wait_for(lambda: load.on("fleet-1") == USERS, what="the users to register")

@@ -8,6 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
+import aiohttp
 import pytest
 
 from messages import Ed25519Signer, Outbox
@@ -21,6 +22,7 @@ from node.measurement import measure
 from node.pins import write_pin
 from node.vendor import VendorCA, provision
 from ops.cli import build_parser
+from ops.natsserver import free_port
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
 
 HSMFLEET = [sys.executable, "-m", "ops.cli"]
@@ -97,9 +99,14 @@ async def test_software_node_runs_enrolls_and_restarts_as_itself(
         first = await enroll(nc, operator, tmp_path, node_id)
     finally:
         assert await stop(proc) == 0
-    proc, again = await run_node(nats_server, tmp_path, *soft)
+    port = free_port()
+    proc, again = await run_node(nats_server, tmp_path, *soft, "--http", f"127.0.0.1:{port}")
     try:
         second = await enroll(nc, operator, tmp_path, again)
+        url = f"http://127.0.0.1:{port}/health"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["node_id"] == node_id
     finally:
         assert await stop(proc) == 0
     assert again == node_id == first.node_id
@@ -115,6 +122,8 @@ def test_software_hsm_without_vendor_or_with_tampered_state_refuses_to_start(
     key_env = {**os.environ, "HSMFLEET_HSM_KEY": (tmp_path / "hsm.key").read_text().strip()}
     out = hsmfleet(*args, "--vendor", str(tmp_path / "no-vendor"), env=key_env)
     assert out.returncode == 2 and "cannot open the vendor CA" in out.stderr
+    out = hsmfleet(*args, "--http", "localhost", env=key_env)
+    assert out.returncode == 2 and "the HTTP address must be HOST:PORT" in out.stderr
     hsm = SoftHsm(state / "hsm", load_operator_key(tmp_path / "hsm.key"))
     provision(hsm, VendorCA.open(tmp_path / "vendor"), datetime.now(UTC))
     path = state / "hsm" / STATE_FILE

@@ -7,6 +7,7 @@ import sys
 
 import nats
 import pytest
+from prometheus_client import REGISTRY as METRICS
 
 from messages import subjects
 from messages.bus import Rejected, RequestRejected, request
@@ -188,6 +189,14 @@ async def test_a_request_sealed_for_another_envelope_is_refused(tmp_path, nats_s
         assert "another envelope" in str(refused.value)
 
 
+def counted(fleet, name, **labels):
+    """The sum over ``fleet``'s members of the Prometheus sample ``name`` with ``labels``."""
+    return sum(
+        METRICS.get_sample_value(name, {"fleet": fleet.fleet, "member": m, **labels}) or 0
+        for m in fleet.running
+    )
+
+
 async def test_an_unreadable_request_is_refused_in_the_clear(tmp_path, nats_server, client_nc):
     async with running_fleet(tmp_path, nats_server.url) as fleet:
         env = Outbox("mallory").envelope(VaultRequest(sealed=b"not hpke at all"))
@@ -196,6 +205,15 @@ async def test_an_unreadable_request_is_refused_in_the_clear(tmp_path, nats_serv
                 client_nc, subjects.vault(fleet.fleet, RECOVER), env, Gate(TrustStore()), None
             )
         assert refused.value.detail["kind"] == "unreadable_request"
+        rejected = "hsmfleet_vault_requests_rejected_total"
+        assert counted(fleet, rejected, kind="unreadable_request") == 1
+        client = fleet.client(client_nc)
+        await client.register("alice", ALICE)
+        with pytest.raises(WrongGuess):
+            await client.recover("alice", b"0000")
+        ran = "hsmfleet_vault_operations_total"
+        assert counted(fleet, ran, op=REGISTER, outcome="ok") == 1
+        assert counted(fleet, ran, op=RECOVER, outcome="wrong_guess") == 1
 
 
 async def test_without_a_majority_operations_fail_clearly(tmp_path, nats_server, client_nc):
