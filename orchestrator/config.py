@@ -19,6 +19,7 @@ from messages.attestation import load_vendor_roots
 from messages.errors import HsmfleetError
 from messages.events import SetPolicy
 from messages.subjects import token
+from ops.httpguard import BadListenAddress, listen_address
 from ops.natsauth import credentials
 from ops.natsauth.layout import ORCHESTRATOR
 
@@ -118,8 +119,7 @@ class Settings:
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
         try:
-            return host or "127.0.0.1", int(port)
-        except ValueError:
+            return listen_address(self.listen)
+        except BadListenAddress:
             raise ConfigError("listen must be HOST:PORT", listen=self.listen) from None
