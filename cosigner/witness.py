@@ -103,14 +103,18 @@ class Witness:
 
     def follow(self, keys: Mapping[str, SignerKey]) -> None:
         """Check the witnessed logs' checkpoints with their keys in force ``keys`` (from
-        rotations this cosigner logged); a log's superseded key no longer counts."""
+        rotations this cosigner logged); a log's superseded key no longer counts. A log's
+        verifier is made again only when its key changed."""
         for origin, key in keys.items():
-            if origin in self._logs and key.alg == ED25519:
+            log = self._logs.get(origin)
+            if log is not None and key.alg == ED25519 and log.public_key != key.public_key:
                 self._logs[origin] = Ed25519NoteVerifier(origin, key.public_key)
 
     def use_key(self, signer: Signer) -> None:
-        """Cosign with ``signer`` from now on (this cosigner's key rotated)."""
-        self._cosigner = CosignatureSigner(self.name, signer)
+        """Cosign with ``signer`` from now on (this cosigner's key rotated); the same key
+        again changes nothing."""
+        if signer.public_key != self._cosigner.verifier.public_key:
+            self._cosigner = CosignatureSigner(self.name, signer)
 
     def latest(self, origin: str) -> Seen | None:
         """The largest checkpoint of ``origin`` this witness cosigned."""

@@ -70,6 +70,43 @@ async def test_a_rotated_log_signs_with_its_new_key_and_keeps_old_statements(
         await bed.close()
 
 
+async def test_a_witness_makes_its_verifiers_once_per_key_state(tmp_path: Path) -> None:
+    """B's batches leave its witness's verifier of A's log and its cosigning key as they are;
+    only a logged rotation (A's, then B's own) replaces the one whose key moved."""
+    bed = await _bed(tmp_path)
+    try:
+        a, b = bed.cosigner("cosigner-a"), bed.cosigner("cosigner-b")
+        verifier, cosigner = b.witness._logs[A], b.witness._cosigner
+        batches = b.batches
+        await bed.client.log(sample_artifact())
+        await bed.client.log(sample_artifact(epoch=2))
+        assert b.batches >= batches + 2
+        assert b.witness._logs[A] is verifier and b.witness._cosigner is cosigner
+
+        rotation = await a.rotate_key()
+        await bed.client.log(rotation)
+        followed = b.witness._logs[A]
+        assert followed.public_key == rotation.new.public_key != verifier.public_key
+        assert b.witness._cosigner is cosigner
+        witnessed = await b.cosign(b.witness.latest(A).size, [], a.notary.checkpoint())
+        assert witnessed.cosignature is not None
+
+        own = await b.rotate_key()
+        assert b.witness._cosigner.verifier.public_key == own.new.public_key
+        assert b.witness._logs[A] is followed
+        moved = b.witness._cosigner
+        await bed.client.log(own)  # the client follows B's new key
+        await bed.client.log(sample_artifact(epoch=3))
+        assert b.witness._logs[A] is followed and b.witness._cosigner is moved
+        witnessed = await b.cosign(b.witness.latest(A).size, [], a.notary.checkpoint())
+        assert witnessed.cosignature is not None
+        witness = CosignatureVerifier(B, own.new.public_key)
+        cosigned = a.notary.checkpoint() + witnessed.cosignature
+        assert len(cosignatures(open_checkpoint(cosigned, A, followed, [witness]), [witness])) == 1
+    finally:
+        await bed.close()
+
+
 async def test_a_crash_between_logging_and_the_key_move_is_finished_on_open(
     tmp_path: Path,
 ) -> None:
