@@ -192,8 +192,11 @@ class Cosigner:
                 )
                 answers = [error] * len(batch)
             self.batches += 1
-            self.witness.follow(self.notary.signer_keys())
-            self.witness.use_key(self.notary.signer)
+            try:
+                self.witness.follow(self.notary.signer_keys())
+                self.witness.use_key(self.notary.signer)
+            except Exception:  # the worker must outlive it, or every later request would hang
+                log.exception("the witness could not take the log's keys")
             for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():
                     future.set_result(answer)

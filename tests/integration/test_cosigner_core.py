@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from cosigner.engine import Cosigner, CosignerClosed
 from cosigner.log import AuditLog, LogBusy, LogCorrupted, LogUnavailable
@@ -288,3 +289,26 @@ async def test_closing_finishes_the_batch_in_progress_and_fails_the_rest(tmp_pat
         assert await reopened.receipt(one.digest) == answer
     finally:
         await reopened.close()
+
+
+async def test_the_worker_outlives_a_witness_that_cannot_take_the_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two, _, _ = sample_chain()
+    bed = Testbed.create(tmp_path)
+    cosigner = bed.cosigners[0]
+
+    def broken(keys: object) -> None:
+        raise RuntimeError("the witness broke")
+
+    monkeypatch.setattr(cosigner.witness, "follow", broken)
+    try:
+        with capture_logs() as logs:
+            first = await asyncio.wait_for(cosigner.sign(one.to_json()), timeout=30)
+            second = await asyncio.wait_for(cosigner.sign(two.to_json()), timeout=30)
+        assert first.statement.index == 0 and second.statement.index == 1
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+            "the witness could not take the log's keys"
+        ] * 2
+    finally:
+        await bed.close()
