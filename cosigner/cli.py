@@ -40,6 +40,7 @@ from cosigner.http import Server, make_app
 from cosigner.keys import key_version
 from messages.canonical import canonical
 from messages.errors import HsmfleetError
+from ops.httpguard import listen_address
 from ops.natsauth import credentials
 
 
@@ -111,14 +112,6 @@ def pin_command(args: argparse.Namespace) -> int:
     pin = pin_of(load_config(args.state), load_key(args.state), args.url)
     _print_json(dataclasses.replace(pin, version=key_version(args.state)).to_json())
     return 0
-
-
-def listen_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (host optional, port 0 for any free one) as a host and a port number."""
-    host, _, port = text.rpartition(":")
-    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
-        raise ConfigError("the HTTP address must be HOST:PORT", address=text)
-    return host or "127.0.0.1", int(port)
 
 
 async def run_command(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from cosigner.cli import listen_address, run_command
+from cosigner.cli import run_command
 from cosigner.config import ConfigError, CosignerConfig, RequesterPin
 from cosigner.engine import Cosigner
 from cosigner.testbed import COSIGNERS, MEMBERS, init_cosigners, sample_artifact, sample_chain
@@ -183,14 +183,6 @@ async def test_cosigner_processes_sign_survive_sigkill_and_verify(running, nc: N
 
     for proc in procs.values():
         assert await proc.stop() == 0
-
-
-@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:", "127.0.0.1:99999", "host:\u0661"])
-def test_a_bad_listen_address_is_a_config_error(address: str) -> None:
-    with pytest.raises(ConfigError):
-        listen_address(address)
-    assert listen_address("127.0.0.1:0") == ("127.0.0.1", 0)
-    assert listen_address(":8080") == ("127.0.0.1", 8080)
 
 
 async def test_a_port_in_use_is_a_config_error_and_the_state_is_closed(tmp_path: Path) -> None:

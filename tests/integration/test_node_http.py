@@ -106,9 +106,13 @@ async def test_refused_requests_are_json_errors_counted_by_kind(served):
     assert sample(after, name, kind=refused) - sample(before, name, kind=refused) == 1
 
 
-@pytest.mark.parametrize("address", ["localhost", "127.0.0.1:http", "[::1]:70000", ""])
+@pytest.mark.parametrize(
+    "address", ["localhost", "127.0.0.1:", "127.0.0.1:http", "[::1]:70000", "host:\u0661", ""]
+)
 def test_a_bad_listen_address_is_a_typed_error(address):
+    """The one parser every HTTP face (node, cosigner, orchestrator) reads its address with."""
     with pytest.raises(BadListenAddress) as info:
         listen_address(address)
     assert info.value.kind == "listen_address"
+    assert listen_address("127.0.0.1:0") == ("127.0.0.1", 0)
     assert listen_address(":9464") == ("127.0.0.1", 9464)
