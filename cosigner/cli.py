@@ -31,6 +31,7 @@ from cosigner.config import (
     load_config,
     load_key,
     pin_of,
+    read_operator,
     read_pin,
     read_requesters,
     save_config,
@@ -58,6 +59,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
         type=Path,
         required=True,
         help="file pinning the orchestrator key(s) whose requests it answers",
+    )
+    init.add_argument(
+        "--operator-key",
+        type=Path,
+        help="file pinning the operator's countersigning key (hex or pin JSON): the operator's"
+        " first rotation this cosigner logs must start from it",
     )
     init.set_defaults(run=init_command)
 
@@ -95,6 +102,7 @@ def init_command(args: argparse.Namespace) -> int:
         id=args.id,
         name=args.name or f"{args.id}.cosigner/log",
         requesters=read_requesters(args.requester_key),
+        operator=read_operator(args.operator_key) if args.operator_key else None,
     )
     signer = init_state(args.state, config)
     _print_json(pin_of(config, signer).to_json())

@@ -26,7 +26,7 @@ from messages.errors import HsmfleetError, MessageError
 from messages.schema import Body
 from messages.signing import ALGORITHMS, Ed25519Signer, TrustedKey, TrustStore
 from messages.statement import is_origin
-from messages.verify import CosignerPin
+from messages.verify import CosignerPin, OperatorPin
 
 CONFIG_FORMAT = "hsmfleet/cosigner-config/v1"
 KEY_FILE = "key"
@@ -59,6 +59,9 @@ class CosignerConfig(Body):
     name: str
     requesters: tuple[RequesterPin, ...]
     witness_of: tuple[CosignerPin, ...] = ()
+    operator: OperatorPin | None = None
+    """The operator's countersigning key as first pinned: the operator's first rotation this
+    cosigner logs must start from it. Without it, the first rotation it sees starts the chain."""
     format: str = field(default=CONFIG_FORMAT, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -94,6 +97,16 @@ def read_json_file(path: Path, what: str) -> object:
         return load_json(Path(path).read_bytes())
     except (OSError, DocumentError) as exc:
         raise ConfigError(f"cannot read {what}: {exc}", path=str(path)) from exc
+
+
+def read_operator(path: Path) -> OperatorPin:
+    """The operator pin in ``path`` (the Ed25519 key in hex, or the pin's JSON)."""
+    try:
+        return OperatorPin.parse(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the operator key: {exc}", path=str(path)) from exc
+    except (DocumentError, MessageError) as exc:
+        raise ConfigError(f"not an operator key: {exc}", path=str(path)) from exc
 
 
 def read_requesters(path: Path) -> tuple[RequesterPin, ...]:

@@ -29,7 +29,7 @@ from cosigner.witness import Witness, WitnessConflict
 from messages.cosigning import Signed, Witnessed
 from messages.errors import HsmfleetError
 from messages.ids import format_time
-from messages.rotation import KeyRotation, SignerKey
+from messages.rotation import OPERATOR, KeyRotation, SignerKey
 from messages.signing import ED25519
 
 MAX_BATCH = 256
@@ -110,6 +110,9 @@ class Cosigner:
         known = {
             pin.name: (SignerKey(ED25519, pin.public_key), pin.version) for pin in config.witness_of
         }
+        if config.operator is not None:
+            pinned = config.operator
+            known[OPERATOR] = (SignerKey(pinned.alg, pinned.public_key), pinned.version)
         notary = Notary.open(state, config.name, keys[0], keys[1:], known)
         try:
             settle(state, notary.signer.public_key)

@@ -138,13 +138,19 @@ def sample_chain(
 
 
 def init_cosigners(
-    directory: Path, orchestrator: Signer, cosigners: Sequence[tuple[str, str, bytes]]
+    directory: Path,
+    orchestrator: Signer,
+    cosigners: Sequence[tuple[str, str, bytes]],
+    operator: OperatorPin | None = None,
 ) -> list[Peer]:
     """State directories ``directory/<id>`` for cosigners ``(id, name, key seed)`` that answer
-    ``orchestrator`` and witness each other (a directory that has a key is left as it is);
-    return them as the orchestrator's peers."""
+    ``orchestrator``, pin ``operator`` (when given) and witness each other (a directory that has
+    a key is left as it is); return them as the orchestrator's peers."""
     requester = RequesterPin("orchestrator", orchestrator.alg, orchestrator.public_key)
-    configs = {cid: CosignerConfig(cid, name, (requester,)) for cid, name, _ in cosigners}
+    configs = {
+        cid: CosignerConfig(cid, name, (requester,), operator=operator)
+        for cid, name, _ in cosigners
+    }
     seeds = {cid: seed for cid, _, seed in cosigners}
     pins = {cid: pin_of(c, Ed25519Signer.from_seed(seeds[cid])) for cid, c in configs.items()}
     for cid, config in configs.items():
@@ -172,14 +178,21 @@ class Testbed:
 
     @classmethod
     def create(
-        cls, directory: Path, clock: ManualClock | None = None, threshold: int = 2
+        cls,
+        directory: Path,
+        clock: ManualClock | None = None,
+        threshold: int = 2,
+        operator: Signer | None = None,
     ) -> Testbed:
-        """Initialise both cosigners' state in ``directory`` (first use) and open them."""
+        """Initialise both cosigners' state in ``directory`` (first use), pinning ``operator``
+        (by default one made from a fixed seed), and open them."""
         directory = Path(directory)
         clock = clock or ManualClock(parse_time(START))
-        operator = Ed25519Signer.from_seed(OPERATOR_SEED)
+        operator = operator or Ed25519Signer.from_seed(OPERATOR_SEED)
         orchestrator = Ed25519Signer.from_seed(ORCHESTRATOR_SEED)
-        peers = init_cosigners(directory, orchestrator, COSIGNERS)
+        peers = init_cosigners(
+            directory, orchestrator, COSIGNERS, OperatorPin(operator.alg, operator.public_key)
+        )
         cosigners = [Cosigner.open(directory / peer.id, clock) for peer in peers]
         client = CosigningClient(LocalTransport(cosigners), peers, operator, threshold)
         return cls(directory, clock, operator, orchestrator, cosigners, peers, client)

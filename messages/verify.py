@@ -287,6 +287,18 @@ class OperatorPin(Body):
     def to_json(self) -> dict[str, Any]:
         return _without_defaults(super().to_json(), version=1)
 
+    @classmethod
+    def parse(cls, text: str) -> OperatorPin:
+        """An operator pin as its file holds it: the Ed25519 public key in hex, or the pin's
+        JSON. Raises :class:`~messages.documents.DocumentError` or a
+        :class:`~messages.errors.MessageError` when it is neither."""
+        text = text.strip()
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            return cls.from_json(load_json(text))
+        return cls(ED25519, raw)
+
 
 @dataclass(frozen=True)
 class QuorumFloor(Body):

@@ -47,7 +47,6 @@ from messages.ids import parse_time
 from messages.log_reader import LogReader, LogUnreachable
 from messages.note import Ed25519NoteVerifier, Note, NoteError
 from messages.rotation import KeyRotation
-from messages.signing import ED25519
 from messages.statement import parse_logged_bytes
 from messages.validation import LoggedNotice
 from messages.verify import (
@@ -391,13 +390,8 @@ async def audit_command(args: argparse.Namespace) -> int:
 
 
 def _operator(path: Path) -> OperatorPin:
-    text = path.read_text().strip()
     try:
-        return OperatorPin(ED25519, bytes.fromhex(text))
-    except ValueError:
-        pass
-    try:
-        return OperatorPin.from_json(load_json(text))
+        return OperatorPin.parse(path.read_text())
     except (DocumentError, MessageError) as exc:
         raise PinsError(f"cannot read the operator key: {exc}", path=str(path)) from exc
 

@@ -205,13 +205,14 @@ def _lay_out(root: Path, bundle: Bundle, nats_url: str, measurement: str) -> dic
     }
     (root / "orch" / "orchestrator.json").write_text(json.dumps(config, indent=2))
     operator = make_operator_key(Settings.load(root / "orch" / "orchestrator.json"))
+    operator_pin = OperatorPin(operator.alg, operator.public_key)
     cosigners = [(cid, f"{cid}.demo/log", os.urandom(32)) for cid in COSIGNERS]
-    init_cosigners(root / "cosigners", signer, cosigners)
+    init_cosigners(root / "cosigners", signer, cosigners, operator_pin)
     vault = VaultKeys.generate()
     for node_id, _ in NODES:
         (root / "nodes" / node_id / VAULT_DIR).mkdir(parents=True)
         vault.save(root / "nodes" / node_id / VAULT_DIR / f"{FLEET}.keys")
-    return {"operator": OperatorPin(operator.alg, operator.public_key), "vault": vault}
+    return {"operator": operator_pin, "vault": vault}
 
 
 async def _use_vault(nats_url: str, bundle: Bundle, session_public: bytes) -> None:

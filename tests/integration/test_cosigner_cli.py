@@ -18,7 +18,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from cosigner.cli import run_command
-from cosigner.config import ConfigError, CosignerConfig, RequesterPin
+from cosigner.config import ConfigError, CosignerConfig, RequesterPin, load_config
 from cosigner.engine import Cosigner
 from cosigner.testbed import COSIGNERS, MEMBERS, init_cosigners, sample_artifact, sample_chain
 from messages.canonical import b64
@@ -26,7 +26,8 @@ from messages.cosign_client import CosigningClient, NatsTransport, Peer
 from messages.documents import MalformedDocument
 from messages.outbox import Outbox
 from messages.signing import Ed25519Signer
-from messages.verify import CosignerPin
+from messages.verify import CosignerPin, OperatorPin
+from ops.cli import build_parser
 from ops.natsserver import NatsServer
 
 HSMFLEET = [sys.executable, "-m", "ops.cli", "--log-json"]
@@ -212,3 +213,31 @@ def test_a_configuration_names_each_witnessed_log_once() -> None:
     assert config.witnessing(again).witness_of == (again,)
     with pytest.raises(MalformedDocument, match="named once"):
         CosignerConfig("me", "me.example/log", (requester,), (log, again))
+
+
+def test_init_pins_the_operator_key_it_is_given_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    orchestrator, operator = Ed25519Signer.generate(), Ed25519Signer.generate()
+    requester = {
+        "owner": "orchestrator",
+        "alg": "ed25519",
+        "public_key": b64(orchestrator.public_key),
+    }
+    (tmp_path / "orchestrator.json").write_text(json.dumps(requester))
+    (tmp_path / "operator.hex").write_text(operator.public_key.hex() + "\n")
+    (tmp_path / "bad").write_text("not a key")
+
+    def init(cid: str, operator_key: Path) -> int:
+        args = build_parser().parse_args(
+            ["cosigner", "init", "--state", str(tmp_path / cid), "--id", cid,
+             "--requester-key", str(tmp_path / "orchestrator.json"),
+             "--operator-key", str(operator_key)]
+        )  # fmt: skip
+        return args.run(args)
+
+    assert init("cosigner-a", tmp_path / "operator.hex") == 0
+    assert load_config(tmp_path / "cosigner-a").operator == OperatorPin(
+        "ed25519", operator.public_key
+    )
+    with pytest.raises(ConfigError, match="not an operator key"):
+        init("cosigner-b", tmp_path / "bad")
+    assert not (tmp_path / "cosigner-b").exists()

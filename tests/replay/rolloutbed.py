@@ -175,10 +175,11 @@ def prepare(root: Path) -> None:
         operator_hsm=str(root / "operator-hsm"),
         operator_hsm_key=str(root / "operator.key"),
     )
-    make_operator_key(Settings.load(config))
+    operator = make_operator_key(Settings.load(config))
     signer = load_signer(root / "orch" / "orchestrator.key")
     write_pin(root / "pins.json", "orchestrator", signer)
-    init_cosigners(root / "cosigners", signer, COSIGNERS)
+    pin = OperatorPin(operator.alg, operator.public_key)
+    init_cosigners(root / "cosigners", signer, COSIGNERS, pin)
     for node_id, _ in (*MEMBERS, SPARE):
         hsm = SeededHsm(root / "nodes" / node_id / "hsm", SEALING_KEY, node_id.encode())
         provision(hsm, vendor, datetime.now(UTC))

@@ -109,9 +109,7 @@ async def _refusal(bed: Testbed, cid: str, document: dict) -> str:
 
 
 async def build_world(directory: Path) -> World:
-    bed = Testbed.create(directory)
-    bed.operator = OPERATOR_KEYS[0]
-    bed.client.operator = OPERATOR_KEYS[0]
+    bed = Testbed.create(directory, operator=OPERATOR_KEYS[0])
     try:
         pins = bed.pins()
         first_artifact = sample_artifact(members=MEMBERS[:3])

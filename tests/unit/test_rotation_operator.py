@@ -13,7 +13,9 @@ from cosigner.engine import Cosigner
 from cosigner.local import LocalTransport
 from cosigner.testbed import DAY_MS, MEMBERS, Testbed, sample_artifact, sample_chain
 from messages.cosign_client import CosigningClient
-from messages.rotation import OPERATOR, KeyRotation
+from messages.ids import format_time
+from messages.rotation import OPERATOR, KeyRotation, RotationWrongOldKey
+from messages.signing import Ed25519Signer
 from messages.validation import with_rotations
 from messages.verify import OperatorPin, VerifierState, verify_bundle
 from node.hsm.sealing import new_operator_key
@@ -43,7 +45,7 @@ def _settings(tmp_path: Path) -> Settings:
 async def test_operator_and_cosigner_rotations_reach_a_pinned_verifier(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     v1 = make_operator_key(settings)
-    bed = Testbed.create(tmp_path / "bed")
+    bed = Testbed.create(tmp_path / "bed", operator=v1)
     client = CosigningClient(LocalTransport(bed.cosigners), bed.peers, v1, 2)
     pins = bed.pins()
     pins = type(pins)(pins.cosigners, 2, OperatorPin(v1.alg, v1.public_key))
@@ -111,5 +113,26 @@ async def test_operator_and_cosigner_rotations_reach_a_pinned_verifier(tmp_path:
         notice = await rotate_operator_key(settings, client, bed.clock())
         assert notice.logged.digest == pending.digest  # the same statement, not a new one
         assert notice.logged.version == 4 and not pending_path(settings).exists()
+    finally:
+        await bed.close()
+
+
+async def test_cosigners_log_only_operator_rotations_that_start_from_the_pinned_key(
+    tmp_path: Path,
+) -> None:
+    """Whoever may submit documents cannot start the operator's chain with a key of its own:
+    the cosigners pin the operator's first key and refuse the rotation, logging nothing."""
+    bed = Testbed.create(tmp_path / "bed")
+    mallory, next_key = Ed25519Signer.generate(), Ed25519Signer.generate()
+    forged = KeyRotation.make(OPERATOR, 2, mallory, next_key, format_time(bed.clock()))
+    try:
+        for cosigner in bed.cosigners:
+            with pytest.raises(RotationWrongOldKey):
+                await cosigner.sign(forged.to_json())
+            assert cosigner.notary.size == 0
+            assert cosigner.notary.rejects == {"rotation_wrong_old_key": 1}
+        genuine = KeyRotation.make(OPERATOR, 2, bed.operator, next_key, format_time(bed.clock()))
+        for cosigner in bed.cosigners:
+            assert (await cosigner.sign(genuine.to_json())).statement.index == 0
     finally:
         await bed.close()
