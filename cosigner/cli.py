@@ -1,7 +1,8 @@
 """``hsmfleet cosigner ...``: create a cosigner, pin it, and run it.
 
-- ``init --state DIR --id ID [--name NAME] --requester-key FILE``: a new key (mode 0600) and a
-  configuration trusting the orchestrator key(s) pinned in FILE; prints the cosigner's pin;
+- ``init --state DIR --id ID [--name NAME] --requester-key FILE [--operator-key FILE]``: a new
+  key (mode 0600) and a configuration trusting the orchestrator key(s) pinned in FILE and
+  pinning the operator's first countersigning key; prints the cosigner's pin;
 - ``witness-of --state DIR PIN...``: also witness the logs pinned in these files;
 - ``pin --state DIR [--url URL]``: print the pin verifiers and other witnesses need (with the
   key's ``version`` once it rotated);
@@ -9,9 +10,11 @@
   until SIGINT or SIGTERM, on NATS as the party ``cosigner-<id>`` with its own nkey seed; prints
   one JSON line ``{"id", "name", "url"}`` once it answers; ``--refresh-every SECONDS`` re-signs
   the latest checkpoint with a timestamp on that period (default 60);
-- ``rotate-key --state DIR``: with the cosigner stopped, move its log to a new key: the rotation
-  statement, signed by the old and the new key, is appended to its own log and printed (JSON) to
-  be submitted to the other cosigners; checkpoints from then on are signed by the new key.
+- ``rotate-key --state DIR``: move its log to a new key, asking the running cosigner over its
+  control socket (:mod:`cosigner.control`) or, when none runs, on the state directly: the
+  rotation statement, signed by the old and the new key, is appended to its own log and printed
+  (JSON) to be submitted to the other cosigners; checkpoints from then on are signed by the new
+  key.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from cosigner.config import (
     read_requesters,
     save_config,
 )
+from cosigner.control import Control, rotate_running
 from cosigner.engine import REFRESH_S, Cosigner
 from cosigner.http import Server, make_app
 from cosigner.keys import key_version
@@ -88,7 +92,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     run.set_defaults(run=run_command)
 
-    rotate = sub.add_parser("rotate-key", help="move the cosigner's log to a new key")
+    rotate = sub.add_parser(
+        "rotate-key",
+        help="move the cosigner's log to a new key (asks the running cosigner, if one runs)",
+    )
     rotate.add_argument("--state", type=Path, required=True, help="state directory")
     rotate.set_defaults(run=rotate_key_command)
 
@@ -140,21 +147,26 @@ async def run_command(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     cosigner = server.cosigner
     cosigner.start_refresh(args.refresh_every)
+    control = Control(cosigner, args.state)
+    await control.start()
     _print_json({"id": cosigner.id, "name": cosigner.name, "url": url})
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:
+        await control.stop()
         await server.stop()
     return 0
 
 
 async def rotate_key_command(args: argparse.Namespace) -> int:
-    cosigner = await asyncio.to_thread(Cosigner.open, args.state)
-    try:
-        rotation = await cosigner.rotate_key()
-    finally:
-        await cosigner.close()
+    rotation = await rotate_running(args.state)
+    if rotation is None:  # not running: rotate on the state directly
+        cosigner = await asyncio.to_thread(Cosigner.open, args.state)
+        try:
+            rotation = await cosigner.rotate_key()
+        finally:
+            await cosigner.close()
     _print_json(rotation.to_json())
     return 0

@@ -1,8 +1,9 @@
 """A cosigner process rotates its log key while a verifier follows (real processes, real
-nats-server): ``hsmfleet cosigner run`` twice, one stopped for ``hsmfleet cosigner rotate-key``
-and started again; the rotation is logged by both; ``hsmfleet verify`` (a process) pinned to the
-original keys accepts the epoch-2 bundle by walking the chain the bundle carries, and refuses
-a frozen view until the bundle is refreshed with the cosigners' re-signed checkpoints;
+nats-server): ``hsmfleet cosigner run`` twice; ``hsmfleet cosigner rotate-key`` once with A
+stopped, once while it runs; each rotation is logged by both; ``hsmfleet verify`` (a process)
+pinned to the original keys accepts the epoch-2 bundle by walking the chain the bundle
+carries, and refuses a frozen view until the bundle is refreshed with the cosigners' re-signed
+checkpoints;
 ``hsmfleet audit`` walks the rotated log from its pinned key."""
 
 from __future__ import annotations
@@ -93,11 +94,13 @@ async def test_a_cosigner_process_rotates_its_key_and_a_verifier_follows(running
     seen = await _own_timestamps(procs["cosigner-a"].url, a_name, 2)
     assert seen[0][0] == seen[1][0] and 0 < seen[0][1] < seen[1][1]
 
-    # Cosigner A's key, v1 -> v2 -> v3: each time stopped, rotated, started, and the rotation
-    # (already in its own log) submitted to both, so B follows it as a witness.
+    # Cosigner A's key, v1 -> v2 with the process stopped, v2 -> v3 while it runs (the command
+    # asks it over its control socket); each rotation (already in A's own log) is submitted to
+    # both, so B follows it as a witness.
     chain = []
-    for version in (2, 3):
-        await procs["cosigner-a"].stop()
+    for version, running_now in ((2, False), (3, True)):
+        if not running_now:
+            await procs["cosigner-a"].stop()
         code, out, err = await hsmfleet(
             "cosigner", "rotate-key", "--state", str(tmp_path / "cosigner-a")
         )
@@ -105,7 +108,8 @@ async def test_a_cosigner_process_rotates_its_key_and_a_verifier_follows(running
         rotation = KeyRotation.from_json(json.loads(out))
         assert (rotation.signer, rotation.version) == (a_name, version)
         assert rotation.old.public_key == client.peers[0].pin.public_key
-        await procs["cosigner-a"].start()
+        if not running_now:
+            await procs["cosigner-a"].start()
         chain.append(client.notice(await client.log(rotation)))
     assert client.peers[0].pin.public_key == rotation.new.public_key
     code, out, err = await hsmfleet("cosigner", "pin", "--state", str(tmp_path / "cosigner-a"))

@@ -1,0 +1,133 @@
+"""A running cosigner's local control channel: its own party asks it to act on its state.
+
+``hsmfleet cosigner rotate-key`` run while the cosigner serves cannot open the state (the log is
+the running process's), so it asks the process instead, over a Unix socket in the state
+directory (``control.sock``, owner-only: whoever may use it may read the state directory anyway,
+and nothing on the network reaches it). One request per connection, one JSON line each way:
+``{"command": "rotate-key"}`` is answered ``{"ok": true, "rotation": {...}}`` or
+``{"ok": false, "error": KIND, "message": ...}``. A request that is not one of the commands is
+refused and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cosigner.engine import Cosigner
+from messages.canonical import canonical
+from messages.documents import load_json
+from messages.errors import HsmfleetError
+from messages.rotation import KeyRotation
+
+log = structlog.get_logger("hsmfleet.cosigner")
+
+SOCKET = "control.sock"
+ROTATE_KEY = "rotate-key"
+MAX_LINE = 4096
+READ_S = 5.0
+# A key rotation logs a statement and fsyncs several files; it must not be cut off by the asker.
+ANSWER_S = 60.0
+
+
+class ControlRefused(HsmfleetError):
+    """The running cosigner refused a control request, or the request was malformed."""
+
+    kind = "control_refused"
+
+
+class Control:
+    """The control socket of ``cosigner``, whose state directory is ``state``."""
+
+    def __init__(self, cosigner: Cosigner, state: Path) -> None:
+        self.cosigner = cosigner
+        self.path = Path(state) / SOCKET
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> bool:
+        """Listen on the socket; False (logged) when the system cannot make it here."""
+        # A socket left by a process that died: this process holds the state, so it is stale.
+        self.path.unlink(missing_ok=True)
+        umask = os.umask(0o077)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=self.path, limit=MAX_LINE
+            )
+        except OSError as exc:  # such as a path longer than a socket address may be
+            log.warning(
+                "no control socket: rotate the key with the cosigner stopped", error=str(exc)
+            )
+            return False
+        finally:
+            os.umask(umask)
+        return True
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+            self.path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            answer = await self._answer(reader)
+            writer.write(canonical(answer) + b"\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the asker went away; a rotation it started is complete or not begun
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        try:
+            try:
+                line = await asyncio.wait_for(reader.readline(), READ_S)
+            except (TimeoutError, ValueError) as exc:  # ValueError: a line over the limit
+                raise ControlRefused("no complete request line", error=type(exc).__name__) from None
+            request = load_json(line)
+            if not isinstance(request, dict) or request.get("command") != ROTATE_KEY:
+                raise ControlRefused("unknown control command", known=[ROTATE_KEY])
+            rotation = await self.cosigner.rotate_key()
+        except HsmfleetError as exc:
+            log.warning("control request refused", kind=exc.kind, reason=str(exc))
+            return {"ok": False, "error": exc.kind, "message": str(exc)}
+        except Exception:
+            log.exception("control request failed")
+            return {"ok": False, "error": "internal", "message": "the cosigner failed; see its log"}
+        log.info("log key rotated on request", version=rotation.version)
+        return {"ok": True, "rotation": rotation.to_json()}
+
+
+async def rotate_running(state: Path) -> KeyRotation | None:
+    """Have the cosigner serving ``state`` rotate its key; None when no cosigner serves it.
+
+    Raises :class:`ControlRefused` when the running cosigner refuses.
+    """
+    try:
+        reader, writer = await asyncio.open_unix_connection(Path(state) / SOCKET, limit=1 << 20)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    try:
+        writer.write(canonical({"command": ROTATE_KEY}) + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), ANSWER_S)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    if not line:
+        raise ControlRefused("the running cosigner closed the connection without an answer")
+    answer = load_json(line)
+    if not answer.get("ok"):
+        raise ControlRefused(
+            f"the running cosigner refused: {answer.get('message')}", kind=answer.get("error")
+        )
+    return KeyRotation.from_json(answer["rotation"])
