@@ -17,6 +17,8 @@ routes registered after it is built:
   closes a connection that is idle or whose request head is still incomplete after ``idle_s``
   (so a client cannot hold a connection by sending its headers a byte at a time); the number
   and size of header lines are bounded.
+- **Event streams.** At most ``max_streams`` long-lived answers are open at once
+  (:func:`stream_slot`); one more is :class:`TooManyStreams` (503).
 
 Refusals are :class:`HttpRefusal` errors carrying their HTTP status; each app's own error
 middleware, which :func:`application` puts outermost, renders them in that app's JSON shape.
@@ -25,7 +27,8 @@ middleware, which :func:`application` puts outermost, renders them in that app's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -54,6 +57,8 @@ class Limits:
     max_headers: int = 64
     max_header_bytes: int = 8190
     """Longest request line or header field, in bytes."""
+    max_streams: int = 32
+    """Most long-lived answers (event streams) open at once; more are refused (503)."""
 
 
 class HttpRefusal(HsmfleetError):
@@ -77,6 +82,13 @@ class HandlerTimeout(HttpRefusal):
     status = 503
 
 
+class TooManyStreams(HttpRefusal):
+    """As many event streams are open as the app allows; try again later."""
+
+    kind = "too_many_streams"
+    status = 503
+
+
 class BadListenAddress(HsmfleetError):
     """An HTTP listen address that is not ``HOST:PORT``."""
 
@@ -91,7 +103,13 @@ def listen_address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+@dataclass
+class _Streams:
+    open: int = 0
+
+
 LIMITS = web.AppKey("http_limits", Limits)
+_STREAMS = web.AppKey("http_streams", _Streams)
 _DEADLINE = web.RequestKey("http_deadline", asyncio.Timeout)
 
 
@@ -112,8 +130,24 @@ def application(limits: Limits, errors: Middleware, *inner: Middleware) -> web.A
         },
     )
     app[LIMITS] = limits
+    app[_STREAMS] = _Streams()
     app.on_response_prepare.append(_streaming)
     return app
+
+
+@contextlib.contextmanager
+def stream_slot(request: web.Request) -> Iterator[None]:
+    """Hold one of the app's ``max_streams`` slots while a long-lived answer (server-sent
+    events) lasts; raise :class:`TooManyStreams` when none is free. Take it before the answer
+    starts, so a refusal is still a whole answer."""
+    streams, limit = request.app[_STREAMS], request.app[LIMITS].max_streams
+    if streams.open >= limit:
+        raise TooManyStreams("too many event streams are open; try again later", limit=limit)
+    streams.open += 1
+    try:
+        yield
+    finally:
+        streams.open -= 1
 
 
 @web.middleware

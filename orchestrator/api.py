@@ -38,7 +38,7 @@ from messages.plan import PlanError, parse_plan
 from messages.retirement import FleetRetired
 from messages.signing import Signer
 from messages.validation import ValidationBundle, with_rotations
-from ops.httpguard import SAFE_METHODS, HttpRefusal, Limits, application
+from ops.httpguard import SAFE_METHODS, HttpRefusal, Limits, application, stream_slot
 from orchestrator.config import Settings
 from orchestrator.errors import (
     CommandRefused,
@@ -71,6 +71,8 @@ SETTINGS = web.AppKey("settings", Settings)
 SIGNER = web.AppKey("signer", Signer)
 CALLER = web.RequestKey("caller", str)
 MAX_PAGE = 1000
+KEEP_ALIVE_S = 15.0
+"""Seconds between keep-alive comments on a quiet event stream."""
 PUBLIC = frozenset({"/health", "/metrics", "/openapi.json"})
 """Routes anyone may read, without a token."""
 
@@ -358,45 +360,74 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
     Entries are read from the log a page at a time, as fast as the client takes them; new
     appends only wake the reader. Nothing is buffered per client, so a slow client misses
-    nothing and holds no memory.
+    nothing and holds no memory. At most ``Limits.max_streams`` streams are open at once.
     """
     store = _orchestrator(request).store
-    last = await store.last_seq()
-    next_seq = _int_param(request, "from", 0, minimum=0) or last + 1
+    next_seq = _int_param(request, "from", 0, minimum=0)
     count = _int_param(request, "count", 0, minimum=0)
-    appended = asyncio.Event()
-    sub = await store.follow(last + 1, lambda seq, data: appended.set())
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
-    sent = 0
-    try:
-        while not count or sent < count:
-            appended.clear()
-            last = await store.last_seq()
-            if last < next_seq:
-                try:
-                    await asyncio.wait_for(appended.wait(), 15)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                continue
-            upto = min(last, next_seq + MAX_PAGE - 1)
-            if count:
-                upto = min(upto, next_seq + count - sent - 1)
-            page = await _entries(store, next_seq, upto)
-            for seq, data in page:
-                view = entry_view(seq, data)
-                frame = f"id: {seq}\nevent: {view['type']}\ndata: {json.dumps(view)}\n\n"
-                await response.write(frame.encode())
-            sent += len(page)
-            next_seq = upto + 1
-    except ConnectionResetError:
-        pass  # the client went away
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+    with stream_slot(request):
+        last = await store.last_seq()
+        next_seq = next_seq or last + 1
+        appended = asyncio.Event()
+        sub = await store.follow(last + 1, lambda seq, data: appended.set())
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        try:
+            await response.prepare(request)
+            await _stream(request, store, response, appended, next_seq, count)
+        except ConnectionResetError:
+            pass  # the client went away
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
     return response
+
+
+async def _stream(
+    request: web.Request,
+    store: EventStore,
+    response: web.StreamResponse,
+    appended: asyncio.Event,
+    next_seq: int,
+    count: int,
+) -> None:
+    """Write entries from ``next_seq`` on (``count`` of them, or without end) as appended."""
+    sent = 0
+    while not count or sent < count:
+        appended.clear()
+        last = await store.last_seq()
+        if last < next_seq:
+            await _next_append(request, response, appended)
+            continue
+        upto = min(last, next_seq + MAX_PAGE - 1)
+        if count:
+            upto = min(upto, next_seq + count - sent - 1)
+        page = await _entries(store, next_seq, upto)
+        for seq, data in page:
+            view = entry_view(seq, data)
+            frame = f"id: {seq}\nevent: {view['type']}\ndata: {json.dumps(view)}\n\n"
+            await response.write(frame.encode())
+        sent += len(page)
+        next_seq = upto + 1
+
+
+async def _next_append(
+    request: web.Request, response: web.StreamResponse, appended: asyncio.Event
+) -> None:
+    """Wait for the next append, with a keep-alive comment every :data:`KEEP_ALIVE_S`. A
+    client that went away is noticed within a second (raising ``ConnectionResetError``), so
+    its stream slot and log subscription are given back without waiting for a write to fail."""
+    loop = asyncio.get_running_loop()
+    quiet_until = loop.time() + KEEP_ALIVE_S
+    while not appended.is_set():
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(appended.wait(), 1.0)
+        if loop.time() >= quiet_until:
+            await response.write(b": keep-alive\n\n")
+            quiet_until = loop.time() + KEEP_ALIVE_S
 
 
 async def _command_body(request: web.Request, allowed: set[str]) -> dict[str, Any]:

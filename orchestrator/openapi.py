@@ -484,6 +484,7 @@ OPENAPI: dict[str, Any] = {
                         "description": "An event stream; each event's data is an Entry",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
+                    "503": _json(_ref("Error"), "As many streams are open as allowed"),
                     **_ERRORS,
                 },
             }

@@ -1,6 +1,7 @@
 """The operator API's limits and authorization hold for every route, those registered after
 ``create_app`` too: tokens by method, 413 for bodies too large, 503 for requests not answered in
-time; every refusal is typed JSON, counted, and changes nothing."""
+time and for event streams beyond the limit; every refusal is typed JSON, counted, and changes
+nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.integration.test_api import OP, READ, call
 
 api, server = test_api.api, test_api.server  # the same fixtures, with the limits below
 
-LIMITS = Limits(max_body=4096, handler_s=1.0)
+LIMITS = Limits(max_body=4096, handler_s=1.0, max_streams=2)
 
 
 class Late:
@@ -140,6 +141,26 @@ async def test_a_stream_outlives_the_handler_deadline(api):
         assert (await call(http, "POST", f"/v1/nodes/{node_id}/enroll", OP))[0] == 202
         frames = [raw async for raw in resp.content if raw.startswith(b"data: ")]
     assert len(frames) == 1
+
+
+async def test_streams_beyond_the_limit_are_refused_until_one_closes(api):
+    http, _, _ = api
+    stream = "/v1/events/stream"  # from the next entry: quiet streams
+    async with http.get(stream, headers=READ) as one, http.get(stream, headers=READ) as two:
+        assert (one.status, two.status) == (200, 200)
+        status, body = await call(http, "GET", stream, READ)
+        assert (status, body["error"]) == (503, "too_many_streams")
+    # The server notices within a second that the clients left (well before its 15 s
+    # keep-alive write would fail), and gives their slots back.
+    async with asyncio.timeout(5):
+        while True:
+            async with http.get(f"{stream}?from=1&count=1", headers=READ) as again:
+                if again.status == 200:
+                    assert [raw async for raw in again.content if raw.startswith(b"data: ")]
+                    break
+            await asyncio.sleep(0.05)
+    async with http.get("/metrics") as resp:
+        assert 'hsmfleet_http_rejects_total{kind="too_many_streams"}' in await resp.text()
 
 
 async def test_refusals_are_counted_by_kind(api):
