@@ -1,4 +1,4 @@
-"""One whole fuzzing run: the world, every bus target, both HTTP apps, then the oracles.
+"""One whole fuzzing run: the world, every bus target, the HTTP apps, then the oracles.
 
 :func:`fuzz` splits ``messages`` over the targets (:data:`HTTP_SHARE` of them to the HTTP apps),
 records the state of every receiver before and after, checks afterwards that each still answers a
@@ -126,11 +126,12 @@ async def fuzz(root: Path, messages: int, seed: int) -> Report:
                     targets.append(target)
                 else:
                     report.unserved.append(target.subject)
-            http_count = int(messages * HTTP_SHARE) // 2
-            bus_count = -(-(messages - 2 * http_count) // len(targets))
+            apps = http_targets(world)
+            http_count = int(messages * HTTP_SHARE) // len(apps)
+            bus_count = -(-(messages - len(apps) * http_count) // len(targets))
             for target in targets:
                 report.bus.append(await campaign.run(target, bus_count))
-            for target in http_targets(world):
+            for target in apps:
                 maker = CaseMaker(rng, mutator, target)
                 report.http.append(await fuzz_http(target, maker, http_count))
             after = await state(world)
@@ -152,7 +153,7 @@ def http_targets(world: World) -> list[HttpTarget]:
         "rollout": {"wave_size": 2, "approve_publish": False, "member_deadline_s": 30},
     }
     checkpoint = world.cosigner.cosigner.notary.checkpoint()
-    assert world.api_app is not None
+    assert world.api_app is not None and world.node_app is not None
     return [
         HttpTarget(
             "http.orchestrator",
@@ -171,6 +172,15 @@ def http_targets(world: World) -> list[HttpTarget]:
             (),
             (f"old 0\n\n{checkpoint}".encode(), f"old 1\nAAAA\n\n{checkpoint}".encode()),
             stats_counter,
+        ),
+        HttpTarget(
+            "http.node",
+            world.node_url,
+            world.node_app,
+            (NODE_ID, FLEET),
+            (),
+            (),
+            lambda http: metrics_counter(http, "hsmfleet_node_http_rejects"),
         ),
     ]
 

@@ -29,6 +29,7 @@ from cosigner.testbed import COSIGNERS, init_cosigners
 from messages.signing import Ed25519Signer, Signer
 from node.daemon import NodeDaemon
 from node.hsm.soft import SoftHsm
+from node.http import create_app as create_node_app
 from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.quorum.localfleet import LocalFleet
@@ -65,6 +66,9 @@ class World:
     members: dict[str, Member]
     outsider_key: Signer
     api_app: web.Application | None = None
+    node_app: web.Application | None = None
+    node_url: str = ""
+    """The node daemon's HTTP face (``/health``, ``/metrics``)."""
 
     @property
     def cosigner_url(self) -> str:
@@ -141,6 +145,12 @@ async def open_world(root: Path) -> AsyncIterator[World]:
         await daemon.start(nc)
         stack.push_async_callback(daemon.stop)
         await _wait(lambda: NODE_ID in orchestrator.state.nodes, "the node's announcement")
+        node_app = create_node_app(daemon)
+        node_runner = web.AppRunner(node_app, access_log=None)
+        await node_runner.setup()
+        stack.push_async_callback(node_runner.cleanup)
+        await web.TCPSite(node_runner, "127.0.0.1", 0).start()
+        node_host, node_port = node_runner.addresses[0][:2]
 
         peers = init_cosigners(root / "cosigners", orchestrator_key, COSIGNERS)
         cosigner = Server(make_app(root / "cosigners" / peers[0].id, server.url))
@@ -177,6 +187,8 @@ async def open_world(root: Path) -> AsyncIterator[World]:
             fleet=fleet,
             members=members,
             outsider_key=outsider_key,
+            node_app=node_app,
+            node_url=f"http://{node_host}:{node_port}",
         )
     shutil.rmtree(root, ignore_errors=True)
 

@@ -80,3 +80,9 @@ def test_cosigner_http_answers_below_500(report):
 def test_cosigner_http_counts_every_refusal(report):
     (http,) = [h for h in report.http if h.name == "http.cosigner"]
     assert http.counted_rejects == http.refused, report.summary()
+
+
+def test_node_http_answers_below_500_and_counts_every_refusal(report):
+    assert not failures_of(report, "http.node"), report.summary()
+    (node,) = [h for h in report.http if h.name == "http.node"]
+    assert node.sent > 0 and node.refused > 0 and node.counted_rejects == node.refused
