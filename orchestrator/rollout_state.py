@@ -231,8 +231,9 @@ class RolloutBook:
 
     rollouts: Map[str, Rollout] = field(default_factory=Map)
     fleets: Map[str, FleetChain] = field(default_factory=Map)
-    enrollments: Map[str, str] = field(default_factory=Map)
-    """Enrollment id -> rollout id of every challenge a rollout issued."""
+    enrollments: Map[str, tuple[str, ...]] = field(default_factory=Map)
+    """Enrollment id -> the rollouts waiting on that challenge: the one that issued it, and any
+    that adopted it while it was open (rollouts of different fleets sharing a node)."""
 
     def of_fleet(self, fleet: str) -> Rollout | None:
         """The fleet's latest rollout."""
@@ -407,21 +408,22 @@ def _config_fixed(state: State, e: ConfigFixed) -> State:
 
 def _challenged(state: State, e: MemberChallenged) -> State:
     book = state.book
-    state = _with(
-        state, replace(book, enrollments=book.enrollments.set(e.enrollment_id, e.rollout_id))
-    )
+    waiting = book.enrollments.get(e.enrollment_id, ())
+    if e.rollout_id not in waiting:
+        enrollments = book.enrollments.set(e.enrollment_id, (*waiting, e.rollout_id))
+        state = _with(state, replace(book, enrollments=enrollments))
     return _member(
         state, e.rollout_id, e.node_id, enrollment_id=e.enrollment_id, deadline_ms=e.deadline_ms
     )
 
 
 def attested(state: State, enrollment_id: str, node_id: str, digest: str) -> State:
-    """Note a rollout member's accepted attestation (a rejected one leaves the member as it
-    is: the rollout reads the reason and challenges again or gives the member up)."""
-    rollout_id = state.book.enrollments.get(enrollment_id)
-    if rollout_id is None:
-        return state
-    return _member(state, rollout_id, node_id, attestation=digest, deadline_ms=None)
+    """Note an accepted attestation for every rollout waiting on it (a rejected one leaves
+    the members as they are: each rollout reads the reason and challenges again or gives the
+    member up)."""
+    for rollout_id in state.book.enrollments.get(enrollment_id, ()):
+        state = _member(state, rollout_id, node_id, attestation=digest, deadline_ms=None)
+    return state
 
 
 def _commanded(state: State, e: MemberCommanded) -> State:

@@ -365,3 +365,18 @@ async def test_superseded_while_publishing_its_epoch_is_logged_but_never_counter
         notary = cosigner.notary
         logged = [e for e in notary.entries(0, notary.size) if b"fleet-keys/v1" in e]
         assert logged == [second.artifact.to_bytes()]
+
+
+async def test_rollouts_of_two_fleets_share_a_nodes_open_challenge(world):
+    """The second rollout adopts the challenges the first left open on the same nodes: one
+    attestation each answers both, and both fleets go active."""
+    world.start("fleet-1")
+    world.start("fleet-2")
+    await world.settle()
+    for fleet in ("fleet-1", "fleet-2"):
+        rollout = world.rollout(fleet)
+        assert rollout.status == "active", fleet
+        assert all(m.attestation is not None for m in rollout.in_order())
+    one, two = world.rollout("fleet-1"), world.rollout("fleet-2")
+    assert [m.enrollment_id for m in one.in_order()] == [m.enrollment_id for m in two.in_order()]
+    replays(world)
