@@ -119,6 +119,10 @@ async def rotate_running(state: Path) -> KeyRotation | None:
         writer.write(canonical({"command": ROTATE_KEY}) + b"\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), ANSWER_S)
+    except TimeoutError:
+        raise ControlRefused(
+            "the running cosigner did not answer in time; see its log", seconds=ANSWER_S
+        ) from None
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):

@@ -98,3 +98,20 @@ async def test_a_refusal_of_the_running_cosigner_reaches_the_asker(served, monke
     with pytest.raises(ControlRefused, match="no state directory") as refused:
         await rotate_running(bed.directory / a.id)
     assert refused.value.detail == {"kind": "cosigner_config"}
+
+
+async def test_a_running_cosigner_that_never_answers_is_a_typed_error(
+    tmp_path_factory, monkeypatch
+):
+    state = tmp_path_factory.mktemp("ctl")
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the request, never answers
+
+    server = await asyncio.start_unix_server(silent, path=state / SOCKET)
+    monkeypatch.setattr("cosigner.control.ANSWER_S", 0.2)
+    try:
+        with pytest.raises(ControlRefused, match="did not answer in time"):
+            await rotate_running(state)
+    finally:
+        server.close()
