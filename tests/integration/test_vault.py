@@ -261,8 +261,9 @@ async def test_a_member_stopped_mid_request_still_answers_what_it_took(
         calls = [asyncio.create_task(client.register(u, ALICE)) for u in users]
         stopping = fleet["m1"].vault
         # Checked on every turn of the loop: all the requests may be answered within one poll.
-        while stopping.in_progress == 0:  # noqa: ASYNC110
-            await asyncio.sleep(0)
+        async with asyncio.timeout(10):
+            while stopping.in_progress == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0)
         await fleet.stop("m1")  # m2 and m3 remain a majority
         await asyncio.gather(*calls)
         assert stopping.in_progress == 0
