@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,25 @@ READ_S = 5.0
 ANSWER_S = 60.0
 
 
+# A socket address holds about a hundred bytes. A longer state path is reached through the
+# directory's descriptor (Linux's /proc/self/fd), so the socket stays in the state directory.
+MAX_ADDRESS = 100
+
+
+@contextlib.contextmanager
+def _address(state: Path) -> Iterator[str]:
+    """An address for binding or connecting to the control socket of ``state``."""
+    path = Path(state) / SOCKET
+    if len(os.fsencode(path)) <= MAX_ADDRESS or not Path("/proc/self/fd").is_dir():
+        yield str(path)
+        return
+    fd = os.open(state, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{SOCKET}"
+    finally:
+        os.close(fd)
+
+
 class ControlRefused(HsmfleetError):
     """The running cosigner refused a control request, or the request was malformed."""
 
@@ -46,7 +66,8 @@ class Control:
 
     def __init__(self, cosigner: Cosigner, state: Path) -> None:
         self.cosigner = cosigner
-        self.path = Path(state) / SOCKET
+        self.state = Path(state)
+        self.path = self.state / SOCKET
         self._server: asyncio.Server | None = None
 
     async def start(self) -> bool:
@@ -55,10 +76,11 @@ class Control:
         self.path.unlink(missing_ok=True)
         umask = os.umask(0o077)
         try:
-            self._server = await asyncio.start_unix_server(
-                self._serve, path=self.path, limit=MAX_LINE
-            )
-        except OSError as exc:  # such as a path longer than a socket address may be
+            with _address(self.state) as address:
+                self._server = await asyncio.start_unix_server(
+                    self._serve, path=address, limit=MAX_LINE
+                )
+        except OSError as exc:
             log.warning(
                 "no control socket: rotate the key with the cosigner stopped", error=str(exc)
             )
@@ -112,7 +134,8 @@ async def rotate_running(state: Path) -> KeyRotation | None:
     Raises :class:`ControlRefused` when the running cosigner refuses.
     """
     try:
-        reader, writer = await asyncio.open_unix_connection(Path(state) / SOCKET, limit=1 << 20)
+        with _address(Path(state)) as address:
+            reader, writer = await asyncio.open_unix_connection(address, limit=1 << 20)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
     try:

@@ -17,8 +17,7 @@ from cosigner.testbed import Testbed
 
 @pytest.fixture
 async def served(tmp_path_factory):
-    """Cosigner A of a testbed with its control socket open (a short path: socket addresses
-    are limited to about a hundred bytes)."""
+    """Cosigner A of a testbed with its control socket open."""
     bed = Testbed.create(tmp_path_factory.mktemp("ctl"))
     a = bed.cosigners[0]
     control = Control(a, bed.directory / a.id)
@@ -115,3 +114,19 @@ async def test_a_running_cosigner_that_never_answers_is_a_typed_error(
             await rotate_running(state)
     finally:
         server.close()
+
+
+async def test_a_state_path_longer_than_a_socket_address_still_works(tmp_path_factory):
+    deep = tmp_path_factory.mktemp("ctl") / ("d" * 80) / ("e" * 80)
+    bed = Testbed.create(deep)
+    a = bed.cosigners[0]
+    state = bed.directory / a.id
+    assert len(str(state / SOCKET)) > 108
+    control = Control(a, state)
+    try:
+        assert await control.start()
+        assert (state / SOCKET).is_socket()
+        assert (await rotate_running(state)).version == 2
+    finally:
+        await control.stop()
+        await bed.close()
