@@ -148,8 +148,7 @@ class FleetCommands:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
-        for fleet in list(self.vaults):
-            await self._stop_vault(fleet)
+        await asyncio.gather(*(self._stop_vault(fleet) for fleet in list(self.vaults)))
         for _, replica in self.replicas.values():
             await replica.stop()
         self.replicas.clear()
@@ -301,8 +300,9 @@ class FleetCommands:
         log.info("serving the fleet's vault", fleet=joined.fleet)
 
     async def _stop_vault(self, fleet: str) -> None:
-        vault, journal = self.vaults.pop(fleet)
-        await vault.stop()
+        vault, journal = self.vaults[fleet]
+        await vault.stop()  # it still answers what it took: it stays listed until it is done
+        del self.vaults[fleet]
         journal.close()
 
     async def _leave(self, fleet: str) -> None:

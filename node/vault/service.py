@@ -123,15 +123,22 @@ class VaultService:
         return len(self._tasks)
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Take no new requests, answer the ones already taken for up to ``grace_s`` seconds,
-        then abandon the rest. Draining (not just unsubscribing) matters: a request the server
-        routed here before it saw the unsubscribe still gets its answer."""
-        for sub in self._subs:
-            with contextlib.suppress(NatsError):
-                await sub.drain()
-        self._subs.clear()
+        """Take no new requests, answer the ones already taken, and abandon what is left after
+        ``grace_s`` seconds in all. Draining (not just unsubscribing) matters: a request the
+        server routed here before it saw the unsubscribe still gets its answer. A drain that
+        cannot finish (the server is unreachable) falls back to unsubscribing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        subs, self._subs = self._subs, []
+        try:
+            async with asyncio.timeout(grace_s):
+                await asyncio.gather(*(sub.drain() for sub in subs))
+        except (TimeoutError, NatsError):
+            for sub in subs:
+                with contextlib.suppress(NatsError):
+                    await sub.unsubscribe()
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace_s)
+            await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - loop.time()))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -251,13 +258,15 @@ class VaultService:
         (values are unique, so an equal value is this very attempt). The attempt is spent
         either way, so a failure here says so.
         """
-        for _ in range(PROOF_RENEWALS + 1):
+        for renewal in range(PROOF_RENEWALS + 1):
             try:
                 return self.evaluator.evaluate(
                     request.user, attempt.value, attempt.proof, request.guess
                 )
             except ProofOfAnotherConfiguration as exc:
                 outdated = exc
+            if renewal == PROOF_RENEWALS:
+                break
             try:
                 renewed = await self.proposer.read(attempt.key)
             except QuorumError as exc:

@@ -34,6 +34,8 @@ from messages.vault import (
 )
 from node.quorum.membership import Step
 from node.quorum.reconfigure import apply_steps
+from node.vault.record import record_key
+from ops.natsserver import NatsServer
 from tests.faults.fleets import running_fleet
 
 ALICE = Registration(pin=b"1234", secret=b"backup key of alice")
@@ -271,6 +273,29 @@ async def test_a_member_stopped_mid_request_still_answers_what_it_took(
             assert await client.recover(user, b"1234") == ALICE.secret
 
 
+def after_each_commit(fleet, then):
+    """Have ``then(member, commit, count)`` run after each commit of every member's proposer
+    (``commit``: the proposer's own change; ``count``: commits so far), before the vault
+    service sees it: a real reconfiguration or a real change, at an exact point."""
+    count = 0
+    for member in fleet.running.values():
+        commit = member.vault.proposer.change
+
+        async def change(key, fn, member=member, commit=commit, **options):
+            nonlocal count
+            committed = await commit(key, fn, **options)
+            count += 1
+            await then(member, commit, count)
+            return committed
+
+        member.vault.proposer.change = change
+
+
+def reconfigure(nc, fleet, member):
+    newer = member.replica.current().next()
+    return apply_steps(nc, fleet.local.operator, [Step(newer)])
+
+
 async def test_a_recovery_whose_group_changes_before_evaluation_is_proven_again(
     tmp_path, nats_server, client_nc
 ):
@@ -279,24 +304,63 @@ async def test_a_recovery_whose_group_changes_before_evaluation_is_proven_again(
     async with running_fleet(tmp_path, nats_server.url) as fleet:
         client = fleet.client(client_nc)
         await client.register("alice", ALICE)
-        reconfigured: list[int] = []
 
-        def reconfiguring(member):
-            commit = member.vault.proposer.change
+        async def once(member, commit, count):
+            if count == 1:
+                await reconfigure(client_nc, fleet, member)
 
-            async def change(key, fn, **options):
-                committed = await commit(key, fn, **options)
-                if not reconfigured:
-                    newer = member.replica.current().next()
-                    reconfigured.append(newer.epoch)
-                    await apply_steps(client_nc, fleet.local.operator, [Step(newer)])
-                return committed
-
-            return change
-
-        for member in fleet.running.values():
-            member.vault.proposer.change = reconfiguring(member)
+        after_each_commit(fleet, once)
         assert await client.recover("alice", b"1234") == ALICE.secret
-        assert reconfigured == [2]
         assert {m.replica.current().epoch for m in fleet.running.values()} == {2}
         assert len(evaluations(fleet, "alice")) == 1
+
+
+async def test_a_recovery_whose_group_keeps_changing_spends_the_attempt_and_says_so(
+    tmp_path, nats_server, client_nc
+):
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        client = fleet.client(client_nc)
+        await client.register("alice", ALICE)
+
+        async def always(member, commit, count):
+            await reconfigure(client_nc, fleet, member)
+
+        after_each_commit(fleet, always)
+        with pytest.raises(VaultUnavailable, match=r"kept changing.*attempt_spent=True"):
+            await client.recover("alice", b"1234")
+        # the attempt and two renewals, each followed by a new configuration
+        assert {m.replica.current().epoch for m in fleet.running.values()} == {4}
+        assert evaluations(fleet, "alice") == [], "no guess was looked at"
+
+
+async def test_a_recovery_overtaken_before_evaluation_spends_the_attempt_and_says_so(
+    tmp_path, nats_server, client_nc
+):
+    async with running_fleet(tmp_path, nats_server.url) as fleet:
+        client = fleet.client(client_nc)
+        await client.register("alice", ALICE)
+
+        async def overtake(member, commit, count):
+            if count == 1:
+                await reconfigure(client_nc, fleet, member)
+                await commit(record_key("alice"), lambda value: value + b" and later")
+
+        after_each_commit(fleet, overtake)
+        with pytest.raises(VaultUnavailable, match=r"overtook.*attempt_spent=True"):
+            await client.recover("alice", b"1234")
+        assert evaluations(fleet, "alice") == [], "no guess was looked at"
+
+
+async def test_a_member_stops_within_its_grace_while_the_server_hangs(tmp_path):
+    """Draining needs the server; a hung one must not hold a stopping member past its grace
+    (nats-py's own flush would wait 10 s per subscription)."""
+    async with (
+        NatsServer(tmp_path / "hung", name="hung") as server,
+        running_fleet(tmp_path / "fleet", server.url) as fleet,
+    ):
+        vault = fleet["m1"].vault
+        server.pause()
+        try:
+            await asyncio.wait_for(vault.stop(grace_s=0.5), 5)
+        finally:
+            server.resume()
