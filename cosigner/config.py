@@ -155,12 +155,19 @@ def load_key(state: Path, name: str = KEY_FILE) -> Ed25519Signer:
 
 def write_seed(path: Path, seed: bytes) -> None:
     """Create ``path`` (0600) holding ``seed`` as hex, fsynced; ``FileExistsError`` if it exists:
-    a key file is never overwritten."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(seed.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    a key file is never overwritten. The file appears whole or not at all (written aside, then
+    linked into place), so a crash or a concurrent reader never sees it empty."""
+    path = Path(path)
+    aside = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(seed.hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def pin_of(config: CosignerConfig, signer: Ed25519Signer, url: str | None = None) -> CosignerPin:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,13 @@ class ControlRefused(HsmfleetError):
     kind = "control_refused"
 
 
+class ControlOutcomeUnknown(HsmfleetError):
+    """The request reached the running cosigner but no readable answer came back: what it asked
+    for may have happened (``hsmfleet cosigner pin`` shows the key version in force)."""
+
+    kind = "control_outcome_unknown"
+
+
 class Control:
     """The control socket of ``cosigner``, whose state directory is ``state``."""
 
@@ -72,21 +80,22 @@ class Control:
 
     async def start(self) -> bool:
         """Listen on the socket; False (logged) when the system cannot make it here."""
-        # A socket left by a process that died: this process holds the state, so it is stale.
-        self.path.unlink(missing_ok=True)
-        umask = os.umask(0o077)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        umask = os.umask(0o077)  # owner-only from the moment it is bound; nothing awaits here
         try:
+            # A socket left by a process that died: this process holds the state, so it is stale.
+            self.path.unlink(missing_ok=True)
             with _address(self.state) as address:
-                self._server = await asyncio.start_unix_server(
-                    self._serve, path=address, limit=MAX_LINE
-                )
+                sock.bind(address)
         except OSError as exc:
+            sock.close()
             log.warning(
                 "no control socket: rotate the key with the cosigner stopped", error=str(exc)
             )
             return False
         finally:
             os.umask(umask)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE)
         return True
 
     async def stop(self) -> None:
@@ -131,30 +140,36 @@ class Control:
 async def rotate_running(state: Path) -> KeyRotation | None:
     """Have the cosigner serving ``state`` rotate its key; None when no cosigner serves it.
 
-    Raises :class:`ControlRefused` when the running cosigner refuses.
+    Raises :class:`ControlRefused` when the running cosigner refuses (or cannot be reached),
+    and :class:`ControlOutcomeUnknown` when the request went out but no readable answer came
+    back: the rotation may have happened.
     """
     try:
         with _address(Path(state)) as address:
             reader, writer = await asyncio.open_unix_connection(address, limit=1 << 20)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
+    except OSError as exc:
+        raise ControlRefused(f"cannot reach the running cosigner: {exc}") from None
     try:
         writer.write(canonical({"command": ROTATE_KEY}) + b"\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), ANSWER_S)
-    except TimeoutError:
-        raise ControlRefused(
-            "the running cosigner did not answer in time; see its log", seconds=ANSWER_S
+    except (TimeoutError, OSError, ValueError) as exc:
+        raise ControlOutcomeUnknown(
+            f"no answer from the running cosigner ({type(exc).__name__})", seconds=ANSWER_S
         ) from None
     finally:
         writer.close()
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(OSError):
             await writer.wait_closed()
-    if not line:
-        raise ControlRefused("the running cosigner closed the connection without an answer")
-    answer = load_json(line)
-    if not answer.get("ok"):
-        raise ControlRefused(
-            f"the running cosigner refused: {answer.get('message')}", kind=answer.get("error")
-        )
-    return KeyRotation.from_json(answer["rotation"])
+    try:
+        answer = load_json(line)
+        if answer["ok"]:
+            return KeyRotation.from_json(answer["rotation"])
+        kind, message = str(answer["error"]), str(answer["message"])
+    except (HsmfleetError, KeyError, TypeError) as exc:
+        raise ControlOutcomeUnknown(
+            f"an unreadable answer from the running cosigner: {exc}"
+        ) from None
+    raise ControlRefused(f"the running cosigner refused: {message}", kind=kind)

@@ -96,6 +96,7 @@ class Cosigner:
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._witness_lock = asyncio.Lock()
+        self._rotating = asyncio.Lock()
         self.batches = 0
 
     @classmethod
@@ -211,18 +212,19 @@ class Cosigner:
         key. Returns the logged rotation (to submit to the other cosigners)."""
         if self.state is None:
             raise ConfigError("this cosigner has no state directory to keep a new key in")
-        new = await asyncio.to_thread(next_key, self.state)
-        self.notary.hold(new)
-        rotation = KeyRotation.make(
-            self.name,
-            self.notary.own_version + 1,
-            self.notary.signer,
-            new,
-            format_time(self.now_ms()),
-        )
-        await self.sign(rotation.to_json())
-        await asyncio.to_thread(settle, self.state, new.public_key)
-        await asyncio.to_thread(record_version, self.state, rotation.version)
+        async with self._rotating:  # one at a time: each starts from the key the last settled
+            new = await asyncio.to_thread(next_key, self.state)
+            self.notary.hold(new)
+            rotation = KeyRotation.make(
+                self.name,
+                self.notary.own_version + 1,
+                self.notary.signer,
+                new,
+                format_time(self.now_ms()),
+            )
+            await self.sign(rotation.to_json())
+            await asyncio.to_thread(settle, self.state, new.public_key)
+            await asyncio.to_thread(record_version, self.state, rotation.version)
         log.info("log key rotated", id=self.id, version=rotation.version, kid=new.kid)
         return rotation
 

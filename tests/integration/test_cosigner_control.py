@@ -4,13 +4,14 @@ and changes nothing; a socket left by a dead process does not stand in the way."
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import stat
 
 import pytest
 
 from cosigner.config import ConfigError
-from cosigner.control import SOCKET, Control, ControlRefused, rotate_running
+from cosigner.control import SOCKET, Control, ControlOutcomeUnknown, ControlRefused, rotate_running
 from cosigner.engine import Cosigner
 from cosigner.testbed import Testbed
 
@@ -110,7 +111,7 @@ async def test_a_running_cosigner_that_never_answers_is_a_typed_error(
     server = await asyncio.start_unix_server(silent, path=state / SOCKET)
     monkeypatch.setattr("cosigner.control.ANSWER_S", 0.2)
     try:
-        with pytest.raises(ControlRefused, match="did not answer in time"):
+        with pytest.raises(ControlOutcomeUnknown, match="TimeoutError"):
             await rotate_running(state)
     finally:
         server.close()
@@ -127,6 +128,47 @@ async def test_a_state_path_longer_than_a_socket_address_still_works(tmp_path_fa
         assert await control.start()
         assert (state / SOCKET).is_socket()
         assert (await rotate_running(state)).version == 2
+    finally:
+        await control.stop()
+        await bed.close()
+
+
+async def test_rotations_asked_at_once_are_made_one_after_another(served):
+    bed, a, _ = served
+    state = bed.directory / a.id
+    rotations = await asyncio.gather(*(rotate_running(state) for _ in range(3)))
+    assert sorted(r.version for r in rotations) == [2, 3, 4]
+    chain = sorted(rotations, key=lambda r: r.version)
+    assert all(later.old == earlier.new for earlier, later in itertools.pairwise(chain))
+    assert a.notary.signer.public_key == chain[-1].new.public_key
+
+
+@pytest.mark.parametrize("answer", [b"", b"[]\n", b'{"ok": true}\n', b"not json\n"])
+async def test_an_unreadable_answer_leaves_the_outcome_unknown(tmp_path_factory, answer):
+    state = tmp_path_factory.mktemp("ctl")
+
+    async def garbled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(answer)
+        writer.close()
+
+    server = await asyncio.start_unix_server(garbled, path=state / SOCKET)
+    try:
+        with pytest.raises(ControlOutcomeUnknown, match="unreadable answer"):
+            await rotate_running(state)
+    finally:
+        server.close()
+
+
+async def test_a_socket_path_that_cannot_be_made_leaves_the_cosigner_serving(tmp_path_factory):
+    bed = Testbed.create(tmp_path_factory.mktemp("ctl"))
+    a = bed.cosigners[0]
+    state = bed.directory / a.id
+    (state / SOCKET).mkdir()  # something in the way
+    control = Control(a, state)
+    try:
+        assert not await control.start()
+        assert (state / SOCKET).is_dir()
     finally:
         await control.stop()
         await bed.close()
