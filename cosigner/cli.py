@@ -67,8 +67,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     init.add_argument(
         "--operator-key",
         type=Path,
-        help="file pinning the operator's countersigning key (hex or pin JSON): the operator's"
-        " first rotation this cosigner logs must start from it",
+        help="file pinning the operator's countersigning key in force (hex, or pin JSON with its"
+        " version): the operator's next rotation this cosigner logs must start from it",
     )
     init.set_defaults(run=init_command)
 

@@ -157,6 +157,7 @@ class NodeDaemon:
                 await sub.unsubscribe()
         self._subs.clear()
         await self.fleets.stop()
+        self._nc = None
         self.log.info("node stopped")
 
     async def _on_attest(self, received: Received) -> Attestation:

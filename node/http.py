@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
@@ -21,6 +22,7 @@ from messages.errors import HsmfleetError
 from node.daemon import NodeDaemon
 from ops.httpguard import HttpRefusal, Limits, application
 
+log = structlog.get_logger("hsmfleet.node")
 HTTP_REJECTS = Counter(
     "hsmfleet_node_http_rejects", "Requests the node's HTTP face refused, by kind", ["kind"]
 )
@@ -79,6 +81,9 @@ async def _refusals(request: web.Request, handler: Any) -> web.StreamResponse:
         if exc.status < 400:
             raise
         status, kind, message = exc.status, exc.reason.lower().replace(" ", "_"), exc.reason
+    except Exception:
+        log.exception("request failed", path=request.path)
+        status, kind, message = 500, "internal", "the node failed; see its log"
     HTTP_REJECTS.labels(kind).inc()
     return web.json_response({"error": kind, "message": message}, status=status)
 

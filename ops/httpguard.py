@@ -96,9 +96,14 @@ class BadListenAddress(HsmfleetError):
 
 
 def listen_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (host optional, port 0 for any free one) as a host and a port number."""
+    """``HOST:PORT`` (host optional, port 0 for any free one; an IPv6 host in brackets, as in
+    ``[::1]:8080``) as a host and a port number."""
     host, _, port = text.rpartition(":")
-    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    well_formed = port.isascii() and port.isdigit() and int(port) <= 65535
+    if not well_formed or (":" in host and not bracketed):
         raise BadListenAddress("the HTTP address must be HOST:PORT", address=text)
     return host or "127.0.0.1", int(port)
 

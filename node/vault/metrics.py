@@ -9,7 +9,7 @@ REQUESTS_REJECTED = Counter(
     "Vault requests refused before they ran (unreadable, replayed, busy), by kind",
     ["fleet", "member", "kind"],
 )
-OPERATIONS = Counter(
+OUTCOMES = Counter(
     "hsmfleet_vault_operations",
     "Vault operations that ran, by operation and outcome (ok or the refusal's kind)",
     ["fleet", "member", "op", "outcome"],

@@ -173,7 +173,7 @@ class VaultService:
                 await self._reply(msg.reply, Rejected(kind=exc.kind, reason=str(exc)), causation)
                 return
             outcome = await self.handle(plain)
-            metrics.OPERATIONS.labels(self.fleet, self.member, op, outcome.status).inc()
+            metrics.OUTCOMES.labels(self.fleet, self.member, op, outcome.status).inc()
             sealed = seal_answer(plain.answer_key, plain.id, outcome)
             await self._reply(msg.reply, VaultAnswer(sealed=sealed), causation)
 
