@@ -62,7 +62,7 @@ from messages.checkpoint import parse_count
 from messages.documents import is_digest
 from messages.errors import HsmfleetError
 from messages.merkle import MerkleError
-from ops.httpguard import HttpRefusal, Limits, application
+from ops.httpguard import HttpRefusal, Limits, application, refusal_kind
 from ops.natsauth import credentials
 from ops.natsauth.layout import COSIGNER as COSIGNER_ROLE
 
@@ -137,7 +137,7 @@ async def _refusals(
         # aiohttp's own refusals (no such route, method not allowed) are counted too.
         if exc.status < 400:
             raise
-        return _refused(request, exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        return _refused(request, exc.status, refusal_kind(exc), exc.reason)
 
 
 routes = web.RouteTableDef()

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 
 from messages.errors import HsmfleetError
 from node.daemon import NodeDaemon
-from ops.httpguard import HttpRefusal, Limits, application
+from ops.httpguard import HttpRefusal, Limits, application, refusal_kind
 
 log = structlog.get_logger("hsmfleet.node")
 HTTP_REJECTS = Counter(
@@ -80,7 +80,7 @@ async def _refusals(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        status, kind, message = exc.status, exc.reason.lower().replace(" ", "_"), exc.reason
+        status, kind, message = exc.status, refusal_kind(exc), exc.reason
     except Exception:
         log.exception("request failed", path=request.path)
         status, kind, message = 500, "internal", "the node failed; see its log"

@@ -89,6 +89,12 @@ class TooManyStreams(HttpRefusal):
     status = 503
 
 
+def refusal_kind(exc: web.HTTPException) -> str:
+    """The kind an app counts one of aiohttp's own refusals by (``not_found``,
+    ``method_not_allowed``, ...)."""
+    return exc.reason.lower().replace(" ", "_")
+
+
 class BadListenAddress(HsmfleetError):
     """An HTTP listen address that is not ``HOST:PORT``."""
 

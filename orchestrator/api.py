@@ -38,7 +38,14 @@ from messages.plan import PlanError, parse_plan
 from messages.retirement import FleetRetired
 from messages.signing import Signer
 from messages.validation import ValidationBundle, with_rotations
-from ops.httpguard import SAFE_METHODS, HttpRefusal, Limits, application, stream_slot
+from ops.httpguard import (
+    SAFE_METHODS,
+    HttpRefusal,
+    Limits,
+    application,
+    refusal_kind,
+    stream_slot,
+)
 from orchestrator.config import Settings
 from orchestrator.errors import (
     CommandRefused,
@@ -145,7 +152,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _refused(request, exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        return _refused(request, exc.status, refusal_kind(exc), exc.reason)
     except Exception:
         log.exception("request failed", path=request.path)
         return _refused(request, 500, "internal", "the orchestrator failed; see its log")
