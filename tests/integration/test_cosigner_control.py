@@ -4,6 +4,7 @@ and changes nothing; a socket left by a dead process does not stand in the way."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import stat
@@ -26,6 +27,16 @@ async def served(tmp_path_factory):
     yield bed, a, control
     await control.stop()
     await bed.close()
+
+
+@contextlib.asynccontextmanager
+async def listening(state, handle):
+    """Something on the control socket of ``state`` that is not a working cosigner."""
+    server = await asyncio.start_unix_server(handle, path=state / SOCKET)
+    try:
+        yield
+    finally:
+        server.close()
 
 
 async def ask(control: Control, line: bytes) -> bytes:
@@ -108,13 +119,10 @@ async def test_a_running_cosigner_that_never_answers_is_a_typed_error(
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # takes the request, never answers
 
-    server = await asyncio.start_unix_server(silent, path=state / SOCKET)
     monkeypatch.setattr("cosigner.control.ANSWER_S", 0.2)
-    try:
+    async with listening(state, silent):
         with pytest.raises(ControlOutcomeUnknown, match="TimeoutError"):
             await rotate_running(state)
-    finally:
-        server.close()
 
 
 async def test_a_state_path_longer_than_a_socket_address_still_works(tmp_path_factory):
@@ -152,12 +160,9 @@ async def test_an_unreadable_answer_leaves_the_outcome_unknown(tmp_path_factory,
         writer.write(answer)
         writer.close()
 
-    server = await asyncio.start_unix_server(garbled, path=state / SOCKET)
-    try:
+    async with listening(state, garbled):
         with pytest.raises(ControlOutcomeUnknown, match="unreadable answer"):
             await rotate_running(state)
-    finally:
-        server.close()
 
 
 async def test_a_socket_path_that_cannot_be_made_leaves_the_cosigner_serving(tmp_path_factory):
