@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from messages.events import ReplaceMember, RotateFleet, ScheduleRotation, StartRetirement
+from messages.schema import Body
 from orchestrator.api import CALLER, BadRequest, UnknownId, _command_body, _orchestrator
 from orchestrator.fleet_errors import UnknownFleet
 from orchestrator.rollout_state import FleetChain, Rollout
@@ -97,9 +98,7 @@ async def rotate(request: web.Request) -> web.Response:
         overlap_s=_field(body, "overlap_s", int, None),
         reason=_field(body, "reason", str, ""),
     )
-    orch = _orchestrator(request)
-    await orch.submit(command)
-    return web.json_response(_flow(orch, fleet), status=202)
+    return await _started(request, command, fleet)
 
 
 @routes.put("/v1/fleets/{fleet_id}/rotation-schedule")
@@ -130,9 +129,7 @@ async def replace_member(request: web.Request) -> web.Response:
         replacement=body["replacement"],
         requested_by=request[CALLER],
     )
-    orch = _orchestrator(request)
-    await orch.submit(command)
-    return web.json_response(_flow(orch, fleet), status=202)
+    return await _started(request, command, fleet)
 
 
 @routes.post("/v1/fleets/{fleet_id}/retire")
@@ -147,6 +144,11 @@ async def retire(request: web.Request) -> web.Response:
         requested_by=request[CALLER],
         reason=_field(body, "reason", str, ""),
     )
+    return await _started(request, command, fleet)
+
+
+async def _started(request: web.Request, command: Body, fleet: str) -> web.Response:
+    """Submit a command that starts one of ``fleet``'s flows; answer with the flow (202)."""
     orch = _orchestrator(request)
     await orch.submit(command)
     return web.json_response(_flow(orch, fleet), status=202)
