@@ -13,6 +13,7 @@ Both secured fixtures keep the bundle (``.bundle``) and connect as a party with
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -23,6 +24,7 @@ from ops.natsauth.bundle import Bundle, write_bundle
 from ops.natsauth.connect import SecuredCluster, SecuredServer
 from ops.natsauth.layout import Layout, parse_layout
 from ops.natsserver import NatsServer
+from tests.replay.rolloutbed import prepare
 
 SECURE_LAYOUT = parse_layout(
     {
@@ -108,3 +110,12 @@ async def nats_cluster(
     await cluster.start()
     yield cluster
     await cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def rollout_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What every rollout bed copies (:func:`tests.replay.rolloutbed.prepare`), laid out once
+    per session: beds copy it, so no test changes it."""
+    root = tmp_path_factory.mktemp("rollout-template") / "fleet"
+    prepare(root)
+    return root

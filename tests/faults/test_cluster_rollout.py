@@ -30,7 +30,6 @@ from tests.faults.clusterworld import (
     report,
     wait_until,
 )
-from tests.replay.rolloutbed import prepare
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster]
 
@@ -40,16 +39,11 @@ def nats_cluster_layout():
     return LAYOUT
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cluster-template") / "fleet"
-    prepare(root)
-    return root
-
-
 @pytest.fixture
-async def world(tmp_path, template, nats_cluster, request):
-    world = await ClusterWorld.open(template, tmp_path / "run", nats_cluster, request.node.name)
+async def world(tmp_path, rollout_template, nats_cluster, request):
+    world = await ClusterWorld.open(
+        rollout_template, tmp_path / "run", nats_cluster, request.node.name
+    )
     yield world
     await world.close()
 

@@ -1,11 +1,11 @@
-"""What the node-vault tests share on the rollout bed (:mod:`tests.replay.rolloutbed`): a
-fleet's vault keys provisioned to every node, and an orchestrator step waited for."""
+"""What the fleet tests share on the rollout bed (:mod:`tests.replay.rolloutbed`): a fleet's
+vault keys provisioned to every node, and the orchestrator's flows started and waited for."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from messages.events import StartRollout
+from messages.events import StartRetirement, StartRollout
 from messages.plan import parse_plan
 from node.fleets import VAULT_DIR
 from node.vault.keys import VaultKeys
@@ -41,4 +41,29 @@ async def roll_out(orch: Orchestrator, bed: RolloutBed, fleet: str, **sections: 
         ),
         timeout=60,
         what=f"{fleet} to activate",
+    )
+
+
+async def start_retirement(
+    orch: Orchestrator, fleet: str, successor: str, *, drain_s: int = 1
+) -> None:
+    """Have ``orch`` retire ``fleet`` in favour of ``successor`` after a drain of ``drain_s``."""
+    await orch.submit(
+        StartRetirement(
+            fleet=fleet,
+            successor=successor,
+            force=False,
+            drain_s=drain_s,
+            requested_by="test",
+            reason=f"replaced by {successor}",
+        )
+    )
+
+
+async def until_retired(orch: Orchestrator, fleet: str) -> None:
+    """Wait for ``fleet``'s retirement to be logged."""
+    await wait_for(
+        lambda: orch.state.book.of_fleet(fleet).status == "retired",
+        timeout=60,
+        what=f"the retirement of {fleet}",
     )

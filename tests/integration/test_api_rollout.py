@@ -16,27 +16,18 @@ from messages.bundle import StageBundle, check_chain
 from messages.canonical import b64
 from messages.verify import VerifierState, verify_bundle
 from ops.cli import build_parser
-from ops.natsserver import NatsServer
 from orchestrator.api import ORCHESTRATOR, create_app
 from orchestrator.keys import load_signer, save_rotation_chain
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for
-from tests.replay.rolloutbed import open_bed, prepare
+from tests.replay.rolloutbed import served_bed
 
 OP = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api-template") / "fleet"
-    prepare(root)
-    return root
-
-
 @pytest.fixture
-async def api(tmp_path, template):
-    async with NatsServer(tmp_path / "nats", name="api-rollout") as server:
-        bed = await open_bed(template, tmp_path / "run", server.url)
+async def api(tmp_path, rollout_template):
+    async with served_bed(rollout_template, tmp_path, "api-rollout") as bed:
         settings = bed.settings
         app = create_app(settings, load_signer(settings.key_file))
         runner = web.AppRunner(app)
@@ -50,7 +41,6 @@ async def api(tmp_path, template):
         async with aiohttp.ClientSession(base_url=base) as http:
             yield http, orch, bed, base
         await runner.cleanup()
-        await bed.close()
 
 
 async def call(http, method, path, headers=None, **kw):

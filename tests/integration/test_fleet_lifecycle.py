@@ -25,7 +25,7 @@ import pytest
 
 from messages.cosign_client import CosigningClient, NatsTransport
 from messages.documents import time_ms
-from messages.events import ReplaceMember, RotateFleet, StartRetirement
+from messages.events import ReplaceMember, RotateFleet
 from messages.log_reader import LogReader
 from messages.outbox import Outbox
 from messages.retirement import FleetRetired
@@ -47,13 +47,18 @@ from messages.verify import (
 )
 from node.http import health
 from node.vault.keys import VaultKeys
-from ops.natsserver import NatsServer
 from orchestrator.keys import load_rotation_chain, load_signer, operator_signer
 from orchestrator.log import SOURCE
 from orchestrator.signer_rotation import log_cosigner_rotation, rotate_operator_key
-from tests.integration.fleetvault import provision_vault_keys, roll_out, started
+from tests.integration.fleetvault import (
+    provision_vault_keys,
+    roll_out,
+    start_retirement,
+    started,
+    until_retired,
+)
 from tests.replay.fleet import running, wait_for
-from tests.replay.rolloutbed import MEMBERS, SPARE, RolloutBed, open_bed, prepare
+from tests.replay.rolloutbed import MEMBERS, SPARE, RolloutBed, served_bed
 
 USERS = 4
 MAX_OPS = 5000
@@ -64,19 +69,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lifecycle-template") / "fleet"
-    prepare(root)
-    return root
-
-
 @pytest.fixture
-async def bed(tmp_path, template):
-    async with NatsServer(tmp_path / "nats", name="lifecycle") as server:
-        bed = await open_bed(template, tmp_path / "run", server.url, spare=True)
+async def bed(tmp_path, rollout_template):
+    async with served_bed(rollout_template, tmp_path, "lifecycle", spare=True) as bed:
         yield bed
-        await bed.close()
 
 
 @dataclass
@@ -274,21 +270,8 @@ async def test_a_fleet_lives_through_rotation_replacement_signer_rotations_and_r
             mark = load.total
             load.fleet = "fleet-2"
             await wait_for(lambda: load.on("fleet-2") == USERS, what="the users to move")
-            await orch.submit(
-                StartRetirement(
-                    fleet="fleet-1",
-                    successor="fleet-2",
-                    force=False,
-                    drain_s=1,
-                    requested_by="test",
-                    reason="replaced by fleet-2",
-                )
-            )
-            await wait_for(
-                lambda: orch.state.book.of_fleet("fleet-1").status == "retired",
-                timeout=60,
-                what="the retirement to be logged",
-            )
+            await start_retirement(orch, "fleet-1", "fleet-2")
+            await until_retired(orch, "fleet-1")
             notice = orch.state.book.fleets["fleet-1"].retirement
             assert load.total > mark
         assert not any("fleet-1" in d.fleets.vaults for d in bed.daemons)

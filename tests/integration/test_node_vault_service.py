@@ -8,31 +8,27 @@ from __future__ import annotations
 import pytest
 
 from messages.bus import NoResponder, RequestTimeout
-from messages.events import RotateFleet, StartRetirement
+from messages.events import RotateFleet
 from messages.vault import Registration, RegistrationsClosed, WrongGuess
 from messages.vault_client import VaultClient
-from ops.natsserver import NatsServer
-from tests.integration.fleetvault import provision_vault_keys, roll_out, started
+from tests.integration.fleetvault import (
+    provision_vault_keys,
+    roll_out,
+    start_retirement,
+    started,
+    until_retired,
+)
 from tests.replay.fleet import running, wait_for
-from tests.replay.rolloutbed import open_bed, prepare
+from tests.replay.rolloutbed import served_bed
 
 ALICE = Registration(pin=b"1234", secret=b"backup key of alice")
 BOB = Registration(pin=b"4321", secret=b"backup key of bob")
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("node-vault-template") / "fleet"
-    prepare(root)
-    return root
-
-
 @pytest.fixture
-async def bed(tmp_path, template):
-    async with NatsServer(tmp_path / "nats", name="node-vault") as server:
-        bed = await open_bed(template, tmp_path / "run", server.url)
+async def bed(tmp_path, rollout_template):
+    async with served_bed(rollout_template, tmp_path, "node-vault") as bed:
         yield bed
-        await bed.close()
 
 
 async def test_daemons_serve_the_vault_through_rotation_drain_and_retirement(bed):
@@ -62,16 +58,7 @@ async def test_daemons_serve_the_vault_through_rotation_drain_and_retirement(bed
         assert await client.recover("bob", b"4321") == BOB.secret
 
         await roll_out(orch, bed, "fleet-2")
-        await orch.submit(
-            StartRetirement(
-                fleet="fleet-1",
-                successor="fleet-2",
-                force=False,
-                drain_s=3,
-                requested_by="t",
-                reason="replaced by fleet-2",
-            )
-        )
+        await start_retirement(orch, "fleet-1", "fleet-2", drain_s=3)
         await wait_for(
             lambda: all("fleet-1" in d.fleets.draining for d in bed.daemons),
             timeout=30,
@@ -83,11 +70,7 @@ async def test_daemons_serve_the_vault_through_rotation_drain_and_retirement(bed
             await client.recover("alice", b"0000")
         assert await client.recover("alice", b"1234") == ALICE.secret
 
-        await wait_for(
-            lambda: orch.state.book.of_fleet("fleet-1").status == "retired",
-            timeout=60,
-            what="the retirement",
-        )
+        await until_retired(orch, "fleet-1")
     assert not any("fleet-1" in d.fleets.vaults for d in bed.daemons)
     with pytest.raises((NoResponder, RequestTimeout)):
         await VaultClient(bed.nc, "fleet-1", keys.session_public, timeout=1).recover(

@@ -13,30 +13,15 @@ from messages.ceremony import key_label
 from messages.events import StartRollout
 from messages.plan import parse_plan
 from messages.verify import QuorumFloor, VerifierState, verify_bundle
-from ops.natsserver import NatsServer
 from orchestrator.keys import load_signer, trust_for
 from tests.replay.fleet import audit, running, wait_for
-from tests.replay.rolloutbed import open_bed, prepare
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rollout-template") / "fleet"
-    prepare(root)
-    return root
+from tests.replay.rolloutbed import served_bed
 
 
 @pytest.fixture
-async def server(tmp_path):
-    async with NatsServer(tmp_path / "nats", name="rollout") as server:
-        yield server
-
-
-@pytest.fixture
-async def bed(tmp_path, template, server):
-    bed = await open_bed(template, tmp_path / "run", server.url)
-    yield bed
-    await bed.close()
+async def bed(tmp_path, rollout_template):
+    async with served_bed(rollout_template, tmp_path, "rollout") as bed:
+        yield bed
 
 
 async def test_a_rollout_runs_every_stage_to_a_verified_bundle(bed):

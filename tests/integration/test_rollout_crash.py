@@ -20,7 +20,6 @@ import time
 
 import aiohttp
 import nats
-import pytest
 
 from messages.canonical import canonical
 from messages.events import StartRollout
@@ -32,7 +31,7 @@ from orchestrator.keys import load_signer, operator_signer, trust_for
 from orchestrator.service import Orchestrator
 from orchestrator.store import EventStore
 from tests.replay.fleet import OPERATOR_TOKEN, OrchestratorProcess, audit, wait_for
-from tests.replay.rolloutbed import RolloutBed, open_bed, prepare
+from tests.replay.rolloutbed import RolloutBed, open_bed
 
 NOT_BEFORE = "2026-06-01T00:00:00.000Z"
 
@@ -40,13 +39,6 @@ NOT_BEFORE = "2026-06-01T00:00:00.000Z"
 def content_seed(command: Body) -> bytes:
     """Seeds as a function of the input: the same inputs give the same decisions."""
     return hashlib.sha256(b"seed\n" + canonical(command.to_json())).digest()[:16]
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("crash-template") / "fleet"
-    prepare(root)
-    return root
 
 
 class Running:
@@ -105,16 +97,18 @@ def cosigned(bed: RolloutBed) -> list[list[bytes]]:
     return [s.cosigner.notary.entries(0, s.cosigner.notary.size) for s in bed.cosigners]
 
 
-async def test_killed_again_and_again_the_rollout_ends_with_the_same_chain(tmp_path, template):
+async def test_killed_again_and_again_the_rollout_ends_with_the_same_chain(
+    tmp_path, rollout_template
+):
     async with NatsServer(tmp_path / "calm-nats", name="calm") as server:
-        bed = await open_bed(template, tmp_path / "calm", server.url)
+        bed = await open_bed(rollout_template, tmp_path / "calm", server.url)
         try:
             calm, _, _ = await roll_out(bed, None)
             calm_logs = cosigned(bed)
         finally:
             await bed.close()
     async with NatsServer(tmp_path / "crash-nats", name="crash") as server:
-        bed = await open_bed(template, tmp_path / "crash", server.url)
+        bed = await open_bed(rollout_template, tmp_path / "crash", server.url)
         try:
             crashed, kills, state = await roll_out(bed, kill_every=6)
             crashed_logs = cosigned(bed)
@@ -128,9 +122,9 @@ async def test_killed_again_and_again_the_rollout_ends_with_the_same_chain(tmp_p
     assert audited.state.book == state.book
 
 
-async def test_sigkilled_orchestrator_processes_hand_the_rollout_on(tmp_path, template):
+async def test_sigkilled_orchestrator_processes_hand_the_rollout_on(tmp_path, rollout_template):
     async with NatsServer(tmp_path / "nats", name="sigkill") as server:
-        bed = await open_bed(template, tmp_path / "run", server.url)
+        bed = await open_bed(rollout_template, tmp_path / "run", server.url)
         procs: list[OrchestratorProcess] = []
         try:
             proc = await OrchestratorProcess(bed.config).start()

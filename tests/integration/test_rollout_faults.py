@@ -19,27 +19,17 @@ from messages.verify import VerifierState, verify_bundle
 from node.daemon import NodeDaemon
 from node.hsm.base import KeyNotFound
 from node.pins import read_pins
-from ops.natsserver import NatsServer
 from orchestrator.core import open_enrollments
 from orchestrator.errors import AppendConflict
 from orchestrator.rollout_effects import member_commands
 from tests.replay.fleet import running, wait_for
-from tests.replay.rolloutbed import MEMBERS, SOFTWARE, open_bed, prepare
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults-template") / "fleet"
-    prepare(root)
-    return root
+from tests.replay.rolloutbed import MEMBERS, SOFTWARE, served_bed
 
 
 @pytest.fixture
-async def bed(tmp_path, template):
-    async with NatsServer(tmp_path / "nats", name="faults") as server:
-        bed = await open_bed(template, tmp_path / "run", server.url)
+async def bed(tmp_path, rollout_template):
+    async with served_bed(rollout_template, tmp_path, "faults") as bed:
         yield bed
-        await bed.close()
 
 
 def act(action: str) -> OperateRollout:

@@ -16,35 +16,23 @@ from messages.ids import display_time, parse_time
 from messages.plan import parse_plan
 from messages.verify import parse_notice
 from ops.cli import build_parser
-from ops.natsserver import NatsServer
 from orchestrator.api import ORCHESTRATOR, create_app
 from orchestrator.cli import ApiError, _call
 from orchestrator.keys import load_signer
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for
-from tests.replay.rolloutbed import open_bed, prepare
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fleet-cli-template") / "fleet"
-    prepare(root)
-    return root
+from tests.replay.rolloutbed import served_bed
 
 
 @pytest.fixture
-async def api(tmp_path, template):
-    async with NatsServer(tmp_path / "nats", name="fleet-cli") as server:
-        bed = await open_bed(template, tmp_path / "run", server.url)
+async def api(tmp_path, rollout_template):
+    async with served_bed(rollout_template, tmp_path, "fleet-cli") as bed:
         settings = bed.settings
         app = create_app(settings, load_signer(settings.key_file))
-        try:
-            async with TestServer(app) as http:
-                orch = app[ORCHESTRATOR]
-                await wait_for(lambda: orch.active, what="the lease")
-                await wait_for(lambda: len(orch.state.nodes) == 5, what="five announcements")
-                yield str(http.make_url("")), orch, bed
-        finally:
-            await bed.close()
+        async with TestServer(app) as http:
+            orch = app[ORCHESTRATOR]
+            await wait_for(lambda: orch.active, what="the lease")
+            await wait_for(lambda: len(orch.state.nodes) == 5, what="five announcements")
+            yield str(http.make_url("")), orch, bed
 
 
 async def run(url: str, *argv: str, token: str = OPERATOR_TOKEN) -> int:

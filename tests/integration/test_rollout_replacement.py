@@ -12,26 +12,16 @@ from messages.bundle import ACTIVATE, CEREMONY, ENROLL, PUBLISH, QUORUM, check_c
 from messages.ceremony import key_label, probe_key, probe_value
 from messages.events import ReplaceMember, StartRollout
 from messages.plan import parse_plan
-from ops.natsserver import NatsServer
 from tests.replay.fleet import running, wait_for
-from tests.replay.rolloutbed import MEMBERS, SPARE, open_bed, prepare
+from tests.replay.rolloutbed import MEMBERS, SPARE, served_bed
 
 FIRST = [ENROLL, CEREMONY, QUORUM, PUBLISH, ACTIVATE]
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("replacement-template") / "fleet"
-    prepare(root)
-    return root
-
-
 @pytest.fixture
-async def bed(tmp_path, template):
-    async with NatsServer(tmp_path / "nats", name="replacement") as server:
-        bed = await open_bed(template, tmp_path / "run", server.url, spare=True)
+async def bed(tmp_path, rollout_template):
+    async with served_bed(rollout_template, tmp_path, "replacement", spare=True) as bed:
         yield bed
-        await bed.close()
 
 
 async def test_a_failed_member_is_replaced_and_the_newcomer_catches_up(bed):

@@ -22,30 +22,21 @@ from messages.bundle import (
     check_chain,
 )
 from messages.ceremony import key_label, probe_key, probe_value
-from messages.events import RotateFleet, StartRetirement, StartRollout
+from messages.events import RotateFleet, StartRollout
 from messages.plan import parse_plan
 from messages.verify import parse_notice
 from node.hsm.base import KeyNotFound
-from ops.natsserver import NatsServer
+from tests.integration.fleetvault import roll_out, start_retirement, until_retired
 from tests.replay.fleet import running, wait_for
-from tests.replay.rolloutbed import open_bed, prepare
+from tests.replay.rolloutbed import served_bed
 
 FIRST = [ENROLL, CEREMONY, QUORUM, PUBLISH, ACTIVATE]
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rotation-template") / "fleet"
-    prepare(root)
-    return root
-
-
 @pytest.fixture
-async def bed(tmp_path, template):
-    async with NatsServer(tmp_path / "nats", name="rotation") as server:
-        bed = await open_bed(template, tmp_path / "run", server.url)
+async def bed(tmp_path, rollout_template):
+    async with served_bed(rollout_template, tmp_path, "rotation") as bed:
         yield bed
-        await bed.close()
 
 
 def holders(bed, rollout_id: str, fleet: str = "fleet-1") -> set[str]:
@@ -115,28 +106,10 @@ async def test_retirement_drains_then_members_destroy_keys_and_leave_the_group(b
         await wait_for(lambda: orch.active, what="the orchestrator to take the lease")
         await wait_for(lambda: len(orch.state.nodes) == 5, what="five announcements")
         for fleet in ("fleet-1", "fleet-2"):  # one after the other: they share the nodes
-            await orch.submit(StartRollout(plan=parse_plan(bed.plan(fleet)), requested_by="t"))
-            await wait_for(
-                lambda f=fleet: orch.state.book.fleets[f].active_epoch == 1,
-                timeout=60,
-                what=f"{fleet} to activate",
-            )
+            await roll_out(orch, bed, fleet)
         first = orch.state.book.of_fleet("fleet-1")
-        await orch.submit(
-            StartRetirement(
-                fleet="fleet-1",
-                successor="fleet-2",
-                force=False,
-                drain_s=1,
-                requested_by="test",
-                reason="replaced by fleet-2",
-            )
-        )
-        await wait_for(
-            lambda: orch.state.book.of_fleet("fleet-1").status == "retired",
-            timeout=60,
-            what="the retirement to be logged",
-        )
+        await start_retirement(orch, "fleet-1", "fleet-2")
+        await until_retired(orch, "fleet-1")
         state = orch.state
     chain = state.book.fleets["fleet-1"]
     assert [b.stage for b in chain.bundles] == [*FIRST, DRAIN, RETIRE]

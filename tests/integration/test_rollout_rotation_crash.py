@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from messages.bundle import check_chain
 from messages.ceremony import key_label
 from messages.events import RotateFleet, StartRollout
@@ -22,21 +20,14 @@ from orchestrator.keys import load_signer, trust_for
 from orchestrator.store import EventStore
 from tests.integration.test_rollout_crash import Running
 from tests.replay.fleet import audit, wait_for
-from tests.replay.rolloutbed import open_bed, prepare
+from tests.replay.rolloutbed import open_bed
 
 FIRST = ["enroll", "ceremony", "quorum", "publish", "activate"]
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rotation-crash-template") / "fleet"
-    prepare(root)
-    return root
-
-
-async def test_killed_again_and_again_a_rotation_ends_the_same(tmp_path, template):
+async def test_killed_again_and_again_a_rotation_ends_the_same(tmp_path, rollout_template):
     async with NatsServer(tmp_path / "nats", name="rotation-crash") as server:
-        bed = await open_bed(template, tmp_path / "run", server.url)
+        bed = await open_bed(rollout_template, tmp_path / "run", server.url)
         try:
             running = Running(bed)
             orch = await running.start()

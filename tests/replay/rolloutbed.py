@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ from node.hsm.soft import SoftHsm, _Key
 from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
+from ops.natsserver import NatsServer
 from orchestrator.config import Settings
 from orchestrator.keys import load_signer, make_operator_key
 from tests.replay.fleet import write_config
@@ -216,3 +219,16 @@ async def open_bed(template: Path, root: Path, nats_url: str, *, spare: bool = F
     }
     await bed.start_nodes(hsms)
     return bed
+
+
+@asynccontextmanager
+async def served_bed(
+    template: Path, root: Path, name: str, *, spare: bool = False
+) -> AsyncIterator[RolloutBed]:
+    """A bed copied from ``template`` on a nats-server of its own, both under ``root``."""
+    async with NatsServer(root / "nats", name=name) as server:
+        bed = await open_bed(template, root / "run", server.url, spare=spare)
+        try:
+            yield bed
+        finally:
+            await bed.close()
