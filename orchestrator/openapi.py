@@ -62,6 +62,18 @@ def _fleet_command(summary: str, body: str, conflict: str) -> dict[str, Any]:
     }
 
 
+def _read_one(summary: str, param: str, found: dict[str, Any], missing: str) -> dict[str, Any]:
+    """A GET of one thing named by the path parameter ``param``: ``found`` (200) or 404."""
+    return {
+        "get": {
+            "summary": summary,
+            "security": _READ,
+            "parameters": [_path_id(param)],
+            "responses": {"200": found, "404": _json(_ref("Error"), missing), **_ERRORS},
+        }
+    }
+
+
 def _command(properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "properties": properties}
 
@@ -234,18 +246,12 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
-        "/v1/nodes/{node_id}": {
-            "get": {
-                "summary": "One node",
-                "security": _READ,
-                "parameters": [_path_id("node_id")],
-                "responses": {
-                    "200": _json(_ref("Node"), "The node"),
-                    "404": _json(_ref("Error"), "Unknown node"),
-                    **_ERRORS,
-                },
-            }
-        },
+        "/v1/nodes/{node_id}": _read_one(
+            "One node",
+            "node_id",
+            _json(_ref("Node"), "The node"),
+            "Unknown node",
+        ),
         "/v1/nodes/{node_id}/enroll": {
             "post": {
                 "summary": "Challenge the node to attest itself (operator)",
@@ -269,18 +275,12 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
-        "/v1/enrollments/{enrollment_id}": {
-            "get": {
-                "summary": "One enrollment and its outcome",
-                "security": _READ,
-                "parameters": [_path_id("enrollment_id")],
-                "responses": {
-                    "200": _json(_ref("Enrollment"), "The enrollment"),
-                    "404": _json(_ref("Error"), "Unknown enrollment"),
-                    **_ERRORS,
-                },
-            }
-        },
+        "/v1/enrollments/{enrollment_id}": _read_one(
+            "One enrollment and its outcome",
+            "enrollment_id",
+            _json(_ref("Enrollment"), "The enrollment"),
+            "Unknown enrollment",
+        ),
         "/v1/rollouts": {
             "get": {
                 "summary": "The latest rollout of every fleet",
@@ -304,18 +304,12 @@ OPENAPI: dict[str, Any] = {
                 },
             },
         },
-        "/v1/rollouts/{fleet_id}": {
-            "get": {
-                "summary": "The fleet's latest rollout",
-                "security": _READ,
-                "parameters": [_path_id("fleet_id")],
-                "responses": {
-                    "200": _json(_ref("Rollout"), "The rollout"),
-                    "404": _json(_ref("Error"), "No rollout of this fleet"),
-                    **_ERRORS,
-                },
-            }
-        },
+        "/v1/rollouts/{fleet_id}": _read_one(
+            "The fleet's latest rollout",
+            "fleet_id",
+            _json(_ref("Rollout"), "The rollout"),
+            "No rollout of this fleet",
+        ),
         "/v1/rollouts/{fleet_id}/{action}": {
             "post": {
                 "summary": "pause, resume, abort, retry or approve the rollout (operator)",
@@ -336,22 +330,18 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "Fleets"}, **_ERRORS},
             }
         },
-        "/v1/fleets/{fleet_id}": {
-            "get": {
-                "summary": "One fleet",
-                "security": _READ,
-                "parameters": [_path_id("fleet_id")],
-                "responses": {"404": _json(_ref("Error"), "Unknown fleet"), **_ERRORS},
-            }
-        },
-        "/v1/fleets/{fleet_id}/stage-bundles": {
-            "get": {
-                "summary": "The fleet's chain of stage bundles (documents) and how many are logged",
-                "security": _READ,
-                "parameters": [_path_id("fleet_id")],
-                "responses": {"404": _json(_ref("Error"), "Unknown fleet"), **_ERRORS},
-            }
-        },
+        "/v1/fleets/{fleet_id}": _read_one(
+            "One fleet",
+            "fleet_id",
+            {"description": "The fleet: its chain head, active epoch, schedule and retirement"},
+            "Unknown fleet",
+        ),
+        "/v1/fleets/{fleet_id}/stage-bundles": _read_one(
+            "The fleet's chain of stage bundles (documents) and how many are logged",
+            "fleet_id",
+            {"description": "The stage bundles in chain order, and how many are logged"},
+            "Unknown fleet",
+        ),
         "/v1/fleets/{fleet_id}/bundle": {
             "get": {
                 "summary": "The fleet's validation bundle (DESIGN 5.3)",
@@ -393,30 +383,18 @@ OPENAPI: dict[str, Any] = {
             "RetireCommand",
             "409 when the fleet is busy or has no active successor (without force)",
         ),
-        "/v1/fleets/{fleet_id}/flow": {
-            "get": {
-                "summary": "The fleet's latest flow (rollout, rotation, replacement, retirement)",
-                "security": _READ,
-                "parameters": [_path_id("fleet_id")],
-                "responses": {
-                    "200": _json(_ref("Rollout"), "The flow and its members' progress"),
-                    "404": _json(_ref("Error"), "No rollout of this fleet"),
-                    **_ERRORS,
-                },
-            }
-        },
-        "/v1/fleets/{fleet_id}/retirement": {
-            "get": {
-                "summary": "The logged notice of the fleet's retirement, as verifiers ingest it",
-                "security": _READ,
-                "parameters": [_path_id("fleet_id")],
-                "responses": {
-                    "200": {"description": "The logged notice (document and log proofs)"},
-                    "404": _json(_ref("Error"), "Unknown fleet, or not retired"),
-                    **_ERRORS,
-                },
-            }
-        },
+        "/v1/fleets/{fleet_id}/flow": _read_one(
+            "The fleet's latest flow (rollout, rotation, replacement, retirement)",
+            "fleet_id",
+            _json(_ref("Rollout"), "The flow and its members' progress"),
+            "No rollout of this fleet",
+        ),
+        "/v1/fleets/{fleet_id}/retirement": _read_one(
+            "The logged notice of the fleet's retirement, as verifiers ingest it",
+            "fleet_id",
+            {"description": "The logged notice (document and log proofs)"},
+            "Unknown fleet, or not retired",
+        ),
         "/v1/nodes/{node_id}/rotate-key": {
             "post": {
                 "summary": "Have the enrolled node rotate its identity key (operator)",
@@ -435,18 +413,12 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
-        "/v1/node-key-rotations/{rotation_id}": {
-            "get": {
-                "summary": "One node-key rotation and its outcome",
-                "security": _READ,
-                "parameters": [_path_id("rotation_id")],
-                "responses": {
-                    "200": _json(_ref("NodeKeyRotation"), "The rotation"),
-                    "404": _json(_ref("Error"), "Unknown rotation"),
-                    **_ERRORS,
-                },
-            }
-        },
+        "/v1/node-key-rotations/{rotation_id}": _read_one(
+            "One node-key rotation and its outcome",
+            "rotation_id",
+            _json(_ref("NodeKeyRotation"), "The rotation"),
+            "Unknown rotation",
+        ),
         "/v1/events": {
             "get": {
                 "summary": "A page of log entries",

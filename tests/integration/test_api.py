@@ -239,6 +239,14 @@ async def test_health_openapi_and_metrics(api):
     }
     documented = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert served - documented == set()
+    # ... and each operation says what it answers when it succeeds.
+    without_success = [
+        (path, method)
+        for path, item in doc["paths"].items()
+        for method, operation in item.items()
+        if not any(code.startswith("2") for code in operation["responses"])
+    ]
+    assert without_success == []
     async with http.get("/metrics") as resp:
         text = await resp.text()
     assert 'hsmfleet_decisions_total{input="node.announce"} 1.0' in text
