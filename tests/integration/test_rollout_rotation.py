@@ -22,11 +22,10 @@ from messages.bundle import (
     check_chain,
 )
 from messages.ceremony import key_label, probe_key, probe_value
-from messages.events import RotateFleet, StartRollout
-from messages.plan import parse_plan
+from messages.events import RotateFleet
 from messages.verify import parse_notice
 from node.hsm.base import KeyNotFound
-from tests.integration.fleetvault import roll_out, start_retirement, until_retired
+from tests.integration.fleetvault import roll_out, start_retirement, started, until_retired
 from tests.replay.fleet import running, wait_for
 from tests.replay.rolloutbed import served_bed
 
@@ -52,14 +51,8 @@ def holders(bed, rollout_id: str, fleet: str = "fleet-1") -> set[str]:
 
 async def test_rotation_keeps_the_group_and_destroys_old_keys_after_the_window(bed):
     async with running(bed.config) as orch:
-        await wait_for(lambda: orch.active, what="the orchestrator to take the lease")
-        await wait_for(lambda: len(orch.state.nodes) == 5, what="five announcements")
-        await orch.submit(StartRollout(plan=parse_plan(bed.plan()), requested_by="test"))
-        await wait_for(
-            lambda: orch.state.book.of_fleet("fleet-1").status == "active",
-            timeout=60,
-            what="the rollout to activate",
-        )
+        await started(orch)
+        await roll_out(orch, bed, "fleet-1")
         first = orch.state.book.of_fleet("fleet-1")
         replicas = {d.node_id: d.fleets.replicas["fleet-1"][1] for d in bed.daemons}
 
@@ -103,8 +96,7 @@ async def test_rotation_keeps_the_group_and_destroys_old_keys_after_the_window(b
 
 async def test_retirement_drains_then_members_destroy_keys_and_leave_the_group(bed):
     async with running(bed.config) as orch:
-        await wait_for(lambda: orch.active, what="the orchestrator to take the lease")
-        await wait_for(lambda: len(orch.state.nodes) == 5, what="five announcements")
+        await started(orch)
         for fleet in ("fleet-1", "fleet-2"):  # one after the other: they share the nodes
             await roll_out(orch, bed, fleet)
         first = orch.state.book.of_fleet("fleet-1")

@@ -12,14 +12,14 @@ import time
 
 from messages.bundle import check_chain
 from messages.ceremony import key_label
-from messages.events import RotateFleet, StartRollout
-from messages.plan import parse_plan
+from messages.events import RotateFleet
 from node.hsm.base import KeyNotFound
 from ops.natsserver import NatsServer
 from orchestrator.keys import load_signer, trust_for
 from orchestrator.store import EventStore
+from tests.integration.fleetvault import roll_out, started
 from tests.integration.test_rollout_crash import Running
-from tests.replay.fleet import audit, wait_for
+from tests.replay.fleet import audit
 from tests.replay.rolloutbed import open_bed
 
 FIRST = ["enroll", "ceremony", "quorum", "publish", "activate"]
@@ -31,13 +31,8 @@ async def test_killed_again_and_again_a_rotation_ends_the_same(tmp_path, rollout
         try:
             running = Running(bed)
             orch = await running.start()
-            await wait_for(lambda: len(orch.state.nodes) == 5, what="five nodes")
-            await orch.submit(StartRollout(plan=parse_plan(bed.plan()), requested_by="test"))
-            await wait_for(
-                lambda: orch.state.book.of_fleet("fleet-1").status == "active",
-                timeout=60,
-                what="the rollout to activate",
-            )
+            await started(orch)
+            await roll_out(orch, bed, "fleet-1")
             first = orch.state.book.of_fleet("fleet-1")
             rotate = RotateFleet(fleet="fleet-1", requested_by="test", overlap_s=3, reason="")
             await orch.submit(rotate)
