@@ -16,7 +16,7 @@ from aiohttp import web
 from node.daemon import NodeConfigError, NodeDaemon
 from node.hsm.base import Hsm
 from node.hsm.cryptoki import Pkcs11Hsm
-from node.hsm.sealing import load_operator_key, new_operator_key
+from node.hsm.sealing import create_operator_key, load_operator_key
 from node.hsm.soft import SoftHsm
 from node.hsm.softhsm import MODULE
 from node.http import create_app
@@ -125,13 +125,11 @@ def node_measure(args: argparse.Namespace) -> int:
 
 def node_sealing_key(args: argparse.Namespace) -> int:
     try:
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_operator_key(args.out)
     except FileExistsError:
         raise NodeConfigError("the key file exists; a sealing key is never overwritten") from None
     except OSError as exc:
         raise NodeConfigError(f"cannot create the key file: {exc}") from exc
-    with os.fdopen(fd, "w") as f:
-        f.write(new_operator_key() + "\n")
     return 0
 
 

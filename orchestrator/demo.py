@@ -54,7 +54,7 @@ from messages.verify import (
     verify_bundle,
 )
 from node.fleets import VAULT_DIR
-from node.hsm.sealing import new_operator_key
+from node.hsm.sealing import create_operator_key
 from node.measurement import measure
 from node.pins import write_pin
 from node.vault.keys import VaultKeys
@@ -187,9 +187,7 @@ def _lay_out(root: Path, bundle: Bundle, nats_url: str, measurement: str) -> dic
     signer = generate(root / "orch" / "orchestrator.key", root / "orch" / "orchestrator.pub")
     write_pin(root / "orchestrator-pin.json", "orchestrator", signer)
     for path in (root / "operator-hsm.key", root / "nodes" / "hsm.key"):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(new_operator_key() + "\n")
+        create_operator_key(path)
     config = {
         "holder": HOLDER,
         "key_file": "orchestrator.key",

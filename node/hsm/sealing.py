@@ -55,6 +55,14 @@ def new_operator_key() -> str:
     return os.urandom(KEY_BYTES).hex()
 
 
+def create_operator_key(path: Path) -> None:
+    """Write a fresh operator sealing key to a new file ``path`` (mode 0600); raises
+    ``FileExistsError`` rather than replace one: a sealing key is never overwritten."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_operator_key() + "\n")
+
+
 def load_operator_key(path: Path | None = None, env: Mapping[str, str] = os.environ) -> bytes:
     """The operator's 32-byte key: hex text in ``path`` if given, else in ``$HSMFLEET_HSM_KEY``."""
     if path is not None:

@@ -8,7 +8,6 @@ their own processes (:meth:`LocalFleet.spawn`), as tests, the fault harness and 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from messages.quorum import MemberKey
 from messages.signing import Ed25519Signer
 from messages.vault import DEFAULT_LIMIT
-from node.hsm.sealing import new_operator_key
+from node.hsm.sealing import create_operator_key
 from node.quorum.member import MemberSettings, open_vote_signer
 from node.quorum.membership import Membership
 from node.vault.keys import VaultKeys
@@ -29,9 +28,7 @@ def provision(state: Path, member: str) -> MemberKey:
     """Create ``member``'s directory, HSM sealing key and vote key (made inside its HSM)."""
     state.mkdir(parents=True, exist_ok=True)
     key_file = state / "hsm.key"
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(new_operator_key() + "\n")
+    create_operator_key(key_file)
     hsm, signer = open_vote_signer(state, key_file)
     hsm.close()
     return MemberKey(member=member, alg=signer.alg, public_key=signer.public_key)
