@@ -23,9 +23,9 @@ from messages.canonical import canonical
 from messages.cosigning import REQUESTER_ROLE
 from messages.documents import DocumentError, is_name, load_json, require
 from messages.errors import HsmfleetError, MessageError
+from messages.origin import is_origin
 from messages.schema import Body
 from messages.signing import ALGORITHMS, Ed25519Signer, TrustedKey, TrustStore
-from messages.statement import is_origin
 from messages.verify import CosignerPin, OperatorPin
 
 CONFIG_FORMAT = "hsmfleet/cosigner-config/v1"

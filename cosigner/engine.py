@@ -29,7 +29,8 @@ from cosigner.witness import Witness, WitnessConflict
 from messages.cosigning import Signed, Witnessed
 from messages.errors import HsmfleetError
 from messages.ids import format_time
-from messages.rotation import OPERATOR, KeyRotation, SignerKey
+from messages.origin import OPERATOR
+from messages.rotation import KeyRotation, SignerKey
 from messages.signing import ED25519
 
 MAX_BATCH = 256

@@ -56,17 +56,21 @@ def render(example: dict[str, Any]) -> str:
     assert len(proof.inclusion) == 1 and node_hash(proof.inclusion[0], leaf) == checkpoint.root
     parts = [
         "### 9.1 Inputs",
-        f"The verifier runs at `{example['now']}` with an empty state and these pins:",
+        f"The verifier runs at `{example['now']}` with an empty state and these pins (no "
+        '`vouching`: the default `"logged"`, which both cosigners meet by logging the artifact):',
         _block(_json(example["pins"]), "json"),
         "### 9.2 The validation bundle",
         "Pretty-printed here; its members are canonicalized where digests and signatures need.",
         _block(_json(example["bundle"]), "json"),
         "### 9.3 Values a verifier derives",
-        "Canonical bytes of the artifact (UTF-8), their SHA-256 (the bundle's `digest`) and "
-        "the RFC 9162 leaf hash:",
+        "A block below holds exactly the bytes named, up to the end of its last line: they end "
+        "with a newline only where the text says so.",
+        "Canonical bytes of the artifact (UTF-8, no newline at the end), their SHA-256 (the "
+        "bundle's `digest`) and the RFC 9162 leaf hash:",
         _block(artifact.to_bytes().decode()),
         _block(f"digest    = {artifact.digest}\nleaf hash = {leaf.hex()}"),
-        f"Bytes signed by `{proof.log}` for its statement (section 4.4):",
+        f"Bytes signed by `{proof.log}` for its statement (section 4.4): the domain line ends "
+        "with a newline, the statement's canonical bytes do not:",
         _block(proof.statement.signing_bytes().decode()),
         "Bytes the operator countersigned (section 4.5), in hex:",
         _block(countersigned_bytes(proof.signature).hex()),
@@ -79,7 +83,7 @@ def render(example: dict[str, Any]) -> str:
         ),
         f"Cosignature line by `{witness_line.name}` on that checkpoint: key ID "
         f"`{witness_line.key_id.hex()}` (type 0x04), timestamp {cosignature.timestamp}; "
-        "the message it signs:",
+        "the message it signs, which ends with a newline (the last of the checkpoint text):",
         _block(cosigned_message(note.text, cosignature.timestamp).decode()),
         "### 9.4 Result",
         f"Accepted, vouched by {', '.join(f'`{v}`' for v in accepted.vouchers)}; the state "

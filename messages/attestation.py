@@ -40,15 +40,16 @@ from messages.replay import ReplayGuard
 from messages.schema import Body, message
 from messages.signing import (
     ALGORITHMS,
+    ECDH_P256,
     ECDSA_P256,
     ED25519,
     TrustedKey,
     TrustStore,
+    is_ed25519_public_key,
     verify_bytes,
     verify_envelope,
 )
 
-ECDH_P256 = "ecdh-p256"
 TRANSPORT_ALGORITHMS = (ECDH_P256,)
 STATEMENT_DOMAIN = b"hsmfleet/v1/attestation-statement\n"
 MIN_NONCE_BYTES = 16
@@ -338,9 +339,10 @@ def _check_key(alg: str, key: bytes, known: tuple[str, ...]) -> None:
     try:
         if alg not in known:
             raise ValueError(f"unknown key algorithm {alg!r}")
-        if alg == ED25519:
-            ed25519.Ed25519PublicKey.from_public_bytes(key)
-        else:
+        if alg == ED25519 and not is_ed25519_public_key(key):
+            # A small-order key verifies signatures anyone can make (SPEC section 2).
+            raise ValueError("not an Ed25519 key only its holder can sign for")
+        if alg != ED25519:
             ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), key)
     except ValueError as exc:
         raise AttestationRejected(GARBLED, f"a public key is malformed: {exc}") from exc

@@ -204,13 +204,11 @@ class Logged:
     errors: dict[str, HsmfleetError] = field(default_factory=dict)
 
     def vouchers(self, peers: Iterable[Peer]) -> set[str]:
-        """Names of the cosigners that vouch: each log that answered, each witness that
-        cosigned one of their checkpoints."""
+        """Names of the cosigners that vouch: each log that answered (checked and logged the
+        document). A witness's cosignature on another log's checkpoint makes no voucher: the
+        verifier's default policy counts only logs (``messages/SPEC.md`` 4.7)."""
         by_id = {p.id: p for p in peers}
-        names = {by_id[i].name for i in self.answers}
-        for lines in self.cosignatures.values():
-            names |= {NoteSignature.parse_line(line.rstrip("\n")).name for line in lines}
-        return names
+        return {by_id[i].name for i in self.answers}
 
 
 def _size(note: str) -> int:

@@ -8,9 +8,11 @@ validation bundle) follows the same rules, normative in ``messages/SPEC.md``:
 - every field its format declares is present (``null`` or ``[]`` when empty); fields it does
   not declare are kept, signed and logged (open world);
 - values are objects, arrays, strings, booleans, null and integers in ``[-(2**53 - 1),
-  2**53 - 1]``; no floating-point numbers, at most :data:`MAX_DEPTH` levels deep;
+  2**53 - 1]``; no floating-point numbers; the document object is at depth 0, each member or
+  element one deeper than what holds it, and no value is deeper than :data:`MAX_DEPTH`;
 - its bytes are its RFC 8785 canonical form and its digest is ``SHA-256`` of those bytes, written
-  as 64 lowercase hex digits;
+  as 64 lowercase hex digits; those bytes are at most :data:`MAX_DOCUMENT_BYTES`, while the text
+  it is read from (any spelling: indented, say) may be up to :data:`MAX_INPUT_BYTES`;
 - times are RFC 3339 UTC with milliseconds (``2026-01-02T03:04:05.678Z``), exactly as
   :func:`messages.ids.format_time` writes them.
 """
@@ -29,6 +31,9 @@ from messages.ids import format_time, parse_time
 from messages.schema import Body
 
 MAX_DOCUMENT_BYTES = 256 * 1024
+"""The largest canonical form of a document."""
+MAX_INPUT_BYTES = 1024 * 1024
+"""The largest JSON text a document (or a file of pins, state or notices) is read from."""
 MAX_DEPTH = 16
 MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -177,9 +182,10 @@ class Digested(Document):
 
 
 def load_json(data: bytes | str) -> Any:
-    """Parse a document's JSON text: at most :data:`MAX_DOCUMENT_BYTES`, no duplicate keys."""
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise MalformedDocument("document too large", size=len(data))
+    """Parse a document's JSON text: at most :data:`MAX_INPUT_BYTES` (whitespace included;
+    a document's own limit is on its canonical bytes), no duplicate keys."""
+    if len(data) > MAX_INPUT_BYTES:
+        raise MalformedDocument("JSON text too large", size=len(data), limit=MAX_INPUT_BYTES)
     try:
         return loads_strict(data)
     except (UnicodeDecodeError, ValueError) as exc:

@@ -195,27 +195,41 @@ class ArtifactPublished(Body):
 @dataclass(frozen=True)
 class RotateFleet(Body):
     """Operator command: rotate the keys of the active ``fleet`` to a new epoch; its old keys
-    stay usable for ``overlap_s`` seconds after the new artifact is prepared (``None``: the
-    fleet's scheduled overlap)."""
+    stay on the members for ``overlap_s`` seconds after the new epoch is activated (``None``:
+    the fleet's scheduled overlap). ``overlap_from_activation`` is false only in commands
+    recorded as version 1, whose overlap counted from when the new artifact was prepared."""
 
     TYPE = "rollout.rotate"
+    VERSION = 2
     fleet: str
     requested_by: str
     overlap_s: int | None
     reason: str
+    overlap_from_activation: bool = True
 
 
 @message
 @dataclass(frozen=True)
 class ScheduleRotation(Body):
     """Operator command: rotate ``fleet``'s keys every ``every_days`` days (0: never), each
-    rotation keeping the old keys usable for ``overlap_s`` seconds."""
+    rotation keeping the old keys for ``overlap_s`` seconds after it is activated (from when
+    its artifact is prepared in commands recorded as version 1)."""
 
     TYPE = "rollout.schedule_rotation"
+    VERSION = 2
     fleet: str
     every_days: int
     overlap_s: int
     requested_by: str
+    overlap_from_activation: bool = True
+
+
+@upcaster(RotateFleet.TYPE, 1)
+@upcaster(ScheduleRotation.TYPE, 1)
+def _overlap_from_preparation(body: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 counted a rotation's overlap window from when its artifact was prepared: a
+    recorded command decides again as it did."""
+    return {**body, "overlap_from_activation": False}
 
 
 @message
@@ -754,7 +768,9 @@ class RolloutActivated(_RolloutEvent):
 class RotationStarted(_RolloutEvent):
     """A rotation of the active ``fleet`` to key ``epoch`` began: a rollout by the plan of
     ``predecessor`` (the active rollout) over its members, keeping its replication group; the
-    old keys stay usable for ``overlap_s`` seconds once the new artifact is prepared."""
+    old keys stay for ``overlap_s`` seconds once the new epoch is activated
+    (``overlap_from_activation``; false in rotations recorded before it, whose window counted
+    from when the new artifact was prepared)."""
 
     TYPE = "rollout.rotation_started"
     rollout_id: str
@@ -766,6 +782,20 @@ class RotationStarted(_RolloutEvent):
     not_after_ms: int
     overlap_s: int
     requested_by: str
+    overlap_from_activation: bool = False
+
+
+@message
+@dataclass(frozen=True)
+class LegacyWindowOpened(_RolloutEvent):
+    """A rotation whose overlap counts from its activation was activated: its old keys stay on
+    the members until ``until_ms`` (the activation's time plus the overlap), and not before the
+    artifact's ``legacy_until``."""
+
+    TYPE = "rollout.legacy_window_opened"
+    rollout_id: str
+    fleet: str
+    until_ms: int
 
 
 @message
@@ -808,13 +838,15 @@ class _FleetEvent(LogEntry):
 @dataclass(frozen=True)
 class RotationScheduled(_FleetEvent):
     """``fleet``'s keys rotate every ``every_days`` days (0: only when an operator asks),
-    each rotation with an overlap of ``overlap_s`` seconds."""
+    each rotation with an overlap of ``overlap_s`` seconds (from its activation when
+    ``overlap_from_activation``, false in schedules recorded before it)."""
 
     TYPE = "rollout.rotation_scheduled"
     fleet: str
     every_days: int
     overlap_s: int
     by: str
+    overlap_from_activation: bool = False
 
 
 # --- fleet retirement --------------------------------------------------------------------------
@@ -934,6 +966,7 @@ EVENT_TYPES: tuple[type[LogEntry], ...] = (
     StageBundleLogged,
     RolloutActivated,
     RotationStarted,
+    LegacyWindowOpened,
     LegacyKeysDestroyed,
     LegacyEpochClosed,
     RotationScheduled,

@@ -30,6 +30,8 @@ HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 MAX_TREE_SIZE = 2**64 - 1
 """Tree sizes and leaf indexes are unsigned 64-bit integers on the wire (RFC 9162 section 4)."""
+MAX_PROOF_HASHES = 64
+"""No proof in a tree of at most 2**64 - 1 leaves needs more hashes."""
 
 NodeSource = Callable[[int, int], bytes]
 """``(level, index) -> hash`` of the perfect subtree over leaves
@@ -166,7 +168,7 @@ def consistency_path(nodes: NodeSource, old_size: int, new_size: int) -> list[by
 
 
 def _check_hashes(proof: Sequence[bytes], error: type[MerkleError]) -> None:
-    if len(proof) > 64:
+    if len(proof) > MAX_PROOF_HASHES:
         raise error("proof has more than 64 hashes", length=len(proof))
     for position, value in enumerate(proof):
         if not isinstance(value, bytes) or len(value) != HASH_SIZE:

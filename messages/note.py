@@ -34,7 +34,7 @@ from typing import ClassVar, Protocol, Self
 
 from messages.canonical import b64, unb64
 from messages.errors import HsmfleetError
-from messages.signing import ED25519, Signer, verify_bytes
+from messages.signing import ED25519, Signer, is_ed25519_public_key, verify_bytes
 
 SIG_ED25519 = 0x01
 MAX_SIGNATURES = 100
@@ -42,7 +42,6 @@ MAX_SIGNATURES = 100
 
 EM_DASH_SPACE = "\u2014 "
 KEY_ID_SIZE = 4
-ED25519_KEY_SIZE = 32
 
 
 class NoteError(HsmfleetError):
@@ -92,27 +91,10 @@ class UnsupportedKey(NoteError):
     kind = "unsupported_key"
 
 
-_P25519 = 2**255 - 19
-_Y_ORDER_8 = int.from_bytes(
-    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"
-)
-_SMALL_ORDER_Y = frozenset({0, 1, _P25519 - 1, _Y_ORDER_8, _P25519 - _Y_ORDER_8})
-"""The y coordinates of the eight points of small order (the identity, orders 2, 4 and 8)."""
-
-
-def is_ed25519_public_key(key: object) -> bool:
-    """True for 32 bytes that encode an Ed25519 point canonically (``y < p``) and not one of
-    the eight points of small order. Verifiers accept "signatures" anyone can make under a
-    small-order key (the identity point with ``R`` = identity and ``S`` = 0 verifies every
-    message), so such a key must never be pinned."""
-    if not isinstance(key, bytes) or len(key) != ED25519_KEY_SIZE:
-        return False
-    y = int.from_bytes(key, "little") & ((1 << 255) - 1)
-    return y < _P25519 and y not in _SMALL_ORDER_Y
-
-
 def _is_space(char: str) -> bool:
-    return char.isspace() or char in "\x85\xa0" or unicodedata.category(char) in ("Zs", "Zl", "Zp")
+    """A Unicode space: general category Zs, Zl or Zp, or U+0085 NEXT LINE (the spaces below
+    U+0020 are control characters, refused on their own)."""
+    return char == "\x85" or unicodedata.category(char) in ("Zs", "Zl", "Zp")
 
 
 def is_key_name(name: object) -> bool:

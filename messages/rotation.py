@@ -26,15 +26,14 @@ from dataclasses import dataclass, field, replace
 
 from messages.canonical import canonical
 from messages.documents import Digested, require, time_ms
+from messages.origin import is_signer_name
 from messages.schema import Body
-from messages.signing import ALGORITHMS, Signer, key_id, verify_bytes
+from messages.signing import ALGORITHMS, Signer, is_public_key, key_id, verify_bytes
 from messages.verification import VerificationError
 
 FORMAT = "hsmfleet/key-rotation/v1"
 KIND = "key-rotation"
 DOMAIN = b"hsmfleet/v1/key-rotation\n"
-OPERATOR = "operator"
-"""The signer name of the operator's countersigning key."""
 _SIGNATURES = ("old_signature", "new_signature")
 
 
@@ -76,9 +75,7 @@ class KeyRotation(Digested):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # The signer is named like a log origin (``operator`` is one too); checked by the
-        # statement that logs it, which cannot be imported here.
-        require(isinstance(self.signer, str) and 0 < len(self.signer) <= 256, "bad signer name")
+        require(is_signer_name(self.signer), "signer must be operator or a log origin")
         require(self.version >= 2, "a rotation makes key version 2 or later", v=self.version)
         require(self.old.public_key != self.new.public_key, "the new key must differ")
         time_ms(self.at, "at")
@@ -150,10 +147,19 @@ class RotationWrongOldKey(RotationRefused):
     kind = "rotation_wrong_old_key"
 
 
+class RotationBadKey(RotationRefused):
+    """The new key is not one the signer may have: not a valid public key of its algorithm
+    (a small-order Ed25519 key, say, which anyone can sign for), or, for a verifier, a key
+    another pinned signer has or had, or a cosigner key that is not Ed25519."""
+
+    kind = "rotation_bad_key"
+
+
 def check_rotation(current: SignerKey, version: int | None, rotation: KeyRotation) -> None:
     """Refuse ``rotation`` unless its old key is ``current`` (the signer's key in force), its
     version is ``version + 1`` (any version when ``version`` is None: the key's version is not
-    known), and both keys signed it. Checked in that order."""
+    known), its new key is a valid public key of its algorithm, and both keys signed it.
+    Checked in that order."""
     if rotation.old != current:
         raise RotationWrongOldKey(
             "the old key is not the signer's current key",
@@ -171,6 +177,12 @@ def check_rotation(current: SignerKey, version: int | None, rotation: KeyRotatio
             signer=rotation.signer,
             v=rotation.version,
             expected=version + 1,
+        )
+    if not is_public_key(rotation.new.alg, rotation.new.public_key):
+        raise RotationBadKey(
+            "the new key is not a valid public key of its algorithm",
+            signer=rotation.signer,
+            alg=rotation.new.alg,
         )
     signed = [
         rotation.signed_by(rotation.old, rotation.old_signature),

@@ -28,6 +28,18 @@ from messages.errors import (
 ED25519 = "ed25519"
 ECDSA_P256 = "ecdsa-p256-sha256"
 ALGORITHMS = (ED25519, ECDSA_P256)
+ECDH_P256 = "ecdh-p256"
+"""Key agreement on P-256 (nodes' transport keys): named here beside the signing algorithms,
+which :func:`key_id` also serves, but it signs nothing, so it is not in :data:`ALGORITHMS`."""
+ED25519_KEY_SIZE = 32
+P256_POINT_SIZE = 65
+
+_P25519 = 2**255 - 19
+_Y_ORDER_8 = int.from_bytes(
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"
+)
+_SMALL_ORDER_Y = frozenset({0, 1, _P25519 - 1, _Y_ORDER_8, _P25519 - _Y_ORDER_8})
+"""The y coordinates of the eight points of small order (the identity, orders 2, 4 and 8)."""
 
 
 def key_id(alg: str, public_key: bytes) -> str:
@@ -78,11 +90,43 @@ class Ed25519Signer:
         return self._key.sign(data)
 
 
-def verify_bytes(alg: str, public_key: bytes, signature: bytes, data: bytes) -> bool:
-    """True when ``signature`` by ``public_key`` verifies over ``data``; False on any defect.
+def is_ed25519_public_key(key: object) -> bool:
+    """True for 32 bytes that encode an Ed25519 point canonically (``y < p``) and not one of
+    the eight points of small order. Verifiers accept "signatures" anyone can make under a
+    small-order key (the identity point with ``R`` = identity and ``S`` = 0 verifies every
+    message), so such a key must never be accepted."""
+    if not isinstance(key, bytes) or len(key) != ED25519_KEY_SIZE:
+        return False
+    y = int.from_bytes(key, "little") & ((1 << 255) - 1)
+    return y < _P25519 and y not in _SMALL_ORDER_Y
 
-    Ed25519 keys are 32 raw bytes; P-256 keys are X9.62 uncompressed points and signatures DER.
+
+def is_public_key(alg: str, key: object) -> bool:
+    """True for a public key of ``alg`` that only its private key can sign for: an Ed25519 key
+    (:func:`is_ed25519_public_key`) or an uncompressed X9.62 point on P-256."""
+    if alg == ED25519:
+        return is_ed25519_public_key(key)
+    if alg != ECDSA_P256 or not isinstance(key, bytes) or len(key) != P256_POINT_SIZE:
+        return False
+    if key[0] != 0x04:
+        return False
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), key)
+    except ValueError:
+        return False
+    return True
+
+
+def verify_bytes(alg: str, public_key: bytes, signature: bytes, data: bytes) -> bool:
+    """True when ``signature`` by ``public_key`` verifies over ``data``; False on any defect,
+    and for a key that is not :func:`is_public_key` (whatever the signature).
+
+    Ed25519 keys are 32 raw bytes and ``S`` must be below the group order; P-256 keys are X9.62
+    uncompressed points and signatures strict DER (OpenSSL refuses any other encoding; both
+    ``s`` and ``n - s`` verify).
     """
+    if not is_public_key(alg, public_key):
+        return False
     try:
         if alg == ED25519:
             ed25519.Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)

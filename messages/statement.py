@@ -34,7 +34,7 @@ from messages.documents import (
     require,
     time_ms,
 )
-from messages.note import is_key_name
+from messages.origin import is_origin, is_signer_name
 from messages.retirement import FleetRetirement
 from messages.rotation import KeyRotation
 from messages.schema import Body
@@ -43,20 +43,11 @@ from messages.signing import ALGORITHMS, ED25519, Signer, key_id, verify_bytes
 FORMAT = "hsmfleet/statement/v1"
 STATEMENT_DOMAIN = b"hsmfleet/v1/statement\n"
 COUNTERSIGNATURE_DOMAIN = b"hsmfleet/v1/countersignature\n"
-RESERVED_ORIGIN_PREFIXES = ("hsmfleet/v1/", "cosignature/")
-"""A log origin may not start with these: its note signatures would share a key and a prefix
-with statements or cosignatures."""
-
 LOGGED = (StageBundle, FleetKeyArtifact, KeyRotation, FleetRetirement)
 """The documents a cosigner logs, by format tag."""
 LoggedDocument = StageBundle | FleetKeyArtifact | KeyRotation | FleetRetirement
 _BY_FORMAT: dict[str, type[LoggedDocument]] = {c.FORMAT: c for c in LOGGED}
 _KINDS = {c.KIND for c in LOGGED}
-
-
-def is_origin(value: object) -> bool:
-    """True for a usable log origin / cosigner name: a note key name with no reserved prefix."""
-    return is_key_name(value) and not str(value).startswith(RESERVED_ORIGIN_PREFIXES)
 
 
 def parse_logged(raw: Any) -> LoggedDocument:
@@ -95,9 +86,11 @@ class Statement(Document):
         super().__post_init__()
         require(is_origin(self.log), "log must be a valid origin", log=self.log)
         require(self.index >= 0, "index must not be negative", index=self.index)
+        # The kinds are a closed list: a statement of another kind names nothing a verifier
+        # could check.
         require(self.kind in _KINDS, "kind must name a logged document", kind=self.kind)
-        # A key rotation's statement names its signer (an origin, or ``operator``) here.
-        named = is_origin if self.kind == KeyRotation.KIND else is_name
+        # A key rotation's statement names its signer (``operator`` or an origin) here.
+        named = is_signer_name if self.kind == KeyRotation.KIND else is_name
         require(named(self.fleet), "fleet must be a fleet id (signer name)", fleet=self.fleet)
         require(self.seq >= 1, "seq must be at least 1", seq=self.seq)
         require(is_digest(self.digest), "digest must be 64 lowercase hex digits")

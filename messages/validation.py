@@ -27,6 +27,7 @@ from typing import Any
 from messages.artifact import FleetKeyArtifact
 from messages.cosigning import Signed
 from messages.documents import Document, require
+from messages.merkle import HASH_SIZE, MAX_PROOF_HASHES
 from messages.note import Note, NoteSignature
 from messages.schema import Body
 from messages.signing import Signer
@@ -39,6 +40,13 @@ MAX_PROOFS = 16
 MAX_CHECKPOINT_CHARS = 16 * 1024
 
 
+def _require_hashes(proof: tuple[bytes, ...], what: str) -> None:
+    """A proof is at most 64 hashes of 32 bytes: anything else is malformed, not a proof that
+    fails."""
+    require(len(proof) <= MAX_PROOF_HASHES, f"a {what} has at most 64 hashes")
+    require(all(len(h) == HASH_SIZE for h in proof), f"a {what} holds 32-byte hashes only")
+
+
 @dataclass(frozen=True)
 class Consistency(Body):
     """A consistency proof from the log's tree of ``old_size`` leaves to the checkpoint's."""
@@ -48,7 +56,7 @@ class Consistency(Body):
 
     def __post_init__(self) -> None:
         require(self.old_size >= 0, "old_size must not be negative")
-        require(len(self.proof) <= 64, "a consistency proof has at most 64 hashes")
+        _require_hashes(self.proof, "consistency proof")
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class LogProof(Body):
 
     def __post_init__(self) -> None:
         require(len(self.signature) == 64, "a statement signature is 64 bytes (Ed25519)")
-        require(len(self.inclusion) <= 64, "an inclusion proof has at most 64 hashes")
+        _require_hashes(self.inclusion, "inclusion proof")
         require(len(self.checkpoint) <= MAX_CHECKPOINT_CHARS, "checkpoint note is too long")
         require(len(self.consistency) <= MAX_PROOFS, "too many consistency proofs")
 

@@ -5,8 +5,9 @@
 1. the bundle's digest is the SHA-256 of the artifact's canonical bytes, and its fleet was not
    retired (a retirement notice ingested by :func:`ingest_retirement`);
 2. the signer-key rotation chain (the bundle's, or one given) walks from the keys the verifier
-   holds to the current ones (:func:`walk_rotations`): each rotation from the key in force, to
-   the next version, signed by both keys, and logged like a bundle;
+   holds (which must agree with its pins) to the current ones (:func:`walk_rotations`): each
+   rotation from the key in force, to the next version, to a key only its holder can sign for,
+   signed by both keys, and logged like a bundle (however long ago);
 3. for every log proof from a pinned cosigner: the cosigner's statement signature verifies under
    its key in force at that entry, its statement names this artifact, the checkpoint is a note
    signed by that cosigner's key in force at that size, the inclusion proof leads from the
@@ -14,9 +15,12 @@
    the signed checkpoint), and the operator countersignature over the statement signature
    verifies under an operator key not superseded before the statement was logged; a signature
    by a superseded key where it no longer counts is :class:`SupersededKey`;
-4. at least ``threshold`` distinct pinned cosigners vouch: as the log of a verified proof, or by
-   a witness cosignature on the checkpoint of one; and, if the pins set a maximum checkpoint
-   age, every such checkpoint carries a pinned timestamp that recent (:class:`StaleView`);
+4. no pinned cosignature on a checkpoint is dated ahead of the clock by more than
+   :data:`MAX_CLOCK_SKEW_S` (:class:`FutureCosignature`); at least ``threshold`` distinct
+   pinned cosigners vouch: as the log of a verified proof, and, when the pins' ``vouching`` is
+   :data:`WITNESSED`, by a witness cosignature on the checkpoint of one (never the log's own);
+   and, if the pins set a maximum checkpoint age, every such checkpoint of the bundle carries a
+   pinned timestamp that recent (:class:`StaleView`);
 5. each such checkpoint extends the one the verifier stored for that log (never smaller, and a
    consistency proof between them verifies);
 6. the epoch is not lower than the last accepted one (and an equal epoch is the same artifact);
@@ -47,7 +51,7 @@ from messages.checkpoint import (
     UnsignedCheckpoint,
     open_checkpoint,
 )
-from messages.cosignature import CosignatureVerifier, cosignatures
+from messages.cosignature import Cosignature, CosignatureVerifier, cosignatures
 from messages.documents import DocumentError, is_digest, is_name, load_json, require, time_ms
 from messages.errors import HsmfleetError, MessageError
 from messages.merkle import (
@@ -58,24 +62,36 @@ from messages.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from messages.note import Ed25519NoteVerifier, Note, NoteError, is_ed25519_public_key
+from messages.note import Ed25519NoteVerifier, Note, NoteError
+from messages.origin import OPERATOR, is_origin, is_signer_name
 from messages.retirement import FleetRetired, FleetRetirement
 from messages.rotation import (
-    OPERATOR,
     KeyRotation,
+    RotationBadKey,
     RotationRefused,
     SignerKey,
     StaleRotation,
     check_rotation,
 )
 from messages.schema import Body
-from messages.signing import ALGORITHMS, ED25519
-from messages.statement import LoggedDocument, Statement, is_origin
+from messages.signing import ALGORITHMS, ED25519, is_ed25519_public_key, is_public_key
+from messages.statement import LoggedDocument, Statement
 from messages.validation import LoggedNotice, LogProof, ValidationBundle
 from messages.verification import VerificationError
 
 PINS_FORMAT = "hsmfleet/pins/v1"
 STATE_FORMAT = "hsmfleet/verifier-state/v1"
+LOGGED = "logged"
+"""Vouching policy: a cosigner vouches only by a verified proof from its own log (it checked
+and logged the document)."""
+WITNESSED = "witnessed"
+"""Vouching policy: a cosigner also vouches by cosigning the checkpoint of another pinned log's
+verified proof (it saw that log's state, not the document)."""
+VOUCHING = (LOGGED, WITNESSED)
+MAX_CLOCK_SKEW_S = 300
+"""Seconds a pinned cosignature's timestamp may lie ahead of the verifier's clock."""
+MAX_FLOOR = 1024
+"""The largest value of a quorum floor's counts (a quorum has at most 1024 members)."""
 
 ConsistencyProofs = Mapping[tuple[str, int, int], Sequence[bytes]]
 """Consistency proofs the caller fetched: ``(log origin, old size, new size) -> hashes``."""
@@ -195,10 +211,18 @@ class RotationNotLogged(RotationRefused):
     kind = "rotation_not_logged_by_signer"
 
 
-class RotationBadKey(RotationRefused):
-    """A cosigner's rotation names a new key a cosigner may not have (Ed25519 only)."""
+class FutureCosignature(VerificationError):
+    """A pinned cosignature on a checkpoint is dated further ahead of the verifier's clock than
+    the allowed skew: it would keep a view "fresh" long after it was made."""
 
-    kind = "rotation_bad_key"
+    kind = "future_cosignature"
+
+
+class StatePinsMismatch(VerificationError):
+    """The stored state holds, for a pinned signer, another key at the pinned version (or none
+    at it): the state was made under other pins."""
+
+    kind = "state_pins_mismatch"
 
 
 class StaleView(VerificationError):
@@ -223,13 +247,13 @@ class LegacyKeyExpired(VerificationError):
 class PinsError(HsmfleetError):
     """The pins (trusted keys and policy) are missing or malformed."""
 
-    kind = "pins"
+    kind = "malformed_pins"
 
 
 class StateError(HsmfleetError):
-    """The verifier's stored state is unreadable."""
+    """The verifier's stored state is unreadable or breaks its rules."""
 
-    kind = "verifier_state"
+    kind = "malformed_state"
 
 
 # --- pins: the keys and policy a verifier trusts ---------------------------------------------
@@ -279,8 +303,9 @@ class OperatorPin(Body):
     def __post_init__(self) -> None:
         require(self.alg in ALGORITHMS, "unknown operator key algorithm", alg=self.alg)
         require(
-            self.alg != ED25519 or is_ed25519_public_key(self.public_key),
-            "operator key must be an Ed25519 public key (32 bytes, canonical, not of small order)",
+            is_public_key(self.alg, self.public_key),
+            "operator key must be a valid public key of its algorithm (Ed25519: 32 bytes, "
+            "canonical, not of small order; P-256: an uncompressed point on the curve)",
         )
         require(self.version >= 1, "key version must be at least 1")
 
@@ -308,6 +333,15 @@ class QuorumFloor(Body):
     min_threshold: int = 1
     min_domains: int = 1
     survive_domain_loss: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("min_members", "min_threshold", "min_domains"):
+            value = getattr(self, name)
+            require(
+                type(value) is int and 1 <= value <= MAX_FLOOR,
+                f"{name} must be an integer from 1 to {MAX_FLOOR}",
+                value=value,
+            )
 
     def check(self, quorum: Quorum) -> None:
         """Raise :class:`QuorumBelowFloor` if ``quorum`` is weaker than this floor."""
@@ -341,6 +375,8 @@ class Pins(Body):
     max_checkpoint_age: int | None = None
     """Seconds: a log's checkpoint must carry a pinned timestamp at most this old (None: no
     freshness check)."""
+    vouching: str = LOGGED
+    """Who counts towards ``threshold`` (:data:`LOGGED`, :data:`WITNESSED`)."""
     format: str = field(default=PINS_FORMAT, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -364,9 +400,10 @@ class Pins(Body):
             self.max_checkpoint_age is None or self.max_checkpoint_age > 0,
             "max_checkpoint_age must be a positive number of seconds",
         )
+        require(self.vouching in VOUCHING, "unknown vouching policy", vouching=self.vouching)
 
     def to_json(self) -> dict[str, Any]:
-        return _without_defaults(super().to_json(), max_checkpoint_age=None)
+        return _without_defaults(super().to_json(), max_checkpoint_age=None, vouching=LOGGED)
 
     def cosigner(self, name: str) -> CosignerPin | None:
         return next((c for c in self.cosigners if c.name == name), None)
@@ -400,10 +437,11 @@ class TreeHead(Body):
 
 @dataclass(frozen=True)
 class KeyInForce(Body):
-    """One key of a signer as the verifier walked to it: its version, and where it took over:
-    a cosigner's key signs its log's statements from entry ``from_index`` on and checkpoints
-    larger than that index; the operator's countersigns statements logged from ``since`` on
-    (null for a pinned key)."""
+    """One key of a signer as the verifier walked to it: its version, and where it took over
+    (both from the rotation that introduced it; 0 and null for a pinned key): a cosigner's key
+    signs its log's statements from entry ``from_index`` on and checkpoints larger than that
+    index, and its cosignatures count from ``since`` (the rotation's ``at``) on; the operator's
+    countersigns statements logged from ``since`` on."""
 
     alg: str
     public_key: bytes
@@ -450,7 +488,7 @@ class VerifierState(Body):
         require(self.epoch is None or self.epoch >= 1, "epoch must be at least 1")
         require(self.digest is None or is_digest(self.digest), "digest must be 64 hex digits")
         require(all(is_origin(log) for log in self.checkpoints), "a log name is not an origin")
-        require(all(is_origin(name) for name in self.keys), "a signer name is not an origin")
+        require(all(is_signer_name(name) for name in self.keys), "a bad signer name")
         for name, keys in self.keys.items():
             versions = [k.version for k in keys]
             require(
@@ -497,19 +535,36 @@ def _without_defaults(out: dict[str, Any], **defaults: Any) -> dict[str, Any]:
     return out
 
 
+def _pinned_key(pins: Pins, name: str) -> KeyInForce | None:
+    """Signer ``name``'s pinned key (None for a signer not pinned)."""
+    if name == OPERATOR:
+        operator = pins.operator
+        return KeyInForce(operator.alg, operator.public_key, operator.version, 0, None)
+    pin = pins.cosigner(name)
+    return None if pin is None else KeyInForce(ED25519, pin.public_key, pin.version, 0, None)
+
+
 def pinned_keys(pins: Pins, state: VerifierState, name: str) -> tuple[KeyInForce, ...]:
     """The keys of signer ``name`` (``operator`` or a pinned cosigner's origin), oldest first:
-    those walked to by rotations, else the pinned one; empty for a signer not pinned."""
-    if name in state.keys:
-        return state.keys[name]
-    if name == OPERATOR:
-        return (
-            KeyInForce(pins.operator.alg, pins.operator.public_key, pins.operator.version, 0, None),
-        )
-    pin = pins.cosigner(name)
-    if pin is None:
+    those ``state`` walked to by rotations, else the pinned one; empty for a signer not pinned.
+
+    The walked keys must hold the pinned key at the pinned version (:class:`StatePinsMismatch`
+    otherwise: the state was made under other pins); a pin of a newer version than any walked
+    stands alone (the pins moved on past the state)."""
+    pinned = _pinned_key(pins, name)
+    if pinned is None:
         return ()
-    return (KeyInForce(ED25519, pin.public_key, pin.version, 0, None),)
+    walked = state.keys.get(name)
+    if walked is None or pinned.version > walked[-1].version:
+        return (pinned,)
+    held = next((k for k in walked if k.version == pinned.version), None)
+    if held is None or held.key != pinned.key:
+        raise StatePinsMismatch(
+            "the stored keys do not hold the pinned key at its version",
+            signer=name,
+            version=pinned.version,
+        )
+    return walked
 
 
 @dataclass(frozen=True)
@@ -544,18 +599,18 @@ class Keyring:
             for k in keys
         ]
 
-    def vouching(self, lines: Iterable[Any]) -> dict[str, int]:
-        """Cosigner name -> newest timestamp, of the cosignatures (verified ``lines``) made by
-        a key in force at their time: a superseded key counts only before its successor's
-        rotation time."""
-        out: dict[str, int] = {}
+    def in_force(self, lines: Iterable[Cosignature]) -> list[Cosignature]:
+        """The cosignatures among ``lines`` (verified ones) made by a pinned cosigner's key in
+        force at their time: its current key, or a superseded key dated before its
+        successor's ``since``."""
+        out = []
         for line in lines:
             keys = self.keys.get(line.name, ())
             for i, k in enumerate(keys):
-                if CosignatureVerifier(line.name, k.public_key).key_id != line.key_id:
-                    continue
-                if i + 1 == len(keys) or line.timestamp * 1000 < keys[i + 1].since_ms:
-                    out[line.name] = max(out.get(line.name, line.timestamp), line.timestamp)
+                if CosignatureVerifier(line.name, k.public_key).key_id == line.key_id:
+                    if i + 1 == len(keys) or line.timestamp * 1000 < keys[i + 1].since_ms:
+                        out.append(line)
+                    break
         return out
 
     def walked(self) -> dict[str, tuple[KeyInForce, ...]]:
@@ -572,14 +627,15 @@ class Walk:
 
 
 def _new_key(rotation: KeyRotation, notice: LoggedNotice, keyring: Keyring) -> KeyInForce:
-    """The key ``rotation`` introduces and where it takes over."""
+    """The key ``rotation`` introduces and where it takes over; :class:`RotationBadKey` if it
+    is a key a pinned signer has or had, or a cosigner's key that is not Ed25519."""
     new = rotation.new
-    others = {k.public_key for keys in keyring.keys.values() for k in keys}
-    if new.public_key in others:
-        raise RotationBadKey("the new key is another signer's key", signer=rotation.signer)
+    known = {k.public_key for keys in keyring.keys.values() for k in keys}
+    if new.public_key in known:
+        raise RotationBadKey("the new key is a pinned signer's key", signer=rotation.signer)
     if rotation.signer == OPERATOR:
         return KeyInForce(new.alg, new.public_key, rotation.version, 0, rotation.at)
-    if new.alg != ED25519 or not is_ed25519_public_key(new.public_key):
+    if new.alg != ED25519:
         raise RotationBadKey("a cosigner's new key must be an Ed25519 key", signer=rotation.signer)
     own = next((p for p in notice.proofs if p.log == rotation.signer), None)
     if own is None:
@@ -595,9 +651,12 @@ def walk_rotations(
     """Walk from the keys ``state`` (or the pins) holds to the current ones, one logged
     rotation at a time, in the order given. A rotation of a signer not pinned is ignored, one
     already walked (same version, same new key) skipped. Each other must: have the current key
-    as old key, the next version, both signatures (:func:`messages.rotation.check_rotation`),
-    and be logged and vouched for like a bundle (k pinned cosigners, countersigned), checked
-    with the keys it introduces. Raises the :class:`VerificationError` of the first refusal."""
+    as old key, the next version, a valid new key, both signatures
+    (:func:`messages.rotation.check_rotation`), a new key no pinned signer has or had, and be
+    logged and vouched for like a bundle (k pinned cosigners, countersigned), checked with the
+    keys it introduces. A rotation is a fact of the past: its checkpoints are not held to the
+    pins' maximum age (a client that was offline long walks an old chain as it was logged).
+    Raises the :class:`VerificationError` of the first refusal."""
     keyring = Keyring.of(pins, state)
     steps: list[KeyRotation] = []
     for notice in notices:
@@ -640,9 +699,14 @@ class Accepted:
 
 
 @dataclass(frozen=True)
-class _Logged:
+class _Vouched:
+    """A verified log proof: the log's tree head, the pinned cosigners it shows vouching, and
+    the checkpoint's freshness (its newest pinned timestamp, POSIX seconds; 0 without one)."""
+
     proof: LogProof
     head: TreeHead
+    vouchers: frozenset[str]
+    freshness: int
 
 
 def parse_bundle(data: bytes | str | Any) -> ValidationBundle:
@@ -720,21 +784,7 @@ def check_logged(
         raise BadStatementSignature("statement signature does not verify", log=log)
     if statement.log != log or not statement.describes(document):
         raise StatementMismatch("statement names another document or log", log=log)
-    # Which key signed the checkpoint follows from its size only once the log has rotated.
-    size = _claimed_size(checkpoint) if len(ring.keys[log]) > 1 else None
-    signer = ring.log_key(log, size - 1) if size else ring.keys[log][0]
-    witnesses = list(witnesses)
-    try:
-        signed = open_checkpoint(
-            checkpoint, log, Ed25519NoteVerifier(log, signer.public_key), witnesses
-        )
-    except UnsignedCheckpoint as exc:
-        others = [k for k in ring.keys[log] if k != signer]
-        if any(_log_signed(checkpoint, log, k) for k in others):
-            raise SupersededKey("checkpoint signed by a superseded key", log=log) from exc
-        raise BadCheckpoint(f"checkpoint refused: {exc}", log=log) from exc
-    except (NoteError, CheckpointError) as exc:
-        raise BadCheckpoint(f"checkpoint refused: {exc}", log=log) from exc
+    signed = _open_checkpoint(checkpoint, ring, log, list(witnesses))
     head = signed.checkpoint
     try:
         verify_inclusion(
@@ -745,7 +795,33 @@ def check_logged(
     return signed
 
 
-def _log_signed(checkpoint: str, log: str, key: KeyInForce) -> bool:
+def _open_checkpoint(
+    checkpoint: str, ring: Keyring, log: str, witnesses: list[CosignatureVerifier]
+) -> SignedCheckpoint:
+    """Step 3.3, in its order: the note and its text are read first (which of the log's keys
+    signs it follows from the size the text claims), then every known key's signature must
+    verify, then the log's key in force must be among them (:class:`SupersededKey` if another
+    of the log's keys signed instead)."""
+    try:
+        note = Note.parse(checkpoint)
+        claimed = Checkpoint.from_text(note.text)
+    except (NoteError, CheckpointError) as exc:
+        raise BadCheckpoint(f"checkpoint refused: {exc}", log=log) from exc
+    if claimed.origin != log:
+        raise BadCheckpoint("checkpoint is from another log", log=log, origin=claimed.origin)
+    signer = ring.log_key(log, claimed.size - 1)
+    try:
+        return open_checkpoint(note, log, Ed25519NoteVerifier(log, signer.public_key), witnesses)
+    except UnsignedCheckpoint as exc:
+        others = [k for k in ring.keys[log] if k != signer]
+        if any(_log_signed(note, log, k) for k in others):
+            raise SupersededKey("checkpoint signed by a superseded key", log=log) from exc
+        raise BadCheckpoint(f"checkpoint refused: {exc}", log=log) from exc
+    except (NoteError, CheckpointError) as exc:
+        raise BadCheckpoint(f"checkpoint refused: {exc}", log=log) from exc
+
+
+def _log_signed(checkpoint: Note, log: str, key: KeyInForce) -> bool:
     try:
         open_checkpoint(checkpoint, log, Ed25519NoteVerifier(log, key.public_key))
     except (NoteError, CheckpointError):
@@ -771,10 +847,9 @@ def _check_countersignature(keyring: Keyring, proof: LogProof) -> None:
 
 
 def _check_log_proof(
-    proof: LogProof, keyring: Keyring, document: LoggedDocument
-) -> tuple[TreeHead, dict[str, int]]:
-    """Verify one pinned cosigner's proof; return the tree head and who vouched through it
-    (name -> newest pinned timestamp on the checkpoint, 0 for the log's untimed signature)."""
+    proof: LogProof, keyring: Keyring, document: LoggedDocument, pins: Pins, now_ms: int
+) -> _Vouched:
+    """Verify one pinned cosigner's proof (steps 3.1 to 3.6 of the algorithm)."""
     pin = CosignerPin(proof.log, keyring.current(proof.log).public_key)
     witnesses = keyring.witnesses()
     signed = check_logged(
@@ -788,9 +863,28 @@ def _check_log_proof(
         keyring.keys[proof.log],
     )
     _check_countersignature(keyring, proof)
-    vouchers = keyring.vouching(cosignatures(signed, witnesses))
-    vouchers.setdefault(proof.log, 0)
-    return TreeHead(signed.checkpoint.size, signed.checkpoint.root), vouchers
+    dated = keyring.in_force(cosignatures(signed, witnesses))
+    ahead = sorted({c.name for c in dated if c.timestamp * 1000 > now_ms + MAX_CLOCK_SKEW_S * 1000})
+    if ahead:
+        raise FutureCosignature(
+            "a cosignature is dated ahead of the clock",
+            log=proof.log,
+            cosigners=ahead,
+            max_skew_s=MAX_CLOCK_SKEW_S,
+        )
+    vouchers = {proof.log}
+    if pins.vouching == WITNESSED:
+        vouchers |= witnesses_of(dated, proof.log)
+    freshness = max((c.timestamp for c in dated), default=0)
+    head = TreeHead(signed.checkpoint.size, signed.checkpoint.root)
+    return _Vouched(proof, head, frozenset(vouchers), freshness)
+
+
+def witnesses_of(dated: Iterable[Cosignature], log: str) -> set[str]:
+    """The witnesses among ``dated`` (pinned cosignatures in force, :meth:`Keyring.in_force`)
+    on a checkpoint of ``log``: every cosigner but the log itself, whose own timestamped
+    cosignature (its freshness) never makes it its own witness."""
+    return {c.name for c in dated} - {log}
 
 
 def _verify_logged(
@@ -799,34 +893,38 @@ def _verify_logged(
     keyring: Keyring,
     pins: Pins,
     now_ms: int,
-) -> tuple[list[_Logged], set[str]]:
-    """Steps 3, 4 and 5 of the algorithm for any logged document: each pinned log's proof,
-    the threshold, and the freshness of every verified checkpoint."""
-    logged: list[_Logged] = []
-    vouchers: set[str] = set()
-    stale: list[str] = []
-    max_age = pins.max_checkpoint_age
-    for proof in proofs:
-        if pins.cosigner(proof.log) is None:
-            continue  # a log this verifier does not pin proves nothing to it
-        head, vouched = _check_log_proof(proof, keyring, document)
-        logged.append(_Logged(proof, head))
-        vouchers |= set(vouched)
-        if max_age is not None and now_ms - max(vouched.values()) * 1000 > max_age * 1000:
-            stale.append(proof.log)
+) -> tuple[list[_Vouched], set[str]]:
+    """Steps 3 and 4 of the algorithm for any logged document: each pinned log's proof, then
+    the threshold. Returns the verified proofs and who vouched."""
+    verified = [
+        _check_log_proof(proof, keyring, document, pins, now_ms)
+        for proof in proofs
+        if pins.cosigner(proof.log) is not None  # a log this verifier does not pin proves nothing
+    ]
+    vouchers = set().union(*(v.vouchers for v in verified))
     if len(vouchers) < pins.threshold:
         raise BelowThreshold(
             "too few pinned cosigners vouch for the document",
             vouchers=sorted(vouchers),
             threshold=pins.threshold,
+            vouching=pins.vouching,
         )
+    return verified, vouchers
+
+
+def _check_fresh(verified: Sequence[_Vouched], pins: Pins, now_ms: int) -> None:
+    """Step 4.1: with a maximum age pinned, every verified checkpoint carries a pinned
+    timestamp at most that old (:class:`StaleView`)."""
+    max_age = pins.max_checkpoint_age
+    if max_age is None:
+        return
+    stale = [v.proof.log for v in verified if now_ms - v.freshness * 1000 > max_age * 1000]
     if stale:
         raise StaleView(
             "a checkpoint has no pinned timestamp within the maximum age",
             logs=stale,
             max_age=max_age,
         )
-    return logged, vouchers
 
 
 def check_extends(
@@ -898,6 +996,7 @@ def verify_bundle(
             raise MalformedBundle(f"not a rotation chain: {exc}") from exc
     walk = walk_rotations(rotations, pins, state, now_ms)
     logged, vouchers = _verify_logged(artifact, bundle.proofs, walk.keyring, pins, now_ms)
+    _check_fresh(logged, pins, now_ms)
 
     for item in logged:
         stored = state.checkpoints.get(item.proof.log)
@@ -951,9 +1050,10 @@ def ingest_retirement(
     rotations: Sequence[LoggedNotice] = (),
 ) -> VerifierState:
     """Check a fleet retirement notice like a validation bundle (k pinned cosigners logged it,
-    countersigned, fresh enough; after walking ``rotations``) and return the state that
-    refuses the fleet from now on (:class:`~messages.retirement.FleetRetired`). ``state`` is
-    not changed; :class:`VerificationError` on any refusal."""
+    countersigned; after walking ``rotations``) and return the state that refuses the fleet
+    from now on (:class:`~messages.retirement.FleetRetired`). A retirement stays true however
+    old its checkpoints are: they are not held to the pins' maximum age. ``state`` is not
+    changed; :class:`VerificationError` on any refusal."""
     if not isinstance(notice, LoggedNotice):
         notice = parse_notice(notice)
     retirement = notice.logged

@@ -13,6 +13,9 @@ routes registered after it is built:
   appending to the event log and folding what it appended) would be worse than answering late,
   so the answer says that its outcome is unknown. A handler that starts streaming (server-sent
   events) has sent its answer's head in time; its deadline is lifted then.
+- **Credentials first.** The app's own middlewares (authorization) run before a command's body
+  is read: a request without credentials is refused from its head alone, never holding the
+  server for a body of up to ``max_body`` bytes sent as slowly as the deadline allows.
 - **Slow and idle clients.** aiohttp's keep-alive timer starts when a connection opens, and
   closes a connection that is idle or whose request head is still incomplete after ``idle_s``
   (so a client cannot hold a connection by sending its headers a byte at a time); the number
@@ -122,17 +125,18 @@ class _Streams:
 LIMITS = web.AppKey("http_limits", Limits)
 _STREAMS = web.AppKey("http_streams", _Streams)
 _DEADLINE = web.RequestKey("http_deadline", asyncio.Timeout)
+_WORK = web.RequestKey("http_work", asyncio.Future)
 
 
 def application(limits: Limits, errors: Middleware, *inner: Middleware) -> web.Application:
     """An app whose every route is held to ``limits``.
 
     ``errors`` is the app's own error middleware (outermost, so it renders refusals); ``inner``
-    middlewares (such as authorization) run inside the limits, just before the handler.
+    middlewares (such as authorization) run inside the limits, before a command's body is read.
     """
     app = web.Application(
         client_max_size=limits.max_body,
-        middlewares=[errors, _guard, *inner],
+        middlewares=[errors, _guard, *inner, _command],
         handler_args={
             "keepalive_timeout": limits.idle_s,
             "max_headers": limits.max_headers,
@@ -167,22 +171,17 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     declared = request.content_length
     if declared is not None and declared > limits.max_body:
         raise RequestTooLarge("the request body is too large", size=declared, limit=limits.max_body)
-    safe = request.method in SAFE_METHODS
     deadline = asyncio.timeout(limits.handler_s)
-    work: asyncio.Future[web.StreamResponse] | None = None
     try:
         async with deadline:
             request[_DEADLINE] = deadline
-            if safe:
-                return await handler(request)
-            await request.read()  # handlers read it again from aiohttp's cache
-            work = asyncio.ensure_future(handler(request))
-            return await asyncio.shield(work)
+            return await handler(request)
     except web.HTTPRequestEntityTooLarge:
         raise RequestTooLarge("the request body is too large", limit=limits.max_body) from None
     except TimeoutError:
         if not deadline.expired():
             raise  # the handler's own timeout, not the request's
+        work = request.get(_WORK)
         if work is None:
             raise HandlerTimeout(
                 "the request was not answered in time", limit=limits.handler_s
@@ -195,6 +194,18 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         ) from None
     finally:
         request.pop(_DEADLINE, None)
+
+
+@web.middleware
+async def _command(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Innermost: read a command's body whole (under the deadline of :func:`_guard`), then run
+    its handler shielded from that deadline (:func:`_guard` reports it as still running)."""
+    if request.method in SAFE_METHODS:
+        return await handler(request)
+    await request.read()  # handlers read it again from aiohttp's cache
+    work = asyncio.ensure_future(handler(request))
+    request[_WORK] = work
+    return await asyncio.shield(work)
 
 
 async def _streaming(request: web.Request, response: web.StreamResponse) -> None:

@@ -6,7 +6,9 @@
   carries), and each fleet retirement notice is ingested; what was walked is printed.
   Consistency proofs the bundle does not carry are fetched from the ``url`` of each pinned
   cosigner. Exit 0 when accepted (the state file is then updated), 1 with the refusal's kind
-  otherwise (the state file then keeps only notices that were accepted on their own).
+  otherwise (the state file then keeps only notices that were accepted on their own), 2 with
+  ``malformed_pins`` or ``malformed_state`` when the pins or the state file break their rules
+  (nothing was verified).
 - ``audit --pins PINS [--url URL ...] [--state FILE] [--json]``: re-check each cosigner's whole log
   over HTTP: the checkpoint's signature (and witness cosignatures), consistency with the
   checkpoint stored by the last audit, every entry hashing into the signed root, every entry's
@@ -16,11 +18,14 @@
   rotation logged is listed; ``--rotations FILE`` walks the operator's and other logs' keys
   first (the state's walked keys are used too). With ``--orchestrator URL`` the orchestrator's
   evidence (each fleet's chain of stage bundles, from its API) is cross-checked against every
-  log too. Exit 0 when every log
-  passes, 1 otherwise.
-- ``pins --cosigner PIN... --operator-key FILE --threshold K [floor options] --out FILE``: write a
-  pins file from cosigner pins (``hsmfleet cosigner pin``) and the operator's public key (hex, as
-  ``orchestrator/keys.py`` writes it, or JSON ``{"alg", "public_key"}``).
+  log too. The witnesses listed are the other pinned cosigners whose cosignature is on the log's
+  checkpoint, never the log itself (its own timestamped cosignature is its freshness). Exit 0
+  when every log passes, 1 otherwise, 2 as for ``verify`` when the pins or state are unusable.
+- ``pins --cosigner PIN... --operator-key FILE --threshold K [--vouching POLICY] [floor options]
+  --out FILE``: write a pins file from cosigner pins (``hsmfleet cosigner pin``) and the
+  operator's public key (hex, as ``orchestrator/keys.py`` writes it, or JSON ``{"alg",
+  "public_key"}``). ``--vouching logged`` (the default) counts towards K only cosigners that
+  logged the artifact; ``witnessed`` also those that cosigned another pinned log's checkpoint.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from messages.rotation import KeyRotation
 from messages.statement import parse_logged_bytes
 from messages.validation import LoggedNotice
 from messages.verify import (
+    LOGGED,
+    VOUCHING,
     BadCheckpoint,
     CosignerPin,
     KeyInForce,
@@ -58,6 +65,7 @@ from messages.verify import (
     Pins,
     PinsError,
     QuorumFloor,
+    StateError,
     StatementMismatch,
     TreeHead,
     VerificationError,
@@ -71,11 +79,14 @@ from messages.verify import (
     parse_notice,
     pinned_keys,
     verify_bundle,
+    witnesses_of,
 )
 from orchestrator.audit import cross_check, fetch_evidence
 
 RECEIPT_CONCURRENCY = 8
 REFUSED = 1
+UNUSABLE = 2
+"""Exit code when the pins or the state cannot be used: nothing was verified."""
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -109,6 +120,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     pins.add_argument("--cosigner", type=Path, action="append", required=True, help="pin file")
     pins.add_argument("--operator-key", type=Path, required=True, help="operator public key")
     pins.add_argument("--threshold", type=int, required=True, help="cosigners needed (k)")
+    pins.add_argument("--vouching", choices=VOUCHING, default=LOGGED, help="who counts towards k")
     pins.add_argument("--min-members", type=int, default=1)
     pins.add_argument("--min-threshold", type=int, default=1)
     pins.add_argument("--min-domains", type=int, default=1)
@@ -124,13 +136,22 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], lines: list[str]) ->
         print("\n".join(lines))
 
 
-def _refusal(args: argparse.Namespace, exc: HsmfleetError, **extra: Any) -> int:
+def _refusal(
+    args: argparse.Namespace, exc: HsmfleetError, code: int = REFUSED, **extra: Any
+) -> int:
     _emit(
         args,
         {"accepted": False, "kind": exc.kind, "reason": str(exc), **extra},
         [f"REFUSED {exc.kind}: {exc}"],
     )
-    return REFUSED
+    return code
+
+
+def _pins_and_state(args: argparse.Namespace) -> tuple[Pins, VerifierState]:
+    """The pins and the state file given (the empty state without one); :class:`PinsError`
+    or :class:`StateError` when they break their rules."""
+    pins = Pins.load(args.pins)
+    return pins, VerifierState.load(args.state) if args.state else VerifierState()
 
 
 def _now_ms(args: argparse.Namespace) -> int:
@@ -197,8 +218,10 @@ def _ingest(
 
 
 async def verify_command(args: argparse.Namespace) -> int:
-    pins = Pins.load(args.pins)
-    state = VerifierState.load(args.state) if args.state else VerifierState()
+    try:
+        pins, state = _pins_and_state(args)
+    except (PinsError, StateError) as exc:
+        return _refusal(args, exc, UNUSABLE)
     now = _now_ms(args)
     try:
         bundle = parse_bundle(args.bundle.read_bytes())
@@ -290,7 +313,8 @@ async def _audit_log(
         check_extends(origin, stored, head, proof)
     audit = audit_entries(signed.checkpoint, entries)
     await _check_receipts(reader, pin, documents, keys)
-    return audit, head, sorted(keyring.vouching(cosignatures(signed, witnesses)))
+    dated = keyring.in_force(cosignatures(signed, witnesses))
+    return audit, head, sorted(witnesses_of(dated, origin))
 
 
 async def _check_receipts(
@@ -360,8 +384,10 @@ def _report(audit: LogAudit, witnesses: list[str]) -> tuple[dict[str, Any], list
 
 
 async def audit_command(args: argparse.Namespace) -> int:
-    pins = Pins.load(args.pins)
-    state = VerifierState.load(args.state) if args.state else VerifierState()
+    try:
+        pins, state = _pins_and_state(args)
+    except (PinsError, StateError) as exc:
+        return _refusal(args, exc, UNUSABLE)
     if args.rotations:
         state, _ = ingest_rotations(_notices(args.rotations), pins, state, time.time_ns() // 10**6)
     urls = args.url or [c.url for c in pins.cosigners if c.url]
@@ -411,6 +437,7 @@ def pins_command(args: argparse.Namespace) -> int:
             floor=QuorumFloor(
                 args.min_members, args.min_threshold, args.min_domains, args.survive_domain_loss
             ),
+            vouching=args.vouching,
         )
     except DocumentError as exc:
         raise PinsError(f"bad pins: {exc}") from exc

@@ -26,6 +26,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from messages.canonical import loads_strict
 from messages.errors import HsmfleetError
 from messages.events import (
     ROLLOUT_ACTIONS,
@@ -265,12 +266,7 @@ def _rollout(orch: Orchestrator, fleet: str) -> dict[str, Any]:
 
 async def start_rollout(request: web.Request) -> web.Response:
     """Start a rollout by the plan in the body (the JSON form of a plan file)."""
-    raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from None
-    plan = parse_plan(body)
+    plan = parse_plan(await _json_body(request))
     orch = _orchestrator(request)
     await orch.submit(StartRollout(plan=plan, requested_by=request[CALLER]))
     return web.json_response(_rollout(orch, plan.fleet), status=202)
@@ -437,14 +433,20 @@ async def _next_append(
             quiet_until = loop.time() + KEEP_ALIVE_S
 
 
-async def _command_body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
+async def _json_body(request: web.Request) -> Any:
+    """The body as JSON, parsed as strictly as messages are (no duplicate member names, no
+    NaN, at most 64 levels deep, no lone surrogate): anything else is :class:`BadRequest`."""
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
+        return loads_strict(await request.read())
+    except ValueError as exc:  # UnicodeDecodeError included
         raise BadRequest(f"the body is not JSON: {exc}") from None
+
+
+async def _command_body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
+    """A command's body: empty, or a JSON object with no other fields than ``allowed``."""
+    if not (await request.read()).strip():
+        return {}
+    body = await _json_body(request)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     unknown = sorted(set(body) - allowed)

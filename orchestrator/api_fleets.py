@@ -9,7 +9,9 @@ days), replace a member, retire a fleet, and follow each.
 - ``POST /v1/fleets/{fleet_id}/retire`` (body ``{"successor", "force", "drain_s", "reason"}``,
   all optional but a successor is needed unless ``force``): 202;
 - ``GET /v1/fleets/{fleet_id}/flow``: the fleet's latest flow (rollout, rotation, replacement or
-  retirement) with what each kind adds: overlap window, drain window, members' progress;
+  retirement) with what each kind adds: overlap window (``legacy_until_ms``, what the new
+  artifact lists; ``legacy_ends_ms``, when the old keys go: the overlap after activation, null
+  until then), drain window, members' progress;
 - ``GET /v1/fleets/{fleet_id}/retirement``: the logged retirement notice clients ingest (404
   until the fleet is retired).
 
@@ -47,6 +49,7 @@ def flow_view(rollout: Rollout, chain: FleetChain, error: str | None = None) -> 
         kind=rollout.kind,
         predecessor=rollout.predecessor,
         legacy_until_ms=rollout.legacy_until_ms,
+        legacy_ends_ms=rollout.legacy_ends_ms,
         legacy_closed=rollout.legacy_closed,
         replaced=rollout.replaced,
         newcomer=rollout.newcomer,

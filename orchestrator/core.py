@@ -82,7 +82,7 @@ from orchestrator.errors import (
     UnknownEnrollment,
     UnknownNode,
 )
-from orchestrator.state import Enrollment, Policy, State, evolve
+from orchestrator.state import Enrollment, Node, Policy, State, evolve
 
 NONCE_BYTES = 32
 UNKNOWN = "unknown"
@@ -99,6 +99,13 @@ class DomainChangeRefused(CommandRefused):
     """An announcement would move an enrolled node to another failure domain."""
 
     kind = "domain_change_refused"
+
+
+class ReattestationRequired(CommandRefused):
+    """An announcement would change what an enrolled node runs (its HSM kind or software
+    measurement): that is for a new attestation to establish, not for an announcement."""
+
+    kind = "reattestation_required"
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,8 @@ def _node_announce(state: State, c: NodeAnnounce, ctx: Context) -> list[LogEntry
             domain=old.domain,
             announced=c.domain,
         )
+    if old is not None and old.identity is not None:
+        _check_unchanged(old, c)
     events: list[LogEntry] = []
     if old is None or (old.domain, old.hsm, old.measurement) != (c.domain, c.hsm, c.measurement):
         events.append(
@@ -220,6 +229,28 @@ def _node_announce(state: State, c: NodeAnnounce, ctx: Context) -> list[LogEntry
     if state.policy is not None and state.policy.auto_enroll and never_tried:
         events.append(_challenge(state, c.node_id, "policy:auto_enroll", ctx))
     return events
+
+
+def _check_unchanged(node: Node, c: NodeAnnounce) -> None:
+    """An enrolled node announces what it was attested to run: the measurement of its latest
+    attestation, and the HSM kind on record (filled in once when unknown, as for a node first
+    heard of by its heartbeat). A change is a re-attestation (a node-key rotation attests
+    afresh), not an announcement."""
+    assert node.identity is not None
+    if c.measurement != node.identity.measurement:
+        raise ReattestationRequired(
+            "an enrolled node announces the measurement it was attested with; re-attest it",
+            node_id=c.node_id,
+            attested=node.identity.measurement,
+            announced=c.measurement,
+        )
+    if node.hsm not in (UNKNOWN, c.hsm):
+        raise ReattestationRequired(
+            "an enrolled node's HSM kind does not change by announcement",
+            node_id=c.node_id,
+            recorded=node.hsm,
+            announced=c.hsm,
+        )
 
 
 def _node_heartbeat(state: State, c: NodeHeartbeat, ctx: Context) -> list[LogEntry]:

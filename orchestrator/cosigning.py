@@ -20,8 +20,9 @@ from messages.artifact import FleetKeyArtifact
 from messages.bundle import StageBundle
 from messages.cosign_client import CosigningClient, Logged, Peer, Transport
 from messages.events import ArtifactPublished, BundleCosigned, CosignerAnswer
+from messages.origin import OPERATOR
 from messages.plan import CosignerPolicy
-from messages.rotation import OPERATOR, KeyRotation
+from messages.rotation import KeyRotation
 from messages.signing import Signer
 from messages.validation import LoggedNotice, with_cosignatures, with_rotations
 from messages.verify import CosignerPin

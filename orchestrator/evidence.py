@@ -20,7 +20,7 @@ from messages.artifact import FleetKey, FleetKeyArtifact, Member, Quorum
 from messages.bundle import Evidence, NodeRef, StageBundle
 from messages.canonical import canonical
 from messages.ceremony import probe_key, probe_value
-from messages.cosignature import CosignatureVerifier, cosignatures
+from messages.cosignature import CosignatureVerifier
 from messages.documents import DocumentError, hex_digest
 from messages.errors import MessageError
 from messages.events import CosignerAnswer
@@ -200,10 +200,11 @@ def vouchers(
     walked: Walked | None = None,
 ) -> set[str]:
     """The pinned cosigners that vouch for ``document`` through ``answers``: each log whose
-    answer verifies, and each witness whose cosignature is on such a log's checkpoint. A
-    cosigner whose key rotated (``walked``: the state's ``signer_keys``) is checked with the
-    key in force at each position of its log. Raises :class:`BadCosignerAnswers` for an
-    answer that does not verify."""
+    answer verifies (its checkpoint's witness cosignatures must verify too, but make no
+    voucher: a verifier's default policy counts only the logs that checked and logged the
+    document). A cosigner whose key rotated (``walked``: the state's ``signer_keys``) is
+    checked with the key in force at each position of its log. Raises
+    :class:`BadCosignerAnswers` for an answer that does not verify."""
     walked = walked or {}
     by_name = {p.name: p for p in pins}
     keys = {p.name: pinned_keys(p, walked) for p in pins}
@@ -222,7 +223,7 @@ def vouchers(
         if pin is None:
             raise BadCosignerAnswers("an answer is from a log the plan does not pin")
         try:
-            signed = check_logged(
+            check_logged(
                 pin,
                 document,
                 statement,
@@ -234,5 +235,5 @@ def vouchers(
             )
         except VerificationError as exc:
             raise BadCosignerAnswers(f"an answer does not verify: {exc}", log=pin.name) from None
-        names |= {pin.name} | {c.name for c in cosignatures(signed, witnesses)}
+        names.add(pin.name)
     return names

@@ -60,7 +60,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     rotate = actions.add_parser("rotate", help="rotate the fleet's keys to a new epoch")
     rotate.add_argument("fleet")
-    rotate.add_argument("--overlap", type=duration, help="how long the old keys stay usable")
+    rotate.add_argument(
+        "--overlap", type=duration, help="how long the old keys stay after the new epoch is active"
+    )
     rotate.add_argument("--reason", default="")
     _flow_arguments(rotate)
     rotate.set_defaults(run=rotate_command)
@@ -214,8 +216,11 @@ def summary(view: dict[str, Any]) -> list[str]:
         f"{view['fleet']} {kind} to epoch {view['epoch']}: {view['stage']} [{status_line(view)}]"
     ]
     if kind == "rotation" and view["legacy_until_ms"] is not None:
+        ends = view["legacy_ends_ms"]
+        listed = _when(view["legacy_until_ms"])
+        kept = "the overlap after activation" if ends is None else _when(ends)
         done = "destroyed" if view["legacy_closed"] else "destroyed after"
-        lines.append(f"  old keys usable until {_when(view['legacy_until_ms'])}, {done}")
+        lines.append(f"  old keys listed until {listed}, kept until {kept}, {done}")
     if kind == "replacement":
         lines.append(f"  {view['newcomer']} replaces {view['replaced']}")
     if kind == "retirement":

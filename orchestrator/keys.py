@@ -20,7 +20,8 @@ from pathlib import Path
 from messages.canonical import canonical
 from messages.documents import DocumentError, load_json
 from messages.errors import HsmfleetError, MessageError
-from messages.rotation import OPERATOR, KeyRotation
+from messages.origin import OPERATOR
+from messages.rotation import KeyRotation
 from messages.signing import ED25519, Ed25519Signer, TrustedKey, TrustStore
 from messages.validation import LoggedNotice
 from node.hsm.base import HsmSigner, KeyNotFound

@@ -9,6 +9,13 @@ already serve (their replicas and records carry over) and a test write commits a
 time it is prepared + the overlap (``publish``), then ``activate``. The rollout that was active
 becomes ``rotated``; its keys stay on the members until the overlap ends.
 
+The overlap runs from the activation, when clients can first fetch the new bundle (a
+:class:`~messages.events.LegacyWindowOpened` records its end in the decision that activates),
+and never ends before the artifact's ``legacy_until``: time lost between preparing the artifact
+and activating it (an approval gate, an orchestrator down) does not come out of the window of
+clients still holding the old bundle. Rotations recorded before (commands of version 1) keep
+the window they had, from the artifact's preparation.
+
 Once a :class:`~messages.events.Tick` finds the overlap over, the rotation enters ``destroy``:
 each member destroys the old epoch's keys (the group stays) and answers with a signed receipt;
 a ``destroy`` bundle of those receipts, chained like every other, closes the rotation. A member
@@ -27,6 +34,7 @@ from typing import Any
 from messages.bundle import DESTROY, Evidence
 from messages.events import (
     LegacyEpochClosed,
+    LegacyWindowOpened,
     LogEntry,
     PlannedMember,
     RotateFleet,
@@ -103,10 +111,12 @@ def rotate(state: State, c: RotateFleet, ctx: Any) -> list[LogEntry]:
     chain = state.book.fleets[c.fleet]
     overlap_s = c.overlap_s if c.overlap_s is not None else chain.rotation_overlap_s
     _check_overlap(overlap_s)
-    return _started(state, active, overlap_s, c.requested_by, ctx)
+    return _started(state, active, overlap_s, c.overlap_from_activation, c.requested_by, ctx)
 
 
-def _started(state: State, active: Rollout, overlap_s: int, by: str, ctx: Any) -> list[LogEntry]:
+def _started(
+    state: State, active: Rollout, overlap_s: int, from_activation: bool, by: str, ctx: Any
+) -> list[LogEntry]:
     fleet = active.fleet
     rollout_id = ctx.new_id(f"rotation:{fleet}", 0)
     members = planned_members(active)
@@ -121,6 +131,7 @@ def _started(state: State, active: Rollout, overlap_s: int, by: str, ctx: Any) -
             not_after_ms=not_after_ms(active, ctx.now_ms),
             overlap_s=overlap_s,
             requested_by=by,
+            overlap_from_activation=from_activation,
         ),
         StageEntered(rollout_id, fleet, ENROLL),
     ]
@@ -140,9 +151,18 @@ def schedule(state: State, c: ScheduleRotation, ctx: Any) -> list[LogEntry]:
             overlap_s=c.overlap_s,
             every_days=c.every_days,
         )
-    if (chain.rotate_every_days, chain.rotation_overlap_s) == (c.every_days, c.overlap_s):
+    scheduled = (chain.rotate_every_days, chain.rotation_overlap_s, chain.overlap_from_activation)
+    if scheduled == (c.every_days, c.overlap_s, c.overlap_from_activation):
         return []
-    return [RotationScheduled(c.fleet, c.every_days, c.overlap_s, by=c.requested_by)]
+    return [
+        RotationScheduled(
+            c.fleet,
+            c.every_days,
+            c.overlap_s,
+            by=c.requested_by,
+            overlap_from_activation=c.overlap_from_activation,
+        )
+    ]
 
 
 # --- time ----------------------------------------------------------------------------------
@@ -155,7 +175,7 @@ def _legacy_due(state: State, now_ms: int) -> list[Rollout]:
         rollout = state.book.rollouts[rollout_id]
         if rollout.status != "active" or rollout.predecessor is None or rollout.legacy_closed:
             continue
-        until = rollout.legacy_until_ms
+        until = rollout.legacy_ends_ms
         if rollout.stage != DESTROY and until is not None and now_ms >= until:
             out.append(rollout)
     return out
@@ -189,8 +209,10 @@ def tick(state: State, ctx: Any) -> list[LogEntry]:
         StageEntered(r.rollout_id, r.fleet, DESTROY) for r in _legacy_due(state, ctx.now_ms)
     ]
     for active in _rotations_due(state, ctx.now_ms):
-        overlap_s = state.book.fleets[active.fleet].rotation_overlap_s
-        events += _started(state, active, overlap_s, SCHEDULE, ctx)
+        chain = state.book.fleets[active.fleet]
+        events += _started(
+            state, active, chain.rotation_overlap_s, chain.overlap_from_activation, SCHEDULE, ctx
+        )
     return events
 
 
@@ -198,11 +220,17 @@ def tick(state: State, ctx: Any) -> list[LogEntry]:
 
 
 def advance(state: State, ctx: Any) -> list[LogEntry]:
-    """Destroy the old epoch's keys of every rotation whose overlap ended."""
+    """Open the overlap window of every rotation just activated; destroy the old epoch's keys
+    of every rotation whose overlap ended."""
     events: list[LogEntry] = []
     for rollout_id in sorted(state.book.rollouts):
         rollout = state.book.rollouts[rollout_id]
-        if rollout.status == "active" and rollout.stage == DESTROY and not rollout.legacy_closed:
+        if rollout.status != "active" or rollout.legacy_closed:
+            continue
+        if rollout.overlap_from_activation and rollout.window_until_ms is None:
+            until = ctx.now_ms + rollout.overlap_ms
+            events.append(LegacyWindowOpened(rollout.rollout_id, rollout.fleet, until_ms=until))
+        elif rollout.stage == DESTROY:
             events += _destroy_legacy(state, rollout, ctx)
     return events
 

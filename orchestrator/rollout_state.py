@@ -30,6 +30,7 @@ from messages.events import (
     FleetRetired,
     LegacyEpochClosed,
     LegacyKeysDestroyed,
+    LegacyWindowOpened,
     LogEntry,
     MemberChallenged,
     MemberCommanded,
@@ -141,6 +142,12 @@ class Rollout:
     group: str | None = None
     """The rollout whose replication group this one continues (None: its own)."""
     overlap_ms: int = 0
+    overlap_from_activation: bool = False
+    """A rotation: its overlap window counts from its activation (false in rotations recorded
+    before windows did, which counted from when the artifact was prepared)."""
+    window_until_ms: int | None = None
+    """A rotation whose window counts from its activation: activation time + overlap, once
+    activated."""
     legacy_closed: bool = False
     """A rotation: the old epoch's keys are destroyed everywhere and the bundle logged."""
     kind: RolloutKind = "rollout"
@@ -187,6 +194,15 @@ class Rollout:
         return min(ends) if ends else None
 
     @property
+    def legacy_ends_ms(self) -> int | None:
+        """When the old epoch's keys may be destroyed: once the overlap after activation is
+        over, and not before the artifact's ``legacy_until`` (None: not known yet)."""
+        until = self.legacy_until_ms
+        if not self.overlap_from_activation or until is None:
+            return until
+        return None if self.window_until_ms is None else max(until, self.window_until_ms)
+
+    @property
     def settled(self) -> bool:
         """Nothing of this rollout is under way: it ended, or is active with no old key epoch
         left to destroy."""
@@ -217,6 +233,9 @@ class FleetChain:
     rotate_every_days: int = 0
     """Scheduled rotation period (0: rotations only when an operator asks)."""
     rotation_overlap_s: int = 7 * 24 * 3600
+    overlap_from_activation: bool = False
+    """Scheduled rotations count their overlap from their activation (false for schedules
+    recorded before windows did)."""
     retiring: bool = False
     """The fleet is being retired: it takes no new registrations, its keys are to go."""
 
@@ -308,8 +327,18 @@ def _later_flow(state: State, e: RotationStarted | RetirementStarted, **kind: An
 
 
 def _rotation_started(state: State, e: RotationStarted) -> State:
-    rotation = _later_flow(state, e, overlap_ms=e.overlap_s * 1000, kind="rotation")
+    rotation = _later_flow(
+        state,
+        e,
+        overlap_ms=e.overlap_s * 1000,
+        overlap_from_activation=e.overlap_from_activation,
+        kind="rotation",
+    )
     return _chain(_put(state, rotation), e.fleet, rollout_id=e.rollout_id)
+
+
+def _window_opened(state: State, e: LegacyWindowOpened) -> State:
+    return _rollout(state, e.rollout_id, window_until_ms=e.until_ms)
 
 
 def _retirement_started(state: State, e: RetirementStarted) -> State:
@@ -391,7 +420,13 @@ def _legacy_closed(state: State, e: LegacyEpochClosed) -> State:
 
 
 def _rotation_scheduled(state: State, e: RotationScheduled) -> State:
-    return _chain(state, e.fleet, rotate_every_days=e.every_days, rotation_overlap_s=e.overlap_s)
+    return _chain(
+        state,
+        e.fleet,
+        rotate_every_days=e.every_days,
+        rotation_overlap_s=e.overlap_s,
+        overlap_from_activation=e.overlap_from_activation,
+    )
 
 
 def _superseded(state: State, e: RolloutSuperseded) -> State:
@@ -583,6 +618,7 @@ ROLLOUT_FOLDS: dict[type[LogEntry], Callable[[State, Any], State]] = {
     StageBundleLogged: _bundle_logged,
     RolloutActivated: _activated,
     RotationStarted: _rotation_started,
+    LegacyWindowOpened: _window_opened,
     LegacyKeysDestroyed: _legacy_destroyed,
     LegacyEpochClosed: _legacy_closed,
     RotationScheduled: _rotation_scheduled,

@@ -17,7 +17,8 @@ from typing import Any
 from messages.documents import DocumentError
 from messages.errors import MessageError
 from messages.events import LogEntry, RecordSignerRotation, SignerKeyRotated
-from messages.rotation import OPERATOR, KeyRotation, SignerKey, check_rotation
+from messages.origin import OPERATOR
+from messages.rotation import KeyRotation, SignerKey, check_rotation
 from messages.signing import ED25519
 from messages.validation import LoggedNotice
 from messages.verification import VerificationError

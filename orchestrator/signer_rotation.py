@@ -30,7 +30,8 @@ from messages.cosign_client import CosigningClient
 from messages.documents import DocumentError, load_json
 from messages.errors import HsmfleetError, MessageError
 from messages.ids import format_time
-from messages.rotation import OPERATOR, KeyRotation
+from messages.origin import OPERATOR
+from messages.rotation import KeyRotation
 from messages.signing import Signer
 from messages.validation import LoggedNotice
 from orchestrator.config import Settings

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from cosigner.testbed import DAY_MS, MEMBERS, Testbed, sample_artifact, sample_chain
 from messages.ids import format_time
-from messages.rotation import OPERATOR, KeyRotation
+from messages.origin import OPERATOR
+from messages.rotation import KeyRotation
 from messages.signing import Ed25519Signer
 from messages.validation import with_rotations
 from messages.verify import VerifierState, ingest_rotations, verify_bundle

@@ -463,7 +463,7 @@ class ClusterWorld:
             assert len(logged_by) == len(documents) + 1  # the stage bundles and the artifact
 
         accepted = verify_bundle(
-            rollout.validation, self.bed.pins(), VerifierState(), rollout.artifact.not_before_ms + 1
+            rollout.validation, self.bed.pins(), VerifierState(), time.time_ns() // 1_000_000
         )
         assert accepted.digest == rollout.artifact.digest
         assert tally.lost == 0 and tally.duplicates == 0, tally.line()

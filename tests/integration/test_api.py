@@ -4,6 +4,7 @@ input (nothing changes), enrollment, the event log as pages and as server-sent e
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import aiohttp
@@ -81,6 +82,7 @@ async def api(request, tmp_path, server, limits, late_routes):
     await wait_for(lambda: daemon.node_id in orch.state.nodes, what="the announcement")
     async with aiohttp.ClientSession(base_url=f"http://{host}:{port}") as http:
         request.node.daemon = daemon  # for tests that speak as the node
+        request.node.address = (host, port)  # for tests that speak raw HTTP
         yield http, orch, daemon.node_id
     await daemon.stop()
     await nc.close()
@@ -122,9 +124,19 @@ async def test_an_enrolled_nodes_status_must_be_signed_by_its_identity_key(reque
             lambda: rejects(orch, "domain_change_refused") == 1, what="the domain change"
         )
         assert orch.state.nodes[node_id].domain == "dc-7"
+        # What it runs changes by a new attestation only; saying the same again records nothing.
+        node, seq = orch.state.nodes[node_id], orch.last_seq
+        for changed in ({"hsm": "pkcs11"}, {"measurement": "sha256:" + "cd" * 32}):
+            announced = replace(moved, domain="dc-7", **changed)
+            await publish(bus, subject, daemon.outbox.envelope(announced))
+        await wait_for(
+            lambda: rejects(orch, "reattestation_required") == 2, what="the changed software"
+        )
+        await publish(bus, subject, daemon.outbox.envelope(replace(moved, domain="dc-7")))
         beat = NodeHeartbeat(node_id=node_id, domain="dc-7", seq=99, uptime_ms=1, hsm_ok=False)
         await publish(bus, subject, daemon.outbox.envelope(beat))
         await wait_for(lambda: not orch.liveness[node_id].hsm_ok, what="the signed heartbeat")
+        assert orch.state.nodes[node_id] == node and orch.last_seq == seq
     finally:
         await bus.close()
 
@@ -187,15 +199,30 @@ async def test_bad_requests_get_json_errors_and_change_nothing(
         (b"[1, 2]", "must be a JSON object"),
         (b'{"requested_by": "me", "force": true}', "unknown fields"),
         (b'{"requested_by": 5}', "non-empty string"),
+        (b'{"requested_by": "a", "requested_by": "b"}', "duplicate key"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"requested_by": "\\ud800"}', "lone surrogate"),
+        (b'{"requested_by": NaN}', "not JSON"),
     ],
 )
 async def test_malformed_commands_are_refused(api, data, words):
+    """Bodies are parsed as strictly as messages: a typed 400, counted, never a 500."""
     http, orch, node_id = api
     before = orch.state
     status, body = await call(http, "POST", f"/v1/nodes/{node_id}/enroll", OP, data=data)
     assert (status, body["error"]) == (400, "bad_request")
     assert words in body["message"]
     assert orch.state == before
+    assert orch.metrics.http_rejects.labels("bad_request")._value.get() == 1
+
+
+@pytest.mark.parametrize("data", [b'{"fleet": "f", "fleet": "g"}', b"[" * 100_000 + b"]" * 100_000])
+async def test_a_plan_is_parsed_as_strictly_as_a_command(api, data):
+    http, orch, _ = api
+    seq = orch.last_seq
+    status, body = await call(http, "POST", "/v1/rollouts", OP, data=data)
+    assert (status, body["error"]) == (400, "bad_request")
+    assert orch.last_seq == seq
 
 
 async def test_event_pages_and_stream(api):

@@ -105,6 +105,23 @@ async def test_a_declared_body_over_the_limit_is_refused_unread(api, headers):
     assert orch.state == before and orch.last_seq == seq
 
 
+async def test_credentials_are_checked_before_a_body_is_read(request, api):
+    """A request without a token is refused from its head alone: the server does not wait,
+    up to its deadline, for a body nobody authorized."""
+    _, orch, node_id = api
+    host, port = request.node.address
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        head = f"POST /v1/nodes/{node_id}/enroll HTTP/1.1\r\nHost: {host}\r\n"
+        writer.write(f"{head}Content-Length: {LIMITS.max_body}\r\n\r\n".encode())
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), LIMITS.handler_s / 2)
+    finally:
+        writer.close()
+    assert status.split()[1] == b"401"
+    assert orch.metrics.http_rejects.labels("unauthenticated")._value.get() == 1
+
+
 async def test_a_chunked_body_is_cut_off_at_the_limit(api, late):
     http, orch, _ = api
     seq = orch.last_seq

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from messages.cosign_client import (
 )
 from messages.cosigning import COSIGNER_ROLE, SignRequest
 from messages.gate import Gate
-from messages.ids import parse_time
 from messages.outbox import Outbox
 from messages.signing import Ed25519Signer, TrustStore
 from messages.verify import (
@@ -37,7 +37,9 @@ from messages.verify import (
 )
 from ops.natsserver import NatsServer
 
-NOW = parse_time("2026-06-01T00:00:00.000Z")
+NOW = time.time_ns() // 1_000_000
+"""The cosigners here date their cosignatures by the wall clock, and a verifier refuses one
+dated more than five minutes ahead of its own: verify at the wall clock too."""
 IDS = ("cosigner-a", "cosigner-b")
 
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from cosigner.testbed import COSIGNERS, MEMBERS, init_cosigners, sample_artifact
 from messages.canonical import b64
 from messages.cosign_client import CosigningClient, NatsTransport, Peer
 from messages.documents import MalformedDocument
+from messages.ids import format_time
 from messages.outbox import Outbox
 from messages.signing import Ed25519Signer
 from messages.verify import CosignerPin, OperatorPin
@@ -31,7 +33,9 @@ from ops.cli import build_parser
 from ops.natsserver import NatsServer
 
 HSMFLEET = [sys.executable, "-m", "ops.cli", "--log-json"]
-NOW = "2026-06-01T00:00:00.000Z"
+NOW = format_time(time.time_ns() // 1_000_000)
+"""As the cosigner processes date their cosignatures (a verifier refuses one dated more than
+five minutes ahead of its clock)."""
 
 
 async def hsmfleet(*args: str) -> tuple[int, str, str]:

@@ -15,7 +15,12 @@ from messages.artifact import (
     check_next_epoch,
 )
 from messages.canonical import canonical
-from messages.documents import MalformedDocument, UnknownFormat
+from messages.documents import (
+    MAX_DOCUMENT_BYTES,
+    MAX_INPUT_BYTES,
+    MalformedDocument,
+    UnknownFormat,
+)
 from messages.ids import parse_time
 
 
@@ -125,7 +130,14 @@ def test_duplicate_keys_and_bad_json_are_refused() -> None:
     with pytest.raises(MalformedDocument, match="not JSON"):
         FleetKeyArtifact.parse(b"\xff")
     with pytest.raises(MalformedDocument, match="too large"):
-        FleetKeyArtifact.parse(b" " * (256 * 1024 + 1))
+        FleetKeyArtifact.parse(b" " * (MAX_INPUT_BYTES + 1))
+
+
+def test_the_document_limit_is_on_canonical_bytes_whatever_the_spelling() -> None:
+    artifact = sample_artifact()
+    spelled = json.dumps(artifact.to_json(), indent=4000).encode()
+    assert MAX_DOCUMENT_BYTES < len(spelled) <= MAX_INPUT_BYTES
+    assert FleetKeyArtifact.parse(spelled) == artifact
 
 
 def test_limits_hold_for_decoded_objects_too() -> None:

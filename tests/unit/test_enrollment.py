@@ -12,7 +12,7 @@ from messages.bus import Rejected
 from messages.events import AttestationAnswer, EnrollNode, NodeEnrolled, NodeRejected
 from messages.outbox import Outbox
 from messages.signing import Ed25519Signer
-from orchestrator.core import open_enrollments
+from orchestrator.core import ReattestationRequired, open_enrollments
 from orchestrator.errors import UnknownEnrollment
 from tests.replay.kit import DAY_MS, T0, PureLog, Vendor
 from tests.unit.test_core import announce, policy
@@ -66,6 +66,20 @@ def test_genuine_answer_enrolls_the_node(log, vendor):
     assert node.identity.attestation_digest == event.attestation_digest
     # the outcome is on record: a repeated answer changes nothing
     assert answer(log, issued, device.answer(issued.nonce)) == []
+
+
+def test_an_enrolled_node_announces_what_it_runs_but_cannot_change_it(log, vendor):
+    """A change of HSM or software is a re-attestation, not an announcement; an unchanged
+    announcement records nothing."""
+    device = vendor.device("n1")
+    issued = challenge(log)
+    answer(log, issued, device.answer(issued.nonce))
+    entries, node = len(log.entries), log.state.nodes["n1"]
+    assert log.decide(announce("n1", "dc-1")) == []
+    for changed in ({"hsm": "pkcs11"}, {"measurement": "sha256:" + "cd" * 32}):
+        with pytest.raises(ReattestationRequired):
+            log.decide(dataclasses.replace(announce("n1", "dc-1"), **changed))
+    assert len(log.entries) == entries and log.state.nodes["n1"] == node
 
 
 def test_chain_to_an_unknown_root(log):

@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from messages.cosignature import CosignatureVerifier
 from messages.note import (
@@ -273,8 +273,11 @@ SMALL_ORDER_KEYS = [
 
 def test_keys_anyone_can_sign_for_are_refused() -> None:
     identity = bytes.fromhex(SMALL_ORDER_KEYS[0])
-    # Why: under the identity point, R = identity and S = 0 "sign" every message.
-    assert verify_bytes(ED25519, identity, identity + bytes(32), TEXT.encode())
+    forged = identity + bytes(32)
+    # Why: under the identity point, R = identity and S = 0 "sign" every message, and
+    # OpenSSL takes it; only the key check of SPEC section 2 stops it.
+    ed25519.Ed25519PublicKey.from_public_bytes(identity).verify(forged, TEXT.encode())
+    assert not verify_bytes(ED25519, identity, forged, TEXT.encode())
     for key in map(bytes.fromhex, SMALL_ORDER_KEYS):
         assert not is_ed25519_public_key(key)
         for kind in (Ed25519NoteVerifier, CosignatureVerifier):
@@ -288,8 +291,21 @@ def test_keys_anyone_can_sign_for_are_refused() -> None:
 def test_key_names() -> None:
     assert is_key_name("example.com/log42")
     assert is_key_name("oid/1.3.6.1.4.1")
-    for bad in ("", "a b", "a+b", "a\tb", "a\u2003b", "a\u2028b", None):
+    assert is_key_name("a\u200bb")  # a zero-width space is a format character, no space
+    for bad in ("", "a b", "a+b", "a\tb", "a\u2003b", "a\u2028b", "a\u2029b", None):
         assert not is_key_name(bad)
+    for space in ("\u0085", "\u00a0", "\u1680", "\u202f", "\u205f", "\u3000"):
+        assert not is_key_name(f"a{space}b"), f"U+{ord(space):04X} is a Unicode space"
+
+
+def test_a_signature_line_holds_a_key_id_and_at_least_one_signature_byte() -> None:
+    key_id = PETER.key_id
+    with pytest.raises(MalformedNote, match="too short"):
+        NoteSignature.parse_line(f"— PeterNeumann {base64.b64encode(key_id).decode()}")
+    line = f"— PeterNeumann {base64.b64encode(key_id + b'x').decode()}"
+    assert NoteSignature.parse_line(line).signature == b"x"
+    with pytest.raises(BadNoteSignature):  # a known key's one-byte signature fails, loudly
+        open_note(TEXT + "\n" + line + "\n", [PETER])
 
 
 def test_error_kinds_are_distinct() -> None:

@@ -11,7 +11,9 @@ import pytest
 from messages.bundle import ACTIVATE, CEREMONY, DESTROY, ENROLL, PUBLISH, QUORUM, check_chain
 from messages.ceremony import key_label
 from messages.documents import time_ms
+from messages.envelope import Envelope
 from messages.events import RotateFleet, RotationStarted, Tick
+from messages.schema import REGISTRY
 from messages.verify import (
     LegacyKeyExpired,
     Rollback,
@@ -349,4 +351,54 @@ async def test_a_member_down_past_its_deadline_pauses_and_retry_ends_the_same(wo
     rotation = world.rollout()
     assert rotation.legacy_closed and stages(world) == [*FIRST, *FIRST, DESTROY]
     assert {m.id for m in rotation.artifact.quorum.members} == set(world.nodes.nodes)
+    replays(world)
+
+
+async def test_time_lost_before_activation_does_not_shorten_the_overlap(world):
+    """The window counts from activation, when clients can first fetch the new bundle: an
+    orchestrator down between preparing the artifact and activating it (here for twice the
+    overlap) takes nothing from clients still holding the old bundle."""
+    await active(world)
+    first = world.rollout()
+    everyone = set(world.nodes.nodes)
+    world.rotate(overlap_s=HOUR_S)
+    await world.drill.settle(until=lambda s: s.book.of_fleet("fleet-1").artifact is not None)
+    prepared = world.clock()
+    assert world.rollout().legacy_until_ms == prepared + HOUR_S * 1000
+    world.clock.advance(2 * HOUR_S * 1000)
+    await world.settle()
+    rotation, activated = world.rollout(), world.clock()
+    assert rotation.status == "active" and rotation.legacy_ends_ms == activated + HOUR_S * 1000
+    assert holds(world, first.rollout_id, "vault") == everyone
+    await world.wait_out(HOUR_S - 1)
+    assert holds(world, first.rollout_id, "vault") == everyone
+    assert stages(world) == FIRST + FIRST
+    await world.wait_out(1)
+    assert world.rollout().legacy_closed and holds(world, first.rollout_id, "vault") == set()
+    replays(world)
+
+
+async def test_rotations_recorded_before_keep_their_window_from_preparation(world):
+    """A command recorded as version 1 decides again as it did: its window opens with the
+    artifact, so an old log replays unchanged."""
+    await active(world)
+    recorded = REGISTRY.parse(
+        Envelope(
+            type=RotateFleet.TYPE,
+            v=1,
+            id="input",
+            at="1970-01-01T00:00:00.000Z",
+            source="log",
+            body={"fleet": "fleet-1", "requested_by": "op", "overlap_s": 60, "reason": ""},
+        )
+    )
+    assert recorded.overlap_from_activation is False
+    world.drill.decide(recorded)
+    await world.drill.settle(until=lambda s: s.book.of_fleet("fleet-1").artifact is not None)
+    until = world.rollout().legacy_until_ms
+    world.clock.advance(120_000)
+    await world.settle()
+    rotation = world.rollout()
+    assert rotation.legacy_closed and rotation.window_until_ms is None
+    assert until is not None and until < world.clock()
     replays(world)

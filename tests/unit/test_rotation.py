@@ -20,12 +20,13 @@ import pytest
 from cosigner.testbed import COSIGNERS, DAY_MS, MEMBERS, Testbed, sample_artifact, sample_chain
 from messages.audit import BrokenChain, audit_entries, own_keys
 from messages.checkpoint import Checkpoint
-from messages.documents import MalformedDocument
+from messages.cosignature import CosignatureSigner
+from messages.documents import MalformedDocument, time_ms
 from messages.ids import format_time
-from messages.note import Ed25519NoteSigner, Note
+from messages.note import Ed25519NoteSigner, Note, NoteSignature
+from messages.origin import OPERATOR
 from messages.retirement import FleetRetired, FleetRetirement, RetirementEpochMismatch
 from messages.rotation import (
-    OPERATOR,
     KeyRotation,
     RotationSingleSigned,
     RotationVersionGap,
@@ -36,15 +37,20 @@ from messages.signing import Ed25519Signer
 from messages.statement import parse_logged_bytes
 from messages.validation import LoggedNotice, ValidationBundle, with_rotations
 from messages.verify import (
+    WITNESSED,
+    BadCheckpoint,
     BadStatementSignature,
     BelowThreshold,
     KeyInForce,
+    Keyring,
     LegacyKeyExpired,
     MalformedBundle,
+    OperatorPin,
     Pins,
     RotationBadKey,
     RotationNotLogged,
     StaleView,
+    StatePinsMismatch,
     SupersededKey,
     UnknownFleetKey,
     VerifierState,
@@ -57,6 +63,7 @@ from messages.verify import (
     verify_bundle,
 )
 from ops import cli
+from tests.unit.test_small_order_keys import SmallOrderSigner
 
 A, B = "cosigner-a.example/log", "cosigner-b.example/log"
 OPERATOR_KEYS = [Ed25519Signer.from_seed(bytes([n]) * 32) for n in (101, 102, 103)]
@@ -67,6 +74,7 @@ class World:
     pins: Pins
     first: ValidationBundle  # epoch 1, before any rotation, countersigned by operator v1
     second: ValidationBundle  # epoch 2, after all rotations, with the rotation chain
+    late: ValidationBundle  # ``second`` proved again two days later; its chain as it was
     chain: list[LoggedNotice]  # operator v2, A v2, operator v3, A v3, in logged order
     state: VerifierState  # what the verifier stored when it accepted ``first``
     retirement: LoggedNotice  # fleet-1 retired after epoch 2
@@ -130,6 +138,7 @@ async def build_world(directory: Path) -> World:
             "gap": KeyRotation.make(OPERATOR, 5, v3, stranger, at),
             "wrong_old": KeyRotation.make(OPERATOR, 4, OPERATOR_KEYS[0], stranger, at),
             "stale": KeyRotation.make(OPERATOR, 3, v3, stranger, at),
+            "small_order": KeyRotation.make(OPERATOR, 4, v3, SmallOrderSigner(), at),
         }
         refusals = {k: await _refusal(bed, "cosigner-b", r.to_json()) for k, r in bad.items()}
 
@@ -161,12 +170,15 @@ async def build_world(directory: Path) -> World:
         }
         a = bed.cosigner("cosigner-a")
         a_log = (a.notary.checkpoint(), a.notary.entries(0, a.notary.size))
+        bed.clock.advance(2 * DAY_MS)
+        late = await bed.client.refresh(second)
     finally:
         await bed.close()
     return World(
         pins,
         first,
         second,
+        late,
         chain,
         state,
         notice,
@@ -280,23 +292,68 @@ def test_a_countersignature_by_a_superseded_operator_key_is_refused(world: World
         _verify(world, world.old_operator_bundle, world.state)
 
 
+def _check_a_checkpoint(world: World, note: str) -> None:
+    """Check ``world.second``'s proof from A with ``note`` as its checkpoint, A's keys walked."""
+    proof = next(p for p in world.second.proofs if p.log == A)
+    state, _ = ingest_rotations(world.chain, world.pins, VerifierState(), world.now)
+    check_logged(
+        world.pins.cosigner(A),
+        world.second.artifact,
+        proof.statement,
+        proof.signature,
+        proof.inclusion,
+        note,
+        Keyring.of(world.pins, state).witnesses(),
+        keys=state.keys[A],
+    )
+
+
 def test_a_checkpoint_signed_by_a_superseded_log_key_is_refused(world: World) -> None:
     proof = next(p for p in world.second.proofs if p.log == A)
     text = Note.parse(proof.checkpoint).text
     old = Ed25519NoteSigner(A, Ed25519Signer.from_seed(world.a_old_seed))
-    forged = Checkpoint.from_text(text).sign(old).encode().decode()
-    state, _ = ingest_rotations(world.chain, world.pins, VerifierState(), world.now)
-    pin = world.pins.cosigner(A)
     with pytest.raises(SupersededKey):
-        check_logged(
-            pin,
-            world.second.artifact,
-            proof.statement,
-            proof.signature,
-            proof.inclusion,
-            forged,
-            keys=state.keys[A],
-        )
+        _check_a_checkpoint(world, Checkpoint.from_text(text).sign(old).encode().decode())
+
+
+def test_a_checkpoint_is_read_then_its_known_signatures_then_its_log_key(world: World) -> None:
+    """Step 3.3's order: the text decides which key must have signed, so a malformed text is
+    refused first; a failing signature by any known key comes before the missing log key."""
+    proof = next(p for p in world.second.proofs if p.log == A)
+    parsed = Note.parse(proof.checkpoint)
+    old = Ed25519NoteSigner(A, Ed25519Signer.from_seed(world.a_old_seed))
+    by_old = Checkpoint.from_text(parsed.text).sign(old)
+    failing = next(s for s in parsed.signatures if s.name == B)
+    failing = NoteSignature(B, failing.key_id, failing.signature[:8] + bytes(64))
+    malformed = parsed.text.replace("\n", "\n\n", 1)  # an empty line is no extension
+    for note, refusal in (
+        (Note(malformed, (old.sign(malformed),)), BadCheckpoint),
+        (by_old.with_signature(failing), BadCheckpoint),
+        (by_old, SupersededKey),
+    ):
+        with pytest.raises(refusal):
+            _check_a_checkpoint(world, note.encode().decode())
+
+
+def test_a_cosigners_old_key_cosigns_only_before_its_successors_since(world: World) -> None:
+    """Step 3.6: a cosignature by a superseded key counts while dated before the rotation's
+    ``at`` (its successor's ``since``), for k and for freshness; not after."""
+    since = time_ms(world.chain[1].logged.at, "at") // 1000  # A's move from v1 to v2
+    old = CosignatureSigner(A, Ed25519Signer.from_seed(world.a_old_seed))
+    pins = dataclasses.replace(world.pins, vouching=WITNESSED, max_checkpoint_age=10**9)
+    for timestamp, vouchers in ((since - 1, (A, B)), (since, None)):
+        proof = next(p for p in world.second.proofs if p.log == B)
+        parsed = Note.parse(proof.checkpoint)
+        kept = Note(parsed.text, tuple(s for s in parsed.signatures if s.name == B))
+        line = old.cosign(Checkpoint.from_text(parsed.text), timestamp)
+        checkpoint = kept.with_signature(line).encode().decode()
+        alone = dataclasses.replace(proof, checkpoint=checkpoint)
+        bundle = dataclasses.replace(world.second, proofs=(alone,))
+        if vouchers is None:
+            with pytest.raises(BelowThreshold):
+                _verify(world, bundle, world.state, pins=pins)
+        else:
+            assert _verify(world, bundle, world.state, pins=pins).vouchers == vouchers
 
 
 def test_a_cosigner_rotation_without_its_own_log_is_refused(world: World) -> None:
@@ -439,6 +496,43 @@ def test_a_malformed_rotation_chain_is_a_malformed_bundle(world: World) -> None:
             _verify(world, bad, world.state)
         with pytest.raises(MalformedBundle):
             parse_bundle(bad.to_json())
+
+
+def test_cosigners_refuse_a_rotation_to_a_key_of_small_order(world: World) -> None:
+    assert world.refusals["small_order"] == RotationBadKey.kind
+
+
+def test_a_client_offline_for_long_walks_an_old_chain_with_a_fresh_bundle(world: World) -> None:
+    """Rotations are facts of the past: their notices keep the proofs they were logged with,
+    however old; only the bundle's own checkpoints must be fresh."""
+    pins = dataclasses.replace(world.pins, max_checkpoint_age=3600)
+    now = world.now + DAY_MS + 60_000  # a minute after the late bundle was made
+    accepted = _verify(world, world.late, world.state, pins=pins, now=now)
+    assert [(r.signer, r.version) for r in accepted.rotations][-1] == (A, 3)
+    with pytest.raises(StaleView):  # the bundle as first made is two days old by then
+        _verify(world, world.second, world.state, pins=pins, now=now)
+    assert ingest_retirement(world.retirement, pins, world.state, now, world.chain).retired
+
+
+def _repinned(world: World, version: int, key: Ed25519Signer) -> Pins:
+    return dataclasses.replace(world.pins, operator=OperatorPin("ed25519", key.public_key, version))
+
+
+def test_stored_keys_must_hold_the_pinned_key_at_its_version(world: World) -> None:
+    walked, _ = ingest_rotations(world.chain, world.pins, VerifierState(), world.now)
+    stranger = Ed25519Signer.from_seed(bytes([6]) * 32)
+    with pytest.raises(StatePinsMismatch):  # version 1 pinned, another key stored for it
+        _verify(world, world.second, walked, pins=_repinned(world, 1, stranger))
+    with pytest.raises(StatePinsMismatch):  # a key the walk reached, pinned as another version
+        _verify(world, world.second, walked, pins=_repinned(world, 2, OPERATOR_KEYS[2]))
+    # Pins that moved on with the walk agree with it.
+    assert _verify(world, world.second, walked, pins=_repinned(world, 3, OPERATOR_KEYS[2]))
+    # A pin newer than every stored key of its signer stands alone.
+    older, _ = ingest_rotations(world.chain[:2], world.pins, world.state, world.now)
+    assert [k.version for k in older.keys[OPERATOR]] == [1, 2]
+    moved = _verify(world, world.second, older, pins=_repinned(world, 3, OPERATOR_KEYS[2]))
+    assert OPERATOR not in moved.state.keys
+    assert [k.version for k in moved.state.keys[A]] == [1, 2, 3]
 
 
 def test_a_rotation_to_another_signers_key_is_refused(world: World) -> None:

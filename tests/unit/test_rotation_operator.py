@@ -14,7 +14,8 @@ from cosigner.local import LocalTransport
 from cosigner.testbed import DAY_MS, MEMBERS, Testbed, sample_artifact, sample_chain
 from messages.cosign_client import CosigningClient
 from messages.ids import format_time
-from messages.rotation import OPERATOR, KeyRotation, RotationWrongOldKey
+from messages.origin import OPERATOR
+from messages.rotation import KeyRotation, RotationWrongOldKey
 from messages.signing import Ed25519Signer
 from messages.validation import with_rotations
 from messages.verify import OperatorPin, VerifierState, verify_bundle

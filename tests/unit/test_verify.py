@@ -26,6 +26,7 @@ from messages.signing import Ed25519Signer
 from messages.statement import Countersignature
 from messages.validation import Consistency, ValidationBundle
 from messages.verify import (
+    WITNESSED,
     Accepted,
     BadCheckpoint,
     BadCountersignature,
@@ -171,10 +172,16 @@ def test_later_epochs_follow_with_consistent_checkpoints(world: World) -> None:
     assert legacy and accepted.artifact.keys_usable_at(NOW) == accepted.artifact.keys
 
 
-def test_a_single_log_with_a_witness_cosignature_meets_two_of_two(world: World) -> None:
+def test_a_witness_counts_towards_k_only_when_the_pins_say_so(world: World) -> None:
+    """By default k counts the cosigners that logged the artifact; B only cosigning A's
+    checkpoint saw A's log, not the artifact."""
     raw = _raw(world.first)
     raw["proofs"] = [p for p in raw["proofs"] if p["statement"]["log"] == A]
-    assert _accept(world, raw).vouchers == (A, B)
+    with pytest.raises(BelowThreshold) as caught:
+        _accept(world, raw)
+    assert caught.value.detail["vouchers"] == [A]
+    witnessed = dataclasses.replace(world.pins, vouching=WITNESSED)
+    assert _accept(world, raw, pins=witnessed).vouchers == (A, B)
 
 
 def test_logs_the_verifier_does_not_pin_prove_nothing(world: World) -> None:
@@ -391,7 +398,8 @@ def test_one_key_pinned_under_two_names_is_refused(world: World, tmp_path: Path)
     with pytest.raises(MalformedDocument, match="keys must be distinct"):
         dataclasses.replace(world.pins, cosigners=(*world.pins.cosigners, alias), threshold=3)
     # An unpinned name proves nothing, whatever key its line verifies under.
-    assert _accept(world, raw).vouchers == (A, B)
+    witnessed = dataclasses.replace(world.pins, vouching=WITNESSED)
+    assert _accept(world, raw, pins=witnessed).vouchers == (A, B)
     pins = world.pins.to_json()
     pins["cosigners"].append(alias.to_json())
     (tmp_path / "pins.json").write_text(json.dumps(pins))
