@@ -2,7 +2,9 @@
 
 It names the fleet and its key epoch, lists the fleet's public keys with their roles (a key kept
 only for a rotation overlap carries ``legacy_until``), the quorum the fleet replicates with
-(members, their failure domains, the commit threshold) and the window in which it is valid. It is
+(members, their failure domains, the commit threshold), the window in which it is valid and,
+for a fleet that guards a vault, the vault's policy (guess limit, account authority key,
+replacement interval): what every member's HSM enforces, public for clients and auditors. It is
 a :class:`~messages.documents.Document`: canonical JSON, format ``hsmfleet/fleet-keys/v1``,
 digest SHA-256 of its canonical bytes.
 
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from messages.documents import Digested, is_name, is_role, require, time_ms
 from messages.errors import HsmfleetError
 from messages.schema import Body
+from messages.vault import VaultPolicy
 
 FORMAT = "hsmfleet/fleet-keys/v1"
 KIND = "fleet-keys"
@@ -100,7 +104,14 @@ class FleetKeyArtifact(Digested):
     quorum: Quorum
     not_before: str
     not_after: str
+    vault: VaultPolicy | None = None
     format: str = field(default=FORMAT, kw_only=True)
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if self.vault is None:
+            del out["vault"]  # an artifact without a vault reads as artifacts did before vaults
+        return out
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -27,10 +27,12 @@ process carried the rollout out.
 # No ``from __future__ import annotations``: body field types stay evaluated (see messages.schema).
 from dataclasses import dataclass
 
-from messages.canonical import canonical
+from messages.attestation import Attestation
+from messages.canonical import b64, canonical
 from messages.documents import hex_digest
 from messages.quorum import Config
 from messages.schema import Body, message
+from messages.vault import VaultPolicy
 
 PROBE_DOMAIN = b"hsmfleet/v1/rollout-probe\n"
 
@@ -43,6 +45,25 @@ def key_label(fleet: str, rollout: str, role: str) -> str:
 def rollout_labels(fleet: str, rollout: str) -> str:
     """The prefix every label of ``rollout``'s keys starts with."""
     return f"fleet:{fleet}:{rollout}:"
+
+
+def wrap_context(
+    fleet: str, epoch: int, role: str, alg: str, public_key: bytes, node: str
+) -> bytes:
+    """The context one fleet key is wrapped for (the HPKE ``info`` of its wrapping, see
+    ``node/hsm/keys.py``): its fleet, key epoch, role, algorithm and public key, and the member
+    it is for. A wrapped key opens only for the context it was sealed for, so it cannot be
+    passed off as another fleet's, epoch's or role's key, nor be imported by another member."""
+    return canonical(
+        {
+            "fleet": fleet,
+            "epoch": epoch,
+            "role": role,
+            "alg": alg,
+            "public_key": b64(public_key),
+            "node": node,
+        }
+    )
 
 
 def probe_key(epoch: int) -> str:
@@ -65,11 +86,14 @@ class KeyRole(Body):
 
 @dataclass(frozen=True)
 class Recipient(Body):
-    """A member the fleet keys are wrapped to: its attested ECDH P-256 transport key."""
+    """A member the fleet keys are wrapped to: its attested ECDH P-256 transport key, and the
+    attestation that vouches for it, which an HSM behind a device boundary checks before it
+    wraps (``None``: the sender's HSM is trusted to wrap to the key as given)."""
 
     node: str
     transport_alg: str
     transport_key: bytes
+    attestation: Attestation | None = None
 
 
 @dataclass(frozen=True)
@@ -83,8 +107,9 @@ class PublicFleetKey(Body):
 
 @dataclass(frozen=True)
 class WrappedFleetKey(Body):
-    """One fleet key sealed to one member's transport key (ECDH P-256 + AES key wrap, see
-    ``node/hsm/keys.py``)."""
+    """One fleet key sealed to one member's transport key for :func:`wrap_context` (HPKE base
+    mode, DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-128-GCM: ``ephemeral`` is the
+    encapsulated key, see ``node/hsm/keys.py``)."""
 
     node: str
     role: str
@@ -123,6 +148,9 @@ class GenerateFleetKeys(Body):
     rollout: str
     roles: tuple[KeyRole, ...]
     recipients: tuple[Recipient, ...]
+    vault: VaultPolicy | None = None
+    """The vault policy these keys serve (a fleet with vault keys): kept beside the keys by
+    every member, and published in the fleet's artifact."""
 
 
 @message
@@ -145,6 +173,8 @@ class ImportFleetKeys(Body):
     epoch: int
     rollout: str
     keys: tuple[WrappedFleetKey, ...]
+    vault: VaultPolicy | None = None
+    """As :attr:`GenerateFleetKeys.vault`."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,12 @@ sends it)::
     days = 365
     # not_before = "2026-01-01T00:00:00.000Z"   # default: when the rollout starts
 
+    [vault]                  # optional: the fleet guards a vault (its keys join [keys])
+    limit = 10               # wrong PIN guesses allowed since the PIN was last proven
+    authority_key = "<base64 Ed25519 key>"   # the account authority, or authority_key_file
+    replace_interval_s = 86400   # least time between replacements without the PIN
+    login_ttl_s = 120            # how long a started login may be finished
+
     [cosigners]
     threshold = 2            # k of the n pinned cosigners must vouch
     [[cosigners.pin]]
@@ -63,11 +69,13 @@ from messages.documents import (
 )
 from messages.errors import HsmfleetError, MessageError
 from messages.schema import Body
-from messages.signing import ECDSA_P256, ED25519
+from messages.signing import ALGORITHMS, ECDSA_P256, ED25519, key_id
 from messages.statement import is_origin
+from messages.vault import VAULT_KEYS, VaultPolicy, VaultPolicyError
 
 FLEET_KEY_ALGORITHMS = (ED25519, ECDSA_P256)
-"""Fleet keys move between HSMs wrapped, and the HSM interface wraps signing keys only."""
+"""The algorithms of a fleet's signing keys; a vault's keys (:data:`messages.vault.VAULT_KEYS`)
+come with its ``[vault]`` section."""
 MAX_KEYS = 16
 MAX_DAYS = 3650
 MAX_DEADLINE_S = 86_400
@@ -141,6 +149,12 @@ class BadKeyRoles(PlanError):
     """No fleet key, a bad role name, or an algorithm fleet keys cannot use."""
 
     kind = "plan_keys"
+
+
+class BadVault(PlanError):
+    """The vault section is incomplete or out of range, or vault keys come without it."""
+
+    kind = "plan_vault"
 
 
 class BadValidity(PlanError):
@@ -231,6 +245,13 @@ class RolloutPlan(Body):
     validity: Validity
     cosigners: CosignerPolicy
     rollout: Pacing
+    vault: VaultPolicy | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if self.vault is None:
+            del out["vault"]  # a plan without a vault reads as plans did before vaults
+        return out
 
     @property
     def size(self) -> int:
@@ -261,6 +282,15 @@ _TOP: _Spec = {
     "validity": ((dict,), False, {}),
     "cosigners": ((dict,), True, None),
     "rollout": ((dict,), False, {}),
+    "vault": ((dict, type(None)), False, None),
+}
+_VAULT: _Spec = {
+    "limit": ((int,), False, 10),
+    "authority_alg": ((str,), False, ED25519),
+    "authority_key": ((str,), False, None),
+    "authority_key_file": ((str,), False, None),
+    "replace_interval_s": ((int,), False, 86_400),
+    "login_ttl_s": ((int,), False, 120),
 }
 _MEMBERS: _Spec = {
     "ids": ((list,), False, []),
@@ -367,7 +397,11 @@ def plan_json(raw: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
         roles = keys  # JSON form: a list of {role, alg}
     cosigners = _section(top["cosigners"], _COSIGNERS, "cosigners")
     entries = cosigners["pin"] if cosigners["pin"] is not None else cosigners["pins"] or []
-    return {
+    vault = None if top["vault"] is None else _vault(top["vault"], base)
+    if vault is not None:
+        listed = {r.get("role") for r in roles if isinstance(r, dict)}
+        roles = [*roles, *({"role": r, "alg": a} for r, a in VAULT_KEYS.items() if r not in listed)]
+    normal = {
         "fleet": top["fleet"],
         "members": {
             "ids": list(ids),
@@ -385,6 +419,28 @@ def plan_json(raw: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
         },
         "rollout": _section(top["rollout"], _ROLLOUT, "rollout"),
     }
+    if vault is not None:
+        normal["vault"] = vault
+    return normal
+
+
+def _vault(raw: Any, base: Path | None) -> dict[str, Any]:
+    """The vault section as plan JSON; an ``authority_key_file`` (read relative to ``base``)
+    holds the account authority's public key in base64."""
+    section = _section(raw, _VAULT, "vault")
+    key_file = section.pop("authority_key_file")
+    if key_file is not None:
+        if base is None:
+            raise PlanBadValue("vault.authority_key_file is only allowed in a plan file")
+        if section["authority_key"] is not None:
+            raise BadVault("give vault.authority_key or vault.authority_key_file, not both")
+        try:
+            section["authority_key"] = (base / key_file).read_text().strip()
+        except OSError as exc:
+            raise PlanUnreadable(f"cannot read vault.authority_key_file: {exc}") from None
+    if section["authority_key"] is None:
+        raise PlanMissingSetting("vault.authority_key is required (or authority_key_file)")
+    return section
 
 
 def parse_plan(raw: Any) -> RolloutPlan:
@@ -395,6 +451,8 @@ def parse_plan(raw: Any) -> RolloutPlan:
     normal = plan_json(raw)
     try:
         plan = RolloutPlan.from_json(normal, "plan")
+    except VaultPolicyError as exc:
+        raise BadVault(str(exc)) from None
     except MessageError as exc:
         raise PlanBadValue(f"the plan does not fit its schema: {exc}") from None
     check_plan(plan)
@@ -422,7 +480,8 @@ def check_plan(plan: RolloutPlan) -> None:
         raise BadFleetId("fleet id must be 1-128 of A-Z a-z 0-9 _ -", fleet=plan.fleet)
     _check_members(plan.members)
     _check_quorum(plan)
-    _check_keys(plan.keys)
+    _check_keys(plan.keys, plan.vault)
+    _check_vault(plan.vault)
     _check_validity(plan.validity)
     _check_cosigners(plan.cosigners)
     _check_pacing(plan)
@@ -472,7 +531,7 @@ def _check_quorum(plan: RolloutPlan) -> None:
             )
 
 
-def _check_keys(keys: tuple[KeyRole, ...]) -> None:
+def _check_keys(keys: tuple[KeyRole, ...], vault: VaultPolicy | None) -> None:
     if not 1 <= len(keys) <= MAX_KEYS:
         raise BadKeyRoles(f"a fleet has 1 to {MAX_KEYS} keys", keys=len(keys))
     roles = [k.role for k in keys]
@@ -481,6 +540,14 @@ def _check_keys(keys: tuple[KeyRole, ...]) -> None:
     for key in keys:
         if not is_role(key.role):
             raise BadKeyRoles("key roles are lowercase names", role=key.role)
+        if key.role in VAULT_KEYS:
+            if vault is None:
+                raise BadVault("vault keys need a [vault] section", role=key.role)
+            if key.alg != VAULT_KEYS[key.role]:
+                raise BadVault(
+                    "a vault key has a fixed algorithm", role=key.role, alg=VAULT_KEYS[key.role]
+                )
+            continue
         if key.alg not in FLEET_KEY_ALGORITHMS:
             raise BadKeyRoles(
                 "fleet keys are Ed25519 or ECDSA P-256: only signing keys move between HSMs",
@@ -488,6 +555,11 @@ def _check_keys(keys: tuple[KeyRole, ...]) -> None:
                 alg=key.alg,
                 allowed=list(FLEET_KEY_ALGORITHMS),
             )
+
+
+def _check_vault(vault: VaultPolicy | None) -> None:
+    if vault is not None and vault.authority_alg not in ALGORITHMS:
+        raise BadVault("the authority key is Ed25519 or ECDSA P-256", alg=vault.authority_alg)
 
 
 def _check_validity(v: Validity) -> None:
@@ -570,4 +642,16 @@ def describe(plan: RolloutPlan) -> list[str]:
         f"each stage ends with a stage bundle cosigned by {plan.cosigners.threshold} of "
         f"{len(plan.cosigners.pins)}; valid {plan.validity.days} day(s) from {window}; "
         f"{plan.rollout.member_deadline_s}s per member step",
+        *_describe_vault(plan.vault),
+    ]
+
+
+def _describe_vault(vault: VaultPolicy | None) -> list[str]:
+    if vault is None:
+        return []
+    authority = key_id(vault.authority_alg, vault.authority_key)
+    return [
+        f"vault: {vault.limit} wrong PIN guesses per user between logins; requests authorized "
+        f"by the account authority key {authority}; a record replaced without its PIN at most "
+        f"every {vault.replace_interval_s}s"
     ]

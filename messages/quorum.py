@@ -23,6 +23,12 @@ it under the voter's signature: a vote counts, and a commit proof holds, only un
 configuration it was cast in (a quorum of an older configuration is not one of a newer).
 Acceptors refuse requests of an epoch older than their own, so a proposer that missed a
 membership change cannot commit under the old quorums.
+
+Some records are *vetted* (the vault's, keys starting with :data:`VETTED_PREFIX`): a value is
+accepted for one only with a :class:`Justification` (its predecessor, the quorum's signed proof
+that the predecessor committed, and the witness the change is made from) that the acceptor's HSM
+checks before it signs the acceptance. Accept requests carry a justification per record,
+promises and snapshots report the one each accepted value came with.
 """
 
 import dataclasses
@@ -34,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from messages.canonical import b64, unb64
+from messages.canonical import b64, canonical, loads_strict, unb64
 from messages.errors import HsmfleetError, SchemaViolation
 from messages.schema import Body, message
 
@@ -46,6 +52,14 @@ PHASES = (PREPARE, ACCEPT, SNAPSHOT, CONFIG)
 
 MEMBER_ROLE = "member"
 OPERATOR_ROLE = "operator"
+VETTED_PREFIX = "vault-"
+"""Records whose key starts with this are vetted: see the module docstring."""
+
+
+def vetted(key: str) -> bool:
+    """Whether record ``key`` is vetted (its acceptances checked by each acceptor's HSM)."""
+    return key.startswith(VETTED_PREFIX)
+
 
 # NATS header on a request naming, comma-separated, the members asked to answer it; the others
 # drop it before any work. It is not signed: a member that drops a request, or answers one it
@@ -205,6 +219,9 @@ class Refusal(Body):
     seen_by: str
     accepted: int
     accepted_by: str
+    kind: str = ""
+    """Empty for a ballot conflict; else why the acceptor's HSM refused the value (a vetted
+    record whose change does not check out): no higher ballot will make it accept."""
 
 
 class _Request(_Columns):
@@ -249,12 +266,13 @@ class Promise(_Vote):
     """Phase 1b, one acceptor's signed answer to a :class:`Prepare`.
 
     For each granted record, ``accepteds``/``accepted_bys``/``values`` are the ballot and value
-    the acceptor accepted last (``accepteds[i] == 0``: none); refused records carry
-    placeholders and a :class:`Refusal`.
+    the acceptor accepted last (``accepteds[i] == 0``: none), and ``justifications`` the
+    justification that value was accepted with (vetted records; else none); refused records
+    carry placeholders and a :class:`Refusal`.
     """
 
     TYPE = "quorum.promise"
-    COLUMNS = ("keys", "ballots", "accepteds", "accepted_bys", "values")
+    COLUMNS = ("keys", "ballots", "accepteds", "accepted_bys", "values", "justifications")
     fleet: str
     epoch: int
     proposer: str
@@ -263,6 +281,7 @@ class Promise(_Vote):
     accepteds: tuple[int, ...]
     accepted_bys: tuple[str, ...]
     values: tuple[bytes | None, ...]
+    justifications: tuple[bytes | None, ...]
     refusals: tuple[Refusal, ...] = ()
 
 
@@ -274,16 +293,19 @@ class Accept(_Request):
     When ``next_ballots[i]`` is above ``ballots[i]``, an acceptor that accepts also promises
     ``(next_ballots[i], source)``: the next prepare rides on this accept, so the proposer's next
     change of the record needs one round trip (CASPaxos 2.2.1). 0 asks for no promise.
+    ``justifications[i]`` is the encoded :class:`Justification` of a vetted record's value
+    (none for other records).
     """
 
     TYPE = "quorum.accept"
-    COLUMNS = ("keys", "ballots", "next_ballots", "values")
+    COLUMNS = ("keys", "ballots", "next_ballots", "values", "justifications")
     fleet: str
     epoch: int
     keys: tuple[str, ...]
     ballots: tuple[int, ...]
     next_ballots: tuple[int, ...]
     values: tuple[bytes | None, ...]
+    justifications: tuple[bytes | None, ...]
 
 
 @message
@@ -335,13 +357,66 @@ class Snapshot(_Columns):
     """One page of a member's accepted records; ``more`` when records after the last remain."""
 
     TYPE = "quorum.snapshot.page"
-    COLUMNS = ("keys", "accepteds", "accepted_bys", "values")
+    COLUMNS = ("keys", "accepteds", "accepted_bys", "values", "justifications")
     fleet: str
     keys: tuple[str, ...]
     accepteds: tuple[int, ...]
     accepted_bys: tuple[str, ...]
     values: tuple[bytes | None, ...]
+    justifications: tuple[bytes | None, ...]
     more: bool
+
+
+@dataclass(frozen=True)
+class Justification(Body):
+    """Why a vetted record may take a value: its predecessor ``pred`` (None: the empty record),
+    the ballot it committed under with the quorum's signed ``quorum.accepted`` votes that prove
+    it (none for the empty record), and the ``witness`` the change is recomputed from (None:
+    the value is the predecessor itself, written back)."""
+
+    pred: bytes | None
+    ballot: int
+    by: str
+    votes: tuple[bytes, ...]
+    witness: bytes | None = None
+
+    def encode(self) -> bytes:
+        return canonical(self.to_json())
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> "Justification":
+        """Parse an encoded justification; any defect is :class:`SchemaViolation`."""
+        if data is None:
+            raise SchemaViolation("a vetted record's value needs a justification")
+        try:
+            return cls.from_json(loads_strict(data))
+        except ValueError as exc:
+            raise SchemaViolation(f"a justification is not JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Vetting(Body):
+    """A vetted record an acceptance is about to grant, as the acceptor shows it to its HSM:
+    its index in the vote, the value and justification the proposer sent, and what the
+    acceptor holds for it (accepted ballot and value, and whether its own HSM checked that
+    value: one copied in a catch-up was not)."""
+
+    index: int
+    value: bytes | None
+    justification: bytes | None
+    accepted: int
+    accepted_by: str
+    held: bytes | None
+    vetted: bool
+
+
+@dataclass(frozen=True)
+class VettingRefusal(Body):
+    """A vetted record the acceptor's HSM will not let it accept, and why."""
+
+    index: int
+    kind: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -403,6 +478,13 @@ class OutcomeUnknown(QuorumError):
     have committed; a later read decides."""
 
     kind = "outcome_unknown"
+
+
+class ValueRefused(QuorumError):
+    """The members' HSMs refused a vetted record's value (``kind`` says why): it is not a
+    valid successor of a committed predecessor, and no higher ballot makes it one."""
+
+    kind = "value_refused"
 
 
 class Contention(QuorumError):

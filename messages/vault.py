@@ -1,47 +1,130 @@
-"""Vault operations (DESIGN 5.5, subjects ``fleet.vault.<fleet_id>.<op>``): register, recover.
+"""The vault protocol (subjects ``fleet.vault.<fleet_id>.<op>``): register a PIN-guarded secret,
+recover it with the PIN, with OPAQUE (RFC 9807) between the client and the fleet's HSMs so that
+the PIN never leaves the client.
 
-A client seals each request to the fleet's session key with HPKE (RFC 9180, base mode,
-DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-128-GCM), with ``info`` naming the fleet and the
-operation, so hosts and relays between the client and a member's keys learn nothing. The sealed
-request carries a fresh 32-byte answer key; the member seals its answer to the client under it
-with AES-256-GCM, bound to the request id (a secret inside the HPKE-sealed request gives the
-same guarantee as RFC 9180's exported secrets, which the ``cryptography`` one-shot API lacks).
+Four operations, each one request and one answer (SPEC.md section 10 gives every byte):
 
-The envelope of a request is not signed (clients are anonymous); everything that matters is in
-the sealed plaintext, including the envelope's id, which members check against the envelope (so
-their replay guard sees the id the request was sealed with). A recovery's id is also kept in the
-user's replicated record for the freshness window, so a copy of the request replayed to another
-member, or after a restart, is refused instead of spending one of the user's guesses.
+- ``register-start``: the client's OPAQUE registration request (a blinded PIN) for a new
+  registration id; the HSM applet answers the registration response (OPRF evaluation under that
+  registration's own credential identifier, so it says nothing about the record in force);
+- ``register``: the registration upload, the user's secret (encrypted by the client under a key
+  derived from OPAQUE's export key) and the account authority's authorization; the fleet commits
+  the new record. Over an existing record the request also proves the current PIN (a finished
+  login) or carries a *replacement* authorization, which the applet rate-limits per user;
+- ``recover-start``: one guess: the client's first login message (KE1) and an authorization.
+  The fleet commits the incremented attempt count through its quorum *before* the applet answers
+  with the server's login response (KE2), so a guess the client can check is always counted;
+- ``recover-finish``: the client's final login message (KE3) with the sealed login state it got;
+  the applet verifies it, the quorum commits that the attempt succeeded, and the applet releases
+  the secret encrypted under the OPAQUE session key. A start never finished stays spent.
+
+Every request is HPKE-sealed (RFC 9180 base mode, DHKEM(P-256, HKDF-SHA256), HKDF-SHA256,
+AES-128-GCM) to the fleet's vault key (role ``vault-kem`` in the validation bundle), with
+``info`` naming the fleet and the operation; it carries a fresh 32-byte answer key, under which
+the member seals its answer (AES-256-GCM, bound to the request id, padded to one length so that
+the size does not tell the outcome). The request envelope is unsigned: clients are anonymous to
+NATS; what authorizes a request is inside the sealed plaintext.
 """
 
+# No ``from __future__ import annotations``: body field types stay evaluated (see messages.schema).
+import hashlib
 import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from messages.canonical import canonical, loads_strict
 from messages.errors import HsmfleetError, SchemaViolation
 from messages.schema import Body, message
+from messages.vault_authorization import Authorization
 
+REGISTER_START = "register-start"
 REGISTER = "register"
-RECOVER = "recover"
-OPERATIONS = (REGISTER, RECOVER)
-DEFAULT_LIMIT = 10
+RECOVER_START = "recover-start"
+RECOVER_FINISH = "recover-finish"
+OPERATIONS = (REGISTER_START, REGISTER, RECOVER_START, RECOVER_FINISH)
+
+KEM_ROLE = "vault-kem"
+"""Role of the fleet key clients seal requests to (ECDH P-256, published in the bundle)."""
+STORAGE_ROLE = "vault-storage"
+"""Role of the fleet key that seals records and login states inside the HSMs (AES-256-GCM)."""
+OPAQUE_ROLE = "vault-opaque"
+"""Role of the fleet's OPAQUE server setup (OPRF seed and server key pair); the bundle lists
+its public key, the OPAQUE server key."""
+KEM_ALG = "ecdh-p256"
+STORAGE_ALG = "aes256-gcm"
+OPAQUE_ALG = "opaque-ristretto255"
+VAULT_KEYS = {KEM_ROLE: KEM_ALG, STORAGE_ROLE: STORAGE_ALG, OPAQUE_ROLE: OPAQUE_ALG}
+"""The fleet keys a vault needs, by role, with their algorithms."""
 
 SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
 ANSWER_KEY_BYTES = 32
+ANSWER_BYTES = 2048
+"""Every answer's plaintext is padded to this length (spaces after the JSON)."""
+MAX_SECRET_BYTES = 4096
+DEFAULT_LIMIT = 10
 _NONCE_BYTES = 12
+
+# OPAQUE (RFC 9807) as the fleet runs it: opaque-ke 4 with ristretto255 for the OPRF and the
+# 3DH key exchange, SHA-512, Argon2id (m = 19456 KiB, t = 2, p = 1) as the key stretching
+# function, the default identities (each side's public key) and an empty context.
+OPAQUE_SUITE = "opaque-ke-4/ristretto255-sha512-3dh-argon2id"
+REGISTRATION_REQUEST_BYTES = 32
+REGISTRATION_RESPONSE_BYTES = 64
+REGISTRATION_UPLOAD_BYTES = 192
+KE1_BYTES = 96
+KE2_BYTES = 320
+KE3_BYTES = 64
+
+
+def credential_identifier(fleet: str, user: str, registration: str) -> bytes:
+    """OPAQUE's credential identifier of one registration: the OPRF key differs per
+    registration, so evaluating a new registration's request says nothing about another's."""
+    return f"hsmfleet/v1/vault\n{fleet}\n{user}\n{registration}".encode()
+
+
+@dataclass(frozen=True)
+class VaultPolicy(Body):
+    """What a fleet's vault enforces, fixed at its key ceremony and published with its keys.
+
+    ``limit``: wrong guesses allowed since the PIN was last proven; ``authority_alg`` and
+    ``authority_key``: the account authority's signing key; ``replace_interval_s``: the least
+    time between two replacements of one user's record without its PIN; ``login_ttl_s``: how
+    long a started login may be finished.
+    """
+
+    limit: int
+    authority_alg: str
+    authority_key: bytes
+    replace_interval_s: int
+    login_ttl_s: int = 120
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= 100:
+            raise VaultPolicyError("the guess limit must be 1 to 100", limit=self.limit)
+        if not 0 <= self.replace_interval_s <= 10 * 365 * 86400:
+            raise VaultPolicyError("replace_interval_s must be 0 to ten years")
+        if not 10 <= self.login_ttl_s <= 3600:
+            raise VaultPolicyError("login_ttl_s must be 10 to 3600 seconds")
+        if not 0 < len(self.authority_key) <= 256:
+            raise VaultPolicyError("the authority key must be 1-256 bytes")
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(b"hsmfleet/v1/vault-policy\n" + canonical(self.to_json())).digest()
 
 
 @message
 @dataclass(frozen=True)
 class VaultRequest(Body):
-    """A client's request, HPKE-sealed to the fleet's session key."""
+    """A client's request: ``sealed`` to the fleet's vault key whose key id is ``key``."""
 
     TYPE = "vault.request"
+    key: str
     sealed: bytes
 
 
@@ -55,45 +138,94 @@ class VaultAnswer(Body):
 
 
 @dataclass(frozen=True)
-class Registration:
-    """What a user registers: the PIN that guards the secret, and the secret (a backup key)."""
-
-    pin: bytes
-    secret: bytes
-
-
-@dataclass(frozen=True)
-class RegisterRequest(Body):
-    """Plaintext of a register request: replaces the user's record, keeps the user's budget."""
+class RegisterStart(Body):
+    """Plaintext of ``register-start``: OPAQUE's registration request for registration ``id``."""
 
     id: str
     user: str
-    pin: bytes
-    secret: bytes
     answer_key: bytes
+    authorization: Authorization
+    registration_request: bytes
 
 
 @dataclass(frozen=True)
-class RecoverRequest(Body):
-    """Plaintext of a recover request: one guess at the user's PIN."""
+class PinProof(Body):
+    """Proof of the PIN in force: a login state from ``recover-start`` and its final message."""
+
+    login: bytes
+    finalization: bytes
+
+
+@dataclass(frozen=True)
+class Register(Body):
+    """Plaintext of ``register``: the upload of registration ``registration`` (the id of its
+    ``register-start``) and the client-encrypted ``secret``; over a live record ``proof`` proves
+    the PIN in force, otherwise the authorization must be a replacement."""
 
     id: str
     user: str
-    guess: bytes
     answer_key: bytes
+    authorization: Authorization
+    registration: str
+    upload: bytes
+    secret: bytes
+    proof: PinProof | None = None
 
+
+@dataclass(frozen=True)
+class RecoverStart(Body):
+    """Plaintext of ``recover-start``: one guess, OPAQUE's first login message (KE1)."""
+
+    id: str
+    user: str
+    answer_key: bytes
+    authorization: Authorization
+    credential_request: bytes
+
+
+@dataclass(frozen=True)
+class RecoverFinish(Body):
+    """Plaintext of ``recover-finish``: the login state ``recover-start`` answered and the
+    client's final login message (KE3)."""
+
+    id: str
+    user: str
+    answer_key: bytes
+    login: bytes
+    finalization: bytes
+
+
+Plaintext = RegisterStart | Register | RecoverStart | RecoverFinish
+PLAINTEXTS: dict[str, type[Body]] = {
+    REGISTER_START: RegisterStart,
+    REGISTER: Register,
+    RECOVER_START: RecoverStart,
+    RECOVER_FINISH: RecoverFinish,
+}
 
 OK = "ok"
 
 
 @dataclass(frozen=True)
 class Outcome(Body):
-    """Plaintext of an answer: ``status`` is ``ok`` or an error kind; ``remaining`` guesses."""
+    """Plaintext of an answer: ``status`` is ``ok`` or an error kind, and what the operation
+    gives back: OPAQUE's ``response`` (registration response or KE2), the sealed ``login``
+    state, the ``attempt`` spent and the guesses ``remaining``, the record's ``generation`` and
+    how many times it was ``replaced`` without its PIN, whether its registration was made with
+    a ``legacy`` key epoch's OPAQUE setup (register again after this login: that setup is
+    destroyed once the rotation's overlap ends), and the ``secret`` (encrypted under the OPAQUE
+    session key)."""
 
     status: str
     reason: str = ""
-    secret: bytes | None = None
+    response: bytes | None = None
+    login: bytes | None = None
+    attempt: int | None = None
     remaining: int | None = None
+    generation: int | None = None
+    replaced: int | None = None
+    legacy: bool | None = None
+    secret: bytes | None = None
 
 
 class VaultError(HsmfleetError):
@@ -102,8 +234,15 @@ class VaultError(HsmfleetError):
     kind = "vault"
 
 
+class VaultPolicyError(VaultError):
+    """A vault policy value is out of range."""
+
+    kind = "vault_policy"
+
+
 class WrongGuess(VaultError):
-    """The guess was evaluated and is wrong; ``remaining`` guesses are left for the user."""
+    """The PIN did not match (the client found out from the server's login response); the
+    attempt is spent and ``remaining`` guesses are left."""
 
     kind = "wrong_guess"
 
@@ -119,7 +258,7 @@ class NoRecord(VaultError):
 
 
 class BudgetExhausted(VaultError):
-    """The user's guesses are used up: the record is destroyed and cannot be registered again."""
+    """The user's guesses are used up: the record is destroyed (a replacement starts over)."""
 
     kind = "budget_exhausted"
 
@@ -130,10 +269,55 @@ class StaleRegistration(VaultError):
     kind = "stale_registration"
 
 
+class RegistrationExists(VaultError):
+    """The user has a registration: registering again needs the PIN in force or a replacement
+    authorization."""
+
+    kind = "registration_exists"
+
+
+class ReplacementTooSoon(VaultError):
+    """The user's record was replaced without its PIN too recently."""
+
+    kind = "replacement_too_soon"
+
+
 class ReplayedRequest(VaultError):
-    """The request was already carried out once: a copy of it is never run again."""
+    """The request (or its login) was already carried out once: a copy is never run again."""
 
     kind = "replayed_request"
+
+
+class LoginRefused(VaultError):
+    """The final login message does not match its login state (or the state is not one this
+    fleet sealed, or is for another user or registration)."""
+
+    kind = "login_refused"
+
+
+class LoginExpired(VaultError):
+    """The login state is older than the policy allows; start again (that attempt is spent)."""
+
+    kind = "login_expired"
+
+
+class MalformedOpaque(VaultError):
+    """An OPAQUE message has the wrong length or does not decode."""
+
+    kind = "malformed_opaque"
+
+
+class UnknownVaultKey(VaultError):
+    """The request is sealed to a vault key this member does not hold (another fleet's, a
+    retired epoch's, or none)."""
+
+    kind = "unknown_vault_key"
+
+
+class RecordKeyDestroyed(VaultError):
+    """The record is sealed under a key epoch whose keys are destroyed: it can only be replaced."""
+
+    kind = "record_key_destroyed"
 
 
 class VaultUnavailable(VaultError):
@@ -143,7 +327,7 @@ class VaultUnavailable(VaultError):
 
 
 class UnreadableRequest(VaultError):
-    """The request does not open with the fleet's session key, or its plaintext is malformed."""
+    """The request does not open with the fleet's vault key, or its plaintext is malformed."""
 
     kind = "unreadable_request"
 
@@ -168,7 +352,14 @@ ERRORS: dict[str, type[VaultError]] = {
         NoRecord,
         BudgetExhausted,
         StaleRegistration,
+        RegistrationExists,
+        ReplacementTooSoon,
         ReplayedRequest,
+        LoginRefused,
+        LoginExpired,
+        MalformedOpaque,
+        UnknownVaultKey,
+        RecordKeyDestroyed,
         VaultUnavailable,
         UnreadableRequest,
         RegistrationsClosed,
@@ -176,49 +367,50 @@ ERRORS: dict[str, type[VaultError]] = {
 }
 
 
-def _info(fleet: str, op: str) -> bytes:
+def request_info(fleet: str, op: str) -> bytes:
+    """HPKE ``info`` of a request for ``op`` on ``fleet``."""
     return f"hsmfleet/v1/vault/{fleet}/{op}".encode()
+
+
+def kem_public_key(encoded: bytes) -> ec.EllipticCurvePublicKey:
+    """The fleet's vault key from its X9.62 uncompressed encoding (as bundles publish it)."""
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), encoded)
+    except ValueError as exc:
+        raise VaultError("not a P-256 vault key") from exc
+
+
+def seal_request(kem_key: ec.EllipticCurvePublicKey, fleet: str, op: str, plain: Body) -> bytes:
+    """HPKE-seal a request's plaintext to the fleet's vault key for ``op``."""
+    return SUITE.encrypt(canonical(plain.to_json()), kem_key, info=request_info(fleet, op))
+
+
+def parse_request(op: str, plain: bytes) -> Plaintext:
+    """The typed plaintext of an opened ``op`` request; any defect is :class:`UnreadableRequest`."""
+    kind = PLAINTEXTS.get(op)
+    if kind is None:
+        raise UnreadableRequest("unknown vault operation", op=op)
+    try:
+        request = kind.from_json(loads_strict(plain))
+    except (ValueError, SchemaViolation) as exc:
+        raise UnreadableRequest(f"request plaintext is malformed: {exc}") from None
+    if len(request.answer_key) != ANSWER_KEY_BYTES:
+        raise UnreadableRequest("answer key must be 32 bytes")
+    return request  # type: ignore[return-value]
 
 
 def _answer_aad(request_id: str) -> bytes:
     return f"hsmfleet/v1/vault/answer\n{request_id}".encode()
 
 
-def session_public_key(encoded: bytes) -> ec.EllipticCurvePublicKey:
-    """The fleet session key from its X9.62 uncompressed encoding (as bundles publish it)."""
-    try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), encoded)
-    except ValueError as exc:
-        raise VaultError("not a P-256 session key") from exc
-
-
-def seal_request(session_key: ec.EllipticCurvePublicKey, fleet: str, op: str, plain: Body) -> bytes:
-    """HPKE-seal a request's plaintext to the fleet session key for ``op``."""
-    return SUITE.encrypt(canonical(plain.to_json()), session_key, info=_info(fleet, op))
-
-
-def open_request(
-    session_key: ec.EllipticCurvePrivateKey, fleet: str, op: str, sealed: bytes
-) -> RegisterRequest | RecoverRequest:
-    """Open a sealed request for ``op``; any defect is :class:`UnreadableRequest`."""
-    kind = {REGISTER: RegisterRequest, RECOVER: RecoverRequest}.get(op)
-    if kind is None:
-        raise UnreadableRequest("unknown vault operation", op=op)
-    try:
-        plain = SUITE.decrypt(sealed, session_key, info=_info(fleet, op))
-        request = kind.from_json(loads_strict(plain))
-    except (InvalidTag, ValueError, SchemaViolation) as exc:
-        raise UnreadableRequest(f"request does not open: {type(exc).__name__}") from None
-    if len(request.answer_key) != ANSWER_KEY_BYTES:
-        raise UnreadableRequest("answer key must be 32 bytes")
-    return request
-
-
 def seal_answer(answer_key: bytes, request_id: str, outcome: Outcome) -> bytes:
-    """Seal ``outcome`` for the client that sent request ``request_id``."""
-    nonce = os.urandom(_NONCE_BYTES)
+    """Seal ``outcome``, padded to :data:`ANSWER_BYTES`, for the client of ``request_id``."""
     data = canonical(outcome.to_json())
-    return nonce + AESGCM(answer_key).encrypt(nonce, data, _answer_aad(request_id))
+    if len(data) > ANSWER_BYTES:
+        raise VaultError("an answer is longer than the padded length", length=len(data))
+    nonce = os.urandom(_NONCE_BYTES)
+    padded = data + b" " * (ANSWER_BYTES - len(data))
+    return nonce + AESGCM(answer_key).encrypt(nonce, padded, _answer_aad(request_id))
 
 
 def open_answer(answer_key: bytes, request_id: str, sealed: bytes) -> Outcome:
@@ -226,15 +418,47 @@ def open_answer(answer_key: bytes, request_id: str, sealed: bytes) -> Outcome:
     try:
         nonce, body = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
         plain = AESGCM(answer_key).decrypt(nonce, body, _answer_aad(request_id))
-        return Outcome.from_json(loads_strict(plain))
+        return Outcome.from_json(loads_strict(plain.rstrip(b" ")))
     except (InvalidTag, ValueError, SchemaViolation) as exc:
         raise UnreadableAnswer(f"answer does not open: {type(exc).__name__}") from None
 
 
+def _release_key(session_key: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"hsmfleet/v1/vault/release").derive(
+        session_key
+    )
+
+
+def _release_aad(fleet: str, user: str, request_id: str) -> bytes:
+    return f"hsmfleet/v1/vault/release\n{fleet}\n{user}\n{request_id}".encode()
+
+
+def seal_release(
+    session_key: bytes, fleet: str, user: str, request_id: str, secret: bytes
+) -> bytes:
+    """The user's stored secret for the holder of the OPAQUE ``session_key`` of a finished
+    login (``request_id``: the ``recover-finish`` request)."""
+    nonce = os.urandom(_NONCE_BYTES)
+    aad = _release_aad(fleet, user, request_id)
+    return nonce + AESGCM(_release_key(session_key)).encrypt(nonce, secret, aad)
+
+
+def open_release(
+    session_key: bytes, fleet: str, user: str, request_id: str, sealed: bytes
+) -> bytes:
+    """Open :func:`seal_release`; any defect is :class:`UnreadableAnswer`."""
+    try:
+        aad = _release_aad(fleet, user, request_id)
+        key = AESGCM(_release_key(session_key))
+        return key.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], aad)
+    except (InvalidTag, ValueError) as exc:
+        raise UnreadableAnswer(f"the released secret does not open: {type(exc).__name__}") from None
+
+
 def outcome_error(outcome: Outcome) -> VaultError:
     """The typed error an unsuccessful outcome stands for. A refusal this client has no class
-    for (a member's own kind, such as a quorum's ``bad_proof``) is a :class:`VaultError` that
-    keeps the member's kind."""
+    for (a member's own kind, such as ``unauthorized``) is a :class:`VaultError` that keeps the
+    member's kind."""
     detail = {} if outcome.remaining is None else {"remaining": outcome.remaining}
     cls = ERRORS.get(outcome.status)
     if cls is not None:

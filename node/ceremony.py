@@ -8,10 +8,13 @@ destroyed inside the HSM, addressed by labels that name fleet, rollout and role.
   not imported twice);
 - :func:`destroy` erases every key of one rollout.
 
-Private keys leave the HSM only wrapped to another member's transport key, by the HSM's own
-wrap (:meth:`node.hsm.base.Hsm.wrap`: ECDH P-256 with the recipient's transport key, then AES key
-wrap of the PKCS#8 key). The answers are plain bodies; the daemon sends them signed by the
-node's identity key, which is what makes them receipts.
+Fleet keys are signing keys, ECDH keys, AES-256-GCM keys or OPAQUE setups, whatever the HSM
+can hold. They leave the HSM only wrapped to another member's transport key, by the HSM's own
+wrap (:meth:`node.hsm.base.Hsm.wrap`: HPKE to the recipient's transport key, for the context
+:func:`messages.ceremony.wrap_context` names: fleet, epoch, role, key and recipient), given the
+recipient's attestation, which an HSM behind a device boundary checks. The answers are plain
+bodies; the daemon sends them signed by the node's identity key, which is what makes them
+receipts.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from messages.ceremony import (
     WrappedFleetKey,
     key_label,
     rollout_labels,
+    wrap_context,
 )
 from messages.errors import HsmfleetError
 from node.hsm.base import Hsm, KeyNotFound, PublicKey, WrappedKey
@@ -60,7 +64,12 @@ def generate(hsm: Hsm, node_id: str, command: GenerateFleetKeys) -> FleetKeysOff
         if recipient.transport_alg != ECDH_P256:
             raise CeremonyRefused("keys are wrapped to P-256 transport keys only")
         for role, key in zip(command.roles, keys, strict=True):
-            sealed = hsm.wrap(key.label, recipient.transport_key)
+            context = wrap_context(
+                command.fleet, command.epoch, role.role, key.alg, key.public_key, recipient.node
+            )
+            sealed = hsm.wrap(
+                key.label, recipient.transport_key, context, attestation=recipient.attestation
+            )
             wrapped.append(
                 WrappedFleetKey(
                     node=recipient.node,
@@ -93,7 +102,10 @@ def import_keys(hsm: Hsm, node_id: str, command: ImportFleetKeys) -> KeyReceipt:
         held = _existing(hsm, label)
         if held is None:
             sealed = WrappedKey(key.alg, key.public_key, key.ephemeral, key.ciphertext)
-            held = hsm.unwrap(TRANSPORT, sealed, label)
+            context = wrap_context(
+                command.fleet, command.epoch, key.role, key.alg, key.public_key, node_id
+            )
+            held = hsm.unwrap(TRANSPORT, sealed, label, context)
         elif (held.alg, held.public_key) != (key.alg, key.public_key):
             raise CeremonyRefused("the key held here differs from the one sent", role=key.role)
         imported.append(PublicFleetKey(key.role, held.alg, held.public_key))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,20 +13,18 @@ import structlog
 from aiohttp import web
 
 from node.daemon import NodeConfigError, NodeDaemon
-from node.hsm.base import Hsm
-from node.hsm.cryptoki import Pkcs11Hsm
-from node.hsm.sealing import create_operator_key, load_operator_key
-from node.hsm.soft import SoftHsm
-from node.hsm.softhsm import MODULE
+from node.hsm.device.cli import open_pkcs11, pkcs11_arguments
+from node.hsm.device.client import DeviceClient, DeviceHsm
+from node.hsm.sealing import create_operator_key
 from node.http import create_app
 from node.measurement import measure
 from node.pins import read_pins
+from node.vault.device_ops import RemoteApplet
 from node.vendor import DEVICE, VendorCA, provision
 from ops.httpguard import listen_address
 from ops.natsauth import credentials
 from ops.natsauth.layout import NODE
 
-PIN_ENV = "HSMFLEET_PKCS11_PIN"
 log = structlog.get_logger("hsmfleet.node")
 
 
@@ -42,14 +39,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "certify", help="give a PKCS#11 token a device key and a certificate from the vendor CA"
     )
     certify.add_argument("--dir", type=Path, required=True, help="vendor directory")
-    _pkcs11_arguments(certify)
+    pkcs11_arguments(certify)
     certify.set_defaults(run=vendor_certify)
 
     node = verbs.add_parser("node", help="the node daemon beside each HSM")
     node_verbs = node.add_subparsers(dest="node_verb", metavar="ACTION")
     node_verbs.required = True
     run = node_verbs.add_parser("run", help="run a node daemon until interrupted")
-    run.add_argument("--hsm", choices=("soft", "pkcs11"), default="soft", help="HSM backend")
+    run.add_argument(
+        "--hsm-socket",
+        type=Path,
+        required=True,
+        help="the node's HSM device (hsmfleet hsm serve): no key material in this process",
+    )
     run.add_argument("--state", type=Path, required=True, help="node state directory")
     run.add_argument("--domain", required=True, help="failure domain (data centre) of this node")
     run.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
@@ -57,17 +59,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--node-id", help="node id (default: derived from the identity key)")
     run.add_argument(
         "--orchestrator-key", type=Path, required=True, help="file pinning the orchestrator's key"
-    )
-    run.add_argument(
-        "--vendor", type=Path, help="vendor directory: certifies a software HSM at first start"
-    )
-    run.add_argument(
-        "--hsm-key-file", type=Path, help="operator key sealing the software HSM (or env key)"
-    )
-    run.add_argument(
-        "--vault-keys",
-        type=Path,
-        help="directory of the fleets' vault key files, <fleet>.keys (default: <state>/vault)",
     )
     run.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
     run.add_argument(
@@ -78,28 +69,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--measurement", help="the install's measurement, if a launcher measured it once already"
     )
-    _pkcs11_arguments(run, required=False)
     run.set_defaults(run=node_run)
     measured = node_verbs.add_parser("measure", help="print this install's software measurement")
     measured.set_defaults(run=node_measure)
     key = node_verbs.add_parser("sealing-key", help="write a new operator key for a software HSM")
     key.add_argument("--out", type=Path, required=True, help="key file to create (mode 0600)")
     key.set_defaults(run=node_sealing_key)
-
-
-def _pkcs11_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--module", default=MODULE, help="PKCS#11 library")
-    parser.add_argument("--token", required=required, help="PKCS#11 token label")
-    parser.add_argument("--pin-env", default=PIN_ENV, help="environment variable holding the PIN")
-
-
-def _pkcs11(args: argparse.Namespace) -> Hsm:
-    if not args.token:
-        raise NodeConfigError("--token is required with --hsm pkcs11")
-    pin = os.environ.get(args.pin_env)
-    if pin is None:
-        raise NodeConfigError(f"set the token PIN in ${args.pin_env}")
-    return Pkcs11Hsm(args.module, args.token, pin)
 
 
 def vendor_init(args: argparse.Namespace) -> int:
@@ -109,7 +84,7 @@ def vendor_init(args: argparse.Namespace) -> int:
 
 
 def vendor_certify(args: argparse.Namespace) -> int:
-    hsm = _pkcs11(args)
+    hsm = open_pkcs11(args)
     try:
         provision(hsm, VendorCA.open(args.dir), datetime.now(UTC))
         print(f"token {args.token}: device key {hsm.public_key(DEVICE).kid} certified")
@@ -133,21 +108,9 @@ def node_sealing_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_hsm(args: argparse.Namespace) -> Hsm:
-    """The HSM backend the arguments name; a new software HSM is certified by ``--vendor``."""
-    if args.hsm == "pkcs11":
-        return _pkcs11(args)
-    hsm = SoftHsm(args.state / "hsm", load_operator_key(args.hsm_key_file))
-    if hsm.certificate(DEVICE) is None:
-        if args.vendor is None:
-            raise NodeConfigError("a new software HSM needs --vendor to get its device certificate")
-        provision(hsm, VendorCA.open(args.vendor), datetime.now(UTC))
-    return hsm
-
-
 async def node_run(args: argparse.Namespace) -> int:
     listen = listen_address(args.http) if args.http else None
-    hsm = open_hsm(args)
+    hsm = DeviceHsm(DeviceClient(args.hsm_socket))
     try:
         daemon = NodeDaemon(
             hsm,
@@ -157,7 +120,7 @@ async def node_run(args: argparse.Namespace) -> int:
             node_id=args.node_id,
             measurement=args.measurement,
             heartbeat_s=args.heartbeat,
-            vault_dir=args.vault_keys,
+            applet=RemoteApplet(hsm.device),
         )
         options = credentials.party_options(NODE, daemon.node_id, args.nats_seed, args.nats_ca)
         nc = await credentials.connect(args.nats, options)

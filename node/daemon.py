@@ -42,6 +42,7 @@ from node.hsm.base import Hsm, HsmError, PublicKey
 from node.identity import NodeIdentity, adopt, establish, prepare_rotation
 from node.measurement import measure
 from node.pins import ORCHESTRATOR_ROLE
+from node.vault.applet import VaultApplet
 
 log = structlog.get_logger("hsmfleet.node")
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class NodeDaemon:
         node_id: str | None = None,
         measurement: str | None = None,
         heartbeat_s: float = 5.0,
-        vault_dir: Path | None = None,
+        applet: VaultApplet | None = None,
     ) -> None:
         if not heartbeat_s > 0:
             raise NodeConfigError("the heartbeat interval must be positive", seconds=heartbeat_s)
@@ -82,7 +83,7 @@ class NodeDaemon:
         self._rotating = asyncio.Lock()
         self.gate = Gate(orchestrator)
         self.fleets = FleetCommands(
-            self.node.node_id, hsm, state_dir, self.outbox, self.gate, vault_dir
+            self.node.node_id, hsm, state_dir, self.outbox, self.gate, applet
         )
         self.log = log.bind(node_id=self.node.node_id, domain=domain, hsm=hsm.kind)
         self._nc: NATS | None = None

@@ -19,11 +19,14 @@ member then catches up from a majority before it votes). On the ``retire`` subje
 :class:`DestroyFleetKeys` destroys one key epoch's keys (leaving the group only when asked: a
 fleet's retirement) and :class:`DrainFleet` marks the fleet as taking no new registrations.
 
-Beside each replica the node serves the fleet's vault (:class:`VaultService`, register and
-recover on ``fleet.vault.<fleet>.*``) on the replica's proposer, when it holds the fleet's vault
-keys: the key file ``<vault dir>/<fleet>.keys`` (:class:`VaultKeys`, host-held like the
-``member`` process's, provisioned to every member). A continued group keeps its vault serving; a
-drain stops its registrations; leaving the group stops it.
+Beside each replica the node serves the fleet's vault (:class:`VaultService` on
+``fleet.vault.<fleet>.*``) when its HSM holds the fleet's vault keys: key ceremonies that carry
+a vault policy (``vault`` in the generate and import commands) are recorded in
+``<state>/fleets/<fleet>/vault.json`` (the policy and which rollout's labels hold each key
+epoch), and the node describes the fleet to its HSM's vault applet, which then checks every
+value of a vault record this member accepts (the replica's vetter). A continued group keeps its
+vault serving (the applet learns the new configuration); a drain stops its registrations;
+leaving the group stops it.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ from messages.errors import HsmfleetError, SchemaViolation
 from messages.gate import Gate, Received
 from messages.outbox import Outbox
 from messages.quorum import BadConfig, Config, QuorumUnavailable
+from messages.schema import Body
+from messages.vault import VaultPolicy
 from node import ceremony
 from node.hsm.base import Hsm
 from node.hsm.sealing import write_atomic
@@ -69,8 +74,7 @@ from node.identity import vote_signer
 from node.pins import ORCHESTRATOR_ROLE
 from node.quorum.membership import Membership
 from node.quorum.replica import Replica
-from node.vault.evaluator import EvaluationJournal, GuessEvaluator
-from node.vault.keys import VaultKeyError, VaultKeys
+from node.vault.applet import FleetSetup, FleetVault, KeySet, VaultApplet
 from node.vault.service import VaultService
 
 log = structlog.get_logger("hsmfleet.node.fleets")
@@ -78,8 +82,7 @@ T = TypeVar("T")
 
 FLEETS_DIR = "fleets"
 RECORD = "fleet.json"
-VAULT_DIR = "vault"
-EVALUATIONS = "evaluations.sqlite3"
+VAULT_RECORD = "vault.json"
 VOTING_WAIT_S = 5.0
 
 
@@ -95,6 +98,15 @@ class JoinedFleet:
     draining: bool = False
 
 
+@dataclass(frozen=True)
+class VaultKeys(Body):
+    """What the node's HSM holds of a fleet's vault: the policy of the newest key epoch, and
+    which rollout's labels hold each epoch's keys."""
+
+    policy: VaultPolicy
+    keys: tuple[KeySet, ...]
+
+
 class FleetCommands:
     """One node's fleets: its replicas, and the ceremony, join and retire commands."""
 
@@ -105,14 +117,15 @@ class FleetCommands:
         state_dir: Path,
         outbox: Outbox,
         gate: Gate,
-        vault_dir: Path | None = None,
+        applet: VaultApplet | None = None,
     ):
         self.node_id = node_id
         self.hsm = hsm
         self.root = Path(state_dir) / FLEETS_DIR
-        self.vault_dir = Path(vault_dir) if vault_dir is not None else Path(state_dir) / VAULT_DIR
-        """Where the fleets' vault key files are, ``<fleet>.keys``."""
-        self.vaults: dict[str, tuple[VaultService, EvaluationJournal]] = {}
+        self.applet = applet
+        """The HSM's vault applet; without one the node serves no vault (and accepts no vault
+        record's value)."""
+        self.vaults: dict[str, VaultService] = {}
         self.outbox = outbox
         self.gate = gate
         self.replicas: dict[str, tuple[JoinedFleet, Replica]] = {}
@@ -164,10 +177,12 @@ class FleetCommands:
         if isinstance(body, GenerateFleetKeys):
             offer = await self._keys(ceremony.generate, self.hsm, self.node_id, body)
             log.info("fleet keys offered", fleet=body.fleet, recipients=len(body.recipients))
+            await self._vault_keys(body.fleet, body.epoch, body.rollout, body.vault)
             return offer
         if isinstance(body, ImportFleetKeys):
             receipt = await self._keys(ceremony.import_keys, self.hsm, self.node_id, body)
             log.info("fleet keys imported", fleet=body.fleet, keys=len(receipt.keys))
+            await self._vault_keys(body.fleet, body.epoch, body.rollout, body.vault)
             return receipt
         raise SchemaViolation("ceremony expects generate or import", type=received.envelope.type)
 
@@ -226,6 +241,7 @@ class FleetCommands:
         if kept != was:
             self._record(kept)
             self.replicas[was.fleet] = (kept, replica)
+            self._describe_vault(kept)
 
     async def _on_retire(self, received: Received) -> Retired | Drained:
         body = received.body
@@ -248,7 +264,7 @@ class FleetCommands:
                 self._record(drained)
                 self.replicas[body.fleet] = (drained, current[1])
             if body.fleet in self.vaults:
-                self.vaults[body.fleet][0].drain()
+                self.vaults[body.fleet].drain()
         self.draining.add(body.fleet)
         log.info("fleet drains: no new registrations", fleet=body.fleet)
         return Drained(fleet=body.fleet, epoch=body.epoch, node=self.node_id)
@@ -261,49 +277,92 @@ class FleetCommands:
                     await self._leave(fleet)
         roles = await self._keys(ceremony.destroy, self.hsm, fleet, rollout)
         log.info("fleet keys destroyed", fleet=fleet, rollout=rollout, roles=list(roles))
+        async with self._lock:
+            if fleet in self.replicas:
+                self._describe_vault(self.replicas[fleet][0])
         return Retired(fleet=fleet, epoch=epoch, node=self.node_id, destroyed=roles)
 
     async def _run(self, joined: JoinedFleet) -> None:
         assert self._nc is not None
+        vault = self._describe_vault(joined)
         replica = Replica(
             self.node_id,
             vote_signer(self.hsm, joined.config, self.node_id),
             self.root / joined.fleet / joined.rollout,
             Membership.from_config(joined.config),
             new=True,
+            vetter=vault,
         )
         await replica.start(self._nc)
         self.replicas[joined.fleet] = (joined, replica)
         if joined.draining:
             self.draining.add(joined.fleet)
         log.info("serving the fleet's replication group", fleet=joined.fleet)
-        await self._serve_vault(joined, replica)
+        if vault is not None:
+            service = VaultService(joined.fleet, self.node_id, replica.proposer, vault)
+            if joined.draining:
+                service.drain()
+            await service.start(self._nc)
+            self.vaults[joined.fleet] = service
+            log.info("serving the fleet's vault", fleet=joined.fleet)
 
-    async def _serve_vault(self, joined: JoinedFleet, replica: Replica) -> None:
-        """Serve the fleet's vault on ``replica``, if this node holds the fleet's vault keys."""
-        path = self.vault_dir / f"{joined.fleet}.keys"
-        if not path.exists():
-            log.info("no vault keys: the fleet's vault is not served here", fleet=joined.fleet)
-            return
+    def _describe_vault(self, joined: JoinedFleet) -> FleetVault | None:
+        """Describe ``joined``'s fleet to the HSM's vault applet (anew after a change); the
+        applet's view of the fleet, or None when this node serves no vault of it."""
+        recorded = self._read_vault_keys(joined.fleet)
+        if self.applet is None or recorded is None:
+            return None
+        setup = FleetSetup(
+            fleet=joined.fleet,
+            member=self.node_id,
+            config=joined.config,
+            policy=recorded.policy,
+            keys=recorded.keys,
+        )
         try:
-            keys = VaultKeys.load(path)
-        except VaultKeyError as exc:  # the replica serves on; the operator fixes the file
-            log.error("unreadable vault keys", fleet=joined.fleet, error=str(exc))
+            return self.applet.configure(setup)
+        except HsmfleetError as exc:
+            log.error("the HSM cannot serve this fleet's vault", fleet=joined.fleet, error=str(exc))
+            return None
+
+    async def _vault_keys(
+        self, fleet: str, epoch: int, rollout: str, policy: VaultPolicy | None
+    ) -> None:
+        """Record that the HSM holds the vault keys of ``fleet``'s key epoch ``epoch`` (under
+        ``rollout``'s labels), and tell the applet if the vault is served already."""
+        if policy is None:
             return
-        journal = EvaluationJournal(replica.state_dir / EVALUATIONS)
-        evaluator = GuessEvaluator(self.node_id, keys, replica.current, journal)
-        vault = VaultService(joined.fleet, self.node_id, replica.proposer, evaluator, keys)
-        if joined.draining:
-            vault.drain()
-        await vault.start(self._nc)
-        self.vaults[joined.fleet] = (vault, journal)
-        log.info("serving the fleet's vault", fleet=joined.fleet)
+        async with self._lock:
+            recorded = self._read_vault_keys(fleet)
+            keys = () if recorded is None else recorded.keys
+            newest = max((k.epoch for k in keys), default=0)
+            entry = KeySet(epoch=epoch, rollout=rollout)
+            updated = VaultKeys(
+                policy=policy if epoch >= newest else recorded.policy,  # type: ignore[union-attr]
+                keys=tuple(sorted({*keys, entry}, key=lambda k: (k.epoch, k.rollout))),
+            )
+            if updated != recorded:
+                directory = self.root / fleet
+                directory.mkdir(parents=True, exist_ok=True)
+                write_atomic(directory / VAULT_RECORD, canonical(updated.to_json()))
+            if fleet in self.replicas:
+                self._describe_vault(self.replicas[fleet][0])
+
+    def _read_vault_keys(self, fleet: str) -> VaultKeys | None:
+        path = self.root / fleet / VAULT_RECORD
+        if not path.exists():
+            return None
+        try:
+            return VaultKeys.from_json(loads_strict(path.read_bytes()))
+        except (OSError, ValueError, HsmfleetError) as exc:
+            log.error("unreadable vault record", fleet=fleet, error=str(exc))
+            return None
 
     async def _stop_vault(self, fleet: str) -> None:
-        vault, journal = self.vaults[fleet]
-        await vault.stop()  # it still answers what it took: it stays listed until it is done
+        await self.vaults[fleet].stop()  # it answers what it took: it stays listed until done
         del self.vaults[fleet]
-        journal.close()
+        if self.applet is not None:
+            self.applet.forget(fleet)
 
     async def _leave(self, fleet: str) -> None:
         if fleet in self.vaults:

@@ -48,7 +48,7 @@ def health(daemon: NodeDaemon) -> dict[str, Any]:
                 "voting": replica.voting,
                 "draining": joined.draining,
                 "vault_in_progress": (
-                    fleets.vaults[fleet][0].in_progress if fleet in fleets.vaults else None
+                    fleets.vaults[fleet].in_progress if fleet in fleets.vaults else None
                 ),
             }
             for fleet, (joined, replica) in sorted(fleets.replicas.items())

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from messages.attestation import load_vendor_roots
 from messages.errors import HsmfleetError
 from messages.signing import ECDSA_P256
 from node.hsm.base import Hsm, PublicKey
@@ -109,6 +108,10 @@ class VendorCA:
     @classmethod
     def open(cls, directory: Path) -> VendorCA:
         """The CA kept in ``directory``."""
+        # Imported here: messages.attestation brings the NATS client, which the HSM device
+        # process (it provisions a new software HSM) has no use for.
+        from messages.attestation import load_vendor_roots
+
         try:
             key = serialization.load_pem_private_key((directory / ROOT_KEY).read_bytes(), None)
             roots = load_vendor_roots((directory / ROOT_CERT).read_bytes())

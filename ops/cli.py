@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from cosigner import cli as cosigner_cli
 from messages.errors import HsmfleetError
 from node import cli as node_cli
+from node.hsm.device import cli as device_cli
 from node.quorum import cli as member_cli
 from ops import logs, nats_cli, verify_cli
 from orchestrator import cli as orchestrator_cli
@@ -20,6 +21,7 @@ from orchestrator import demo, fleet_cli, node_keys_cli, rollout_cli, signer_rot
 VERB_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     nats_cli.register,
     node_cli.register,
+    device_cli.register,
     orchestrator_cli.register,
     member_cli.register,
     cosigner_cli.register,

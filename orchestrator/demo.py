@@ -7,13 +7,15 @@ cosigners that witness each
 other (``hsmfleet cosigner run``), the orchestrator (``hsmfleet orchestrator``) with the
 operator's countersigning key in a software HSM, and five node daemons with software HSMs
 across three failure domains (``hsmfleet node run``), each process connecting with only its own
-seed file and the CA (``--nats-seed``, ``--nats-ca``). It then writes a rollout plan, shows what
-it would do, starts it, follows it stage by stage, approves the gate before ``publish``, fetches
-the validation bundle, writes the trust file a client pins, verifies the bundle with the
-verifier (DESIGN 5.4), registers a secret in the fleet's vault and recovers it as the vault
-client party (the node daemons serve the vault with the fleet's vault keys, provisioned to each
-node's ``vault/`` directory: host-held, see :mod:`node.vault.keys`), and prints where the bundle,
-the trust file and the logs are.
+seed file and the CA (``--nats-seed``, ``--nats-ca``); each node's software HSM runs as its own
+device process (``hsmfleet hsm serve``) that the node daemon reaches over a local socket, so the
+daemons hold no key material. It then writes a rollout plan (with a vault whose requests the
+demo's account authority authorizes), shows what it would do, starts it, follows it stage by
+stage, approves the gate before ``publish``, fetches the validation bundle, writes the trust file
+a client pins, verifies the bundle with the verifier, registers a PIN-guarded secret in the
+fleet's vault and recovers it as the vault client party, using only the verified bundle's vault
+keys (the vault keys were made in the key ceremony, inside the HSMs), and prints where the
+bundle, the trust file and the logs are.
 
 The processes keep running (the API and the cosigners' logs can be explored) until Ctrl-C, which
 stops every process the demo started; ``--exit`` stops them as soon as the bundle verified.
@@ -42,9 +44,12 @@ from cosigner.testbed import init_cosigners
 from messages.canonical import b64
 from messages.errors import HsmfleetError
 from messages.plan import describe, load_plan
-from messages.vault import Registration
+from messages.signing import Ed25519Signer
+from messages.vault import KEM_ROLE
+from messages.vault_authorization import AccountAuthority
 from messages.vault_client import VaultClient
 from messages.verify import (
+    Accepted,
     CosignerPin,
     OperatorPin,
     Pins,
@@ -53,11 +58,9 @@ from messages.verify import (
     VerifierState,
     verify_bundle,
 )
-from node.fleets import VAULT_DIR
 from node.hsm.sealing import create_operator_key
 from node.measurement import measure
 from node.pins import write_pin
-from node.vault.keys import VaultKeys
 from node.vendor import VendorCA
 from ops import logs
 from ops.natsauth import credentials
@@ -81,6 +84,8 @@ NODES = (
     ("node-5", "dc3"),
 )
 COSIGNERS = ("cosigner-a", "cosigner-b")
+AUTHORITY_KEY = "account-authority.pub"
+HSM_SOCKET = "hsm.sock"
 START_TIMEOUT_S = 60.0
 
 
@@ -206,24 +211,35 @@ def _lay_out(root: Path, bundle: Bundle, nats_url: str, measurement: str) -> dic
     operator_pin = OperatorPin(operator.alg, operator.public_key)
     cosigners = [(cid, f"{cid}.demo/log", os.urandom(32)) for cid in COSIGNERS]
     init_cosigners(root / "cosigners", signer, cosigners, operator_pin)
-    vault = VaultKeys.generate()
+    authority = Ed25519Signer.generate()
+    (root / AUTHORITY_KEY).write_text(b64(authority.public_key) + "\n")
     for node_id, _ in NODES:
-        (root / "nodes" / node_id / VAULT_DIR).mkdir(parents=True)
-        vault.save(root / "nodes" / node_id / VAULT_DIR / f"{FLEET}.keys")
-    return {"operator": operator_pin, "vault": vault}
+        (root / "nodes" / node_id).mkdir(parents=True)
+    return {"operator": operator_pin, "authority": authority}
 
 
-async def _use_vault(nats_url: str, bundle: Bundle, session_public: bytes) -> None:
-    """Register a secret in the fleet's vault and recover it, as the vault client party."""
+async def _use_vault(
+    nats_url: str, bundle: Bundle, accepted: Accepted, authority: Ed25519Signer
+) -> None:
+    """Register a PIN-guarded secret in the fleet's vault and recover it, as the vault client
+    party: its keys from the verified bundle, each request authorized by the account
+    authority."""
     party = credentials.party_options(
         CLIENT_ROLE, CLIENT, bundle.seed_file(Party(CLIENT_ROLE, CLIENT)), bundle.ca_file
     )
     nc = await credentials.connect(nats_url, party)
+    users = AccountAuthority(authority)
+
+    def authorize(user: str, op: str, request: str) -> object:
+        return users.authorize(FLEET, user, op, request, time.time_ns() // 1_000_000)
+
     try:
-        client = VaultClient(nc, FLEET, session_public, source=CLIENT)
+        client = VaultClient.from_bundle(
+            nc, accepted, authorize, now_ms=time.time_ns() // 1_000_000, source=CLIENT
+        )
         secret = b"the demo user's backup key"
-        await client.register("demo-user", Registration(pin=b"2468", secret=secret))
-        if await client.recover("demo-user", b"2468") != secret:
+        await client.register("demo-user", b"2468", secret)
+        if (await client.recover("demo-user", b"2468")).secret != secret:
             raise DemoFailed("the vault returned another secret")
     finally:
         await nc.close()
@@ -245,8 +261,12 @@ def _plan(root: Path, pins: dict[str, CosignerPin]) -> Path:
         "survive_domain_loss = true",
         "",
         "[keys]",
-        'vault = "ed25519"',
         'signing = "ecdsa-p256-sha256"',
+        "",
+        "[vault]",
+        "limit = 10",
+        f'authority_key_file = "{AUTHORITY_KEY}"',
+        "replace_interval_s = 86400",
         "",
         "[validity]",
         "days = 365",
@@ -317,16 +337,23 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
         )
         _say(f"orchestrator API at {orch['api']} (operator token {TOKEN})")
         for node_id, domain in NODES:
+            state = root / "nodes" / node_id
             await processes.start(
-                node_id, "node", "run", "--hsm", "soft", "--state", str(root / "nodes" / node_id),
-                "--domain", domain, "--nats", nats.url, *auth.arguments("node", node_id),
-                "--node-id", node_id,
-                "--orchestrator-key", str(root / "orchestrator-pin.json"),
-                "--vendor", str(root / "vendor"),
-                "--hsm-key-file", str(root / "nodes" / "hsm.key"), "--heartbeat", "1",
-                "--measurement", measurement,
+                f"{node_id}-hsm", "hsm", "serve", "--socket", str(state / HSM_SOCKET),
+                "--state", str(state / "hsm"), "--vendor", str(root / "vendor"),
+                "--sealing-key-file", str(root / "nodes" / "hsm.key"),
             )  # fmt: skip
-        _say(f"{len(NODES)} node daemons with software HSMs in dc1, dc2, dc3")
+            await processes.start(
+                node_id, "node", "run", "--hsm-socket", str(state / HSM_SOCKET),
+                "--state", str(state), "--domain", domain, "--nats", nats.url,
+                *auth.arguments("node", node_id), "--node-id", node_id,
+                "--orchestrator-key", str(root / "orchestrator-pin.json"),
+                "--heartbeat", "1", "--measurement", measurement,
+            )  # fmt: skip
+        _say(
+            f"{len(NODES)} node daemons in dc1, dc2, dc3, each beside its software HSM's device"
+            " process"
+        )
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             api = Api(http, orch["api"])
             await _await_nodes(api)
@@ -363,12 +390,16 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
         for key in accepted.artifact.keys:
             _say(f"  key {key.role} {key.alg} {b64(key.public_key)}")
         try:
-            await _use_vault(nats.url, auth, laid["vault"].session_public)
+            await _use_vault(nats.url, auth, accepted, laid["authority"])
         except HsmfleetError as exc:
             _say(f"the fleet's vault did not answer ({exc.kind}): {exc}")
             return 1
-        _say(f"vault: registered a secret and recovered it through {FLEET}'s members")
-        _say(f"  vault session key {b64(laid['vault'].session_public)}")
+        kem = next(k for k in accepted.artifact.keys if k.role == KEM_ROLE)
+        _say(
+            f"vault: registered a PIN-guarded secret and recovered it through {FLEET}'s HSMs"
+            " (OPAQUE: the PIN never left the client)"
+        )
+        _say(f"  sealed to the bundle's {KEM_ROLE} key {b64(kem.public_key)}")
         _say(f"\nrolled out and verified in {time.monotonic() - started:.1f}s")
         _say(f"  bundle:     {bundle_file}")
         _say(f"  trust file: {trust_file}")

@@ -164,6 +164,7 @@ def artifact(state: State, rollout: Rollout, now_ms: int) -> FleetKeyArtifact:
         quorum=Quorum(members, rollout.plan.threshold),
         not_before=format_time(rollout.not_before_ms),
         not_after=format_time(rollout.not_after_ms),
+        vault=rollout.plan.vault,
     )
 
 

@@ -437,7 +437,10 @@ def recipients(state: State, rollout: Rollout, source: str) -> list[Recipient]:
             continue
         if member.attestation is None:
             continue  # keys go only to a member attested for this rollout
-        out.append(Recipient(member.node_id, identity.transport_alg, identity.transport_key))
+        attestation = state.attestations.get(member.attestation)
+        out.append(
+            Recipient(member.node_id, identity.transport_alg, identity.transport_key, attestation)
+        )
     return out
 
 

@@ -100,10 +100,10 @@ def _command_body(state: State, rollout: Rollout, member: RolloutMember) -> Body
     labels = rollout.key_rollout
     if step == GENERATE:
         to = tuple(recipients(state, rollout, member.node_id))
-        return GenerateFleetKeys(fleet, epoch, labels, rollout.plan.keys, to)
+        return GenerateFleetKeys(fleet, epoch, labels, rollout.plan.keys, to, rollout.plan.vault)
     if step == IMPORT:
         keys = tuple(w for w in rollout.wrapped if w.node == member.node_id)
-        return ImportFleetKeys(fleet, epoch, labels, keys)
+        return ImportFleetKeys(fleet, epoch, labels, keys, rollout.plan.vault)
     if step == JOIN and rollout.kind == "replacement":
         config = evidence.membership_step(state, rollout, member.node_id)
         return JoinFleet(fleet, epoch, rid, config, probe=False, group=rollout.group)

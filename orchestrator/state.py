@@ -12,9 +12,12 @@ from typing import Literal
 
 from immutables import Map
 
-from messages.attestation import NODE_ROLE
-from messages.canonical import b64
+from messages.attestation import NODE_ROLE, Attestation
+from messages.canonical import b64, digest
+from messages.envelope import Envelope
+from messages.errors import MessageError
 from messages.events import (
+    AttestationAnswer,
     ChallengeIssued,
     Decision,
     LeaseTaken,
@@ -156,6 +159,9 @@ class State:
     signer_keys: Map[str, tuple[KeyInForce, ...]] = field(default_factory=Map)
     """Cosigner name -> its log keys walked by recorded rotations, oldest first (the key
     the first rotation replaced included)."""
+    attestations: Map[str, Attestation] = field(default_factory=Map)
+    """Attestation digest (hex) -> the attestation answered to a challenge: a fleet's key
+    generator wraps keys only to members whose attestation its HSM checks itself."""
 
     def open_enrollment_of(self, node_id: str) -> Enrollment | None:
         node = self.nodes.get(node_id)
@@ -329,9 +335,20 @@ def _signer_key_rotated(state: State, e: SignerKeyRotated) -> State:
     return replace(state, signer_keys=state.signer_keys.set(e.signer, signer_keys_after(state, e)))
 
 
-def _decision(state: State, _: Decision) -> State:
-    # The record of a decision changes nothing itself; the events it emitted do.
-    return state
+def _decision(state: State, e: Decision) -> State:
+    """A decision changes nothing itself (the events it emitted do), but the attestation an
+    answer it was made on carries is kept, by digest (see :attr:`State.attestations`)."""
+    if e.input_type != AttestationAnswer.TYPE:
+        return state
+    try:
+        answer = AttestationAnswer.from_json(e.input)
+        attestation = Attestation.from_json(Envelope.decode(answer.reply).body)
+    except MessageError:
+        return state  # a garbled answer was refused by its decision; nothing to keep
+    return replace(
+        state,
+        attestations=state.attestations.set(digest(attestation.to_json()).hex(), attestation),
+    )
 
 
 _FOLDS: dict[type[LogEntry], Callable[[State, LogEntry], State]] = {

@@ -1,7 +1,9 @@
-"""HSM backends: one interface (:class:`Hsm`), a software HSM and a PKCS#11 backend."""
+"""HSM backends: one interface (:class:`Hsm`), a software HSM and a PKCS#11 backend; and the
+device boundary that holds one in a process of its own (:mod:`node.hsm.device`)."""
 
 from node.hsm.base import (
     BadCertificate,
+    BadPublicKey,
     Hsm,
     HsmError,
     HsmLoginFailed,
@@ -15,6 +17,7 @@ from node.hsm.base import (
     NotWrappable,
     OperatorKeyError,
     PublicKey,
+    UnsealFailed,
     UnsupportedAlgorithm,
     UnwrapFailed,
     WrappedKey,
@@ -23,6 +26,7 @@ from node.hsm.soft import SoftHsm
 
 __all__ = [
     "BadCertificate",
+    "BadPublicKey",
     "Hsm",
     "HsmError",
     "HsmLoginFailed",
@@ -37,6 +41,7 @@ __all__ = [
     "OperatorKeyError",
     "PublicKey",
     "SoftHsm",
+    "UnsealFailed",
     "UnsupportedAlgorithm",
     "UnwrapFailed",
     "WrappedKey",

@@ -1,22 +1,36 @@
 """The interface every HSM backend offers: keys are made and kept inside, addressed by label.
 
-No method returns private key material. A private key leaves a backend only wrapped to another
-HSM's transport key (:meth:`Hsm.wrap`), and only if it was generated as ``wrappable``.
+No method meant for callers outside the HSM returns private key material. A key leaves a backend
+only wrapped to another HSM's transport key (:meth:`Hsm.wrap`), and only if it was generated as
+``wrappable``. The device-internal primitives (:meth:`Hsm.ecdh`, :meth:`Hsm.seal`,
+:meth:`Hsm.unseal`, :meth:`Hsm.secret`, :meth:`Hsm.open_hpke`) are for applets that run inside
+the device process (:mod:`node.hsm.device`), which never offers them over its socket.
+
+Key kinds: Ed25519 and ECDSA P-256 signing keys, ECDH P-256 transport keys, AES-256-GCM keys
+(:data:`AES256_GCM`) and OPAQUE server setups (:data:`OPAQUE_SETUP`, ristretto255).
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from messages.attestation import ECDH_P256
 from messages.errors import HsmfleetError
-from messages.signing import ECDSA_P256, ED25519, key_id
+from messages.signing import ECDH_P256, ECDSA_P256, ED25519, key_id
 
+if TYPE_CHECKING:
+    from messages.attestation import Attestation
+
+AES256_GCM = "aes256-gcm"
+"""A symmetric AEAD key; its public half is a key check value that reveals nothing of it."""
+OPAQUE_SETUP = "opaque-ristretto255"
+"""An OPAQUE server setup (the ``opaque-ke`` ristretto255 suite); its public half is the
+server's public key."""
 SIGNING_ALGORITHMS = (ED25519, ECDSA_P256)
 AGREEMENT_ALGORITHMS = (ECDH_P256,)
-KEY_ALGORITHMS = SIGNING_ALGORITHMS + AGREEMENT_ALGORITHMS
+SECRET_ALGORITHMS = (AES256_GCM, OPAQUE_SETUP)
+KEY_ALGORITHMS = SIGNING_ALGORITHMS + AGREEMENT_ALGORITHMS + SECRET_ALGORITHMS
 
 
 class HsmError(HsmfleetError):
@@ -50,9 +64,23 @@ class NotWrappable(HsmError):
 
 
 class UnwrapFailed(HsmError):
-    """A wrapped key does not open under this transport key, or is not the key it claims."""
+    """A wrapped key does not open under this transport key and context, or is not the key it
+    claims."""
 
     kind = "hsm_unwrap_failed"
+
+
+class UnsealFailed(HsmError):
+    """Sealed data does not open: altered, truncated, or sealed under another key, for another
+    context or other associated data."""
+
+    kind = "hsm_unseal_failed"
+
+
+class BadPublicKey(HsmError):
+    """A public key given to the HSM (a recipient, a peer) is not a valid P-256 point."""
+
+    kind = "hsm_bad_public_key"
 
 
 class HsmStateTampered(HsmError):
@@ -101,7 +129,9 @@ class HsmUnavailable(HsmError):
 class PublicKey:
     """The public half of a key inside an HSM.
 
-    Ed25519 keys are 32 raw bytes; P-256 keys (ECDSA and ECDH) X9.62 uncompressed points.
+    Ed25519 keys are 32 raw bytes; P-256 keys (ECDSA and ECDH) X9.62 uncompressed points; an
+    AES-256-GCM key its 32-byte key check value (HMAC-SHA256 of a fixed text under the key); an
+    OPAQUE setup its 32-byte server public key.
     """
 
     label: str
@@ -115,10 +145,11 @@ class PublicKey:
 
 @dataclass(frozen=True)
 class WrappedKey:
-    """A private key sealed to one HSM's ECDH P-256 transport key.
+    """A key sealed to one HSM's ECDH P-256 transport key (see :mod:`node.hsm.keys`).
 
-    ``ciphertext`` is AES key wrap with padding (RFC 5649) of the key's PKCS#8 DER, under the
-    shared secret of ``ephemeral`` and the recipient's transport key.
+    HPKE (RFC 9180) base mode: ``ephemeral`` is the encapsulated key (``enc``, a P-256 point),
+    ``ciphertext`` the sealed key material, opened only with the transport key and the context
+    the key was wrapped for.
     """
 
     alg: str
@@ -145,7 +176,8 @@ class HsmSigner:
 
 
 class Hsm(abc.ABC):
-    """One HSM: generate keys inside, sign, unwrap, export public keys only, destroy."""
+    """One HSM: generate keys inside, sign, wrap and unwrap, export public keys only, destroy;
+    and, for applets inside the device process, ECDH, AES-GCM sealing and OPAQUE setups."""
 
     kind: ClassVar[str]
     blocking: ClassVar[bool] = True
@@ -172,12 +204,29 @@ class Hsm(abc.ABC):
         """Sign ``data`` with key ``label`` (Ed25519, or ECDSA P-256 SHA-256 as DER)."""
 
     @abc.abstractmethod
-    def wrap(self, label: str, recipient: bytes) -> WrappedKey:
-        """Key ``label`` sealed to the ECDH P-256 transport public key ``recipient``."""
+    def wrap(
+        self,
+        label: str,
+        recipient: bytes,
+        context: bytes,
+        *,
+        attestation: Attestation | None = None,
+    ) -> WrappedKey:
+        """Key ``label`` sealed to the ECDH P-256 transport public key ``recipient`` for
+        ``context`` (what the key is and whom it is for); raises :class:`NotWrappable`.
+
+        ``attestation`` is the recipient's: a device boundary (:mod:`node.hsm.device`) wraps only
+        to a transport key that an attestation chained to its vendor root vouches for; a backend
+        in the caller's own process trusts its caller and does not look at it.
+        """
 
     @abc.abstractmethod
-    def unwrap(self, transport_label: str, wrapped: WrappedKey, label: str) -> PublicKey:
-        """Open ``wrapped`` with transport key ``transport_label`` and keep it as ``label``."""
+    def unwrap(
+        self, transport_label: str, wrapped: WrappedKey, label: str, context: bytes
+    ) -> PublicKey:
+        """Open ``wrapped`` with transport key ``transport_label`` for ``context`` and keep it as
+        ``label`` (wrappable again); raises :class:`UnwrapFailed` when it does not open for this
+        context or is not the key it claims to be, and changes nothing then."""
 
     @abc.abstractmethod
     def destroy(self, label: str) -> None:
@@ -192,12 +241,45 @@ class Hsm(abc.ABC):
         """Keep a certificate in the HSM under ``label`` (its key's, or a CA's of its own)."""
 
     @abc.abstractmethod
+    def ecdh(self, label: str, peer_point: bytes) -> bytes:
+        """The raw P-256 ECDH output of the ECDH key ``label`` with ``peer_point`` (device
+        internal: HPKE decapsulation); raises :class:`UnsupportedAlgorithm` for other keys."""
+
+    @abc.abstractmethod
+    def seal(self, label: str, plaintext: bytes, aad: bytes) -> bytes:
+        """``plaintext`` sealed with the AES-256-GCM key ``label`` (device internal):
+        nonce (12, random) || ciphertext || tag (16), authenticating ``aad`` too."""
+
+    @abc.abstractmethod
+    def unseal(self, label: str, sealed: bytes, aad: bytes) -> bytes:
+        """Open what :meth:`seal` made with key ``label`` and ``aad`` (device internal); raises
+        :class:`UnsealFailed` on any defect."""
+
+    @abc.abstractmethod
+    def secret(self, label: str) -> bytes:
+        """The setup bytes of the OPAQUE setup ``label`` (device internal: the OPAQUE server
+        runs in the device process); raises :class:`UnsupportedAlgorithm` for other keys."""
+
+    @abc.abstractmethod
     def healthy(self) -> bool:
         """Whether the HSM answers now (logging in again if it has to)."""
 
     @abc.abstractmethod
     def close(self) -> None:
         """Release the backend's resources; the keys stay."""
+
+    def open_hpke(self, label: str, sealed: bytes, info: bytes, aad: bytes = b"") -> bytes:
+        """Open HPKE ``sealed`` (``enc || ciphertext``, base mode, see :mod:`node.hsm.hpke`) with
+        the ECDH key ``label`` (device internal); raises :class:`UnsealFailed`."""
+        # Imported here: node.hsm.hpke raises this module's errors.
+        from node.hsm.hpke import open_sealed
+
+        recipient = self.public_key(label)
+        if recipient.alg != ECDH_P256:
+            raise UnsupportedAlgorithm("key is not an ECDH key", label=label, alg=recipient.alg)
+        return open_sealed(
+            lambda point: self.ecdh(label, point), recipient.public_key, sealed, info, aad
+        )
 
     def signer(self, label: str) -> HsmSigner:
         """A :class:`messages.signing.Signer` over the key ``label``."""

@@ -5,34 +5,62 @@ SoftHSM2 break under parallel use. When a session is lost (the token closed it, 
 finalized or reloaded, the login dropped) the backend opens a new session, logs in again and
 retries the operation once.
 
-Keys generated here are sensitive and, unless made ``wrappable``, never extractable: the token
-refuses to let them out at all. The limit: a key wrapped *to* this token's transport key is
-opened through an AES key derived by ECDH on the token, and whoever holds the PIN can derive the
-same secret as a readable key and unwrap outside the token. Tokens that constrain derivation
-(``CKA_DERIVE_TEMPLATE``) or unwrap with ECDH in one step (``CKM_ECDH_AES_KEY_WRAP``, PKCS#11 3.0)
-close that; SoftHSM2 and python-pkcs11 offer neither.
+What stays on the token, and what passes through the process that holds this backend (the
+device process, ``hsmfleet hsm serve``), on a generic token such as SoftHSM2:
+
+- Signing and ECDH keys are generated on the token, sensitive, and unless made ``wrappable``
+  never extractable: the token refuses to let them out at all. Signatures are made on the token.
+- AES-256-GCM keys are generated on the token (CKM_AES_KEY_GEN) and seal and unseal there
+  (CKM_AES_GCM). Their key check value is an HMAC the token will not compute with an AES key, so
+  at generation the new key is read out once under a temporary session key, its check value is
+  computed in the process and kept as the key's ``CKA_ID``, and a key not made wrappable is then
+  made unextractable (the token records that it was not always so).
+- OPAQUE setups: the token cannot run OPAQUE. A setup is made in the process and kept on the
+  token as a private data object sealed (AES-GCM, bound to its label) under a per-token AES key
+  (``hsmfleet:secret-seal``) that is generated on the token at first use and never extractable.
+  Every use of a setup (:meth:`Pkcs11Hsm.secret`, its public key, wrapping it) unseals it into
+  the process.
+- ECDH (:meth:`Pkcs11Hsm.ecdh`, so every HPKE open, unwrapping included): the raw ECDH output
+  is derived on the token into a session secret whose value the process reads; the object is
+  destroyed at once. The HPKE key schedule and the opened plaintext are in the process.
+- Wrapping a key: its material is exported under a temporary session AES key, opened in the
+  process and HPKE-sealed there. Unwrapping: the material is opened in the process (through the
+  token's ECDH), checked, and created on the token, sensitive and extractable (kept wrappable).
+  SoftHSM2 exports no Ed25519 private key: wrapping one is refused with
+  :class:`UnsupportedAlgorithm`.
+
+Whoever holds the PIN can do the same: derive ECDH outputs, unseal setups, export wrappable
+keys. Tokens that unwrap with ECDH in one step (``CKM_ECDH_AES_KEY_WRAP``, PKCS#11 3.0) or
+constrain derivation (``CKA_DERIVE_TEMPLATE``) would keep more inside; SoftHSM2 and
+python-pkcs11 offer neither.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 from collections.abc import Callable, Collection
-from typing import Any, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pkcs11
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 from pkcs11 import KDF, Attribute, CertificateType, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
+from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from messages.attestation import ECDH_P256
-from messages.signing import ECDSA_P256, ED25519, verify_bytes
-from node.hsm import keys
+from messages.signing import ECDH_P256, ECDSA_P256, ED25519
+from node.hsm import keys, opaque
 from node.hsm.base import (
+    AES256_GCM,
     KEY_ALGORITHMS,
+    OPAQUE_SETUP,
     BadCertificate,
     Hsm,
     HsmError,
@@ -42,10 +70,13 @@ from node.hsm.base import (
     KeyNotFound,
     NotWrappable,
     PublicKey,
+    UnsealFailed,
     UnsupportedAlgorithm,
-    UnwrapFailed,
     WrappedKey,
 )
+
+if TYPE_CHECKING:
+    from messages.attestation import Attestation
 
 T = TypeVar("T")
 log = structlog.get_logger("hsmfleet.hsm.pkcs11")
@@ -58,6 +89,8 @@ _NEEDS = {
     ED25519: (Mechanism.EC_EDWARDS_KEY_PAIR_GEN, Mechanism.EDDSA),
     ECDSA_P256: (Mechanism.EC_KEY_PAIR_GEN, Mechanism.ECDSA),
     ECDH_P256: (Mechanism.EC_KEY_PAIR_GEN, Mechanism.ECDH1_DERIVE),
+    AES256_GCM: (Mechanism.AES_KEY_GEN, Mechanism.AES_GCM, Mechanism.AES_KEY_WRAP_PAD),
+    OPAQUE_SETUP: (Mechanism.AES_KEY_GEN, Mechanism.AES_GCM),
 }
 # Errors after which a new session and login may succeed where the old session failed.
 _LOST_SESSION = (
@@ -71,11 +104,10 @@ _LOST_SESSION = (
     p11.ObjectHandleInvalid,
     p11.KeyHandleInvalid,
 )
-# python-pkcs11 fills every capability attribute; these do not apply to a private signing key.
-_NOT_FOR_SIGNING_KEYS = dict.fromkeys(
-    (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.VERIFY, Attribute.WRAP, Attribute.UNWRAP),
-    pkcs11.DEFAULT,
-)
+_SECRET_SEAL = "hsmfleet:secret-seal"
+"""The label of the token's own AES key that seals the OPAQUE setups kept on it."""
+_SETUP_APPLICATION = "hsmfleet:" + OPAQUE_SETUP
+_WRAPPABLE = ":wrappable"
 
 _token_locks: dict[tuple[str, str], threading.RLock] = {}
 _token_locks_guard = threading.Lock()
@@ -111,7 +143,8 @@ class Pkcs11Hsm(Hsm):
         self._session: Any = None
         self._lib: Any = None
         self._mechanisms: frozenset[Mechanism] = frozenset()
-        self._private: dict[str, Any] = {}
+        self._objects: dict[str, Any] = {}
+        self._seal_key: Any = None
         self.relogins = 0
         with self._lock:
             self._open()
@@ -124,41 +157,40 @@ class Pkcs11Hsm(Hsm):
     def generate(self, label: str, alg: str, *, wrappable: bool = False) -> PublicKey:
         if not self.supports(alg):
             raise UnsupportedAlgorithm("token cannot make this key", alg=alg)
+        if alg == OPAQUE_SETUP:
+            setup = opaque.new_setup()
+            public = opaque.setup_public(setup)
 
-        def op(session: Any) -> PublicKey:
-            if self._find(session, ObjectClass.PRIVATE_KEY, label) is not None:
-                raise KeyExists("a key with this label exists", label=label)
-            signing = MechanismFlag.SIGN | MechanismFlag.VERIFY
-            public, _ = session.generate_keypair(
-                KeyType.EC_EDWARDS if alg == ED25519 else KeyType.EC,
-                mechanism=_NEEDS[alg][0],
-                store=True,
-                label=label,
-                capabilities=MechanismFlag.DERIVE if alg == ECDH_P256 else signing,
-                public_template={Attribute.EC_PARAMS: _ED25519 if alg == ED25519 else _P256},
-                private_template={
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: wrappable,
-                    Attribute.PRIVATE: True,
-                },
-            )
-            return PublicKey(label, alg, _point(public, alg))
+            def keep_setup(session: Any) -> PublicKey:
+                self._free(session, label)
+                self._keep_setup(session, label, setup, wrappable)
+                return PublicKey(label, alg, public)
 
-        return self._run(op)
+            return self._run(keep_setup)
+        if alg == AES256_GCM:
+            return self._run(lambda session: self._generate_aes(session, label, wrappable))
+        return self._run(lambda session: self._generate_pair(session, label, alg, wrappable))
 
     def public_key(self, label: str) -> PublicKey:
         return self._run(lambda session: self._public(session, label))
 
     def labels(self) -> list[str]:
         def op(session: Any) -> list[str]:
-            found = session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
-            return sorted({o.label for o in found})
+            privates = session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+            found = {o.label for o in privates}
+            secrets = session.get_objects(
+                {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True}
+            )
+            found |= {o.label for o in secrets if o.label != _SECRET_SEAL}
+            data = session.get_objects({Attribute.CLASS: ObjectClass.DATA})
+            found |= {o[Attribute.LABEL] for o in data if _is_setup(o)}
+            return sorted(found)
 
         return self._run(op)
 
     def sign(self, label: str, data: bytes) -> bytes:
         def op(session: Any) -> bytes:
-            key = self._private_key(session, label)
+            key = self._key(session, label)
             alg = _alg(key)
             if alg not in (ED25519, ECDSA_P256):
                 raise UnsupportedAlgorithm("key cannot sign", label=label, alg=alg)
@@ -166,108 +198,85 @@ class Pkcs11Hsm(Hsm):
 
         return self._run(op)
 
-    def wrap(self, label: str, recipient: bytes) -> WrappedKey:
+    def wrap(
+        self,
+        label: str,
+        recipient: bytes,
+        context: bytes,
+        *,
+        attestation: Attestation | None = None,
+    ) -> WrappedKey:
         keys.p256_public(recipient)
 
-        def op(session: Any) -> WrappedKey:
-            key = self._private_key(session, label)
-            if not key[Attribute.EXTRACTABLE]:
+        def export(session: Any) -> tuple[PublicKey, bytes]:
+            key = self._key(session, label)
+            if not _wrappable(key):
                 raise NotWrappable("key never leaves this HSM", label=label)
             public = self._public(session, label)
-            eph_public, eph_private = session.generate_keypair(
-                KeyType.EC,
-                store=False,
-                capabilities=MechanismFlag.DERIVE,
-                public_template={Attribute.EC_PARAMS: _P256},
+            return public, self._material(session, key, public.alg)
+
+        public, material = self._run(export)
+        return keys.wrap(public.alg, public.public_key, material, recipient, context)
+
+    def unwrap(
+        self, transport_label: str, wrapped: WrappedKey, label: str, context: bytes
+    ) -> PublicKey:
+        if not self.supports(wrapped.alg):
+            raise UnsupportedAlgorithm("token cannot hold this key", alg=wrapped.alg)
+        opened = keys.unwrap(partial(self.open_hpke, transport_label), wrapped, context)
+        self._run(lambda session: self._import(session, label, wrapped.alg, opened))
+        return PublicKey(label, wrapped.alg, wrapped.public_key)
+
+    def ecdh(self, label: str, peer_point: bytes) -> bytes:
+        keys.p256_public(peer_point)
+
+        def op(session: Any) -> bytes:
+            key = self._key(session, label)
+            if _alg(key) != ECDH_P256:
+                raise UnsupportedAlgorithm("key is not an ECDH key", label=label, alg=_alg(key))
+            shared = key.derive_key(
+                KeyType.GENERIC_SECRET,
+                256,
+                mechanism_param=(KDF.NULL, None, peer_point),
+                template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
             )
             try:
-                ephemeral = _point(eph_public, ECDH_P256)
-                kek = _derive_kek(eph_private, recipient, MechanismFlag.WRAP)
-                try:
-                    ciphertext = kek.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD)
-                except p11.KeyNotWrappable as exc:  # SoftHSM2 wraps no Ed25519 private keys
-                    raise UnsupportedAlgorithm(
-                        "token cannot wrap keys of this algorithm", label=label, alg=public.alg
-                    ) from exc
-                finally:
-                    kek.destroy()
+                return bytes(shared[Attribute.VALUE])
             finally:
-                eph_private.destroy()
-                eph_public.destroy()
-            return WrappedKey(public.alg, public.public_key, ephemeral, ciphertext)
+                shared.destroy()
 
         return self._run(op)
 
-    def unwrap(self, transport_label: str, wrapped: WrappedKey, label: str) -> PublicKey:
-        keys.p256_public(wrapped.ephemeral)
-        if wrapped.alg not in (ED25519, ECDSA_P256) or not self.supports(wrapped.alg):
-            raise UnsupportedAlgorithm("token cannot hold this key", alg=wrapped.alg)
+    def seal(self, label: str, plaintext: bytes, aad: bytes) -> bytes:
+        return self._run(lambda session: _gcm_seal(self._aes(session, label), plaintext, aad))
 
-        def op(session: Any) -> PublicKey:
-            transport = self._private_key(session, transport_label)
-            if _alg(transport) != ECDH_P256:
-                raise UnsupportedAlgorithm("key is not a transport key", label=transport_label)
-            if self._find(session, ObjectClass.PRIVATE_KEY, label) is not None:
-                raise KeyExists("a key with this label exists", label=label)
-            kek = _derive_kek(transport, wrapped.ephemeral, MechanismFlag.UNWRAP)
-            ed = wrapped.alg == ED25519
-            try:
-                private = kek.unwrap_key(
-                    ObjectClass.PRIVATE_KEY,
-                    KeyType.EC_EDWARDS if ed else KeyType.EC,
-                    wrapped.ciphertext,
-                    label=label,
-                    store=True,
-                    mechanism=Mechanism.AES_KEY_WRAP_PAD,
-                    template={
-                        **_NOT_FOR_SIGNING_KEYS,
-                        Attribute.SIGN: True,
-                        Attribute.DERIVE: False,
-                        Attribute.SENSITIVE: True,
-                        Attribute.EXTRACTABLE: True,
-                        Attribute.PRIVATE: True,
-                    },
-                )
-            except p11.PKCS11Error as exc:
-                # Not retried even when it looks like a lost session: SoftHSM2 answers a garbled
-                # wrapped key with CKR_GENERAL_ERROR.
-                raise UnwrapFailed(f"token refused the wrapped key: {type(exc).__name__}") from exc
-            finally:
-                kek.destroy()
-            kept = False
-            try:
-                if not _signs_for(private, wrapped.alg, wrapped.public_key):
-                    raise UnwrapFailed("wrapped key is not the key it claims to be", label=label)
-                session.create_object(
-                    {
-                        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-                        Attribute.KEY_TYPE: KeyType.EC_EDWARDS if ed else KeyType.EC,
-                        Attribute.EC_PARAMS: _ED25519 if ed else _P256,
-                        Attribute.EC_POINT: _der_octets(wrapped.public_key),
-                        Attribute.LABEL: label,
-                        Attribute.TOKEN: True,
-                        Attribute.VERIFY: True,
-                    }
-                )
-                kept = True
-            finally:
-                if not kept:
-                    with contextlib.suppress(p11.PKCS11Error):
-                        private.destroy()
-            return PublicKey(label, wrapped.alg, wrapped.public_key)
+    def unseal(self, label: str, sealed: bytes, aad: bytes) -> bytes:
+        return self._run(lambda session: _gcm_open(self._aes(session, label), sealed, aad))
+
+    def secret(self, label: str) -> bytes:
+        def op(session: Any) -> bytes:
+            key = self._key(session, label)
+            if _alg(key) != OPAQUE_SETUP:
+                raise UnsupportedAlgorithm("key is not an OPAQUE setup", label=label, alg=_alg(key))
+            return self._open_setup(session, key)
 
         return self._run(op)
 
     def destroy(self, label: str) -> None:
         def op(session: Any) -> None:
-            if self._find(session, ObjectClass.PRIVATE_KEY, label) is None:
-                raise KeyNotFound("no key with this label", label=label)
-            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE):
+            self._key(session, label)
+            for cls in (
+                ObjectClass.PRIVATE_KEY,
+                ObjectClass.PUBLIC_KEY,
+                ObjectClass.SECRET_KEY,
+                ObjectClass.DATA,
+                ObjectClass.CERTIFICATE,
+            ):
                 for obj in list(
                     session.get_objects({Attribute.CLASS: cls, Attribute.LABEL: label})
                 ):
                     obj.destroy()
-            self._private.pop(label, None)
+            self._objects.pop(label, None)
 
         self._run(op)
 
@@ -344,7 +353,8 @@ class Pkcs11Hsm(Hsm):
 
     def _drop(self) -> None:
         session, self._session = self._session, None
-        self._private.clear()
+        self._objects.clear()
+        self._seal_key = None
         if session is not None:
             with contextlib.suppress(p11.PKCS11Error):
                 session.close()
@@ -378,21 +388,214 @@ class Pkcs11Hsm(Hsm):
         found = list(session.get_objects({Attribute.CLASS: cls, Attribute.LABEL: label}))
         return found[0] if found else None
 
-    def _private_key(self, session: Any, label: str) -> Any:
-        key = self._private.get(label)
+    def _lookup(self, session: Any, label: str) -> Any:
+        """The object that is the key ``label`` (a private key, an AES key or a data object
+        holding an OPAQUE setup), or ``None``; the token's own sealing key is no one's."""
+        if label == _SECRET_SEAL:
+            return None
+        key = self._objects.get(label)
         if key is None:
-            key = self._find(session, ObjectClass.PRIVATE_KEY, label)
+            key = self._find(session, ObjectClass.PRIVATE_KEY, label) or self._find(
+                session, ObjectClass.SECRET_KEY, label
+            )
             if key is None:
-                raise KeyNotFound("no key with this label", label=label)
-            self._private[label] = key
+                data = session.get_objects(
+                    {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}
+                )
+                key = next((o for o in data if _is_setup(o)), None)
+            if key is not None:
+                self._objects[label] = key
+        return key
+
+    def _key(self, session: Any, label: str) -> Any:
+        key = self._lookup(session, label)
+        if key is None:
+            raise KeyNotFound("no key with this label", label=label)
+        return key
+
+    def _free(self, session: Any, label: str) -> None:
+        if label == _SECRET_SEAL or self._lookup(session, label) is not None:
+            raise KeyExists("a key with this label exists", label=label)
+
+    def _aes(self, session: Any, label: str) -> Any:
+        key = self._key(session, label)
+        if _alg(key) != AES256_GCM:
+            raise UnsupportedAlgorithm("key is not an AES-GCM key", label=label, alg=_alg(key))
         return key
 
     def _public(self, session: Any, label: str) -> PublicKey:
-        alg = _alg(self._private_key(session, label))
+        key = self._key(session, label)
+        alg = _alg(key)
+        if alg == AES256_GCM:
+            return PublicKey(label, alg, bytes(key[Attribute.ID]))
+        if alg == OPAQUE_SETUP:
+            return PublicKey(label, alg, opaque.setup_public(self._open_setup(session, key)))
         public = self._find(session, ObjectClass.PUBLIC_KEY, label)
         if public is None:
             raise KeyNotFound("key has no public half on the token", label=label)
         return PublicKey(label, alg, _point(public, alg))
+
+    def _generate_pair(self, session: Any, label: str, alg: str, wrappable: bool) -> PublicKey:
+        self._free(session, label)
+        signing = MechanismFlag.SIGN | MechanismFlag.VERIFY
+        public, _ = session.generate_keypair(
+            KeyType.EC_EDWARDS if alg == ED25519 else KeyType.EC,
+            mechanism=_NEEDS[alg][0],
+            store=True,
+            label=label,
+            capabilities=MechanismFlag.DERIVE if alg == ECDH_P256 else signing,
+            public_template={Attribute.EC_PARAMS: _ED25519 if alg == ED25519 else _P256},
+            private_template={
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: wrappable,
+                Attribute.PRIVATE: True,
+            },
+        )
+        return PublicKey(label, alg, _point(public, alg))
+
+    def _generate_aes(self, session: Any, label: str, wrappable: bool) -> PublicKey:
+        """A new AES key on the token, read out once for its check value (see the module's
+        docstring), then unextractable unless ``wrappable``."""
+        self._free(session, label)
+        key = session.generate_key(
+            KeyType.AES,
+            256,
+            label=label,
+            store=True,
+            capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+            template={
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: True,
+                Attribute.PRIVATE: True,
+            },
+        )
+        kept = False
+        try:
+            check = keys.key_check(_export(session, key))
+            key[Attribute.ID] = check
+            if not wrappable:
+                key[Attribute.EXTRACTABLE] = False
+            kept = True
+        finally:
+            if not kept:
+                with contextlib.suppress(p11.PKCS11Error):
+                    key.destroy()
+        return PublicKey(label, AES256_GCM, check)
+
+    def _material(self, session: Any, key: Any, alg: str) -> bytes:
+        """The wrappable ``key``'s material (see :func:`node.hsm.keys.material`)."""
+        if alg == OPAQUE_SETUP:
+            return self._open_setup(session, key)
+        try:
+            exported = _export(session, key)
+        except p11.KeyNotWrappable as exc:  # SoftHSM2 exports no Ed25519 private keys
+            raise UnsupportedAlgorithm(
+                "token cannot wrap keys of this algorithm", label=key.label, alg=alg
+            ) from exc
+        return exported if alg == AES256_GCM else keys.der_prefix(exported)
+
+    def _import(self, session: Any, label: str, alg: str, key: keys.Secret) -> None:
+        """Keep an opened key on the token as ``label``, sensitive and wrappable again.
+
+        Made with C_CreateObject: SoftHSM2 unwraps no Ed25519 private key, and the material
+        is in this process already, opened from its HPKE message.
+        """
+        self._free(session, label)
+        if isinstance(key, keys.OpaqueSetup):
+            self._keep_setup(session, label, key.raw, wrappable=True)
+            return
+        kept = {
+            Attribute.LABEL: label,
+            Attribute.TOKEN: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: True,
+            Attribute.PRIVATE: True,
+        }
+        if isinstance(key, keys.AesKey):
+            session.create_object(
+                {
+                    **kept,
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.KEY_TYPE: KeyType.AES,
+                    Attribute.VALUE: key.raw,
+                    Attribute.ID: keys.key_check(key.raw),
+                    Attribute.ENCRYPT: True,
+                    Attribute.DECRYPT: True,
+                }
+            )
+            return
+        ed = isinstance(key, ed25519.Ed25519PrivateKey)
+        curve = {
+            Attribute.KEY_TYPE: KeyType.EC_EDWARDS if ed else KeyType.EC,
+            Attribute.EC_PARAMS: _ED25519 if ed else _P256,
+            Attribute.LABEL: label,
+            Attribute.TOKEN: True,
+        }
+        derives = alg == ECDH_P256
+        private = session.create_object(
+            {
+                **kept,
+                **curve,
+                Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                Attribute.VALUE: _private_value(key),
+                Attribute.SIGN: not derives,
+                Attribute.DERIVE: derives,
+            }
+        )
+        made = False
+        try:
+            session.create_object(
+                {
+                    **curve,
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                    Attribute.EC_POINT: _der_octets(keys.public_bytes(key)),
+                    Attribute.VERIFY: not derives,
+                    Attribute.DERIVE: derives,
+                }
+            )
+            made = True
+        finally:
+            if not made:
+                with contextlib.suppress(p11.PKCS11Error):
+                    private.destroy()
+
+    def _sealing_key(self, session: Any) -> Any:
+        """The token's AES key sealing the OPAQUE setups it keeps, made on first use."""
+        if self._seal_key is None:
+            key = self._find(session, ObjectClass.SECRET_KEY, _SECRET_SEAL)
+            if key is None:
+                key = session.generate_key(
+                    KeyType.AES,
+                    256,
+                    label=_SECRET_SEAL,
+                    store=True,
+                    capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+                    template={
+                        Attribute.SENSITIVE: True,
+                        Attribute.EXTRACTABLE: False,
+                        Attribute.PRIVATE: True,
+                    },
+                )
+            self._seal_key = key
+        return self._seal_key
+
+    def _keep_setup(self, session: Any, label: str, setup: bytes, wrappable: bool) -> None:
+        application = _SETUP_APPLICATION + (_WRAPPABLE if wrappable else "")
+        sealed = _gcm_seal(self._sealing_key(session), setup, _setup_aad(application, label))
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.APPLICATION: application,
+                Attribute.LABEL: label,
+                Attribute.VALUE: sealed,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+            }
+        )
+
+    def _open_setup(self, session: Any, data: Any) -> bytes:
+        aad = _setup_aad(data[Attribute.APPLICATION], data[Attribute.LABEL])
+        return _gcm_open(self._sealing_key(session), bytes(data[Attribute.VALUE]), aad)
 
 
 def _session_lost(exc: Exception, lib: Any) -> bool:
@@ -400,10 +603,29 @@ def _session_lost(exc: Exception, lib: Any) -> bool:
     return isinstance(exc, _LOST_SESSION) or not lib.initialized
 
 
-def _alg(private: Any) -> str:
-    if private.key_type == KeyType.EC_EDWARDS:
+def _alg(key: Any) -> str:
+    if isinstance(key, pkcs11.SecretKey):
+        return AES256_GCM
+    if not isinstance(key, pkcs11.PrivateKey):
+        return OPAQUE_SETUP
+    if key.key_type == KeyType.EC_EDWARDS:
         return ED25519
-    return ECDH_P256 if private[Attribute.DERIVE] else ECDSA_P256
+    return ECDH_P256 if key[Attribute.DERIVE] else ECDSA_P256
+
+
+def _is_setup(data: Any) -> bool:
+    return str(data[Attribute.APPLICATION]).startswith(_SETUP_APPLICATION)
+
+
+def _wrappable(key: Any) -> bool:
+    if _alg(key) == OPAQUE_SETUP:
+        return str(key[Attribute.APPLICATION]).endswith(_WRAPPABLE)
+    return bool(key[Attribute.EXTRACTABLE])
+
+
+def _setup_aad(application: str, label: str) -> bytes:
+    """What a kept setup is bound to: its kind, wrappability and label."""
+    return f"hsmfleet/v1/kept-secret\n{application}\n{label}".encode()
 
 
 def _sign(private: Any, alg: str, data: bytes) -> bytes:
@@ -413,24 +635,65 @@ def _sign(private: Any, alg: str, data: bytes) -> bytes:
     return keys.ecdsa_der(private.sign(keys.prehash(data), mechanism=Mechanism.ECDSA))
 
 
-_PROBE = b"hsmfleet/v1/unwrap-probe"
-
-
-def _signs_for(private: Any, alg: str, public_key: bytes) -> bool:
-    """Whether ``private`` makes signatures that ``public_key`` verifies."""
-    return verify_bytes(alg, public_key, _sign(private, alg, _PROBE), _PROBE)
-
-
-def _derive_kek(private: Any, peer: bytes, use: MechanismFlag) -> Any:
-    """A session AES key from ECDH with ``peer`` that can do ``use`` (wrap or unwrap) and nothing
-    else, never readable off the token."""
-    return private.derive_key(
-        KeyType.AES,
-        256,
-        capabilities=use,
-        mechanism_param=(KDF.NULL, None, peer),
-        template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False},
+def _gcm_seal(key: Any, plaintext: bytes, aad: bytes) -> bytes:
+    """AES-GCM on the token, in the format of :func:`node.hsm.keys.aead_seal`."""
+    nonce = os.urandom(keys.NONCE_BYTES)
+    return nonce + key.encrypt(
+        plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad)
     )
+
+
+def _gcm_open(key: Any, sealed: bytes, aad: bytes) -> bytes:
+    """Open :func:`_gcm_seal`'s output on the token; raises :class:`UnsealFailed`."""
+    if len(sealed) < keys.NONCE_BYTES + keys.TAG_BYTES:
+        raise UnsealFailed("sealed data is truncated", bytes=len(sealed))
+    nonce, ciphertext = sealed[: keys.NONCE_BYTES], sealed[keys.NONCE_BYTES :]
+    try:
+        return bytes(
+            key.decrypt(
+                ciphertext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad)
+            )
+        )
+    except p11.PKCS11Error as exc:
+        # Not retried even when it looks like a lost session: SoftHSM2 answers a tag that does
+        # not verify with CKR_GENERAL_ERROR.
+        raise UnsealFailed(f"sealed data does not open: {type(exc).__name__}") from exc
+
+
+def _export(session: Any, key: Any) -> bytes:
+    """The value of the extractable ``key``, wrapped on the token under a session AES key made
+    for this one export and opened here: a private key's PKCS#8 DER (possibly padded), a secret
+    key's raw bytes."""
+    value = os.urandom(32)
+    kek = session.create_object(
+        {
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            Attribute.KEY_TYPE: KeyType.AES,
+            Attribute.VALUE: value,
+            Attribute.TOKEN: False,
+            Attribute.WRAP: True,
+            Attribute.UNWRAP: False,
+            Attribute.ENCRYPT: False,
+            Attribute.DECRYPT: False,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+        }
+    )
+    try:
+        wrapped = kek.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD)
+    finally:
+        kek.destroy()
+    try:
+        return aes_key_unwrap_with_padding(value, wrapped)
+    except InvalidUnwrap as exc:
+        raise HsmError("token exported a key that does not unwrap") from exc
+
+
+def _private_value(key: keys.PrivateKey) -> bytes:
+    """``CKA_VALUE`` of a private key: an Ed25519 seed, a P-256 scalar."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.private_bytes_raw()
+    return key.private_numbers().private_value.to_bytes(32, "big")
 
 
 def _point(public: Any, alg: str) -> bytes:

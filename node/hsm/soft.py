@@ -1,10 +1,12 @@
 """The software HSM: the embedded default backend.
 
 Keys live in process memory and, sealed under the operator's key, in one state file with a
-rollback counter beside it (:mod:`node.hsm.sealed_state`); no method returns a private key (they
-leave only wrapped to another HSM's transport key). The software HSM stands in for real hardware
-in development and tests: it protects against a stolen disk, not against someone who can read the
-node process's memory.
+rollback counter beside it (:mod:`node.hsm.sealed_state`): private keys as PKCS#8 DER, AES keys
+and OPAQUE setups as their raw bytes. Keys leave only wrapped to another HSM's transport key; the
+device-internal primitives (ECDH, AES-GCM sealing, OPAQUE setups) serve applets in the same
+process. The software HSM stands in for real hardware in development and tests: it protects
+against a stolen disk, not against someone who can read its process's memory (run it behind
+``hsmfleet hsm serve`` so that is not the node daemon's process).
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from messages.canonical import b64, unb64
+from messages.signing import ECDH_P256
 from node.hsm import keys
 from node.hsm.base import (
-    AGREEMENT_ALGORITHMS,
     KEY_ALGORITHMS,
     SIGNING_ALGORITHMS,
     Hsm,
@@ -34,13 +37,16 @@ from node.hsm.base import (
 )
 from node.hsm.sealed_state import STATE_FILE, SealedState
 
+if TYPE_CHECKING:
+    from messages.attestation import Attestation
+
 __all__ = ["STATE_FILE", "SoftHsm"]
 
 
 @dataclass(frozen=True)
 class _Key:
     alg: str
-    private: keys.PrivateKey
+    private: keys.Secret
     public: bytes
     wrappable: bool
 
@@ -87,23 +93,44 @@ class SoftHsm(Hsm):
             raise UnsupportedAlgorithm("key cannot sign", label=label, alg=key.alg)
         return keys.software_sign(key.private, data)
 
-    def wrap(self, label: str, recipient: bytes) -> WrappedKey:
+    def wrap(
+        self,
+        label: str,
+        recipient: bytes,
+        context: bytes,
+        *,
+        attestation: Attestation | None = None,
+    ) -> WrappedKey:
         key = self._get(label)
         if not key.wrappable:
             raise NotWrappable("key never leaves this HSM", label=label)
-        return keys.wrap_pkcs8(keys.pkcs8(key.private), key.alg, key.public, recipient)
+        return keys.wrap(key.alg, key.public, keys.material(key.private), recipient, context)
 
-    def unwrap(self, transport_label: str, wrapped: WrappedKey, label: str) -> PublicKey:
-        transport = self._get(transport_label)
-        if transport.alg not in AGREEMENT_ALGORITHMS or not isinstance(
-            transport.private, ec.EllipticCurvePrivateKey
-        ):
-            raise UnsupportedAlgorithm("key is not a transport key", label=transport_label)
-        if wrapped.alg not in SIGNING_ALGORITHMS:
-            raise UnsupportedAlgorithm("only signing keys are wrapped", alg=wrapped.alg)
-        secret = transport.private.exchange(ec.ECDH(), keys.p256_public(wrapped.ephemeral))
-        private = keys.unwrap_pkcs8(secret, wrapped)
+    def unwrap(
+        self, transport_label: str, wrapped: WrappedKey, label: str, context: bytes
+    ) -> PublicKey:
+        if not self.supports(wrapped.alg):
+            raise UnsupportedAlgorithm("software HSM cannot hold this key", alg=wrapped.alg)
+        private = keys.unwrap(partial(self.open_hpke, transport_label), wrapped, context)
         return self._add(label, _Key(wrapped.alg, private, wrapped.public_key, wrappable=True))
+
+    def ecdh(self, label: str, peer_point: bytes) -> bytes:
+        key = self._get(label)
+        if key.alg != ECDH_P256 or not isinstance(key.private, ec.EllipticCurvePrivateKey):
+            raise UnsupportedAlgorithm("key is not an ECDH key", label=label, alg=key.alg)
+        return key.private.exchange(ec.ECDH(), keys.p256_public(peer_point))
+
+    def seal(self, label: str, plaintext: bytes, aad: bytes) -> bytes:
+        return keys.aead_seal(self._aes(label).raw, plaintext, aad)
+
+    def unseal(self, label: str, sealed: bytes, aad: bytes) -> bytes:
+        return keys.aead_open(self._aes(label).raw, sealed, aad)
+
+    def secret(self, label: str) -> bytes:
+        key = self._get(label)
+        if not isinstance(key.private, keys.OpaqueSetup):
+            raise UnsupportedAlgorithm("key is not an OPAQUE setup", label=label, alg=key.alg)
+        return key.private.raw
 
     def destroy(self, label: str) -> None:
         with self._lock:
@@ -126,6 +153,12 @@ class SoftHsm(Hsm):
     def close(self) -> None:
         """Nothing to release: every change is on disk when its call returns."""
 
+    def _aes(self, label: str) -> keys.AesKey:
+        key = self._get(label)
+        if not isinstance(key.private, keys.AesKey):
+            raise UnsupportedAlgorithm("key is not an AES-GCM key", label=label, alg=key.alg)
+        return key.private
+
     def _get(self, label: str) -> _Key:
         try:
             return self._keys[label]
@@ -145,7 +178,7 @@ class SoftHsm(Hsm):
             "keys": {
                 label: {
                     "alg": k.alg,
-                    "private": b64(keys.pkcs8(k.private)),
+                    "private": b64(keys.material(k.private)),
                     "wrappable": k.wrappable,
                 }
                 for label, k in new_keys.items()
@@ -159,9 +192,9 @@ class SoftHsm(Hsm):
         try:
             state = json.loads(plaintext)
             for label, raw in state["keys"].items():
-                private = serialization.load_der_private_key(unb64(raw["private"]), None)
                 if raw["alg"] not in KEY_ALGORITHMS:
                     raise ValueError(f"unknown algorithm {raw['alg']!r}")
+                private = keys.from_material(raw["alg"], unb64(raw["private"]))
                 self._keys[label] = _Key(
                     raw["alg"], private, keys.public_bytes(private), bool(raw["wrappable"])
                 )

@@ -9,6 +9,12 @@ requests gather (in the socket), so fsyncs are shared by all the requests that a
 The transaction runs on the event loop's thread, blocking it for the fsync: a database thread
 would make every socket call wait for the interpreter lock that thread holds (milliseconds),
 which costs more than the fsync itself.
+
+An acceptance that grants a vetted record (:func:`messages.quorum.vetted`) is signed by the
+member's HSM, which first checks each such value against its justification (see
+``node/vault/applet.py``); the records it refuses are refused in the vote (with the HSM's
+reason, counted by proposer) and their slots stay as they were. Without an HSM to vote
+(``vote``), vetted records are refused.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from nats.aio.subscription import Subscription
 
 from messages import subjects
 from messages.bus import headers_for
-from messages.envelope import Envelope
+from messages.envelope import Envelope, Signature
 from messages.errors import MessageError
 from messages.gate import Gate, Received
 from messages.outbox import Outbox
@@ -42,7 +48,10 @@ from messages.quorum import (
     Refusal,
     Snapshot,
     SnapshotRequest,
+    Vetting,
+    VettingRefusal,
     value_digest,
+    vetted,
 )
 from messages.replay import ReplayGuard
 from messages.schema import Body
@@ -61,6 +70,10 @@ REPLAY_MS = 60_000
 
 # Gets the signed vote as an envelope, as a body and as the wire bytes (encoded once).
 Answer = Callable[[Envelope, Body, bytes], Awaitable[None]]
+# Has the member's HSM check the vetted records an unsigned acceptance grants and sign it, or
+# name the records it refuses.
+Vote = Callable[[Envelope, tuple[Vetting, ...]], Signature | tuple[VettingRefusal, ...]]
+NO_APPLET = "no_applet"
 
 
 @dataclass(frozen=True)
@@ -84,13 +97,16 @@ class Acceptor:
         outbox: Outbox,
         membership: Callable[[], Membership],
         *,
+        vote: Vote | None = None,
         max_batch: int = 512,
     ) -> None:
         self.member = member
         self.store = store
         self.outbox = outbox
         self.membership = membership
+        self.vote = vote
         self.max_batch = max_batch
+        self._unsigned = Outbox(member, ids=outbox.ids)
         self.voting = False
         self.rejects: Counter[str] = Counter()
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
@@ -194,8 +210,7 @@ class Acceptor:
                 log.exception("acceptor could not persist a batch; answering nothing")
                 continue
             self._batch_size.observe(records)
-            for request, vote in zip(batch, answers, strict=True):
-                env = self.outbox.envelope(vote, causation=request.received.envelope.id)
+            for request, (env, vote) in zip(batch, answers, strict=True):
                 await request.answer(env, vote, env.encode())
             self._maybe_checkpoint()
 
@@ -208,21 +223,75 @@ class Acceptor:
         self._checkpoint = asyncio.ensure_future(asyncio.to_thread(self.store.checkpoint))
         self._checkpoint.add_done_callback(_log_failure)
 
-    def _decide(self, batch: list[_Request]) -> list[Body]:
-        """Apply the rules to every request in order and save the result (one fsync)."""
+    def _decide(self, batch: list[_Request]) -> list[tuple[Envelope, Body]]:
+        """Apply the rules to every request in order, sign the votes and save the result (one
+        fsync); the votes go out only after this returns."""
         keys = {k for r in batch for k in r.received.body.keys}
         slots = self.store.load(keys)
         changed: dict[str, Slot] = {}
-        answers: list[Body] = []
+        answers: list[tuple[Envelope, Body]] = []
         for request in batch:
             body = request.received.body
-            proposer = request.received.envelope.source
+            envelope = request.received.envelope
             if isinstance(body, Prepare):
-                answers.append(_promise(body, proposer, slots, changed))
+                vote = _promise(body, envelope.source, slots, changed)
+                answers.append((self.outbox.envelope(vote, causation=envelope.id), vote))
             else:
-                answers.append(_accepted(body, proposer, slots, changed))
+                answers.append(self._acceptance(body, envelope, slots, changed))
         self.store.save(changed)
         return answers
+
+    def _acceptance(
+        self, body: Accept, request: Envelope, slots: dict[str, Slot], changed: dict[str, Slot]
+    ) -> tuple[Envelope, Accepted]:
+        """This member's signed answer to ``body``: the accept rule for every record, then the
+        HSM's check of the vetted ones it would grant (those it refuses are refused)."""
+        proposer = request.source
+        granted: dict[int, Slot] = {}
+        refusals: dict[int, Refusal] = {}
+        columns = zip(
+            body.keys, body.ballots, body.next_ballots, body.values, body.justifications,
+            strict=True,
+        )  # fmt: skip
+        for i, (key, n, following, value, justification) in enumerate(columns):
+            slot = slots[key]
+            then = Ballot(following, proposer) if following > n else None
+            new = rules.accept_then_promise(slot, Ballot(n, proposer), value, then, justification)
+            if new is None:
+                refusals[i] = _refusal(i, slot)
+            else:
+                granted[i] = new
+        while True:
+            vote = _accepted_vote(body, proposer, granted, refusals)
+            vettings = tuple(
+                _vetting(i, body, slots[body.keys[i]]) for i in granted if vetted(body.keys[i])
+            )
+            verdict: Signature | tuple[VettingRefusal, ...]
+            if self.vote is None:
+                if not vettings:
+                    env = self.outbox.envelope(vote, causation=request.id)
+                    break
+                verdict = tuple(
+                    VettingRefusal(index=v.index, kind=NO_APPLET, reason="no HSM applet here")
+                    for v in vettings
+                )
+            else:
+                env = self._unsigned.envelope(vote, causation=request.id)
+                verdict = self.vote(env, vettings)
+                if isinstance(verdict, Signature):
+                    env = env.with_signature(verdict)
+                    break
+            for refused in verdict:
+                if granted.pop(refused.index, None) is not None:
+                    key = body.keys[refused.index]
+                    refusals[refused.index] = _refusal(refused.index, slots[key], refused.kind)
+                    metrics.VALUES_REFUSED.labels(self.member, proposer, refused.kind).inc()
+                    log.warning(
+                        "a proposed value refused", proposer=proposer, key=key, kind=refused.kind
+                    )
+        for i, slot in granted.items():
+            slots[body.keys[i]] = changed[body.keys[i]] = slot
+        return env, vote
 
     async def snapshot(self, received: Received) -> Snapshot:
         """A page of this member's accepted records, for a member catching up."""
@@ -240,15 +309,17 @@ class Acceptor:
             accepteds=tuple(s.accepted.n for _, s in page),
             accepted_bys=tuple(s.accepted.by for _, s in page),
             values=tuple(s.value for _, s in page),
+            justifications=tuple(s.justification for _, s in page),
             more=len(page) == limit,
         )
 
-    def adopt(self, copies: dict[str, tuple[Ballot, bytes | None]]) -> int:
-        """Take copied values under the accept rule (:func:`rules.adopt`); returns how many."""
+    def adopt(self, copies: dict[str, tuple[Ballot, bytes | None, bytes | None]]) -> int:
+        """Take copied values (with their justifications) under the accept rule
+        (:func:`rules.adopt`), not vetted; returns how many."""
         slots = self.store.load(copies)
         changed = {}
-        for key, (ballot, value) in copies.items():
-            new = rules.adopt(slots[key], ballot, value)
+        for key, (ballot, value, justification) in copies.items():
+            new = rules.adopt(slots[key], ballot, value, justification)
             if new is not None:
                 changed[key] = new
         self.store.save(changed)
@@ -264,18 +335,19 @@ def _records(request: _Request) -> int:
     return len(request.received.body.keys)
 
 
-def _refusal(index: int, slot: Slot) -> Refusal:
+def _refusal(index: int, slot: Slot, kind: str = "") -> Refusal:
     return Refusal(
         index=index,
         seen=slot.seen.n,
         seen_by=slot.seen.by,
         accepted=slot.accepted.n,
         accepted_by=slot.accepted.by,
+        kind=kind,
     )
 
 
 def _promise(body: Prepare, proposer: str, slots: dict[str, Slot], changed: dict) -> Promise:
-    accepteds, accepted_bys, values, refusals = [], [], [], []
+    accepteds, accepted_bys, values, justifications, refusals = [], [], [], [], []
     for i, (key, n) in enumerate(zip(body.keys, body.ballots, strict=True)):
         slot = slots[key]
         new = rules.prepare(slot, Ballot(n, proposer))
@@ -284,11 +356,13 @@ def _promise(body: Prepare, proposer: str, slots: dict[str, Slot], changed: dict
             accepteds.append(0)
             accepted_bys.append("")
             values.append(None)
+            justifications.append(None)
             continue
         slots[key] = changed[key] = new
         accepteds.append(slot.accepted.n)
         accepted_bys.append(slot.accepted.by)
         values.append(slot.value)
+        justifications.append(slot.justification)
     return Promise(
         fleet=body.fleet,
         epoch=body.epoch,
@@ -298,29 +372,34 @@ def _promise(body: Prepare, proposer: str, slots: dict[str, Slot], changed: dict
         accepteds=tuple(accepteds),
         accepted_bys=tuple(accepted_bys),
         values=tuple(values),
+        justifications=tuple(justifications),
         refusals=tuple(refusals),
     )
 
 
-def _accepted(body: Accept, proposer: str, slots: dict[str, Slot], changed: dict) -> Accepted:
-    digests, refusals = [], []
-    columns = zip(body.keys, body.ballots, body.next_ballots, body.values, strict=True)
-    for i, (key, n, following, value) in enumerate(columns):
-        slot = slots[key]
-        then = Ballot(following, proposer) if following > n else None
-        new = rules.accept_then_promise(slot, Ballot(n, proposer), value, then)
-        if new is None:
-            refusals.append(_refusal(i, slot))
-            digests.append(b"")
-            continue
-        slots[key] = changed[key] = new
-        digests.append(value_digest(value))
+def _vetting(index: int, body: Accept, held: Slot) -> Vetting:
+    return Vetting(
+        index=index,
+        value=body.values[index],
+        justification=body.justifications[index],
+        accepted=held.accepted.n,
+        accepted_by=held.accepted.by,
+        held=held.value,
+        vetted=held.vetted,
+    )
+
+
+def _accepted_vote(
+    body: Accept, proposer: str, granted: dict[int, Slot], refusals: dict[int, Refusal]
+) -> Accepted:
     return Accepted(
         fleet=body.fleet,
         epoch=body.epoch,
         proposer=proposer,
         keys=body.keys,
         ballots=body.ballots,
-        digests=tuple(digests),
-        refusals=tuple(refusals),
+        digests=tuple(
+            value_digest(value) if i in granted else b"" for i, value in enumerate(body.values)
+        ),
+        refusals=tuple(refusals[i] for i in sorted(refusals)),
     )

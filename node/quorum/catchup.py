@@ -36,7 +36,7 @@ log = structlog.get_logger("hsmfleet.quorum.catchup")
 
 MAX_PAGES = 100_000
 
-Copies = dict[str, tuple[Ballot, bytes | None]]
+Copies = dict[str, tuple[Ballot, bytes | None, bytes | None]]
 
 
 async def catch_up(
@@ -74,9 +74,9 @@ async def catch_up(
         )
     merged: Copies = {}
     for copies in complete:
-        for key, (ballot, value) in copies.items():
-            if key not in merged or ballot > merged[key][0]:
-                merged[key] = (ballot, value)
+        for key, copy in copies.items():
+            if key not in merged or copy[0] > merged[key][0]:
+                merged[key] = copy
     changed = acceptor.adopt(merged)
     log.info("caught up", member=me, records=len(merged), changed=changed, sources=len(complete))
     return changed
@@ -104,12 +104,13 @@ async def _copy(
         body = answer.body
         if answer.envelope.source != member or not isinstance(body, Snapshot):
             raise CatchUpFailed("a snapshot came from someone else", member=member)
-        for key, n, by, value in zip(
-            body.keys, body.accepteds, body.accepted_bys, body.values, strict=True
-        ):
+        for key, n, by, value, justification in zip(
+            body.keys, body.accepteds, body.accepted_bys, body.values, body.justifications,
+            strict=True,
+        ):  # fmt: skip
             if key <= after:
                 raise CatchUpFailed("snapshot keys are out of order", member=member, key=key)
-            copies[key] = (Ballot(n, by), value)
+            copies[key] = (Ballot(n, by), value, justification)
             after = key
         if not body.more:
             return copies

@@ -1,9 +1,10 @@
 """One fleet member as a process: replica (acceptor, proposer, configuration) and vault service.
 
 Run it with ``python -m node.quorum.member --settings FILE [--new]`` or
-``hsmfleet member run --settings FILE [--new]``. Its vote key lives in its HSM backend (the
-software HSM, sealed under the operator key file the settings name); the fleet's vault keys come
-from the vault key file (see :mod:`node.vault.keys`). ``--new`` allows starting with no quorum
+``hsmfleet member run --settings FILE [--new]``. Its vote key and the fleet's vault keys live in
+its HSM: the software HSM in this process (sealed under the operator key file the settings
+name), with the vault applet beside it, or, with ``hsm_socket`` set, an HSM device process
+(``hsmfleet hsm serve``) that runs the applet itself. ``--new`` allows starting with no quorum
 state: a new fleet, or a member joining one.
 """
 
@@ -24,15 +25,17 @@ from nats.aio.client import Client as NATS
 from messages.errors import HsmfleetError
 from messages.quorum import OPERATOR_ROLE, Config, MemberKey
 from messages.schema import Body
-from messages.signing import Signer, TrustedKey
-from messages.vault import DEFAULT_LIMIT
+from messages.signing import TrustedKey
+from messages.vault import VaultPolicy
 from node.hsm.base import Hsm
+from node.hsm.device.client import DeviceClient, DeviceHsm
 from node.hsm.sealing import load_operator_key
 from node.hsm.soft import SoftHsm
 from node.quorum.membership import Membership
 from node.quorum.replica import Replica
-from node.vault.evaluator import EvaluationJournal, GuessEvaluator
-from node.vault.keys import VaultKeys
+from node.vault.applet import FleetSetup, KeySet, VaultApplet
+from node.vault.device_ops import RemoteApplet
+from node.vault.journal import EvaluationJournal
 from node.vault.service import VaultService
 from ops import logs
 from ops.natsauth import credentials
@@ -41,7 +44,7 @@ from ops.natsauth.layout import NODE
 log = structlog.get_logger("hsmfleet.member")
 
 VOTE_KEY = "quorum-vote"
-EVALUATIONS_FILE = "evaluations.sqlite3"
+JOURNAL_FILE = "vault-journal.sqlite3"
 
 
 class BadSettings(HsmfleetError):
@@ -59,10 +62,12 @@ class MemberSettings(Body):
     nats: tuple[str, ...]
     state_dir: str
     hsm_key_file: str
-    vault_keys: str
     config: Config
+    vault: VaultPolicy
+    keys: tuple[KeySet, ...]
     operator: MemberKey | None = None
-    limit: int = DEFAULT_LIMIT
+    hsm_socket: str | None = None
+    """An HSM device's socket: the member's HSM and vault applet run there, not in-process."""
     max_batch: int = 128
     phase_timeout: float = 0.5
     deadline: float = 3.0
@@ -83,11 +88,11 @@ class MemberSettings(Body):
         Path(path).write_text(json.dumps(self.to_json(), indent=2))
 
 
-def open_vote_signer(state_dir: Path, hsm_key_file: Path) -> tuple[Hsm, Signer]:
-    """The member's software HSM and the signer of its vote key, made inside on first use."""
+def open_hsm(state_dir: Path, hsm_key_file: Path) -> SoftHsm:
+    """The member's software HSM, with its vote key made inside on first use."""
     hsm = SoftHsm(Path(state_dir) / "hsm", load_operator_key(Path(hsm_key_file)))
     hsm.ensure(VOTE_KEY, hsm.signing_alg())
-    return hsm, hsm.signer(VOTE_KEY)
+    return hsm
 
 
 class Member:
@@ -96,7 +101,17 @@ class Member:
     def __init__(self, settings: MemberSettings, *, new: bool = False) -> None:
         self.settings = settings
         state = Path(settings.state_dir)
-        self.hsm, signer = open_vote_signer(state, Path(settings.hsm_key_file))
+        self.journal: EvaluationJournal | None = None
+        self.hsm: Hsm
+        if settings.hsm_socket is not None:
+            self.hsm = DeviceHsm(DeviceClient(Path(settings.hsm_socket)))
+            applet: VaultApplet | RemoteApplet = RemoteApplet(self.hsm.device)
+        else:
+            self.hsm = open_hsm(state, Path(settings.hsm_key_file))
+            self.journal = EvaluationJournal(state / JOURNAL_FILE)
+            applet = VaultApplet(self.hsm, self.journal)
+        self.applet = applet
+        vault = applet.configure(self._setup(settings.config))
         operator = None
         if settings.operator is not None:
             operator = TrustedKey(
@@ -107,27 +122,29 @@ class Member:
             )
         self.replica = Replica(
             settings.member,
-            signer,
+            self.hsm.signer(VOTE_KEY),
             state,
             Membership.from_config(settings.config),
             operator=operator,
             new=new,
+            vetter=vault,
+            on_reconfigure=lambda config: self.applet.configure(self._setup(config)),
             max_batch=settings.max_batch,
             phase_timeout=settings.phase_timeout,
             deadline=settings.deadline,
         )
-        self.journal = EvaluationJournal(state / EVALUATIONS_FILE)
-        keys = VaultKeys.load(Path(settings.vault_keys))
-        evaluator = GuessEvaluator(settings.member, keys, self.replica.current, self.journal)
-        self.vault = VaultService(
-            settings.fleet,
-            settings.member,
-            self.replica.proposer,
-            evaluator,
-            keys,
-            limit=settings.limit,
-        )
+        self.vault = VaultService(settings.fleet, settings.member, self.replica.proposer, vault)
         self.nc: NATS | None = None
+
+    def _setup(self, config: Config) -> FleetSetup:
+        settings = self.settings
+        return FleetSetup(
+            fleet=settings.fleet,
+            member=settings.member,
+            config=config,
+            policy=settings.vault,
+            keys=settings.keys,
+        )
 
     async def start(self) -> None:
         """Connect (reconnecting for ever), start the replica, then serve the vault."""
@@ -155,7 +172,8 @@ class Member:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
-        self.journal.close()
+        if self.journal is not None:
+            self.journal.close()
         self.hsm.close()
 
 

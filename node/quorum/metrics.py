@@ -14,6 +14,11 @@ REQUESTS_REJECTED = Counter(
     "Prepare and accept requests an acceptor refused to consider, by kind",
     ["member", "kind"],
 )
+VALUES_REFUSED = Counter(
+    "hsmfleet_quorum_values_refused",
+    "Values of vetted records an acceptor's HSM refused to accept, by proposing member and why",
+    ["member", "proposer", "kind"],
+)
 COMMITS = Counter(
     "hsmfleet_quorum_commits",
     "Record changes committed by a quorum, by proposing member",

@@ -24,8 +24,16 @@ meanwhile it ends as :class:`OutcomeUnknown`, never as "nothing written".
 Failures are typed: refused ballots are retried with a higher ballot after a random pause until
 ``attempts`` or the deadline run out (:class:`Contention`); too few answers before anything was
 sent for acceptance is :class:`QuorumUnavailable` (nothing was written); too few confirmations
-after the value was sent is :class:`OutcomeUnknown`. A change is retried only while nothing of
-it can have been accepted, so ``fn`` is never applied twice to the register.
+after the value was sent is :class:`OutcomeUnknown`; a vetted value every asked member's HSM
+refused is :class:`ValueRefused`. A change is retried only while nothing of it can have been
+accepted, so ``fn`` is never applied twice to the register.
+
+Vetted records (:func:`messages.quorum.vetted`) change by :meth:`Proposer.transit`: the step gets
+the current value with the proof that it committed and returns the new value and the witness it
+is made from, and the accept carries both as a :class:`messages.quorum.Justification`. A current
+value known only from promises (no proof at hand: another proposer wrote it last, or its commit
+was never confirmed) is first written back with the justification it was accepted with, which
+proves it committed; the change then follows on the held promise, one round trip later.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import itertools
 import random
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -55,9 +63,13 @@ from messages.quorum import (
     Accept,
     BadVote,
     Contention,
+    Justification,
     OutcomeUnknown,
     Prepare,
     QuorumUnavailable,
+    ValueRefused,
+    value_digest,
+    vetted,
 )
 from messages.replay import ReplayGuard
 from messages.schema import Body
@@ -76,6 +88,12 @@ HEDGE_FACTOR = 4
 MIN_HEDGE = 0.005
 
 Change = Callable[[bytes | None], bytes | None]
+Step = Callable[[bytes | None, "CommitProof | None"], tuple[bytes | None, bytes | None]]
+"""A change of a vetted record: from the current value and the proof it committed (None for a
+record never written) to the new value and its witness (None: the value is unchanged)."""
+Judge = Callable[[str, bytes | None, bytes | None], bool]
+"""Whether a vetted record's reported value (with its justification) is one an honest member
+can have accepted: reports that are not are a faulty member's, and are passed over."""
 
 
 @dataclass(frozen=True)
@@ -91,11 +109,25 @@ class Commit:
 @dataclass
 class _Pending:
     key: str
-    fn: Change
+    step: Step
     future: asyncio.Future[Commit]
     deadline: float
     attempts: int = 0
     not_before: float = 0.0
+    reading: bool = False
+    """A read: proving the current value committed is all it asks."""
+
+
+@dataclass(frozen=True)
+class _Proposal:
+    """What one record's accept carries: the value, its justification (vetted records), and
+    whether it writes back an unproven current value before the change itself."""
+
+    index: int
+    value: bytes | None
+    justification: bytes | None
+    refusal: Exception | None = None
+    proving: bool = False
 
 
 class Proposer:
@@ -116,6 +148,7 @@ class Proposer:
         hold_for: float = 2.0,
         rng: random.Random | None = None,
         thrifty: bool = True,
+        judge: Judge | None = None,
     ) -> None:
         self.member = member
         self.outbox = outbox
@@ -126,6 +159,7 @@ class Proposer:
         self.deadline = deadline
         self.attempts = attempts
         self.rng = rng or random.Random()
+        self.judge = judge
         self.rejected_votes: Counter[str] = Counter()
         self.phases = 0
         self.thrifty = thrifty
@@ -135,7 +169,10 @@ class Proposer:
         self.max_held = max_held
         self.hold_for = hold_for
         self._seen: OrderedDict[str, int] = OrderedDict()
-        self._held: OrderedDict[str, tuple[int, bytes | None, int, float]] = OrderedDict()
+        self._held: OrderedDict[str, tuple[int, bytes | None, CommitProof, int, float]] = (
+            OrderedDict()
+        )
+        self._proofs: OrderedDict[str, tuple[CommitProof, int]] = OrderedDict()
         self._pending: deque[_Pending] = deque()
         self._busy: set[str] = set()
         self._rounds: set[asyncio.Task[None]] = set()
@@ -184,20 +221,31 @@ class Proposer:
         CASPaxos does for a failed compare-and-set, so that what the refusal was based on is
         itself linearizable) and then its exception reaches the caller.
         """
-        subjects.token(key, "record key")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Commit] = loop.create_future()
-        limit = loop.time() + (self.deadline if deadline is None else deadline)
-        self._pending.append(_Pending(key, fn, future, limit))
-        self._wake.set()
-        return await future
+        return await self._queue(key, lambda value, _proof: (fn(value), None), deadline)
+
+    async def transit(self, key: str, step: Step, *, deadline: float | None = None) -> Commit:
+        """Apply ``step`` to vetted record ``key`` through a quorum (see the module docstring);
+        as :meth:`change` otherwise: if ``step`` raises, the current value is committed
+        unchanged and the exception reaches the caller."""
+        return await self._queue(key, step, deadline)
 
     async def read(self, key: str) -> Commit:
         """The record's latest committed value (CASPaxos reads write the value back).
 
         A read never ends as :class:`OutcomeUnknown`: see :meth:`_accept`.
         """
-        return await self.change(key, _identity)
+        return await self._queue(key, _identity, None, reading=True)
+
+    async def _queue(
+        self, key: str, step: Step, deadline: float | None, *, reading: bool = False
+    ) -> Commit:
+        subjects.token(key, "record key")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Commit] = loop.create_future()
+        limit = loop.time() + (self.deadline if deadline is None else deadline)
+        self._pending.append(_Pending(key, step, future, limit, reading=reading))
+        self._wake.set()
+        return await future
 
     def _gate_now(self, membership: Membership) -> Gate:
         if self._gate is None or self._gate_epoch != membership.epoch:
@@ -374,13 +422,14 @@ class Proposer:
         gate = self._gate_now(membership)
         fresh: list[int] = []
         ballots: dict[int, int] = {}
-        currents: dict[int, bytes | None] = {}
+        currents: dict[int, _Current] = {}
         for i, item in enumerate(batch):
             held = self._held_value(item.key, membership)
             if held is None:
                 fresh.append(i)
             else:
-                ballots[i], currents[i] = held
+                ballots[i], value, proof = held
+                currents[i] = _Current(value, proof, None)
         if fresh:
             for i in fresh:
                 ballots[i] = self._ballot(batch[i].key)
@@ -392,17 +441,13 @@ class Proposer:
             )
             promises = await self._phase(prepare, membership, gate)
             for j, i in enumerate(fresh):
-                self._saw(batch[i].key, promises.highest_seen(j))
+                key = batch[i].key
+                self._saw(key, promises.highest_seen(j))
                 if promises.granted(j):
-                    currents[i] = _latest(promises, j)
+                    currents[i] = self._proven(key, _latest(promises, j, key, self.judge))
                 else:
                     self._retry(batch[i], promises, j, membership.prepare_quorum)
-        ready: list[tuple[int, bytes | None, Exception | None]] = []
-        for i in sorted(currents):
-            try:
-                ready.append((i, batch[i].fn(currents[i]), None))
-            except Exception as exc:  # the function refused: the value seen is written back
-                ready.append((i, currents[i], exc))
+        ready = [_propose(i, batch[i], currents[i]) for i in sorted(currents)]
         if ready:
             await self._accept(batch, ballots, currents, ready, membership, gate)
 
@@ -410,31 +455,35 @@ class Proposer:
         self,
         batch: list[_Pending],
         ballots: dict[int, int],
-        currents: dict[int, bytes | None],
-        ready: list[tuple[int, bytes | None, Exception | None]],
+        currents: dict[int, _Current],
+        ready: list[_Proposal],
         membership: Membership,
         gate: Gate,
     ) -> None:
         """Have the new values accepted, with the next prepare riding along.
 
-        A value that is the record's current one (a read, or a change whose function refused)
-        is tried again when its outcome is unknown: writing it back changes nothing, however
-        often it is chosen. Any other value with an unknown outcome fails as
-        :class:`OutcomeUnknown`."""
+        A value that is the record's current one (a read, a change whose function refused, or
+        an unproven current value written back first) is tried again when its outcome is
+        unknown: writing it back changes nothing, however often it is chosen. Any other value
+        with an unknown outcome fails as :class:`OutcomeUnknown`. Once a written-back value
+        committed, the change it was written back for is queued again, to run on the promise
+        held from that commit."""
         accept = Accept(
             fleet=membership.fleet,
             epoch=membership.epoch,
-            keys=tuple(batch[i].key for i, _, _ in ready),
-            ballots=tuple(ballots[i] for i, _, _ in ready),
-            next_ballots=tuple(self._ballot(batch[i].key) for i, _, _ in ready),
-            values=tuple(value for _, value, _ in ready),
+            keys=tuple(batch[p.index].key for p in ready),
+            ballots=tuple(ballots[p.index] for p in ready),
+            next_ballots=tuple(self._ballot(batch[p.index].key) for p in ready),
+            values=tuple(p.value for p in ready),
+            justifications=tuple(p.justification for p in ready),
         )
         accepted = await self._phase(accept, membership, gate)
         now = asyncio.get_running_loop().time()
         proofs: dict[frozenset[str], tuple[bool, tuple[bytes, ...]]] = {}  # by granting members
         unanimous = not accepted.refused_any()  # the common case: no per-record differences
         everyone = frozenset(accepted.votes)
-        for j, (i, value, refusal) in enumerate(ready):
+        for j, proposal in enumerate(ready):
+            i, value = proposal.index, proposal.value
             item = batch[i]
             self._saw(item.key, accepted.highest_seen(j))
             self._held.pop(item.key, None)
@@ -445,8 +494,6 @@ class Proposer:
                     votes = tuple(data for _, data in accepted.granting(j))
                     proofs[granters] = (promised >= membership.prepare_quorum, votes)
                 holds, votes = proofs[granters]
-                if holds:
-                    self._hold(item.key, accept.next_ballots[j], value, membership.epoch, now)
                 ballot = Ballot(ballots[i], self.member)
                 proof = CommitProof(
                     fleet=membership.fleet,
@@ -455,12 +502,23 @@ class Proposer:
                     digest=accepted.digests[j],
                     votes=votes,
                 )
-                if refusal is not None:
-                    self._fail(item, refusal)
+                if holds:
+                    self._hold(
+                        item.key, accept.next_ballots[j], value, proof, membership.epoch, now
+                    )
+                if proposal.proving and not item.reading:
+                    self._pending.append(item)  # the change itself, on the promise just held
+                    self._wake.set()
+                elif proposal.refusal is not None:
+                    self._fail(item, proposal.refusal)
                 elif not item.future.done():
                     self._commits.inc()
                     item.future.set_result(Commit(item.key, value, ballot, proof))
-            elif accepted.refused_by_all(j) or value == currents[i]:
+            elif kind := accepted.refused_as_invalid(j):
+                self._fail(
+                    item, ValueRefused("the members refused the value", key=item.key, kind=kind)
+                )
+            elif accepted.refused_by_all(j) or value == currents[i].value:
                 # No acceptor took the value, and none ever will, or it changes nothing:
                 # trying again cannot apply the change twice. Any other refusal leaves the
                 # outcome unknown: an acceptor that refused may hold a later value computed
@@ -477,22 +535,49 @@ class Proposer:
                     ),
                 )
 
-    def _held_value(self, key: str, membership: Membership) -> tuple[int, bytes | None] | None:
-        """The ballot a quorum promised this proposer for ``key``, and the record's value."""
+    def _held_value(
+        self, key: str, membership: Membership
+    ) -> tuple[int, bytes | None, CommitProof] | None:
+        """The ballot a quorum promised this proposer for ``key``, the record's value and the
+        proof that it committed."""
         held = self._held.get(key)
         if held is None:
             return None
-        n, value, epoch, since = held
+        n, value, proof, epoch, since = held
         if epoch != membership.epoch or asyncio.get_running_loop().time() - since > self.hold_for:
             del self._held[key]
             return None
         self._held.move_to_end(key)
-        return n, value
+        return n, value, proof
 
-    def _hold(self, key: str, n: int, value: bytes | None, epoch: int, now: float) -> None:
-        self._held[key] = (n, value, epoch, now)
+    def _hold(
+        self, key: str, n: int, value: bytes | None, proof: CommitProof, epoch: int, now: float
+    ) -> None:
+        self._held[key] = (n, value, proof, epoch, now)
         if len(self._held) > self.max_held:
             self._held.popitem(last=False)
+
+    def _remember_proof(self, key: str, proof: CommitProof, epoch: int) -> None:
+        """Keep the proof of ``key``'s last commit here (for the ``max_held`` records used
+        last), so a later round that finds that value current need not prove it again."""
+        self._proofs[key] = (proof, epoch)
+        self._proofs.move_to_end(key)
+        if len(self._proofs) > self.max_held:
+            self._proofs.popitem(last=False)
+
+    def _proven(self, key: str, current: _Current) -> _Current:
+        """``current`` with the proof that it committed, when this proposer committed it."""
+        remembered = self._proofs.get(key)
+        if remembered is None or current.proof is not None:
+            return current
+        proof, epoch = remembered
+        if (
+            epoch == self.membership().epoch
+            and proof.ballot == current.accepted
+            and proof.digest == value_digest(current.value)
+        ):
+            return replace(current, proof=proof)
+        return current
 
     def _retry(self, item: _Pending, tally: Tally, i: int, quorum: int) -> None:
         """Queue ``item`` again after a random pause, or fail it when out of time or attempts."""
@@ -518,8 +603,43 @@ class Proposer:
         self._wake.set()
 
 
-def _identity(value: bytes | None) -> bytes | None:
-    return value
+def _identity(value: bytes | None, _proof: CommitProof | None) -> tuple[bytes | None, None]:
+    return value, None
+
+
+@dataclass(frozen=True)
+class _Current:
+    """A record's current value as a round found it: with the proof that it committed (held
+    from this proposer's own commit), or with the justification an acceptor took it with (from
+    a promise)."""
+
+    value: bytes | None
+    proof: CommitProof | None
+    justification: bytes | None
+    accepted: Ballot = NO_BALLOT
+
+
+def _propose(index: int, item: _Pending, current: _Current) -> _Proposal:
+    """What to have accepted for ``item`` given its record's ``current`` value."""
+    proven = current.proof is not None or current.accepted == NO_BALLOT
+    if vetted(item.key) and not proven:
+        return _Proposal(index, current.value, current.justification, proving=True)
+    try:
+        value, witness = item.step(current.value, current.proof)
+        refusal = None
+    except Exception as exc:  # the step refused: the value seen is written back
+        value, witness, refusal = current.value, None, exc
+    if not vetted(item.key):
+        return _Proposal(index, value, None, refusal)
+    proof = current.proof
+    justification = Justification(
+        pred=current.value,
+        ballot=0 if proof is None else proof.ballot.n,
+        by="" if proof is None else proof.ballot.by,
+        votes=() if proof is None else proof.votes,
+        witness=witness,
+    )
+    return _Proposal(index, value, justification.encode(), refusal)
 
 
 async def _settled(decided: asyncio.Event, timeout: float) -> bool:
@@ -531,11 +651,25 @@ async def _settled(decided: asyncio.Event, timeout: float) -> bool:
     return True
 
 
-def _latest(tally: Tally, i: int) -> bytes | None:
-    """The value with the highest accepted ballot among the promises granted for record ``i``."""
-    best, value = NO_BALLOT, None
-    for vote, _ in tally.granting(i):
-        ballot = Ballot(vote.accepteds[i], vote.accepted_bys[i])
-        if ballot > best:
-            best, value = ballot, vote.values[i]
-    return value
+def _latest(tally: Tally, i: int, key: str, judge: Judge | None) -> _Current:
+    """The value with the highest accepted ballot among the promises granted for record ``i``,
+    with the justification it was accepted with; of a vetted record, the highest one ``judge``
+    finds an honest member can have accepted."""
+    reports = sorted(
+        (
+            (
+                Ballot(vote.accepteds[i], vote.accepted_bys[i]),
+                vote.values[i],
+                vote.justifications[i],
+            )
+            for vote, _ in tally.granting(i)
+        ),
+        key=lambda report: report[0],
+        reverse=True,
+    )
+    for ballot, value, justification in reports:
+        if ballot == NO_BALLOT:
+            break
+        if judge is None or not vetted(key) or judge(key, value, justification):
+            return _Current(value, None, justification, ballot)
+    return _Current(None, None, None, NO_BALLOT)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -37,13 +38,23 @@ from messages.quorum import (
     Snapshot,
 )
 from messages.signing import Signer, TrustedKey, TrustStore
-from node.quorum.acceptor import Acceptor
+from node.quorum.acceptor import Acceptor, Vote
 from node.quorum.catchup import catch_up
 from node.quorum.membership import Membership
-from node.quorum.proposer import Proposer
+from node.quorum.proposer import Judge, Proposer
 from node.quorum.store import SlotStore
 
 log = structlog.get_logger("hsmfleet.quorum.replica")
+
+
+class Vetter(Protocol):
+    """The member's HSM applet for vetted records: signs acceptances it checked, and judges
+    the values other members report (see :mod:`node.quorum.acceptor` and
+    :mod:`node.quorum.proposer`)."""
+
+    vote: Vote
+    judge: Judge
+
 
 STORE_FILE = "quorum.sqlite3"
 _CONFIG = "config"
@@ -61,7 +72,8 @@ class Replica:
 
     ``new`` says the member starts with no state on purpose (a new fleet or a join); without it
     a missing store is :class:`StateLost`, since an acceptor that forgot its promises must not
-    vote again. ``operator`` is the key allowed to sign configuration changes.
+    vote again. ``operator`` is the key allowed to sign configuration changes. ``vetter`` is
+    the member's HSM applet; without one the member never accepts a vetted record's value.
     """
 
     def __init__(
@@ -74,6 +86,8 @@ class Replica:
         operator: TrustedKey | None = None,
         new: bool = False,
         catch_up_timeout: float = 0.5,
+        vetter: Vetter | None = None,
+        on_reconfigure: Callable[[Config], None] | None = None,
         **proposer_options: Any,
     ) -> None:
         self.member = member
@@ -85,7 +99,11 @@ class Replica:
         self._membership = membership
         self.store: SlotStore | None = None
         self.acceptor: Acceptor | None = None
-        self.proposer = Proposer(member, self.outbox, self.current, **proposer_options)
+        self.vetter = vetter
+        self.on_reconfigure = on_reconfigure
+        """Told each configuration this member applies (its HSM applet must know the members)."""
+        judge = None if vetter is None else vetter.judge
+        self.proposer = Proposer(member, self.outbox, self.current, judge=judge, **proposer_options)
         self._nc: NATS | None = None
         self._subs: list[Subscription] = []
         self._gates: list[Gate] = []
@@ -118,7 +136,8 @@ class Replica:
                 self._membership = kept
         self._persist_config()
         complete = self.store.get_meta(_READY)
-        self.acceptor = Acceptor(self.member, self.store, self.outbox, self.current)
+        vote = None if self.vetter is None else self.vetter.vote
+        self.acceptor = Acceptor(self.member, self.store, self.outbox, self.current, vote=vote)
         await self.acceptor.start(nc)
         self.proposer.local = self.acceptor.submit
         await self.proposer.start(nc)
@@ -229,6 +248,8 @@ class Replica:
             self._persist_config()
             for gate in self._gates:
                 gate.trust = new.trust()
+            if self.on_reconfigure is not None:
+                self.on_reconfigure(new.to_config())
             log.info("configuration applied", member=self.member, epoch=new.epoch)
             if self.member not in new.voters:
                 self.acceptor.voting = False

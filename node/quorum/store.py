@@ -23,10 +23,15 @@ CREATE TABLE IF NOT EXISTS slots (
     promised_by TEXT NOT NULL,
     accepted_n INTEGER NOT NULL,
     accepted_by TEXT NOT NULL,
-    value BLOB
+    value BLOB,
+    justification BLOB,
+    vetted INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 """
+
+
+_ADDED_COLUMNS = (("justification", "BLOB"), ("vetted", "INTEGER NOT NULL DEFAULT 1"))
 
 
 class SlotStore:
@@ -42,9 +47,17 @@ class SlotStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
+        self._add_columns()
         self._cache: dict[str, Slot] = {}
         self._checkpointer: sqlite3.Connection | None = None
         self.commits = 0
+
+    def _add_columns(self) -> None:
+        """Bring a store written before slots kept justifications up to the current schema."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(slots)")}
+        for name, declaration in _ADDED_COLUMNS:
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE slots ADD COLUMN {name} {declaration}")
 
     def load(self, keys: Iterable[str]) -> dict[str, Slot]:
         """The slots of ``keys``; a record never seen has the empty slot."""
@@ -73,12 +86,23 @@ class SlotStore:
         if not slots:
             return
         rows = [
-            (k, s.promised.n, s.promised.by, s.accepted.n, s.accepted.by, s.value)
+            (
+                k,
+                s.promised.n,
+                s.promised.by,
+                s.accepted.n,
+                s.accepted.by,
+                s.value,
+                s.justification,
+                int(s.vetted),
+            )
             for k, s in slots.items()
         ]
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO slots VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
         self.commits += 1
         self._cache.update(slots)
 
@@ -117,5 +141,11 @@ class SlotStore:
 
 
 def _slot(row: tuple) -> Slot:
-    _, pn, pby, an, aby, value = row
-    return Slot(Ballot(pn, pby), Ballot(an, aby), None if value is None else bytes(value))
+    _, pn, pby, an, aby, value, justification, vetted = row
+    return Slot(
+        Ballot(pn, pby),
+        Ballot(an, aby),
+        None if value is None else bytes(value),
+        None if justification is None else bytes(justification),
+        bool(vetted),
+    )

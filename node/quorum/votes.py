@@ -185,6 +185,13 @@ class Tally:
             return False
         return all(m in self._refused and i in self._refused[m] for m in self.asked)
 
+    def refused_as_invalid(self, i: int) -> str:
+        """Why the members' HSMs refused record ``i``'s value (the first such refusal's kind)
+        when it did not get a quorum, else the empty string."""
+        if self.granted(i):
+            return ""
+        return next((r.kind for r in self._refusals_of(i).values() if r.kind), "")
+
     def highest_seen(self, i: int) -> int:
         """The highest ballot counter any voter reported for record ``i``."""
         if not self.refusals[i]:

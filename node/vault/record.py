@@ -1,88 +1,139 @@
-"""A user's vault record and how operations change it (pure functions over records).
+"""A user's vault record as the fleet replicates it, and what its HSMs seal inside it.
 
-The record is the value of the user's quorum register. Its guess budget is per user, not per
-registration: ``failures`` counts wrong guesses since the user last proved the PIN and survives
-re-registration, so registering again never buys more guesses (Davies et al., "Security
-Analysis of the WhatsApp End-to-End Encrypted Backup Protocol", CRYPTO 2023, showed that a fresh
-budget per registration lets a corrupted server multiply its guesses). ``seq`` numbers every
-attempt ever started and names the one member allowed to evaluate it, so a committed attempt is
-evaluated at most once. ``recent`` holds the ids of the recoveries started in the last three
-freshness windows, so a replayed recovery request spends no guess. The registration itself (PIN
-digest and secret) is sealed under the fleet's storage key and bound to the user and the
-registration's request id.
+The record is the value of the user's quorum register (key ``vault-<user>``), canonical JSON.
+What would let anyone check a PIN guess or read the secret (the OPAQUE password file and the
+client-encrypted secret) is sealed under the fleet's storage key inside the HSMs; what the
+fleet counts is in the clear so every member's applet can check each change:
+
+- ``attempts``: logins ever started on this user (each one guess), never decreasing;
+- ``cleared``: the highest attempt proven by a finished login (the PIN holder's); the user's
+  failures are ``attempts - cleared``, and a new attempt needs them below the policy's limit;
+- ``generation``/``registration``: which registration is in force (the id of its
+  ``register-start``, time-ordered, so an older one is a replay);
+- ``replaced``/``replaced_at``: registrations made without the PIN in force, counted for the
+  user to see and rate-limited;
+- ``recent``: the logins started lately, each with the member that evaluates it and the digest
+  of its first message, so a replayed start spends nothing and an evaluator answers exactly the
+  message that was counted.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: body field types stay evaluated (see messages.schema).
 import hashlib
-import hmac
-from dataclasses import dataclass, replace
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from dataclasses import dataclass
 
 from messages.canonical import canonical, loads_strict
 from messages.errors import SchemaViolation
 from messages.ids import id_time_ms
 from messages.schema import Body
-from messages.vault import (
-    BudgetExhausted,
-    NoRecord,
-    ReplayedRequest,
-    StaleRegistration,
-    VaultError,
-)
+from messages.vault import VaultError
 
-# Members take requests whose id time is within this window of their clock.
+RECORD_PREFIX = "vault-"
 REQUEST_WINDOW_MS = 5 * 60 * 1000
-# A request id stays in ``recent`` while a request that passed a member's freshness check could
-# still be replayed: two windows back from the newest id (its time may run one window ahead),
-# and a third, so that a member that lost track of its own request can still find it there.
+"""Members take requests whose id time is within this window of their clock."""
 RECENT_MS = 3 * REQUEST_WINDOW_MS
-MAX_RECENT = 64
+"""How long a started login stays in ``recent``: while a copy of it could still pass a
+member's freshness check (two windows) and one more."""
+MAX_RECENT = 128
 
 
 class DamagedRecord(VaultError):
-    """A stored record or sealed registration does not decode or authenticate."""
+    """A stored record, sealed registration or login state does not decode or authenticate."""
 
     kind = "damaged_record"
 
 
 @dataclass(frozen=True)
-class UserRecord(Body):
-    """One user's vault state, as replicated."""
+class Attempt(Body):
+    """One started login: its request id, its number, who evaluates it, and SHA-256 of its
+    first OPAQUE message."""
 
-    user: str
-    limit: int
-    generation: int = 0
-    failures: int = 0
-    seq: int = 0
-    evaluator: str = ""
-    registered_by: str = ""
-    sealed: bytes | None = None
-    recent: tuple[str, ...] = ()
-
-    @property
-    def destroyed(self) -> bool:
-        """True once the user had a registration and it was destroyed."""
-        return self.generation > 0 and self.sealed is None
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.limit - self.failures)
+    id: str
+    number: int
+    evaluator: str
+    message: bytes
 
 
 @dataclass(frozen=True)
-class SealedRegistration(Body):
-    """What the storage key seals: the PIN's digest and the secret."""
+class UserRecord(Body):
+    """One user's vault state, as replicated; ``sealed`` is None once the record is destroyed.
+    ``storage`` and ``server`` are the key ids of the storage key that sealed it and of the
+    OPAQUE setup its registration was made with."""
 
-    pin_digest: bytes
+    user: str
+    generation: int
+    registration: str
+    sealed: bytes | None
+    storage: str
+    server: str
+    attempts: int = 0
+    cleared: int = 0
+    replaced: int = 0
+    replaced_at: int = 0
+    recent: tuple[Attempt, ...] = ()
+
+    @property
+    def destroyed(self) -> bool:
+        return self.sealed is None
+
+    @property
+    def failures(self) -> int:
+        return self.attempts - self.cleared
+
+    def started(self, request_id: str) -> Attempt | None:
+        """The login started by ``request_id``, if the record still lists it."""
+        return next((a for a in self.recent if a.id == request_id), None)
+
+
+@dataclass(frozen=True)
+class Registered(Body):
+    """What the storage key seals in a record: OPAQUE's password file and the secret as the
+    client encrypted it."""
+
+    password_file: bytes
     secret: bytes
+
+
+@dataclass(frozen=True)
+class LoginState(Body):
+    """A started login, sealed by the evaluating HSM and carried by the client to its finish:
+    OPAQUE's server state (which holds the session key) and what it is a login of."""
+
+    fleet: str
+    user: str
+    generation: int
+    registration: str
+    attempt: int
+    request: str
+    expires_ms: int
+    server_state: bytes
+
+
+@dataclass(frozen=True)
+class SealedBlob(Body):
+    """Bytes sealed under the storage key with id ``key``."""
+
+    key: str
+    sealed: bytes
+
+    def encode(self) -> bytes:
+        return canonical(self.to_json())
+
+    @classmethod
+    def decode(cls, data: bytes) -> "SealedBlob":
+        try:
+            return cls.from_json(loads_strict(data))
+        except (ValueError, SchemaViolation) as exc:
+            raise DamagedRecord(f"sealed data does not decode: {exc}") from None
 
 
 def record_key(user: str) -> str:
     """The quorum register holding ``user``'s record."""
-    return f"vault-{user}"
+    return RECORD_PREFIX + user
+
+
+def user_of(key: str) -> str | None:
+    """The user whose record register ``key`` is, or None for another register."""
+    return key[len(RECORD_PREFIX) :] if key.startswith(RECORD_PREFIX) else None
 
 
 def encode(record: UserRecord) -> bytes:
@@ -98,98 +149,48 @@ def decode(value: bytes | None) -> UserRecord | None:
         raise DamagedRecord(f"record does not decode: {exc}") from exc
 
 
-def pin_digest(user: str, pin: bytes) -> bytes:
-    return hashlib.sha256(b"hsmfleet/v1/vault/pin\n" + user.encode() + b"\n" + pin).digest()
+def record_aad(fleet: str, record: UserRecord) -> bytes:
+    """What a record's sealed part is bound to: fleet, user, generation and registration."""
+    return (
+        f"hsmfleet/v1/vault/record\n{fleet}\n{record.user}\n{record.generation}\n"
+        f"{record.registration}"
+    ).encode()
 
 
-def _aad(user: str, registration: str) -> bytes:
-    return f"hsmfleet/v1/vault/record\n{user}\n{registration}".encode()
+def login_aad(fleet: str) -> bytes:
+    return f"hsmfleet/v1/vault/login\n{fleet}".encode()
 
 
-def seal_registration(
-    storage_key: bytes, user: str, registration: str, pin: bytes, secret: bytes, nonce: bytes
-) -> bytes:
-    """Seal a registration under the storage key, bound to ``user`` and request ``registration``."""
-    plain = canonical(SealedRegistration(pin_digest=pin_digest(user, pin), secret=secret).to_json())
-    return nonce + AESGCM(storage_key).encrypt(nonce, plain, _aad(user, registration))
+def message_digest(message: bytes) -> bytes:
+    return hashlib.sha256(message).digest()
 
 
-def check_guess(storage_key: bytes, record: UserRecord, guess: bytes) -> bytes | None:
-    """The secret if ``guess`` is the record's PIN, else None (compared in constant time)."""
-    if record.sealed is None:
-        raise NoRecord("the record holds no registration", user=record.user)
-    nonce, body = record.sealed[:12], record.sealed[12:]
-    try:
-        plain = AESGCM(storage_key).decrypt(nonce, body, _aad(record.user, record.registered_by))
-        sealed = SealedRegistration.from_json(loads_strict(plain))
-    except (InvalidTag, ValueError, SchemaViolation) as exc:
-        raise DamagedRecord(f"registration does not open: {type(exc).__name__}") from None
-    if hmac.compare_digest(sealed.pin_digest, pin_digest(record.user, guess)):
-        return sealed.secret
-    return None
+def with_attempt(record: UserRecord, attempt: Attempt) -> UserRecord:
+    """``record`` with login ``attempt`` started: counted, and listed in ``recent`` (pruned to
+    the logins started within :data:`RECENT_MS` of it, at most :data:`MAX_RECENT`)."""
+    horizon = id_time_ms(attempt.id) - RECENT_MS
+    kept = tuple(a for a in record.recent if id_time_ms(a.id) >= horizon)[-(MAX_RECENT - 1) :]
+    return replace_record(record, attempts=attempt.number, recent=(*kept, attempt))
 
 
-def registered(
-    old: UserRecord | None, user: str, registration: str, sealed: bytes, limit: int
-) -> UserRecord:
-    """The record after registering ``sealed``: a new generation, the budget kept.
-
-    Raises :class:`BudgetExhausted` when the user's guesses are used up and
-    :class:`StaleRegistration` for a registration older than the current one (a replay).
-    """
-    record = old or UserRecord(user=user, limit=limit)
-    if record.failures >= record.limit:
-        raise BudgetExhausted("the user's guesses are used up", user=user)
-    if registration <= record.registered_by:
-        raise StaleRegistration("an equal or newer registration is in force", user=user)
-    return replace(
-        record,
-        generation=record.generation + 1,
-        registered_by=registration,
-        sealed=sealed,
-    )
+FIELDS = (
+    "user",
+    "generation",
+    "registration",
+    "sealed",
+    "storage",
+    "server",
+    "attempts",
+    "cleared",
+    "replaced",
+    "replaced_at",
+    "recent",
+)
 
 
-def attempted(old: UserRecord | None, member: str, request: str) -> UserRecord:
-    """The record after starting attempt ``request`` (its id), which ``member`` will evaluate.
-
-    The attempt counts as a failure until a correct guess clears it, so a crash between the
-    commit and the evaluation never gives a guess back. A record at its limit is returned
-    destroyed (no attempt started); raises :class:`NoRecord` for a user never registered,
-    :class:`BudgetExhausted` once the record is destroyed and :class:`ReplayedRequest` for a
-    request id the record holds. ``recent`` keeps the last ``MAX_RECENT`` ids: a user who
-    makes more recoveries than that within a freshness window leaves the oldest of them open
-    to a replay (which a correct guess makes harmless and a wrong one costs a guess).
-    """
-    if old is None or old.generation == 0:
-        raise NoRecord("the user has no registration")
-    if old.destroyed:
-        raise BudgetExhausted("the user's guesses are used up", user=old.user)
-    if request in old.recent:
-        raise ReplayedRequest("this recovery request was already made", user=old.user)
-    if old.failures >= old.limit:
-        return replace(old, sealed=None)
-    horizon = id_time_ms(request) - RECENT_MS
-    recent = tuple(r for r in old.recent if id_time_ms(r) >= horizon)[-(MAX_RECENT - 1) :]
-    return replace(
-        old,
-        failures=old.failures + 1,
-        seq=old.seq + 1,
-        evaluator=member,
-        recent=(*recent, request),
-    )
-
-
-def after_success(old: UserRecord | None, attempt: UserRecord) -> UserRecord | None:
-    """The record after ``attempt`` proved the PIN: the failures counted up to it are cleared.
-    A record destroyed meanwhile (by attempts after this one) stays destroyed."""
-    if old is None or old.destroyed:
-        return old
-    return replace(old, failures=max(0, old.failures - attempt.failures))
-
-
-def after_failure(old: UserRecord | None) -> UserRecord | None:
-    """The record after a wrong guess: destroyed once the budget is used up."""
-    if old is None or old.failures < old.limit:
-        return old
-    return replace(old, sealed=None)
+def replace_record(record: UserRecord, **changes: object) -> UserRecord:
+    """``record`` with ``changes``: a new value (``dataclasses.replace`` would carry ``extra``
+    over, and a record must hold only the fields this build writes)."""
+    values = {name: getattr(record, name) for name in FIELDS}
+    values.update(changes)
+    return UserRecord(**values)  # type: ignore[arg-type]

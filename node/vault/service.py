@@ -1,20 +1,22 @@
-"""Register and recover on NATS (``fleet.vault.<fleet>.register`` and ``.recover``).
+"""The vault on NATS (``fleet.vault.<fleet>.<op>``): a member's host side, which carries
+ciphertext between clients, its quorum replica and its HSM's vault applet.
 
-Members serve both subjects in one queue group, so each request reaches one member, which opens
-it with the fleet's session key, runs it through its proposer, and seals the outcome for the
-client. ``recover`` first commits the attempt (the incremented counter) with a quorum, then has
-the evaluator look at the guess with the commit's proof, then clears the failures (right guess)
-or destroys the record (last wrong guess). Requests are handled concurrently, so that many
-requests share each quorum round.
+Members serve the four operations in one queue group, so each request reaches one member. The
+host never opens a request: it asks its applet (:class:`AppletPort`) who the request is for, has
+the applet compute each record change (which the other members' applets check before they
+accept it), commits it through its proposer, and has the applet answer the client (the answer is
+sealed inside the HSM under the key the client sent). ``recover-start`` commits the attempt
+before the applet answers the login; ``recover-finish`` commits the success before the applet
+releases the secret. Requests are handled concurrently, so that many share each quorum round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -26,46 +28,63 @@ from messages import subjects
 from messages.bus import Rejected, headers_for
 from messages.errors import HsmfleetError, MessageError
 from messages.gate import Gate
-from messages.ids import id_time_ms
 from messages.outbox import Outbox
 from messages.quorum import OutcomeUnknown, ProofOfAnotherConfiguration, QuorumError
 from messages.schema import Body
 from messages.signing import TrustStore
 from messages.vault import (
-    DEFAULT_LIMIT,
-    OK,
     OPERATIONS,
+    RECOVER_START,
+    REGISTER,
+    REGISTER_START,
     BudgetExhausted,
     Outcome,
-    RecoverRequest,
-    RegisterRequest,
     RegistrationsClosed,
     UnreadableRequest,
     VaultAnswer,
     VaultError,
     VaultRequest,
     VaultUnavailable,
-    WrongGuess,
-    open_request,
-    seal_answer,
 )
-from node.quorum.proposer import Commit, Proposer
+from node.quorum.proposer import Commit, Proposer, Step
+from node.quorum.rules import Ballot
 from node.vault import metrics
 from node.vault import record as records
-from node.vault.evaluator import GuessEvaluator
-from node.vault.keys import VaultKeys
+from node.vault.applet import ATTEMPTED, DESTROYED, REGISTERED, SUCCEEDED, RequestInfo
 
 log = structlog.get_logger("hsmfleet.vault")
-
 
 # Times a change whose outcome a read showed to be lost is made again.
 UNKNOWN_RETRIES = 2
 
-# Times an attempt's proof is renewed when the configuration changed before its evaluation.
+# Times a commit proof is renewed when the configuration changed before the applet used it.
 PROOF_RENEWALS = 2
 
 # How long a stopping member goes on answering the requests it already took.
 STOP_GRACE_S = 5.0
+
+
+class AppletPort(Protocol):
+    """One fleet's vault applet as the host reaches it (in the HSM device, or in-process):
+    see :class:`node.vault.applet.FleetVault` for what each call does."""
+
+    def peek(self, op: str, request: VaultRequest) -> RequestInfo: ...
+
+    def register_start(self, request: VaultRequest) -> bytes: ...
+
+    def propose(
+        self, change: str, key: str, pred: bytes | None, request: VaultRequest, evaluator: str = ""
+    ) -> tuple[bytes, bytes]: ...
+
+    def evaluate(
+        self, request: VaultRequest, value: bytes, ballot: Ballot, votes: tuple[bytes, ...]
+    ) -> bytes: ...
+
+    def release(
+        self, request: VaultRequest, value: bytes, ballot: Ballot, votes: tuple[bytes, ...]
+    ) -> bytes: ...
+
+    def answer(self, op: str, request: VaultRequest, outcome: Outcome) -> bytes: ...
 
 
 class VaultBusy(VaultError):
@@ -75,26 +94,22 @@ class VaultBusy(VaultError):
 
 
 class VaultService:
-    """One member's vault front: opens requests, runs them, seals the answers."""
+    """One member's vault front on NATS."""
 
     def __init__(
         self,
         fleet: str,
         member: str,
         proposer: Proposer,
-        evaluator: GuessEvaluator,
-        keys: VaultKeys,
+        applet: AppletPort,
         *,
-        limit: int = DEFAULT_LIMIT,
         concurrency: int = 512,
         max_pending: int = 2048,
     ) -> None:
         self.fleet = fleet
         self.member = member
         self.proposer = proposer
-        self.evaluator = evaluator
-        self.keys = keys
-        self.limit = limit
+        self.applet = applet
         self.max_pending = max_pending
         self.rejects: Counter[str] = Counter()
         self.draining = False
@@ -143,6 +158,10 @@ class VaultService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def drain(self) -> None:
+        """Take no new registrations from now on (the fleet is retiring)."""
+        self.draining = True
+
     async def _on_msg(self, msg: Msg) -> None:
         if not msg.reply:
             self._refuse("no_reply_subject")
@@ -163,18 +182,18 @@ class VaultService:
             try:
                 received = self._gate.admit(msg.data, None)
                 causation = received.envelope.id
-                if not isinstance(received.body, VaultRequest):
+                request = received.body
+                if not isinstance(request, VaultRequest):
                     raise UnreadableRequest("not a vault request", type=received.envelope.type)
-                plain = open_request(self.keys.session, self.fleet, op, received.body.sealed)
-                if plain.id != causation:
+                info = await asyncio.to_thread(self.applet.peek, op, request)
+                if info.id != causation:
                     raise UnreadableRequest("the sealed request names another envelope id")
             except (MessageError, VaultError) as exc:
                 self._refuse(exc.kind)
                 await self._reply(msg.reply, Rejected(kind=exc.kind, reason=str(exc)), causation)
                 return
-            outcome = await self.handle(plain)
-            metrics.OUTCOMES.labels(self.fleet, self.member, op, outcome.status).inc()
-            sealed = seal_answer(plain.answer_key, plain.id, outcome)
+            status, sealed = await self.handle(op, request, info)
+            metrics.OUTCOMES.labels(self.fleet, self.member, op, status).inc()
             await self._reply(msg.reply, VaultAnswer(sealed=sealed), causation)
 
     def _refuse(self, kind: str) -> None:
@@ -185,130 +204,136 @@ class VaultService:
         env = self._outbox.envelope(body, causation=causation)
         await self._nc.publish(subject, env.encode(), headers=headers_for(env))
 
-    async def handle(self, plain: RegisterRequest | RecoverRequest) -> Outcome:
-        """Run one opened request; every refusal becomes an outcome for the client."""
+    async def handle(self, op: str, request: VaultRequest, info: RequestInfo) -> tuple[str, bytes]:
+        """Run one request; returns the outcome's status and the sealed answer (a refusal too
+        is sealed for the client by the applet)."""
         try:
-            self._check_fresh(plain.id)
-            subjects.token(plain.user, "user")
-            if isinstance(plain, RegisterRequest):
-                return await self.register(plain)
-            return await self.recover(plain)
-        except WrongGuess as exc:
-            return Outcome(status=exc.kind, reason=exc.args[0], remaining=exc.remaining)
+            if op in (REGISTER_START, REGISTER) and self.draining:
+                raise RegistrationsClosed(
+                    "the fleet is retiring: register on its successor", fleet=self.fleet
+                )
+            if op == REGISTER_START:
+                return "ok", await asyncio.to_thread(self.applet.register_start, request)
+            if op == REGISTER:
+                return "ok", await self._register(request, info)
+            if op == RECOVER_START:
+                return "ok", await self._recover_start(request, info)
+            return "ok", await self._recover_finish(request, info)
         except HsmfleetError as exc:
-            log.info("vault operation refused", kind=exc.kind, reason=str(exc))
-            return Outcome(status=exc.kind, reason=str(exc))
-
-    def _check_fresh(self, request_id: str) -> None:
-        now = self.proposer.outbox.ids.now_ms()
-        if abs(now - id_time_ms(request_id)) > records.REQUEST_WINDOW_MS:
-            raise UnreadableRequest("the request is too old or from the future", id=request_id)
-
-    def drain(self) -> None:
-        """Take no new registrations from now on (the fleet is retiring)."""
-        self.draining = True
-
-    async def register(self, request: RegisterRequest) -> Outcome:
-        """Replace the user's registration; the guess budget stays as it is. A draining
-        member refuses it with :class:`RegistrationsClosed`."""
-        if self.draining:
-            raise RegistrationsClosed(
-                "the fleet is retiring: register on its successor", fleet=self.fleet
+            log.info("vault operation refused", op=op, kind=exc.kind, reason=str(exc))
+            remaining = exc.detail.get("remaining") if isinstance(exc, VaultError) else None
+            outcome = Outcome(
+                status=exc.kind, reason=str(exc), remaining=remaining  # type: ignore[arg-type]
             )
-        sealed = records.seal_registration(
-            self.keys.storage, request.user, request.id, request.pin, request.secret, os.urandom(12)
+            return exc.kind, await asyncio.to_thread(self.applet.answer, op, request, outcome)
+
+    async def _register(self, request: VaultRequest, info: RequestInfo) -> bytes:
+        key = records.record_key(info.user)
+        commit = await self._commit(
+            key,
+            self._step(REGISTERED, key, request),
+            lambda record: _registered(record, info.registration),
         )
+        record = records.decode(commit.value)
+        assert record is not None
+        outcome = Outcome(status="ok", generation=record.generation, replaced=record.replaced)
+        return await asyncio.to_thread(self.applet.answer, REGISTER, request, outcome)
 
-        def change(old: records.UserRecord | None) -> records.UserRecord:
-            return records.registered(old, request.user, request.id, sealed, self.limit)
+    async def _recover_start(self, request: VaultRequest, info: RequestInfo) -> bytes:
+        key = records.record_key(info.user)
+        attempt = self._step(ATTEMPTED, key, request, self.member)
+        destroy = self._step(DESTROYED, key, request)
 
-        def applied(record: records.UserRecord | None) -> bool | None:
-            # registered_by only grows: below ours, ours never took effect; above, who knows.
-            if record is None or record.registered_by < request.id:
-                return False
-            return True if record.registered_by == request.id else None
-
-        await self._commit(request.user, change, applied)
-        return Outcome(status=OK)
-
-    async def recover(self, request: RecoverRequest) -> Outcome:
-        """Commit one attempt with a quorum, then evaluate the guess, then settle the record."""
-        attempt_commit = await self._commit(
-            request.user,
-            lambda old: records.attempted(old, self.member, request.id),
-            lambda record: record is not None and request.id in record.recent,
-        )
-        attempt = records.decode(attempt_commit.value)
-        if attempt is None or attempt.sealed is None:
-            raise BudgetExhausted("the user's guesses are used up", user=request.user)
-        secret = await self._evaluate(request, attempt_commit)
-        if secret is not None:
-            await self._settle(request.user, lambda old: records.after_success(old, attempt))
-            return Outcome(status=OK, secret=secret, remaining=attempt.limit)
-        if attempt.failures >= attempt.limit:
-            await self._settle(request.user, records.after_failure)
-        raise WrongGuess("wrong guess", remaining=attempt.remaining)
-
-    async def _evaluate(self, request: RecoverRequest, attempt: Commit) -> bytes | None:
-        """The evaluator's verdict on the guess for the committed ``attempt``.
-
-        When the group's configuration changed between the commit and the evaluation, the
-        proof's votes no longer prove anything to the evaluator; a read under the current
-        configuration proves the same value again, provided no later change overtook it
-        (values are unique, so an equal value is this very attempt). The attempt is spent
-        either way, so a failure here says so.
-        """
-        for renewal in range(PROOF_RENEWALS + 1):
+        def step(pred: bytes | None, proof: object) -> tuple[bytes | None, bytes | None]:
             try:
-                return self.evaluator.evaluate(
-                    request.user, attempt.value, attempt.proof, request.guess
+                return attempt(pred, proof)
+            except BudgetExhausted:
+                return destroy(pred, proof)  # past the limit, once the last login is over
+
+        commit = await self._commit(
+            key, step, lambda record: record is not None and record.started(info.id) is not None
+        )
+        record = records.decode(commit.value)
+        if record is None or record.destroyed or record.started(info.id) is None:
+            raise BudgetExhausted("the user's guesses are used up", user=info.user)
+        return await self._proven(key, commit, self.applet.evaluate, request)
+
+    async def _recover_finish(self, request: VaultRequest, info: RequestInfo) -> bytes:
+        key = records.record_key(info.user)
+        commit = await self._commit(key, self._step(SUCCEEDED, key, request), lambda _r: None)
+        return await self._proven(key, commit, self.applet.release, request)
+
+    def _step(self, change: str, key: str, request: VaultRequest, evaluator: str = "") -> Step:
+        def step(pred: bytes | None, _proof: object) -> tuple[bytes | None, bytes | None]:
+            return self.applet.propose(change, key, pred, request, evaluator)
+
+        return step
+
+    async def _proven(
+        self,
+        key: str,
+        commit: Commit,
+        use: Callable[[VaultRequest, bytes, Ballot, tuple[bytes, ...]], bytes],
+        request: VaultRequest,
+    ) -> bytes:
+        """``use`` (the applet's evaluate or release) on ``commit`` with its proof.
+
+        When the group's configuration changed before the applet saw the proof, the proof's
+        votes no longer prove anything to it; a read under the current configuration proves
+        the same value again, provided no later change overtook it (values are unique, so an
+        equal value is this very one). The attempt is spent either way, so a failure here says
+        so."""
+        for renewal in range(PROOF_RENEWALS + 1):
+            assert commit.value is not None
+            try:
+                return await asyncio.to_thread(
+                    use, request, commit.value, commit.ballot, commit.proof.votes
                 )
             except ProofOfAnotherConfiguration as exc:
                 outdated = exc
             if renewal == PROOF_RENEWALS:
                 break
             try:
-                renewed = await self.proposer.read(attempt.key)
+                renewed = await self.proposer.read(key)
             except QuorumError as exc:
                 raise VaultUnavailable(
-                    f"the attempt could not be proven again: {exc}", attempt_spent=True
+                    f"the change could not be proven again: {exc}", attempt_spent=True
                 ) from exc
-            if renewed.value != attempt.value:
+            if renewed.value != commit.value:
                 raise VaultUnavailable(
-                    "a later change overtook the attempt before it was evaluated",
-                    attempt_spent=True,
+                    "a later change overtook this one before it was used", attempt_spent=True
                 )
-            attempt = renewed
+            commit = renewed
         raise VaultUnavailable(
-            f"the configuration kept changing under the attempt: {outdated}", attempt_spent=True
+            f"the configuration kept changing under the change: {outdated}", attempt_spent=True
         ) from outdated
 
     async def _commit(
         self,
-        user: str,
-        change: Callable[[records.UserRecord | None], records.UserRecord],
+        key: str,
+        step: Step,
         applied: Callable[[records.UserRecord | None], bool | None],
     ) -> Commit:
-        """Commit ``change`` to the user's record. When the outcome is unknown, a read decides.
+        """Commit ``step`` to the record ``key``. When the outcome is unknown, a read decides.
 
         The read commits the record's current value under a ballot above the unknown one, so a
         value that is not the current one can never be chosen afterwards. If the record holds
         exactly the value proposed, it committed (values are unique: each carries a new
-        registration or request id). If ``applied`` says the change is not in the current
-        value's history, it never took effect and never will: it is made again, at most
+        registration or request id). If ``applied`` says the change is in the current value's
+        history (a login started), the read's value proves it too. If it says the change is not
+        there, it never took effect and never will: it is made again, at most
         ``UNKNOWN_RETRIES`` times. Otherwise the outcome stays unknown.
         """
-        key = records.record_key(user)
         for _ in range(UNKNOWN_RETRIES + 1):
-            proposed: list[bytes] = []
+            proposed: list[bytes | None] = []
 
-            def apply(value: bytes | None, proposed: list[bytes] = proposed) -> bytes:
-                new = records.encode(change(records.decode(value)))
-                proposed.append(new)
-                return new
+            def recording(pred: bytes | None, proof: object, out: list = proposed) -> tuple:
+                new, witness = step(pred, proof)
+                out.append(new)
+                return new, witness
 
             try:
-                return await self.proposer.change(key, apply)
+                return await self.proposer.transit(key, recording)
             except OutcomeUnknown as exc:
                 unknown = exc
             except QuorumError as exc:
@@ -319,25 +344,19 @@ class VaultService:
                 raise VaultUnavailable(f"the fleet cannot commit now: {again}") from unknown
             if proposed and commit.value == proposed[-1]:
                 return commit
-            if applied(records.decode(commit.value)) is not False:
+            seen = applied(records.decode(commit.value))
+            if seen:
+                return commit
+            if seen is not False:
                 break
         raise VaultUnavailable(
             f"the operation may or may not have committed: {unknown}"
         ) from unknown
 
-    async def _settle(
-        self,
-        user: str,
-        change: Callable[[records.UserRecord | None], records.UserRecord | None],
-    ) -> None:
-        """Best effort: a record left unsettled errs on the safe side (failures stay counted;
-        a record at its limit is destroyed by the next attempt)."""
 
-        def apply(value: bytes | None) -> bytes | None:
-            new = change(records.decode(value))
-            return None if new is None else records.encode(new)
-
-        try:
-            await self.proposer.change(records.record_key(user), apply)
-        except QuorumError as exc:
-            log.warning("could not settle the record", user=user, error=str(exc))
+def _registered(record: records.UserRecord | None, registration: str) -> bool | None:
+    """Whether registration ``registration`` is in ``record``'s history: registrations only go
+    forward, so below it it never took effect; above it, who knows."""
+    if record is None or record.registration < registration:
+        return False
+    return True if record.registration == registration else None

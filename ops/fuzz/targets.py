@@ -153,6 +153,7 @@ def quorum_targets(world: World) -> list[BusTarget]:
             ballots=(7,),
             next_ballots=(8,),
             values=(b"value",),
+            justifications=(None,),
         )
         return [
             Seed(member.envelope(prepare), world.outsider_key, deep=True),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
+from messages.vault_authorization import Authorization
 from messages.vault_client import VaultClient
 from node.quorum.localfleet import LocalFleet
 from node.quorum.member import Member
@@ -60,7 +62,11 @@ class RunningFleet:
             await self.stop(member)
 
     def client(self, nc: NATS, timeout: float = 5.0) -> VaultClient:
-        return VaultClient(nc, self.fleet, self.local.session_public, timeout=timeout)
+        """A vault client of the fleet, its requests authorized by the fleet's authority."""
+        return VaultClient(nc, self.local.vault_keys, self.authorize, timeout=timeout)
+
+    def authorize(self, user: str, op: str, request: str) -> Authorization:
+        return self.local.authorize(user, op, request, time.time_ns() // 1_000_000)
 
 
 @asynccontextmanager

@@ -16,6 +16,7 @@ from messages.attestation import load_vendor_roots, request_attestation, verify_
 from messages.signing import ED25519
 from node import cli as node_cli
 from node.daemon import NodeConfigError
+from node.hsm.device.cli import DeviceConfigError
 from node.hsm.sealing import load_operator_key
 from node.hsm.soft import STATE_FILE, SoftHsm
 from node.measurement import measure
@@ -169,10 +170,10 @@ def test_missing_or_clashing_settings_are_typed_errors(tmp_path, monkeypatch):
     run = ["node", "run", "--state", str(tmp_path / "s"), "--domain", "dc1"]
     run += ["--orchestrator-key", str(tmp_path / "orch.json")]
     monkeypatch.setenv("HSMFLEET_HSM_KEY", "00" * 32)
-    with pytest.raises(NodeConfigError, match="--vendor"):
+    with pytest.raises(DeviceConfigError, match="--vendor"):
         node_cli.open_hsm(parse(*run))
-    with pytest.raises(NodeConfigError, match="--token"):
+    with pytest.raises(DeviceConfigError, match="--token"):
         node_cli.open_hsm(parse(*run, "--hsm", "pkcs11"))
     monkeypatch.delenv("HSMFLEET_PKCS11_PIN", raising=False)
-    with pytest.raises(NodeConfigError, match="PIN"):
+    with pytest.raises(DeviceConfigError, match="PIN"):
         node_cli.open_hsm(parse(*run, "--hsm", "pkcs11", "--token", "t"))

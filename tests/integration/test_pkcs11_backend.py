@@ -1,4 +1,5 @@
-"""The PKCS#11 backend on a real SoftHSM2 token: keys, certificates, wrapping, lost sessions.
+"""The PKCS#11 backend on a real SoftHSM2 token: keys of every kind, certificates, AES-GCM
+sealing, ECDH, wrapping to and from a software HSM, lost sessions.
 
 In CI (``CI`` set) these tests must run: a missing SoftHSM2 fails them instead of skipping.
 """
@@ -8,10 +9,12 @@ import threading
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 
 import pkcs11
 import pytest
-from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
+from cryptography.hazmat.primitives.asymmetric import ec
+from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import exceptions as p11_errors
 
 from messages.attestation import ECDH_P256
@@ -27,12 +30,16 @@ from node.hsm import (
     SoftHsm,
     UnsupportedAlgorithm,
     UnwrapFailed,
+    hpke,
+    keys,
     softhsm,
 )
-from node.hsm.cryptoki import Pkcs11Hsm, _derive_kek
+from node.hsm.base import AES256_GCM, OPAQUE_SETUP, UnsealFailed
+from node.hsm.cryptoki import Pkcs11Hsm
 from node.vendor import DEVICE, VendorCA, device_chain, provision
 
 PIN = "1234"
+CONTEXT = b"fleet-1 epoch 1, role vault, for node-a"
 # A lost session leaves python-pkcs11's unfinished object searches to fail in their finalizers.
 session_loss = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -169,13 +176,140 @@ def test_keys_move_between_backends_only_wrapped(p11, tmp_path):
     p11_transport = p11.generate("transport", ECDH_P256)
     soft_transport = soft.generate("transport", ECDH_P256)
     fleet = soft.generate("fleet", ECDSA_P256, wrappable=True)
-    assert p11.unwrap("transport", soft.wrap("fleet", p11_transport.public_key), "fleet") == fleet
+    sent = soft.wrap("fleet", p11_transport.public_key, CONTEXT)
+    assert p11.unwrap("transport", sent, "fleet", CONTEXT) == fleet
     assert verify_bytes(ECDSA_P256, fleet.public_key, p11.sign("fleet", b"m"), b"m")
-    back = p11.wrap("fleet", soft_transport.public_key)
-    assert soft.unwrap("transport", back, "fleet-again") == replace(fleet, label="fleet-again")
+    back = p11.wrap("fleet", soft_transport.public_key, CONTEXT)
+    assert soft.unwrap("transport", back, "fleet-again", CONTEXT) == replace(
+        fleet, label="fleet-again"
+    )
     p11.generate("identity", ED25519)
     with pytest.raises(NotWrappable):
-        p11.wrap("identity", soft_transport.public_key)
+        p11.wrap("identity", soft_transport.public_key, CONTEXT)
+
+
+def _works_like(p11, soft, label: str, alg: str) -> None:
+    """The token's copy of ``soft``'s key ``label`` does what the original does."""
+    if alg in (ED25519, ECDSA_P256):
+        public = soft.public_key(label).public_key
+        assert verify_bytes(alg, public, p11.sign(label, b"m"), b"m")
+    elif alg == ECDH_P256:
+        point = keys.p256_point(ec.generate_private_key(ec.SECP256R1()).public_key())
+        assert p11.ecdh(label, point) == soft.ecdh(label, point)
+    elif alg == AES256_GCM:
+        assert p11.unseal(label, soft.seal(label, b"m", b"a"), b"a") == b"m"
+        assert soft.unseal(label, p11.seal(label, b"m", b"a"), b"a") == b"m"
+    else:
+        assert p11.secret(label) == soft.secret(label)
+
+
+@pytest.mark.parametrize("alg", [ECDH_P256, AES256_GCM, OPAQUE_SETUP, ECDSA_P256, ED25519])
+def test_every_kind_of_key_moves_to_the_token_and_back(p11, tmp_path, alg):
+    soft = SoftHsm(tmp_path, bytes(32))
+    transport = p11.generate("transport", ECDH_P256)
+    soft_transport = soft.generate("transport", ECDH_P256)
+    key = soft.generate(alg, alg, wrappable=True)
+    wrapped = soft.wrap(alg, transport.public_key, CONTEXT)
+    with pytest.raises(UnwrapFailed, match="does not open"):
+        p11.unwrap("transport", wrapped, alg, CONTEXT + b"!")
+    assert p11.unwrap("transport", wrapped, alg, CONTEXT) == key
+    assert p11.public_key(alg) == key and alg in p11.labels()
+    _works_like(p11, soft, alg, alg)
+    if alg == ED25519:  # SoftHSM2 exports no Ed25519 private key, even a wrappable one
+        with pytest.raises(UnsupportedAlgorithm, match="cannot wrap"):
+            p11.wrap(alg, soft_transport.public_key, b"back")
+        return
+    back = p11.wrap(alg, soft_transport.public_key, b"back")
+    assert soft.unwrap("transport", back, "back", b"back") == replace(key, label="back")
+
+
+@pytest.mark.parametrize("alg", [AES256_GCM, OPAQUE_SETUP])
+def test_secret_kinds_made_on_the_token_persist_and_leave_only_if_wrappable(
+    p11, token_label, tmp_path, alg
+):
+    soft = SoftHsm(tmp_path, bytes(32))
+    peer = soft.generate("transport", ECDH_P256)
+    fixed = p11.generate("fixed", alg)
+    moving = p11.generate("moving", alg, wrappable=True)
+    assert len(fixed.public_key) == 32 and fixed.public_key != moving.public_key
+    with pytest.raises(NotWrappable):
+        p11.wrap("fixed", peer.public_key, CONTEXT)
+    assert soft.unwrap(
+        "transport", p11.wrap("moving", peer.public_key, CONTEXT), "moving", CONTEXT
+    ) == replace(moving, label="moving")
+    _works_like(p11, soft, "moving", alg)
+    p11.close()
+    again = Pkcs11Hsm(softhsm.MODULE, token_label, PIN)
+    try:
+        assert again.labels() == ["fixed", "moving"]
+        assert again.public_key("fixed") == fixed and again.public_key("moving") == moving
+        _works_like(again, soft, "moving", alg)
+        again.destroy("fixed")
+        assert again.labels() == ["moving"]
+    finally:
+        again.close()
+
+
+def test_aes_keys_seal_on_the_token_and_refuse_what_does_not_open(p11):
+    key = p11.generate("vault", AES256_GCM)
+    p11.generate("other", AES256_GCM)
+    sealed = p11.seal("vault", b"record", b"user-1")
+    assert len(sealed) == 12 + len(b"record") + 16
+    assert p11.unseal("vault", sealed, b"user-1") == b"record"
+    flipped = bytearray(sealed)
+    flipped[-1] ^= 1
+    for bad, aad, label in (
+        (sealed, b"user-2", "vault"),
+        (bytes(flipped), b"user-1", "vault"),
+        (sealed[:20], b"user-1", "vault"),
+        (sealed, b"user-1", "other"),
+    ):
+        with pytest.raises(UnsealFailed):
+            p11.unseal(label, bad, aad)
+    assert p11.unseal("vault", sealed, b"user-1") == b"record"  # the session is still fine
+    assert p11.relogins == 0
+    p11.generate("identity", ECDSA_P256)
+    with pytest.raises(UnsupportedAlgorithm):
+        p11.seal("identity", b"x", b"")
+    with pytest.raises(UnsupportedAlgorithm):
+        p11.sign("vault", b"x")
+    assert _secret_attributes(p11, "vault")[:2] == (True, False)
+    assert key.public_key == p11.public_key("vault").public_key
+
+
+def test_ecdh_and_hpke_open_on_the_token(p11):
+    transport = p11.generate("transport", ECDH_P256)
+    peer = ec.generate_private_key(ec.SECP256R1())
+    shared = peer.exchange(ec.ECDH(), keys.p256_public(transport.public_key))
+    assert p11.ecdh("transport", keys.p256_point(peer.public_key())) == shared
+    sealed = hpke.SUITE.encrypt(b"request", keys.p256_public(transport.public_key), info=b"i")
+    assert p11.open_hpke("transport", sealed, b"i") == b"request"
+    with pytest.raises(UnsealFailed):
+        p11.open_hpke("transport", sealed, b"j")
+    p11.generate("signing", ECDSA_P256)
+    with pytest.raises(UnsupportedAlgorithm):
+        p11.ecdh("signing", keys.p256_point(peer.public_key()))
+
+
+def test_opaque_setups_are_kept_sealed_under_the_tokens_own_key(p11):
+    p11.generate("login", OPAQUE_SETUP)
+    setup = p11.secret("login")
+
+    def stored(session):
+        data = session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: "login"})
+        [obj] = list(data)
+        seal = session.get_key(object_class=ObjectClass.SECRET_KEY, label="hsmfleet:secret-seal")
+        return bytes(obj[Attribute.VALUE]), obj[Attribute.PRIVATE], seal
+
+    value, private, seal = p11._run(stored)
+    assert setup not in value and len(value) == 12 + len(setup) + 16 and private
+    assert (seal[Attribute.SENSITIVE], seal[Attribute.EXTRACTABLE]) == (True, False)
+    assert seal[Attribute.NEVER_EXTRACTABLE]
+    assert p11.labels() == ["login"]  # the sealing key is no one's key
+    with pytest.raises(KeyNotFound):
+        p11.destroy("hsmfleet:secret-seal")
+    with pytest.raises(KeyExists):
+        p11.generate("hsmfleet:secret-seal", AES256_GCM)
 
 
 def test_tampered_wrapped_key_is_refused(p11, tmp_path):
@@ -183,16 +317,16 @@ def test_tampered_wrapped_key_is_refused(p11, tmp_path):
     transport = p11.generate("transport", ECDH_P256)
     soft.generate("fleet", ECDSA_P256, wrappable=True)
     other = soft.generate("other", ECDSA_P256, wrappable=True)
-    wrapped = soft.wrap("fleet", transport.public_key)
+    wrapped = soft.wrap("fleet", transport.public_key, CONTEXT)
     garbled = replace(wrapped, ciphertext=wrapped.ciphertext[:-1] + b"\x00")
     with pytest.raises(UnwrapFailed):
-        p11.unwrap("transport", garbled, "x")
+        p11.unwrap("transport", garbled, "x", CONTEXT)
     with pytest.raises(UnwrapFailed, match="not the key it claims"):
-        p11.unwrap("transport", replace(wrapped, public_key=other.public_key), "y")
+        p11.unwrap("transport", replace(wrapped, public_key=other.public_key), "y", CONTEXT)
     assert p11.labels() == ["transport"]
 
 
-def _private_attributes(hsm, label):
+def _private_attributes(hsm, label, object_class=ObjectClass.PRIVATE_KEY):
     names = (
         Attribute.SENSITIVE,
         Attribute.EXTRACTABLE,
@@ -201,10 +335,14 @@ def _private_attributes(hsm, label):
     )
 
     def op(session):
-        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+        key = session.get_key(object_class=object_class, label=label)
         return tuple(key[name] for name in names)
 
     return hsm._run(op)
+
+
+def _secret_attributes(hsm, label):
+    return _private_attributes(hsm, label, ObjectClass.SECRET_KEY)
 
 
 def test_the_token_holds_keys_sensitive_and_unextractable_unless_wrappable(p11, tmp_path):
@@ -215,10 +353,19 @@ def test_the_token_holds_keys_sensitive_and_unextractable_unless_wrappable(p11, 
         assert _private_attributes(p11, label) == (True, False, True, True)
     p11.generate("fleet", ECDSA_P256, wrappable=True)
     assert _private_attributes(p11, "fleet") == (True, True, True, False)
+    # An AES key is read out once, for its check value, before it is made unextractable.
+    p11.generate("vault", AES256_GCM)
+    assert _secret_attributes(p11, "vault") == (True, False, True, False)
+    p11.generate("vault-wrappable", AES256_GCM, wrappable=True)
+    assert _secret_attributes(p11, "vault-wrappable") == (True, True, True, False)
     soft = SoftHsm(tmp_path, bytes(32))
     soft.generate("sent", ECDSA_P256, wrappable=True)
-    p11.unwrap("transport", soft.wrap("sent", p11.public_key("transport").public_key), "sent")
+    soft.generate("sent-aes", AES256_GCM, wrappable=True)
+    transport = p11.public_key("transport").public_key
+    p11.unwrap("transport", soft.wrap("sent", transport, CONTEXT), "sent", CONTEXT)
+    p11.unwrap("transport", soft.wrap("sent-aes", transport, CONTEXT), "sent-aes", CONTEXT)
     assert _private_attributes(p11, "sent")[:2] == (True, True)
+    assert _secret_attributes(p11, "sent-aes")[:2] == (True, True)
 
 
 def test_a_token_that_cannot_wrap_ed25519_says_so(p11, tmp_path):
@@ -226,51 +373,42 @@ def test_a_token_that_cannot_wrap_ed25519_says_so(p11, tmp_path):
     peer = SoftHsm(tmp_path, bytes(32)).generate("transport", ECDH_P256)
     p11.generate("fleet", ED25519, wrappable=True)
     with pytest.raises(UnsupportedAlgorithm, match="cannot wrap"):
-        p11.wrap("fleet", peer.public_key)
+        p11.wrap("fleet", peer.public_key, CONTEXT)
     assert p11.labels() == ["fleet"]
 
 
 def test_the_token_itself_refuses_to_wrap_a_key_made_unwrappable(p11):
     """Not only the backend's own check: the token will not let the key out under any key."""
     p11.generate("identity", ED25519)
+    p11.generate("vault", AES256_GCM)
 
-    def op(session):
+    def op(session, object_class, label):
         kek = session.generate_key(KeyType.AES, 256, store=False)
         try:
-            kek.wrap_key(session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="identity"))
+            kek.wrap_key(session.get_key(object_class=object_class, label=label))
         finally:
             kek.destroy()
 
-    with pytest.raises(HsmError) as info:
-        p11._run(op)
-    assert isinstance(info.value.__cause__, p11_errors.KeyUnextractable)
+    for object_class, label in (
+        (ObjectClass.PRIVATE_KEY, "identity"),
+        (ObjectClass.SECRET_KEY, "vault"),
+    ):
+        with pytest.raises(HsmError) as info:
+            p11._run(partial(op, object_class=object_class, label=label))
+        assert isinstance(info.value.__cause__, p11_errors.KeyUnextractable)
 
 
-def test_key_encryption_keys_do_one_thing_never_leave_and_do_not_outlive_a_wrap(p11, tmp_path):
+def test_transient_keys_and_ecdh_outputs_do_not_outlive_their_operation(p11, tmp_path):
     transport = p11.generate("transport", ECDH_P256)
     soft = SoftHsm(tmp_path, bytes(32))
     peer = soft.generate("transport", ECDH_P256)
     soft.generate("fleet", ECDSA_P256, wrappable=True)
-
-    def kek_attributes(session):
-        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="transport")
-        kek = _derive_kek(key, peer.public_key, MechanismFlag.UNWRAP)
-        try:
-            uses = {a: kek[a] for a in (Attribute.UNWRAP, Attribute.WRAP, Attribute.DECRYPT)}
-            with pytest.raises(p11_errors.AttributeSensitive):
-                kek[Attribute.VALUE]
-            return uses, kek[Attribute.SENSITIVE], kek[Attribute.EXTRACTABLE]
-        finally:
-            kek.destroy()
-
-    uses, sensitive, extractable = p11._run(kek_attributes)
-    assert uses == {Attribute.UNWRAP: True, Attribute.WRAP: False, Attribute.DECRYPT: False}
-    assert (sensitive, extractable) == (True, False)
-    p11.unwrap("transport", soft.wrap("fleet", transport.public_key), "fleet")
-    p11.wrap("fleet", peer.public_key)
-    lying = replace(soft.wrap("fleet", transport.public_key), public_key=peer.public_key)
+    p11.unwrap("transport", soft.wrap("fleet", transport.public_key, CONTEXT), "fleet", CONTEXT)
+    p11.wrap("fleet", peer.public_key, CONTEXT)
+    p11.ecdh("transport", peer.public_key)
+    lying = replace(soft.wrap("fleet", transport.public_key, CONTEXT), public_key=peer.public_key)
     with pytest.raises(UnwrapFailed):
-        p11.unwrap("transport", lying, "copy")
+        p11.unwrap("transport", lying, "copy", CONTEXT)
 
     def leftovers(session):
         secrets = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}))

@@ -16,7 +16,7 @@ from messages.quorum import (
     QuorumUnavailable,
 )
 from messages.schema import REGISTRY
-from node.quorum.member import open_vote_signer
+from node.quorum.member import VOTE_KEY, open_hsm
 from node.quorum.membership import plan_join, plan_leave
 from node.quorum.proof import verify_proof
 from node.quorum.reconfigure import apply_steps
@@ -122,9 +122,9 @@ async def test_forged_and_replayed_votes_never_make_a_majority(tmp_path, nats_se
 
         await fleet.stop("m2")
         await fleet.stop("m3")
-        _, m3_signer = open_vote_signer(
+        m3_signer = open_hsm(
             fleet.local.state_dir("m3"), fleet.local.state_dir("m3") / "hsm.key"
-        )
+        ).signer(VOTE_KEY)
         m3 = Outbox("m3", m3_signer)
         outsider = Outbox("m3", Ed25519Signer.generate())
 
@@ -141,6 +141,7 @@ async def test_forged_and_replayed_votes_never_make_a_majority(tmp_path, nats_se
                 accepteds=(0,) * len(prepare.keys),
                 accepted_bys=("",) * len(prepare.keys),
                 values=(None,) * len(prepare.keys),
+                justifications=(None,) * len(prepare.keys),
             )
             unknown_key = outsider.envelope(answer, causation=request.id)
             real = m3.envelope(answer, causation=request.id)
@@ -305,9 +306,9 @@ async def test_requests_of_an_older_configuration_are_refused(tmp_path, nats_ser
 
     async with running_fleet(tmp_path, nats_server.url) as fleet:
         await fleet.stop("m3")
-        _, m3_signer = open_vote_signer(
+        m3_signer = open_hsm(
             fleet.local.state_dir("m3"), fleet.local.state_dir("m3") / "hsm.key"
-        )
+        ).signer(VOTE_KEY)
         m3 = Outbox("m3", m3_signer)
         current = fleet["m1"].replica.current()
         newer = current.next()

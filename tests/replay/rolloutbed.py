@@ -28,7 +28,7 @@ from cosigner.http import Server, make_app
 from cosigner.testbed import COSIGNERS, init_cosigners
 from messages.canonical import b64
 from messages.cosign_client import Peer
-from messages.signing import ED25519
+from messages.signing import ECDH_P256, ECDSA_P256, ED25519, Ed25519Signer
 from messages.verify import OperatorPin, Pins, QuorumFloor
 from node.daemon import NodeDaemon
 from node.hsm import keys
@@ -37,6 +37,8 @@ from node.hsm.sealing import new_operator_key
 from node.hsm.soft import SoftHsm, _Key
 from node.measurement import measure
 from node.pins import read_pins, write_pin
+from node.vault.applet import VaultApplet
+from node.vault.journal import EvaluationJournal
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
 from orchestrator.config import Settings
@@ -68,6 +70,8 @@ class SeededHsm(SoftHsm):
         super().__init__(state_dir, operator_key)
 
     def generate(self, label: str, alg: str, *, wrappable: bool = False) -> PublicKey:
+        if alg not in (ED25519, ECDSA_P256, ECDH_P256):  # symmetric keys and OPAQUE setups
+            return super().generate(label, alg, wrappable=wrappable)
         parts = label.split(":")
         name = label
         if parts[0] == "fleet" and len(parts) == 4:
@@ -101,6 +105,8 @@ class RolloutBed:
     cosigners: list[Server] = field(default_factory=list)
     daemons: list[NodeDaemon] = field(default_factory=list)
     nc: NATS | None = None
+    authority: Ed25519Signer = field(default_factory=lambda: Ed25519Signer.from_seed(bytes(32)))
+    """The account authority of the bed's vaults."""
 
     @property
     def settings(self) -> Settings:
@@ -130,6 +136,14 @@ class RolloutBed:
             plan[name] = {**plan[name], **value} if isinstance(plan.get(name), dict) else value
         return plan
 
+    def vault(self, limit: int = 10, replace_interval_s: int = 0) -> dict[str, Any]:
+        """A plan's vault section, its requests authorized by :attr:`authority`."""
+        return {
+            "limit": limit,
+            "authority_key": b64(self.authority.public_key),
+            "replace_interval_s": replace_interval_s,
+        }
+
     def pins(self, floor: QuorumFloor | None = None) -> Pins:
         """What a client of the fleet pins: both cosigners (2 of 2) and the operator."""
         return Pins(
@@ -143,14 +157,16 @@ class RolloutBed:
         pins = read_pins(self.root / "pins.json")
         assert self.nc is not None
         for node_id, domain in [m for m in (*MEMBERS, SPARE) if m[0] in hsms]:
+            state = self.root / "nodes" / node_id
             daemon = NodeDaemon(
                 hsms[node_id],
-                self.root / "nodes" / node_id,
+                state,
                 domain,
                 pins,
                 node_id=node_id,
                 measurement=SOFTWARE,
                 heartbeat_s=0.5,
+                applet=VaultApplet(hsms[node_id], EvaluationJournal(state / "vault-journal")),
             )
             await daemon.start(self.nc)
             self.daemons.append(daemon)
@@ -159,6 +175,8 @@ class RolloutBed:
         for daemon in self.daemons:
             await daemon.stop()
             daemon.hsm.close()
+            if daemon.fleets.applet is not None:
+                daemon.fleets.applet.journal.close()
         for server in self.cosigners:
             await server.stop()
         if self.nc is not None:

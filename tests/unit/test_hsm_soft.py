@@ -1,10 +1,19 @@
-"""The software HSM: keys stay inside, state is sealed at rest, tampering stops it from starting."""
+"""The software HSM: keys stay inside, state is sealed at rest, tampering stops it from starting.
 
+Behaviours of the operations a device offers run twice: on the software HSM in the test's own
+process, and on one behind a device socket (:mod:`node.hsm.device`).
+"""
+
+import contextlib
+import hmac
+import json
 import os
 from dataclasses import replace
 
+import opaque_ke_py
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from messages import Outbox, TrustStore
 from messages.attestation import ECDH_P256
@@ -22,20 +31,40 @@ from node.hsm import (
     SoftHsm,
     UnsupportedAlgorithm,
     UnwrapFailed,
+    hpke,
     keys,
 )
-from node.hsm.base import HsmError
-from node.hsm.sealed_state import COUNTER_FILE
+from node.hsm.base import (
+    AES256_GCM,
+    KEY_ALGORITHMS,
+    OPAQUE_SETUP,
+    BadPublicKey,
+    HsmError,
+    UnsealFailed,
+)
+from node.hsm.sealed_state import COUNTER_FILE, SealedState
 from node.hsm.sealing import KEY_ENV, MAGIC, load_operator_key, new_operator_key
 from node.hsm.soft import STATE_FILE
+from tests.unit.hsm_devices import served
 from tests.unit.sample_messages import Ping, registry
 
 KEY = bytes(range(32))
+CONTEXT = b"fleet-1 epoch 1, role vault, for node-a"
+
+
+@pytest.fixture(params=["in-process", "device"])
+def reach(request):
+    """How a test reaches a software HSM: in its own process, or over a device socket."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "in-process":
+            yield lambda soft: soft
+        else:
+            yield lambda soft: stack.enter_context(served(soft))[1]
 
 
 @pytest.fixture
-def hsm(tmp_path):
-    return SoftHsm(tmp_path / "hsm", KEY)
+def hsm(tmp_path, reach):
+    return reach(SoftHsm(tmp_path / "hsm", KEY))
 
 
 @pytest.mark.parametrize("alg", [ED25519, ECDSA_P256])
@@ -74,6 +103,38 @@ def test_state_survives_restart_and_is_sealed(tmp_path):
     sealed = (tmp_path / STATE_FILE).read_bytes()
     for plain in (ed.public_key, b64(ed.public_key).encode(), b"certificate", b"ed25519"):
         assert plain not in sealed
+
+
+def test_every_kind_of_key_survives_restart_and_nothing_is_in_clear_on_disk(tmp_path):
+    first = SoftHsm(tmp_path, KEY)
+    made = [first.generate(alg, alg, wrappable=alg == AES256_GCM) for alg in KEY_ALGORITHMS]
+    sealed = first.seal(AES256_GCM, b"kept", b"")
+    secrets = [first._keys[AES256_GCM].private.raw, first.secret(OPAQUE_SETUP)]
+    again = SoftHsm(tmp_path, KEY)
+    assert [again.public_key(k.label) for k in made] == made
+    assert again.unseal(AES256_GCM, sealed, b"") == b"kept"
+    assert again.secret(OPAQUE_SETUP) == secrets[1]
+    assert again._keys[AES256_GCM].wrappable and not again._keys[OPAQUE_SETUP].wrappable
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    for secret in secrets:
+        for form in (secret, secret.hex().encode(), b64(secret).encode()):
+            assert form not in on_disk
+    assert b"aes256-gcm" not in on_disk and b"opaque" not in on_disk
+
+
+def test_a_state_written_before_the_new_key_kinds_still_loads(tmp_path):
+    """The state's layout (PKCS#8 DER in base64 per key) is the one earlier releases wrote."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    old = {
+        "keys": {
+            "device": {"alg": ECDSA_P256, "private": b64(keys.pkcs8(private)), "wrappable": False}
+        },
+        "certificates": {"device": b64(b"certificate")},
+    }
+    SealedState(tmp_path, KEY).store(json.dumps(old).encode())
+    hsm = SoftHsm(tmp_path, KEY)
+    assert hsm.public_key("device").public_key == keys.p256_point(private.public_key())
+    assert hsm.certificate("device") == b"certificate"
 
 
 def test_labels_are_never_reused_and_missing_keys_are_typed(hsm):
@@ -144,41 +205,185 @@ def test_operator_key_from_file_or_environment(tmp_path):
         load_operator_key(tmp_path / "missing", env={})
 
 
-def test_keys_leave_only_wrapped_to_a_transport_key(tmp_path):
+def test_keys_leave_only_wrapped_to_a_transport_key(tmp_path, reach):
     sender = SoftHsm(tmp_path / "a", KEY)
-    receiver = SoftHsm(tmp_path / "b", KEY)
+    receiver = reach(SoftHsm(tmp_path / "b", KEY))
     fleet = sender.generate("fleet", ECDSA_P256, wrappable=True)
     sender.generate("identity", ED25519)
     transport = receiver.generate("transport", ECDH_P256)
     with pytest.raises(NotWrappable):
-        sender.wrap("identity", transport.public_key)
-    wrapped = sender.wrap("fleet", transport.public_key)
-    assert receiver.unwrap("transport", wrapped, "fleet") == fleet
+        sender.wrap("identity", transport.public_key, CONTEXT)
+    wrapped = sender.wrap("fleet", transport.public_key, CONTEXT)
+    assert receiver.unwrap("transport", wrapped, "fleet", CONTEXT) == fleet
     assert verify_bytes(ECDSA_P256, fleet.public_key, receiver.sign("fleet", b"m"), b"m")
     assert SoftHsm(tmp_path / "b", KEY).public_key("fleet") == fleet
 
 
-def test_unwrap_refuses_tampered_or_misdescribed_keys(tmp_path):
+def test_unwrap_refuses_tampered_or_misdescribed_keys(tmp_path, reach):
     sender = SoftHsm(tmp_path / "a", KEY)
-    receiver = SoftHsm(tmp_path / "b", KEY)
+    receiver = reach(SoftHsm(tmp_path / "b", KEY))
     sender.generate("fleet", ED25519, wrappable=True)
     other = sender.generate("other", ED25519, wrappable=True)
     transport = receiver.generate("transport", ECDH_P256)
-    wrapped = sender.wrap("fleet", transport.public_key)
+    wrapped = sender.wrap("fleet", transport.public_key, CONTEXT)
     garbled = bytes([wrapped.ciphertext[0] ^ 1]) + wrapped.ciphertext[1:]
     with pytest.raises(UnwrapFailed, match="does not open"):
-        receiver.unwrap("transport", replace(wrapped, ciphertext=garbled), "x")
+        receiver.unwrap("transport", replace(wrapped, ciphertext=garbled), "x", CONTEXT)
     lying = replace(wrapped, public_key=other.public_key)
     with pytest.raises(UnwrapFailed, match="not the key it claims"):
-        receiver.unwrap("transport", lying, "x")
+        receiver.unwrap("transport", lying, "x", CONTEXT)
     p256 = sender.generate("p256", ECDSA_P256, wrappable=True)
-    mislabelled = replace(sender.wrap("p256", transport.public_key), alg=ED25519)
+    mislabelled = replace(sender.wrap("p256", transport.public_key, CONTEXT), alg=ED25519)
     with pytest.raises(UnwrapFailed, match="not of the algorithm it claims"):
-        receiver.unwrap("transport", mislabelled, "x")
+        receiver.unwrap("transport", mislabelled, "x", CONTEXT)
     assert receiver.labels() == ["transport"]
-    assert receiver.unwrap("transport", replace(mislabelled, alg=ECDSA_P256), "p") == replace(
-        p256, label="p"
-    )
+    assert receiver.unwrap(
+        "transport", replace(mislabelled, alg=ECDSA_P256), "p", CONTEXT
+    ) == replace(p256, label="p")
+
+
+def _opens(soft: SoftHsm, key, inner: SoftHsm) -> None:
+    """Check that the copy of ``soft``'s ``key`` in ``inner`` works as the original does."""
+    label = key.label
+    if key.alg in (ED25519, ECDSA_P256):
+        assert verify_bytes(key.alg, key.public_key, inner.sign(label, b"m"), b"m")
+    elif key.alg == ECDH_P256:
+        peer = ec.generate_private_key(ec.SECP256R1())
+        point = keys.p256_point(peer.public_key())
+        assert inner.ecdh(label, point) == soft.ecdh(label, point)
+    elif key.alg == AES256_GCM:
+        assert inner.unseal(label, soft.seal(label, b"m", b"aad"), b"aad") == b"m"
+    else:
+        assert inner.secret(label) == soft.secret(label)
+
+
+@pytest.mark.parametrize("alg", KEY_ALGORITHMS)
+def test_every_kind_of_key_moves_wrapped_and_opens_only_for_its_context(tmp_path, reach, alg):
+    sender = SoftHsm(tmp_path / "a", KEY)
+    inner = SoftHsm(tmp_path / "b", KEY)
+    receiver = reach(inner)
+    key = sender.generate(alg, alg, wrappable=True)
+    transport = receiver.generate("transport", ECDH_P256)
+    receiver.generate("stranger", ECDH_P256)
+    wrapped = sender.wrap(alg, transport.public_key, CONTEXT)
+    assert len(wrapped.ephemeral) == hpke.ENC_BYTES
+    for other_context in (b"", CONTEXT + b"!", b"fleet-2" + CONTEXT[7:]):
+        with pytest.raises(UnwrapFailed, match="does not open"):
+            receiver.unwrap("transport", wrapped, alg, other_context)
+    with pytest.raises(UnwrapFailed, match="does not open"):
+        receiver.unwrap("stranger", wrapped, alg, CONTEXT)  # another recipient's transport key
+    enc = bytearray(wrapped.ephemeral)
+    enc[-1] ^= 1
+    for tampered in (
+        replace(wrapped, ephemeral=bytes(enc)),
+        replace(wrapped, ciphertext=wrapped.ciphertext[:-1]),
+        replace(wrapped, ciphertext=b""),
+    ):
+        with pytest.raises(UnwrapFailed):
+            receiver.unwrap("transport", tampered, alg, CONTEXT)
+    assert receiver.labels() == ["stranger", "transport"]
+    assert receiver.unwrap("transport", wrapped, alg, CONTEXT) == key
+    _opens(sender, key, inner)
+    # Imported keys stay wrappable: the member can pass the key on to a later one.
+    onward = inner.wrap(alg, sender.generate("transport", ECDH_P256).public_key, b"onward")
+    assert sender.unwrap("transport", onward, "back", b"onward").public_key == key.public_key
+
+
+@pytest.mark.parametrize(
+    ("sent", "claimed"),
+    [(AES256_GCM, OPAQUE_SETUP), (OPAQUE_SETUP, AES256_GCM), (ED25519, AES256_GCM)],
+)
+def test_unwrap_refuses_key_material_of_another_kind(tmp_path, sent, claimed):
+    sender, receiver = SoftHsm(tmp_path / "a", KEY), SoftHsm(tmp_path / "b", KEY)
+    sender.generate("k", sent, wrappable=True)
+    transport = receiver.generate("transport", ECDH_P256)
+    wrapped = replace(sender.wrap("k", transport.public_key, CONTEXT), alg=claimed)
+    with pytest.raises(UnwrapFailed, match="not of the algorithm it claims"):
+        receiver.unwrap("transport", wrapped, "k", CONTEXT)
+    assert receiver.labels() == ["transport"]
+
+
+@pytest.mark.parametrize("alg", [AES256_GCM, OPAQUE_SETUP])
+def test_unwrap_refuses_a_secret_key_described_by_another_public_half(tmp_path, alg):
+    sender, receiver = SoftHsm(tmp_path / "a", KEY), SoftHsm(tmp_path / "b", KEY)
+    sender.generate("k", alg, wrappable=True)
+    other = sender.generate("other", alg)
+    transport = receiver.generate("transport", ECDH_P256)
+    lying = replace(sender.wrap("k", transport.public_key, CONTEXT), public_key=other.public_key)
+    with pytest.raises(UnwrapFailed, match="not the key it claims"):
+        receiver.unwrap("transport", lying, "k", CONTEXT)
+    assert receiver.labels() == ["transport"]
+
+
+def test_aes_keys_seal_and_unseal_inside(tmp_path):
+    hsm = SoftHsm(tmp_path, KEY)
+    key = hsm.generate("vault", AES256_GCM)
+    other = hsm.generate("other", AES256_GCM)
+    sealed = hsm.seal("vault", b"record", b"user-1")
+    assert len(sealed) == 12 + len(b"record") + 16
+    assert hsm.seal("vault", b"record", b"user-1") != sealed  # a fresh nonce each time
+    assert hsm.unseal("vault", sealed, b"user-1") == b"record"
+    # The format is AES-256-GCM: nonce || ciphertext || tag (the test looks inside).
+    raw = hsm._keys["vault"].private.raw
+    assert AESGCM(raw).decrypt(sealed[:12], sealed[12:], b"user-1") == b"record"
+    flipped = bytearray(sealed)
+    flipped[20] ^= 1
+    for bad, aad in ((sealed, b"user-2"), (bytes(flipped), b"user-1"), (sealed[:27], b"user-1")):
+        with pytest.raises(UnsealFailed) as info:
+            hsm.unseal("vault", bad, aad)
+        assert info.value.kind == "hsm_unseal_failed"
+    with pytest.raises(UnsealFailed):
+        hsm.unseal("other", sealed, b"user-1")
+    hsm.generate("signing", ED25519)
+    with pytest.raises(UnsupportedAlgorithm):
+        hsm.seal("signing", b"x", b"")
+    with pytest.raises(UnsupportedAlgorithm):
+        hsm.sign("vault", b"x")
+    assert key.public_key != other.public_key
+
+
+def test_an_aes_keys_public_half_is_its_key_check_value(tmp_path):
+    hsm = SoftHsm(tmp_path, KEY)
+    key = hsm.generate("vault", AES256_GCM)
+    raw = hsm._keys["vault"].private.raw  # the test looks inside
+    assert key.public_key == hmac.digest(raw, b"hsmfleet/v1/key-check", "sha256")
+    assert len(key.public_key) == 32 and raw not in key.public_key
+
+
+def test_an_opaque_setups_public_half_is_its_server_public_key(tmp_path):
+    hsm = SoftHsm(tmp_path, KEY)
+    key = hsm.generate("login", OPAQUE_SETUP)
+    setup = hsm.secret("login")
+    assert len(setup) == 128 and len(key.public_key) == 32
+    # What a client registering with this setup is told the server's public key is.
+    loaded = opaque_ke_py.ServerSetupData.from_bytes(setup)
+    start = opaque_ke_py.client_registration_start(b"a password")
+    answer = opaque_ke_py.server_registration_start(loaded, start.get_message(), b"alice")
+    assert answer.get_message()[32:64] == key.public_key
+    assert hsm.generate("another", OPAQUE_SETUP).public_key != key.public_key
+    with pytest.raises(UnsupportedAlgorithm):
+        hsm.secret(hsm.generate("aes", AES256_GCM).label)
+
+
+def test_ecdh_and_hpke_open_with_a_transport_key(tmp_path):
+    hsm = SoftHsm(tmp_path, KEY)
+    transport = hsm.generate("transport", ECDH_P256)
+    peer = ec.generate_private_key(ec.SECP256R1())
+    shared = peer.exchange(ec.ECDH(), keys.p256_public(transport.public_key))
+    assert hsm.ecdh("transport", keys.p256_point(peer.public_key())) == shared
+    sealed = hpke.SUITE.encrypt(b"request", keys.p256_public(transport.public_key), info=b"i")
+    assert hsm.open_hpke("transport", sealed, b"i") == b"request"
+    with pytest.raises(UnsealFailed):
+        hsm.open_hpke("transport", sealed, b"j")
+    with pytest.raises(BadPublicKey):
+        hsm.ecdh("transport", b"\x04" + bytes(64))
+    hsm.generate("signing", ECDSA_P256)
+    for call in (
+        lambda: hsm.ecdh("signing", transport.public_key),
+        lambda: hsm.open_hpke("signing", sealed, b"i"),
+    ):
+        with pytest.raises(UnsupportedAlgorithm):
+            call()
 
 
 def test_state_dir_is_created_with_no_state_until_a_key_exists(tmp_path):
@@ -278,11 +483,12 @@ def test_two_handles_on_one_state_never_undo_each_others_keys(tmp_path):
 
 def _secret_forms(private) -> list[bytes]:
     """The encodings a leaked private key would show up in."""
-    if isinstance(private, ed25519.Ed25519PrivateKey):
-        raw = private.private_bytes_raw()
+    if isinstance(private, keys.AesKey | keys.OpaqueSetup):
+        forms = [private.raw]
+    elif isinstance(private, ed25519.Ed25519PrivateKey):
+        forms = [private.private_bytes_raw(), keys.pkcs8(private)]
     else:
-        raw = private.private_numbers().private_value.to_bytes(32, "big")
-    forms = [raw, keys.pkcs8(private)]
+        forms = [private.private_numbers().private_value.to_bytes(32, "big"), keys.pkcs8(private)]
     return forms + [f.hex().encode() for f in forms] + [b64(f).encode() for f in forms]
 
 
@@ -293,19 +499,24 @@ def test_no_method_error_or_file_carries_a_private_key(tmp_path):
         hsm.generate("p256", ECDSA_P256),
         hsm.generate("transport", ECDH_P256),
         hsm.generate("fleet", ECDSA_P256, wrappable=True),
+        hsm.generate("aes", AES256_GCM),
+        hsm.generate("opaque", OPAQUE_SETUP),
     ]
     # The test looks inside the HSM to know what must never come out of it.
     secrets = [form for key in hsm._keys.values() for form in _secret_forms(key.private)]
     recipient = SoftHsm(tmp_path / "other", KEY).generate("transport", ECDH_P256)
     out: list[object] = [made, hsm.labels(), repr(hsm), hsm.signer("ed").__dict__]
     out += [hsm.public_key(k.label) for k in made]
-    wrapped = hsm.wrap("fleet", recipient.public_key)
-    out += [hsm.sign("ed", b"m"), hsm.sign("p256", b"m"), wrapped]
+    wrapped = hsm.wrap("fleet", recipient.public_key, CONTEXT)
+    out += [hsm.sign("ed", b"m"), hsm.sign("p256", b"m"), wrapped, hsm.seal("aes", b"m", b"")]
     for call in (
-        lambda: hsm.wrap("ed", recipient.public_key),
+        lambda: hsm.wrap("ed", recipient.public_key, CONTEXT),
+        lambda: hsm.wrap("aes", recipient.public_key, CONTEXT),
         lambda: hsm.sign("transport", b"m"),
+        lambda: hsm.sign("aes", b"m"),
         lambda: hsm.generate("ed", ED25519),
-        lambda: hsm.unwrap("ed", wrapped, "x"),
+        lambda: hsm.unwrap("ed", wrapped, "x", CONTEXT),
+        lambda: hsm.unseal("aes", b"x" * 40, b""),
     ):
         with pytest.raises(HsmError) as info:
             call()
@@ -313,4 +524,4 @@ def test_no_method_error_or_file_carries_a_private_key(tmp_path):
     files = [p.read_bytes() for p in (tmp_path / "hsm").iterdir()]
     haystack = b"\n".join(repr(o).encode() for o in out) + b"".join(files)
     assert all(secret not in haystack for secret in secrets)
-    assert len(secrets) == 4 * 6
+    assert len(secrets) == 4 * 6 + 2 * 3

@@ -32,6 +32,7 @@ def promises(draw):
         accepteds=tuple(draw(st.lists(ballot, min_size=n, max_size=n))),
         accepted_bys=tuple(draw(st.lists(keys, min_size=n, max_size=n))),
         values=tuple(draw(st.lists(values, min_size=n, max_size=n))),
+        justifications=tuple(draw(st.lists(values, min_size=n, max_size=n))),
         refusals=tuple(
             Refusal(index=i, seen=1, seen_by="", accepted=0, accepted_by="") for i in refused
         ),
@@ -55,6 +56,7 @@ def accept_json(**changes):
         ballots=(5, 6),
         next_ballots=(7, 0),
         values=(b"x", None),
+        justifications=(b"why", None),
     )
     return {**body.to_json(), **changes}
 
@@ -99,7 +101,13 @@ def test_missing_fields_and_unknown_fields():
 def test_entries_that_cannot_be_packed_are_refused():
     with pytest.raises(SchemaViolation, match="unsigned 64-bit"):
         Accept(
-            fleet="f", epoch=1, keys=("a",), ballots=(-1,), next_ballots=(0,), values=(b"",)
+            fleet="f",
+            epoch=1,
+            keys=("a",),
+            ballots=(-1,),
+            next_ballots=(0,),
+            values=(b"",),
+            justifications=(None,),
         ).to_json()
 
 
@@ -110,7 +118,13 @@ def test_votes_and_pages_keep_their_optional_fields():
     del raw["refusals"], raw["epoch"]
     assert Accepted.from_json(raw).refusals == ()
     page = Snapshot(
-        fleet="f", keys=("a",), accepteds=(1,), accepted_bys=("m1",), values=(None,), more=True
+        fleet="f",
+        keys=("a",),
+        accepteds=(1,),
+        accepted_bys=("m1",),
+        values=(None,),
+        justifications=(None,),
+        more=True,
     )
     assert Snapshot.from_json(loads_strict(canonical(page.to_json()))) == page
     with pytest.raises(SchemaViolation, match="more must be bool"):

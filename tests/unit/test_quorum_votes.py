@@ -52,6 +52,7 @@ def promise(tally, refusals=(), **changes):
         accepteds=(0, 3),
         accepted_bys=("", "m2"),
         values=(None, b"v"),
+        justifications=(None, None),
         refusals=refusals,
     )
     return replace(body, **changes)
@@ -67,7 +68,15 @@ def vote(outbox, body, causation):
 
 def accept_tally(membership, outboxes):
     """A tally of m1's accept of ``x`` for record ``a``, and the request it counts for."""
-    body = Accept(fleet="f", epoch=1, keys=("a",), ballots=(5,), next_ballots=(6,), values=(b"x",))
+    body = Accept(
+        fleet="f",
+        epoch=1,
+        keys=("a",),
+        ballots=(5,),
+        next_ballots=(6,),
+        values=(b"x",),
+        justifications=(None,),
+    )
     request = outboxes["m1"].envelope(body)
     return Tally(Gate(membership.trust()), request, body, membership), request
 
@@ -243,6 +252,7 @@ def test_requests_name_each_record_once():
             ballots=(5, 6),
             next_ballots=(0, 0),
             values=(b"x", b"y"),
+            justifications=(None, None),
         )
 
 

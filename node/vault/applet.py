@@ -1,0 +1,782 @@
+"""The vault applet: the part of each member that runs inside its HSM device.
+
+Everything that must not be in the hands of a node host happens here, with the fleet's vault
+keys (made in the key ceremony, held by the HSM backend): opening clients' requests (HPKE to the
+``vault-kem`` key), checking the account authority's authorizations, running the server side of
+OPAQUE (the ``vault-opaque`` setup), sealing and opening records and login states (the
+``vault-storage`` key), and signing this member's acceptances of record values.
+
+Every member checks every change: an acceptance of a ``vault-`` record is signed only by
+:meth:`FleetVault.vote`, and only for a value that is a valid successor of a predecessor the
+proposer proves committed (a quorum's signed acceptances, verified here) and that is not older
+than what this member accepted itself. The successor is recomputed from the client's sealed
+request (the witness): no member, orchestrator or operator key can make the fleet accept an
+arbitrary record, lower an attempt count without a finished login, or register without the
+authority's authorization. A login is answered (the server's response, from which the client
+checks its guess) only for an attempt a quorum committed, by the one member it names, once.
+
+The host gives the applet its view of the fleet (members and vote keys, the vault policy, which
+key epochs it holds): a host that lies about it spoils only its own member's votes, one of the
+minority the quorum tolerates.
+"""
+
+# No ``from __future__ import annotations``: body field types stay evaluated (see messages.schema).
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import opaque_ke_py as opaque
+
+from messages.canonical import canonical, loads_strict
+from messages.ceremony import key_label
+from messages.envelope import Envelope, Signature
+from messages.errors import HsmfleetError, SchemaViolation
+from messages.ids import id_time_ms
+from messages.quorum import (
+    Accepted,
+    Config,
+    Justification,
+    ProofOfAnotherConfiguration,
+    Vetting,
+    VettingRefusal,
+    value_digest,
+    vetted,
+)
+from messages.schema import Body
+from messages.vault import (
+    KE1_BYTES,
+    KE3_BYTES,
+    KEM_ROLE,
+    MAX_SECRET_BYTES,
+    OK,
+    OPAQUE_ROLE,
+    RECOVER_FINISH,
+    RECOVER_START,
+    REGISTER,
+    REGISTER_START,
+    REGISTRATION_REQUEST_BYTES,
+    REGISTRATION_UPLOAD_BYTES,
+    STORAGE_ROLE,
+    BudgetExhausted,
+    LoginExpired,
+    LoginRefused,
+    MalformedOpaque,
+    NoRecord,
+    Outcome,
+    PinProof,
+    Plaintext,
+    RecordKeyDestroyed,
+    RecoverFinish,
+    RecoverStart,
+    Register,
+    RegisterStart,
+    RegistrationExists,
+    ReplacementTooSoon,
+    ReplayedRequest,
+    StaleRegistration,
+    UnknownVaultKey,
+    UnreadableRequest,
+    VaultError,
+    VaultPolicy,
+    VaultRequest,
+    credential_identifier,
+    parse_request,
+    request_info,
+    seal_answer,
+    seal_release,
+)
+from messages.vault_authorization import RECOVER, REPLACE
+from messages.vault_authorization import REGISTER as REGISTER_KIND
+from node.hsm.base import Hsm, HsmError, KeyNotFound
+from node.quorum.membership import Membership
+from node.quorum.proof import CommitProof, verify_proof
+from node.quorum.rules import NO_BALLOT, Ballot
+from node.vault import record as records
+from node.vault.journal import EvaluationJournal
+from node.vault.record import (
+    Attempt,
+    LoginState,
+    Registered,
+    SealedBlob,
+    UserRecord,
+    record_aad,
+)
+
+REGISTERED = "register"
+ATTEMPTED = "attempt"
+DESTROYED = "destroy"
+SUCCEEDED = "success"
+CHANGES = {
+    REGISTERED: REGISTER,
+    ATTEMPTED: RECOVER_START,
+    DESTROYED: RECOVER_START,
+    SUCCEEDED: RECOVER_FINISH,
+}
+"""Each kind of record change, and the client request it is made from."""
+
+
+class TransitionRefused(VaultError):
+    """A proposed record value is not a valid successor of a committed predecessor."""
+
+    kind = "transition_refused"
+
+
+class VaultNotConfigured(VaultError):
+    """The applet serves no vault of this fleet (the host has not configured it)."""
+
+    kind = "vault_not_configured"
+
+
+@dataclass(frozen=True)
+class KeySet(Body):
+    """One key epoch's vault keys: the fleet epoch and the rollout whose labels hold them."""
+
+    epoch: int
+    rollout: str
+
+
+@dataclass(frozen=True)
+class FleetSetup(Body):
+    """The host's view of a fleet for its applet: this member, the replication configuration,
+    the vault policy and the key epochs the HSM holds."""
+
+    fleet: str
+    member: str
+    config: Config
+    policy: VaultPolicy
+    keys: tuple[KeySet, ...]
+
+
+@dataclass(frozen=True)
+class Witness(Body):
+    """What a change of a record is made from: the client's request as sent, and, for an
+    attempt, the member that will answer it."""
+
+    change: str
+    request: VaultRequest
+    evaluator: str = ""
+
+    def encode(self) -> bytes:
+        return canonical(self.to_json())
+
+
+@dataclass(frozen=True)
+class RequestInfo(Body):
+    """What a host may know of a client's request to route it: its id, the user, and for a
+    ``register``, the registration it completes."""
+
+    id: str
+    user: str
+    registration: str = ""
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """A change recomputed: the new record (its ``sealed`` as the predecessor's) and what its
+    sealed part must hold (``None``: destroyed); ``reseal`` when it must be sealed anew."""
+
+    record: UserRecord
+    contents: Registered | None
+    reseal: bool
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The labels of one key epoch's vault keys and their key ids."""
+
+    epoch: int
+    kem: str
+    storage: str
+    server: str
+    kem_id: str
+    storage_id: str
+    server_id: str
+
+
+class FleetVault:
+    """One fleet's vault in this HSM."""
+
+    def __init__(
+        self,
+        backend: Hsm,
+        setup: FleetSetup,
+        journal: EvaluationJournal,
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self.backend = backend
+        self.fleet = setup.fleet
+        self.journal = journal
+        self.clock_ms = clock_ms
+        self._setups: dict[str, object] = {}
+        self.update(setup)
+
+    def update(self, setup: FleetSetup) -> None:
+        """Take the host's new view of the fleet (a membership change, a key epoch imported or
+        destroyed, a new policy)."""
+        epochs = sorted(
+            (k for k in (self._held(s) for s in setup.keys) if k is not None),
+            key=lambda k: k.epoch,
+        )
+        if setup.fleet != self.fleet or not epochs:
+            raise VaultNotConfigured("the HSM holds no vault keys of this fleet", fleet=self.fleet)
+        vote_label = self._vote_label(setup.member, setup.config)
+        self.member = setup.member
+        self.policy = setup.policy
+        self.membership = Membership.from_config(setup.config)
+        self.epochs = epochs
+        self.vote_label = vote_label
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _held(self, keys: KeySet) -> _Keys | None:
+        labels = {role: key_label(self.fleet, keys.rollout, role) for role in _ROLES}
+        try:
+            public = {role: self.backend.public_key(label) for role, label in labels.items()}
+        except KeyNotFound:
+            return None
+        return _Keys(
+            keys.epoch,
+            labels[KEM_ROLE],
+            labels[STORAGE_ROLE],
+            labels[OPAQUE_ROLE],
+            *(public[role].kid for role in (KEM_ROLE, STORAGE_ROLE, OPAQUE_ROLE)),
+        )
+
+    def _vote_label(self, member: str, config: Config) -> str | None:
+        """The label of the key ``config`` names ``member`` with (None: not a member yet)."""
+        named = next((m for m in config.members if m.member == member), None)
+        if named is None:
+            return None
+        for label in self.backend.labels():
+            key = self.backend.public_key(label)
+            if (key.alg, key.public_key) == (named.alg, named.public_key):
+                return label
+        raise VaultNotConfigured("the HSM holds no vote key this member is named with")
+
+    @property
+    def current(self) -> _Keys:
+        return self.epochs[-1]
+
+    def _by_id(self, attribute: str, kid: str, what: str) -> _Keys:
+        for keys in self.epochs:
+            if getattr(keys, attribute) == kid:
+                return keys
+        raise RecordKeyDestroyed(f"the {what} is sealed under a key this HSM no longer holds")
+
+    def _setup(self, label: str) -> object:
+        setup = self._setups.get(label)
+        if setup is None:
+            setup = self._setups[label] = opaque.ServerSetupData.from_bytes(
+                self.backend.secret(label)
+            )
+        return setup
+
+    def _seal(self, plain: bytes, aad: bytes) -> bytes:
+        keys = self.current
+        return SealedBlob(keys.storage_id, self.backend.seal(keys.storage, plain, aad)).encode()
+
+    def _unseal(self, data: bytes, aad: bytes, what: str) -> bytes:
+        blob = SealedBlob.decode(data)
+        keys = self._by_id("storage_id", blob.key, what)
+        return self.backend.unseal(keys.storage, blob.sealed, aad)
+
+    def contents(self, record: UserRecord) -> Registered:
+        """The sealed part of a live ``record``; :class:`records.DamagedRecord` if it does not
+        open, :class:`RecordKeyDestroyed` if its key epoch is gone."""
+        assert record.sealed is not None
+        try:
+            plain = self._unseal(record.sealed, record_aad(self.fleet, record), "record")
+            return Registered.from_json(loads_strict(plain))
+        except (HsmError, ValueError, SchemaViolation) as exc:
+            raise records.DamagedRecord(f"the record does not open: {exc}") from None
+
+    def _sealed_record(self, record: UserRecord, contents: Registered) -> UserRecord:
+        sealed = self._seal(canonical(contents.to_json()), record_aad(self.fleet, record))
+        return records.replace_record(record, sealed=sealed, storage=self.current.storage_id)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def open(self, op: str, request: VaultRequest) -> Plaintext:
+        """The plaintext of a client's request for ``op``, opened with the vault key it names."""
+        keys = next((k for k in self.epochs if k.kem_id == request.key), None)
+        if keys is None:
+            raise UnknownVaultKey("the request is sealed to a key this HSM does not hold")
+        try:
+            data = self.backend.open_hpke(keys.kem, request.sealed, request_info(self.fleet, op))
+        except HsmError:
+            raise UnreadableRequest(
+                "the request does not open with the fleet's vault key"
+            ) from None
+        return parse_request(op, data)
+
+    def peek(self, op: str, request: VaultRequest) -> RequestInfo:
+        """Who ``request`` is for (it must open); nothing of what is sealed inside."""
+        plain = self.open(op, request)
+        return RequestInfo(
+            id=plain.id, user=plain.user, registration=getattr(plain, "registration", "")
+        )
+
+    def judge(self, key: str, value: bytes | None, justification: bytes | None) -> bool:
+        """Whether an honest member can have accepted ``value`` for vetted record ``key`` with
+        ``justification``: what a proposer asks before it takes a reported value as current
+        (a faulty member's report is passed over). Only definite defects say no: a proof of
+        another configuration may be genuine."""
+        held = Vetting(
+            index=0,
+            value=value,
+            justification=justification,
+            accepted=0,
+            accepted_by="",
+            held=None,
+            vetted=False,
+        )
+        try:
+            self.check(key, Ballot(1 << 62, ""), held)
+        except ProofOfAnotherConfiguration:
+            return True
+        except HsmfleetError:
+            return False
+        return True
+
+    def _fresh(self, request_id: str, clock_ms: int | None) -> int:
+        """The time inside ``request_id``; with this HSM's clock given (a request taken now),
+        refuses one made more than :data:`records.REQUEST_WINDOW_MS` away from it."""
+        try:
+            at = id_time_ms(request_id)
+        except HsmfleetError:
+            raise UnreadableRequest("the request id is not a time-ordered id") from None
+        if clock_ms is not None and abs(clock_ms - at) > records.REQUEST_WINDOW_MS:
+            raise UnreadableRequest("the request is too old or from the future", id=request_id)
+        return at
+
+    def _authorized(self, plain: Plaintext, ops: tuple[str, ...], request: str, now: int) -> None:
+        policy = self.policy
+        plain.authorization.check(  # type: ignore[union-attr]
+            policy.authority_alg,
+            policy.authority_key,
+            fleet=self.fleet,
+            user=plain.user,
+            ops=ops,
+            request=request,
+            now_ms=now,
+        )
+
+    def answer(self, op: str, request: VaultRequest, outcome: Outcome) -> bytes:
+        """``outcome`` sealed for the client of ``request`` (under the key inside it)."""
+        plain = self.open(op, request)
+        if outcome.secret is not None or outcome.login is not None:
+            raise VaultError("the host may not put secrets or login states in an answer")
+        return seal_answer(plain.answer_key, plain.id, outcome)
+
+    # -- registration ----------------------------------------------------------------------
+
+    def register_start(self, request: VaultRequest) -> bytes:
+        """OPAQUE's registration response for a new registration, sealed for the client."""
+        now = self.clock_ms()
+        plain = self.open(REGISTER_START, request)
+        assert isinstance(plain, RegisterStart)
+        self._fresh(plain.id, now)
+        self._authorized(plain, (REGISTER_KIND, REPLACE), plain.id, now)
+        if len(plain.registration_request) != REGISTRATION_REQUEST_BYTES:
+            raise MalformedOpaque("a registration request is 32 bytes")
+        ident = credential_identifier(self.fleet, plain.user, plain.id)
+        try:
+            response = opaque.server_registration_start(
+                self._setup(self.current.server), plain.registration_request, ident
+            ).get_message()
+        except ValueError:
+            raise MalformedOpaque("the registration request does not decode") from None
+        return seal_answer(plain.answer_key, plain.id, Outcome(status=OK, response=response))
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def propose(
+        self, change: str, key: str, pred: bytes | None, request: VaultRequest, evaluator: str = ""
+    ) -> tuple[bytes, bytes]:
+        """A change of record ``key`` from its committed value ``pred``: the new value and the
+        witness the acceptors recompute it from. Raises the :class:`VaultError` that refuses
+        the change (the client's answer)."""
+        witness = Witness(change=change, request=request, evaluator=evaluator)
+        expected = self._apply(key, records.decode(pred), witness, self.clock_ms())
+        new = expected.record
+        if expected.contents is None:
+            new = records.replace_record(new, sealed=None)
+        elif expected.reseal:
+            new = self._sealed_record(new, expected.contents)
+        return records.encode(new), witness.encode()
+
+    def check(self, key: str, ballot: Ballot, own: Vetting) -> None:
+        """Raise :class:`TransitionRefused` (or the refusal behind it) unless this member may
+        accept ``own.value`` for record ``key`` under ``ballot``, holding what ``own`` says."""
+        value = own.value
+        if own.vetted and own.held == value:
+            return  # this applet checked that very value when it first accepted it
+        try:
+            just = Justification.decode(own.justification)
+        except SchemaViolation as exc:
+            raise TransitionRefused(f"the justification does not decode: {exc}") from None
+        before = Ballot(just.ballot, just.by)
+        if just.votes:
+            proof = CommitProof(self.fleet, key, before, value_digest(just.pred), just.votes)
+            verify_proof(proof, self.membership, just.pred)
+        elif just.pred is not None or before != NO_BALLOT:
+            raise TransitionRefused("the predecessor carries no commit proof")
+        if not before < ballot:
+            raise TransitionRefused("the predecessor is not older than the proposal")
+        mine = Ballot(own.accepted, own.accepted_by)
+        if not (mine <= before or (own.vetted and own.held == just.pred)):
+            raise TransitionRefused("this member accepted a later value than the predecessor")
+        if just.witness is None:
+            if value != just.pred:
+                raise TransitionRefused("an unchanged record must be its predecessor")
+            return
+        try:
+            witness = Witness.from_json(loads_strict(just.witness))
+        except (ValueError, SchemaViolation) as exc:
+            raise TransitionRefused(f"the witness does not decode: {exc}") from None
+        expected = self._apply(key, records.decode(just.pred), witness, None)
+        self._same(expected, records.decode(value))
+
+    def _same(self, expected: _Expected, proposed: UserRecord | None) -> None:
+        if proposed is None:
+            raise TransitionRefused("a change cannot empty a record")
+        fields = ("sealed", "storage")
+        if any(
+            getattr(proposed, f) != getattr(expected.record, f)
+            for f in records.FIELDS
+            if f not in fields
+        ):
+            raise TransitionRefused("the proposed record is not the recomputed successor")
+        if expected.contents is None:
+            if proposed.sealed is not None:
+                raise TransitionRefused("a destroyed record keeps no sealed part")
+            return
+        if not expected.reseal and proposed.storage == expected.record.storage:
+            if proposed.sealed != expected.record.sealed:
+                raise TransitionRefused("the sealed part changed without a reason")
+            return
+        if proposed.storage != self.current.storage_id or proposed.sealed is None:
+            raise TransitionRefused("a record is sealed anew under the current storage key")
+        if self.contents(proposed) != expected.contents:
+            raise TransitionRefused("the sealed part does not hold what the request registers")
+
+    def _apply(
+        self, key: str, pred: UserRecord | None, witness: Witness, clock: int | None
+    ) -> _Expected:
+        """The successor of ``pred`` that ``witness`` makes; raises the refusal.
+
+        Whether a change is valid depends on the predecessor and the request alone, never on
+        the checking member's clock (so a value valid once stays valid, and a value written
+        back later is checked like the first time): authorizations and login states are judged
+        at the time inside the request's id, and replays by the record (registrations only go
+        forward, started logins are listed, older starts are refused). ``clock`` is given only
+        when this HSM takes a request now (:meth:`propose`): then the request must be fresh."""
+        op = CHANGES.get(witness.change)
+        if op is None:
+            raise TransitionRefused("unknown change", change=witness.change)
+        plain = self.open(op, witness.request)
+        if records.record_key(plain.user) != key:
+            raise TransitionRefused("the request is for another user's record")
+        if pred is not None and pred.user != plain.user:
+            raise TransitionRefused("the predecessor is another user's record")
+        at = self._fresh(plain.id, clock)
+        when = at if clock is None else clock  # taken now, it must hold now as well
+        if witness.change == REGISTERED:
+            return self._registered(pred, plain, when, clock)  # type: ignore[arg-type]
+        if witness.change == SUCCEEDED:
+            return self._succeeded(pred, plain, when)  # type: ignore[arg-type]
+        self._authorized(plain, (RECOVER,), plain.id, when)
+        live = _live(pred)
+        if witness.change == DESTROYED:
+            return self._destroyed(live, plain)  # type: ignore[arg-type]
+        return self._attempted(live, plain, witness.evaluator)  # type: ignore[arg-type]
+
+    def _registered(
+        self, pred: UserRecord | None, plain: Register, at: int, clock: int | None
+    ) -> _Expected:
+        self._authorized(plain, (REGISTER_KIND, REPLACE), plain.registration, at)
+        self._fresh(plain.registration, clock)
+        if pred is not None and plain.registration <= pred.registration:
+            raise StaleRegistration("an equal or newer registration is in force", user=plain.user)
+        if len(plain.upload) != REGISTRATION_UPLOAD_BYTES:
+            raise MalformedOpaque("a registration upload is 192 bytes")
+        if not 0 < len(plain.secret) <= MAX_SECRET_BYTES:
+            raise UnreadableRequest("a stored secret is 1 to 4096 bytes")
+        try:
+            password_file = opaque.server_registration_finish(plain.upload).get_password_file()
+        except ValueError:
+            raise MalformedOpaque("the registration upload does not decode") from None
+        keys = self.current
+        new = UserRecord(
+            user=plain.user,
+            generation=1,
+            registration=plain.registration,
+            sealed=None,
+            storage=keys.storage_id,
+            server=keys.server_id,
+        )
+        if pred is not None:
+            new = records.replace_record(
+                pred,
+                generation=pred.generation + 1,
+                registration=plain.registration,
+                storage=keys.storage_id,
+                server=keys.server_id,
+            )
+            if plain.proof is not None and not pred.destroyed:
+                state = self._proven(pred, plain.proof, at)
+                new = records.replace_record(new, cleared=state.attempt)
+            elif plain.authorization.op == REPLACE:
+                at = id_time_ms(plain.registration)
+                if pred.replaced and at - pred.replaced_at < self.policy.replace_interval_s * 1000:
+                    raise ReplacementTooSoon(
+                        "the record was replaced without its PIN too recently", user=plain.user
+                    )
+                new = records.replace_record(
+                    new, cleared=pred.attempts, replaced=pred.replaced + 1, replaced_at=at
+                )
+            else:
+                raise RegistrationExists(
+                    "the user has a registration: prove its PIN or replace it", user=plain.user
+                )
+        return _Expected(new, Registered(password_file, plain.secret), reseal=True)
+
+    def _attempted(self, pred: UserRecord, plain: RecoverStart, evaluator: str) -> _Expected:
+        if pred.started(plain.id) is not None:
+            raise ReplayedRequest("this login was started already", user=pred.user)
+        newest = max((id_time_ms(a.id) for a in pred.recent), default=0)
+        if id_time_ms(plain.id) < newest - records.RECENT_MS:
+            raise ReplayedRequest("this login is older than the record remembers", user=pred.user)
+        if pred.failures >= self.policy.limit:
+            raise BudgetExhausted("the user's guesses are used up", user=pred.user)
+        if evaluator not in self.membership.voters:
+            raise TransitionRefused("the evaluator is not a member", evaluator=evaluator)
+        if len(plain.credential_request) != KE1_BYTES:
+            raise MalformedOpaque("a first login message is 96 bytes")
+        attempt = Attempt(
+            plain.id,
+            pred.attempts + 1,
+            evaluator,
+            records.message_digest(plain.credential_request),
+        )
+        return self._kept(records.with_attempt(pred, attempt), pred)
+
+    def _destroyed(self, pred: UserRecord, plain: RecoverStart) -> _Expected:
+        if pred.failures < self.policy.limit:
+            raise TransitionRefused("a record is destroyed only past its limit", user=pred.user)
+        last = max((id_time_ms(a.id) for a in pred.recent), default=0)
+        if id_time_ms(plain.id) < last + self.policy.login_ttl_s * 1000:
+            raise BudgetExhausted("the user's guesses are used up", user=pred.user)
+        return _Expected(records.replace_record(pred, sealed=None), None, reseal=False)
+
+    def _succeeded(self, pred: UserRecord | None, plain: RecoverFinish, at: int) -> _Expected:
+        live = _live(pred)
+        state = self._proven(live, PinProof(plain.login, plain.finalization), at)
+        return self._kept(records.replace_record(live, cleared=state.attempt), live)
+
+    def _kept(self, new: UserRecord, pred: UserRecord) -> _Expected:
+        """``new`` keeping ``pred``'s sealed part, sealed anew if a later storage key is in
+        force."""
+        return _Expected(new, self.contents(pred), reseal=pred.storage != self.current.storage_id)
+
+    def _login(self, record: UserRecord, proof: PinProof, now: int) -> tuple[LoginState, bytes]:
+        """The login state ``proof`` finishes, once its final message verifies against the
+        login's OPAQUE server state: the proof of the PIN. Returns the state and the session
+        key; raises :class:`LoginRefused`, :class:`LoginExpired` or :class:`ReplayedRequest`
+        (a login already counted as a success)."""
+        if len(proof.finalization) != KE3_BYTES:
+            raise MalformedOpaque("a final login message is 64 bytes")
+        try:
+            plain = self._unseal(proof.login, records.login_aad(self.fleet), "login state")
+            state = LoginState.from_json(loads_strict(plain))
+        except (HsmError, HsmfleetError, ValueError) as exc:
+            raise LoginRefused(f"the login state is not one this fleet sealed: {exc}") from None
+        same = (state.fleet, state.user, state.generation, state.registration)
+        if same != (self.fleet, record.user, record.generation, record.registration):
+            raise LoginRefused("the login is of another registration", user=record.user)
+        if state.attempt > record.attempts:
+            raise LoginRefused("the login's attempt was never counted", user=record.user)
+        if now > state.expires_ms:
+            raise LoginExpired("the login is too old to finish", user=record.user)
+        try:
+            finished = opaque.server_login_finish(state.server_state, proof.finalization)
+        except ValueError:
+            raise LoginRefused("the final login message does not verify") from None
+        return state, finished.get_session_key()
+
+    def _proven(self, record: UserRecord, proof: PinProof, now: int) -> LoginState:
+        """The login ``proof`` finishes, which must not be counted as a success yet."""
+        state, _ = self._login(record, proof, now)
+        if state.attempt <= record.cleared:
+            raise ReplayedRequest("this login was counted as a success already", user=record.user)
+        return state
+
+    # -- answering logins ------------------------------------------------------------------
+
+    def _committed(
+        self, key: str, value: bytes, ballot: Ballot, votes: tuple[bytes, ...]
+    ) -> UserRecord:
+        verify_proof(
+            CommitProof(self.fleet, key, ballot, value_digest(value), votes), self.membership, value
+        )
+        record = records.decode(value)
+        if record is None or records.record_key(record.user) != key:
+            raise TransitionRefused("the committed value is not this record")
+        return record
+
+    def evaluate(
+        self, request: VaultRequest, value: bytes, ballot: Ballot, votes: tuple[bytes, ...]
+    ) -> bytes:
+        """Answer a committed login attempt: the server's OPAQUE response and the sealed login
+        state, for the client of ``request``, once ``value`` (proven committed by ``votes``)
+        counts the attempt and names this member to answer it. Journalled before it is made:
+        an attempt is answered once."""
+        plain = self.open(RECOVER_START, request)
+        assert isinstance(plain, RecoverStart)
+        record = self._committed(records.record_key(plain.user), value, ballot, votes)
+        attempt = record.started(plain.id)
+        if attempt is None or attempt.evaluator != self.member:
+            raise TransitionRefused("the committed record names no such attempt for this member")
+        if attempt.message != records.message_digest(plain.credential_request):
+            raise TransitionRefused("the attempt was counted for another login message")
+        if attempt.number <= record.cleared:
+            raise ReplayedRequest("a later login succeeded; this attempt is moot")
+        live = _live(record)
+        setup = self._setup(self._by_id("server_id", live.server, "registration").server)
+        contents = self.contents(live)
+        self.journal.claim(self.fleet, live.user, attempt.number, live.cleared)
+        ident = credential_identifier(self.fleet, live.user, live.registration)
+        try:
+            started = opaque.server_login_start(
+                setup, contents.password_file, plain.credential_request, ident
+            )
+        except ValueError:
+            raise MalformedOpaque("the first login message does not decode") from None
+        state = LoginState(
+            fleet=self.fleet,
+            user=live.user,
+            generation=live.generation,
+            registration=live.registration,
+            attempt=attempt.number,
+            request=plain.id,
+            expires_ms=self.clock_ms() + self.policy.login_ttl_s * 1000,
+            server_state=started.get_state(),
+        )
+        login = self._seal(canonical(state.to_json()), records.login_aad(self.fleet))
+        outcome = Outcome(
+            status=OK,
+            response=started.get_message(),
+            login=login,
+            attempt=attempt.number,
+            remaining=max(0, self.policy.limit - live.failures),
+            generation=live.generation,
+            replaced=live.replaced,
+            legacy=live.server != self.current.server_id,
+        )
+        return seal_answer(plain.answer_key, plain.id, outcome)
+
+    def release(
+        self, request: VaultRequest, value: bytes, ballot: Ballot, votes: tuple[bytes, ...]
+    ) -> bytes:
+        """The stored secret for the client of a finished login, encrypted under its OPAQUE
+        session key, once ``value`` (proven committed) counts that login as the PIN proven."""
+        plain = self.open(RECOVER_FINISH, request)
+        assert isinstance(plain, RecoverFinish)
+        record = _live(self._committed(records.record_key(plain.user), value, ballot, votes))
+        state, session_key = self._login(
+            record, PinProof(plain.login, plain.finalization), self.clock_ms()
+        )
+        if record.cleared < state.attempt:
+            raise TransitionRefused("the login's success is not committed")
+        secret = seal_release(
+            session_key, self.fleet, record.user, plain.id, self.contents(record).secret
+        )
+        outcome = Outcome(status=OK, secret=secret, generation=record.generation)
+        return seal_answer(plain.answer_key, plain.id, outcome)
+
+    # -- votes -----------------------------------------------------------------------------
+
+    def vote(
+        self, envelope: Envelope, checks: tuple[Vetting, ...]
+    ) -> Signature | tuple[VettingRefusal, ...]:
+        """Sign ``envelope``, this member's acceptance, if every vault record it grants passes
+        :meth:`check`; otherwise the records to refuse instead (nothing signed)."""
+        try:
+            vote = Accepted.from_json(envelope.body)
+        except SchemaViolation as exc:
+            raise TransitionRefused(f"not an acceptance: {exc}") from None
+        if envelope.type != Accepted.TYPE or vote.fleet != self.fleet:
+            raise TransitionRefused("not an acceptance of this fleet's records")
+        if vote.epoch != self.membership.epoch or envelope.source != self.member:
+            raise TransitionRefused("an acceptance of another configuration or member")
+        by_index = {c.index: c for c in checks}
+        refused_by_vote = vote.refused()
+        refusals = []
+        for i, key in enumerate(vote.keys):
+            if i in refused_by_vote or not vetted(key):
+                continue
+            check = by_index.get(i)
+            try:
+                if check is None or value_digest(check.value) != vote.digests[i]:
+                    raise TransitionRefused("the granted value was not shown to the applet")
+                self.check(key, Ballot(vote.ballots[i], vote.proposer), check)
+            except HsmfleetError as exc:
+                refusals.append(VettingRefusal(index=i, kind=exc.kind, reason=str(exc)))
+        if refusals:
+            return tuple(refusals)
+        if self.vote_label is None:
+            raise VaultNotConfigured("this member is not in the fleet's configuration")
+        key = self.backend.public_key(self.vote_label)
+        value = self.backend.sign(self.vote_label, envelope.signing_bytes())
+        return Signature(kid=key.kid, alg=key.alg, value=value)
+
+
+class VaultApplet:
+    """The vault applet of one HSM device: every fleet it serves, and its evaluation journal."""
+
+    def __init__(
+        self,
+        backend: Hsm,
+        journal: EvaluationJournal,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.journal = journal
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._fleets: dict[str, FleetVault] = {}
+        self._lock = threading.Lock()
+
+    def configure(self, setup: FleetSetup) -> FleetVault:
+        """Serve the vault of ``setup.fleet`` as the host describes it (the same object again,
+        updated, for a fleet served already)."""
+        with self._lock:
+            vault = self._fleets.get(setup.fleet)
+            if vault is None:
+                vault = FleetVault(self.backend, setup, self.journal, self.clock_ms)
+                self._fleets[setup.fleet] = vault
+            else:
+                vault.update(setup)
+        return vault
+
+    def forget(self, fleet: str) -> None:
+        """Serve no vault of ``fleet`` any more (it was left or retired)."""
+        with self._lock:
+            self._fleets.pop(fleet, None)
+
+    def fleet(self, fleet: str) -> FleetVault:
+        vault = self._fleets.get(fleet)
+        if vault is None:
+            raise VaultNotConfigured("this HSM serves no vault of this fleet", fleet=fleet)
+        return vault
+
+
+_ROLES = (KEM_ROLE, STORAGE_ROLE, OPAQUE_ROLE)
+
+
+def _live(record: UserRecord | None) -> UserRecord:
+    if record is None or record.generation == 0:
+        raise NoRecord("the user has no registration")
+    if record.destroyed:
+        raise BudgetExhausted("the user's guesses are used up", user=record.user)
+    return record
