@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 from messages.documents import Digested, is_name, is_role, require, time_ms
 from messages.errors import HsmfleetError
@@ -107,11 +107,7 @@ class FleetKeyArtifact(Digested):
     vault: VaultPolicy | None = None
     format: str = field(default=FORMAT, kw_only=True)
 
-    def to_json(self) -> dict[str, Any]:
-        out = super().to_json()
-        if self.vault is None:
-            del out["vault"]  # an artifact without a vault reads as artifacts did before vaults
-        return out
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"vault"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

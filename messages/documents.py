@@ -123,11 +123,21 @@ class Document(Body):
     """Base of the logged and signed documents; subclasses are frozen dataclasses.
 
     Subclasses set :attr:`FORMAT` and declare a ``format`` field defaulting to it, so code
-    builds documents without naming it; decoding still requires it, like every declared field.
-    Nested parts are plain :class:`~messages.schema.Body` dataclasses with no defaults.
+    builds documents without naming it; decoding still requires it, like every declared field
+    but the :attr:`OPTIONAL` ones, which are left out when they hold ``None`` (a document
+    without one reads as documents did before it existed). Nested parts are plain
+    :class:`~messages.schema.Body` dataclasses with no defaults.
     """
 
     FORMAT: ClassVar[str] = ""
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        for name in self.OPTIONAL:
+            if out.get(name) is None:
+                out.pop(name, None)
+        return out
 
     def __post_init__(self) -> None:
         require(getattr(self, "format", None) == self.FORMAT, "wrong format tag", want=self.FORMAT)
@@ -152,7 +162,7 @@ class Document(Body):
         # However it arrived (a file, a NATS body): a document larger than any reader accepts
         # would be logged, then refused by every audit and by the cosigner's own restart.
         require(len(data) <= MAX_DOCUMENT_BYTES, f"{path} is too large", size=len(data))
-        missing = [name for name in _declared(cls) if name not in raw]
+        missing = [name for name in _declared(cls) if name not in raw and name not in cls.OPTIONAL]
         require(not missing, f"{path} lacks fields", missing=missing)
         try:
             document = super().from_json(raw, path)

@@ -7,6 +7,7 @@ recording is reproducible.
 
 from __future__ import annotations
 
+from messages.envelope import Envelope
 from messages.events import Decision, LogEntry, TakeLease
 from messages.schema import Body
 from messages.signing import Ed25519Signer, TrustStore
@@ -56,11 +57,11 @@ class Recorder:
         if not events:
             return
         sealed = seal(command, written or events, ctx, self.head, self.signer)
-        for item, entry in zip(sealed, [None, *events], strict=True):
+        decision = Decision.from_json(Envelope.decode(sealed[0].data).body)
+        for item, entry in zip(sealed, [decision, *events], strict=True):
             self.entries.append(item.data)
             self.head = entry_digest(item.data)
-            if entry is not None:
-                self.state = evolve(self.state, entry)
+            self.state = evolve(self.state, entry)
 
     @classmethod
     def resume(cls, entries: list[bytes], signer: Ed25519Signer, holder: str) -> Recorder:

@@ -340,9 +340,9 @@ def test_a_local_device_runs_the_same_handlers_with_the_same_refusals(soft):
     with pytest.raises(ReservedDomain):
         hsm.sign("identity", VOTE)
     with pytest.raises(UnknownOperation):
-        hsm._device.call("ecdh", Empty())
+        hsm.device.call("ecdh", Empty())
     with pytest.raises(BadArguments):
-        hsm._device.call(SIGN.name, Empty())
+        hsm.device.call(SIGN.name, Empty())
     with pytest.raises(TypeError):
         LocalDevice({"ecdh": lambda _: Empty()})
 
@@ -419,9 +419,9 @@ def test_a_stale_socket_left_by_a_dead_device_is_replaced(soft):
 def test_a_request_body_of_the_wrong_type_is_refused_before_it_is_sent(device):
     server, hsm = device
     with pytest.raises(BadArguments):
-        hsm._device.call(SIGN.name, Empty())
+        hsm.device.call(SIGN.name, Empty())
     with pytest.raises(UnknownOperation):
-        hsm._device.call("no-such-op", Empty())
+        hsm.device.call("no-such-op", Empty())
     assert server.refused == {}
     with pytest.raises(KeyNotFound):
-        hsm._device.call(SIGN.name, ToSign("k", b"x"))
+        hsm.device.call(SIGN.name, ToSign("k", b"x"))

@@ -114,6 +114,7 @@ def test_a_vote_under_a_small_order_member_key_does_not_count() -> None:
         accepteds=(0,),
         accepted_bys=("",),
         values=(None,),
+        justifications=(None,),
         refusals=(),
     )
     forged = Outbox("m3", SmallOrderSigner()).envelope(promise, causation=request.id)
