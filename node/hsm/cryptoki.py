@@ -1,9 +1,9 @@
 """The PKCS#11 backend (python-pkcs11): the interface real HSMs offer, tested on SoftHSM2.
 
-Access to a token is serialized by one lock per token in this process, since tokens such as
-SoftHSM2 break under parallel use. When a session is lost (the token closed it, the library was
-finalized or reloaded, the login dropped) the backend opens a new session, logs in again and
-retries the operation once.
+Access to the tokens of a PKCS#11 library is serialized by one lock per library in this process,
+since SoftHSM2 breaks under parallel use, even of two of its tokens. When a session is lost (the
+token closed it, the library was finalized or reloaded, the login dropped) the backend opens a
+new session, logs in again and retries the operation once.
 
 What stays on the token, and what passes through the process that holds this backend (the
 device process, ``hsmfleet hsm serve``), on a generic token such as SoftHSM2:
@@ -109,15 +109,20 @@ _SECRET_SEAL = "hsmfleet:secret-seal"
 _SETUP_APPLICATION = "hsmfleet:" + OPAQUE_SETUP
 _WRAPPABLE = ":wrappable"
 
-_token_locks: dict[tuple[str, str], threading.RLock] = {}
-_token_locks_guard = threading.Lock()
+_library_locks: dict[str, threading.RLock] = {}
+_library_locks_guard = threading.Lock()
+_library_starts: dict[str, int] = {}
+"""How many times this process started each library over: every session and object handle
+opened before a restart is gone (and its numbers may name another token's objects after it)."""
 _logins: dict[tuple[str, str], bytes] = {}
 
 
 def token_lock(module: str, token_label: str) -> threading.RLock:
-    """The one lock serializing this process's access to a token."""
-    with _token_locks_guard:
-        return _token_locks.setdefault((module, token_label), threading.RLock())
+    """The one lock serializing this process's access to a token: the one of its library, since
+    SoftHSM2 crashes when two threads work on two of its tokens at once."""
+    del token_label  # every token of a library shares its lock
+    with _library_locks_guard:
+        return _library_locks.setdefault(module, threading.RLock())
 
 
 class Pkcs11Hsm(Hsm):
@@ -141,6 +146,7 @@ class Pkcs11Hsm(Hsm):
         self._pin = pin
         self._lock = token_lock(module, token_label)
         self._session: Any = None
+        self._started = 0
         self._lib: Any = None
         self._mechanisms: frozenset[Mechanism] = frozenset()
         self._objects: dict[str, Any] = {}
@@ -333,6 +339,7 @@ class Pkcs11Hsm(Hsm):
         except p11.NoSuchToken:
             # A token made by another process stays invisible until the library starts over.
             lib.reinitialize()
+            _library_starts[self.module] = _library_starts.get(self.module, 0) + 1
             try:
                 token = lib.get_token(token_label=self.token_label)
             except p11.NoSuchToken:
@@ -349,6 +356,7 @@ class Pkcs11Hsm(Hsm):
             raise HsmLoginFailed(f"token refused the PIN: {type(exc).__name__}") from None
         _logins[(self.module, self.token_label)] = pin_digest
         self._session = session
+        self._started = _library_starts.get(self.module, 0)
         self._mechanisms = frozenset(token.slot.get_mechanisms())
 
     def _drop(self) -> None:
@@ -362,6 +370,8 @@ class Pkcs11Hsm(Hsm):
     def _run(self, op: Callable[[Any], T]) -> T:
         """Run ``op`` on the session, logging in again once if the session was lost."""
         with self._lock:
+            if self._started != _library_starts.get(self.module, 0):
+                self._drop()  # another handle started the library over: this session is gone
             for attempt in range(2):
                 try:
                     if self._session is None:
