@@ -48,7 +48,8 @@ PREPARE = "prepare"
 ACCEPT = "accept"
 SNAPSHOT = "snapshot"
 CONFIG = "config"
-PHASES = (PREPARE, ACCEPT, SNAPSHOT, CONFIG)
+COMMITTED = "committed"
+PHASES = (PREPARE, ACCEPT, COMMITTED, SNAPSHOT, CONFIG)
 
 MEMBER_ROLE = "member"
 OPERATOR_ROLE = "operator"
@@ -336,6 +337,34 @@ class Accepted(_Vote):
 
 @message
 @dataclass(frozen=True)
+class Committed(Body):
+    """Phase 3, a proposer's notice to every member that vetted records committed: record
+    ``keys[i]`` took ``values[i]`` under ballot ``(ballots[i], proposer)``, and ``votes`` (the
+    quorum's signed :class:`Accepted` votes of that round) prove it. A member keeps the proof
+    as the value's justification (a :class:`Justification` whose ``pred`` is the value itself,
+    with no witness): the value then stays provable once the key epoch its change was checked
+    with is destroyed. A member the accept did not reach takes the value too, as a late accept
+    (under the accept rule), so it no longer accepts a successor of an older value. Unanswered;
+    a lost notice only means the value is proven again by writing it back."""
+
+    TYPE = "quorum.committed"
+    fleet: str
+    epoch: int
+    proposer: str
+    keys: tuple[str, ...]
+    ballots: tuple[int, ...]
+    values: tuple[bytes, ...]
+    votes: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if len({len(self.keys), len(self.ballots), len(self.values)}) != 1:
+            raise SchemaViolation("a commit notice gives each record a ballot and a value")
+        if len(set(self.keys)) != len(self.keys):
+            raise SchemaViolation("a commit notice names each record once")
+
+
+@message
+@dataclass(frozen=True)
 class SnapshotRequest(Body):
     """Catch-up: asks ``member`` for its accepted records with keys after ``after``, in order.
 
@@ -485,6 +514,14 @@ class ValueRefused(QuorumError):
     valid successor of a committed predecessor, and no higher ballot makes it one."""
 
     kind = "value_refused"
+
+
+class PredecessorSuperseded(QuorumError):
+    """An acceptor refused a vetted record's value because it accepted a later value than the
+    predecessor the value was computed from: the proposer's view is stale (another change
+    overtook it), and preparing again finds the later value."""
+
+    kind = "predecessor_superseded"
 
 
 class Contention(QuorumError):

@@ -65,7 +65,9 @@ SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
 ANSWER_KEY_BYTES = 32
 ANSWER_BYTES = 2048
 """Every answer's plaintext is padded to this length (spaces after the JSON)."""
-MAX_SECRET_BYTES = 4096
+MAX_SECRET_BYTES = 1024
+"""The largest stored secret (as the client sealed it): released, sealed once more and encoded,
+it still fits an answer of :data:`ANSWER_BYTES`."""
 DEFAULT_LIMIT = 10
 _NONCE_BYTES = 12
 
@@ -212,9 +214,9 @@ class Outcome(Body):
     gives back: OPAQUE's ``response`` (registration response or KE2), the sealed ``login``
     state, the ``attempt`` spent and the guesses ``remaining``, the record's ``generation`` and
     how many times it was ``replaced`` without its PIN, whether its registration was made with
-    a ``legacy`` key epoch's OPAQUE setup (register again after this login: that setup is
-    destroyed once the rotation's overlap ends), and the ``secret`` (encrypted under the OPAQUE
-    session key)."""
+    a ``legacy`` key epoch's OPAQUE setup, older than the epoch of the key the request was
+    sealed to (register again after this login: that setup is destroyed once the rotation's
+    overlap ends), and the ``secret`` (encrypted under the OPAQUE session key)."""
 
     status: str
     reason: str = ""
@@ -234,8 +236,9 @@ class VaultError(HsmfleetError):
     kind = "vault"
 
 
-class VaultPolicyError(VaultError):
-    """A vault policy value is out of range."""
+class VaultPolicyError(VaultError, SchemaViolation):
+    """A vault policy value is out of range (in a document, a schema violation like any other:
+    a bundle whose artifact carries one is malformed)."""
 
     kind = "vault_policy"
 
@@ -326,6 +329,12 @@ class VaultUnavailable(VaultError):
     kind = "vault_unavailable"
 
 
+class VaultBusy(VaultError):
+    """The member holds as many requests as it may; the client should try again later."""
+
+    kind = "vault_busy"
+
+
 class UnreadableRequest(VaultError):
     """The request does not open with the fleet's vault key, or its plaintext is malformed."""
 
@@ -361,6 +370,7 @@ ERRORS: dict[str, type[VaultError]] = {
         UnknownVaultKey,
         RecordKeyDestroyed,
         VaultUnavailable,
+        VaultBusy,
         UnreadableRequest,
         RegistrationsClosed,
     )

@@ -29,14 +29,16 @@ from nats.aio.client import Client as NATS
 
 from messages import subjects
 from messages.artifact import FleetKey
-from messages.bus import request
+from messages.bus import RequestRejected, request
 from messages.envelope import Envelope
+from messages.errors import HsmfleetError
 from messages.gate import Gate
 from messages.ids import IdSource, format_time, id_time_ms
 from messages.outbox import Outbox
 from messages.signing import TrustStore, key_id
 from messages.vault import (
     ANSWER_KEY_BYTES,
+    ERRORS,
     KEM_ROLE,
     MAX_SECRET_BYTES,
     OK,
@@ -64,9 +66,22 @@ from messages.vault import (
     outcome_error,
     seal_request,
 )
-from messages.vault_authorization import RECOVER, REPLACE, Authorization
+from messages.vault_authorization import (
+    RECOVER,
+    REPLACE,
+    Authorization,
+    AuthorizationExpired,
+    AuthorizationRefused,
+)
 from messages.vault_authorization import REGISTER as REGISTER_KIND
 from messages.verify import Accepted
+
+# What a member refuses before it opens a request comes back as a bus refusal of this kind.
+_REFUSALS: dict[str, type[HsmfleetError]] = {
+    **ERRORS,
+    AuthorizationRefused.kind: AuthorizationRefused,
+    AuthorizationExpired.kind: AuthorizationExpired,
+}
 
 Authorize = Callable[[str, str, str], Authorization | Awaitable[Authorization]]
 """``authorize(user, op, request_id)``: the account authority's authorization for one request."""
@@ -105,12 +120,17 @@ class VaultKeysInForce:
 class Recovered:
     """What a recovery gives back: the secret, the attempt it spent, and how many times the
     record was replaced without its PIN (a change since the last recovery is worth telling the
-    user about)."""
+    user about). ``moved``: the registration was of an older key epoch and was made again
+    under the bundle's (``generation`` is the new one); ``move_failed`` holds the kind of the
+    refusal when that failed (the secret is returned all the same; the next recovery tries
+    again)."""
 
     secret: bytes
     attempt: int
     replaced: int
     generation: int
+    moved: bool = False
+    move_failed: str = ""
 
 
 class VaultClient:
@@ -164,7 +184,7 @@ class VaultClient:
         """
         subjects.token(user, "user")
         if not 0 < len(secret) <= MAX_SECRET_BYTES - 64:
-            raise VaultError("a secret is 1 to 4032 bytes", length=len(secret))
+            raise VaultError(f"a secret is 1 to {MAX_SECRET_BYTES - 64} bytes", length=len(secret))
         proof = None
         if current_pin is not None:
             proof = (await self._login(user, current_pin))[0]
@@ -209,9 +229,10 @@ class VaultClient:
         """The secret ``user`` registered, if ``pin`` is the PIN: one attempt of the user's
         budget, spent before the fleet answers.
 
-        A registration made with a key epoch the fleet rotated away from is made again with the
-        current one after the recovery (one more login and registration), while the old epoch's
-        keys are still held. Raises :class:`messages.vault.WrongGuess` (with ``remaining``),
+        A registration made with another key epoch than the bundle's (the fleet rotated keys
+        since) is made again under the bundle's after the recovery (one more login and
+        registration), while the old epoch's keys are still held. Raises
+        :class:`messages.vault.WrongGuess` (with ``remaining``),
         :class:`messages.vault.NoRecord`, :class:`messages.vault.BudgetExhausted`, or
         :class:`messages.vault.VaultUnavailable`.
         """
@@ -232,15 +253,19 @@ class VaultClient:
             raise UnreadableAnswer("a finished login carries no secret", user=user)
         sealed = open_release(session_key, self.fleet, user, finish_id, outcome.secret)
         secret = _open_secret(export_key, self.fleet, user, sealed)
-        generation = outcome.generation or 0
-        if started.legacy:
-            generation = await self.register(user, pin, secret, current_pin=pin)
-        return Recovered(
+        recovered = Recovered(
             secret=secret,
             attempt=started.attempt or 0,
             replaced=started.replaced or 0,
-            generation=generation,
+            generation=outcome.generation or 0,
         )
+        if not started.legacy:
+            return recovered
+        try:
+            generation = await self.register(user, pin, secret, current_pin=pin)
+        except VaultError as exc:
+            return replace(recovered, move_failed=exc.kind)
+        return replace(recovered, generation=generation, moved=True)
 
     async def _login(self, user: str, pin: bytes) -> tuple[PinProof, bytes, bytes, Outcome]:
         """One guess: OPAQUE's login up to the client's final message. Returns the proof to
@@ -278,9 +303,15 @@ class VaultClient:
     async def _call(self, op: str, plain: Plaintext) -> Outcome:
         sealed = seal_request(self.kem_key, self.fleet, op, plain)
         env = self._envelope(plain.id, VaultRequest(key=self.kem_id, sealed=sealed))
-        received = await request(
-            self.nc, subjects.vault(self.fleet, op), env, self.gate, None, self.timeout
-        )
+        try:
+            received = await request(
+                self.nc, subjects.vault(self.fleet, op), env, self.gate, None, self.timeout
+            )
+        except RequestRejected as exc:  # refused before it was opened: the kind is the error
+            cls = _REFUSALS.get(str(exc.detail.get("kind")))
+            if cls is None:
+                raise
+            raise cls(exc.args[0], subject=exc.detail.get("subject")) from None
         if not isinstance(received.body, VaultAnswer):
             raise UnreadableAnswer("the answer is not a vault answer", type=received.envelope.type)
         outcome = open_answer(plain.answer_key, plain.id, received.body.sealed)

@@ -295,6 +295,8 @@ class FleetCommands:
         )
         await replica.start(self._nc)
         self.replicas[joined.fleet] = (joined, replica)
+        if vault is not None:
+            self._describe_vault(joined)  # with the configurations the replica kept
         if joined.draining:
             self.draining.add(joined.fleet)
         log.info("serving the fleet's replication group", fleet=joined.fleet)
@@ -312,12 +314,14 @@ class FleetCommands:
         recorded = self._read_vault_keys(joined.fleet)
         if self.applet is None or recorded is None:
             return None
+        running = self.replicas.get(joined.fleet)
         setup = FleetSetup(
             fleet=joined.fleet,
             member=self.node_id,
             config=joined.config,
             policy=recorded.policy,
             keys=recorded.keys,
+            earlier=() if running is None else running[1].earlier(),
         )
         try:
             return self.applet.configure(setup)

@@ -15,6 +15,11 @@ member's HSM, which first checks each such value against its justification (see
 ``node/vault/applet.py``); the records it refuses are refused in the vote (with the HSM's
 reason, counted by proposer) and their slots stay as they were. Without an HSM to vote
 (``vote``), vetted records are refused.
+
+A proposer announces the vetted records that committed (``.committed``, unanswered); a member
+keeps the quorum's votes as the committed value's justification, and takes a value it missed
+(see :class:`messages.quorum.Committed`); the proof is checked here against the configuration,
+and the slot saved with the next batch.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -38,11 +43,15 @@ from messages.outbox import Outbox
 from messages.quorum import (
     ACCEPT,
     ADDRESSED,
+    COMMITTED,
     MEMBER_ROLE,
     PREPARE,
     Accept,
     Accepted,
+    BadProof,
+    Committed,
     EpochBehind,
+    Justification,
     Prepare,
     Promise,
     Refusal,
@@ -57,6 +66,7 @@ from messages.replay import ReplayGuard
 from messages.schema import Body
 from node.quorum import metrics, rules
 from node.quorum.membership import Membership
+from node.quorum.proof import CommitProof, verify_proof
 from node.quorum.rules import Ballot, Slot
 from node.quorum.store import SlotStore
 
@@ -79,7 +89,7 @@ NO_APPLET = "no_applet"
 @dataclass(frozen=True)
 class _Request:
     received: Received
-    answer: Answer
+    answer: Answer | None  # None: a commit notice, unanswered
 
 
 class Acceptor:
@@ -134,6 +144,9 @@ class Acceptor:
         fleet = self.membership().fleet
         for phase in (PREPARE, ACCEPT):
             self._subs.append(await nc.subscribe(subjects.quorum(fleet, phase), cb=self._on_msg))
+        self._subs.append(
+            await nc.subscribe(subjects.quorum(fleet, COMMITTED), cb=self._on_committed)
+        )
         self._worker = asyncio.create_task(self._work(), name=f"acceptor-{self.member}")
 
     async def stop(self) -> None:
@@ -177,8 +190,21 @@ class Acceptor:
 
         self.submit(received, answer)
 
-    def submit(self, received: Received, answer: Answer) -> None:
-        """Queue a request; ``answer`` gets the signed vote (and its body) once it is on disk.
+    async def _on_committed(self, msg: Msg) -> None:
+        try:
+            received = self.gate().admit(msg.data, MEMBER_ROLE)
+        except MessageError as exc:
+            self._refuse(exc.kind)
+            return
+        body = received.body
+        if not isinstance(body, Committed) or body.proposer != received.envelope.source:
+            self._refuse("wrong_request")
+        elif body.proposer != self.member:  # the own proposer hands its notices in
+            self.submit(received, None)
+
+    def submit(self, received: Received, answer: Answer | None) -> None:
+        """Queue a request; ``answer`` gets the signed vote (and its body) once it is on disk
+        (a commit notice gets none).
 
         A request of an older configuration than this member's is refused: its proposer has
         missed a membership change, and its quorums may no longer meet the current ones.
@@ -210,8 +236,10 @@ class Acceptor:
                 log.exception("acceptor could not persist a batch; answering nothing")
                 continue
             self._batch_size.observe(records)
-            for request, (env, vote) in zip(batch, answers, strict=True):
-                await request.answer(env, vote, env.encode())
+            for request, answer in zip(batch, answers, strict=True):
+                if request.answer is not None and answer is not None:
+                    env, vote = answer
+                    await request.answer(env, vote, env.encode())
             self._maybe_checkpoint()
 
     def _maybe_checkpoint(self) -> None:
@@ -223,17 +251,20 @@ class Acceptor:
         self._checkpoint = asyncio.ensure_future(asyncio.to_thread(self.store.checkpoint))
         self._checkpoint.add_done_callback(_log_failure)
 
-    def _decide(self, batch: list[_Request]) -> list[tuple[Envelope, Body]]:
+    def _decide(self, batch: list[_Request]) -> list[tuple[Envelope, Body] | None]:
         """Apply the rules to every request in order, sign the votes and save the result (one
         fsync); the votes go out only after this returns."""
         keys = {k for r in batch for k in r.received.body.keys}
         slots = self.store.load(keys)
         changed: dict[str, Slot] = {}
-        answers: list[tuple[Envelope, Body]] = []
+        answers: list[tuple[Envelope, Body] | None] = []
         for request in batch:
             body = request.received.body
             envelope = request.received.envelope
-            if isinstance(body, Prepare):
+            if isinstance(body, Committed):
+                self._learn(body, slots, changed)
+                answers.append(None)
+            elif isinstance(body, Prepare):
                 vote = _promise(body, envelope.source, slots, changed)
                 answers.append((self.outbox.envelope(vote, causation=envelope.id), vote))
             else:
@@ -287,11 +318,41 @@ class Acceptor:
                     refusals[refused.index] = _refusal(refused.index, slots[key], refused.kind)
                     metrics.VALUES_REFUSED.labels(self.member, proposer, refused.kind).inc()
                     log.warning(
-                        "a proposed value refused", proposer=proposer, key=key, kind=refused.kind
+                        "a proposed value refused",
+                        proposer=proposer,
+                        key=key,
+                        kind=refused.kind,
+                        reason=refused.reason,
                     )
         for i, slot in granted.items():
             slots[body.keys[i]] = changed[body.keys[i]] = slot
         return env, vote
+
+    def _learn(self, body: Committed, slots: dict[str, Slot], changed: dict[str, Slot]) -> None:
+        """Keep the proof of each committed value as its justification; a value this member
+        missed is taken as a late accept would be (:func:`rules.adopt`)."""
+        membership = self.membership()
+        for key, n, value in zip(body.keys, body.ballots, body.values, strict=True):
+            slot = slots[key]
+            ballot = Ballot(n, body.proposer)
+            if not vetted(key) or slot.accepted > ballot:
+                continue  # overtaken already
+            proof = CommitProof(body.fleet, key, ballot, value_digest(value), body.votes)
+            try:
+                verify_proof(proof, membership, value)
+            except BadProof as exc:
+                self._refuse(exc.kind)
+                return
+            proven = Justification(pred=value, ballot=n, by=body.proposer, votes=body.votes)
+            if slot.accepted == ballot:
+                if slot.value != value:
+                    self._refuse("conflicting_commit")  # two values under one ballot
+                    continue
+                new: Slot | None = replace(slot, justification=proven.encode())
+            else:
+                new = rules.adopt(slot, ballot, value, proven.encode())
+            if new is not None:
+                slots[key] = changed[key] = new
 
     async def snapshot(self, received: Received) -> Snapshot:
         """A page of this member's accepted records, for a member catching up."""

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from pathlib import Path
 
+from messages.signing import Ed25519Signer
 from messages.vault import DEFAULT_LIMIT
 from node.quorum import member
 from node.quorum.localfleet import LocalFleet
+
+CLIENT_FILE = "client.json"
+"""What a vault client of a local fleet needs, written beside the members' directories."""
+AUTHORITY_FILE = "authority.key"
+"""The local fleet's account authority signing key (an Ed25519 seed, hex): whoever holds it
+authorizes vault requests, as the service that logs users in does in production."""
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -27,8 +36,38 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def local_fleet(args: argparse.Namespace) -> int:
-    fleet = LocalFleet.create(args.dir, args.fleet, args.size, [args.nats], limit=args.limit)
+    """Lay out the fleet, keep its account authority's key in ``<dir>/authority.key`` (so
+    requests can be authorized after this process is gone), write ``<dir>/client.json`` and
+    print the member commands and what a vault client needs: the vault keys it seals requests
+    to and checks the fleet's OPAQUE answers with, and the account authority."""
+    seed = os.urandom(32)
+    authority = Ed25519Signer.from_seed(seed)
+    fleet = LocalFleet.create(
+        args.dir, args.fleet, args.size, [args.nats], limit=args.limit, authority=authority
+    )
+    key_file = Path(args.dir) / AUTHORITY_FILE
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(seed.hex() + "\n")
+    keys = fleet.vault_keys
+    client = {
+        "fleet": fleet.fleet,
+        "kem": keys.kem.to_json(),
+        "server": keys.server.to_json(),
+        "authority": {
+            "alg": authority.alg,
+            "public_key": authority.public_key.hex(),
+            "key_file": str(key_file),
+        },
+    }
+    client_file = Path(args.dir) / CLIENT_FILE
+    client_file.write_text(json.dumps(client, indent=2) + "\n")
     for name in fleet.members:
         print(" ".join(fleet.command(name, new=True)))
-    print(f"session key: {fleet.session_public.hex()}")
+    print(f"fleet: {fleet.fleet}")
+    print(f"vault key ({keys.kem.role}, {keys.kem.alg}): {keys.kem.public_key.hex()}")
+    print(f"OPAQUE server key ({keys.server.role}, {keys.server.alg}): ", end="")
+    print(keys.server.public_key.hex())
+    print(f"account authority ({authority.alg}): {authority.public_key.hex()}, key in {key_file}")
+    print(f"client settings: {client_file}")
     return 0

@@ -86,17 +86,19 @@ class LocalFleet:
         limit: int = DEFAULT_LIMIT,
         replace_interval_s: int = 0,
         devices: bool = False,
+        authority: Ed25519Signer | None = None,
         **options: object,
     ) -> LocalFleet:
         """Make ``size`` members ``m1``..``mN`` with majority quorums under ``root``, and the
         fleet's vault keys in their HSMs (certified by a vendor CA of the fleet's own, which a
-        device process needs)."""
+        device process needs). ``authority``: the account authority's key (default: a new
+        one)."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         vendor = VendorCA.init(root / "vendor", datetime.now(UTC))
         names = [f"m{i}" for i in range(1, size + 1)]
         membership = Membership.majority(fleet, {m: provision(root / m, m, vendor) for m in names})
-        authority = Ed25519Signer.generate()
+        authority = authority or Ed25519Signer.generate()
         policy = VaultPolicy(
             limit=limit,
             authority_alg=ED25519,

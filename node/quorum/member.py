@@ -128,7 +128,9 @@ class Member:
             operator=operator,
             new=new,
             vetter=vault,
-            on_reconfigure=lambda config: self.applet.configure(self._setup(config)),
+            on_reconfigure=lambda config: self.applet.configure(
+                self._setup(config, self.replica.earlier())
+            ),
             max_batch=settings.max_batch,
             phase_timeout=settings.phase_timeout,
             deadline=settings.deadline,
@@ -136,7 +138,7 @@ class Member:
         self.vault = VaultService(settings.fleet, settings.member, self.replica.proposer, vault)
         self.nc: NATS | None = None
 
-    def _setup(self, config: Config) -> FleetSetup:
+    def _setup(self, config: Config, earlier: tuple[Config, ...] = ()) -> FleetSetup:
         settings = self.settings
         return FleetSetup(
             fleet=settings.fleet,
@@ -144,6 +146,7 @@ class Member:
             config=config,
             policy=settings.vault,
             keys=settings.keys,
+            earlier=earlier,
         )
 
     async def start(self) -> None:

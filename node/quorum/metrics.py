@@ -24,6 +24,12 @@ COMMITS = Counter(
     "Record changes committed by a quorum, by proposing member",
     ["member"],
 )
+WRITE_BACKS = Counter(
+    "hsmfleet_quorum_write_backs",
+    "Vetted values a proposer wrote back to prove them committed before changing them (no"
+    " proof at hand: a commit notice was lost, or the value never committed)",
+    ["member"],
+)
 FAILURES = Counter(
     "hsmfleet_quorum_failures",
     "Record changes that failed, by proposing member and error kind",

@@ -33,7 +33,10 @@ the current value with the proof that it committed and returns the new value and
 is made from, and the accept carries both as a :class:`messages.quorum.Justification`. A current
 value known only from promises (no proof at hand: another proposer wrote it last, or its commit
 was never confirmed) is first written back with the justification it was accepted with, which
-proves it committed; the change then follows on the held promise, one round trip later.
+proves it committed; the change then follows on the held promise, one round trip later. Once a
+vetted value commits, the proposer tells every member (:class:`messages.quorum.Committed`); a
+member then reports the value with the quorum's votes, and the next proposer to find it takes
+those as its proof, with no write-back.
 """
 
 from __future__ import annotations
@@ -59,9 +62,12 @@ from messages.outbox import Outbox
 from messages.quorum import (
     ACCEPT,
     ADDRESSED,
+    COMMITTED,
     PREPARE,
     Accept,
+    BadProof,
     BadVote,
+    Committed,
     Contention,
     Justification,
     OutcomeUnknown,
@@ -76,7 +82,7 @@ from messages.schema import Body
 from node.quorum import metrics
 from node.quorum.acceptor import Answer
 from node.quorum.membership import Membership
-from node.quorum.proof import CommitProof
+from node.quorum.proof import CommitProof, verify_proof
 from node.quorum.rules import NO_BALLOT, Ballot
 from node.quorum.votes import Tally
 
@@ -164,6 +170,7 @@ class Proposer:
         self.phases = 0
         self.thrifty = thrifty
         self.hedged = 0
+        self.written_back = 0  # vetted values proven by writing them back
         self._rtt: dict[str, float] = {}  # smoothed seconds from a request to a member's vote
         self._started: dict[str, float] = {}
         self.max_held = max_held
@@ -187,8 +194,9 @@ class Proposer:
         self._inbox = ""
         self._sub: Subscription | None = None
         self._pump_task: asyncio.Task[None] | None = None
-        self.local: Callable[[Received, Answer], None] | None = None
+        self.local: Callable[[Received, Answer | None], None] | None = None
         self._commits = metrics.COMMITS.labels(member)
+        self._write_backs = metrics.WRITE_BACKS.labels(member)
 
     async def start(self, nc: NATS) -> None:
         """Subscribe to this proposer's reply inbox and start taking changes."""
@@ -444,10 +452,14 @@ class Proposer:
                 key = batch[i].key
                 self._saw(key, promises.highest_seen(j))
                 if promises.granted(j):
-                    currents[i] = self._proven(key, _latest(promises, j, key, self.judge))
+                    latest = _latest(promises, j, key, self.judge)
+                    currents[i] = self._proven(key, _announced(key, latest, membership))
                 else:
                     self._retry(batch[i], promises, j, membership.prepare_quorum)
         ready = [_propose(i, batch[i], currents[i]) for i in sorted(currents)]
+        if written_back := sum(p.proving for p in ready):
+            self.written_back += written_back
+            self._write_backs.inc(written_back)
         if ready:
             await self._accept(batch, ballots, currents, ready, membership, gate)
 
@@ -480,6 +492,7 @@ class Proposer:
         accepted = await self._phase(accept, membership, gate)
         now = asyncio.get_running_loop().time()
         proofs: dict[frozenset[str], tuple[bool, tuple[bytes, ...]]] = {}  # by granting members
+        learned: dict[frozenset[str], list[tuple[str, int, bytes]]] = {}  # vetted, likewise
         unanimous = not accepted.refused_any()  # the common case: no per-record differences
         everyone = frozenset(accepted.votes)
         for j, proposal in enumerate(ready):
@@ -506,6 +519,8 @@ class Proposer:
                     self._hold(
                         item.key, accept.next_ballots[j], value, proof, membership.epoch, now
                     )
+                if vetted(item.key) and value is not None:
+                    learned.setdefault(granters, []).append((item.key, ballots[i], value))
                 if proposal.proving and not item.reading:
                     self._pending.append(item)  # the change itself, on the promise just held
                     self._wake.set()
@@ -534,6 +549,33 @@ class Proposer:
                         quorum=membership.accept_quorum,
                     ),
                 )
+        for granters, committed in learned.items():
+            await self._announce(membership, committed, proofs[granters][1])
+
+    async def _announce(
+        self,
+        membership: Membership,
+        committed: list[tuple[str, int, bytes]],
+        votes: tuple[bytes, ...],
+    ) -> None:
+        """Tell every member that the vetted records ``committed`` (key, ballot, value)
+        committed, with the votes that prove it."""
+        keys, ballots, values = zip(*committed, strict=True)
+        notice = Committed(
+            fleet=membership.fleet,
+            epoch=membership.epoch,
+            proposer=self.member,
+            keys=keys,
+            ballots=ballots,
+            values=values,
+            votes=votes,
+        )
+        env = self.outbox.envelope(notice)
+        await self._nc.publish(
+            subjects.quorum(membership.fleet, COMMITTED), env.encode(), headers=headers_for(env)
+        )
+        if self.local is not None:  # the own acceptor hears nothing this member publishes
+            self.local(Received(env, notice, None), None)
 
     def _held_value(
         self, key: str, membership: Membership
@@ -640,6 +682,27 @@ def _propose(index: int, item: _Pending, current: _Current) -> _Proposal:
         witness=witness,
     )
     return _Proposal(index, value, justification.encode(), refusal)
+
+
+def _announced(key: str, current: _Current, membership: Membership) -> _Current:
+    """``current`` with the proof of its commit, when the member that reported it kept the
+    proof from a commit notice (its justification: the value itself, with the quorum's votes,
+    under the ballot it was accepted with) and the proof holds here."""
+    if not vetted(key) or current.justification is None or current.accepted == NO_BALLOT:
+        return current
+    just = Justification.decode(current.justification)
+    if just.witness is not None or Ballot(just.ballot, just.by) != current.accepted:
+        return current
+    if just.pred != current.value:
+        return current
+    proof = CommitProof(
+        membership.fleet, key, current.accepted, value_digest(current.value), just.votes
+    )
+    try:
+        verify_proof(proof, membership, current.value)
+    except BadProof:
+        return current  # of another configuration, or not a proof: written back as usual
+    return replace(current, proof=proof)
 
 
 async def _settled(decided: asyncio.Event, timeout: float) -> bool:

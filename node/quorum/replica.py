@@ -58,7 +58,11 @@ class Vetter(Protocol):
 
 STORE_FILE = "quorum.sqlite3"
 _CONFIG = "config"
+_EARLIER = "earlier-configs"
 _READY = "ready"
+# Configurations kept after they are replaced, newest last: a vetted value's justification may
+# carry a proof made under one (see node/vault/applet.py).
+MAX_EARLIER = 64
 
 
 class StateLost(QuorumError):
@@ -101,7 +105,9 @@ class Replica:
         self.acceptor: Acceptor | None = None
         self.vetter = vetter
         self.on_reconfigure = on_reconfigure
-        """Told each configuration this member applies (its HSM applet must know the members)."""
+        """Told the configuration in force when the member starts and each one it applies (its
+        HSM applet must know the members; :meth:`earlier` has the ones before)."""
+        self._earlier: tuple[Config, ...] = ()
         judge = None if vetter is None else vetter.judge
         self.proposer = Proposer(member, self.outbox, self.current, judge=judge, **proposer_options)
         self._nc: NATS | None = None
@@ -134,7 +140,12 @@ class Replica:
             kept = Membership.from_config(Config.from_json(loads_strict(stored)))
             if kept.epoch >= self._membership.epoch:
                 self._membership = kept
+        earlier = self.store.get_meta(_EARLIER)
+        if earlier is not None:
+            self._earlier = tuple(Config.from_json(c) for c in loads_strict(earlier))
         self._persist_config()
+        if self.on_reconfigure is not None:
+            self.on_reconfigure(self._membership.to_config())
         complete = self.store.get_meta(_READY)
         vote = None if self.vetter is None else self.vetter.vote
         self.acceptor = Acceptor(self.member, self.store, self.outbox, self.current, vote=vote)
@@ -187,7 +198,13 @@ class Replica:
             store.add(self.operator)
         return store
 
+    def earlier(self) -> tuple[Config, ...]:
+        """The configurations this member applied before the current one, oldest first (at
+        most :data:`MAX_EARLIER`)."""
+        return self._earlier
+
     def _persist_config(self) -> None:
+        self.store.set_meta(_EARLIER, canonical([c.to_json() for c in self._earlier]))
         self.store.set_meta(_CONFIG, canonical(self._membership.to_config().to_json()))
 
     def _begin_catch_up(self, counts_self: bool) -> None:
@@ -244,6 +261,8 @@ class Replica:
         if new.epoch == current.epoch and new.to_config() != current.to_config():
             raise BadConfig("a different configuration has this epoch", epoch=new.epoch)
         if new.epoch > current.epoch:
+            kept = (*self._earlier, current.to_config())
+            self._earlier = kept[max(0, len(kept) - MAX_EARLIER) :]
             self._membership = new
             self._persist_config()
             for gate in self._gates:

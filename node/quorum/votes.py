@@ -23,8 +23,10 @@ from messages.quorum import (
     Accept,
     Accepted,
     BadVote,
+    PredecessorSuperseded,
     Prepare,
     Promise,
+    ProofOfAnotherConfiguration,
     Refusal,
     VoteBadSignature,
     VoteFromNonMember,
@@ -36,6 +38,10 @@ from messages.quorum import (
 from node.quorum.membership import Membership
 
 _ANSWERS = {Prepare: Promise, Accept: Accepted}
+# HSM refusals that say nothing of the value itself, only of the refusing member: it accepted a
+# later value than the value's predecessor, or cannot verify a proof made under a configuration
+# it never applied (a newcomer). Other members may accept the value.
+_NO_VERDICT = frozenset({PredecessorSuperseded.kind, ProofOfAnotherConfiguration.kind})
 
 
 def vote_error(exc: MessageError) -> BadVote:
@@ -175,7 +181,8 @@ class Tally:
         """The members that granted record ``i``."""
         return frozenset(m for m in self.votes if i not in self._refused[m])
 
-    def _refusals_of(self, i: int) -> dict[str, Refusal]:
+    def refusals_of(self, i: int) -> dict[str, Refusal]:
+        """The refusals of record ``i``, by member."""
         return {m: refused[i] for m, refused in self._refused.items() if i in refused}
 
     def refused_by_all(self, i: int) -> bool:
@@ -187,16 +194,18 @@ class Tally:
 
     def refused_as_invalid(self, i: int) -> str:
         """Why the members' HSMs refused record ``i``'s value (the first such refusal's kind)
-        when it did not get a quorum, else the empty string."""
+        when it did not get a quorum, else the empty string. A refusal that is no verdict on the
+        value (the member accepted a later value than its predecessor, or does not know the
+        configuration its proof was made in) counts like a ballot conflict."""
         if self.granted(i):
             return ""
-        return next((r.kind for r in self._refusals_of(i).values() if r.kind), "")
+        return next((r.kind for r in self.refusals_of(i).values() if r.kind not in _NO_VERDICT), "")
 
     def highest_seen(self, i: int) -> int:
         """The highest ballot counter any voter reported for record ``i``."""
         if not self.refusals[i]:
             return 0
-        return max((r.seen for r in self._refusals_of(i).values()), default=0)
+        return max((r.seen for r in self.refusals_of(i).values()), default=0)
 
     @property
     def answered(self) -> int:

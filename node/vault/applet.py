@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import opaque_ke_py as opaque
+import structlog
 
 from messages.canonical import canonical, loads_strict
 from messages.ceremony import key_label
@@ -37,6 +38,7 @@ from messages.quorum import (
     Accepted,
     Config,
     Justification,
+    PredecessorSuperseded,
     ProofOfAnotherConfiguration,
     Vetting,
     VettingRefusal,
@@ -103,6 +105,8 @@ from node.vault.record import (
     record_aad,
 )
 
+log = structlog.get_logger("hsmfleet.vault.applet")
+
 REGISTERED = "register"
 ATTEMPTED = "attempt"
 DESTROYED = "destroy"
@@ -146,6 +150,9 @@ class FleetSetup(Body):
     config: Config
     policy: VaultPolicy
     keys: tuple[KeySet, ...]
+    earlier: tuple[Config, ...] = ()
+    """The configurations this member applied before ``config``: a value committed under
+    one of them is proven by that configuration's quorum."""
 
 
 @dataclass(frozen=True)
@@ -173,12 +180,12 @@ class RequestInfo(Body):
 
 @dataclass(frozen=True)
 class _Expected:
-    """A change recomputed: the new record (its ``sealed`` as the predecessor's) and what its
-    sealed part must hold (``None``: destroyed); ``reseal`` when it must be sealed anew."""
+    """A change recomputed: the new record, and for a registration what its sealed part must
+    hold (sealed anew under the record's storage key; ``record.sealed`` is then unset). Any
+    other change keeps the predecessor's sealed part as it is (or drops it: destroyed)."""
 
     record: UserRecord
-    contents: Registered | None
-    reseal: bool
+    contents: Registered | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +231,12 @@ class FleetVault:
         self.member = setup.member
         self.policy = setup.policy
         self.membership = Membership.from_config(setup.config)
+        self.memberships = {
+            m.epoch: m
+            for m in (Membership.from_config(c) for c in setup.earlier)
+            if m.fleet == self.fleet and m.epoch < self.membership.epoch
+        }
+        self.memberships[self.membership.epoch] = self.membership
         self.epochs = epochs
         self.vote_label = vote_label
 
@@ -264,6 +277,25 @@ class FleetVault:
                 return keys
         raise RecordKeyDestroyed(f"the {what} is sealed under a key this HSM no longer holds")
 
+    def _request_keys(self, request: VaultRequest) -> _Keys:
+        """The key epoch whose vault key ``request`` is sealed to."""
+        keys = next((k for k in self.epochs if k.kem_id == request.key), None)
+        if keys is None:
+            raise UnknownVaultKey("the request is sealed to a key this HSM does not hold")
+        return keys
+
+    def _verify(self, proof: CommitProof, value: bytes | None) -> None:
+        """Raise :class:`BadProof` unless ``proof`` shows ``value`` committed, under the
+        configuration its votes were cast in (the current one or one this member applied
+        before); :class:`ProofOfAnotherConfiguration` when that configuration is unknown here."""
+        try:
+            verify_proof(proof, self.membership, value)
+        except ProofOfAnotherConfiguration as exc:
+            earlier = self.memberships.get(exc.detail.get("epoch"))  # type: ignore[arg-type]
+            if earlier is None or earlier is self.membership:
+                raise
+            verify_proof(proof, earlier, value)
+
     def _setup(self, label: str) -> object:
         setup = self._setups.get(label)
         if setup is None:
@@ -272,8 +304,8 @@ class FleetVault:
             )
         return setup
 
-    def _seal(self, plain: bytes, aad: bytes) -> bytes:
-        keys = self.current
+    def _seal(self, plain: bytes, aad: bytes, keys: _Keys | None = None) -> bytes:
+        keys = keys or self.current
         return SealedBlob(keys.storage_id, self.backend.seal(keys.storage, plain, aad)).encode()
 
     def _unseal(self, data: bytes, aad: bytes, what: str) -> bytes:
@@ -292,16 +324,16 @@ class FleetVault:
             raise records.DamagedRecord(f"the record does not open: {exc}") from None
 
     def _sealed_record(self, record: UserRecord, contents: Registered) -> UserRecord:
-        sealed = self._seal(canonical(contents.to_json()), record_aad(self.fleet, record))
-        return records.replace_record(record, sealed=sealed, storage=self.current.storage_id)
+        """``record`` with ``contents`` sealed under the storage key it names."""
+        keys = self._by_id("storage_id", record.storage, "record")
+        sealed = self._seal(canonical(contents.to_json()), record_aad(self.fleet, record), keys)
+        return records.replace_record(record, sealed=sealed)
 
     # -- requests --------------------------------------------------------------------------
 
     def open(self, op: str, request: VaultRequest) -> Plaintext:
         """The plaintext of a client's request for ``op``, opened with the vault key it names."""
-        keys = next((k for k in self.epochs if k.kem_id == request.key), None)
-        if keys is None:
-            raise UnknownVaultKey("the request is sealed to a key this HSM does not hold")
+        keys = self._request_keys(request)
         try:
             data = self.backend.open_hpke(keys.kem, request.sealed, request_info(self.fleet, op))
         except HsmError:
@@ -321,7 +353,8 @@ class FleetVault:
         """Whether an honest member can have accepted ``value`` for vetted record ``key`` with
         ``justification``: what a proposer asks before it takes a reported value as current
         (a faulty member's report is passed over). Only definite defects say no: a proof of
-        another configuration may be genuine."""
+        another configuration, or a change made through a key epoch this HSM no longer holds, may
+        be genuine."""
         held = Vetting(
             index=0,
             value=value,
@@ -333,9 +366,10 @@ class FleetVault:
         )
         try:
             self.check(key, Ballot(1 << 62, ""), held)
-        except ProofOfAnotherConfiguration:
-            return True
-        except HsmfleetError:
+        except _CANNOT_TELL:
+            return True  # the acceptors, who may know more, decide when it is written back
+        except HsmfleetError as exc:
+            log.warning("a reported value passed over", key=key, kind=exc.kind, reason=str(exc))
             return False
         return True
 
@@ -350,7 +384,11 @@ class FleetVault:
             raise UnreadableRequest("the request is too old or from the future", id=request_id)
         return at
 
-    def _authorized(self, plain: Plaintext, ops: tuple[str, ...], request: str, now: int) -> None:
+    def _authorized(
+        self, plain: Plaintext, ops: tuple[str, ...], request: str, now: int | None
+    ) -> None:
+        """Refuse ``plain`` unless the account authority authorized it; in force at ``now``
+        (None: a change checked after it was taken, when only the statement itself counts)."""
         policy = self.policy
         plain.authorization.check(  # type: ignore[union-attr]
             policy.authority_alg,
@@ -381,9 +419,10 @@ class FleetVault:
         if len(plain.registration_request) != REGISTRATION_REQUEST_BYTES:
             raise MalformedOpaque("a registration request is 32 bytes")
         ident = credential_identifier(self.fleet, plain.user, plain.id)
+        server = self._request_keys(request).server  # the epoch of the client's bundle
         try:
             response = opaque.server_registration_start(
-                self._setup(self.current.server), plain.registration_request, ident
+                self._setup(server), plain.registration_request, ident
             ).get_message()
         except ValueError:
             raise MalformedOpaque("the registration request does not decode") from None
@@ -400,9 +439,7 @@ class FleetVault:
         witness = Witness(change=change, request=request, evaluator=evaluator)
         expected = self._apply(key, records.decode(pred), witness, self.clock_ms())
         new = expected.record
-        if expected.contents is None:
-            new = records.replace_record(new, sealed=None)
-        elif expected.reseal:
+        if expected.contents is not None:
             new = self._sealed_record(new, expected.contents)
         return records.encode(new), witness.encode()
 
@@ -419,14 +456,18 @@ class FleetVault:
         before = Ballot(just.ballot, just.by)
         if just.votes:
             proof = CommitProof(self.fleet, key, before, value_digest(just.pred), just.votes)
-            verify_proof(proof, self.membership, just.pred)
+            self._verify(proof, just.pred)
         elif just.pred is not None or before != NO_BALLOT:
             raise TransitionRefused("the predecessor carries no commit proof")
         if not before < ballot:
             raise TransitionRefused("the predecessor is not older than the proposal")
         mine = Ballot(own.accepted, own.accepted_by)
         if not (mine <= before or (own.vetted and own.held == just.pred)):
-            raise TransitionRefused("this member accepted a later value than the predecessor")
+            raise PredecessorSuperseded(
+                "this member accepted a later value than the predecessor",
+                accepted=f"{mine.n}/{mine.by}",
+                predecessor=f"{before.n}/{before.by}",
+            )
         if just.witness is None:
             if value != just.pred:
                 raise TransitionRefused("an unchanged record must be its predecessor")
@@ -441,24 +482,17 @@ class FleetVault:
     def _same(self, expected: _Expected, proposed: UserRecord | None) -> None:
         if proposed is None:
             raise TransitionRefused("a change cannot empty a record")
-        fields = ("sealed", "storage")
+        if expected.contents is None:
+            if proposed != expected.record:
+                raise TransitionRefused("the proposed record is not the recomputed successor")
+            return
         if any(
             getattr(proposed, f) != getattr(expected.record, f)
             for f in records.FIELDS
-            if f not in fields
+            if f != "sealed"
         ):
             raise TransitionRefused("the proposed record is not the recomputed successor")
-        if expected.contents is None:
-            if proposed.sealed is not None:
-                raise TransitionRefused("a destroyed record keeps no sealed part")
-            return
-        if not expected.reseal and proposed.storage == expected.record.storage:
-            if proposed.sealed != expected.record.sealed:
-                raise TransitionRefused("the sealed part changed without a reason")
-            return
-        if proposed.storage != self.current.storage_id or proposed.sealed is None:
-            raise TransitionRefused("a record is sealed anew under the current storage key")
-        if self.contents(proposed) != expected.contents:
+        if proposed.sealed is None or self.contents(proposed) != expected.contents:
             raise TransitionRefused("the sealed part does not hold what the request registers")
 
     def _apply(
@@ -468,10 +502,11 @@ class FleetVault:
 
         Whether a change is valid depends on the predecessor and the request alone, never on
         the checking member's clock (so a value valid once stays valid, and a value written
-        back later is checked like the first time): authorizations and login states are judged
-        at the time inside the request's id, and replays by the record (registrations only go
-        forward, started logins are listed, older starts are refused). ``clock`` is given only
-        when this HSM takes a request now (:meth:`propose`): then the request must be fresh."""
+        back later is checked like the first time): login states are judged by the client's
+        clock (the times inside its requests' ids), replays by the record (registrations only
+        go forward, started logins are listed, older starts are refused). ``clock`` is given
+        only when this HSM takes a request now (:meth:`propose`): then the request must be
+        fresh and its authorization in force."""
         op = CHANGES.get(witness.change)
         if op is None:
             raise TransitionRefused("unknown change", change=witness.change)
@@ -481,33 +516,38 @@ class FleetVault:
         if pred is not None and pred.user != plain.user:
             raise TransitionRefused("the predecessor is another user's record")
         at = self._fresh(plain.id, clock)
-        when = at if clock is None else clock  # taken now, it must hold now as well
         if witness.change == REGISTERED:
-            return self._registered(pred, plain, when, clock)  # type: ignore[arg-type]
+            keys = self._request_keys(witness.request)
+            return self._registered(pred, plain, keys, at, clock)  # type: ignore[arg-type]
         if witness.change == SUCCEEDED:
-            return self._succeeded(pred, plain, when)  # type: ignore[arg-type]
-        self._authorized(plain, (RECOVER,), plain.id, when)
+            return self._succeeded(pred, plain, at)  # type: ignore[arg-type]
+        self._authorized(plain, (RECOVER,), plain.id, clock)
         live = _live(pred)
+        if clock is not None:  # taken now: an attempt this HSM could not answer is not spent
+            self._by_id("server_id", live.server, "registration")
         if witness.change == DESTROYED:
             return self._destroyed(live, plain)  # type: ignore[arg-type]
         return self._attempted(live, plain, witness.evaluator)  # type: ignore[arg-type]
 
     def _registered(
-        self, pred: UserRecord | None, plain: Register, at: int, clock: int | None
+        self, pred: UserRecord | None, plain: Register, keys: _Keys, at: int, clock: int | None
     ) -> _Expected:
-        self._authorized(plain, (REGISTER_KIND, REPLACE), plain.registration, at)
+        """A registration, under the key epoch of the client's bundle (``keys``): its OPAQUE
+        setup answered the registration, its storage key seals the record. A record stays in
+        its epoch until it is registered again (clients do so once they recover with a newer
+        bundle)."""
+        self._authorized(plain, (REGISTER_KIND, REPLACE), plain.registration, clock)
         self._fresh(plain.registration, clock)
         if pred is not None and plain.registration <= pred.registration:
             raise StaleRegistration("an equal or newer registration is in force", user=plain.user)
         if len(plain.upload) != REGISTRATION_UPLOAD_BYTES:
             raise MalformedOpaque("a registration upload is 192 bytes")
         if not 0 < len(plain.secret) <= MAX_SECRET_BYTES:
-            raise UnreadableRequest("a stored secret is 1 to 4096 bytes")
+            raise UnreadableRequest(f"a stored secret is 1 to {MAX_SECRET_BYTES} bytes")
         try:
             password_file = opaque.server_registration_finish(plain.upload).get_password_file()
         except ValueError:
             raise MalformedOpaque("the registration upload does not decode") from None
-        keys = self.current
         new = UserRecord(
             user=plain.user,
             generation=1,
@@ -540,7 +580,7 @@ class FleetVault:
                 raise RegistrationExists(
                     "the user has a registration: prove its PIN or replace it", user=plain.user
                 )
-        return _Expected(new, Registered(password_file, plain.secret), reseal=True)
+        return _Expected(new, Registered(password_file, plain.secret))
 
     def _attempted(self, pred: UserRecord, plain: RecoverStart, evaluator: str) -> _Expected:
         if pred.started(plain.id) is not None:
@@ -560,7 +600,7 @@ class FleetVault:
             evaluator,
             records.message_digest(plain.credential_request),
         )
-        return self._kept(records.with_attempt(pred, attempt), pred)
+        return _Expected(records.with_attempt(pred, attempt))
 
     def _destroyed(self, pred: UserRecord, plain: RecoverStart) -> _Expected:
         if pred.failures < self.policy.limit:
@@ -568,22 +608,19 @@ class FleetVault:
         last = max((id_time_ms(a.id) for a in pred.recent), default=0)
         if id_time_ms(plain.id) < last + self.policy.login_ttl_s * 1000:
             raise BudgetExhausted("the user's guesses are used up", user=pred.user)
-        return _Expected(records.replace_record(pred, sealed=None), None, reseal=False)
+        return _Expected(records.replace_record(pred, sealed=None))
 
     def _succeeded(self, pred: UserRecord | None, plain: RecoverFinish, at: int) -> _Expected:
         live = _live(pred)
         state = self._proven(live, PinProof(plain.login, plain.finalization), at)
-        return self._kept(records.replace_record(live, cleared=state.attempt), live)
+        return _Expected(records.replace_record(live, cleared=state.attempt))
 
-    def _kept(self, new: UserRecord, pred: UserRecord) -> _Expected:
-        """``new`` keeping ``pred``'s sealed part, sealed anew if a later storage key is in
-        force."""
-        return _Expected(new, self.contents(pred), reseal=pred.storage != self.current.storage_id)
-
-    def _login(self, record: UserRecord, proof: PinProof, now: int) -> tuple[LoginState, bytes]:
+    def _login(self, record: UserRecord, proof: PinProof, at: int) -> tuple[LoginState, bytes]:
         """The login state ``proof`` finishes, once its final message verifies against the
         login's OPAQUE server state: the proof of the PIN. Returns the state and the session
-        key; raises :class:`LoginRefused`, :class:`LoginExpired` or :class:`ReplayedRequest`
+        key; raises :class:`LoginRefused`, :class:`LoginExpired` (finished, by the time in its
+        request id ``at``, more than the login lifetime after it was started by the time in
+        that request's id: one client clock, whatever its offset) or :class:`ReplayedRequest`
         (a login already counted as a success)."""
         if len(proof.finalization) != KE3_BYTES:
             raise MalformedOpaque("a final login message is 64 bytes")
@@ -597,7 +634,7 @@ class FleetVault:
             raise LoginRefused("the login is of another registration", user=record.user)
         if state.attempt > record.attempts:
             raise LoginRefused("the login's attempt was never counted", user=record.user)
-        if now > state.expires_ms:
+        if at > state.expires_ms:
             raise LoginExpired("the login is too old to finish", user=record.user)
         try:
             finished = opaque.server_login_finish(state.server_state, proof.finalization)
@@ -605,9 +642,9 @@ class FleetVault:
             raise LoginRefused("the final login message does not verify") from None
         return state, finished.get_session_key()
 
-    def _proven(self, record: UserRecord, proof: PinProof, now: int) -> LoginState:
+    def _proven(self, record: UserRecord, proof: PinProof, at: int) -> LoginState:
         """The login ``proof`` finishes, which must not be counted as a success yet."""
-        state, _ = self._login(record, proof, now)
+        state, _ = self._login(record, proof, at)
         if state.attempt <= record.cleared:
             raise ReplayedRequest("this login was counted as a success already", user=record.user)
         return state
@@ -617,9 +654,7 @@ class FleetVault:
     def _committed(
         self, key: str, value: bytes, ballot: Ballot, votes: tuple[bytes, ...]
     ) -> UserRecord:
-        verify_proof(
-            CommitProof(self.fleet, key, ballot, value_digest(value), votes), self.membership, value
-        )
+        self._verify(CommitProof(self.fleet, key, ballot, value_digest(value), votes), value)
         record = records.decode(value)
         if record is None or records.record_key(record.user) != key:
             raise TransitionRefused("the committed value is not this record")
@@ -643,7 +678,8 @@ class FleetVault:
         if attempt.number <= record.cleared:
             raise ReplayedRequest("a later login succeeded; this attempt is moot")
         live = _live(record)
-        setup = self._setup(self._by_id("server_id", live.server, "registration").server)
+        keys = self._by_id("server_id", live.server, "registration")
+        setup = self._setup(keys.server)
         contents = self.contents(live)
         self.journal.claim(self.fleet, live.user, attempt.number, live.cleared)
         ident = credential_identifier(self.fleet, live.user, live.registration)
@@ -660,7 +696,7 @@ class FleetVault:
             registration=live.registration,
             attempt=attempt.number,
             request=plain.id,
-            expires_ms=self.clock_ms() + self.policy.login_ttl_s * 1000,
+            expires_ms=id_time_ms(plain.id) + self.policy.login_ttl_s * 1000,
             server_state=started.get_state(),
         )
         login = self._seal(canonical(state.to_json()), records.login_aad(self.fleet))
@@ -672,7 +708,7 @@ class FleetVault:
             remaining=max(0, self.policy.limit - live.failures),
             generation=live.generation,
             replaced=live.replaced,
-            legacy=live.server != self.current.server_id,
+            legacy=keys.epoch < self._request_keys(request).epoch,
         )
         return seal_answer(plain.answer_key, plain.id, outcome)
 
@@ -685,7 +721,7 @@ class FleetVault:
         assert isinstance(plain, RecoverFinish)
         record = _live(self._committed(records.record_key(plain.user), value, ballot, votes))
         state, session_key = self._login(
-            record, PinProof(plain.login, plain.finalization), self.clock_ms()
+            record, PinProof(plain.login, plain.finalization), id_time_ms(plain.id)
         )
         if record.cleared < state.attempt:
             raise TransitionRefused("the login's success is not committed")
@@ -772,6 +808,9 @@ class VaultApplet:
 
 
 _ROLES = (KEM_ROLE, STORAGE_ROLE, OPAQUE_ROLE)
+# What a reported value's check may fail on without the value being a faulty member's: the
+# members that accepted it may know the configuration or hold the key epoch this HSM does not.
+_CANNOT_TELL = (ProofOfAnotherConfiguration, UnknownVaultKey, RecordKeyDestroyed)
 
 
 def _live(record: UserRecord | None) -> UserRecord:

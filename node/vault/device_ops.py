@@ -16,6 +16,7 @@ from messages.envelope import Envelope, Signature
 from messages.errors import HsmfleetError
 from messages.quorum import (
     BadProof,
+    PredecessorSuperseded,
     ProofOfAnotherConfiguration,
     Vetting,
     VettingRefusal,
@@ -44,6 +45,7 @@ for _error in (
     AuthorizationExpired,
     BadProof,
     ProofOfAnotherConfiguration,
+    PredecessorSuperseded,
 ):
     register_error(_error)
 

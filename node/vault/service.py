@@ -42,6 +42,7 @@ from messages.vault import (
     RegistrationsClosed,
     UnreadableRequest,
     VaultAnswer,
+    VaultBusy,
     VaultError,
     VaultRequest,
     VaultUnavailable,
@@ -57,7 +58,12 @@ log = structlog.get_logger("hsmfleet.vault")
 # Times a change whose outcome a read showed to be lost is made again.
 UNKNOWN_RETRIES = 2
 
-# Times a commit proof is renewed when the configuration changed before the applet used it.
+# How long reads are tried to learn the outcome of a change that may have committed. An attempt
+# that committed unseen would be spent with its guess never evaluated (another proposer may
+# write it back later), so contention (which ends a single read) is waited out.
+DECIDE_S = 30.0
+
+# Times a commit proof is renewed when the applet does not know the configuration it was made in.
 PROOF_RENEWALS = 2
 
 # How long a stopping member goes on answering the requests it already took.
@@ -85,12 +91,6 @@ class AppletPort(Protocol):
     ) -> bytes: ...
 
     def answer(self, op: str, request: VaultRequest, outcome: Outcome) -> bytes: ...
-
-
-class VaultBusy(VaultError):
-    """The member holds as many requests as it may; the client should try again later."""
-
-    kind = "vault_busy"
 
 
 class VaultService:
@@ -223,7 +223,9 @@ class VaultService:
             log.info("vault operation refused", op=op, kind=exc.kind, reason=str(exc))
             remaining = exc.detail.get("remaining") if isinstance(exc, VaultError) else None
             outcome = Outcome(
-                status=exc.kind, reason=str(exc), remaining=remaining  # type: ignore[arg-type]
+                status=exc.kind,
+                reason=str(exc),
+                remaining=remaining,  # type: ignore[arg-type]
             )
             return exc.kind, await asyncio.to_thread(self.applet.answer, op, request, outcome)
 
@@ -278,11 +280,11 @@ class VaultService:
     ) -> bytes:
         """``use`` (the applet's evaluate or release) on ``commit`` with its proof.
 
-        When the group's configuration changed before the applet saw the proof, the proof's
-        votes no longer prove anything to it; a read under the current configuration proves
-        the same value again, provided no later change overtook it (values are unique, so an
-        equal value is this very one). The attempt is spent either way, so a failure here says
-        so."""
+        The applet verifies a proof under the configuration its votes were cast in, if it
+        knows it (the current one, or one the member applied before and kept); otherwise a
+        read under the current configuration proves the same value again, provided no later
+        change overtook it (values are unique, so an equal value is this very one). The attempt
+        is spent either way, so a failure here says so."""
         for renewal in range(PROOF_RENEWALS + 1):
             assert commit.value is not None
             try:
@@ -294,7 +296,7 @@ class VaultService:
             if renewal == PROOF_RENEWALS:
                 break
             try:
-                renewed = await self.proposer.read(key)
+                renewed = await self._decide(key)
             except QuorumError as exc:
                 raise VaultUnavailable(
                     f"the change could not be proven again: {exc}", attempt_spent=True
@@ -339,9 +341,11 @@ class VaultService:
             except QuorumError as exc:
                 raise VaultUnavailable(f"the fleet cannot commit now: {exc}") from exc
             try:
-                commit = await self.proposer.read(key)
+                commit = await self._decide(key)
             except QuorumError as again:
-                raise VaultUnavailable(f"the fleet cannot commit now: {again}") from unknown
+                raise VaultUnavailable(
+                    f"the operation may or may not have committed: {again}"
+                ) from unknown
             if proposed and commit.value == proposed[-1]:
                 return commit
             seen = applied(records.decode(commit.value))
@@ -352,6 +356,21 @@ class VaultService:
         raise VaultUnavailable(
             f"the operation may or may not have committed: {unknown}"
         ) from unknown
+
+    async def _decide(self, key: str) -> Commit:
+        """The record's value, read (written back under a new ballot) until a read commits or
+        :data:`DECIDE_S` passes; raises the last read's :class:`QuorumError`."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + DECIDE_S
+        pause = 0.01
+        while True:
+            try:
+                return await self.proposer.read(key)
+            except QuorumError:
+                if loop.time() + pause >= until:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(0.5, pause * 2)
 
 
 def _registered(record: records.UserRecord | None, registration: str) -> bool | None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client import REGISTRY as METRICS
 
 from messages import subjects
 from messages.attestation import AttestRequest
@@ -27,8 +29,8 @@ from messages.outbox import Outbox
 from messages.quorum import SnapshotRequest
 from messages.signing import Ed25519Signer
 from messages.subjects import EVENT_STREAM
-from messages.vault import Registration
 from messages.vault_client import VaultClient
+from node.quorum.member import JOURNAL_FILE
 from ops.fuzz.campaign import Campaign, TargetFigures
 from ops.fuzz.http import (
     CaseMaker,
@@ -191,7 +193,9 @@ def _json(value: Any) -> bytes:
 
 async def state(world: World) -> dict[str, Any]:
     """What the receivers hold: the orchestrator's state and log, the node's files, the
-    cosigner's log size, each member's records and configuration."""
+    cosigner's log size, each member's records and configuration, the logins its HSM answered
+    (its evaluation journal) and the vault operations it ran (its metrics: every vault message
+    of a campaign is refused before it runs)."""
     js = world.nc.jetstream()
     info = await js.stream_info(EVENT_STREAM)
     out: dict[str, Any] = {
@@ -203,7 +207,31 @@ async def state(world: World) -> dict[str, Any]:
     for name, member in world.members.items():
         replica = member.replica
         out[f"member {name}"] = (replica.current().epoch, replica.store.page("", 1_000_000))
+        out[f"member {name} evaluations"] = evaluations(world, name)
+        out[f"member {name} vault operations"] = _metric(
+            "hsmfleet_vault_operations_total", fleet=FLEET, member=name
+        )
     return out
+
+
+def evaluations(world: World, member: str) -> list[tuple[str, int]]:
+    """Every login ``member``'s HSM answered, from its evaluation journal: (user, attempt)."""
+    path = world.fleet.state_dir(member) / JOURNAL_FILE
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT user, number FROM evaluations ORDER BY user, number").fetchall()
+    finally:
+        db.close()
+
+
+def _metric(name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        sample.value
+        for metric in METRICS.collect()
+        for sample in metric.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 async def probe(world: World) -> list[str]:
@@ -249,10 +277,10 @@ async def probe(world: World) -> list[str]:
                 dead.append(f"{name} refused a valid request: {answer.data[:200]!r}")
         except Exception as exc:  # any failure to answer is what this probe reports
             dead.append(f"{name} did not answer: {exc!r}")
-    client = VaultClient(nc, FLEET, world.fleet.session_public)
+    client = VaultClient(nc, world.fleet.vault_keys, world.authorize)
     try:
-        await client.register("probe-user", Registration(pin=b"0000", secret=b"probe"))
-        if await client.recover("probe-user", b"0000") != b"probe":
+        await client.register("probe-user", b"0000", b"probe")
+        if (await client.recover("probe-user", b"0000")).secret != b"probe":
             dead.append("vault recovered another secret")
     except Exception as exc:
         dead.append(f"vault did not answer: {exc!r}")

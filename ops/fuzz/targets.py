@@ -11,23 +11,38 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+import opaque_ke_py as opaque
 
 from messages import subjects
 from messages.attestation import AttestRequest, NodeAnnounce, NodeHeartbeat
 from messages.cosigning import REQUESTER_ROLE, CheckpointRequest, SignRequest
 from messages.gate import REJECTED
+from messages.ids import format_time, id_time_ms
 from messages.outbox import Outbox
 from messages.quorum import MEMBER_ROLE, OPERATOR_ROLE, Accept, Prepare, SnapshotRequest
-from messages.signing import Signer, TrustStore
+from messages.signing import Signer, TrustStore, key_id
 from messages.vault import (
+    ANSWER_KEY_BYTES,
+    KE3_BYTES,
     OPERATIONS,
-    RegisterRequest,
+    RECOVER_FINISH,
+    RECOVER_START,
+    REGISTER_START,
+    REGISTRATION_UPLOAD_BYTES,
+    Plaintext,
+    RecoverFinish,
+    RecoverStart,
+    Register,
+    RegisterStart,
     VaultRequest,
+    kem_public_key,
     seal_request,
-    session_public_key,
 )
+from messages.vault_authorization import RECOVER
+from messages.vault_authorization import REGISTER as REGISTER_KIND
 from node.pins import ORCHESTRATOR_ROLE, read_pins
 from node.quorum.acceptor import REPLAY_MS
 from ops.fuzz.mutate import Seed
@@ -202,22 +217,75 @@ def quorum_targets(world: World) -> list[BusTarget]:
 
 
 def vault_targets(world: World) -> list[BusTarget]:
-    """Vault operations: a well-sealed request whose sealed id is not the envelope's."""
-    session = session_public_key(world.fleet.session_public)
+    """Vault operations, one target each, with requests sealed to the fleet's vault key that
+    its members refuse before anything runs: a valid, authorized request of the operation under
+    an envelope id other than the one sealed inside it (the gate admits it, the member's applet
+    opens it, the service refuses it), and requests whose plaintext the applet refuses (an
+    answer key of the wrong length, another operation's plaintext, sealed for another fleet's
+    operation) or that name a vault key the fleet does not hold."""
+    keys = world.fleet.vault_keys
+    kem = kem_public_key(keys.kem.public_key)
+    kid = key_id(keys.kem.alg, keys.kem.public_key)
     client = Outbox("vault-client")
     vaults = [m.vault for m in world.members.values()]
 
-    def seeds_for(op: str) -> Callable[[], list[Seed]]:
-        def seeds() -> list[Seed]:
-            plain = RegisterRequest(
-                id=client.ids.new(),
-                user="fuzz-user",
-                pin=b"1234",
-                secret=b"secret",
-                answer_key=os.urandom(32),
+    def plaintext(op: str, request_id: str, answer_key: bytes) -> Plaintext:
+        user = "fuzz-user"
+        if op == RECOVER_FINISH:
+            return RecoverFinish(
+                id=request_id,
+                user=user,
+                answer_key=answer_key,
+                login=os.urandom(400),
+                finalization=os.urandom(KE3_BYTES),
             )
-            env = client.envelope(VaultRequest(sealed=seal_request(session, FLEET, op, plain)))
-            return [Seed(env, deep=True)]
+        if op == RECOVER_START:
+            return RecoverStart(
+                id=request_id,
+                user=user,
+                answer_key=answer_key,
+                authorization=world.authorize(user, RECOVER, request_id),
+                credential_request=opaque.client_login_start(b"1234").get_message(),
+            )
+        start = RegisterStart(
+            id=request_id,
+            user=user,
+            answer_key=answer_key,
+            authorization=world.authorize(user, REGISTER_KIND, request_id),
+            registration_request=opaque.client_registration_start(b"1234").get_message(),
+        )
+        if op == REGISTER_START:
+            return start
+        return Register(
+            id=client.ids.new(),
+            user=user,
+            answer_key=answer_key,
+            authorization=start.authorization,
+            registration=request_id,
+            upload=os.urandom(REGISTRATION_UPLOAD_BYTES),
+            secret=os.urandom(48),
+        )
+
+    def request(request_id: str, key: str, sealed: bytes) -> Seed:
+        """An unsigned request under envelope id ``request_id`` (as clients send them)."""
+        env = client.envelope(VaultRequest(key=key, sealed=sealed))
+        return Seed(replace(env, id=request_id, at=format_time(id_time_ms(request_id))), deep=True)
+
+    def seeds_for(op: str) -> Callable[[], list[Seed]]:
+        other = OPERATIONS[(OPERATIONS.index(op) + 1) % len(OPERATIONS)]
+
+        def seeds() -> list[Seed]:
+            valid = plaintext(op, client.ids.new(), os.urandom(ANSWER_KEY_BYTES))
+            short = plaintext(op, client.ids.new(), os.urandom(16))
+            elsewhere = plaintext(other, client.ids.new(), os.urandom(ANSWER_KEY_BYTES))
+            sealed = seal_request(kem, FLEET, op, valid)
+            return [
+                request(client.ids.new(), kid, sealed),  # not the id sealed inside
+                request(short.id, kid, seal_request(kem, FLEET, op, short)),
+                request(elsewhere.id, kid, seal_request(kem, FLEET, op, elsewhere)),
+                request(valid.id, kid, seal_request(kem, "otherfleet", op, valid)),
+                request(valid.id, "not-the-fleets-key", sealed),
+            ]
 
         return seeds
 

@@ -3,8 +3,10 @@
 :func:`open_world` lays out and starts: the orchestrator with its HTTP API (it consumes node
 status), a node daemon with a software HSM (its command subjects), a cosigner served over NATS
 and HTTP, and a quorum fleet of four members, three of them running (acceptors, replicas, vault
-services). The fourth member's vote key, the orchestrator's key and the fleet operator's key sign
-the fuzzer's seeds, so mutants re-signed with them get past the signature check.
+services with their HSMs' vault applets). The fourth member's vote key, the orchestrator's key
+and the fleet operator's key sign the fuzzer's seeds, so mutants re-signed with them get past
+the signature check; the fleet's vault key seals its vault seeds and its account authority
+authorizes them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,13 +30,14 @@ from nats.aio.client import Client as NATS
 from cosigner.http import NATS_SERVICE, Server, make_app
 from cosigner.testbed import COSIGNERS, init_cosigners
 from messages.signing import Ed25519Signer, Signer
+from messages.vault_authorization import Authorization
 from node.daemon import NodeDaemon
 from node.hsm.soft import SoftHsm
 from node.http import create_app as create_node_app
 from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.quorum.localfleet import LocalFleet
-from node.quorum.member import Member, open_vote_signer
+from node.quorum.member import VOTE_KEY, Member, open_hsm
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
 from orchestrator.api import ORCHESTRATOR, create_app
@@ -76,6 +80,10 @@ class World:
 
     def cosigner_rejects(self) -> int:
         return sum(self.cosigner.app[NATS_SERVICE].gate.rejects.values())
+
+    def authorize(self, user: str, op: str, request: str) -> Authorization:
+        """The fleet's account authority's authorization of one vault request."""
+        return self.fleet.authorize(user, op, request, time.time_ns() // 1_000_000)
 
 
 async def _wait(predicate: Any, what: str) -> None:
@@ -169,10 +177,9 @@ async def open_world(root: Path) -> AsyncIterator[World]:
         await members.pop(OUTSIDER).stop()
         for member in members.values():
             stack.push_async_callback(member.stop)
-        outsider_hsm, outsider_key = open_vote_signer(
-            fleet.state_dir(OUTSIDER), fleet.state_dir(OUTSIDER) / "hsm.key"
-        )
+        outsider_hsm = open_hsm(fleet.state_dir(OUTSIDER), fleet.state_dir(OUTSIDER) / "hsm.key")
         stack.callback(outsider_hsm.close)
+        outsider_key = outsider_hsm.signer(VOTE_KEY)
 
         yield World(
             root=root,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from messages.quorum import ACCEPT, CONFIG, PHASES, PREPARE, SNAPSHOT
+from messages.quorum import ACCEPT, COMMITTED, CONFIG, PHASES, PREPARE, SNAPSHOT
 from messages.subjects import EVENT_STREAM, EVENT_SUBJECTS
 from messages.vault import OPERATIONS
 from ops.natsauth.layout import (
@@ -136,7 +136,7 @@ def _auditor(party: Party) -> Grant:
 def _node(party: Party) -> Grant:
     own = f"fleet.node.{party.id}"
     fleets = party.fleets
-    asks = (PREPARE, ACCEPT, SNAPSHOT)
+    asks = (PREPARE, ACCEPT, COMMITTED, SNAPSHOT)
     proposes = tuple(f"fleet.q.{f}.{phase}" for f in fleets for phase in asks)
     votes = tuple(f"fleet.q.{f}.{phase}" for f in fleets for phase in PHASES)
     vault = tuple(f"fleet.vault.{f}.{op}" for f in fleets for op in OPERATIONS)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import random
 import signal
-import sqlite3
 import subprocess
 import time
 from collections import Counter, defaultdict
@@ -25,13 +25,15 @@ from nats.aio.client import Client as NATS
 from messages.vault import (
     BudgetExhausted,
     NoRecord,
-    Registration,
+    RegistrationExists,
     StaleRegistration,
     WrongGuess,
 )
+from messages.vault_authorization import Authorization
 from messages.vault_client import VaultClient
 from node.quorum.localfleet import LocalFleet
-from node.vault.evaluator import Evaluation
+from node.quorum.member import JOURNAL_FILE
+from node.vault.journal import EvaluationJournal
 from tests.faults.fleets import fleet_id
 from tests.faults.linearizability import UNKNOWN, Operation
 from tests.faults.models import WRONG, pin, secret
@@ -53,6 +55,7 @@ class ProcessFleet:
         self.proxies: dict[str, NetProxy] = {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.paused: set[str] = set()
+        self._probes = itertools.count()
 
     @property
     def members(self) -> list[str]:
@@ -78,15 +81,20 @@ class ProcessFleet:
         await self.wait_serving(nc)
 
     def client(self, nc: NATS, timeout: float = 4.0) -> VaultClient:
-        return VaultClient(nc, self.local.fleet, self.local.session_public, timeout=timeout)
+        """A vault client of the fleet, its requests authorized by the fleet's authority."""
+        return VaultClient(nc, self.local.vault_keys, self.authorize, timeout=timeout)
+
+    def authorize(self, user: str, op: str, request: str) -> Authorization:
+        return self.local.authorize(user, op, request, time.time_ns() // 1_000_000)
 
     async def wait_serving(self, nc: NATS, timeout: float = 30.0) -> None:
-        """Wait until a registration commits (every member started and a quorum votes)."""
+        """Wait until a registration commits (every member started and a quorum votes); each
+        try registers a user of its own."""
         client = self.client(nc, timeout=2.0)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                await client.register("probe", Registration(pin=b"probe", secret=b"probe"))
+                await client.register(f"probe-{next(self._probes)}", b"probe", b"probe")
                 return
             except Exception:
                 if time.monotonic() > deadline:
@@ -127,20 +135,22 @@ class ProcessFleet:
         for proxy in self.proxies.values():
             await proxy.stop()
 
-    def evaluations(self) -> list[Evaluation]:
-        """Every guess evaluation journalled by any member."""
-        found = []
+    def answered(self, user: str) -> list[int]:
+        """The attempts of ``user`` that any member's HSM answered (a guess evaluated), from
+        their journals, with repeats: an attempt answered twice would be listed twice. Read
+        once the members stopped. (A journal forgets the attempts up to the record's
+        ``cleared`` when it answers the next one.)"""
+        numbers = []
         for member in self.members:
-            path = self.local.state_dir(member) / "evaluations.sqlite3"
+            path = self.local.state_dir(member) / JOURNAL_FILE
             if not path.exists():
                 continue
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            journal = EvaluationJournal(path)
             try:
-                rows = db.execute("SELECT user, seq, member, at_ms FROM evaluations").fetchall()
+                numbers += journal.answered(self.local.fleet, user)
             finally:
-                db.close()
-            found += [Evaluation(*row) for row in rows]
-        return found
+                journal.close()
+        return sorted(numbers)
 
 
 @dataclass
@@ -212,6 +222,8 @@ class Recorder:
             output = "budget_exhausted"
         except StaleRegistration:
             output = "stale_registration"
+        except RegistrationExists:
+            output = "registration_exists"
         except Exception as exc:  # timeouts, unavailability: it may or may not have happened
             self.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
             self.last_error[user] = f"{type(exc).__name__}: {exc}"
@@ -220,32 +232,55 @@ class Recorder:
         self.histories[user].append(Operation(client, input, output, called, returned))
         return output
 
-    async def register(self, vault: VaultClient, user: str, client: int, k: int) -> Hashable:
+    async def register(
+        self, vault: VaultClient, user: str, client: int, k: int, proof: int | None = None
+    ) -> Hashable:
+        """Register :func:`pin` ``(k)``; over a live record, proving :func:`pin` ``(proof)``."""
+
         async def run() -> str:
-            await vault.register(user, Registration(pin=pin(k), secret=secret(k)))
+            current = None if proof is None else pin(proof)
+            await vault.register(user, pin(k), secret(k), current_pin=current)
             return "ok"
 
-        return await self.call(user, client, ("register", k), run)
+        return await self.call(user, client, ("register", k, proof), run)
 
     async def recover(self, vault: VaultClient, user: str, client: int, k: int) -> Hashable:
         async def run() -> tuple[str, bytes]:
-            return ("ok", await vault.recover(user, pin(k) if k else WRONG))
+            return ("ok", (await vault.recover(user, pin(k) if k else WRONG)).secret)
 
         return await self.call(user, client, ("recover", k), run)
 
 
 async def owner(recorder: Recorder, vault: VaultClient, user: str, client: int, until: float):
-    """One user on one device: registers, recovers with the PIN, now and then registers anew."""
+    """One user on one device: registers, recovers with the PIN, now and then registers anew
+    with the PIN in force. After an unknown outcome the user tries the newest PIN it may have
+    registered first, and falls back to the one before when that is a wrong guess. Returns the
+    newest registration it made."""
     k = 1
     await recorder.register(vault, user, client, k)
+    candidates = [k]  # the PINs that may be in force, newest last
     rng = random.Random(client)
     while time.monotonic() < until:
         if rng.random() < 0.25:
             k += 1
-            await recorder.register(vault, user, client, k)
+            got = await recorder.register(vault, user, client, k, proof=candidates[-1])
+            if got == "ok":
+                candidates = [k]
+            elif got is UNKNOWN:
+                candidates.append(k)
+            elif _wrong_guess(got) and len(candidates) > 1:
+                candidates.pop()
         else:
-            await recorder.recover(vault, user, client, k)
+            got = await recorder.recover(vault, user, client, candidates[-1])
+            if isinstance(got, tuple) and got[0] == "ok":
+                candidates = [candidates[-1]]
+            elif _wrong_guess(got) and len(candidates) > 1:
+                candidates.pop()
     return k
+
+
+def _wrong_guess(output: Hashable) -> bool:
+    return isinstance(output, tuple) and output[0] == "wrong_guess"
 
 
 async def attacker(

@@ -2,13 +2,13 @@
 
 :class:`CasRegister` is one quorum record: writes, reads and compare-and-set. :class:`VaultUser`
 is one user's vault record as the client sees it: registrations (numbered in the order one
-client made them, as their request ids are), recoveries with a right or wrong PIN, and the
-per-user budget of wrong guesses.
+client made them, as their request ids are; over a live record each proves the PIN in force),
+recoveries with a right or wrong PIN, and the per-user limit of failed logins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from tests.faults.linearizability import UNKNOWN
 
@@ -47,13 +47,21 @@ WRONG = b"not-the-pin"
 
 
 class VaultUser:
-    """State ``(k, failures)``: the registration in force (0: none) and the wrong guesses
-    counted since the user last proved the PIN.
+    """State ``(k, failures)``: the registration in force (0: none) and the user's failures, the
+    attempts counted since the last one a finished login proved (the record's ``attempts -
+    cleared``). Every login (a recovery, or the proof of the PIN a re-registration carries) is
+    one attempt, counted before the client learns anything; a login with the right PIN clears
+    the failures when it finishes.
 
-    Inputs: ``("register", k)`` with :func:`pin` ``(k)``; ``("recover", k)`` guessing
-    :func:`pin` ``(k)`` (``k == 0``: a wrong guess). Outputs: ``"ok"``, ``("ok", secret)``,
-    ``("wrong_guess", remaining)``, ``"no_record"``, ``"budget_exhausted"``,
-    ``"stale_registration"``, or :data:`UNKNOWN`.
+    Inputs: ``("register", k, None)``: a first registration with :func:`pin` ``(k)``;
+    ``("register", k, p)``: a registration over the user's record, proving :func:`pin` ``(p)``;
+    ``("recover", g)``: a login guessing :func:`pin` ``(g)`` (``g == 0``: a wrong guess).
+    Outputs: ``"ok"``, ``("ok", secret)``, ``("wrong_guess", remaining)``, ``"no_record"``,
+    ``"budget_exhausted"``, ``"registration_exists"``, ``"stale_registration"``, or
+    :data:`UNKNOWN` (it may have taken effect, in part or whole, or not at all).
+
+    ``remaining`` may be lower than the model's: a member that lost track of its commit finds it
+    by a read, which shows the attempts counted after it too; it is never higher.
     """
 
     def __init__(self, limit: int) -> None:
@@ -63,25 +71,54 @@ class VaultUser:
         return (0, 0)
 
     def step(self, state: Hashable, input: Hashable, output: Hashable) -> list[Hashable]:
+        outcomes = self._outcomes(state, input)
+        if output is UNKNOWN:  # any effect, or none at all
+            return list(dict.fromkeys([state, *(after for after, _ in outcomes)]))
+        return [after for after, expected in outcomes if expected(output)]
+
+    def _outcomes(self, state: Hashable, input: Hashable) -> list[tuple[Hashable, Expected]]:
+        """What ``input`` may do from ``state``: each next state with the output it gives
+        (``never``: a partial effect only an unknown outcome can have)."""
         k, failures = state
-        kind, guess_or_k = input
-        exhausted = failures >= self.limit
-        if kind == "register":
-            if exhausted:
-                return _only(state, output, "budget_exhausted")
-            if guess_or_k <= k:
-                return _only(state, output, "stale_registration")
-            return _only((guess_or_k, failures), output, "ok")
+        kind, *args = input
+        if kind == "register" and args[1] is None:
+            if k != 0:
+                return [(state, equal("registration_exists"))]
+            return [((args[0], 0), equal("ok"))]
+        guessed = args[1] if kind == "register" else args[0]
         if k == 0:
-            return _only(state, output, "no_record")
-        if exhausted:
-            return _only(state, output, "budget_exhausted")
+            return [(state, equal("no_record"))]
+        if failures >= self.limit:
+            return [(state, equal("budget_exhausted"))]
         counted = (k, failures + 1)
-        if guess_or_k == k:
-            # The attempt is counted, then cleared; clearing is best effort (a crash may skip it).
-            return [(k, 0), counted] if output in (("ok", secret(k)), UNKNOWN) else []
-        return _only(counted, output, ("wrong_guess", self.limit - failures - 1))
+        if guessed != k:
+            return [(counted, self._wrong(failures + 1))]
+        if kind == "recover":
+            return [((k, 0), equal(("ok", secret(k)))), (counted, never)]
+        if args[0] <= k:  # the PIN proven, the registration refused: the login stays counted
+            return [(counted, equal("stale_registration"))]
+        return [((args[0], 0), equal("ok")), (counted, never)]
+
+    def _wrong(self, failures: int) -> Expected:
+        most = self.limit - failures
+
+        def expected(output: Hashable) -> bool:
+            return (
+                isinstance(output, tuple)
+                and output[0] == "wrong_guess"
+                and isinstance(output[1], int)
+                and 0 <= output[1] <= most
+            )
+
+        return expected
 
 
-def _only(state: Hashable, output: Hashable, expected: Hashable) -> list[Hashable]:
-    return [state] if output in (expected, UNKNOWN) else []
+Expected = Callable[[Hashable], bool]
+
+
+def equal(value: Hashable) -> Expected:
+    return lambda output: output == value
+
+
+def never(_output: Hashable) -> bool:
+    return False

@@ -27,8 +27,10 @@ from messages.gate import Gate
 from messages.outbox import Outbox
 from messages.quorum import (
     ACCEPT,
+    COMMITTED,
     Accept,
     Accepted,
+    Committed,
     Justification,
     ValueRefused,
     value_digest,
@@ -189,8 +191,9 @@ async def test_a_member_with_a_stolen_key_cannot_reset_a_counter(tmp_path, nats_
     also get the user's authorizations, spends guesses, then has the rogue member propose the
     counter cleared in every way it can: as an unchanged value, as the change a captured
     request makes, by rolling the record back to its first value, with a commit proof only it
-    signed. Every one is refused by the honest members' HSMs, and no more than the limit of
-    guesses is ever evaluated."""
+    signed, as a commit notice only it signed. Every one is refused by the honest members (their
+    HSMs, or their check of the notice's proof), and no more than the limit of guesses is ever
+    evaluated."""
     async with fleet_of(tmp_path / "f", nats_server.url, ["m1", "m2"], limit=LIMIT) as (
         fleet,
         nc,
@@ -226,6 +229,9 @@ async def test_a_member_with_a_stolen_key_cannot_reset_a_counter(tmp_path, nats_
             assert await _accepted_by_honest(rogue, key, first_value, rollback) == 0
             forged = _proof_signed_by(rogue, key, first_value)
             assert await _accepted_by_honest(rogue, key, cleared, forged) == 0
+            await _announce_signed_by(rogue, key, cleared)
+            await asyncio.sleep(0.5)  # a notice is unanswered: give the members time to take it
+            assert records.decode((await rogue.proposer.read(key)).value).failures == 3
         finally:
             await rogue.stop()
 
@@ -250,6 +256,23 @@ def _witness_of(register_request: bytes) -> bytes:
     """The witness a registration's change is made from: the client's request as sent."""
     body = REGISTRY.parse(Envelope.decode(register_request))
     return Witness(change=REGISTERED, request=body).encode()
+
+
+async def _announce_signed_by(rogue: Rogue, key: str, value: bytes) -> None:
+    """Tell every member that ``value`` committed, with a vote only the rogue signed."""
+    membership = rogue.proposer.membership()
+    forged = _proof_signed_by(rogue, key, value)
+    notice = Committed(
+        fleet=membership.fleet,
+        epoch=membership.epoch,
+        proposer=rogue.member,
+        keys=(key,),
+        ballots=(forged.ballot,),
+        values=(value,),
+        votes=forged.votes,
+    )
+    env = rogue.outbox.envelope(notice)
+    await rogue.nc.publish(subjects.quorum(membership.fleet, COMMITTED), env.encode())
 
 
 def _proof_signed_by(rogue: Rogue, key: str, value: bytes) -> Justification:
@@ -292,7 +315,8 @@ async def _accepted_by_honest(
                 tally.add((await sub.next_msg()).data)
     finally:
         await sub.unsubscribe()
-    assert tally.refused_as_invalid(0), "the refusals name the HSMs' reasons"
+    refusals = tally.refusals_of(0).values()
+    assert all(refusal.kind for refusal in refusals), "the refusals name the HSMs' reasons"
     return tally.grants[0]
 
 

@@ -1,26 +1,84 @@
-"""What the fleet tests share on the rollout bed (:mod:`tests.replay.rolloutbed`): a fleet's
-vault keys provisioned to every node, and the orchestrator's flows started and waited for."""
+"""What the fleet tests share on the rollout bed (:mod:`tests.replay.rolloutbed`): the
+orchestrator's flows started and waited for, and vault clients the way a real client makes
+them: from a validation bundle it verified against its pins (:class:`Follower`), its requests
+authorized by the bed's account authority."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import aiohttp
+
 from messages.events import StartRetirement, StartRollout
+from messages.log_reader import LogReader
 from messages.plan import parse_plan
-from node.fleets import VAULT_DIR
-from node.vault.keys import VaultKeys
+from messages.validation import ValidationBundle
+from messages.vault_authorization import AccountAuthority, Authorization
+from messages.vault_client import VaultClient
+from messages.verify import (
+    Accepted,
+    Pins,
+    VerifierState,
+    needed_proofs,
+    parse_bundle,
+    verify_bundle,
+)
 from orchestrator.service import Orchestrator
 from tests.replay.fleet import wait_for
 from tests.replay.rolloutbed import RolloutBed
 
 
-def provision_vault_keys(bed: RolloutBed, fleet: str) -> VaultKeys:
-    """New vault keys of ``fleet``, the same file in every node's ``<state>/vault``."""
-    keys = VaultKeys.generate()
-    for node_dir in sorted((bed.root / "nodes").iterdir()):
-        (node_dir / VAULT_DIR).mkdir(exist_ok=True)
-        keys.save(node_dir / VAULT_DIR / f"{fleet}.keys")
-    return keys
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Follower:
+    """A client pinned to the bed's original keys, following several fleets: one verifier
+    state per fleet for epoch and digest, the rest (logs' tree heads, walked keys, retired
+    fleets) shared."""
+
+    pins: Pins
+    state: VerifierState = field(default_factory=VerifierState)
+    epochs: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def of(self, fleet: str) -> VerifierState:
+        epoch, digest = self.epochs.get(fleet, (None, None))
+        return replace(self.state, epoch=epoch, digest=digest)
+
+    async def accept(self, served: ValidationBundle | dict) -> Accepted:
+        """Verify ``served`` with the consistency proofs it needs, read from the logs."""
+        bundle = parse_bundle(served)
+        fleet = bundle.artifact.fleet
+        proofs = {}
+        async with aiohttp.ClientSession() as http:
+            for log, old, new, url in needed_proofs(bundle, self.pins, self.of(fleet)):
+                proofs[(log, old, new)] = await LogReader(http, url).consistency(old, new)
+        accepted = verify_bundle(bundle, self.pins, self.of(fleet), now_ms(), proofs)
+        self.state = replace(accepted.state, epoch=None, digest=None)
+        self.epochs[fleet] = (accepted.state.epoch, accepted.state.digest)
+        return accepted
+
+
+def authorizer(bed: RolloutBed, fleet: str):
+    """``authorize(user, op, request)`` for ``fleet``'s vault clients: the bed's authority."""
+    authority = AccountAuthority(bed.authority)
+
+    def authorize(user: str, op: str, request: str) -> Authorization:
+        return authority.authorize(fleet, user, op, request, now_ms())
+
+    return authorize
+
+
+def vault_client(bed: RolloutBed, accepted: Accepted, **options: Any) -> VaultClient:
+    """A vault client of the fleet a verified bundle describes, with the vault keys it lists
+    in force now."""
+    fleet = accepted.artifact.fleet
+    return VaultClient.from_bundle(
+        bed.nc, accepted, authorizer(bed, fleet), now_ms=now_ms(), **options
+    )
 
 
 async def started(orch: Orchestrator, members: int = 5) -> None:

@@ -1,6 +1,8 @@
-"""``hsmfleet demo`` as the README runs it: every party a process, a fleet rolled out to a
-validation bundle that the verifier accepts; Ctrl-C stops every process the demo started.
-NATS runs with permissions and TLS on, and every process connects as itself."""
+"""``hsmfleet demo`` as the README runs it: every party a process (each node daemon beside its
+HSM's device process), a fleet rolled out to a validation bundle that the verifier accepts, and
+a secret registered and recovered through the fleet's vault with the keys that bundle lists;
+Ctrl-C stops every process the demo started. NATS runs with permissions and TLS on, and every
+process connects as itself."""
 
 from __future__ import annotations
 
@@ -17,7 +19,13 @@ import nats
 import nkeys
 import pytest
 
+from messages.canonical import b64
+from messages.vault import KEM_ROLE, VAULT_KEYS
+from messages.verify import parse_bundle
+
 DEMO = [sys.executable, "-m", "ops.cli", "demo"]
+SUFFIX = ("", "-hsm")
+"""Each node's log and its HSM device's."""
 
 
 def _children(pid: int) -> set[int]:
@@ -52,7 +60,18 @@ async def test_the_demo_rolls_out_a_fleet_to_a_verified_bundle(tmp_path):
     for stage in ("enroll", "ceremony", "quorum", "publish", "activate"):
         assert stage in text
     assert (root / "bundle.json").exists() and (root / "trust.json").exists()
-    assert {p.name for p in (root / "logs").iterdir()} >= {"orchestrator.log", "node-1.log"}
+    logs = {p.name for p in (root / "logs").iterdir()}
+    assert logs >= {"orchestrator.log", *(f"node-{i}{s}.log" for i in range(1, 6) for s in SUFFIX)}
+    # The vault answered a client that took its keys from the verified bundle.
+    bundle = parse_bundle(json.loads((root / "bundle.json").read_text()))
+    keys = {k.role: k for k in bundle.artifact.keys}
+    for role, alg in VAULT_KEYS.items():
+        assert f"key {role} {alg} {b64(keys[role].public_key)}" in text
+    assert (
+        "vault: registered a PIN-guarded secret and recovered it through demo-fleet's HSMs"
+        " (OPAQUE: the PIN never left the client)"
+    ) in text
+    assert f"sealed to the bundle's {KEM_ROLE} key {b64(keys[KEM_ROLE].public_key)}" in text
     # A whole rollout with no refused subscription or publish: each role's grants cover its work.
     server_log = (root / "nats" / "nats-server.log").read_text()
     assert "Violation" not in server_log
@@ -80,7 +99,7 @@ async def test_ctrl_c_stops_every_process_the_demo_started(tmp_path):
             assert line, "".join(seen)
             seen.append(line)
     started = _children(proc.pid)
-    assert len(started) >= 8  # nats-server, 2 cosigners, the orchestrator, 5 nodes
+    assert len(started) >= 13  # nats-server, 2 cosigners, the orchestrator, 5 nodes, 5 HSMs
     await _every_party_connects_as_itself(tmp_path / "demo")
     proc.send_signal(signal.SIGINT)
     await asyncio.wait_for(proc.communicate(), 60)

@@ -1,7 +1,6 @@
 """``hsmfleet hsm serve`` as an operator runs it: a real device process on a temporary socket,
 driven by a :class:`DeviceHsm`; and a node daemon that reaches its HSM only through it."""
 
-import json
 import os
 import signal
 import subprocess
@@ -14,11 +13,12 @@ import pytest
 from messages import Ed25519Signer
 from messages.signing import ECDSA_P256, ED25519, verify_bytes
 from node.hsm.base import KeyNotFound
+from node.hsm.device.cli import JOURNAL
 from node.hsm.device.client import DeviceClient, DeviceHsm
 from node.hsm.sealing import create_operator_key
 from node.pins import write_pin
 from node.vendor import DEVICE, VENDOR_ROOT, VendorCA
-from tests.integration.test_node_cli import HSMFLEET, enroll, run_node, stop
+from tests.integration.test_node_cli import HSMFLEET, enroll, run_node, serve, stop, terminate
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
 
 
@@ -34,27 +34,6 @@ def operator_files(tmp_path):
     VendorCA.init(tmp_path / "vendor", datetime.now(UTC))
     create_operator_key(tmp_path / "hsm.key")
     return tmp_path
-
-
-def serve(*args: str, env=None) -> tuple[subprocess.Popen, dict]:
-    """Start ``hsmfleet hsm serve``; the process and the line it prints once it listens."""
-    proc = subprocess.Popen(
-        [*HSMFLEET, "hsm", "serve", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env or os.environ,
-    )
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(30)
-        pytest.fail(proc.stderr.read())
-    return proc, json.loads(line)
-
-
-def terminate(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(30)
 
 
 def soft_args(files: Path, socket_path: Path, *extra: str) -> list[str]:
@@ -90,11 +69,14 @@ def test_a_software_device_serves_keeps_its_keys_and_stops_cleanly(operator_file
     assert not socket_path.exists()
 
 
-def test_a_pkcs11_device_serves_its_token(socket_path, token_label):  # noqa: F811
+def test_a_pkcs11_device_serves_its_token_and_keeps_its_vault_journal_in_its_state(
+    socket_path,
+    token_label,  # noqa: F811
+    tmp_path,
+):
     env = {**os.environ, "HSMFLEET_PKCS11_PIN": PIN}
-    proc, hello = serve(
-        "--socket", str(socket_path), "--backend", "pkcs11", "--token", token_label, env=env
-    )
+    token = ["--backend", "pkcs11", "--token", token_label]
+    proc, hello = serve("--socket", str(socket_path), *token, "--state", str(tmp_path), env=env)
     try:
         assert hello["kind"] == "pkcs11"
         hsm = DeviceHsm(DeviceClient(socket_path))
@@ -103,6 +85,7 @@ def test_a_pkcs11_device_serves_its_token(socket_path, token_label):  # noqa: F8
         hsm.close()
     finally:
         assert terminate(proc) == 0
+    assert (tmp_path / JOURNAL).exists()
 
 
 def _one_line_error(*args: str, env=None) -> str:
@@ -131,8 +114,8 @@ def test_bad_arguments_and_keys_end_it_with_one_line(operator_files, socket_path
     bad_key = ["--sealing-key-file", str(tmp_path / "short.key")]
     line = _one_line_error("--socket", str(socket_path), "--state", str(files / "hsm"), *bad_key)
     assert "32 bytes" in line
-    line = _one_line_error("--socket", str(socket_path), "--backend", "pkcs11")
-    assert "--token" in line
+    pkcs11 = ["--backend", "pkcs11", "--state", str(files / "device")]
+    assert "--token" in _one_line_error("--socket", str(socket_path), *pkcs11)
     assert not socket_path.exists()
 
 

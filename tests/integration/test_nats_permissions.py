@@ -18,6 +18,8 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +32,7 @@ from nats.aio.msg import Msg
 
 from messages import subjects
 from messages.events import EnrollNode
-from messages.vault import Registration
+from messages.vault_authorization import Authorization
 from messages.vault_client import VaultClient
 from node.hsm.sealing import new_operator_key
 from node.measurement import measure
@@ -615,6 +617,24 @@ async def hsmfleet(*args: str) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
+@contextlib.asynccontextmanager
+async def hsm_device(files: Path) -> AsyncIterator[Path]:
+    """``hsmfleet hsm serve`` running the software HSM in ``files/hsm`` (sealed under
+    ``files/hsm.key``, certified by the vendor CA in ``files/vendor``): its socket."""
+    socket = Path(tempfile.mkdtemp(prefix="hsmserve-")) / "hsm.sock"
+    proc = await asyncio.create_subprocess_exec(
+        *HSMFLEET, "hsm", "serve", "--socket", str(socket), "--state", str(files / "hsm"),
+        "--sealing-key-file", str(files / "hsm.key"), "--vendor", str(files / "vendor"),
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert await asyncio.wait_for(proc.stdout.readline(), 30), "the HSM device did not start"
+        yield socket
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
 async def test_node_daemon_and_orchestrator_enroll_each_with_its_own_seed(nats_bundle, tmp_path):
     keys, software = nats_bundle.root / "keys", measure()
     VendorCA.init(tmp_path / "vendor", datetime.now(UTC))
@@ -622,7 +642,10 @@ async def test_node_daemon_and_orchestrator_enroll_each_with_its_own_seed(nats_b
     stranger = tmp_path / "stranger.nk"
     stranger.write_text(user_key().seed)
     # Its own server: the session's secured server holds test entries no orchestrator replays.
-    async with SecuredServer(nats_bundle, tmp_path / "nats", name="enroll") as server:
+    async with (
+        SecuredServer(nats_bundle, tmp_path / "nats", name="enroll") as server,
+        hsm_device(tmp_path) as socket,
+    ):
         config = write_config(
             tmp_path / "orch",
             server.url,
@@ -633,11 +656,9 @@ async def test_node_daemon_and_orchestrator_enroll_each_with_its_own_seed(nats_b
         )
         signer = load_signer(tmp_path / "orch" / "orchestrator.key")
         write_pin(tmp_path / "pins.json", "orchestrator", signer)
-        node = ["node", "run", "--hsm", "soft", "--state", str(tmp_path / "n1"), "--domain", "dc1"]
-        node += ["--nats", server.url, "--node-id", "n1", "--heartbeat", "0.5"]
-        node += ["--orchestrator-key", str(tmp_path / "pins.json")]
-        node += ["--vendor", str(tmp_path / "vendor"), "--hsm-key-file", str(tmp_path / "hsm.key")]
-        node += ["--measurement", software]
+        node = ["node", "run", "--hsm-socket", str(socket), "--state", str(tmp_path / "n1")]
+        node += ["--domain", "dc1", "--nats", server.url, "--node-id", "n1", "--heartbeat", "0.5"]
+        node += ["--orchestrator-key", str(tmp_path / "pins.json"), "--measurement", software]
         for seed, error in (
             (tmp_path / "missing.nk", "cannot read the NATS seed file"),
             (stranger, "the NATS servers refused this party's credentials"),
@@ -682,6 +703,10 @@ async def test_fleet_members_and_a_vault_client_each_with_its_own_seed(tmp_path)
     bundle = write_bundle(layout, tmp_path / "bundle")
     async with SecuredServer(bundle, tmp_path / "nats", name="members") as server:
         local = LocalFleet.create(tmp_path / "fleet", fleet, len(members), [server.url], **FAST)
+
+        def authorize(user: str, op: str, request: str) -> Authorization:
+            return local.authorize(user, op, request, time.time_ns() // 1_000_000)
+
         running = [
             Member(
                 dataclasses.replace(
@@ -696,9 +721,9 @@ async def test_fleet_members_and_a_vault_client_each_with_its_own_seed(tmp_path)
             await asyncio.gather(*(m.start() for m in running))
             await asyncio.gather(*(m.replica.wait_voting(10) for m in running))
             nc = await natsauth.connect(bundle, "client", CLIENT_ID, server.url)
-            client = VaultClient(nc, fleet, local.session_public)
-            await client.register("alice", Registration(pin=b"1234", secret=b"backup key"))
-            assert await client.recover("alice", b"1234") == b"backup key"
+            client = VaultClient(nc, local.vault_keys, authorize)
+            await client.register("alice", b"1234", b"backup key")
+            assert (await client.recover("alice", b"1234")).secret == b"backup key"
         finally:
             if nc is not None:
                 await nc.close()

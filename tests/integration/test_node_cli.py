@@ -1,12 +1,16 @@
-"""``hsmfleet vendor`` and ``hsmfleet node run`` as an operator runs them: real processes."""
+"""``hsmfleet vendor``, ``hsmfleet hsm serve`` and ``hsmfleet node run`` as an operator runs
+them: real processes, each node daemon reaching its HSM through a device process."""
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,7 +20,7 @@ from messages.attestation import load_vendor_roots, request_attestation, verify_
 from messages.signing import ED25519
 from node import cli as node_cli
 from node.daemon import NodeConfigError
-from node.hsm.device.cli import DeviceConfigError
+from node.hsm.device.cli import DeviceConfigError, open_backend
 from node.hsm.sealing import load_operator_key
 from node.hsm.soft import STATE_FILE, SoftHsm
 from node.measurement import measure
@@ -89,51 +93,103 @@ async def enroll(nc, orchestrator, tmp_path, node_id):
     )
 
 
-async def test_software_node_runs_enrolls_and_restarts_as_itself(
-    nats_server, nc, tmp_path, operator
-):
-    soft = ["--hsm", "soft", "--hsm-key-file", str(tmp_path / "hsm.key")]
-    proc, node_id = await run_node(
-        nats_server, tmp_path, *soft, "--vendor", str(tmp_path / "vendor")
+@pytest.fixture
+def socket_path():
+    """A socket in a short directory the device creates itself (socket paths are short)."""
+    return Path(tempfile.mkdtemp(prefix="hsmserve-")) / "run" / "hsm.sock"
+
+
+def serve(*args: str, env=None) -> tuple[subprocess.Popen, dict]:
+    """Start ``hsmfleet hsm serve``; the process and the line it prints once it listens."""
+    proc = subprocess.Popen(
+        [*HSMFLEET, "hsm", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or os.environ,
     )
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(30)
+        pytest.fail(proc.stderr.read())
+    return proc, json.loads(line)
+
+
+def terminate(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(30)
+
+
+def soft_device(tmp_path, socket_path, *extra: str) -> list[str]:
+    """``hsm serve`` arguments of the software HSM in ``tmp_path/hsm``, sealed under the key
+    the ``operator`` fixture made."""
+    state = ["--state", str(tmp_path / "hsm"), "--sealing-key-file", str(tmp_path / "hsm.key")]
+    return ["--socket", str(socket_path), *state, *extra]
+
+
+async def test_software_node_runs_enrolls_and_restarts_as_itself(
+    nats_server, nc, tmp_path, operator, socket_path
+):
+    """A node daemon and its software HSM's device process, started as an operator starts
+    them; both restarted (the device certified at its first start needs no vendor again), the
+    node is the same node, with the same identity key."""
+    device, _ = serve(*soft_device(tmp_path, socket_path, "--vendor", str(tmp_path / "vendor")))
     try:
-        first = await enroll(nc, operator, tmp_path, node_id)
+        proc, node_id = await run_node(nats_server, tmp_path, "--hsm-socket", str(socket_path))
+        try:
+            first = await enroll(nc, operator, tmp_path, node_id)
+        finally:
+            assert await stop(proc) == 0
     finally:
-        assert await stop(proc) == 0
+        assert terminate(device) == 0
+    device, _ = serve(*soft_device(tmp_path, socket_path))
     port = free_port()
-    proc, again = await run_node(nats_server, tmp_path, *soft, "--http", f"127.0.0.1:{port}")
     try:
-        second = await enroll(nc, operator, tmp_path, again)
-        url = f"http://127.0.0.1:{port}/health"
-        async with aiohttp.ClientSession() as http, http.get(url) as resp:
-            assert resp.status == 200
-            assert (await resp.json())["node_id"] == node_id
+        proc, again = await run_node(
+            nats_server, tmp_path, "--hsm-socket", str(socket_path), "--http", f"127.0.0.1:{port}"
+        )
+        try:
+            second = await enroll(nc, operator, tmp_path, again)
+            url = f"http://127.0.0.1:{port}/health"
+            async with aiohttp.ClientSession() as http, http.get(url) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["node_id"] == node_id
+        finally:
+            assert await stop(proc) == 0
     finally:
-        assert await stop(proc) == 0
+        assert terminate(device) == 0
     assert again == node_id == first.node_id
     assert second.identity_key == first.identity_key and first.identity_alg == ED25519
+    assert not (tmp_path / "state" / "hsm").exists(), "no key material beside the node"
 
 
-def test_software_hsm_without_vendor_or_with_tampered_state_refuses_to_start(
-    nats_server, tmp_path, operator
+def test_a_node_without_its_device_or_with_a_bad_address_refuses_to_start(
+    nats_server, tmp_path, operator, socket_path
 ):
-    state = tmp_path / "state"
-    args = ["node", "run", "--state", str(state), "--domain", "dc1", "--nats", nats_server.url]
-    args += ["--orchestrator-key", str(tmp_path / "orch.json")]
-    key_env = {**os.environ, "HSMFLEET_HSM_KEY": (tmp_path / "hsm.key").read_text().strip()}
-    out = hsmfleet(*args, "--vendor", str(tmp_path / "no-vendor"), env=key_env)
-    assert out.returncode == 2 and "cannot open the vendor CA" in out.stderr
-    out = hsmfleet(*args, "--http", "localhost", env=key_env)
+    args = ["node", "run", "--state", str(tmp_path / "state"), "--domain", "dc1"]
+    args += ["--nats", nats_server.url, "--orchestrator-key", str(tmp_path / "orch.json")]
+    out = hsmfleet(*args)
+    assert out.returncode == 2 and "--hsm-socket" in out.stderr
+    out = hsmfleet(*args, "--hsm-socket", str(socket_path))
+    assert out.returncode == 2 and "the HSM device is not there" in out.stderr
+    out = hsmfleet(*args, "--hsm-socket", str(socket_path), "--http", "localhost")
     assert out.returncode == 2 and "the HTTP address must be HOST:PORT" in out.stderr
-    hsm = SoftHsm(state / "hsm", load_operator_key(tmp_path / "hsm.key"))
+
+
+def test_a_device_refuses_a_software_hsm_whose_sealed_state_was_altered(
+    tmp_path, operator, socket_path
+):
+    hsm = SoftHsm(tmp_path / "hsm", load_operator_key(tmp_path / "hsm.key"))
     provision(hsm, VendorCA.open(tmp_path / "vendor"), datetime.now(UTC))
-    path = state / "hsm" / STATE_FILE
+    hsm.close()
+    path = tmp_path / "hsm" / STATE_FILE
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x10
     path.write_bytes(bytes(data))
-    out = hsmfleet(*args, env=key_env)
+    out = hsmfleet("hsm", "serve", *soft_device(tmp_path, socket_path))
     assert out.returncode == 2
     assert "sealed HSM state fails authentication: the file was altered" in out.stderr
+    assert not socket_path.exists()
 
 
 async def test_pkcs11_node_is_certified_by_the_vendor_tool_and_enrolls(
@@ -141,6 +197,7 @@ async def test_pkcs11_node_is_certified_by_the_vendor_tool_and_enrolls(
     nc,
     tmp_path,
     operator,
+    socket_path,
     token_label,  # noqa: F811
 ):
     env = {**os.environ, "HSMFLEET_PKCS11_PIN": PIN}
@@ -148,13 +205,16 @@ async def test_pkcs11_node_is_certified_by_the_vendor_tool_and_enrolls(
         "vendor", "certify", "--dir", str(tmp_path / "vendor"), "--token", token_label, env=env
     )
     assert out.returncode == 0, out.stderr
-    proc, node_id = await run_node(
-        nats_server, tmp_path, "--hsm", "pkcs11", "--token", token_label, env=env
-    )
+    token = ["--backend", "pkcs11", "--token", token_label, "--state", str(tmp_path / "device")]
+    device, _ = serve("--socket", str(socket_path), *token, env=env)
     try:
-        node = await enroll(nc, operator, tmp_path, node_id)
+        proc, node_id = await run_node(nats_server, tmp_path, "--hsm-socket", str(socket_path))
+        try:
+            node = await enroll(nc, operator, tmp_path, node_id)
+        finally:
+            assert await stop(proc) == 0
     finally:
-        assert await stop(proc) == 0
+        assert terminate(device) == 0
     assert node.node_id == node_id
 
 
@@ -167,13 +227,14 @@ def test_missing_or_clashing_settings_are_typed_errors(tmp_path, monkeypatch):
     with pytest.raises(NodeConfigError, match="never overwritten") as info:
         node_cli.node_sealing_key(parse("node", "sealing-key", "--out", str(key)))
     assert info.value.kind == "node_config" and key.read_text() == "kept\n"
-    run = ["node", "run", "--state", str(tmp_path / "s"), "--domain", "dc1"]
-    run += ["--orchestrator-key", str(tmp_path / "orch.json")]
+    serve_args = ["hsm", "serve", "--socket", str(tmp_path / "s.sock")]
+    serve_args += ["--state", str(tmp_path / "device")]
     monkeypatch.setenv("HSMFLEET_HSM_KEY", "00" * 32)
-    with pytest.raises(DeviceConfigError, match="--vendor"):
-        node_cli.open_hsm(parse(*run))
+    with pytest.raises(DeviceConfigError, match="--vendor") as info:
+        open_backend(parse(*serve_args))
+    assert info.value.kind == "device_config"
     with pytest.raises(DeviceConfigError, match="--token"):
-        node_cli.open_hsm(parse(*run, "--hsm", "pkcs11"))
+        open_backend(parse(*serve_args, "--backend", "pkcs11"))
     monkeypatch.delenv("HSMFLEET_PKCS11_PIN", raising=False)
     with pytest.raises(DeviceConfigError, match="PIN"):
-        node_cli.open_hsm(parse(*run, "--hsm", "pkcs11", "--token", "t"))
+        open_backend(parse(*serve_args, "--backend", "pkcs11", "--token", "t"))

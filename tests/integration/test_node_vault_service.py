@@ -1,7 +1,8 @@
 """Node daemons serve the vault of the fleets they are members of (real daemons, cosigners,
-orchestrator and nats-server): a rolled-out fleet answers register and recover, a fleet-key
-rotation (the same group continued) keeps it answering, a drain refuses registrations while
-recoveries go on, and a member that left the group (retirement) no longer serves it."""
+orchestrator and nats-server): a fleet rolled out with a vault plan answers register and
+recover to clients made from its verified validation bundle, a fleet-key rotation (the same
+group continued) keeps it answering, a drain refuses registrations while recoveries go on, and a
+member that left the group (retirement) no longer serves it."""
 
 from __future__ import annotations
 
@@ -9,20 +10,23 @@ import pytest
 
 from messages.bus import NoResponder, RequestTimeout
 from messages.events import RotateFleet
-from messages.vault import Registration, RegistrationsClosed, WrongGuess
-from messages.vault_client import VaultClient
+from messages.vault import RecordKeyDestroyed, RegistrationsClosed, UnknownVaultKey, WrongGuess
+from node.vault import record as records
 from tests.integration.fleetvault import (
-    provision_vault_keys,
+    Follower,
     roll_out,
     start_retirement,
     started,
     until_retired,
+    vault_client,
 )
 from tests.replay.fleet import running, wait_for
 from tests.replay.rolloutbed import served_bed
 
-ALICE = Registration(pin=b"1234", secret=b"backup key of alice")
-BOB = Registration(pin=b"4321", secret=b"backup key of bob")
+ALICE = b"backup key of alice"
+BOB = b"backup key of bob"
+OVERLAP_S = 8
+"""Long enough for the operations the test makes while both key epochs are held."""
 
 
 @pytest.fixture
@@ -32,32 +36,61 @@ async def bed(tmp_path, rollout_template):
 
 
 async def test_daemons_serve_the_vault_through_rotation_drain_and_retirement(bed):
-    keys = provision_vault_keys(bed, "fleet-1")
-    client = VaultClient(bed.nc, "fleet-1", keys.session_public, timeout=5)
+    follower = Follower(bed.pins())
     async with running(bed.config) as orch:
         await started(orch)
-        await roll_out(orch, bed, "fleet-1")
+        await roll_out(orch, bed, "fleet-1", vault=bed.vault())
         assert all("fleet-1" in d.fleets.vaults for d in bed.daemons)
-        await client.register("alice", ALICE)
-        assert await client.recover("alice", b"1234") == ALICE.secret
+        first = await follower.accept(orch.state.book.of_fleet("fleet-1").validation)
+        assert first.artifact.vault is not None
+        old = vault_client(bed, first, timeout=5)
+        await old.register("alice", b"1234", ALICE)
+        await old.register("carol", b"5555", b"carol's")  # never logs in during the overlap
+        assert (await old.recover("alice", b"1234")).secret == ALICE
 
-        await orch.submit(RotateFleet(fleet="fleet-1", requested_by="t", overlap_s=1, reason="t"))
+        # A rotation: during the overlap both epochs' keys are held. A client may still seal
+        # to the old bundle's key; a recovery of a record made with the old epoch's OPAQUE
+        # setup registers it again with the new one. Users log in with the new bundle before
+        # the overlap ends: a record last changed by a request sealed to the old key, or made
+        # with the old setup, cannot be read once the old keys are destroyed.
+        await orch.submit(
+            RotateFleet(fleet="fleet-1", requested_by="t", overlap_s=OVERLAP_S, reason="t")
+        )
         await wait_for(
             lambda: orch.state.book.fleets["fleet-1"].active_epoch == 2,
             timeout=60,
             what="the rotation to activate",
         )
-        assert await client.recover("alice", b"1234") == ALICE.secret
-        await client.register("bob", BOB)
-        assert await client.recover("bob", b"4321") == BOB.secret
+        second = await follower.accept(orch.state.book.of_fleet("fleet-1").validation)
+        new = vault_client(bed, second, timeout=5)
+        assert new.kem_id != old.kem_id and new.server_key != old.server_key
+        recovered = await new.recover("alice", b"1234")
+        assert (recovered.secret, recovered.generation) == (ALICE, 2), "registered again"
+        await new.register("bob", b"4321", BOB)
+        assert (await old.recover("bob", b"4321")).secret == BOB
+        assert (await new.recover("bob", b"4321")).attempt == 2
+        assert not orch.state.book.of_fleet("fleet-1").legacy_closed, "the overlap is over"
+
         await wait_for(
             lambda: orch.state.book.of_fleet("fleet-1").legacy_closed,
             timeout=60,
             what="the old keys to be destroyed",
         )
-        assert await client.recover("bob", b"4321") == BOB.secret
+        # Sealed to a destroyed key, a request is refused in the clear: take the new bundle.
+        with pytest.raises(UnknownVaultKey):
+            await old.recover("bob", b"4321")
+        latest = await follower.accept(orch.state.book.of_fleet("fleet-1").validation)
+        new = vault_client(bed, latest, timeout=5)
+        assert (await new.recover("bob", b"4321")).secret == BOB
+        assert (await new.recover("alice", b"1234")).secret == ALICE
+        # A record left in the destroyed epoch cannot be recovered, and trying spends nothing.
+        for _ in range(2):
+            with pytest.raises(RecordKeyDestroyed):
+                await new.recover("carol", b"5555")
+        held = [held_record(daemon, "carol") for daemon in bed.daemons]
+        assert {record.attempts for record in held if record is not None} == {0}
 
-        await roll_out(orch, bed, "fleet-2")
+        await roll_out(orch, bed, "fleet-2", vault=bed.vault())
         await start_retirement(orch, "fleet-1", "fleet-2", drain_s=3)
         await wait_for(
             lambda: all("fleet-1" in d.fleets.draining for d in bed.daemons),
@@ -65,14 +98,19 @@ async def test_daemons_serve_the_vault_through_rotation_drain_and_retirement(bed
             what="every member to drain",
         )
         with pytest.raises(RegistrationsClosed):
-            await client.register("carol", ALICE)
+            await new.register("carol", b"1234", ALICE)
         with pytest.raises(WrongGuess):
-            await client.recover("alice", b"0000")
-        assert await client.recover("alice", b"1234") == ALICE.secret
+            await new.recover("alice", b"0000")
+        assert (await new.recover("alice", b"1234")).secret == ALICE
 
         await until_retired(orch, "fleet-1")
     assert not any("fleet-1" in d.fleets.vaults for d in bed.daemons)
     with pytest.raises((NoResponder, RequestTimeout)):
-        await VaultClient(bed.nc, "fleet-1", keys.session_public, timeout=1).recover(
-            "alice", b"1234"
-        )
+        await vault_client(bed, latest, timeout=1).recover("alice", b"1234")
+
+
+def held_record(daemon, user: str):
+    """``user``'s record as ``daemon``'s replica of fleet-1 holds it."""
+    replica = daemon.fleets.replicas["fleet-1"][1]
+    key = records.record_key(user)
+    return records.decode(replica.store.load([key])[key].value)

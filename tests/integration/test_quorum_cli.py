@@ -1,22 +1,26 @@
-"""``hsmfleet member``: lay out a local fleet, run its members as processes, use the vault."""
+"""``hsmfleet member``: lay out a local fleet, run its members as processes, use the vault
+with what the layout prints and writes for clients."""
 
 import asyncio
 import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nats
 
-from messages.vault import Registration
-from messages.vault_client import VaultClient
+from messages.artifact import FleetKey
+from messages.signing import Ed25519Signer
+from messages.vault_authorization import AccountAuthority
+from messages.vault_client import VaultClient, VaultKeysInForce
 
 HSMFLEET = [sys.executable, "-m", "ops.cli"]
 
 
-def lay_out(root: Path, fleet: str, url: str) -> bytes:
-    """``hsmfleet member local-fleet``; returns the fleet's session public key."""
+def lay_out(root: Path, fleet: str, url: str) -> list[str]:
+    """``hsmfleet member local-fleet``; returns the lines it printed."""
     out = subprocess.run(
         [
             *HSMFLEET,
@@ -37,11 +41,38 @@ def lay_out(root: Path, fleet: str, url: str) -> bytes:
         text=True,
         check=True,
     )
-    return bytes.fromhex(out.stdout.strip().splitlines()[-1].split(": ")[1])
+    return out.stdout.strip().splitlines()
+
+
+def client_of(root: Path, printed: list[str], nc) -> VaultClient:
+    """A vault client made from the client file the layout wrote (and printed), its requests
+    authorized with the authority key the layout kept."""
+    client = json.loads((root / "client.json").read_text())
+    keys = VaultKeysInForce(
+        client["fleet"], FleetKey.from_json(client["kem"]), FleetKey.from_json(client["server"])
+    )
+    authority = client["authority"]
+    assert f"fleet: {keys.fleet}" in printed
+    assert f"vault key (vault-kem, ecdh-p256): {keys.kem.public_key.hex()}" in printed
+    server = (
+        f"OPAQUE server key (vault-opaque, opaque-ristretto255): {keys.server.public_key.hex()}"
+    )
+    assert server in printed
+    assert printed[-1] == f"client settings: {root / 'client.json'}"
+    seed = bytes.fromhex(Path(authority["key_file"]).read_text().strip())
+    signer = Ed25519Signer.from_seed(seed)
+    assert signer.public_key.hex() == authority["public_key"]
+    assert Path(authority["key_file"]).stat().st_mode & 0o777 == 0o600
+
+    def authorize(user: str, op: str, request: str):
+        now = time.time_ns() // 1_000_000
+        return AccountAuthority(signer).authorize(keys.fleet, user, op, request, now)
+
+    return VaultClient(nc, keys, authorize, timeout=3)
 
 
 async def test_members_run_as_processes_and_serve_the_vault(tmp_path, nats_server):
-    session_key = await asyncio.to_thread(lay_out, tmp_path, "cli1", nats_server.url)
+    printed = await asyncio.to_thread(lay_out, tmp_path, "cli1", nats_server.url)
     settings = sorted(tmp_path.glob("m*/settings.json"))
     assert [json.loads(p.read_text())["member"] for p in settings] == ["m1", "m2", "m3"]
     procs = [
@@ -60,14 +91,14 @@ async def test_members_run_as_processes_and_serve_the_vault(tmp_path, nats_serve
     ]
     nc = await nats.connect(nats_server.url)
     try:
-        client = VaultClient(nc, "cli1", session_key, timeout=3)
+        client = client_of(tmp_path, printed, nc)
         for _ in range(100):
             try:
-                await client.register("alice", Registration(pin=b"42", secret=b"s"))
+                await client.register("alice", b"42", b"s")
                 break
             except Exception:
                 await asyncio.sleep(0.2)
-        assert await client.recover("alice", b"42") == b"s"
+        assert (await client.recover("alice", b"42")).secret == b"s"
     finally:
         await nc.close()
         for proc in procs:

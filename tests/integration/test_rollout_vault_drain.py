@@ -6,10 +6,10 @@ from __future__ import annotations
 import nats
 import pytest
 
-from messages.vault import Registration, RegistrationsClosed, WrongGuess
+from messages.vault import RegistrationsClosed, WrongGuess
 from tests.faults.fleets import running_fleet
 
-ALICE = Registration(pin=b"1234", secret=b"backup key of alice")
+SECRET = b"backup key of alice"
 
 
 async def test_a_draining_fleet_refuses_registrations_and_still_recovers(tmp_path, nats_server):
@@ -17,15 +17,15 @@ async def test_a_draining_fleet_refuses_registrations_and_still_recovers(tmp_pat
     try:
         async with running_fleet(tmp_path, nats_server.url) as fleet:
             client = fleet.client(nc)
-            await client.register("alice", ALICE)
+            await client.register("alice", b"1234", SECRET)
             for member in fleet.running.values():
                 member.vault.drain()
             with pytest.raises(RegistrationsClosed):
-                await client.register("bob", ALICE)
+                await client.register("bob", b"1234", SECRET)
             with pytest.raises(RegistrationsClosed):
-                await client.register("alice", Registration(pin=b"9999", secret=b"new"))
+                await client.register("alice", b"9999", b"new", current_pin=b"1234")
             with pytest.raises(WrongGuess):
                 await client.recover("alice", b"0000")
-            assert await client.recover("alice", b"1234") == ALICE.secret
+            assert (await client.recover("alice", b"1234")).secret == SECRET
     finally:
         await nc.close()

@@ -32,7 +32,7 @@ from messages.signing import ECDH_P256, ECDSA_P256, ED25519, Ed25519Signer
 from messages.verify import OperatorPin, Pins, QuorumFloor
 from node.daemon import NodeDaemon
 from node.hsm import keys
-from node.hsm.base import PublicKey
+from node.hsm.base import Hsm, PublicKey
 from node.hsm.sealing import new_operator_key
 from node.hsm.soft import SoftHsm, _Key
 from node.measurement import measure
@@ -153,7 +153,7 @@ class RolloutBed:
             floor=floor or QuorumFloor(),
         )
 
-    async def start_nodes(self, hsms: dict[str, SoftHsm]) -> None:
+    async def start_nodes(self, hsms: dict[str, Hsm]) -> None:
         pins = read_pins(self.root / "pins.json")
         assert self.nc is not None
         for node_id, domain in [m for m in (*MEMBERS, SPARE) if m[0] in hsms]:
@@ -207,9 +207,17 @@ def prepare(root: Path) -> None:
         hsm.close()
 
 
-async def open_bed(template: Path, root: Path, nats_url: str, *, spare: bool = False) -> RolloutBed:
+async def open_bed(
+    template: Path,
+    root: Path,
+    nats_url: str,
+    *,
+    spare: bool = False,
+    hsms: dict[str, Hsm] | None = None,
+) -> RolloutBed:
     """A copy of ``template`` under ``root``, its cosigners served and its nodes started (with
-    ``spare``, the spare node too)."""
+    ``spare``, the spare node too); ``hsms`` gives some nodes another HSM than their software
+    one (a PKCS#11 token, provisioned by the caller)."""
     shutil.copytree(template, root)
     config = root / "orch" / "orch-a.json"
     raw = json.loads(config.read_text())
@@ -230,22 +238,27 @@ async def open_bed(template: Path, root: Path, nats_url: str, *, spare: bool = F
         bed.cosigners.append(server)
         bed.peers.append(Peer(peer.id, type(peer.pin)(peer.pin.name, peer.pin.public_key, url)))
     bed.nc = await nats.connect(nats_url, name="rollout-bed")
-    hsms = {
+    chosen: dict[str, Hsm] = {
         node_id: SeededHsm(root / "nodes" / node_id / "hsm", SEALING_KEY, node_id.encode())
         for node_id, _ in (*MEMBERS, SPARE)
-        if spare or node_id != SPARE[0]
+        if (spare or node_id != SPARE[0]) and node_id not in (hsms or {})
     }
-    await bed.start_nodes(hsms)
+    await bed.start_nodes({**chosen, **(hsms or {})})
     return bed
 
 
 @asynccontextmanager
 async def served_bed(
-    template: Path, root: Path, name: str, *, spare: bool = False
+    template: Path,
+    root: Path,
+    name: str,
+    *,
+    spare: bool = False,
+    hsms: dict[str, Hsm] | None = None,
 ) -> AsyncIterator[RolloutBed]:
     """A bed copied from ``template`` on a nats-server of its own, both under ``root``."""
     async with NatsServer(root / "nats", name=name) as server:
-        bed = await open_bed(template, root / "run", server.url, spare=spare)
+        bed = await open_bed(template, root / "run", server.url, spare=spare, hsms=hsms)
         try:
             yield bed
         finally:

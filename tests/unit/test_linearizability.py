@@ -75,48 +75,95 @@ def vault(limit, *ops):
     return check(VaultUser(limit), list(ops))
 
 
+FIRST = ("register", 1, None)
+
+
 def test_a_good_vault_history():
     assert vault(
         3,
-        op(1, ("register", 1), "ok", 0, 1),
+        op(1, FIRST, "ok", 0, 1),
         op(2, ("recover", 0), ("wrong_guess", 2), 2, 5),
         op(3, ("recover", 0), ("wrong_guess", 1), 3, 6),
         op(1, ("recover", 1), ("ok", secret(1)), 7, 8),
         op(2, ("recover", 0), ("wrong_guess", 2), 9, 10),
+        op(1, ("register", 2, 1), "ok", 11, 12),
+        op(2, ("recover", 0), ("wrong_guess", 2), 13, 14),
+        op(1, ("recover", 2), ("ok", secret(2)), 15, 16),
     ).ok
 
 
 def test_a_guess_counted_twice_or_not_at_all_is_caught():
     twice = [
-        op(1, ("register", 1), "ok", 0, 1),
+        op(1, FIRST, "ok", 0, 1),
         op(2, ("recover", 0), ("wrong_guess", 2), 2, 5),
         op(3, ("recover", 0), ("wrong_guess", 2), 3, 6),
     ]
     assert not vault(3, *twice).ok
+    uncounted = [op(1, FIRST, "ok", 0, 1), op(2, ("recover", 0), ("wrong_guess", 3), 2, 3)]
+    assert not vault(3, *uncounted).ok
+
+
+def test_a_guess_may_report_fewer_remaining_never_more():
+    fewer = [op(1, FIRST, "ok", 0, 1), op(2, ("recover", 0), ("wrong_guess", 0), 2, 3)]
+    assert vault(3, *fewer).ok
 
 
 def test_more_guesses_than_the_limit_are_caught():
-    history = [op(1, ("register", 1), "ok", 0, 1)]
+    history = [op(1, FIRST, "ok", 0, 1)]
     history += [op(i, ("recover", 0), ("wrong_guess", 2 - i), 2 + i, 100) for i in range(3)]
     assert vault(3, *history).ok
     history.append(op(9, ("recover", 0), ("wrong_guess", 0), 101, 102))
     assert not vault(3, *history).ok
+    history[-1] = op(9, ("recover", 0), "budget_exhausted", 101, 102)
+    assert vault(3, *history).ok
 
 
-def test_re_registration_that_resets_the_budget_is_caught():
+def test_a_login_is_counted_before_it_can_clear_and_a_lost_one_may_stay_counted():
     history = [
-        op(1, ("register", 1), "ok", 0, 1),
+        op(1, FIRST, "ok", 0, 1),
+        op(1, ("recover", 1), UNKNOWN, 2),
+        op(2, ("recover", 0), ("wrong_guess", 1), 3, 4),
+    ]
+    assert vault(3, *history).ok, "the lost login counted, never cleared"
+    cleared = op(2, ("recover", 0), ("wrong_guess", 2), 3, 4)
+    assert vault(3, *history[:2], cleared).ok, "or it never counted, or it cleared"
+    history.append(op(1, ("recover", 1), ("ok", secret(1)), 5, 6))
+    history.append(op(2, ("recover", 0), ("wrong_guess", 2), 7, 8))
+    assert vault(3, *history).ok, "a right PIN clears every failure counted before it"
+    history[-1] = op(2, ("recover", 0), ("wrong_guess", 3), 7, 8)
+    assert not vault(3, *history).ok, "and counts a guess after it"
+
+
+def test_re_registering_without_the_pin_is_refused_and_resets_nothing():
+    history = [
+        op(1, FIRST, "ok", 0, 1),
         op(1, ("recover", 0), ("wrong_guess", 1), 2, 3),
-        op(1, ("register", 2), "ok", 4, 5),
+        op(1, ("register", 2, None), "registration_exists", 4, 5),
+        op(1, ("recover", 0), ("wrong_guess", 0), 6, 7),
+    ]
+    assert vault(2, *history).ok
+    reset = [*history[:2], op(1, ("register", 2, None), "ok", 4, 5)]
+    assert not vault(2, *reset).ok, "a registration over a live record without its PIN"
+    wrong_pin = [*history[:2], op(1, ("register", 2, 0), "ok", 4, 5)]
+    assert not vault(2, *wrong_pin).ok, "a registration proving a wrong PIN"
+
+
+def test_re_registering_with_the_pin_clears_the_failures_as_a_right_guess_does():
+    history = [
+        op(1, FIRST, "ok", 0, 1),
+        op(1, ("recover", 0), ("wrong_guess", 1), 2, 3),
+        op(1, ("register", 2, 1), "ok", 4, 5),
         op(1, ("recover", 0), ("wrong_guess", 1), 6, 7),
     ]
-    assert not vault(2, *history).ok
+    assert vault(2, *history).ok
+    proof_wrong = [*history[:2], op(1, ("register", 2, 0), ("wrong_guess", 0), 4, 5)]
+    assert vault(2, *proof_wrong, op(1, ("recover", 1), "budget_exhausted", 6, 7)).ok
 
 
 def test_a_lost_acknowledged_registration_is_caught():
     history = [
-        op(1, ("register", 1), "ok", 0, 1),
-        op(1, ("register", 2), "ok", 2, 3),
+        op(1, FIRST, "ok", 0, 1),
+        op(1, ("register", 2, 1), "ok", 2, 3),
         op(1, ("recover", 2), ("wrong_guess", 4), 4, 5),
     ]
     assert not vault(5, *history).ok
@@ -126,12 +173,13 @@ def test_a_lost_acknowledged_registration_is_caught():
 
 def test_a_stale_registration_cannot_overwrite_a_newer_one():
     history = [
-        op(1, ("register", 1), UNKNOWN, 0),
-        op(1, ("register", 2), "ok", 1, 2),
-        op(1, ("recover", 2), ("ok", secret(2)), 10, 11),
+        op(1, FIRST, "ok", 0, 1),
+        op(1, ("register", 2, 1), UNKNOWN, 2),
+        op(1, ("register", 3, 1), "ok", 3, 4),
+        op(1, ("recover", 3), ("ok", secret(3)), 10, 11),
     ]
     assert vault(5, *history).ok
-    history.append(op(1, ("recover", 1), ("ok", secret(1)), 12, 13))
+    history.append(op(1, ("recover", 2), ("ok", secret(2)), 12, 13))
     assert not vault(5, *history).ok
 
 

@@ -10,7 +10,10 @@ import nkeys
 import pytest
 
 from messages.quorum import Config
+from messages.signing import ED25519
+from messages.vault import VaultPolicy
 from node.quorum.member import MemberSettings
+from node.vault.applet import KeySet
 from ops.natsauth.bundle import BundleError, ensure_bundle, write_bundle
 from ops.natsauth.credentials import CredentialsError, party_options
 from ops.natsauth.layout import DEV_LAYOUT, parse_layout
@@ -107,8 +110,11 @@ def test_member_settings_carry_the_seed_and_ca(tmp_path):
         nats=("nats://127.0.0.1:4222",),
         state_dir="s",
         hsm_key_file="k",
-        vault_keys="v",
         config=config,
+        vault=VaultPolicy(
+            limit=10, authority_alg=ED25519, authority_key=bytes(32), replace_interval_s=0
+        ),
+        keys=(KeySet(epoch=1, rollout="r1"),),
         nats_seed="n1.nk",
         nats_ca="ca.pem",
     )

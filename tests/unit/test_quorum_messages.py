@@ -2,6 +2,7 @@
 
 import base64
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -11,7 +12,7 @@ from messages import Outbox
 from messages.canonical import canonical, loads_strict
 from messages.envelope import Envelope
 from messages.errors import SchemaViolation
-from messages.quorum import Accept, Accepted, Promise, Refusal, Snapshot
+from messages.quorum import Accept, Accepted, Committed, Promise, Refusal, Snapshot
 from messages.schema import REGISTRY
 
 keys = st.text(min_size=0, max_size=20)
@@ -129,3 +130,15 @@ def test_votes_and_pages_keep_their_optional_fields():
     assert Snapshot.from_json(loads_strict(canonical(page.to_json()))) == page
     with pytest.raises(SchemaViolation, match="more must be bool"):
         Snapshot.from_json({**page.to_json(), "more": 1})
+
+
+def test_a_commit_notice_names_each_record_once_with_its_ballot_and_value():
+    notice = Committed(
+        fleet="f", epoch=2, proposer="m1", keys=("vault-a", "vault-b"), ballots=(5, 6),
+        values=(b"x", b"y"), votes=(b"vote-1", b"vote-2"),
+    )  # fmt: skip
+    assert Committed.from_json(notice.to_json()) == notice
+    with pytest.raises(SchemaViolation, match="a ballot and a value"):
+        replace(notice, values=(b"x",))
+    with pytest.raises(SchemaViolation, match="once"):
+        replace(notice, keys=("vault-a", "vault-a"))

@@ -281,3 +281,24 @@ def test_asking_more_members_reopens_a_record(fleet):
     assert not tally.decided and not tally.refused_by_all(0), "m3 may accept it now"
     tally.add(vote(outboxes["m3"], accepted_vote(grants=True, seen=5, accepted=3), request.id))
     assert tally.decided and not tally.refused_by_all(0) and tally.grants == [1]
+
+
+@pytest.mark.parametrize(
+    ("kinds", "verdict"),
+    [
+        (("transition_refused", "predecessor_superseded"), "transition_refused"),
+        (("predecessor_superseded", "proof_of_another_configuration"), ""),
+        (("", "predecessor_superseded"), ""),
+    ],
+)
+def test_only_a_refusal_that_judges_the_value_makes_it_invalid(fleet, kinds, verdict):
+    """An HSM that refuses because it accepted a later value than the value's predecessor, or
+    cannot check a proof of a configuration it never applied, says nothing of the value: other
+    members may accept it, so it counts like a ballot conflict, not as the value refused."""
+    membership, outboxes = fleet
+    tally, request = accept_tally(membership, outboxes)
+    for member, kind in zip(("m2", "m3"), kinds, strict=True):
+        body = accepted_vote(grants=False, seen=5, accepted=3)
+        body = replace(body, refusals=(replace(body.refusals[0], kind=kind),))
+        tally.add(vote(outboxes[member], body, request.id))
+    assert tally.refused_as_invalid(0) == verdict

@@ -245,3 +245,18 @@ def test_unusable_pins_or_state_have_their_kind_and_verify_nothing(
     assert (paths["state"].read_bytes() if paths["state"].exists() else None) == before
     with pytest.raises(PinsError if file == "pins" else StateError):
         (Pins if file == "pins" else VerifierState).load(paths[file])
+
+
+def test_an_artifact_whose_vault_policy_is_out_of_range_makes_the_bundle_malformed(
+    world: World,
+) -> None:
+    raw = _raw(world)
+    raw["artifact"]["vault"] = {
+        "limit": 0,
+        "authority_alg": "ed25519",
+        "authority_key": b64(bytes(32)),
+        "replace_interval_s": 0,
+        "login_ttl_s": 120,
+    }
+    with pytest.raises(MalformedBundle, match="guess limit"):
+        parse_bundle(raw)
