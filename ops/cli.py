@@ -12,7 +12,7 @@ from messages.errors import HsmfleetError
 from node import cli as node_cli
 from node.hsm.device import cli as device_cli
 from node.quorum import cli as member_cli
-from ops import logs, nats_cli, verify_cli
+from ops import logs, nats_cli, vault_cli, verify_cli
 from orchestrator import cli as orchestrator_cli
 from orchestrator import demo, fleet_cli, node_keys_cli, rollout_cli, signer_rotation_cli
 
@@ -26,6 +26,7 @@ VERB_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
     member_cli.register,
     cosigner_cli.register,
     verify_cli.register,
+    vault_cli.register,
     rollout_cli.register,
     demo.register,
     node_keys_cli.register,

@@ -53,10 +53,11 @@ from messages.log_reader import LogReader, LogUnreachable
 from messages.note import Ed25519NoteVerifier, Note, NoteError
 from messages.rotation import KeyRotation
 from messages.statement import parse_logged_bytes
-from messages.validation import LoggedNotice
+from messages.validation import LoggedNotice, ValidationBundle
 from messages.verify import (
     LOGGED,
     VOUCHING,
+    Accepted,
     BadCheckpoint,
     CosignerPin,
     KeyInForce,
@@ -147,7 +148,7 @@ def _refusal(
     return code
 
 
-def _pins_and_state(args: argparse.Namespace) -> tuple[Pins, VerifierState]:
+def pins_and_state(args: argparse.Namespace) -> tuple[Pins, VerifierState]:
     """The pins and the state file given (the empty state without one); :class:`PinsError`
     or :class:`StateError` when they break their rules."""
     pins = Pins.load(args.pins)
@@ -217,9 +218,22 @@ def _ingest(
     return state, rows, lines
 
 
+async def accept(
+    bundle: ValidationBundle,
+    pins: Pins,
+    state: VerifierState,
+    now: int,
+    rotations: list[LoggedNotice] | None = None,
+) -> Accepted:
+    """:func:`verify_bundle` with the consistency proofs the bundle does not carry fetched from
+    the pinned cosigners; raises :class:`VerificationError`."""
+    proofs = await _fetch_proofs(needed_proofs(bundle, pins, state))
+    return verify_bundle(bundle, pins, state, now, proofs, rotations)
+
+
 async def verify_command(args: argparse.Namespace) -> int:
     try:
-        pins, state = _pins_and_state(args)
+        pins, state = pins_and_state(args)
     except (PinsError, StateError) as exc:
         return _refusal(args, exc, UNUSABLE)
     now = _now_ms(args)
@@ -233,9 +247,8 @@ async def verify_command(args: argparse.Namespace) -> int:
     if args.state and retired:
         state.save(args.state)
     rotations = _notices(args.rotations) if args.rotations else None
-    proofs = await _fetch_proofs(needed_proofs(bundle, pins, state))
     try:
-        accepted = verify_bundle(bundle, pins, state, now, proofs, rotations)
+        accepted = await accept(bundle, pins, state, now, rotations)
     except VerificationError as exc:
         return _refusal(
             args,
@@ -385,7 +398,7 @@ def _report(audit: LogAudit, witnesses: list[str]) -> tuple[dict[str, Any], list
 
 async def audit_command(args: argparse.Namespace) -> int:
     try:
-        pins, state = _pins_and_state(args)
+        pins, state = pins_and_state(args)
     except (PinsError, StateError) as exc:
         return _refusal(args, exc, UNUSABLE)
     if args.rotations:

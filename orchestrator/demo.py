@@ -85,6 +85,10 @@ NODES = (
 )
 COSIGNERS = ("cosigner-a", "cosigner-b")
 AUTHORITY_KEY = "account-authority.pub"
+AUTHORITY_SEED = "account-authority.key"
+"""The account authority's signing key (hex seed, mode 0600): ``hsmfleet vault`` authorizes
+requests with it, standing in for the service that logs the demo's users in."""
+DEMO_USER, DEMO_PIN = "demo-user", b"2468"
 HSM_SOCKET = "hsm.sock"
 START_TIMEOUT_S = 60.0
 
@@ -211,8 +215,12 @@ def _lay_out(root: Path, bundle: Bundle, nats_url: str, measurement: str) -> dic
     operator_pin = OperatorPin(operator.alg, operator.public_key)
     cosigners = [(cid, f"{cid}.demo/log", os.urandom(32)) for cid in COSIGNERS]
     init_cosigners(root / "cosigners", signer, cosigners, operator_pin)
-    authority = Ed25519Signer.generate()
+    seed = os.urandom(32)
+    authority = Ed25519Signer.from_seed(seed)
     (root / AUTHORITY_KEY).write_text(b64(authority.public_key) + "\n")
+    fd = os.open(root / AUTHORITY_SEED, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(seed.hex() + "\n")
     for node_id, _ in NODES:
         (root / "nodes" / node_id).mkdir(parents=True)
     return {"operator": operator_pin, "authority": authority}
@@ -238,8 +246,8 @@ async def _use_vault(
             nc, accepted, authorize, now_ms=time.time_ns() // 1_000_000, source=CLIENT
         )
         secret = b"the demo user's backup key"
-        await client.register("demo-user", b"2468", secret)
-        if (await client.recover("demo-user", b"2468")).secret != secret:
+        await client.register(DEMO_USER, DEMO_PIN, secret)
+        if (await client.recover(DEMO_USER, DEMO_PIN)).secret != secret:
             raise DemoFailed("the vault returned another secret")
     finally:
         await nc.close()
@@ -409,6 +417,13 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
             f" with {auth.seed_file(Party('client', CLIENT))}"
         )
         _say(f"  check it:   hsmfleet verify {bundle_file} --trust {trust_file}")
+        _say(
+            f"  recover it: hsmfleet vault recover {DEMO_USER} --bundle {bundle_file}"
+            f" --trust {trust_file} --nats {nats.url}"
+            f" --nats-seed {auth.seed_file(Party('client', CLIENT))} --nats-ca {auth.ca_file}"
+            f" --client-id {CLIENT} --authority-key {root / AUTHORITY_SEED} --out -"
+            f"  (PIN {DEMO_PIN.decode()})"
+        )
         _say(
             f"  audit it:   hsmfleet audit --pins {trust_file} --orchestrator {orch['api']}"
             f" --token {TOKEN}"

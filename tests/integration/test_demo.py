@@ -101,6 +101,8 @@ async def test_ctrl_c_stops_every_process_the_demo_started(tmp_path):
     started = _children(proc.pid)
     assert len(started) >= 13  # nats-server, 2 cosigners, the orchestrator, 5 nodes, 5 HSMs
     await _every_party_connects_as_itself(tmp_path / "demo")
+    (command,) = [line.split("recover it: ")[1] for line in seen if "recover it: " in line]
+    await _the_vault_command_recovers_and_registers(tmp_path, command)
     proc.send_signal(signal.SIGINT)
     await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0
@@ -135,3 +137,53 @@ async def _every_party_connects_as_itself(root: Path) -> None:
     tls = ssl.create_default_context(cafile=str(root / "nats-auth" / "tls" / "ca.pem"))
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await nats.connect(ports["nats"][0], tls=tls, allow_reconnect=False)
+
+
+async def _hsmfleet(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ops.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _the_vault_command_recovers_and_registers(tmp_path: Path, command: str) -> None:
+    """``hsmfleet vault`` as the demo prints it: the demo user's secret comes back with the
+    right PIN (from a file, never an argument); a new user registers and recovers; a wrong PIN
+    is a refusal with the guesses left, exit 1."""
+    words, pin = command.split("  (PIN ")
+    args = words.split()[1:]  # after "hsmfleet"
+    assert args[:3] == ["vault", "recover", "demo-user"]
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(pin.rstrip(")\n") + "\n")
+    code, out, err = await _hsmfleet(*args, "--pin-file", str(pin_file))
+    assert code == 0, err
+    assert out == "the demo user's backup key"
+    assert "RECOVERED demo-user attempt 2" in err
+
+    common = args[3:-2]  # the bundle, trust, NATS and authority options, without --out
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(b"carol's key")
+    code, out, err = await _hsmfleet(
+        "vault", "register", "carol", *common, "--pin-file", str(pin_file),
+        "--secret-file", str(secret_file),
+    )  # fmt: skip
+    assert (code, out.strip()) == (0, "REGISTERED carol generation 1"), err
+    out_file = tmp_path / "carol.out"
+    code, out, err = await _hsmfleet(
+        "vault", "recover", "carol", *common, "--pin-file", str(pin_file), "--out",
+        str(out_file), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["attempt"] == 1
+    assert out_file.read_bytes() == b"carol's key" and out_file.stat().st_mode & 0o777 == 0o600
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("0000\n")
+    code, out, err = await _hsmfleet(
+        "vault", "recover", "carol", *common, "--pin-file", str(wrong), "--out", "-", "--json"
+    )
+    assert code == 1, err
+    refused = json.loads(out)
+    assert (refused["kind"], refused["remaining"]) == ("wrong_guess", 9)
