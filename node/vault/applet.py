@@ -15,9 +15,12 @@ arbitrary record, lower an attempt count without a finished login, or register w
 authority's authorization. A login is answered (the server's response, from which the client
 checks its guess) only for an attempt a quorum committed, by the one member it names, once.
 
-The host gives the applet its view of the fleet (members and vote keys, the vault policy, which
-key epochs it holds): a host that lies about it spoils only its own member's votes, one of the
-minority the quorum tolerates.
+The host gives the applet its view of the fleet (members and vote keys, the configurations
+before, the vault policy, which key epochs it holds), unsigned. A host that lies about it is a
+faulty member at least; worse, commit proofs are verified against that view, so a host that
+names members whose keys it holds can have its own HSM answer logins the quorum never counted.
+THREAT_MODEL.md (G16) has the bound this leaves and what closes it: configurations verified
+inside the HSM under a key pinned there.
 """
 
 # No ``from __future__ import annotations``: body field types stay evaluated (see messages.schema).
