@@ -1,9 +1,10 @@
 """``hsmfleet verify``, ``hsmfleet audit`` and ``hsmfleet pins``: the client's and auditor's tools.
 
 - ``verify BUNDLE --pins PINS [--state FILE] [--now TIME] [--rotations FILE] [--retirement FILE
-  ...] [--json]``: DESIGN 5.4 on a validation bundle file. The signer-key rotation chain is
-  walked first (``--rotations``: a notice or a list of them; by default the chain the bundle
-  carries), and each fleet retirement notice is ingested; what was walked is printed.
+  ...] [--json]``: client verification (messages/SPEC.md section 7) of a validation bundle
+  file. The signer-key rotation chain is walked first (``--rotations``: a notice or a list of
+  them; by default the chain the bundle carries), and each fleet retirement notice is
+  ingested; what was walked is printed.
   Consistency proofs the bundle does not carry are fetched from the ``url`` of each pinned
   cosigner. Exit 0 when accepted (the state file is then updated), 1 with the refusal's kind
   otherwise (the state file then keeps only notices that were accepted on their own), 2 with
@@ -91,7 +92,7 @@ UNUSABLE = 2
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    verify = verbs.add_parser("verify", help="verify a validation bundle (DESIGN 5.4)")
+    verify = verbs.add_parser("verify", help="verify a validation bundle (SPEC.md section 7)")
     verify.add_argument("bundle", type=Path, help="validation bundle file (JSON)")
     verify.add_argument(
         "--pins", "--trust", type=Path, required=True, help="pinned keys and policy"
