@@ -85,6 +85,16 @@ def answered(fleet, user, since=0):
     return sorted(n for n in numbers if n > since)
 
 
+async def wrong_guesses(client, user, count):
+    """The guesses left after each of ``count`` wrong guesses of ``user``'s PIN."""
+    remaining = []
+    for _ in range(count):
+        with pytest.raises(WrongGuess) as wrong:
+            await client.recover(user, b"0000")
+        remaining.append(wrong.value.remaining)
+    return remaining
+
+
 async def record_of(fleet, user, member="m1"):
     """``user``'s record as the fleet committed it (read through ``member``'s proposer)."""
     commit = await fleet[member].replica.proposer.read(records.record_key(user))
@@ -122,12 +132,7 @@ async def test_wrong_guesses_count_down_and_a_right_one_clears_them(
     async with running_fleet(tmp_path, nats_server.url, limit=5) as fleet:
         client = fleet.client(client_nc)
         await client.register("alice", PIN, SECRET)
-        remaining = []
-        for _ in range(3):
-            with pytest.raises(WrongGuess) as wrong:
-                await client.recover("alice", b"0000")
-            remaining.append(wrong.value.remaining)
-        assert remaining == [4, 3, 2]
+        assert await wrong_guesses(client, "alice", 3) == [4, 3, 2]
         assert (await client.recover("alice", PIN)).secret == SECRET
         record = await record_of(fleet, "alice")
         assert (record.attempts, record.cleared, record.failures) == (4, 4, 0)
@@ -184,12 +189,7 @@ async def test_past_its_limit_a_record_is_destroyed_and_only_a_replacement_bring
     async with running_fleet(tmp_path, nats_server.url, limit=3) as fleet:
         client = fleet.client(client_nc)
         await client.register("alice", PIN, SECRET)
-        remaining = []
-        for _ in range(3):
-            with pytest.raises(WrongGuess) as wrong:
-                await client.recover("alice", b"0000")
-            remaining.append(wrong.value.remaining)
-        assert remaining == [2, 1, 0]
+        assert await wrong_guesses(client, "alice", 3) == [2, 1, 0]
         with pytest.raises(BudgetExhausted):
             await client.recover("alice", PIN)
         assert not (await record_of(fleet, "alice")).destroyed, "a login may still finish"
