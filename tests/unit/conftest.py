@@ -6,6 +6,7 @@ import pytest
 
 from messages import Ed25519Signer, Outbox, TrustStore
 from messages.gate import Gate
+from ops import logs
 from tests.unit.sample_messages import registry
 
 
@@ -29,3 +30,9 @@ def outbox(alice: Ed25519Signer) -> Outbox:
 @pytest.fixture
 def gate(trust: TrustStore) -> Gate:
     return Gate(trust, registry=registry)
+
+
+@pytest.fixture
+def keep_logging(monkeypatch):
+    """``cli.main`` would point structlog at this test's captured stderr for good."""
+    monkeypatch.setattr(logs, "configure", lambda **_: None)

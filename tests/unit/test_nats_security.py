@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from messages import subjects
 from messages.quorum import PHASES
 from messages.vault import OPERATIONS
-from ops import cli, logs
+from ops import cli
 from ops.natsauth import render
 from ops.natsauth.bundle import BundleError, open_bundle, write_bundle
 from ops.natsauth.layout import LayoutError, Party, load_layout, parse_layout
@@ -335,12 +335,6 @@ def test_missing_seed_and_unknown_config_are_errors(tmp_path):
 
 
 # --- CLI ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def keep_logging(monkeypatch):
-    """``cli.main`` would point structlog at this test's captured stderr for good."""
-    monkeypatch.setattr(logs, "configure", lambda **_: None)
 
 
 def test_cli_writes_a_bundle(tmp_path, capsys, keep_logging):

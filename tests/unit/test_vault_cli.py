@@ -7,6 +7,8 @@ import pytest
 
 from ops import cli
 
+pytestmark = pytest.mark.usefixtures("keep_logging")  # every test here runs cli.main
+
 
 @pytest.fixture
 def files(tmp_path):
