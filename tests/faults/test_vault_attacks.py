@@ -11,11 +11,13 @@ records they committed (their quorum stores) and the refusals they logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nats
@@ -38,8 +40,10 @@ from messages.quorum import (
 from messages.schema import REGISTRY
 from messages.signing import Ed25519Signer
 from messages.vault import (
+    OPERATIONS,
     REGISTER,
     BudgetExhausted,
+    MalformedOpaque,
     RegistrationExists,
     ReplacementTooSoon,
     VaultError,
@@ -124,6 +128,18 @@ class Fleet:
             if entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items()):
                 count += 1
         return count
+
+    async def restart(self, member: str) -> None:
+        """Stop ``member``'s process and start it again on its state; return once it votes."""
+        voted = self.logged(member, "member votes")
+        process = self.processes.pop(member)
+        process.terminate()
+        process.wait(15)
+        self.processes[member] = self.local.spawn(member)
+        deadline = time.monotonic() + 30
+        while self.logged(member, "member votes") <= voted:
+            assert time.monotonic() < deadline, f"{member} did not vote again"
+            await asyncio.sleep(0.1)
 
     def refusals_logged(self, proposer: str) -> int:
         """How many values proposed by ``proposer`` the members' HSMs refused (their logs)."""
@@ -371,6 +387,69 @@ async def test_requests_without_the_users_authorization_are_refused_and_spend_no
         recovered = await fleet.client(nc).recover("victim", PIN)
         assert (recovered.secret, recovered.attempt) == (SECRET, 1), "the budget is untouched"
     assert fleet.evaluated("victim") == 1
+
+
+async def test_captured_requests_replayed_everywhere_and_after_a_restart_gain_nothing(
+    tmp_path, nats_server
+):
+    """Someone who sees the bus (a NATS server, the network) keeps every vault request of a
+    registration, a successful recovery and a wrong guess, restarts a member (its replay
+    memory is gone), then sends each copy again and again, newest first and oldest first, so
+    the queue group hands copies to every member, including ones that never saw the original.
+    No copy counts an attempt, clears a failure, registers, or gets a guess evaluated."""
+    async with fleet_of(tmp_path / "f", nats_server.url, ["m1", "m2", "m3"], limit=LIMIT) as (
+        fleet,
+        nc,
+    ):
+        captured: list[tuple[str, bytes]] = []
+
+        async def keep(msg) -> None:
+            captured.append((msg.subject, msg.data))
+
+        spy = await nc.subscribe(f"fleet.vault.{fleet.local.fleet}.*", cb=keep)
+        victim, attacker = fleet.client(nc), fleet.client(nc, ops=("recover",))
+        await victim.register("victim", PIN, SECRET)
+        assert (await victim.recover("victim", PIN)).secret == SECRET
+        with pytest.raises(WrongGuess):
+            await attacker.recover("victim", b"0000")
+        await spy.unsubscribe()
+        assert {subject.rsplit(".", 1)[1] for subject, _ in captured} == set(OPERATIONS)
+        before = fleet.committed("victim")
+
+        await fleet.restart("m1")
+        for copies in (captured, captured[::-1]) * 5:
+            for subject, data in copies:
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    await nc.request(subject, data, timeout=2)
+        after = fleet.committed("victim")
+        assert (after.generation, after.registration) == (before.generation, before.registration)
+        assert (after.attempts, after.cleared) == (before.attempts, before.cleared) == (2, 1)
+        recovered = await victim.recover("victim", PIN)
+        assert (recovered.secret, recovered.attempt) == (SECRET, 3)
+    assert fleet.evaluated("victim") == 3, "the two logins and the wrong guess, and no copy"
+
+
+async def test_a_client_sends_no_registration_to_a_fleet_with_another_opaque_key(
+    tmp_path, nats_server
+):
+    """Whoever answers a client's registration with an OPAQUE server key other than its
+    bundle's (a man in the middle, another fleet) gets no registration upload, so no password
+    file to guess the PIN against offline."""
+    async with fleet_of(tmp_path / "f", nats_server.url, ["m1", "m2", "m3"]) as (fleet, nc):
+        keys = fleet.local.vault_keys
+        other = os.urandom(32)
+        misled = VaultClient(
+            nc,
+            replace(keys, server=replace(keys.server, public_key=other)),
+            fleet.client(nc).authorize,
+            timeout=10,
+        )
+        uploads = await nc.subscribe(subjects.vault(fleet.local.fleet, REGISTER))
+        with pytest.raises(MalformedOpaque, match="another OPAQUE server key"):
+            await misled.register("victim", PIN, SECRET)
+        with pytest.raises(nats.errors.TimeoutError):
+            await uploads.next_msg(timeout=1)
+        assert fleet.committed("victim") is None
 
 
 async def test_concurrent_wrong_guesses_across_members_stay_within_the_limit(tmp_path, nats_server):
