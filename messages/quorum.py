@@ -562,6 +562,24 @@ class ProofOfAnotherConfiguration(BadProof):
     kind = "proof_of_another_configuration"
 
 
+NO_APPLET = "no_applet"
+"""The refusal of a member with no HSM applet to check vetted records."""
+NO_VERDICT = frozenset(
+    {
+        PredecessorSuperseded.kind,
+        ProofOfAnotherConfiguration.kind,
+        NO_APPLET,
+        "unknown_vault_key",
+        "record_key_destroyed",
+    }
+)
+"""HSM refusals that say nothing of the value, only of the refusing member: it accepted a
+later value than the value's predecessor, it does not know the configuration a proof was made
+in (a newcomer), it has no applet, or it does not hold the key epoch the change was made
+through. Other members may accept the value; a proposer counts these like ballot conflicts,
+and judges a reported value refused this way as possibly genuine."""
+
+
 class BadVote(QuorumError):
     """A vote that must not count; the proposer ignores it and counts it by ``kind``."""
 

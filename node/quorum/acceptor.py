@@ -45,15 +45,16 @@ from messages.quorum import (
     ADDRESSED,
     COMMITTED,
     MEMBER_ROLE,
+    NO_APPLET,
     PREPARE,
     Accept,
     Accepted,
     BadProof,
     Committed,
     EpochBehind,
-    Justification,
     Prepare,
     Promise,
+    QuorumError,
     Refusal,
     Snapshot,
     SnapshotRequest,
@@ -66,7 +67,7 @@ from messages.replay import ReplayGuard
 from messages.schema import Body
 from node.quorum import metrics, rules
 from node.quorum.membership import Membership
-from node.quorum.proof import CommitProof, verify_proof
+from node.quorum.proof import CommitProof, justify, verify_proof
 from node.quorum.rules import Ballot, Slot
 from node.quorum.store import SlotStore
 
@@ -83,7 +84,6 @@ Answer = Callable[[Envelope, Body, bytes], Awaitable[None]]
 # Has the member's HSM check the vetted records an unsigned acceptance grants and sign it, or
 # name the records it refuses.
 Vote = Callable[[Envelope, tuple[Vetting, ...]], Signature | tuple[VettingRefusal, ...]]
-NO_APPLET = "no_applet"
 
 
 @dataclass(frozen=True)
@@ -312,6 +312,8 @@ class Acceptor:
                 if isinstance(verdict, Signature):
                     env = env.with_signature(verdict)
                     break
+            if not any(refused.index in granted for refused in verdict):
+                raise QuorumError("the HSM's refusals name no record it was asked to grant")
             for refused in verdict:
                 if granted.pop(refused.index, None) is not None:
                     key = body.keys[refused.index]
@@ -343,7 +345,7 @@ class Acceptor:
             except BadProof as exc:
                 self._refuse(exc.kind)
                 return
-            proven = Justification(pred=value, ballot=n, by=body.proposer, votes=body.votes)
+            proven = justify(value, proof)
             if slot.accepted == ballot:
                 if slot.value != value:
                     self._refuse("conflicting_commit")  # two values under one ballot

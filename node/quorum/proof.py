@@ -19,6 +19,7 @@ from messages.quorum import (
     MEMBER_ROLE,
     Accepted,
     BadProof,
+    Justification,
     ProofOfAnotherConfiguration,
     value_digest,
 )
@@ -37,6 +38,27 @@ class CommitProof:
     ballot: Ballot
     digest: bytes
     votes: tuple[bytes, ...]
+
+
+def justify(
+    pred: bytes | None, proof: CommitProof | None, witness: bytes | None = None
+) -> Justification:
+    """The justification of a vetted value made from ``pred`` (``proof``: that ``pred``
+    committed; None for the empty record) and ``witness`` (None: the value is ``pred``)."""
+    return Justification(
+        pred=pred,
+        ballot=0 if proof is None else proof.ballot.n,
+        by="" if proof is None else proof.ballot.by,
+        votes=() if proof is None else proof.votes,
+        witness=witness,
+    )
+
+
+def pred_proof(fleet: str, key: str, just: Justification) -> CommitProof:
+    """The proof ``just`` carries that its predecessor committed (not verified here)."""
+    return CommitProof(
+        fleet, key, Ballot(just.ballot, just.by), value_digest(just.pred), just.votes
+    )
 
 
 def verify_proof(proof: CommitProof, membership: Membership, value: bytes | None) -> None:

@@ -46,7 +46,7 @@ import itertools
 import random
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -74,7 +74,6 @@ from messages.quorum import (
     Prepare,
     QuorumUnavailable,
     ValueRefused,
-    value_digest,
     vetted,
 )
 from messages.replay import ReplayGuard
@@ -82,7 +81,7 @@ from messages.schema import Body
 from node.quorum import metrics
 from node.quorum.acceptor import Answer
 from node.quorum.membership import Membership
-from node.quorum.proof import CommitProof, verify_proof
+from node.quorum.proof import CommitProof, justify, pred_proof, verify_proof
 from node.quorum.rules import NO_BALLOT, Ballot
 from node.quorum.votes import Tally
 
@@ -92,6 +91,10 @@ log = structlog.get_logger("hsmfleet.quorum.proposer")
 # seconds, before the rest are asked too.
 HEDGE_FACTOR = 4
 MIN_HEDGE = 0.005
+# Vetted records per round: each one's justification carries the quorum's votes of its
+# predecessor's round, and each vote lists every record of that round, so a round of K vetted
+# records sends and stores K * K digests per vote. The cap bounds that.
+MAX_VETTED = 16
 
 Change = Callable[[bytes | None], bytes | None]
 Step = Callable[[bytes | None, "CommitProof | None"], tuple[bytes | None, bytes | None]]
@@ -179,7 +182,6 @@ class Proposer:
         self._held: OrderedDict[str, tuple[int, bytes | None, CommitProof, int, float]] = (
             OrderedDict()
         )
-        self._proofs: OrderedDict[str, tuple[CommitProof, int]] = OrderedDict()
         self._pending: deque[_Pending] = deque()
         self._busy: set[str] = set()
         self._rounds: set[asyncio.Task[None]] = set()
@@ -301,9 +303,11 @@ class Proposer:
         self._wake.set()
 
     def _take(self, now: float) -> list[_Pending]:
-        """Up to ``max_batch`` queued changes, each to a different idle record."""
+        """Up to ``max_batch`` queued changes (of them at most :data:`MAX_VETTED` vetted), each
+        to a different idle record."""
         batch: list[_Pending] = []
         keys: set[str] = set()
+        checked = 0
         kept: deque[_Pending] = deque()
         soonest = None
         while self._pending:
@@ -311,9 +315,11 @@ class Proposer:
             if item.future.done():
                 continue
             free = item.key not in self._busy and item.key not in keys
-            if len(batch) < self.max_batch and free and item.not_before <= now:
+            room = len(batch) < self.max_batch and (checked < MAX_VETTED or not vetted(item.key))
+            if room and free and item.not_before <= now:
                 batch.append(item)
                 keys.add(item.key)
+                checked += vetted(item.key)
             else:
                 kept.append(item)
                 if item.not_before > now:
@@ -452,8 +458,7 @@ class Proposer:
                 key = batch[i].key
                 self._saw(key, promises.highest_seen(j))
                 if promises.granted(j):
-                    latest = _latest(promises, j, key, self.judge)
-                    currents[i] = self._proven(key, _announced(key, latest, membership))
+                    currents[i] = _latest(promises, j, key, self.judge, membership)
                 else:
                     self._retry(batch[i], promises, j, membership.prepare_quorum)
         ready = [_propose(i, batch[i], currents[i]) for i in sorted(currents)]
@@ -522,8 +527,10 @@ class Proposer:
                 if vetted(item.key) and value is not None:
                     learned.setdefault(granters, []).append((item.key, ballots[i], value))
                 if proposal.proving and not item.reading:
-                    self._pending.append(item)  # the change itself, on the promise just held
-                    self._wake.set()
+                    # the change itself, on the promise just held
+                    self._again(
+                        item, Contention("the record's value kept needing proof", key=item.key)
+                    )
                 elif proposal.refusal is not None:
                     self._fail(item, proposal.refusal)
                 elif not item.future.done():
@@ -599,28 +606,6 @@ class Proposer:
         if len(self._held) > self.max_held:
             self._held.popitem(last=False)
 
-    def _remember_proof(self, key: str, proof: CommitProof, epoch: int) -> None:
-        """Keep the proof of ``key``'s last commit here (for the ``max_held`` records used
-        last), so a later round that finds that value current need not prove it again."""
-        self._proofs[key] = (proof, epoch)
-        self._proofs.move_to_end(key)
-        if len(self._proofs) > self.max_held:
-            self._proofs.popitem(last=False)
-
-    def _proven(self, key: str, current: _Current) -> _Current:
-        """``current`` with the proof that it committed, when this proposer committed it."""
-        remembered = self._proofs.get(key)
-        if remembered is None or current.proof is not None:
-            return current
-        proof, epoch = remembered
-        if (
-            epoch == self.membership().epoch
-            and proof.ballot == current.accepted
-            and proof.digest == value_digest(current.value)
-        ):
-            return replace(current, proof=proof)
-        return current
-
     def _retry(self, item: _Pending, tally: Tally, i: int, quorum: int) -> None:
         """Queue ``item`` again after a random pause, or fail it when out of time or attempts."""
         if tally.refusals[i] > 0:
@@ -634,9 +619,14 @@ class Proposer:
                 answered=tally.answered,
                 quorum=quorum,
             )
+        pause = self.rng.uniform(0, min(0.05, 0.002 * 2 ** (item.attempts + 1)))
+        self._again(item, error, pause)
+
+    def _again(self, item: _Pending, error: HsmfleetError, pause: float = 0.0) -> None:
+        """Queue ``item`` for another round after ``pause`` seconds, one attempt more; fail it
+        with ``error`` once out of attempts or time."""
         item.attempts += 1
         loop = asyncio.get_running_loop()
-        pause = self.rng.uniform(0, min(0.05, 0.002 * 2**item.attempts))
         if item.attempts >= self.attempts or loop.time() + pause >= item.deadline:
             self._fail(item, error)
             return
@@ -673,36 +663,22 @@ def _propose(index: int, item: _Pending, current: _Current) -> _Proposal:
         value, witness, refusal = current.value, None, exc
     if not vetted(item.key):
         return _Proposal(index, value, None, refusal)
-    proof = current.proof
-    justification = Justification(
-        pred=current.value,
-        ballot=0 if proof is None else proof.ballot.n,
-        by="" if proof is None else proof.ballot.by,
-        votes=() if proof is None else proof.votes,
-        witness=witness,
-    )
+    justification = justify(current.value, current.proof, witness)
     return _Proposal(index, value, justification.encode(), refusal)
 
 
-def _announced(key: str, current: _Current, membership: Membership) -> _Current:
-    """``current`` with the proof of its commit, when the member that reported it kept the
-    proof from a commit notice (its justification: the value itself, with the quorum's votes,
-    under the ballot it was accepted with) and the proof holds here."""
-    if not vetted(key) or current.justification is None or current.accepted == NO_BALLOT:
-        return current
-    just = Justification.decode(current.justification)
-    if just.witness is not None or Ballot(just.ballot, just.by) != current.accepted:
-        return current
-    if just.pred != current.value:
-        return current
-    proof = CommitProof(
-        membership.fleet, key, current.accepted, value_digest(current.value), just.votes
-    )
-    try:
-        verify_proof(proof, membership, current.value)
-    except BadProof:
-        return current  # of another configuration, or not a proof: written back as usual
-    return replace(current, proof=proof)
+def _announced(
+    fleet: str, key: str, ballot: Ballot, value: bytes | None, justification: bytes | None
+) -> CommitProof | None:
+    """The proof of ``value``'s commit under ``ballot`` when the member that reported it kept
+    it from a commit notice (its justification: the value itself, with the quorum's votes, under
+    the ballot it was accepted with); None otherwise. Not verified here."""
+    if justification is None or ballot == NO_BALLOT:
+        return None
+    just = Justification.decode(justification)
+    if just.witness is not None or Ballot(just.ballot, just.by) != ballot or just.pred != value:
+        return None
+    return pred_proof(fleet, key, just)
 
 
 async def _settled(decided: asyncio.Event, timeout: float) -> bool:
@@ -714,25 +690,31 @@ async def _settled(decided: asyncio.Event, timeout: float) -> bool:
     return True
 
 
-def _latest(tally: Tally, i: int, key: str, judge: Judge | None) -> _Current:
+def _latest(
+    tally: Tally, i: int, key: str, judge: Judge | None, membership: Membership
+) -> _Current:
     """The value with the highest accepted ballot among the promises granted for record ``i``,
-    with the justification it was accepted with; of a vetted record, the highest one ``judge``
-    finds an honest member can have accepted."""
-    reports = sorted(
-        (
-            (
-                Ballot(vote.accepteds[i], vote.accepted_bys[i]),
-                vote.values[i],
-                vote.justifications[i],
-            )
-            for vote, _ in tally.granting(i)
-        ),
-        key=lambda report: report[0],
-        reverse=True,
-    )
-    for ballot, value, justification in reports:
+    with the justification it was accepted with. Of a vetted record: the highest one proven
+    committed by a commit notice's votes (preferred among reports of one ballot; no check by
+    ``judge`` needed) or that ``judge`` finds an honest member can have accepted."""
+    reports = []
+    for vote, _ in tally.granting(i):
+        ballot = Ballot(vote.accepteds[i], vote.accepted_bys[i])
+        value, justification = vote.values[i], vote.justifications[i]
+        proof = None
+        if vetted(key):
+            proof = _announced(membership.fleet, key, ballot, value, justification)
+        reports.append((ballot, proof is not None, value, justification, proof))
+    reports.sort(key=lambda report: report[:2], reverse=True)
+    for ballot, _, value, justification, proof in reports:
         if ballot == NO_BALLOT:
             break
+        if proof is not None:
+            try:
+                verify_proof(proof, membership, value)
+                return _Current(value, proof, justification, ballot)
+            except BadProof:
+                pass  # of another configuration, or not a proof: judged like any report
         if judge is None or not vetted(key) or judge(key, value, justification):
             return _Current(value, None, justification, ballot)
     return _Current(None, None, None, NO_BALLOT)

@@ -20,13 +20,12 @@ from messages.errors import (
 from messages.gate import Gate
 from messages.quorum import (
     MEMBER_ROLE,
+    NO_VERDICT,
     Accept,
     Accepted,
     BadVote,
-    PredecessorSuperseded,
     Prepare,
     Promise,
-    ProofOfAnotherConfiguration,
     Refusal,
     VoteBadSignature,
     VoteFromNonMember,
@@ -38,10 +37,6 @@ from messages.quorum import (
 from node.quorum.membership import Membership
 
 _ANSWERS = {Prepare: Promise, Accept: Accepted}
-# HSM refusals that say nothing of the value itself, only of the refusing member: it accepted a
-# later value than the value's predecessor, or cannot verify a proof made under a configuration
-# it never applied (a newcomer). Other members may accept the value.
-_NO_VERDICT = frozenset({PredecessorSuperseded.kind, ProofOfAnotherConfiguration.kind})
 
 
 def vote_error(exc: MessageError) -> BadVote:
@@ -194,12 +189,12 @@ class Tally:
 
     def refused_as_invalid(self, i: int) -> str:
         """Why the members' HSMs refused record ``i``'s value (the first such refusal's kind)
-        when it did not get a quorum, else the empty string. A refusal that is no verdict on the
-        value (the member accepted a later value than its predecessor, or does not know the
-        configuration its proof was made in) counts like a ballot conflict."""
-        if self.granted(i):
+        when nobody accepted it, else the empty string. A refusal that is no verdict on the
+        value (:data:`messages.quorum.NO_VERDICT`) counts like a ballot conflict; a value some
+        member accepted is never known refused (a later proposer may find and commit it)."""
+        if self.grants[i]:
             return ""
-        return next((r.kind for r in self.refusals_of(i).values() if r.kind not in _NO_VERDICT), "")
+        return next((r.kind for r in self.refusals_of(i).values() if r.kind not in NO_VERDICT), "")
 
     def highest_seen(self, i: int) -> int:
         """The highest ballot counter any voter reported for record ``i``."""
