@@ -28,15 +28,12 @@ NATS; what authorizes a request is inside the sealed plaintext.
 
 # No ``from __future__ import annotations``: body field types stay evaluated (see messages.schema).
 import hashlib
-import os
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hpke
+from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from messages import aead
 from messages.canonical import canonical, loads_strict
 from messages.errors import HsmfleetError, SchemaViolation
 from messages.schema import Body, message
@@ -69,14 +66,14 @@ MAX_SECRET_BYTES = 1024
 """The largest stored secret (as the client sealed it): released, sealed once more and encoded,
 it still fits an answer of :data:`ANSWER_BYTES`."""
 DEFAULT_LIMIT = 10
-_NONCE_BYTES = 12
 
 # OPAQUE (RFC 9807) as the fleet runs it: opaque-ke 4 with ristretto255 for the OPRF and the
 # 3DH key exchange, SHA-512, Argon2id (m = 19456 KiB, t = 2, p = 1) as the key stretching
 # function, the default identities (each side's public key) and an empty context.
-OPAQUE_SUITE = "opaque-ke-4/ristretto255-sha512-3dh-argon2id"
 REGISTRATION_REQUEST_BYTES = 32
 REGISTRATION_RESPONSE_BYTES = 64
+"""The evaluated OPRF element, then the server's public key (:data:`SERVER_KEY`)."""
+SERVER_KEY = slice(32, 64)
 REGISTRATION_UPLOAD_BYTES = 192
 KE1_BYTES = 96
 KE2_BYTES = 320
@@ -418,25 +415,21 @@ def seal_answer(answer_key: bytes, request_id: str, outcome: Outcome) -> bytes:
     data = canonical(outcome.to_json())
     if len(data) > ANSWER_BYTES:
         raise VaultError("an answer is longer than the padded length", length=len(data))
-    nonce = os.urandom(_NONCE_BYTES)
     padded = data + b" " * (ANSWER_BYTES - len(data))
-    return nonce + AESGCM(answer_key).encrypt(nonce, padded, _answer_aad(request_id))
+    return aead.seal(answer_key, padded, _answer_aad(request_id))
 
 
 def open_answer(answer_key: bytes, request_id: str, sealed: bytes) -> Outcome:
     """Open the answer to request ``request_id``; any defect is :class:`UnreadableAnswer`."""
     try:
-        nonce, body = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
-        plain = AESGCM(answer_key).decrypt(nonce, body, _answer_aad(request_id))
+        plain = aead.open_sealed(answer_key, sealed, _answer_aad(request_id))
         return Outcome.from_json(loads_strict(plain.rstrip(b" ")))
-    except (InvalidTag, ValueError, SchemaViolation) as exc:
+    except (aead.SealedDataError, ValueError, SchemaViolation) as exc:
         raise UnreadableAnswer(f"answer does not open: {type(exc).__name__}") from None
 
 
 def _release_key(session_key: bytes) -> bytes:
-    return HKDF(hashes.SHA256(), 32, salt=None, info=b"hsmfleet/v1/vault/release").derive(
-        session_key
-    )
+    return aead.derive_key(session_key, b"hsmfleet/v1/vault/release")
 
 
 def _release_aad(fleet: str, user: str, request_id: str) -> bytes:
@@ -448,9 +441,7 @@ def seal_release(
 ) -> bytes:
     """The user's stored secret for the holder of the OPAQUE ``session_key`` of a finished
     login (``request_id``: the ``recover-finish`` request)."""
-    nonce = os.urandom(_NONCE_BYTES)
-    aad = _release_aad(fleet, user, request_id)
-    return nonce + AESGCM(_release_key(session_key)).encrypt(nonce, secret, aad)
+    return aead.seal(_release_key(session_key), secret, _release_aad(fleet, user, request_id))
 
 
 def open_release(
@@ -459,9 +450,8 @@ def open_release(
     """Open :func:`seal_release`; any defect is :class:`UnreadableAnswer`."""
     try:
         aad = _release_aad(fleet, user, request_id)
-        key = AESGCM(_release_key(session_key))
-        return key.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], aad)
-    except (InvalidTag, ValueError) as exc:
+        return aead.open_sealed(_release_key(session_key), sealed, aad)
+    except aead.SealedDataError as exc:
         raise UnreadableAnswer(f"the released secret does not open: {type(exc).__name__}") from None
 
 

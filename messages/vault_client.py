@@ -21,13 +21,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import opaque_ke_py as opaque
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nats.aio.client import Client as NATS
 
-from messages import subjects
+from messages import aead, subjects
 from messages.artifact import FleetKey
 from messages.bus import RequestRejected, request
 from messages.envelope import Envelope
@@ -39,6 +35,7 @@ from messages.signing import TrustStore, key_id
 from messages.vault import (
     ANSWER_KEY_BYTES,
     ERRORS,
+    KE2_BYTES,
     KEM_ROLE,
     MAX_SECRET_BYTES,
     OK,
@@ -47,6 +44,8 @@ from messages.vault import (
     RECOVER_START,
     REGISTER,
     REGISTER_START,
+    REGISTRATION_RESPONSE_BYTES,
+    SERVER_KEY,
     MalformedOpaque,
     Outcome,
     PinProof,
@@ -87,7 +86,6 @@ Authorize = Callable[[str, str, str], Authorization | Awaitable[Authorization]]
 """``authorize(user, op, request_id)``: the account authority's authorization for one request."""
 
 _SECRET_INFO = b"hsmfleet/v1/vault/secret"
-_NONCE_BYTES = 12
 
 
 class BundleWithoutVault(VaultError):
@@ -203,8 +201,10 @@ class VaultClient:
                 registration_request=start.get_message(),
             ),
         )
-        response = _opaque_field(begun.response, "registration response")
-        if response[32:64] != self.server_key:
+        response = _opaque_field(
+            begun.response, "registration response", REGISTRATION_RESPONSE_BYTES
+        )
+        if response[SERVER_KEY] != self.server_key:
             raise MalformedOpaque(
                 "the fleet answered with another OPAQUE server key than the bundle's"
             )
@@ -284,7 +284,7 @@ class VaultClient:
                 credential_request=start.get_message(),
             ),
         )
-        response = _opaque_field(started.response, "login response")
+        response = _opaque_field(started.response, "login response", KE2_BYTES)
         if started.login is None:
             raise UnreadableAnswer("a started login carries no login state", user=user)
         try:
@@ -326,9 +326,11 @@ class VaultClient:
         return replace(env, id=request_id, at=format_time(id_time_ms(request_id)))
 
 
-def _opaque_field(value: bytes | None, what: str) -> bytes:
+def _opaque_field(value: bytes | None, what: str, size: int) -> bytes:
     if value is None:
         raise UnreadableAnswer(f"the answer carries no {what}")
+    if len(value) != size:
+        raise MalformedOpaque(f"a {what} is {size} bytes", got=len(value))
     return value
 
 
@@ -339,24 +341,17 @@ def _finish_registration(pin: bytes, state: bytes, response: bytes) -> object:
         raise MalformedOpaque(f"the registration response does not decode: {exc}") from None
 
 
-def _secret_key(export_key: bytes) -> AESGCM:
-    key = HKDF(hashes.SHA256(), 32, salt=None, info=_SECRET_INFO).derive(export_key)
-    return AESGCM(key)
-
-
 def _secret_aad(fleet: str, user: str) -> bytes:
     return f"hsmfleet/v1/vault/secret\n{fleet}\n{user}".encode()
 
 
 def _seal_secret(export_key: bytes, fleet: str, user: str, secret: bytes) -> bytes:
-    nonce = os.urandom(_NONCE_BYTES)
-    return nonce + _secret_key(export_key).encrypt(nonce, secret, _secret_aad(fleet, user))
+    return aead.seal(aead.derive_key(export_key, _SECRET_INFO), secret, _secret_aad(fleet, user))
 
 
 def _open_secret(export_key: bytes, fleet: str, user: str, sealed: bytes) -> bytes:
     try:
-        return _secret_key(export_key).decrypt(
-            sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _secret_aad(fleet, user)
-        )
-    except (InvalidTag, ValueError):
+        key = aead.derive_key(export_key, _SECRET_INFO)
+        return aead.open_sealed(key, sealed, _secret_aad(fleet, user))
+    except aead.SealedDataError:
         raise UnreadableAnswer("the stored secret does not open with this login") from None

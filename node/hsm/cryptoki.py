@@ -55,6 +55,7 @@ from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
+from messages import aead
 from messages.signing import ECDH_P256, ECDSA_P256, ED25519
 from node.hsm import keys, opaque
 from node.hsm.base import (
@@ -467,18 +468,7 @@ class Pkcs11Hsm(Hsm):
         """A new AES key on the token, read out once for its check value (see the module's
         docstring), then unextractable unless ``wrappable``."""
         self._free(session, label)
-        key = session.generate_key(
-            KeyType.AES,
-            256,
-            label=label,
-            store=True,
-            capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
-            template={
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: True,
-                Attribute.PRIVATE: True,
-            },
-        )
+        key = _new_aes_key(session, label, extractable=True)
         kept = False
         try:
             check = keys.key_check(_export(session, key))
@@ -574,18 +564,7 @@ class Pkcs11Hsm(Hsm):
         if self._seal_key is None:
             key = self._find(session, ObjectClass.SECRET_KEY, _SECRET_SEAL)
             if key is None:
-                key = session.generate_key(
-                    KeyType.AES,
-                    256,
-                    label=_SECRET_SEAL,
-                    store=True,
-                    capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
-                    template={
-                        Attribute.SENSITIVE: True,
-                        Attribute.EXTRACTABLE: False,
-                        Attribute.PRIVATE: True,
-                    },
-                )
+                key = _new_aes_key(session, _SECRET_SEAL, extractable=False)
             self._seal_key = key
         return self._seal_key
 
@@ -646,28 +625,52 @@ def _sign(private: Any, alg: str, data: bytes) -> bytes:
 
 
 def _gcm_seal(key: Any, plaintext: bytes, aad: bytes) -> bytes:
-    """AES-GCM on the token, in the format of :func:`node.hsm.keys.aead_seal`."""
-    nonce = os.urandom(keys.NONCE_BYTES)
+    """AES-GCM on the token, in the format of :func:`messages.aead.seal`."""
+    nonce = os.urandom(aead.NONCE_BYTES)
     return nonce + key.encrypt(
         plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad)
     )
 
 
+_DOES_NOT_OPEN = (
+    p11.GeneralError,
+    p11.EncryptedDataInvalid,
+    p11.EncryptedDataLenRange,
+    p11.FunctionFailed,
+)
+
+
 def _gcm_open(key: Any, sealed: bytes, aad: bytes) -> bytes:
     """Open :func:`_gcm_seal`'s output on the token; raises :class:`UnsealFailed`."""
-    if len(sealed) < keys.NONCE_BYTES + keys.TAG_BYTES:
+    if len(sealed) < aead.NONCE_BYTES + aead.TAG_BYTES:
         raise UnsealFailed("sealed data is truncated", bytes=len(sealed))
-    nonce, ciphertext = sealed[: keys.NONCE_BYTES], sealed[keys.NONCE_BYTES :]
+    nonce, ciphertext = sealed[: aead.NONCE_BYTES], sealed[aead.NONCE_BYTES :]
     try:
         return bytes(
             key.decrypt(
                 ciphertext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad)
             )
         )
-    except p11.PKCS11Error as exc:
-        # Not retried even when it looks like a lost session: SoftHSM2 answers a tag that does
-        # not verify with CKR_GENERAL_ERROR.
+    except _DOES_NOT_OPEN as exc:
+        # SoftHSM2 answers a tag that does not verify with CKR_GENERAL_ERROR; a lost session
+        # or key handle is left to _run, which logs in again and retries.
         raise UnsealFailed(f"sealed data does not open: {type(exc).__name__}") from exc
+
+
+def _new_aes_key(session: Any, label: str, *, extractable: bool) -> Any:
+    """A new sensitive AES-256 key stored on the token, for AES-GCM."""
+    return session.generate_key(
+        KeyType.AES,
+        256,
+        label=label,
+        store=True,
+        capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+        template={
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: extractable,
+            Attribute.PRIVATE: True,
+        },
+    )
 
 
 def _export(session: Any, key: Any) -> bytes:

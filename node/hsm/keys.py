@@ -17,12 +17,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from messages import aead
 from messages.signing import ECDH_P256, ECDSA_P256, ED25519
 from node.hsm import hpke, opaque
 from node.hsm.base import (
@@ -37,8 +36,6 @@ from node.hsm.base import (
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 AES_KEY_BYTES = 32
-NONCE_BYTES = 12
-TAG_BYTES = 16
 WRAP_INFO = b"hsmfleet/v1/key-wrap\n"
 _KEY_CHECK = b"hsmfleet/v1/key-check"
 
@@ -217,20 +214,12 @@ def unwrap(
     return key
 
 
-def aead_seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """AES-256-GCM with a random nonce: nonce || ciphertext || tag."""
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
-
-
 def aead_open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
-    """Open what :func:`aead_seal` made; raises :class:`UnsealFailed` on any defect."""
-    if len(sealed) < NONCE_BYTES + TAG_BYTES:
-        raise UnsealFailed("sealed data is truncated", bytes=len(sealed))
+    """Open what :func:`messages.aead.seal` made; raises :class:`UnsealFailed` on any defect."""
     try:
-        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
-    except InvalidTag:
-        raise UnsealFailed("sealed data does not open under this key and aad") from None
+        return aead.open_sealed(key, sealed, aad)
+    except aead.SealedDataError as exc:
+        raise UnsealFailed(str(exc)) from None
 
 
 def der_prefix(data: bytes) -> bytes:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import opaque_ke_py
 
+from messages.vault import SERVER_KEY
+
 SETUP_BYTES = 128
-PUBLIC_BYTES = 32
 _CHECK_CREDENTIAL = b"hsmfleet/key-check"
 
 
@@ -28,4 +29,4 @@ def setup_public(setup: bytes) -> bytes:
     loaded = opaque_ke_py.ServerSetupData.from_bytes(setup)
     request = opaque_ke_py.client_registration_start(b"x").get_message()
     answer = opaque_ke_py.server_registration_start(loaded, request, _CHECK_CREDENTIAL)
-    return bytes(answer.get_message()[PUBLIC_BYTES : 2 * PUBLIC_BYTES])
+    return bytes(answer.get_message()[SERVER_KEY])

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from messages import aead
 from messages.canonical import b64, unb64
 from messages.signing import ECDH_P256
 from node.hsm import keys
@@ -121,7 +122,7 @@ class SoftHsm(Hsm):
         return key.private.exchange(ec.ECDH(), keys.p256_public(peer_point))
 
     def seal(self, label: str, plaintext: bytes, aad: bytes) -> bytes:
-        return keys.aead_seal(self._aes(label).raw, plaintext, aad)
+        return aead.seal(self._aes(label).raw, plaintext, aad)
 
     def unseal(self, label: str, sealed: bytes, aad: bytes) -> bytes:
         return keys.aead_open(self._aes(label).raw, sealed, aad)

@@ -24,10 +24,13 @@ inside the HSM under a key pinned there.
 """
 
 # No ``from __future__ import annotations``: body field types stay evaluated (see messages.schema).
+import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
 
 import opaque_ke_py as opaque
 import structlog
@@ -38,6 +41,7 @@ from messages.envelope import Envelope, Signature
 from messages.errors import HsmfleetError, SchemaViolation
 from messages.ids import id_time_ms
 from messages.quorum import (
+    NO_VERDICT,
     Accepted,
     Config,
     Justification,
@@ -63,6 +67,7 @@ from messages.vault import (
     REGISTRATION_REQUEST_BYTES,
     REGISTRATION_UPLOAD_BYTES,
     STORAGE_ROLE,
+    VAULT_KEYS,
     BudgetExhausted,
     LoginExpired,
     LoginRefused,
@@ -95,7 +100,7 @@ from messages.vault_authorization import RECOVER, REPLACE
 from messages.vault_authorization import REGISTER as REGISTER_KIND
 from node.hsm.base import Hsm, HsmError, KeyNotFound
 from node.quorum.membership import Membership
-from node.quorum.proof import CommitProof, verify_proof
+from node.quorum.proof import CommitProof, pred_proof, verify_proof
 from node.quorum.rules import NO_BALLOT, Ballot
 from node.vault import record as records
 from node.vault.journal import EvaluationJournal
@@ -109,6 +114,7 @@ from node.vault.record import (
 )
 
 log = structlog.get_logger("hsmfleet.vault.applet")
+T = TypeVar("T")
 
 REGISTERED = "register"
 ATTEMPTED = "attempt"
@@ -219,6 +225,10 @@ class FleetVault:
         self.journal = journal
         self.clock_ms = clock_ms
         self._setups: dict[str, object] = {}
+        # A request is opened when it is taken, proposed, voted on by this member and answered;
+        # a login is finished when proposed, voted on and released: each once, kept a while.
+        self._opened: _Kept[Plaintext] = _Kept(KEPT)
+        self._finished: _Kept[tuple[LoginState, bytes]] = _Kept(KEPT)
         self.update(setup)
 
     def update(self, setup: FleetSetup) -> None:
@@ -336,6 +346,10 @@ class FleetVault:
 
     def open(self, op: str, request: VaultRequest) -> Plaintext:
         """The plaintext of a client's request for ``op``, opened with the vault key it names."""
+        kept = (op, request.key, hashlib.sha256(request.sealed).digest())
+        plain = self._opened.get(kept)
+        if plain is not None:
+            return plain
         keys = self._request_keys(request)
         try:
             data = self.backend.open_hpke(keys.kem, request.sealed, request_info(self.fleet, op))
@@ -343,7 +357,7 @@ class FleetVault:
             raise UnreadableRequest(
                 "the request does not open with the fleet's vault key"
             ) from None
-        return parse_request(op, data)
+        return self._opened.keep(kept, parse_request(op, data))
 
     def peek(self, op: str, request: VaultRequest) -> RequestInfo:
         """Who ``request`` is for (it must open); nothing of what is sealed inside."""
@@ -357,21 +371,12 @@ class FleetVault:
         ``justification``: what a proposer asks before it takes a reported value as current
         (a faulty member's report is passed over). Only definite defects say no: a proof of
         another configuration, or a change made through a key epoch this HSM no longer holds, may
-        be genuine."""
-        held = Vetting(
-            index=0,
-            value=value,
-            justification=justification,
-            accepted=0,
-            accepted_by="",
-            held=None,
-            vetted=False,
-        )
+        be genuine (:data:`messages.quorum.NO_VERDICT`)."""
         try:
-            self.check(key, Ballot(1 << 62, ""), held)
-        except _CANNOT_TELL:
-            return True  # the acceptors, who may know more, decide when it is written back
+            self._successor(key, _justification(justification), value)
         except HsmfleetError as exc:
+            if exc.kind in NO_VERDICT:
+                return True  # the acceptors, who may know more, decide when it is written back
             log.warning("a reported value passed over", key=key, kind=exc.kind, reason=str(exc))
             return False
         return True
@@ -452,16 +457,8 @@ class FleetVault:
         value = own.value
         if own.vetted and own.held == value:
             return  # this applet checked that very value when it first accepted it
-        try:
-            just = Justification.decode(own.justification)
-        except SchemaViolation as exc:
-            raise TransitionRefused(f"the justification does not decode: {exc}") from None
+        just = _justification(own.justification)
         before = Ballot(just.ballot, just.by)
-        if just.votes:
-            proof = CommitProof(self.fleet, key, before, value_digest(just.pred), just.votes)
-            self._verify(proof, just.pred)
-        elif just.pred is not None or before != NO_BALLOT:
-            raise TransitionRefused("the predecessor carries no commit proof")
         if not before < ballot:
             raise TransitionRefused("the predecessor is not older than the proposal")
         mine = Ballot(own.accepted, own.accepted_by)
@@ -471,6 +468,15 @@ class FleetVault:
                 accepted=f"{mine.n}/{mine.by}",
                 predecessor=f"{before.n}/{before.by}",
             )
+        self._successor(key, just, value)
+
+    def _successor(self, key: str, just: Justification, value: bytes | None) -> None:
+        """Raise unless ``value`` is what ``just``'s witness makes of its predecessor, which its
+        votes prove committed (the empty record needs none)."""
+        if just.votes:
+            self._verify(pred_proof(self.fleet, key, just), just.pred)
+        elif just.pred is not None or (just.ballot, just.by) != NO_BALLOT:
+            raise TransitionRefused("the predecessor carries no commit proof")
         if just.witness is None:
             if value != just.pred:
                 raise TransitionRefused("an unchanged record must be its predecessor")
@@ -489,13 +495,11 @@ class FleetVault:
             if proposed != expected.record:
                 raise TransitionRefused("the proposed record is not the recomputed successor")
             return
-        if any(
-            getattr(proposed, f) != getattr(expected.record, f)
-            for f in records.FIELDS
-            if f != "sealed"
-        ):
+        if replace(proposed, sealed=None) != replace(expected.record, sealed=None):
             raise TransitionRefused("the proposed record is not the recomputed successor")
-        if proposed.sealed is None or self.contents(proposed) != expected.contents:
+        if proposed.sealed is None or SealedBlob.decode(proposed.sealed).key != proposed.storage:
+            raise TransitionRefused("the record is not sealed under the storage key it names")
+        if self.contents(proposed) != expected.contents:
             raise TransitionRefused("the sealed part does not hold what the request registers")
 
     def _apply(
@@ -530,6 +534,9 @@ class FleetVault:
             self._by_id("server_id", live.server, "registration")
         if witness.change == DESTROYED:
             return self._destroyed(live, plain)  # type: ignore[arg-type]
+        if clock is not None and witness.evaluator not in self.membership.voters:
+            # only when taken: membership is the checker's view, not the change's
+            raise TransitionRefused("the evaluator is not a member", evaluator=witness.evaluator)
         return self._attempted(live, plain, witness.evaluator)  # type: ignore[arg-type]
 
     def _registered(
@@ -593,8 +600,6 @@ class FleetVault:
             raise ReplayedRequest("this login is older than the record remembers", user=pred.user)
         if pred.failures >= self.policy.limit:
             raise BudgetExhausted("the user's guesses are used up", user=pred.user)
-        if evaluator not in self.membership.voters:
-            raise TransitionRefused("the evaluator is not a member", evaluator=evaluator)
         if len(plain.credential_request) != KE1_BYTES:
             raise MalformedOpaque("a first login message is 96 bytes")
         attempt = Attempt(
@@ -627,11 +632,11 @@ class FleetVault:
         (a login already counted as a success)."""
         if len(proof.finalization) != KE3_BYTES:
             raise MalformedOpaque("a final login message is 64 bytes")
-        try:
-            plain = self._unseal(proof.login, records.login_aad(self.fleet), "login state")
-            state = LoginState.from_json(loads_strict(plain))
-        except (HsmError, HsmfleetError, ValueError) as exc:
-            raise LoginRefused(f"the login state is not one this fleet sealed: {exc}") from None
+        kept = hashlib.sha256(proof.login + proof.finalization).digest()
+        finished = self._finished.get(kept)
+        if finished is None:
+            finished = self._finish(proof)
+        state = finished[0]
         same = (state.fleet, state.user, state.generation, state.registration)
         if same != (self.fleet, record.user, record.generation, record.registration):
             raise LoginRefused("the login is of another registration", user=record.user)
@@ -639,6 +644,17 @@ class FleetVault:
             raise LoginRefused("the login's attempt was never counted", user=record.user)
         if at > state.expires_ms:
             raise LoginExpired("the login is too old to finish", user=record.user)
+        self._finished.keep(kept, finished)
+        return finished
+
+    def _finish(self, proof: PinProof) -> tuple[LoginState, bytes]:
+        """The login state ``proof`` carries, once its final message verifies against it, and
+        the session key; raises :class:`LoginRefused`."""
+        try:
+            plain = self._unseal(proof.login, records.login_aad(self.fleet), "login state")
+            state = LoginState.from_json(loads_strict(plain))
+        except (HsmError, HsmfleetError, ValueError) as exc:
+            raise LoginRefused(f"the login state is not one this fleet sealed: {exc}") from None
         try:
             finished = opaque.server_login_finish(state.server_state, proof.finalization)
         except ValueError:
@@ -698,7 +714,6 @@ class FleetVault:
             generation=live.generation,
             registration=live.registration,
             attempt=attempt.number,
-            request=plain.id,
             expires_ms=id_time_ms(plain.id) + self.policy.login_ttl_s * 1000,
             server_state=started.get_state(),
         )
@@ -810,10 +825,39 @@ class VaultApplet:
         return vault
 
 
-_ROLES = (KEM_ROLE, STORAGE_ROLE, OPAQUE_ROLE)
-# What a reported value's check may fail on without the value being a faulty member's: the
-# members that accepted it may know the configuration or hold the key epoch this HSM does not.
-_CANNOT_TELL = (ProofOfAnotherConfiguration, UnknownVaultKey, RecordKeyDestroyed)
+_ROLES = tuple(VAULT_KEYS)
+KEPT = 512
+"""Opened requests and finished logins each kept for reuse, the most recent."""
+
+
+class _Kept(Generic[T]):
+    """The ``size`` values kept last, by key; safe across the threads that call the applet."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: OrderedDict[object, T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: object) -> T | None:
+        with self._lock:
+            value = self._values.get(key)
+            if value is not None:
+                self._values.move_to_end(key)
+            return value
+
+    def keep(self, key: object, value: T) -> T:
+        with self._lock:
+            self._values[key] = value
+            if len(self._values) > self.size:
+                self._values.popitem(last=False)
+        return value
+
+
+def _justification(data: bytes | None) -> Justification:
+    try:
+        return Justification.decode(data)
+    except SchemaViolation as exc:
+        raise TransitionRefused(f"the justification does not decode: {exc}") from None
 
 
 def _live(record: UserRecord | None) -> UserRecord:

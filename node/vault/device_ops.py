@@ -12,6 +12,7 @@ fleet; errors come back as their own classes (registered with the device protoco
 from dataclasses import dataclass
 from typing import Any
 
+from messages import vault
 from messages.envelope import Envelope, Signature
 from messages.errors import HsmfleetError
 from messages.quorum import (
@@ -232,7 +233,7 @@ class RemoteFleetVault:
 
     def register_start(self, request: VaultRequest) -> bytes:
         return self.transport.call(
-            REGISTER_START.name, ToPeek(self.fleet, "register-start", request)
+            REGISTER_START.name, ToPeek(self.fleet, vault.REGISTER_START, request)
         ).sealed
 
     def propose(

@@ -19,7 +19,7 @@ fleet counts is in the clear so every member's applet can check each change:
 
 # No ``from __future__ import annotations``: body field types stay evaluated (see messages.schema).
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from messages.canonical import canonical, loads_strict
 from messages.errors import SchemaViolation
@@ -103,7 +103,6 @@ class LoginState(Body):
     generation: int
     registration: str
     attempt: int
-    request: str
     expires_ms: int
     server_state: bytes
 
@@ -129,11 +128,6 @@ class SealedBlob(Body):
 def record_key(user: str) -> str:
     """The quorum register holding ``user``'s record."""
     return RECORD_PREFIX + user
-
-
-def user_of(key: str) -> str | None:
-    """The user whose record register ``key`` is, or None for another register."""
-    return key[len(RECORD_PREFIX) :] if key.startswith(RECORD_PREFIX) else None
 
 
 def encode(record: UserRecord) -> bytes:
@@ -173,24 +167,7 @@ def with_attempt(record: UserRecord, attempt: Attempt) -> UserRecord:
     return replace_record(record, attempts=attempt.number, recent=(*kept, attempt))
 
 
-FIELDS = (
-    "user",
-    "generation",
-    "registration",
-    "sealed",
-    "storage",
-    "server",
-    "attempts",
-    "cleared",
-    "replaced",
-    "replaced_at",
-    "recent",
-)
-
-
 def replace_record(record: UserRecord, **changes: object) -> UserRecord:
-    """``record`` with ``changes``: a new value (``dataclasses.replace`` would carry ``extra``
-    over, and a record must hold only the fields this build writes)."""
-    values = {name: getattr(record, name) for name in FIELDS}
-    values.update(changes)
-    return UserRecord(**values)  # type: ignore[arg-type]
+    """``record`` with ``changes``: a new value, holding only the fields this build writes
+    (not the unknown ones ``record`` was decoded with)."""
+    return replace(record, extra={}, **changes)

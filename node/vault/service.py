@@ -33,6 +33,7 @@ from messages.quorum import OutcomeUnknown, ProofOfAnotherConfiguration, QuorumE
 from messages.schema import Body
 from messages.signing import TrustStore
 from messages.vault import (
+    OK,
     OPERATIONS,
     RECOVER_START,
     REGISTER,
@@ -213,12 +214,12 @@ class VaultService:
                     "the fleet is retiring: register on its successor", fleet=self.fleet
                 )
             if op == REGISTER_START:
-                return "ok", await asyncio.to_thread(self.applet.register_start, request)
+                return OK, await asyncio.to_thread(self.applet.register_start, request)
             if op == REGISTER:
-                return "ok", await self._register(request, info)
+                return OK, await self._register(request, info)
             if op == RECOVER_START:
-                return "ok", await self._recover_start(request, info)
-            return "ok", await self._recover_finish(request, info)
+                return OK, await self._recover_start(request, info)
+            return OK, await self._recover_finish(request, info)
         except HsmfleetError as exc:
             log.info("vault operation refused", op=op, kind=exc.kind, reason=str(exc))
             remaining = exc.detail.get("remaining") if isinstance(exc, VaultError) else None
@@ -238,7 +239,7 @@ class VaultService:
         )
         record = records.decode(commit.value)
         assert record is not None
-        outcome = Outcome(status="ok", generation=record.generation, replaced=record.replaced)
+        outcome = Outcome(status=OK, generation=record.generation, replaced=record.replaced)
         return await asyncio.to_thread(self.applet.answer, REGISTER, request, outcome)
 
     async def _recover_start(self, request: VaultRequest, info: RequestInfo) -> bytes:
