@@ -15,9 +15,10 @@ import hmac
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from node.hsm.base import UnsealFailed
 
@@ -47,22 +48,13 @@ def _extract(salt: bytes, ikm: bytes) -> bytes:
     return hmac.digest(salt or bytes(hashlib.sha256().digest_size), ikm, "sha256")
 
 
-def _expand(prk: bytes, info: bytes, length: int) -> bytes:
-    """HKDF-Expand with SHA-256; every length used here fits in one or two blocks."""
-    out, block, counter = b"", b"", 1
-    while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
-        out += block
-        counter += 1
-    return out[:length]
-
-
 def _labeled_extract(suite: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
     return _extract(salt, _VERSION + suite + label + ikm)
 
 
 def _labeled_expand(suite: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
-    return _expand(prk, _i2osp(length, 2) + _VERSION + suite + label + info, length)
+    info = _i2osp(length, 2) + _VERSION + suite + label + info
+    return HKDFExpand(hashes.SHA256(), length, info).derive(prk)
 
 
 def _decap(dh: Callable[[bytes], bytes], enc: bytes, recipient_public: bytes) -> bytes:

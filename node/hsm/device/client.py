@@ -22,14 +22,13 @@ from node.hsm.device import core
 from node.hsm.device.protocol import (
     HELLO,
     VERSION,
-    BadArguments,
     DeviceProtocolError,
     Empty,
     Handler,
     Hello,
     UnsupportedProtocol,
+    checked,
     checked_handlers,
-    declared,
     dispatch,
     encode_request,
     parse_answer,
@@ -98,11 +97,7 @@ class DeviceClient:
         :class:`~node.hsm.device.protocol.DeviceProtocolError` for an answer that does not
         follow the protocol.
         """
-        declared_op = declared(op)
-        if type(request) is not declared_op.request:
-            raise BadArguments(
-                f"{op} takes {declared_op.request.__name__}", op=op, got=type(request).__name__
-            )
+        declared_op = checked(op, request)
         with self._lock:
             request_id = next(self._ids)
         frame = encode_request(request_id, op, request)
@@ -186,7 +181,6 @@ class DeviceHsm(Hsm):
     """
 
     kind = "device"
-    blocking = True
 
     def __init__(self, device: Transport) -> None:
         """Greet ``device``; raises :class:`HsmUnavailable` if it is not there and

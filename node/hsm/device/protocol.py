@@ -69,6 +69,17 @@ def declared(name: str) -> Operation:
         raise UnknownOperation("no device operation of this name", op=name) from None
 
 
+def checked(op: str, request: Body) -> Operation:
+    """The operation ``op``, once ``request`` is its declared body; raises
+    :class:`UnknownOperation` or :class:`BadArguments`."""
+    declared_op = declared(op)
+    if type(request) is not declared_op.request:
+        raise BadArguments(
+            f"{op} takes {declared_op.request.__name__}", op=op, got=type(request).__name__
+        )
+    return declared_op
+
+
 def register_error(cls: E) -> E:
     """Class decorator: raise ``cls`` on the caller's side for answers of its ``kind``.
 
@@ -178,11 +189,7 @@ def dispatch(handlers: Mapping[str, Handler], op: str, request: Body) -> Body:
     handler = handlers.get(op)
     if handler is None:
         raise UnknownOperation("the device offers no such operation", op=op)
-    declared_op = _OPERATIONS[op]
-    if type(request) is not declared_op.request:
-        raise BadArguments(
-            f"{op} takes {declared_op.request.__name__}", op=op, got=type(request).__name__
-        )
+    declared_op = checked(op, request)
     result = handler(request)
     if isinstance(result, Hello):
         result = replace(result, operations=tuple(sorted(handlers)))
