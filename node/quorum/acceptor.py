@@ -344,6 +344,9 @@ class Acceptor:
                 verify_proof(proof, membership, value)
             except BadProof as exc:
                 self._refuse(exc.kind)
+                log.warning(
+                    "a commit notice refused", proposer=body.proposer, kind=exc.kind, key=key
+                )
                 return
             proven = justify(value, proof)
             if slot.accepted == ballot:

@@ -41,6 +41,7 @@ from messages.schema import REGISTRY
 from messages.signing import Ed25519Signer
 from messages.vault import (
     OPERATIONS,
+    RECOVER_FINISH,
     REGISTER,
     BudgetExhausted,
     MalformedOpaque,
@@ -57,7 +58,7 @@ from node.quorum.proposer import Proposer
 from node.quorum.store import SlotStore
 from node.quorum.votes import Tally
 from node.vault import record as records
-from node.vault.applet import REGISTERED, Witness
+from node.vault.applet import REGISTERED, SUCCEEDED, Witness
 from node.vault.journal import EvaluationJournal
 
 pytestmark = pytest.mark.faults
@@ -204,12 +205,13 @@ class Rogue:
 
 async def test_a_member_with_a_stolen_key_cannot_reset_a_counter(tmp_path, nats_server):
     """m3's vote key and NATS seed are stolen; m1 and m2 are honest. The attacker, who can
-    also get the user's authorizations, spends guesses, then has the rogue member propose the
-    counter cleared in every way it can: as an unchanged value, as the change a captured
-    request makes, by rolling the record back to its first value, with a commit proof only it
-    signed, as a commit notice only it signed. Every one is refused by the honest members (their
-    HSMs, or their check of the notice's proof), and no more than the limit of guesses is ever
-    evaluated."""
+    also get the user's authorizations and sees the bus, spends guesses, then has the rogue
+    member propose the counter cleared in every way it can: as an unchanged value, as the
+    change the victim's captured registration makes, as the success the victim's captured
+    earlier login makes, by rolling the record back to its first value, with a commit proof only
+    it signed, as a commit notice only it signed. Each is refused by the honest members for its
+    own reason (their HSMs, or their check of the notice's proof), and no more than the limit of
+    guesses is ever evaluated."""
     async with fleet_of(tmp_path / "f", nats_server.url, ["m1", "m2"], limit=LIMIT) as (
         fleet,
         nc,
@@ -220,9 +222,12 @@ async def test_a_member_with_a_stolen_key_cannot_reset_a_counter(tmp_path, nats_
             captured.append(msg.data)
 
         spy = await nc.subscribe(subjects.vault(fleet.local.fleet, REGISTER), cb=keep)
+        finishes = await nc.subscribe(subjects.vault(fleet.local.fleet, RECOVER_FINISH), cb=keep)
         victim, attacker = fleet.client(nc), fleet.client(nc, ops=("recover",))
         await victim.register("victim", PIN, SECRET)
+        assert (await victim.recover("victim", PIN)).secret == SECRET
         await spy.unsubscribe()
+        await finishes.unsubscribe()
         for guess in (b"0000", b"1111", b"2222"):
             with pytest.raises(WrongGuess):
                 await attacker.recover("victim", guess)
@@ -235,18 +240,26 @@ async def test_a_member_with_a_stolen_key_cannot_reset_a_counter(tmp_path, nats_
             record = records.decode(now.value)
             assert record is not None and record.failures == 3
             cleared = records.encode(records.replace_record(record, cleared=record.attempts))
-            register_witness = _witness_of(captured[0])
-            for name, witness in (("unchanged", None), ("a captured request", register_witness)):
-                with pytest.raises(ValueRefused):
+            register_witness = _witness_of(captured[0], REGISTERED)
+            finish_witness = _witness_of(captured[1], SUCCEEDED)
+            for witness, kind in (
+                (None, "transition_refused"),  # an unchanged record must be its predecessor
+                (register_witness, "stale_registration"),
+                (finish_witness, "replayed_request"),  # that login was counted already
+            ):
+                with pytest.raises(ValueRefused) as refused:
                     await rogue.proposer.transit(key, lambda _v, _p, w=witness: (cleared, w))
-                assert records.decode((await rogue.proposer.read(key)).value).failures == 3, name
+                assert refused.value.detail["kind"] == kind
+                assert records.decode((await rogue.proposer.read(key)).value).failures == 3, kind
             first_value = _first_value(now.value)
             rollback = Justification(None, 0, "", (), register_witness)
-            assert await _accepted_by_honest(rogue, key, first_value, rollback) == 0
+            held_later = {"predecessor_superseded"}  # each honest member holds a later value
+            assert await _accepted_by_honest(rogue, key, first_value, rollback) == held_later
             forged = _proof_signed_by(rogue, key, first_value)
-            assert await _accepted_by_honest(rogue, key, cleared, forged) == 0
+            assert await _accepted_by_honest(rogue, key, cleared, forged) == {"bad_proof"}
             await _announce_signed_by(rogue, key, cleared)
-            await asyncio.sleep(0.5)  # a notice is unanswered: give the members time to take it
+            for member in ("m1", "m2"):
+                await _until(lambda m=member: fleet.logged(m, "a commit notice refused"), member)
             assert records.decode((await rogue.proposer.read(key)).value).failures == 3
         finally:
             await rogue.stop()
@@ -256,9 +269,9 @@ async def test_a_member_with_a_stolen_key_cannot_reset_a_counter(tmp_path, nats_
                 await attacker.recover("victim", guess)
         with pytest.raises(BudgetExhausted):
             await attacker.recover("victim", PIN)
-    assert fleet.evaluated("victim") == LIMIT, "the limit, and nothing more"
+    assert fleet.evaluated("victim") == LIMIT + 1, "the victim's login, the limit, nothing more"
     assert fleet.committed("victim").failures == LIMIT
-    assert fleet.refusals_logged("m3") >= 4
+    assert fleet.refusals_logged("m3") == 10, "each of the five attacks, by both honest members"
 
 
 def _first_value(current: bytes) -> bytes:
@@ -268,10 +281,17 @@ def _first_value(current: bytes) -> bytes:
     return records.encode(records.replace_record(record, attempts=0, cleared=0, recent=()))
 
 
-def _witness_of(register_request: bytes) -> bytes:
-    """The witness a registration's change is made from: the client's request as sent."""
-    body = REGISTRY.parse(Envelope.decode(register_request))
-    return Witness(change=REGISTERED, request=body).encode()
+def _witness_of(request: bytes, change: str) -> bytes:
+    """The witness ``change`` is made from: the client's request as sent."""
+    body = REGISTRY.parse(Envelope.decode(request))
+    return Witness(change=change, request=body).encode()
+
+
+async def _until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
 
 
 async def _announce_signed_by(rogue: Rogue, key: str, value: bytes) -> None:
@@ -307,9 +327,9 @@ def _proof_signed_by(rogue: Rogue, key: str, value: bytes) -> Justification:
 
 async def _accepted_by_honest(
     rogue: Rogue, key: str, value: bytes, justification: Justification
-) -> int:
+) -> set[str]:
     """Send the honest members an accept of ``value`` with exactly ``justification`` (no
-    proposer logic in between); how many of them accepted it."""
+    proposer logic in between); once every one refused it, why they did."""
     membership = rogue.proposer.membership()
     body = Accept(
         fleet=membership.fleet,
@@ -331,9 +351,8 @@ async def _accepted_by_honest(
                 tally.add((await sub.next_msg()).data)
     finally:
         await sub.unsubscribe()
-    refusals = tally.refusals_of(0).values()
-    assert all(refusal.kind for refusal in refusals), "the refusals name the HSMs' reasons"
-    return tally.grants[0]
+    assert tally.grants[0] == 0, "an honest member accepted it"
+    return {refusal.kind for refusal in tally.refusals_of(0).values()}
 
 
 async def test_registering_recovering_and_registering_again_gains_no_guesses(tmp_path, nats_server):
@@ -353,8 +372,15 @@ async def test_registering_recovering_and_registering_again_gains_no_guesses(tmp
                 await attacker.recover("victim", guess)
         with pytest.raises(RegistrationExists):
             await attacker.register("victim", b"9999", b"attacker's")
-        with pytest.raises(PermissionError):  # the authority grants it no replacement
-            await attacker.register("victim", b"9999", b"attacker's", replace_record=True)
+        # Granted no replacement, it passes its register authorization off as one.
+        passing_off = VaultClient(
+            nc,
+            fleet.local.vault_keys,
+            lambda user, _op, request: attacker.authorize(user, "register", request),
+            timeout=10,
+        )
+        with pytest.raises(RegistrationExists):
+            await passing_off.register("victim", b"9999", b"attacker's", replace_record=True)
         recovered = await victim.recover("victim", PIN)
         assert (recovered.secret, recovered.replaced) == (SECRET, 0)
 
@@ -453,9 +479,10 @@ async def test_a_client_sends_no_registration_to_a_fleet_with_another_opaque_key
 
 
 async def test_concurrent_wrong_guesses_across_members_stay_within_the_limit(tmp_path, nats_server):
-    """200 wrong guesses at once, spread over the members by the queue group: at most the
-    limit is evaluated, and every attempt the fleet counted is one whose guess was evaluated
-    (none spent without an answer)."""
+    """200 wrong guesses at once, spread over the members by the queue group, then more one
+    at a time until the fleet says the budget is spent: exactly the limit is evaluated, and
+    every attempt the fleet counted is one whose guess was evaluated (none spent without an
+    answer)."""
     async with fleet_of(tmp_path / "f", nats_server.url, ["m1", "m2", "m3"], limit=10) as (
         fleet,
         nc,
@@ -473,11 +500,15 @@ async def test_concurrent_wrong_guesses_across_members_stay_within_the_limit(tmp
 
         try:
             outcomes = await asyncio.gather(*(guess(i) for i in range(200)))
+            after = [await guess(i) for i in range(200, 212)]
         finally:
             for connection in connections:
                 await connection.close()
+        assert set(outcomes) <= {"wrong_guess", "budget_exhausted", "vault_unavailable"}
+        assert after[-1] == "budget_exhausted" and "ok" not in after
+        outcomes += after
     evaluated = fleet.evaluated("victim")
-    assert evaluated <= 10
+    assert evaluated == 10, "the limit, reached and not passed"
     assert evaluated == fleet.committed("victim").attempts, "every attempt spent was answered"
     assert outcomes.count("wrong_guess") == evaluated
     assert outcomes.count("ok") == 0
