@@ -7,7 +7,8 @@ fleet's keys they import (the vault's ECDH and AES keys sensitive on the token; 
 which a token cannot run, sealed under a token key and opened in the process that runs the
 applet). A user registers before the rotation and recovers after it with the new bundle, while
 the old key epoch is still held (the client then registers again under the new epoch: its OPAQUE
-setup and storage key), and once the old epoch is destroyed.
+setup and storage key), and once the old epoch is destroyed; last, with two software members
+down, so that only a quorum that counts both tokens can commit.
 """
 
 from __future__ import annotations
@@ -119,7 +120,16 @@ async def test_a_fleet_of_software_and_pkcs11_hsms_serves_its_vault_through_a_ro
         )
         after = await second.recover("alice", b"1234")
         assert after.secret == b"alice's backup key" and after.generation == 2
+        for node_id, token in made.items():  # the first epoch's vault keys are gone
+            rollouts = {label.split(":")[2] for label, _, _ in vault_keys_on(token)}
+            assert len(rollouts) == 1, node_id
         await second.register("bob", b"9876", b"bob's")
         assert (await second.recover("bob", b"9876")).secret == b"bob's"
+
+        # Two software members down: every change now needs both tokens' HSMs to check it.
+        for daemon in bed.daemons[:2]:
+            await daemon.stop()
+        recovered = await second.recover("bob", b"9876")
+        assert (recovered.secret, recovered.attempt) == (b"bob's", 2)
     for token in made.values():
         token.close()
