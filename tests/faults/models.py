@@ -100,6 +100,10 @@ class VaultUser:
         return [((args[0], 0), equal("ok")), (counted, never)]
 
     def _wrong(self, failures: int) -> Expected:
+        """A wrong guess answered with at most the guesses this history leaves. Fewer are
+        allowed: a guess whose outcome the client never learned (an unknown outcome) may have
+        been counted. That attempts are not counted twice the fault tests check apart, on the
+        members' journals (each attempt answered once, none past the limit)."""
         most = self.limit - failures
 
         def expected(output: Hashable) -> bool:

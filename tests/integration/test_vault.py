@@ -309,13 +309,19 @@ async def test_a_replayed_registration_is_refused(tmp_path, nats_server, client_
     async with running_fleet(tmp_path, nats_server.url) as fleet:
         client = fleet.client(client_nc)
         sent = await capture(client_nc, fleet, REGISTER, client.register("alice", PIN, SECRET))
-        await client.register("alice", b"9999", b"new", current_pin=PIN)
-        answer = await client_nc.request(subjects.vault(fleet.fleet, REGISTER), sent, timeout=5)
-        assert refusal(fleet, REGISTER, sent, answer.data) in ("replayed", "stale_registration")
-        for member in fleet.running:
-            assert await replayed(fleet, REGISTER, sent, member) == "stale_registration"
+        proving = await capture(
+            client_nc, fleet, REGISTER, client.register("alice", b"9999", b"new", current_pin=PIN)
+        )
+        with pytest.raises(WrongGuess):
+            await client.recover("alice", b"0000")
+        for copy in (sent, proving):  # the first, and the one whose login cleared failures
+            answer = await client_nc.request(subjects.vault(fleet.fleet, REGISTER), copy, timeout=5)
+            assert refusal(fleet, REGISTER, copy, answer.data) in ("replayed", "stale_registration")
+            for member in fleet.running:
+                assert await replayed(fleet, REGISTER, copy, member) == "stale_registration"
+        record = await record_of(fleet, "alice")
+        assert (record.generation, record.failures) == (2, 1), "nothing undone, nothing cleared"
         assert (await client.recover("alice", b"9999")).secret == b"new"
-        assert (await record_of(fleet, "alice")).generation == 2
 
 
 async def test_a_replayed_recovery_start_spends_no_guess(tmp_path, nats_server, client_nc):

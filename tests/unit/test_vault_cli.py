@@ -49,6 +49,8 @@ def test_a_bundle_that_is_not_accepted_sends_nothing(files, capsys):
     assert "the bundle is not accepted" in capsys.readouterr().err
 
 
-def test_the_pin_is_never_an_argument():
+def test_the_pin_is_never_an_argument(files, capsys):
     with pytest.raises(SystemExit):
-        cli.main(["vault", "recover", "alice", "--pin", "2468"])
+        cli.main(["vault", "recover", "alice", *run(files, "--out", "-", "--pin", "2468")])
+    err = capsys.readouterr().err
+    assert "--pin" in err and ("ambiguous" in err or "unrecognized" in err)
