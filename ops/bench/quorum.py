@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,10 +47,10 @@ from node.quorum.localfleet import LocalFleet
 from node.quorum.member import Member
 from node.quorum.proposer import Proposer
 from ops import logs
+from ops.bench.load import Operation, Window, measure, quantiles_ms
 from ops.natsserver import NatsCluster, NatsServer
 
 VALUE = b"v" * 100
-Write = Callable[[int, int], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -66,36 +66,16 @@ class Figures:
     p99_ms: float
 
 
-async def measure(write: Write, writers: int, seconds: float, warmup: float) -> tuple[float, list]:
-    """Run ``writers`` loops of ``write(writer, n)``; returns commits/s and the latencies (s)
-    of the writes that started after ``warmup`` and before the end."""
-    loop = asyncio.get_running_loop()
-    start = loop.time() + warmup
-    end = start + seconds
-    latencies: list[float] = []
-
-    async def writer(w: int) -> None:
-        n = 0
-        while (now := loop.time()) < end:
-            await write(w, n)
-            n += 1
-            if now >= start:
-                latencies.append(loop.time() - now)
-
-    await asyncio.gather(*(writer(w) for w in range(writers)))
-    return len(latencies) / seconds, latencies
-
-
 def summarize(
-    system: str, members: int, writers: int, workload: str, runs: list[tuple[float, list]]
+    system: str, members: int, writers: int, workload: str, runs: list[Window]
 ) -> Figures:
     """The median over runs of commits/s, p50 and p99."""
     rates, p50s, p99s = [], [], []
-    for rate, latencies in runs:
-        cuts = statistics.quantiles(latencies, n=100)
-        rates.append(rate)
-        p50s.append(cuts[49] * 1000)
-        p99s.append(cuts[98] * 1000)
+    for run in runs:
+        p50, p99 = quantiles_ms(run.latencies)
+        rates.append(run.rate)
+        p50s.append(p50)
+        p99s.append(p99)
     return Figures(
         system,
         members,
@@ -146,7 +126,7 @@ async def jetstream(root: Path) -> AsyncIterator[JetStreamContext]:
             await nc.close()
 
 
-def quorum_writes(proposer: Proposer, tag: str) -> dict[str, Write]:
+def quorum_writes(proposer: Proposer, tag: str) -> dict[str, Operation]:
     """The two quorum workloads: each writer rewrites its own record, or writes new ones."""
 
     async def own(w: int, n: int) -> None:
@@ -158,7 +138,7 @@ def quorum_writes(proposer: Proposer, tag: str) -> dict[str, Write]:
     return {"own record": own, "new records": new}
 
 
-def jetstream_write(js: JetStreamContext, tag: str) -> Write:
+def jetstream_write(js: JetStreamContext, tag: str) -> Operation:
     async def publish(w: int, n: int) -> None:
         await js.publish(f"bench.{tag}.{w}", VALUE)
 
@@ -170,7 +150,7 @@ async def run(
 ) -> dict:
     """Every cell ``rounds`` times; the baseline cell right before the quorum cells it is
     compared with, so that both see the same load on the machine. Medians are reported."""
-    runs: dict[tuple, list[tuple[float, list[float]]]] = defaultdict(list)
+    runs: dict[tuple, list[Window]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="hsmfleet-bench-") as tmp:
         root = Path(tmp)
         async with jetstream(root / "js") as js:

@@ -1,5 +1,5 @@
-"""Vault registrations and recoveries per second through the HSM device boundary, against the
-same operations with the vault applet in the member's process, in one run.
+"""Vault registrations and recoveries through the HSM device boundary, against the same
+operations with the vault applet in the member's process, in one run.
 
 ``python -m ops.bench.vault`` lays out a fleet of 3 members (:class:`LocalFleet`) twice:
 
@@ -14,13 +14,17 @@ one operation outstanding, run two workloads through the fleet's NATS subjects:
 - ``recover``: each writer recovers its own user with the right PIN (the attempt's commit, the
   evaluation, the success's commit and the release).
 
-The ratio ``device / in-process`` is the cost of the boundary. The floor both share is the
-bare OPAQUE exchange (client and server of opaque-ke in this process, no fleet, no network),
-measured in the same run as ``opaque``: its Argon2id client side dominates every operation.
-The cost of transition checking is measured in the in-process layout: the time every member's
-applet spends in :meth:`FleetVault.check` (recomputing a change from the client's request and
-verifying its predecessor's commit proof), per operation and as a share of the operation's
-time. Every cell runs ``--rounds`` times, alternating the layouts; figures are medians.
+Throughput alone would flatter the device layout: its HSM work runs in three more processes,
+on the machine's other core. So each cell also reports the CPU time an operation costs, this
+process's and (device layout) the device processes', and the cost of the boundary is given both
+ways: ``device / in-process`` operations per second, median latency and CPU per operation. The
+floor both share is the bare OPAQUE exchange (client and server of opaque-ke in this process, no
+fleet, no network), as ``opaque``: its Argon2id client side dominates every operation. The cost
+of transition checking is measured in the in-process layout: the CPU every member's applet
+spends in :meth:`FleetVault.check` (recomputing a change from the client's request and
+verifying its predecessor's commit proof), per operation and as a share of the operation's CPU.
+Every cell runs ``--rounds`` times, the layouts alternating; ratios are taken within a round
+and the medians over rounds reported.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -37,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,19 +55,28 @@ from node.quorum.localfleet import LocalFleet, await_device
 from node.quorum.member import Member
 from node.vault.applet import FleetVault
 from ops import logs
-from ops.bench.quorum import measure
+from ops.bench.load import Operation, Window, measure, quantiles_ms
 from ops.natsserver import NatsServer
 
 PIN = b"2468"
 SECRET = b"s" * 32
 LAYOUTS = ("device", "in-process")
 WORKLOADS = ("register", "recover")
-Operation = Callable[[int, int], Awaitable[None]]
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One run of one cell: what the writers did, and the CPU it cost."""
+
+    window: Window
+    cpu_ms_per_op: float
+    check_ms_per_op: float | None
 
 
 @dataclass(frozen=True)
 class Figures:
-    """One cell: the layout, how many writers, the workload, and what came out."""
+    """One cell, medians over its runs: the layout, how many writers, the workload."""
 
     layout: str
     writers: int
@@ -70,25 +84,40 @@ class Figures:
     ops_per_s: float
     p50_ms: float
     p99_ms: float
-    check_ms_per_op: float | None = None
+    cpu_ms_per_op: float
+    check_ms_per_op: float | None
 
 
-class CheckClock:
-    """Total time spent in :meth:`FleetVault.check` in this process, while installed."""
+class CpuClock:
+    """CPU seconds of this process, its checks (:meth:`FleetVault.check`, while installed),
+    and of the ``pids`` given (device processes), between :meth:`open` and :meth:`close`."""
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.check_s = 0.0
+        self._start = (0.0, 0.0, 0.0)
+        self.spent = (0.0, 0.0)  # all the CPU, the checks' part
+
+    def _now(self) -> tuple[float, float, float]:
+        return time.process_time(), sum(_cpu_of(pid) for pid in self.pids), self.check_s
+
+    def open(self) -> None:
+        self._start = self._now()
+
+    def close(self) -> None:
+        own, others, checks = (b - a for a, b in zip(self._start, self._now(), strict=True))
+        self.spent = (own + others, checks)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         original = FleetVault.check
 
         def timed(vault: FleetVault, *args: object) -> None:
-            started = time.perf_counter()
+            started = time.thread_time()
             try:
                 original(vault, *args)  # type: ignore[arg-type]
             finally:
-                self.seconds += time.perf_counter() - started
+                self.check_s += time.thread_time() - started
 
         FleetVault.check = timed  # type: ignore[method-assign]
         try:
@@ -97,9 +126,18 @@ class CheckClock:
             FleetVault.check = original  # type: ignore[method-assign]
 
 
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
 @contextlib.asynccontextmanager
-async def vault_fleet(root: Path, nats_url: str, layout: str) -> AsyncIterator[LocalFleet]:
-    """A fleet of 3 members running in this process, their applets laid out as ``layout``."""
+async def vault_fleet(
+    root: Path, nats_url: str, layout: str
+) -> AsyncIterator[tuple[LocalFleet, list[int]]]:
+    """A fleet of 3 members running in this process, their applets laid out as ``layout``;
+    with the process ids of its device processes."""
     devices = layout == "device"
     fleet = LocalFleet.create(root, f"bench-{layout}", 3, [nats_url], devices=devices)
     processes: list[subprocess.Popen] = []
@@ -114,7 +152,7 @@ async def vault_fleet(root: Path, nats_url: str, layout: str) -> AsyncIterator[L
             await member.start()
         for member in members:
             await member.replica.wait_voting(30)
-        yield fleet
+        yield fleet, [p.pid for p in processes]
     finally:
         for member in members:
             await member.stop()
@@ -182,29 +220,23 @@ def bare_operations() -> dict[str, Operation]:
     return {"register": register, "recover": recover}
 
 
-def summarize(cell: tuple[str, int, str], runs: list[tuple[float, list, float | None]]) -> Figures:
-    """The median over runs of operations/s, p50, p99 and check time per operation."""
-    rates, p50s, p99s, checks = [], [], [], []
-    for rate, latencies, check_ms in runs:
-        cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-        rates.append(rate)
-        p50s.append(cuts[49] * 1000)
-        p99s.append(cuts[98] * 1000)
-        if check_ms is not None:
-            checks.append(check_ms)
-    return Figures(
-        *cell,
-        statistics.median(rates),
-        statistics.median(p50s),
-        statistics.median(p99s),
-        statistics.median(checks) if checks else None,
-    )
+async def sample(
+    operation: Operation, writers: int, seconds: float, warmup: float, clock: CpuClock
+) -> Sample:
+    """One measured run of ``operation`` with its CPU cost."""
+    with clock.installed():
+        window = await measure(
+            operation, writers, seconds, warmup, opened=clock.open, closed=clock.close
+        )
+    done = max(1, len(window.latencies))
+    cpu_s, check_s = clock.spent
+    checked = check_s * 1000 / done if check_s else None
+    return Sample(window, cpu_s * 1000 / done, checked)
 
 
 async def run(seconds: float, warmup: float, writer_counts: list[int], rounds: int) -> dict:
     """Every cell ``rounds`` times, the layouts alternating so both see the same load."""
-    runs: dict[tuple[str, int, str], list[tuple[float, list, float | None]]] = defaultdict(list)
-    clock = CheckClock()
+    runs: dict[tuple[str, int, str], list[Sample]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="hsmfleet-bench-") as tmp:
         root = Path(tmp)
         async with NatsServer(root / "nats", name="bench-vault") as server:
@@ -219,85 +251,93 @@ async def run(seconds: float, warmup: float, writer_counts: list[int], rounds: i
                         tag = f"{writers}-{r}"
                         bare = bare_operations()
                         for workload in WORKLOADS:
-                            rate, lat = await measure(bare[workload], writers, seconds, warmup)
-                            runs[("opaque", writers, workload)].append((rate, lat, None))
+                            got = await sample(
+                                bare[workload], writers, seconds, warmup, CpuClock([])
+                            )
+                            runs[("opaque", writers, workload)].append(got)
                         for layout in LAYOUTS if r % 2 == 0 else reversed(LAYOUTS):
-                            ops = await fleet_operations(fleets[layout], nc, writers, tag)
+                            fleet, pids = fleets[layout]
+                            ops = await fleet_operations(fleet, nc, writers, tag)
                             for workload in WORKLOADS:
-                                clock.seconds = 0.0
-                                with clock.installed():
-                                    rate, lat = await measure(
-                                        ops[workload], writers, seconds, warmup
-                                    )
-                                # Only the in-process applets' checks run here to be timed;
-                                # the clock ran through the warmup too, at the same rate.
-                                done = len(lat) * (warmup + seconds) / seconds
-                                check = (
-                                    clock.seconds * 1000 / max(1.0, done)
-                                    if layout == "in-process"
-                                    else None
+                                got = await sample(
+                                    ops[workload], writers, seconds, warmup, CpuClock(pids)
                                 )
-                                runs[(layout, writers, workload)].append((rate, lat, check))
+                                runs[(layout, writers, workload)].append(got)
             finally:
                 await nc.close()
-    figures = {cell: summarize(cell, cell_runs) for cell, cell_runs in runs.items()}
-    cells = itertools.product(writer_counts, WORKLOADS)
+    cells = list(itertools.product(writer_counts, WORKLOADS))
     return {
         "load_average": os.getloadavg(),
-        "figures": [asdict(f) for f in figures.values()],
-        "ratios": [_ratios(figures, writers, workload) for writers, workload in cells],
+        "figures": [asdict(summarize(cell, samples)) for cell, samples in runs.items()],
+        "ratios": [_ratios(runs, writers, workload) for writers, workload in cells],
     }
 
 
-def _ratios(figures: dict, writers: int, workload: str) -> dict:
+def summarize(cell: tuple[str, int, str], samples: list[Sample]) -> Figures:
+    """The median over runs of each figure of ``cell``."""
+    quantiles = [quantiles_ms(s.window.latencies) for s in samples]
+    checks = [s.check_ms_per_op for s in samples if s.check_ms_per_op is not None]
+    return Figures(
+        *cell,
+        statistics.median(s.window.rate for s in samples),
+        statistics.median(q[0] for q in quantiles),
+        statistics.median(q[1] for q in quantiles),
+        statistics.median(s.cpu_ms_per_op for s in samples),
+        statistics.median(checks) if checks else None,
+    )
+
+
+def _ratios(runs: dict, writers: int, workload: str) -> dict:
+    """Per round, ``device / in-process`` and ``in-process / opaque`` (operations per second,
+    median latency, CPU per operation) and the checks' share of an in-process operation's CPU;
+    the medians over rounds."""
+    device, local, bare = (
+        runs[(name, writers, workload)] for name in ("device", "in-process", "opaque")
+    )
+
+    def paired(ours: list[Sample], base: list[Sample]) -> dict[str, float]:
+        per_round = [
+            {
+                "ops": a.window.rate / b.window.rate,
+                "p50": quantiles_ms(a.window.latencies)[0] / quantiles_ms(b.window.latencies)[0],
+                "cpu": a.cpu_ms_per_op / b.cpu_ms_per_op,
+            }
+            for a, b in zip(ours, base, strict=True)
+        ]
+        return {k: statistics.median(r[k] for r in per_round) for k in ("ops", "p50", "cpu")}
+
+    shares = [(s.check_ms_per_op or 0.0) / s.cpu_ms_per_op for s in local]
     return {
         "writers": writers,
         "workload": workload,
-        "device_over_in_process": _ratio(figures, writers, workload),
-        "in_process_over_opaque": _ratio(figures, writers, workload, "in-process", "opaque"),
-        "check_share_of_operation": _check_share(figures[("in-process", writers, workload)]),
+        "device_over_in_process": paired(device, local),
+        "in_process_over_opaque": paired(local, bare),
+        "check_share_of_cpu": statistics.median(shares),
     }
-
-
-def _ratio(
-    figures: dict, writers: int, workload: str, ours: str = "device", base: str = "in-process"
-) -> dict[str, float]:
-    a, b = figures[(ours, writers, workload)], figures[(base, writers, workload)]
-    return {
-        "ops": a.ops_per_s / b.ops_per_s,
-        "p50": a.p50_ms / b.p50_ms,
-        "p99": a.p99_ms / b.p99_ms,
-    }
-
-
-def _check_share(figures: Figures) -> float:
-    """The share of this process's time (members and clients share its one thread) that the
-    members' transition checks took."""
-    return (figures.check_ms_per_op or 0.0) * figures.ops_per_s / 1000
 
 
 def report(result: dict) -> None:
     print("load average at the end: {:.2f} {:.2f} {:.2f}".format(*result["load_average"]))
     print(
         f"{'layout':11} {'writers':>7} {'workload':9} {'ops/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'check ms/op':>11}"
+        f" {'CPU ms/op':>10} {'check ms/op':>11}"
     )
     for f in result["figures"]:
         check = "" if f["check_ms_per_op"] is None else f"{f['check_ms_per_op']:11.2f}"
         print(
             f"{f['layout']:11} {f['writers']:>7} {f['workload']:9} {f['ops_per_s']:8.1f} "
-            f"{f['p50_ms']:8.1f} {f['p99_ms']:8.1f} {check}"
+            f"{f['p50_ms']:8.1f} {f['p99_ms']:8.1f} {f['cpu_ms_per_op']:10.1f} {check}"
         )
     print()
     print(
-        f"{'writers':>7} {'workload':9}  device/in-process ops  p50   p99 "
-        f"  in-process/opaque ops  check share"
+        f"{'writers':>7} {'workload':9}  device/in-process: ops  p50   CPU"
+        f"   in-process/opaque: ops   CPU   checks' share of CPU"
     )
     for r in result["ratios"]:
         d, o = r["device_over_in_process"], r["in_process_over_opaque"]
         print(
-            f"{r['writers']:>7} {r['workload']:9}  {d['ops']:21.2f} {d['p50']:5.2f} {d['p99']:5.2f}"
-            f"   {o['ops']:20.2f}  {r['check_share_of_operation']:10.1%}"
+            f"{r['writers']:>7} {r['workload']:9}  {d['ops']:22.2f} {d['p50']:5.2f} {d['cpu']:5.2f}"
+            f"   {o['ops']:22.2f} {o['cpu']:5.2f}   {r['check_share_of_cpu']:10.1%}"
         )
 
 
@@ -312,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(json=True, level="error")
     result = asyncio.run(run(args.seconds, args.warmup, args.writers, args.rounds))
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2, default=lambda x: None if math.isnan(x) else x))
     else:
         report(result)
     return 0
