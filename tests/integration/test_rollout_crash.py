@@ -62,7 +62,11 @@ class Running:
         return self.orch
 
     async def kill(self) -> None:
-        self.task.cancel()
+        # Python 3.11's asyncio.wait_for can swallow a cancellation that arrives as the task
+        # it waits on ends, so one cancel may leave the orchestrator running: cancel again.
+        while not self.task.done():
+            self.task.cancel()
+            await asyncio.wait({self.task}, timeout=1)
         await asyncio.gather(self.task, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.nc.close()
