@@ -45,8 +45,8 @@ from cosigner.http import Server, make_app
 from cosigner.keys import key_version
 from messages.canonical import canonical
 from messages.errors import HsmfleetError
-from ops.httpguard import listen_address
-from ops.natsauth import credentials
+from transport import credentials
+from transport.httpguard import listen_address
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

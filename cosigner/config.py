@@ -27,6 +27,7 @@ from messages.origin import is_origin
 from messages.schema import Body
 from messages.signing import ALGORITHMS, Ed25519Signer, TrustedKey, TrustStore
 from messages.verify import CosignerPin, OperatorPin
+from transport.files import write_file
 
 CONFIG_FORMAT = "hsmfleet/cosigner-config/v1"
 KEY_FILE = "key"
@@ -135,10 +136,7 @@ def load_config(state: Path) -> CosignerConfig:
 
 
 def save_config(state: Path, config: CosignerConfig) -> None:
-    path = Path(state) / CONFIG_FILE
-    tmp = path.with_name(CONFIG_FILE + ".tmp")
-    tmp.write_bytes(canonical(config.to_json()) + b"\n")
-    tmp.replace(path)
+    write_file(Path(state) / CONFIG_FILE, canonical(config.to_json()) + b"\n")
 
 
 def load_key(state: Path, name: str = KEY_FILE) -> Ed25519Signer:
@@ -155,19 +153,9 @@ def load_key(state: Path, name: str = KEY_FILE) -> Ed25519Signer:
 
 def write_seed(path: Path, seed: bytes) -> None:
     """Create ``path`` (0600) holding ``seed`` as hex, fsynced; ``FileExistsError`` if it exists:
-    a key file is never overwritten. The file appears whole or not at all (written aside, then
-    linked into place), so a crash or a concurrent reader never sees it empty."""
-    path = Path(path)
-    aside = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(seed.hex() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(aside, path)
-    finally:
-        aside.unlink(missing_ok=True)
+    a key file is never overwritten. The file appears whole or not at all, so a crash or a
+    concurrent reader never sees it empty."""
+    write_file(path, seed.hex().encode() + b"\n", secret=True, replace=False)
 
 
 def pin_of(config: CosignerConfig, signer: Ed25519Signer, url: str | None = None) -> CosignerPin:

@@ -22,9 +22,9 @@ cosignature line (200), or 400 malformed, 403 not signed by the log, 404 unknown
 proof does not verify.
 
 Bad requests get ``{"kind", "reason"}`` with 400 (or 404 for what does not exist), change
-nothing and are counted. The limits of :mod:`ops.httpguard` hold for every route: request bodies
-up to :data:`MAX_REQUEST_BYTES` (else 413), an answer within the handler time (else 503), and
-slow or idle connections closed.
+nothing and are counted. The limits of :mod:`transport.httpguard` hold for every route: request
+bodies up to :data:`MAX_REQUEST_BYTES` (else 413), an answer within the handler time (else 503),
+and slow or idle connections closed.
 
 Authentication: reading needs none (a log is public). The one request that changes state,
 ``POST /add-checkpoint``, is authenticated as C2SP tlog-witness does it: by the checkpoint's
@@ -62,9 +62,9 @@ from messages.checkpoint import parse_count
 from messages.documents import is_digest
 from messages.errors import HsmfleetError
 from messages.merkle import MerkleError
-from ops.httpguard import HttpRefusal, Limits, application, refusal_kind
-from ops.natsauth import credentials
-from ops.natsauth.layout import COSIGNER as COSIGNER_ROLE
+from transport import credentials
+from transport.httpguard import HttpRefusal, Limits, application, refusal_kind
+from transport.parties import COSIGNER as COSIGNER_ROLE
 
 MAX_ENTRIES = 256
 MAX_REQUEST_BYTES = 64 * 1024

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 from cosigner.config import KEY_FILE, ConfigError, load_key, write_seed
-from cosigner.log import fsync_directory
 from messages.signing import Ed25519Signer
+from transport.files import fsync_directory, write_file
 
 NEXT_FILE = "key.next"
 VERSION_FILE = "key.version"
@@ -29,7 +29,6 @@ def next_key(state: Path) -> Ed25519Signer:
     if not path.exists():
         with contextlib.suppress(FileExistsError):
             write_seed(path, os.urandom(32))
-            fsync_directory(path.parent)
     return load_key(state, NEXT_FILE)
 
 
@@ -68,11 +67,4 @@ def record_version(state: Path, version: int) -> None:
     """Record the version of the key in force (what the log says), if it changed."""
     if key_version(state) == version:
         return
-    path = Path(state) / VERSION_FILE
-    tmp = path.with_name(VERSION_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"{version}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fsync_directory(path.parent)
+    write_file(Path(state) / VERSION_FILE, f"{version}\n".encode())

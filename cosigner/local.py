@@ -1,9 +1,9 @@
-"""Reaching cosigners in the same process: the client's :class:`~messages.cosign_client.Transport`
+"""Reaching cosigners in the same process: the client's :class:`~transport.cosign_client.Transport`
 over :class:`~cosigner.engine.Cosigner` objects, with no network in between.
 
 The cosigners are the real ones (real logs, keys and stores); only the NATS hop is absent. Tests,
 the worked example of ``messages/SPEC.md`` and benchmarks use it; a refusal comes back as
-:class:`~messages.cosign_client.CosignerRefused` with the cosigner's error kind, as over NATS.
+:class:`~transport.cosign_client.CosignerRefused` with the cosigner's error kind, as over NATS.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from cosigner.engine import Cosigner
-from messages.cosign_client import CosignerRefused, Peer
 from messages.cosigning import Signed, Witnessed
 from messages.errors import HsmfleetError
+from transport.cosign_client import CosignerRefused, Peer
 
 T = TypeVar("T")
 

@@ -41,6 +41,7 @@ from messages.merkle import (
     TreeView,
     leaf_hash,
 )
+from transport.files import fsync_directory
 
 FORMAT = 2
 MAX_ENTRY_SIZE = 1 << 20
@@ -118,15 +119,6 @@ def open_database(path: Path, what: str, schema: Sequence[str] = ()) -> sqlite3.
         db.close()
         raise
     return db
-
-
-def fsync_directory(path: Path) -> None:
-    """Make the entries of directory ``path`` (a file created, renamed) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AuditLog(TreeView):

@@ -1,9 +1,9 @@
 """A cosigner on NATS: signed requests on ``cosign.<cosigner_id>.sign`` (DESIGN 6).
 
-Every request passes a :class:`~messages.gate.Gate` that trusts only the requester keys pinned in
+Every request passes a :class:`~transport.gate.Gate` that trusts only the requester keys pinned in
 the cosigner's configuration; answers are signed with the cosigner's key. Several queue-group
 subscriptions serve the subject so that concurrent requests reach the cosigner together and are
-logged in one batch. Refusals are answered with :class:`~messages.bus.Rejected` and counted, by
+logged in one batch. Refusals are answered with :class:`~transport.bus.Rejected` and counted, by
 kind, in the gate (bad messages) and in the cosigner (bad documents and checkpoints).
 """
 
@@ -16,7 +16,6 @@ from nats.aio.subscription import Subscription
 
 from cosigner.engine import Cosigner
 from messages import subjects
-from messages.bus import serve
 from messages.cosigning import (
     REQUESTER_ROLE,
     CheckpointRequest,
@@ -29,9 +28,10 @@ from messages.cosigning import (
     WitnessRequest,
 )
 from messages.errors import HsmfleetError
-from messages.gate import Gate, Received
-from messages.outbox import Outbox
 from messages.schema import Body
+from transport.bus import serve
+from transport.gate import Gate, Received
+from transport.outbox import Outbox
 
 WORKERS = 16
 

@@ -26,13 +26,13 @@ from cosigner.service import NatsService
 from messages.artifact import FleetKey, FleetKeyArtifact, Member, Quorum
 from messages.bundle import CEREMONY, ENROLL, PUBLISH, QUORUM, Evidence, NodeRef, StageBundle
 from messages.canonical import canonical
-from messages.cosign_client import CosigningClient, NatsTransport, Peer
 from messages.documents import hex_digest
 from messages.ids import format_time, parse_time
-from messages.outbox import Outbox
 from messages.signing import Ed25519Signer, Signer
 from messages.validation import ValidationBundle
 from messages.verify import OperatorPin, Pins, QuorumFloor
+from transport.cosign_client import CosigningClient, NatsTransport, Peer
+from transport.outbox import Outbox
 
 START = "2026-01-01T00:00:00.000Z"
 DAY_MS = 24 * 3600 * 1000

@@ -3,15 +3,12 @@
 - :mod:`messages.envelope`: the envelope and its canonical, signed bytes;
 - :mod:`messages.schema`: typed bodies, open-world decoding, upcasters;
 - :mod:`messages.signing`: signers, trusted keys, verification;
-- :mod:`messages.gate`: the checks every inbound message passes;
-- :mod:`messages.subjects`: NATS subjects; :mod:`messages.bus`: sending and serving over NATS;
+- :mod:`messages.subjects`: the subjects each message travels on;
 - :mod:`messages.errors`: the one error hierarchy.
 """
 
 from messages.envelope import Envelope, Signature
 from messages.errors import HsmfleetError, MessageError
-from messages.gate import Gate, Received
-from messages.outbox import Outbox
 from messages.schema import REGISTRY, Body, Registry, message, upcaster
 from messages.signing import Ed25519Signer, Signer, TrustedKey, TrustStore
 
@@ -20,11 +17,8 @@ __all__ = [
     "Body",
     "Ed25519Signer",
     "Envelope",
-    "Gate",
     "HsmfleetError",
     "MessageError",
-    "Outbox",
-    "Received",
     "Registry",
     "Signature",
     "Signer",

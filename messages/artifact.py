@@ -21,7 +21,7 @@ from typing import ClassVar
 from messages.documents import Digested, is_name, is_role, require, time_ms
 from messages.errors import HsmfleetError
 from messages.schema import Body
-from messages.vault import VaultPolicy
+from messages.vault_policy import VaultPolicy
 
 FORMAT = "hsmfleet/fleet-keys/v1"
 KIND = "fleet-keys"

@@ -8,7 +8,7 @@ inside the HSM. The host running the node is untrusted, so the claims count only
 what the device signed, and the device counts only if its certificate chains to a trusted vendor
 root at the time given.
 
-:func:`request_attestation` sends the challenge over NATS (the orchestrator's shell);
+The orchestrator's shell sends the challenge over NATS and hands the reply to its pure core;
 :func:`verify_attestation` is pure: the time, the expected nonce, the roots and the allow-list are
 inputs; it reads no clock and keeps no state. Whether a nonce was already used or has expired is the
 orchestrator's bookkeeping, not this module's. :func:`verify_answer_signature`, also pure, checks
@@ -27,16 +27,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import verification
-from nats.aio.client import Client as NATS
 
-from messages import subjects
-from messages.bus import request
 from messages.canonical import canonical, digest, loads_strict
 from messages.envelope import Envelope
 from messages.errors import HsmfleetError, MessageError, SchemaViolation
-from messages.gate import Gate
-from messages.outbox import Outbox
-from messages.replay import ReplayGuard
 from messages.schema import Body, message
 from messages.signing import (
     ALGORITHMS,
@@ -54,7 +48,6 @@ TRANSPORT_ALGORITHMS = (ECDH_P256,)
 STATEMENT_DOMAIN = b"hsmfleet/v1/attestation-statement\n"
 MIN_NONCE_BYTES = 16
 MAX_NONCE_BYTES = 64
-_ANY_CLOCK_MS = 1 << 62
 NODE_ROLE = "node"
 """The role a node's identity key signs its own messages for."""
 
@@ -198,43 +191,6 @@ def load_vendor_roots(data: bytes) -> list[x509.Certificate]:
         return [x509.load_der_x509_certificate(data)]
     except ValueError as exc:
         raise SchemaViolation(f"vendor roots are not X.509 certificates: {exc}") from exc
-
-
-async def request_attestation(
-    nc: NATS,
-    outbox: Outbox,
-    node_id: str,
-    nonce: bytes,
-    expires_ms: int,
-    *,
-    corr: str | None = None,
-    timeout: float = 2.0,
-) -> Attestation:
-    """Send a signed :class:`AttestRequest` to ``node_id`` and return its answer.
-
-    The answer is not signed by a key the orchestrator trusts yet (that is what attestation
-    establishes), so it passes the gate whatever the node's clock says, and then must be signed
-    by the identity key it claims (:func:`verify_answer_signature`); everything else about it is
-    left to :func:`verify_attestation`. An answer that does not decode raises
-    :class:`AttestationRejected` (``garbled``), one not signed by its claimed identity key
-    ``bad_answer_signature``. No answer raises the bus's typed errors.
-    """
-    env = outbox.envelope(AttestRequest(nonce=nonce, expires_ms=expires_ms), corr=corr)
-    # The nonce makes the answer fresh; the node's clock (its envelope's ``at``) must not matter.
-    gate = Gate(TrustStore(), replay=ReplayGuard(window_ms=_ANY_CLOCK_MS))
-    try:
-        received = await request(
-            nc, subjects.node_command(node_id, "attest"), env, gate, None, timeout
-        )
-    except MessageError as exc:
-        raise AttestationRejected(GARBLED, f"the answer does not decode: {exc}") from exc
-    if not isinstance(received.body, Attestation):
-        raise AttestationRejected(
-            GARBLED, "the answer is not an attestation", type=received.envelope.type
-        )
-    answer = _decode(received.body)
-    verify_answer_signature(received.envelope, answer)
-    return answer
 
 
 def verify_answer_signature(envelope: Envelope, node: Attestation | AttestedNode) -> None:

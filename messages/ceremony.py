@@ -32,7 +32,7 @@ from messages.canonical import b64, canonical
 from messages.documents import hex_digest
 from messages.quorum import Config
 from messages.schema import Body, message
-from messages.vault import VaultPolicy
+from messages.vault_policy import VaultPolicy
 
 PROBE_DOMAIN = b"hsmfleet/v1/rollout-probe\n"
 

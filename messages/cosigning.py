@@ -2,7 +2,7 @@
 
 Requests are envelopes signed by the orchestrator (role :data:`REQUESTER_ROLE`); answers are
 envelopes signed by the cosigner's own key (role :data:`COSIGNER_ROLE`, owner = cosigner id), or
-:class:`messages.bus.Rejected` with the error's kind.
+:class:`transport.bus.Rejected` with the error's kind.
 
 - :class:`SignRequest` -> :class:`Signed`: check a stage bundle or fleet-key artifact, log it,
   answer with the statement, its signature, the leaf's inclusion proof and the checkpoint.

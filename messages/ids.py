@@ -2,15 +2,12 @@
 
 Ids are ULIDs: 48 bits of milliseconds since the epoch and 80 bits of entropy, in Crockford
 base32, so they sort by creation time. Both the time and the entropy are inputs, so the pure core
-can be handed them and a replay reproduces the same ids; :class:`IdSource` is the impure shell
-that reads the clock and the random source.
+can be handed them and a replay reproduces the same ids; the shell's
+:class:`transport.outbox.IdSource` reads the clock and the random source.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from messages.errors import MalformedMessage
@@ -65,34 +62,3 @@ def parse_time(text: str) -> int:
     if dt.tzinfo is None:
         raise MalformedMessage("timestamp has no time zone", at=text)
     return (dt - _EPOCH) // timedelta(milliseconds=1)
-
-
-class IdSource:
-    """Monotonic ULID generator reading a clock and a random source (the impure shell)."""
-
-    def __init__(
-        self,
-        clock_ms: Callable[[], int] | None = None,
-        entropy: Callable[[int], bytes] = os.urandom,
-    ) -> None:
-        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
-        self._entropy = entropy
-        self._last_ms = -1
-        self._last_rand = 0
-
-    def now_ms(self) -> int:
-        """The current time of this source's clock, in milliseconds."""
-        return self._clock_ms()
-
-    def new(self) -> str:
-        """A fresh id, strictly greater than every id this source returned before."""
-        ms = max(self._clock_ms(), self._last_ms)
-        if ms == self._last_ms:
-            self._last_rand += 1
-            if self._last_rand >= 1 << 80:
-                ms += 1
-                self._last_rand = int.from_bytes(self._entropy(10), "big") >> 1
-        else:
-            self._last_rand = int.from_bytes(self._entropy(10), "big") >> 1
-        self._last_ms = ms
-        return make_id(ms, self._last_rand.to_bytes(10, "big"))

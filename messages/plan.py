@@ -44,18 +44,18 @@ sends it)::
     on_member_loss = "pause" # or "continue" while the quorum survives
     member_deadline_s = 60   # time a member has for each step (stopped while paused)
 
-The loader turns the file into the plan's canonical JSON (defaults filled in, pin files read) and
-:func:`parse_plan` turns that JSON into a :class:`RolloutPlan`; both refuse unknown settings, so
-a typo is an error. :func:`check_plan` holds the rules every plan must meet; each broken rule
-is its own typed error. What depends on the fleet's current state (which nodes exist) is
+:func:`plan_json` turns the parsed file into the plan's canonical JSON (defaults filled in, the
+files it names read; ``orchestrator.plan_file`` reads a plan file) and :func:`parse_plan` turns
+that JSON into a :class:`RolloutPlan`; both refuse unknown settings, so a typo is an error.
+:func:`check_plan` holds the rules every plan must meet; each broken rule is its own typed
+error. What depends on the fleet's current state (which nodes exist) is
 checked when the rollout starts.
 """
 
 from __future__ import annotations
 
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from messages.artifact import MAX_MEMBERS
@@ -71,7 +71,7 @@ from messages.errors import HsmfleetError, MessageError
 from messages.schema import Body
 from messages.signing import ALGORITHMS, ECDSA_P256, ED25519, key_id
 from messages.statement import is_origin
-from messages.vault import VAULT_KEYS, VaultPolicy, VaultPolicyError
+from messages.vault_policy import VAULT_KEYS, VaultPolicy, VaultPolicyError
 
 FLEET_KEY_ALGORITHMS = (ED25519, ECDSA_P256)
 """The algorithms of a fleet's signing keys; a vault's keys (:data:`messages.vault.VAULT_KEYS`)
@@ -354,18 +354,22 @@ def _strings(values: list[Any], where: str) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _pin(raw: Any, base: Path | None, where: str) -> dict[str, Any]:
-    """One cosigner entry as plan JSON; a ``pin_file`` (read relative to ``base``) gives the
-    name, key and URL that ``hsmfleet cosigner pin`` printed."""
+ReadFile = Callable[[str], bytes]
+"""Reads a file a plan names (relative to the plan's own file); raises ``OSError``."""
+
+
+def _pin(raw: Any, read: ReadFile | None, where: str) -> dict[str, Any]:
+    """One cosigner entry as plan JSON; a ``pin_file`` (read with ``read``) gives the name,
+    key and URL that ``hsmfleet cosigner pin`` printed."""
     entry = _section(raw, _PIN, where)
     pin_file = entry.pop("pin_file")
     if pin_file is not None:
-        if base is None:
+        if read is None:
             raise PlanBadValue(f"{where}.pin_file is only allowed in a plan file")
         if entry["name"] is not None or entry["public_key"] is not None:
             raise BadCosignerPolicy(f"{where} gives both pin_file and an inline pin")
         try:
-            pinned = load_json((base / pin_file).read_bytes())
+            pinned = load_json(read(pin_file))
         except (OSError, DocumentError) as exc:
             raise PlanUnreadable(f"cannot read {where}.pin_file: {exc}") from None
         if not isinstance(pinned, dict):
@@ -378,9 +382,10 @@ def _pin(raw: Any, base: Path | None, where: str) -> dict[str, Any]:
     return entry
 
 
-def plan_json(raw: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
+def plan_json(raw: dict[str, Any], read: ReadFile | None = None) -> dict[str, Any]:
     """The canonical JSON of a plan written as TOML (or JSON): every setting, defaults filled
-    in, pin files read relative to ``base``. Refuses unknown, missing and mistyped settings."""
+    in, the files it names read with ``read`` (a plan sent as JSON names none). Refuses unknown,
+    missing and mistyped settings."""
     top = _section(raw, _TOP, "plan")
     members = _section(top["members"], _MEMBERS, "members")
     ids = _strings(members["ids"], "members.ids")
@@ -397,7 +402,7 @@ def plan_json(raw: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
         roles = keys  # JSON form: a list of {role, alg}
     cosigners = _section(top["cosigners"], _COSIGNERS, "cosigners")
     entries = cosigners["pin"] if cosigners["pin"] is not None else cosigners["pins"] or []
-    vault = None if top["vault"] is None else _vault(top["vault"], base)
+    vault = None if top["vault"] is None else _vault(top["vault"], read)
     if vault is not None:
         listed = {r.get("role") for r in roles if isinstance(r, dict)}
         roles = [*roles, *({"role": r, "alg": a} for r, a in VAULT_KEYS.items() if r not in listed)]
@@ -415,7 +420,7 @@ def plan_json(raw: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
         "validity": _section(top["validity"], _VALIDITY, "validity"),
         "cosigners": {
             "threshold": cosigners["threshold"],
-            "pins": [_pin(p, base, f"cosigners.pin[{i}]") for i, p in enumerate(entries)],
+            "pins": [_pin(p, read, f"cosigners.pin[{i}]") for i, p in enumerate(entries)],
         },
         "rollout": _section(top["rollout"], _ROLLOUT, "rollout"),
     }
@@ -424,19 +429,19 @@ def plan_json(raw: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
     return normal
 
 
-def _vault(raw: Any, base: Path | None) -> dict[str, Any]:
-    """The vault section as plan JSON; an ``authority_key_file`` (read relative to ``base``)
-    holds the account authority's public key in base64."""
+def _vault(raw: Any, read: ReadFile | None) -> dict[str, Any]:
+    """The vault section as plan JSON; an ``authority_key_file`` (read with ``read``) holds
+    the account authority's public key in base64."""
     section = _section(raw, _VAULT, "vault")
     key_file = section.pop("authority_key_file")
     if key_file is not None:
-        if base is None:
+        if read is None:
             raise PlanBadValue("vault.authority_key_file is only allowed in a plan file")
         if section["authority_key"] is not None:
             raise BadVault("give vault.authority_key or vault.authority_key_file, not both")
         try:
-            section["authority_key"] = (base / key_file).read_text().strip()
-        except OSError as exc:
+            section["authority_key"] = read(key_file).decode().strip()
+        except (OSError, UnicodeDecodeError) as exc:
             raise PlanUnreadable(f"cannot read vault.authority_key_file: {exc}") from None
     if section["authority_key"] is None:
         raise PlanMissingSetting("vault.authority_key is required (or authority_key_file)")
@@ -457,18 +462,6 @@ def parse_plan(raw: Any) -> RolloutPlan:
         raise PlanBadValue(f"the plan does not fit its schema: {exc}") from None
     check_plan(plan)
     return plan
-
-
-def load_plan(path: Path) -> RolloutPlan:
-    """Read, complete and check the TOML plan at ``path``."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanUnreadable(f"cannot read the plan: {exc}", path=str(path)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PlanUnreadable(f"the plan is not TOML: {exc}", path=str(path)) from None
-    return parse_plan(plan_json(raw, path.parent))
 
 
 # --- the rules -------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import struct
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from messages.canonical import b64, canonical, loads_strict, unb64
 from messages.errors import HsmfleetError, SchemaViolation
@@ -50,6 +50,16 @@ SNAPSHOT = "snapshot"
 CONFIG = "config"
 COMMITTED = "committed"
 PHASES = (PREPARE, ACCEPT, COMMITTED, SNAPSHOT, CONFIG)
+
+
+class Ballot(NamedTuple):
+    """``(n, by)``: a counter and the proposing member's id, compared counter first."""
+
+    n: int
+    by: str
+
+
+NO_BALLOT = Ballot(0, "")
 
 MEMBER_ROLE = "member"
 OPERATOR_ROLE = "operator"

@@ -10,7 +10,7 @@ the fleet is not retired yet; from then on it logs no artifact or stage bundle o
 (:func:`messages.verify.ingest_retirement`) refuses every later bundle of the fleet with
 :class:`messages.verify.FleetRetiredError` (kind ``fleet_retired``).
 
-How the orchestrator builds and submits one (``messages.cosign_client``)::
+How the orchestrator builds and submits one (``transport.cosign_client``)::
 
     retirement = FleetRetirement(
         fleet="fleet-1", last_epoch=3, successor="fleet-2",

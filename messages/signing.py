@@ -51,7 +51,7 @@ class Signer(Protocol):
     """Signs bytes with one key; the private half may live in an HSM and never leave it.
 
     A signer whose ``sign`` may wait on a device says so with an attribute ``blocking = True``;
-    code on an event loop then signs in a thread (see :attr:`messages.outbox.Outbox.blocking`).
+    code on an event loop then signs in a thread (see :attr:`transport.outbox.Outbox.blocking`).
     """
 
     @property

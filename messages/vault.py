@@ -27,7 +27,6 @@ NATS; what authorizes a request is inside the sealed plaintext.
 """
 
 # No ``from __future__ import annotations``: body field types stay evaluated (see messages.schema).
-import hashlib
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hpke
@@ -35,9 +34,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from messages import aead
 from messages.canonical import canonical, loads_strict
-from messages.errors import HsmfleetError, SchemaViolation
+from messages.errors import SchemaViolation
 from messages.schema import Body, message
 from messages.vault_authorization import Authorization
+from messages.vault_policy import VaultError
 
 REGISTER_START = "register-start"
 REGISTER = "register"
@@ -45,18 +45,6 @@ RECOVER_START = "recover-start"
 RECOVER_FINISH = "recover-finish"
 OPERATIONS = (REGISTER_START, REGISTER, RECOVER_START, RECOVER_FINISH)
 
-KEM_ROLE = "vault-kem"
-"""Role of the fleet key clients seal requests to (ECDH P-256, published in the bundle)."""
-STORAGE_ROLE = "vault-storage"
-"""Role of the fleet key that seals records and login states inside the HSMs (AES-256-GCM)."""
-OPAQUE_ROLE = "vault-opaque"
-"""Role of the fleet's OPAQUE server setup (OPRF seed and server key pair); the bundle lists
-its public key, the OPAQUE server key."""
-KEM_ALG = "ecdh-p256"
-STORAGE_ALG = "aes256-gcm"
-OPAQUE_ALG = "opaque-ristretto255"
-VAULT_KEYS = {KEM_ROLE: KEM_ALG, STORAGE_ROLE: STORAGE_ALG, OPAQUE_ROLE: OPAQUE_ALG}
-"""The fleet keys a vault needs, by role, with their algorithms."""
 
 SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
 ANSWER_KEY_BYTES = 32
@@ -65,7 +53,6 @@ ANSWER_BYTES = 2048
 MAX_SECRET_BYTES = 1024
 """The largest stored secret (as the client sealed it): released, sealed once more and encoded,
 it still fits an answer of :data:`ANSWER_BYTES`."""
-DEFAULT_LIMIT = 10
 
 # OPAQUE (RFC 9807) as the fleet runs it: opaque-ke 4 with ristretto255 for the OPRF and the
 # 3DH key exchange, SHA-512, Argon2id (m = 19456 KiB, t = 2, p = 1) as the key stretching
@@ -84,37 +71,6 @@ def credential_identifier(fleet: str, user: str, registration: str) -> bytes:
     """OPAQUE's credential identifier of one registration: the OPRF key differs per
     registration, so evaluating a new registration's request says nothing about another's."""
     return f"hsmfleet/v1/vault\n{fleet}\n{user}\n{registration}".encode()
-
-
-@dataclass(frozen=True)
-class VaultPolicy(Body):
-    """What a fleet's vault enforces, fixed at its key ceremony and published with its keys.
-
-    ``limit``: wrong guesses allowed since the PIN was last proven; ``authority_alg`` and
-    ``authority_key``: the account authority's signing key; ``replace_interval_s``: the least
-    time between two replacements of one user's record without its PIN; ``login_ttl_s``: how
-    long a started login may be finished.
-    """
-
-    limit: int
-    authority_alg: str
-    authority_key: bytes
-    replace_interval_s: int
-    login_ttl_s: int = 120
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.limit <= 100:
-            raise VaultPolicyError("the guess limit must be 1 to 100", limit=self.limit)
-        if not 0 <= self.replace_interval_s <= 10 * 365 * 86400:
-            raise VaultPolicyError("replace_interval_s must be 0 to ten years")
-        if not 10 <= self.login_ttl_s <= 3600:
-            raise VaultPolicyError("login_ttl_s must be 10 to 3600 seconds")
-        if not 0 < len(self.authority_key) <= 256:
-            raise VaultPolicyError("the authority key must be 1-256 bytes")
-
-    @property
-    def digest(self) -> bytes:
-        return hashlib.sha256(b"hsmfleet/v1/vault-policy\n" + canonical(self.to_json())).digest()
 
 
 @message
@@ -225,19 +181,6 @@ class Outcome(Body):
     replaced: int | None = None
     legacy: bool | None = None
     secret: bytes | None = None
-
-
-class VaultError(HsmfleetError):
-    """Root of the errors a vault operation reports to its client."""
-
-    kind = "vault"
-
-
-class VaultPolicyError(VaultError, SchemaViolation):
-    """A vault policy value is out of range (in a document, a schema violation like any other:
-    a bundle whose artifact carries one is malformed)."""
-
-    kind = "vault_policy"
 
 
 class WrongGuess(VaultError):

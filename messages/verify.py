@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from messages.artifact import FleetKey, FleetKeyArtifact, Quorum
@@ -408,17 +407,6 @@ class Pins(Body):
     def cosigner(self, name: str) -> CosignerPin | None:
         return next((c for c in self.cosigners if c.name == name), None)
 
-    @classmethod
-    def load(cls, path: Path) -> Pins:
-        """Read pins from a JSON file."""
-        try:
-            return cls.from_json(load_json(Path(path).read_bytes()))
-        except (OSError, DocumentError, MessageError) as exc:
-            raise PinsError(f"cannot read pins: {exc}", path=str(path)) from exc
-
-    def dump(self, path: Path) -> None:
-        Path(path).write_bytes(canonical(self.to_json()) + b"\n")
-
 
 # --- the verifier's state ------------------------------------------------------------------
 
@@ -503,24 +491,6 @@ class VerifierState(Body):
 
     def to_bytes(self) -> bytes:
         return canonical(self.to_json())
-
-    @classmethod
-    def load(cls, path: Path) -> VerifierState:
-        """The state in ``path``, or the empty state if the file does not exist."""
-        path = Path(path)
-        if not path.exists():
-            return cls()
-        try:
-            return cls.from_json(load_json(path.read_bytes()))
-        except (OSError, DocumentError, MessageError) as exc:
-            raise StateError(f"cannot read verifier state: {exc}", path=str(path)) from exc
-
-    def save(self, path: Path) -> None:
-        """Write the state atomically (write a temporary file, then rename it into place)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(self.to_bytes() + b"\n")
-        tmp.replace(path)
 
 
 # --- signer keys, walked by logged rotations ------------------------------------------------

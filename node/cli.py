@@ -21,9 +21,9 @@ from node.measurement import measure
 from node.pins import read_pins
 from node.vault.device_ops import RemoteApplet
 from node.vendor import DEVICE, VendorCA, provision
-from ops.httpguard import listen_address
-from ops.natsauth import credentials
-from ops.natsauth.layout import NODE
+from transport import credentials
+from transport.httpguard import listen_address
+from transport.parties import NODE
 
 log = structlog.get_logger("hsmfleet.node")
 

@@ -29,12 +29,9 @@ from nats.errors import Error as NatsError
 
 from messages import subjects
 from messages.attestation import Attestation, AttestRequest, NodeAnnounce, NodeHeartbeat
-from messages.bus import publish, serve
 from messages.envelope import Envelope
 from messages.errors import HsmfleetError, SchemaViolation
-from messages.gate import Gate, Received
 from messages.node_keys import AdoptIdentity, IdentityAdopted, IdentityRotation, RotateIdentity
-from messages.outbox import Outbox
 from messages.signing import TrustStore, key_id
 from node.attest import attest, prove_rotation
 from node.fleets import FleetCommands
@@ -43,6 +40,9 @@ from node.identity import NodeIdentity, adopt, establish, prepare_rotation
 from node.measurement import measure
 from node.pins import ORCHESTRATOR_ROLE
 from node.vault.applet import VaultApplet
+from transport.bus import publish, serve
+from transport.gate import Gate, Received
+from transport.outbox import Outbox
 
 log = structlog.get_logger("hsmfleet.node")
 T = TypeVar("T")

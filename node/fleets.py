@@ -43,7 +43,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
 from messages import subjects
-from messages.bus import serve
 from messages.canonical import canonical, loads_strict
 from messages.ceremony import (
     DestroyFleetKeys,
@@ -62,20 +61,21 @@ from messages.ceremony import (
     probe_value,
 )
 from messages.errors import HsmfleetError, SchemaViolation
-from messages.gate import Gate, Received
-from messages.outbox import Outbox
+from messages.membership import Membership
 from messages.quorum import BadConfig, Config, QuorumUnavailable
 from messages.schema import Body
-from messages.vault import VaultPolicy
+from messages.vault_policy import VaultPolicy
 from node import ceremony
 from node.hsm.base import Hsm
-from node.hsm.sealing import write_atomic
 from node.identity import vote_signer
 from node.pins import ORCHESTRATOR_ROLE
-from node.quorum.membership import Membership
 from node.quorum.replica import Replica
 from node.vault.applet import FleetSetup, FleetVault, KeySet, VaultApplet
 from node.vault.service import VaultService
+from transport.bus import serve
+from transport.files import write_file
+from transport.gate import Gate, Received
+from transport.outbox import Outbox
 
 log = structlog.get_logger("hsmfleet.node.fleets")
 T = TypeVar("T")
@@ -348,7 +348,7 @@ class FleetCommands:
             if updated != recorded:
                 directory = self.root / fleet
                 directory.mkdir(parents=True, exist_ok=True)
-                write_atomic(directory / VAULT_RECORD, canonical(updated.to_json()))
+                write_file(directory / VAULT_RECORD, canonical(updated.to_json()))
             if fleet in self.replicas:
                 self._describe_vault(self.replicas[fleet][0])
 
@@ -385,7 +385,7 @@ class FleetCommands:
             "config": joined.config.to_json(),
             "draining": joined.draining,
         }
-        write_atomic(directory / RECORD, canonical(record))
+        write_file(directory / RECORD, canonical(record))
 
 
 def _read(path: Path) -> JoinedFleet:

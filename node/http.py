@@ -6,7 +6,7 @@ belongs to, its replica's configuration epoch, whether that replica votes, wheth
 drains, and the vault requests in progress. It answers 503 while the node is not connected or
 its HSM does not answer. ``/metrics`` is the process's Prometheus registry: the gates' rejects
 by kind, the acceptor's and proposer's counters, the vault's rejects and outcomes. Nothing here
-changes anything or shows a secret; the limits of :mod:`ops.httpguard` hold, and every refusal
+changes anything or shows a secret; the limits of :mod:`transport.httpguard` hold, and every refusal
 (an unknown route, a wrong method) is counted by kind.
 """
 
@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 
 from messages.errors import HsmfleetError
 from node.daemon import NodeDaemon
-from ops.httpguard import HttpRefusal, Limits, application, refusal_kind
+from transport.httpguard import HttpRefusal, Limits, application, refusal_kind
 
 log = structlog.get_logger("hsmfleet.node")
 HTTP_REJECTS = Counter(

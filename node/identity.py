@@ -23,8 +23,8 @@ from messages.errors import BadSubject, HsmfleetError
 from messages.quorum import Config
 from messages.subjects import token
 from node.hsm.base import Hsm, HsmSigner, KeyNotFound, PublicKey
-from node.hsm.sealing import write_atomic
 from node.vendor import device_chain
+from transport.files import write_file
 
 IDENTITY = "identity"
 TRANSPORT = "transport"
@@ -174,7 +174,7 @@ def _record(state_dir: Path, node: NodeIdentity) -> None:
     }
     if node.pending is not None:
         record["pending"] = {"label": node.pending.label, "kid": node.pending.kid}
-    write_atomic(state_dir / NODE_FILE, json.dumps(record, indent=2).encode())
+    write_file(state_dir / NODE_FILE, json.dumps(record, indent=2).encode())
 
 
 def _check_node_id(node_id: object) -> None:

@@ -7,7 +7,6 @@ key sits unencrypted in the vendor directory, which only the provisioning operat
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from cryptography.x509.oid import NameOID
 from messages.errors import HsmfleetError
 from messages.signing import ECDSA_P256
 from node.hsm.base import Hsm, PublicKey
+from transport.files import write_file
 
 ROOT_KEY = "root-key.pem"
 ROOT_CERT = "root.pem"
@@ -99,9 +99,7 @@ class VendorCA:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        fd = os.open(directory / ROOT_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        write_file(directory / ROOT_KEY, pem, secret=True, replace=False)
         (directory / ROOT_CERT).write_bytes(root.public_bytes(serialization.Encoding.PEM))
         return cls(key, root)
 

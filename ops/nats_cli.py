@@ -3,7 +3,7 @@ secure`` (in :mod:`ops.natsauth.cli`) writes the configs that ``up --secure`` ru
 
 ``up`` is secured by default: without ``--secure DIR`` it keeps a bundle in ``STATE/auth``
 (generated on first start for ``--layout FILE`` or the development layout
-:data:`~ops.natsauth.layout.DEV_LAYOUT`) and every party connects with its seed from
+:data:`~transport.parties.DEV_LAYOUT`) and every party connects with its seed from
 ``STATE/auth/keys``. ``--insecure`` runs the server with no authentication at all, and says so.
 """
 
@@ -20,8 +20,8 @@ import structlog
 from ops.natsauth import cli as natsauth_cli
 from ops.natsauth.bundle import Bundle, BundleError, ensure_bundle, open_bundle
 from ops.natsauth.connect import SecuredServer
-from ops.natsauth.layout import DEV_LAYOUT, load_layout
 from ops.natsserver import NatsServer
+from transport.parties import DEV_LAYOUT, load_layout
 
 log = structlog.get_logger("hsmfleet.nats")
 

@@ -33,11 +33,12 @@ from typing import Any
 from messages.errors import HsmfleetError
 from messages.signing import Ed25519Signer
 from messages.vault_authorization import AccountAuthority
-from messages.vault_client import VaultClient
 from messages.verify import PinsError, StateError, VerificationError, parse_bundle
-from ops.natsauth import credentials
-from ops.natsauth.layout import CLIENT
+from ops.verifier_files import save_state
 from ops.verify_cli import accept, pins_and_state
+from transport import credentials
+from transport.parties import CLIENT
+from transport.vault_client import VaultClient
 
 
 class VaultToolError(HsmfleetError):
@@ -116,7 +117,7 @@ async def _client(args: argparse.Namespace) -> tuple[Any, VaultClient]:
     except (PinsError, StateError, VerificationError) as exc:
         raise VaultToolError(f"the bundle is not accepted ({exc.kind}): {exc}") from None
     if args.state:
-        accepted.state.save(args.state)
+        save_state(args.state, accepted.state)
     authority = _authority(args.authority_key)
     fleet = accepted.artifact.fleet
 

@@ -50,7 +50,6 @@ from messages.cosignature import cosignatures
 from messages.documents import DocumentError, load_json
 from messages.errors import HsmfleetError, MessageError
 from messages.ids import parse_time
-from messages.log_reader import LogReader, LogUnreachable
 from messages.note import Ed25519NoteVerifier, Note, NoteError
 from messages.rotation import KeyRotation
 from messages.statement import parse_logged_bytes
@@ -83,7 +82,9 @@ from messages.verify import (
     verify_bundle,
     witnesses_of,
 )
+from ops.verifier_files import load_pins, load_state, save_pins, save_state
 from orchestrator.audit import cross_check, fetch_evidence
+from transport.log_reader import LogReader, LogUnreachable
 
 RECEIPT_CONCURRENCY = 8
 REFUSED = 1
@@ -152,8 +153,8 @@ def _refusal(
 def pins_and_state(args: argparse.Namespace) -> tuple[Pins, VerifierState]:
     """The pins and the state file given (the empty state without one); :class:`PinsError`
     or :class:`StateError` when they break their rules."""
-    pins = Pins.load(args.pins)
-    return pins, VerifierState.load(args.state) if args.state else VerifierState()
+    pins = load_pins(args.pins)
+    return pins, load_state(args.state) if args.state else VerifierState()
 
 
 def _now_ms(args: argparse.Namespace) -> int:
@@ -246,7 +247,7 @@ async def verify_command(args: argparse.Namespace) -> int:
     except VerificationError as exc:
         return _refusal(args, exc)
     if args.state and retired:
-        state.save(args.state)
+        save_state(args.state, state)
     rotations = _notices(args.rotations) if args.rotations else None
     try:
         accepted = await accept(bundle, pins, state, now, rotations)
@@ -259,7 +260,7 @@ async def verify_command(args: argparse.Namespace) -> int:
             retired=retired,
         )
     if args.state:
-        accepted.state.save(args.state)
+        save_state(args.state, accepted.state)
     artifact = accepted.artifact
     keys = [
         {
@@ -424,7 +425,7 @@ async def audit_command(args: argparse.Namespace) -> int:
             lines += text + crossed
             heads[audit.origin] = head
     if args.state:
-        replace(state, checkpoints=dict(state.checkpoints) | heads).save(args.state)
+        save_state(args.state, replace(state, checkpoints=dict(state.checkpoints) | heads))
     _emit(args, {"accepted": True, "logs": reports}, ["AUDIT PASSED", *lines])
     return 0
 
@@ -455,6 +456,6 @@ def pins_command(args: argparse.Namespace) -> int:
         )
     except DocumentError as exc:
         raise PinsError(f"bad pins: {exc}") from exc
-    pins.dump(args.out)
+    save_pins(args.out, pins)
     print(args.out)
     return 0

@@ -4,11 +4,11 @@ chains and validation bundles), the event log, health, metrics.
 Every route but ``/health``, ``/metrics`` and ``/openapi.json`` needs a bearer token, checked
 by middleware (so routes registered after :func:`create_app` are covered too): ``read`` tokens
 may use safe methods (GET, HEAD, OPTIONS), anything else needs an ``operator`` token. The limits
-of :mod:`ops.httpguard` (body size, handler time, slow clients) hold for every route. Errors are
-JSON ``{"error": kind, "message": ...}``: 401/403 for credentials, 413 for a body too large, 4xx
-for the caller's mistakes (malformed JSON, unknown fields, unknown ids, conflicts), 503 when
-this orchestrator is a standby, the log is unreachable or the request was not answered in time,
-and 500 without a traceback otherwise; each is counted by kind in
+of :mod:`transport.httpguard` (body size, handler time, slow clients) hold for every route.
+Errors are JSON ``{"error": kind, "message": ...}``: 401/403 for credentials, 413 for a body too
+large, 4xx for the caller's mistakes (malformed JSON, unknown fields, unknown ids, conflicts),
+503 when this orchestrator is a standby, the log is unreachable or the request was not answered
+in time, and 500 without a traceback otherwise; each is counted by kind in
 ``hsmfleet_http_rejects_total``.
 The NATS connection and the orchestrator run inside the app's cleanup context.
 """
@@ -39,14 +39,6 @@ from messages.plan import PlanError, parse_plan
 from messages.retirement import FleetRetired
 from messages.signing import Signer
 from messages.validation import ValidationBundle, with_rotations
-from ops.httpguard import (
-    SAFE_METHODS,
-    HttpRefusal,
-    Limits,
-    application,
-    refusal_kind,
-    stream_slot,
-)
 from orchestrator.config import Settings
 from orchestrator.errors import (
     CommandRefused,
@@ -72,6 +64,14 @@ from orchestrator.views import (
     fleet_view,
     node_view,
     rollout_view,
+)
+from transport.httpguard import (
+    SAFE_METHODS,
+    HttpRefusal,
+    Limits,
+    application,
+    refusal_kind,
+    stream_slot,
 )
 
 ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)

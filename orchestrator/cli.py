@@ -29,8 +29,6 @@ from aiohttp import web
 
 from messages.canonical import b64
 from messages.errors import HsmfleetError
-from ops.natsauth import credentials
-from ops.natsauth.layout import AUDITOR
 from orchestrator.api import create_app
 from orchestrator.config import Settings
 from orchestrator.errors import Fenced, ReplayDivergence
@@ -38,6 +36,8 @@ from orchestrator.keys import generate, load_signer, load_trust, make_operator_k
 from orchestrator.log import GENESIS, entry_digest
 from orchestrator.logfile import Header, replay_files, write_entry, write_header
 from orchestrator.store import EventStore
+from transport import credentials
+from transport.parties import AUDITOR
 
 DONE, NEGATIVE, ERROR, TIMED_OUT = 0, 1, 2, 3
 

@@ -19,9 +19,9 @@ from messages.attestation import load_vendor_roots
 from messages.errors import HsmfleetError
 from messages.events import SetPolicy
 from messages.subjects import token
-from ops.httpguard import BadListenAddress, listen_address
-from ops.natsauth import credentials
-from ops.natsauth.layout import ORCHESTRATOR
+from transport import credentials
+from transport.httpguard import BadListenAddress, listen_address
+from transport.parties import ORCHESTRATOR
 
 ROLES = ("read", "operator")
 

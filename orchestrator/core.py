@@ -30,7 +30,6 @@ from messages.attestation import (
     verify_answer_signature,
     verify_attestation,
 )
-from messages.bus import Rejected
 from messages.envelope import Envelope
 from messages.errors import MessageError
 from messages.events import (
@@ -64,6 +63,7 @@ from messages.events import (
     Tick,
 )
 from messages.ids import make_id
+from messages.rejected import Rejected
 from messages.schema import REGISTRY, Body
 from orchestrator import (
     node_keys,

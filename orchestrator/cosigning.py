@@ -18,7 +18,6 @@ from collections.abc import Iterable
 
 from messages.artifact import FleetKeyArtifact
 from messages.bundle import StageBundle
-from messages.cosign_client import CosigningClient, Logged, Peer, Transport
 from messages.events import ArtifactPublished, BundleCosigned, CosignerAnswer
 from messages.origin import OPERATOR
 from messages.plan import CosignerPolicy
@@ -27,6 +26,7 @@ from messages.signing import Signer
 from messages.validation import LoggedNotice, with_cosignatures, with_rotations
 from messages.verify import CosignerPin
 from orchestrator.rollout_effects import ToLog
+from transport.cosign_client import CosigningClient, Logged, Peer, Transport
 
 
 def peers(policy: CosignerPolicy) -> list[Peer]:

@@ -25,11 +25,11 @@ from messages.documents import DocumentError, hex_digest
 from messages.errors import MessageError
 from messages.events import CosignerAnswer
 from messages.ids import format_time
+from messages.membership import Membership, plan_join, plan_leave
 from messages.quorum import Config, MemberKey, value_digest
 from messages.signing import ED25519
 from messages.statement import LoggedDocument, Statement
 from messages.verify import CosignerPin, KeyInForce, VerificationError, check_logged
-from node.quorum.membership import Membership, plan_join, plan_leave
 from orchestrator.errors import CommandRefused
 from orchestrator.rollout_state import FleetChain, Rollout
 from orchestrator.state import State

@@ -29,6 +29,7 @@ from node.hsm.sealing import load_operator_key
 from node.hsm.soft import SoftHsm
 from orchestrator.config import Settings
 from orchestrator.log import ROLE, SOURCE
+from transport.files import write_file
 
 
 class KeyFileError(HsmfleetError):
@@ -68,9 +69,7 @@ def trust_for(signer: Ed25519Signer) -> TrustStore:
 def generate(key_path: Path, public_path: Path) -> Ed25519Signer:
     """Create a new signing key (file mode 0600) and its public key file."""
     seed = os.urandom(32)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(seed.hex() + "\n")
+    write_file(key_path, seed.hex().encode() + b"\n", secret=True, replace=False)
     signer = Ed25519Signer.from_seed(seed)
     Path(public_path).write_text(signer.public_key.hex() + "\n")
     return signer
@@ -137,14 +136,8 @@ def load_rotation_chain(settings: Settings) -> list[LoggedNotice]:
 
 
 def save_rotation_chain(settings: Settings, chain: list[LoggedNotice]) -> None:
-    """Write the chain atomically (a temporary file, fsynced, renamed into place)."""
-    path = rotation_chain_path(settings)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(canonical([n.to_json() for n in chain]) + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    """Write the chain whole or not at all."""
+    write_file(rotation_chain_path(settings), canonical([n.to_json() for n in chain]) + b"\n")
 
 
 def operator_version(chain: list[LoggedNotice]) -> int:

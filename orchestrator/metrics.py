@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from messages.gate import REJECTED
+from transport.gate import REJECTED
 
 
 class Metrics:

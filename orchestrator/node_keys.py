@@ -25,7 +25,6 @@ from messages.attestation import (
     verify_answer_signature,
     verify_attestation,
 )
-from messages.bus import Rejected
 from messages.canonical import b64
 from messages.envelope import Envelope
 from messages.errors import MessageError
@@ -46,6 +45,7 @@ from messages.node_keys import (
     RotationAnswer,
     RotationProof,
 )
+from messages.rejected import Rejected
 from messages.schema import REGISTRY
 from messages.signing import TrustStore, verify_envelope
 from orchestrator.errors import CommandRefused, NoPolicy, UnknownNode

@@ -20,7 +20,6 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from messages import subjects
-from messages.bus import NoResponder, RequestTimeout, headers_for
 from messages.errors import HsmfleetError
 from messages.events import LogEntry
 from messages.node_keys import (
@@ -29,10 +28,11 @@ from messages.node_keys import (
     RotateIdentity,
     RotationAnswer,
 )
-from messages.outbox import Outbox
 from messages.schema import Body
 from orchestrator import node_keys
 from orchestrator.state import State
+from transport.bus import NoResponder, RequestTimeout, headers_for
+from transport.outbox import Outbox
 
 REQUEST_TIMEOUT_S = 5.0
 """How long a node may take over one request (a PKCS#11 token generates a key and signs)."""

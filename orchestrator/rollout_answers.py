@@ -17,7 +17,6 @@ from typing import Any
 
 from messages.artifact import FleetKey, FleetKeyArtifact
 from messages.bundle import DESTROY, DRAIN, StageBundle
-from messages.bus import Rejected
 from messages.ceremony import (
     Drained,
     FleetKeysOffer,
@@ -28,6 +27,7 @@ from messages.ceremony import (
     probe_key,
     probe_value,
 )
+from messages.commit_proof import CommitProof, verify_proof
 from messages.envelope import Envelope
 from messages.errors import HsmfleetError, MessageError
 from messages.events import (
@@ -49,12 +49,12 @@ from messages.events import (
     StageBundleLogged,
     ValidationBundleIssued,
 )
+from messages.membership import Membership
+from messages.quorum import Ballot
+from messages.rejected import Rejected
 from messages.schema import REGISTRY, Body
 from messages.signing import TrustStore, verify_envelope
 from messages.verify import MalformedBundle, parse_bundle
-from node.quorum.membership import Membership
-from node.quorum.proof import CommitProof, verify_proof
-from node.quorum.rules import Ballot
 from orchestrator import evidence
 from orchestrator.errors import (
     CommandRefused,

@@ -27,8 +27,9 @@ from typing import Any
 
 from messages.canonical import canonical
 from messages.events import ROLLOUT_ACTIONS
-from messages.plan import PlanError, describe, load_plan
+from messages.plan import PlanError, describe
 from orchestrator.cli import DONE, NEGATIVE, TIMED_OUT, _api_arguments, _call
+from orchestrator.plan_file import load_plan
 
 ENDED = ("aborted", "failed", "superseded")
 

@@ -31,8 +31,6 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from messages import subjects
 from messages.attestation import AttestRequest, NodeAnnounce, NodeHeartbeat
-from messages.bus import headers_for
-from messages.cosign_client import NatsTransport
 from messages.errors import HsmfleetError, MessageError
 from messages.events import (
     AttestationAnswer,
@@ -43,8 +41,6 @@ from messages.events import (
     TakeLease,
     Tick,
 )
-from messages.gate import Gate
-from messages.outbox import Outbox
 from messages.rotation import KeyRotation
 from messages.schema import Body
 from messages.signing import Signer, TrustStore, verify_envelope
@@ -81,6 +77,10 @@ from orchestrator.rollout_notices import log_retirement
 from orchestrator.signer_keys import recorded
 from orchestrator.state import Enrollment, State
 from orchestrator.store import EventStore
+from transport.bus import headers_for
+from transport.cosign_client import NatsTransport
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 STATUS_SUBJECTS = "fleet.node.*.status"
 NOT_STATUS = "not_status"

@@ -7,7 +7,7 @@
 2. the rotation statement (:class:`~messages.rotation.KeyRotation`) is signed by the old and the
    new key and kept as pending (``operator-rotation.pending.json`` beside the orchestrator's
    key), so that a retry submits the very same statement;
-3. the cosigners log it (:class:`~messages.cosign_client.CosigningClient`); its notice is
+3. the cosigners log it (:class:`~transport.cosign_client.CosigningClient`); its notice is
    countersigned with the new key and appended to the rotation chain, which makes the new key
    the one in force (:func:`orchestrator.keys.operator_signer`).
 
@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from messages.canonical import canonical
-from messages.cosign_client import CosigningClient
 from messages.documents import DocumentError, load_json
 from messages.errors import HsmfleetError, MessageError
 from messages.ids import format_time
@@ -43,6 +42,7 @@ from orchestrator.keys import (
     operator_version,
     save_rotation_chain,
 )
+from transport.cosign_client import CosigningClient
 
 Progress = Callable[..., None]
 

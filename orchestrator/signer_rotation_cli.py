@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from messages.canonical import canonical
-from messages.cosign_client import CosigningClient, NatsTransport, Peer
 from messages.documents import DocumentError, load_json
 from messages.errors import HsmfleetError, MessageError
-from messages.outbox import Outbox
 from messages.rotation import KeyRotation
 from messages.validation import LoggedNotice
 from messages.verify import CosignerPin
@@ -33,6 +31,8 @@ from orchestrator.config import Settings
 from orchestrator.keys import load_signer, operator_signer
 from orchestrator.log import SOURCE
 from orchestrator.signer_rotation import log_cosigner_rotation, rotate_operator_key
+from transport.cosign_client import CosigningClient, NatsTransport, Peer
+from transport.outbox import Outbox
 
 
 class BadArguments(HsmfleetError):

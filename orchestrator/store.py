@@ -23,10 +23,10 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from messages.bus import MSG_ID_HEADER
 from messages.subjects import EVENT_STREAM, EVENT_SUBJECTS
 from orchestrator.errors import AppendConflict, StoreUnavailable
 from orchestrator.log import Sealed
+from transport.bus import MSG_ID_HEADER
 
 WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_IN_BATCH = 10201

@@ -22,9 +22,9 @@ from nats.js import JetStreamContext
 
 from ops.natsauth.bundle import Bundle, write_bundle
 from ops.natsauth.connect import SecuredCluster, SecuredServer
-from ops.natsauth.layout import Layout, parse_layout
 from ops.natsserver import NatsServer
 from tests.replay.rolloutbed import prepare
+from transport.parties import Layout, parse_layout
 
 SECURE_LAYOUT = parse_layout(
     {

@@ -34,7 +34,8 @@ from node.hsm.base import (
     HsmStateTampered,
     HsmUnavailable,
 )
-from node.hsm.sealing import HSM_ID_BYTES, check_operator_key, seal, unseal, write_atomic
+from node.hsm.sealing import HSM_ID_BYTES, check_operator_key, seal, unseal
+from transport.files import write_file
 
 STATE_FILE = "softhsm.sealed"
 COUNTER_FILE = "softhsm.counter"
@@ -137,7 +138,7 @@ class SealedState:
             following = Generation(at.hsm_id, at.number + 1)
             sealed = seal(self._operator_key, at.hsm_id, following.number, plaintext)
             try:
-                write_atomic(self.path, sealed)
+                write_file(self.path, sealed)
             except OSError as exc:
                 raise HsmUnavailable(f"cannot write the sealed HSM state: {exc}") from exc
             self._write_counter(following)
@@ -178,6 +179,6 @@ class SealedState:
     def _write_counter(self, at: Generation) -> None:
         data = json.dumps({"hsm": at.hsm_id.hex(), "generation": at.number}).encode()
         try:
-            write_atomic(self.counter_path, data + b"\n")
+            write_file(self.counter_path, data + b"\n")
         except OSError as exc:
             raise HsmUnavailable(f"cannot write the HSM's rollback counter: {exc}") from exc

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from node.hsm.base import HsmStateTampered, OperatorKeyError
+from transport.files import write_file
 
 MAGIC = b"hsmfleet-softhsm-v2\n"
 KEY_ENV = "HSMFLEET_HSM_KEY"
@@ -58,9 +59,7 @@ def new_operator_key() -> str:
 def create_operator_key(path: Path) -> None:
     """Write a fresh operator sealing key to a new file ``path`` (mode 0600); raises
     ``FileExistsError`` rather than replace one: a sealing key is never overwritten."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(new_operator_key() + "\n")
+    write_file(path, new_operator_key().encode() + b"\n", secret=True, replace=False)
 
 
 def load_operator_key(path: Path | None = None, env: Mapping[str, str] = os.environ) -> bytes:
@@ -134,18 +133,3 @@ def unseal(operator_key: bytes, blob: bytes, where: str = "state") -> Unsealed:
             "sealed HSM state fails authentication: the file was altered", file=where
         ) from None
     return Unsealed(hsm_id, generation, plaintext)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves either the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -9,8 +9,8 @@ members. There is no leader; any member proposes, and ballots order concurrent w
 - :mod:`node.quorum.store`: the acceptor's durable state (SQLite, WAL, fsync per commit);
 - :mod:`node.quorum.acceptor`: the acceptor on NATS, one transaction and signature per batch;
 - :mod:`node.quorum.proposer`: rounds over batches of records (group commit);
-- :mod:`node.quorum.votes` and :mod:`node.quorum.proof`: counting signed votes, commit proofs;
-- :mod:`node.quorum.membership`: configurations and the CASPaxos membership-change steps;
+- :mod:`node.quorum.votes` and :mod:`messages.commit_proof`: counting signed votes, commit proofs;
+- :mod:`messages.membership`: configurations and the CASPaxos membership-change steps;
 - :mod:`node.quorum.reconfigure`: driving those steps, operator-signed, through every member;
 - :mod:`node.quorum.catchup`: copying the latest values from a majority before voting;
 - :mod:`node.quorum.replica`: one member's acceptor, proposer and configuration together;

@@ -35,11 +35,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from messages import subjects
-from messages.bus import headers_for
+from messages.commit_proof import CommitProof, justify, verify_proof
 from messages.envelope import Envelope, Signature
 from messages.errors import MessageError
-from messages.gate import Gate, Received
-from messages.outbox import Outbox
+from messages.membership import Membership
 from messages.quorum import (
     ACCEPT,
     ADDRESSED,
@@ -50,6 +49,7 @@ from messages.quorum import (
     Accept,
     Accepted,
     BadProof,
+    Ballot,
     Committed,
     EpochBehind,
     Prepare,
@@ -66,10 +66,11 @@ from messages.quorum import (
 from messages.replay import ReplayGuard
 from messages.schema import Body
 from node.quorum import metrics, rules
-from node.quorum.membership import Membership
-from node.quorum.proof import CommitProof, justify, verify_proof
-from node.quorum.rules import Ballot, Slot
+from node.quorum.rules import Slot
 from node.quorum.store import SlotStore
+from transport.bus import headers_for
+from transport.gate import Gate, Received
+from transport.outbox import Outbox
 
 log = structlog.get_logger("hsmfleet.quorum.acceptor")
 

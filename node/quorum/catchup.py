@@ -18,19 +18,19 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from messages import subjects
-from messages.bus import request
-from messages.gate import Gate
-from messages.outbox import Outbox
+from messages.membership import Membership
 from messages.quorum import (
     MEMBER_ROLE,
     SNAPSHOT,
+    Ballot,
     CatchUpFailed,
     Snapshot,
     SnapshotRequest,
 )
 from node.quorum.acceptor import Acceptor
-from node.quorum.membership import Membership
-from node.quorum.rules import Ballot
+from transport.bus import request
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 log = structlog.get_logger("hsmfleet.quorum.catchup")
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from messages.signing import Ed25519Signer
-from messages.vault import DEFAULT_LIMIT
+from messages.vault_policy import DEFAULT_LIMIT
 from node.quorum import member
 from node.quorum.localfleet import LocalFleet
 

@@ -24,19 +24,19 @@ from pathlib import Path
 
 from messages.artifact import FleetKey
 from messages.ceremony import GenerateFleetKeys, ImportFleetKeys, KeyRole, Recipient
+from messages.membership import Membership
 from messages.quorum import MemberKey
 from messages.signing import ED25519, Ed25519Signer
-from messages.vault import DEFAULT_LIMIT, KEM_ROLE, OPAQUE_ROLE, VAULT_KEYS, VaultPolicy
 from messages.vault_authorization import AccountAuthority, Authorization
-from messages.vault_client import VaultKeysInForce
+from messages.vault_policy import DEFAULT_LIMIT, KEM_ROLE, OPAQUE_ROLE, VAULT_KEYS, VaultPolicy
 from node import ceremony
 from node.hsm.sealing import create_operator_key
 from node.identity import TRANSPORT
 from node.quorum.member import VOTE_KEY, MemberSettings, open_hsm
-from node.quorum.membership import Membership
 from node.vault.applet import KeySet
 from node.vendor import VendorCA
 from node.vendor import provision as provision_device
+from transport.vault_client import VaultKeysInForce
 
 SETTINGS_FILE = "settings.json"
 DEVICE_SOCKET = "hsm.sock"

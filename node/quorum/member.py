@@ -23,23 +23,22 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from messages.errors import HsmfleetError
+from messages.membership import Membership
 from messages.quorum import OPERATOR_ROLE, Config, MemberKey
 from messages.schema import Body
 from messages.signing import TrustedKey
-from messages.vault import VaultPolicy
+from messages.vault_policy import VaultPolicy
 from node.hsm.base import Hsm
 from node.hsm.device.client import DeviceClient, DeviceHsm
 from node.hsm.sealing import load_operator_key
 from node.hsm.soft import SoftHsm
-from node.quorum.membership import Membership
 from node.quorum.replica import Replica
 from node.vault.applet import FleetSetup, KeySet, VaultApplet
 from node.vault.device_ops import RemoteApplet
 from node.vault.journal import EvaluationJournal
 from node.vault.service import VaultService
-from ops import logs
-from ops.natsauth import credentials
-from ops.natsauth.layout import NODE
+from transport import credentials, logs
+from transport.parties import NODE
 
 log = structlog.get_logger("hsmfleet.member")
 

@@ -54,19 +54,20 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from messages import subjects
-from messages.bus import headers_for
+from messages.commit_proof import CommitProof, justify, pred_proof, verify_proof
 from messages.envelope import Envelope
 from messages.errors import HsmfleetError
-from messages.gate import Gate, Received
-from messages.outbox import Outbox
+from messages.membership import Membership
 from messages.quorum import (
     ACCEPT,
     ADDRESSED,
     COMMITTED,
+    NO_BALLOT,
     PREPARE,
     Accept,
     BadProof,
     BadVote,
+    Ballot,
     Committed,
     Contention,
     Justification,
@@ -80,10 +81,10 @@ from messages.replay import ReplayGuard
 from messages.schema import Body
 from node.quorum import metrics
 from node.quorum.acceptor import Answer
-from node.quorum.membership import Membership
-from node.quorum.proof import CommitProof, justify, pred_proof, verify_proof
-from node.quorum.rules import NO_BALLOT, Ballot
 from node.quorum.votes import Tally
+from transport.bus import headers_for
+from transport.gate import Gate, Received
+from transport.outbox import Outbox
 
 log = structlog.get_logger("hsmfleet.quorum.proposer")
 

@@ -15,13 +15,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from messages import subjects
-from messages.bus import headers_for
 from messages.errors import MessageError
-from messages.gate import Gate
-from messages.outbox import Outbox
+from messages.membership import Membership, Step
 from messages.quorum import CONFIG, MEMBER_ROLE, ConfigAck, QuorumError
 from messages.signing import Signer
-from node.quorum.membership import Membership, Step
+from transport.bus import headers_for
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 log = structlog.get_logger("hsmfleet.quorum.reconfigure")
 

@@ -20,11 +20,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
 from messages import subjects
-from messages.bus import serve
 from messages.canonical import canonical, loads_strict
 from messages.errors import HsmfleetError
-from messages.gate import Gate, Received
-from messages.outbox import Outbox
+from messages.membership import Membership
 from messages.quorum import (
     CONFIG,
     MEMBER_ROLE,
@@ -40,9 +38,11 @@ from messages.quorum import (
 from messages.signing import Signer, TrustedKey, TrustStore
 from node.quorum.acceptor import Acceptor, Vote
 from node.quorum.catchup import catch_up
-from node.quorum.membership import Membership
 from node.quorum.proposer import Judge, Proposer
 from node.quorum.store import SlotStore
+from transport.bus import serve
+from transport.gate import Gate, Received
+from transport.outbox import Outbox
 
 log = structlog.get_logger("hsmfleet.quorum.replica")
 

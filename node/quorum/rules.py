@@ -9,17 +9,8 @@ new slot (fsync) before it answers.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import NamedTuple
 
-
-class Ballot(NamedTuple):
-    """``(n, by)``: a counter and the proposing member's id, compared counter first."""
-
-    n: int
-    by: str
-
-
-NO_BALLOT = Ballot(0, "")
+from messages.quorum import NO_BALLOT, Ballot
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from node.quorum.rules import EMPTY, Ballot, Slot
+from messages.quorum import Ballot
+from node.quorum.rules import EMPTY, Slot
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (

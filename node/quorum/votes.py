@@ -17,7 +17,7 @@ from messages.errors import (
     StaleMessage,
     UnknownSigner,
 )
-from messages.gate import Gate
+from messages.membership import Membership
 from messages.quorum import (
     MEMBER_ROLE,
     NO_VERDICT,
@@ -34,7 +34,7 @@ from messages.quorum import (
     VoteWrongValue,
     value_digest,
 )
-from node.quorum.membership import Membership
+from transport.gate import Gate
 
 _ANSWERS = {Prepare: Promise, Accept: Accepted}
 

@@ -37,12 +37,16 @@ import structlog
 
 from messages.canonical import canonical, loads_strict
 from messages.ceremony import key_label
+from messages.commit_proof import CommitProof, pred_proof, verify_proof
 from messages.envelope import Envelope, Signature
 from messages.errors import HsmfleetError, SchemaViolation
 from messages.ids import id_time_ms
+from messages.membership import Membership
 from messages.quorum import (
+    NO_BALLOT,
     NO_VERDICT,
     Accepted,
+    Ballot,
     Config,
     Justification,
     PredecessorSuperseded,
@@ -56,18 +60,14 @@ from messages.schema import Body
 from messages.vault import (
     KE1_BYTES,
     KE3_BYTES,
-    KEM_ROLE,
     MAX_SECRET_BYTES,
     OK,
-    OPAQUE_ROLE,
     RECOVER_FINISH,
     RECOVER_START,
     REGISTER,
     REGISTER_START,
     REGISTRATION_REQUEST_BYTES,
     REGISTRATION_UPLOAD_BYTES,
-    STORAGE_ROLE,
-    VAULT_KEYS,
     BudgetExhausted,
     LoginExpired,
     LoginRefused,
@@ -87,8 +87,6 @@ from messages.vault import (
     StaleRegistration,
     UnknownVaultKey,
     UnreadableRequest,
-    VaultError,
-    VaultPolicy,
     VaultRequest,
     credential_identifier,
     parse_request,
@@ -98,10 +96,15 @@ from messages.vault import (
 )
 from messages.vault_authorization import RECOVER, REPLACE
 from messages.vault_authorization import REGISTER as REGISTER_KIND
+from messages.vault_policy import (
+    KEM_ROLE,
+    OPAQUE_ROLE,
+    STORAGE_ROLE,
+    VAULT_KEYS,
+    VaultError,
+    VaultPolicy,
+)
 from node.hsm.base import Hsm, HsmError, KeyNotFound
-from node.quorum.membership import Membership
-from node.quorum.proof import CommitProof, pred_proof, verify_proof
-from node.quorum.rules import NO_BALLOT, Ballot
 from node.vault import record as records
 from node.vault.journal import EvaluationJournal
 from node.vault.record import (

@@ -17,16 +17,17 @@ from messages.envelope import Envelope, Signature
 from messages.errors import HsmfleetError
 from messages.quorum import (
     BadProof,
+    Ballot,
     PredecessorSuperseded,
     ProofOfAnotherConfiguration,
     Vetting,
     VettingRefusal,
 )
 from messages.schema import Body
-from messages.vault import ERRORS, Outcome, VaultError, VaultRequest
+from messages.vault import ERRORS, Outcome, VaultRequest
 from messages.vault_authorization import AuthorizationExpired, AuthorizationRefused
+from messages.vault_policy import VaultError
 from node.hsm.device.protocol import Empty, Handler, operation, register_error
-from node.quorum.rules import Ballot
 from node.vault.applet import (
     FleetSetup,
     RequestInfo,

@@ -25,7 +25,7 @@ from messages.canonical import canonical, loads_strict
 from messages.errors import SchemaViolation
 from messages.ids import id_time_ms
 from messages.schema import Body
-from messages.vault import VaultError
+from messages.vault_policy import VaultError
 
 RECORD_PREFIX = "vault-"
 REQUEST_WINDOW_MS = 5 * 60 * 1000

@@ -25,11 +25,9 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from messages import subjects
-from messages.bus import Rejected, headers_for
 from messages.errors import HsmfleetError, MessageError
-from messages.gate import Gate
-from messages.outbox import Outbox
-from messages.quorum import OutcomeUnknown, ProofOfAnotherConfiguration, QuorumError
+from messages.quorum import Ballot, OutcomeUnknown, ProofOfAnotherConfiguration, QuorumError
+from messages.rejected import Rejected
 from messages.schema import Body
 from messages.signing import TrustStore
 from messages.vault import (
@@ -44,15 +42,17 @@ from messages.vault import (
     UnreadableRequest,
     VaultAnswer,
     VaultBusy,
-    VaultError,
     VaultRequest,
     VaultUnavailable,
 )
+from messages.vault_policy import VaultError
 from node.quorum.proposer import Commit, Proposer, Step
-from node.quorum.rules import Ballot
 from node.vault import metrics
 from node.vault import record as records
 from node.vault.applet import ATTEMPTED, DESTROYED, REGISTERED, SUCCEEDED, RequestInfo
+from transport.bus import headers_for
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 log = structlog.get_logger("hsmfleet.vault")
 

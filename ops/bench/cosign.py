@@ -32,13 +32,13 @@ from nats.aio.client import Client as NATS
 from cosigner.http import Server, make_app
 from cosigner.testbed import init_cosigners, sample_artifact
 from messages.bundle import Evidence, NodeRef, StageBundle
-from messages.cosign_client import CosigningClient, NatsTransport
 from messages.documents import hex_digest
 from messages.ids import format_time
-from messages.outbox import Outbox
 from messages.signing import ED25519, Ed25519Signer, verify_bytes
 from messages.verify import OperatorPin, Pins, VerifierState, verify_bundle
 from ops.natsserver import NatsServer
+from transport.cosign_client import CosigningClient, NatsTransport
+from transport.outbox import Outbox
 
 YEAR_MS = 365 * 24 * 3600 * 1000
 IDS = ("cosigner-a", "cosigner-b")

@@ -27,15 +27,28 @@ import nats
 from cryptography import x509
 from cryptography.x509 import verification
 
-from messages import Ed25519Signer, Outbox
-from messages.attestation import request_attestation, verify_attestation
+from messages import Ed25519Signer, subjects
+from messages.attestation import (
+    GARBLED,
+    Attestation,
+    AttestationRejected,
+    AttestRequest,
+    verify_answer_signature,
+    verify_attestation,
+)
+from messages.errors import MessageError
+from messages.replay import ReplayGuard
+from messages.signing import TrustStore
 from node.daemon import NodeDaemon
 from node.hsm.soft import SoftHsm
 from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
-from ops import logs
 from ops.natsserver import NatsServer
+from transport import logs
+from transport.bus import request
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 PINS = "orchestrator.json"
 
@@ -60,6 +73,40 @@ def chain_verifications_per_second(
         )
         verifier.verify(device, [])
     return n / (time.perf_counter() - start)
+
+
+# The nonce makes an answer fresh; the node's clock (its envelope's ``at``) must not matter.
+ANY_CLOCK_MS = 1 << 62
+
+
+async def request_attestation(
+    nc: nats.NATS,
+    outbox: Outbox,
+    node_id: str,
+    nonce: bytes,
+    expires_ms: int,
+    *,
+    timeout: float = 2.0,
+) -> Attestation:
+    """Ask ``node_id`` for its attestation as an orchestrator does, and check that the answer is
+    signed by the identity key it attests (the rest is :func:`verify_attestation`'s to judge).
+
+    The answer is not signed by a key the asker trusts yet, so it passes the gate whatever the
+    node's clock says. An answer that does not decode, or is no attestation, raises
+    :class:`AttestationRejected` (``garbled``); one not signed by its identity key
+    ``bad_answer_signature``. No answer raises the bus's typed errors.
+    """
+    env = outbox.envelope(AttestRequest(nonce=nonce, expires_ms=expires_ms))
+    gate = Gate(TrustStore(), replay=ReplayGuard(window_ms=ANY_CLOCK_MS))
+    subject = subjects.node_command(node_id, "attest")
+    try:
+        received = await request(nc, subject, env, gate, None, timeout)
+    except MessageError as exc:
+        raise AttestationRejected(GARBLED, f"the answer does not decode: {exc}") from exc
+    if not isinstance(received.body, Attestation):
+        raise AttestationRejected(GARBLED, "the answer is not an attestation")
+    verify_answer_signature(received.envelope, received.body)
+    return received.body
 
 
 async def enrollments_per_second(

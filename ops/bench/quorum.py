@@ -46,9 +46,9 @@ from nats.js.api import StorageType, StreamConfig
 from node.quorum.localfleet import LocalFleet
 from node.quorum.member import Member
 from node.quorum.proposer import Proposer
-from ops import logs
 from ops.bench.load import Operation, Window, measure, quantiles_ms
 from ops.natsserver import NatsCluster, NatsServer
+from transport import logs
 
 VALUE = b"v" * 100
 

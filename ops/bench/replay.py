@@ -34,7 +34,6 @@ from node.attest import attest
 from node.daemon import NodeDaemon
 from node.hsm.soft import SoftHsm
 from node.vendor import VendorCA, provision
-from ops import logs
 from ops.natsserver import NatsServer
 from orchestrator.keys import trust_for
 from orchestrator.log import GENESIS, LogReader
@@ -42,6 +41,7 @@ from orchestrator.logfile import Header, replay_files
 from orchestrator.recorder import Recorder
 from orchestrator.replay import Replayer
 from orchestrator.store import EventStore
+from transport import logs
 
 MEASUREMENTS = ("sha256:" + "a1" * 32, "sha256:" + "b2" * 32)
 T0 = 1_800_000_000_000

@@ -2,7 +2,7 @@
 
 ``python -m ops.bench.rollout`` rolls out one fleet per size against simulated members sharing
 this process (real software HSMs and the real node ceremony code; the quorum's test write is
-answered with votes signed by the members' keys, see :mod:`orchestrator.sim`) and two real
+answered with votes signed by the members' keys, see :mod:`ops.sim`) and two real
 cosigners in this process. Each rollout runs every stage to ``active``; the clock the core sees
 is moved by hand, so nothing waits.
 
@@ -32,9 +32,9 @@ from messages.events import StartRollout
 from messages.plan import parse_plan
 from messages.verify import OperatorPin, Pins, VerifierState, verify_bundle
 from ops.bench.cosign import ed25519_baseline
+from ops.sim import Drill, SimFleet
 from orchestrator.cosigning import Cosigning
 from orchestrator.recorder import Recorder
-from orchestrator.sim import Drill, SimFleet
 
 DOMAINS = ("dc1", "dc2", "dc3", "dc4", "dc5")
 

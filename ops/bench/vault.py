@@ -50,13 +50,13 @@ import nats
 import opaque_ke_py as opaque
 from nats.aio.client import Client as NATS
 
-from messages.vault_client import VaultClient
 from node.quorum.localfleet import LocalFleet, await_device
 from node.quorum.member import Member
 from node.vault.applet import FleetVault
-from ops import logs
 from ops.bench.load import Operation, Window, measure, quantiles_ms
 from ops.natsserver import NatsServer
+from transport import logs
+from transport.vault_client import VaultClient
 
 PIN = b"2468"
 SECRET = b"s" * 32

@@ -23,9 +23,9 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from messages.bus import Rejected
 from messages.envelope import Envelope
 from messages.errors import MessageError
+from messages.rejected import Rejected
 from ops.fuzz.mutate import Mutator, Seed
 from ops.fuzz.targets import BusTarget
 

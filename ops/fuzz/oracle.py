@@ -1,6 +1,6 @@
 """What the fuzzer expects of a receiver, and how it notices a crash.
 
-:func:`expected_refusal` runs the gate's checks (:mod:`messages.gate`) in the gate's order
+:func:`expected_refusal` runs the gate's checks (:mod:`transport.gate`) in the gate's order
 without remembering anything and without counting, so the fuzzer knows before sending whether a
 candidate must be refused at the gate, and of which kind. :class:`CrashWatch` collects every
 error-level log record of the process (structlog and the standard library, where nats.py reports

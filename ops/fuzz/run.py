@@ -22,14 +22,12 @@ from prometheus_client import REGISTRY as METRICS
 
 from messages import subjects
 from messages.attestation import AttestRequest
-from messages.bus import Rejected
 from messages.cosigning import CheckpointRequest
 from messages.envelope import Envelope
-from messages.outbox import Outbox
 from messages.quorum import SnapshotRequest
+from messages.rejected import Rejected
 from messages.signing import Ed25519Signer
 from messages.subjects import EVENT_STREAM
-from messages.vault_client import VaultClient
 from node.quorum.member import JOURNAL_FILE
 from ops.fuzz.campaign import Campaign, TargetFigures
 from ops.fuzz.http import (
@@ -53,6 +51,8 @@ from ops.fuzz.world import (
     open_world,
     tree_digest,
 )
+from transport.outbox import Outbox
+from transport.vault_client import VaultClient
 
 HTTP_SHARE = 0.08
 STRANGERS = 3

@@ -19,9 +19,7 @@ import opaque_ke_py as opaque
 from messages import subjects
 from messages.attestation import AttestRequest, NodeAnnounce, NodeHeartbeat
 from messages.cosigning import REQUESTER_ROLE, CheckpointRequest, SignRequest
-from messages.gate import REJECTED
 from messages.ids import format_time, id_time_ms
-from messages.outbox import Outbox
 from messages.quorum import MEMBER_ROLE, OPERATOR_ROLE, Accept, Prepare, SnapshotRequest
 from messages.signing import Signer, TrustStore, key_id
 from messages.vault import (
@@ -48,6 +46,8 @@ from node.quorum.acceptor import REPLAY_MS
 from ops.fuzz.mutate import Seed
 from ops.fuzz.oracle import GateModel
 from ops.fuzz.world import FLEET, NODE_ID, OUTSIDER, World
+from transport.gate import REJECTED
+from transport.outbox import Outbox
 
 ORCHESTRATOR_SOURCE = "orchestrator"
 OPERATOR_SOURCE = "operator"
@@ -61,7 +61,7 @@ class BusTarget:
     ``receivers`` is how many of them count each message (every acceptor of the fleet hears a
     prepare; one vault member in the queue group hears a request). ``reply`` sends every message
     with a reply subject, for receivers that refuse messages without one before looking at them.
-    ``answers`` says that a request gets a :class:`~messages.bus.Rejected` answer when refused.
+    ``answers`` says that a request gets a :class:`~transport.bus.Rejected` answer when refused.
     """
 
     name: str

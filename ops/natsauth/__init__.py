@@ -1,6 +1,6 @@
 """NATS security for a fleet (DESIGN 6): accounts, nkey users and permissions per role.
 
-- :mod:`ops.natsauth.layout`: who is in the fleet (orchestrators, nodes and their fleets,
+- :mod:`transport.parties`: who is in the fleet (orchestrators, nodes and their fleets,
   cosigners, clients, auditors, operators), read from a JSON layout file;
 - :mod:`ops.natsauth.permissions`: what each role may publish and subscribe to, and what the
   role accounts share with each other (pure);
@@ -8,7 +8,7 @@
 - :mod:`ops.natsauth.tls`: a private CA and the server certificate for client TLS and routes;
 - :mod:`ops.natsauth.render`: the server configuration text;
 - :mod:`ops.natsauth.bundle`: writing and reading a directory of configs and credentials;
-- :mod:`ops.natsauth.credentials`: one party's connection options from its own seed file (and
+- :mod:`transport.credentials`: one party's connection options from its own seed file (and
   the CA), as every role's process connects;
 - :mod:`ops.natsauth.connect`: connecting as a role of a bundle, and servers running its configs;
 - :mod:`ops.natsauth.cli`: ``hsmfleet nats secure``.

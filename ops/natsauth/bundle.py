@@ -29,10 +29,11 @@ from typing import Any
 
 from messages.errors import HsmfleetError
 from ops.natsauth import render
-from ops.natsauth.credentials import party_options
-from ops.natsauth.layout import Layout, LayoutError, Party, parse_layout
 from ops.natsauth.nkey import user_key
 from ops.natsauth.tls import DEFAULT_NAMES, issue
+from transport.credentials import party_options
+from transport.files import write_file
+from transport.parties import Layout, LayoutError, Party, parse_layout
 
 MANIFEST = "bundle.json"
 FORMAT = 1
@@ -43,12 +44,6 @@ class BundleError(HsmfleetError):
     """A security bundle cannot be written there, or the directory is not a bundle."""
 
     kind = "nats_bundle"
-
-
-def _write(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 @dataclass(frozen=True)
@@ -80,7 +75,7 @@ class Bundle:
 
     def connect_options(self, role: str, party_id: str) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` as ``role``/``party_id`` (see
-        :func:`~ops.natsauth.credentials.party_options`), from this bundle's files."""
+        :func:`~transport.credentials.party_options`), from this bundle's files."""
         party = self.layout.party(role, party_id)
         seed = self.seed_file(party)
         if not seed.is_file():
@@ -119,25 +114,37 @@ def _fill(work: Path, final: Path, layout: Layout, tls: bool, names: tuple[str, 
     public = {}
     for party in layout.parties:
         key = user_key()
-        _write(work / "keys" / f"{party.name}.nk", key.seed.encode() + b"\n")
+        write_file(
+            work / "keys" / f"{party.name}.nk",
+            key.seed.encode() + b"\n",
+            secret=True,
+            replace=False,
+        )
         public[party.name] = key.public
     material = issue(names)
-    _write(work / "tls" / "ca.pem", material.ca_cert)
-    _write(work / "tls" / "server.pem", material.server_cert)
-    _write(work / "tls" / "server.key", material.server_key)
+    write_file(work / "tls" / "ca.pem", material.ca_cert, secret=True, replace=False)
+    write_file(work / "tls" / "server.pem", material.server_cert, secret=True, replace=False)
+    write_file(work / "tls" / "server.key", material.server_key, secret=True, replace=False)
     files = render.TlsFiles(
         ca=final / "tls" / "ca.pem",
         cert=final / "tls" / "server.pem",
         key=final / "tls" / "server.key",
     )
-    _write(work / render.AUTH_FILE, render.auth_config(layout, public).encode())
+    write_file(
+        work / render.AUTH_FILE,
+        render.auth_config(layout, public).encode(),
+        secret=True,
+        replace=False,
+    )
     for kind in KINDS:
         text = render.server_config(
             cluster=kind == "cluster", client_tls=files if tls else None, route_tls=files
         )
-        _write(work / f"{kind}.conf", text.encode())
+        write_file(work / f"{kind}.conf", text.encode(), secret=True, replace=False)
     manifest = {"format": FORMAT, "tls": tls, "layout": layout.to_json()}
-    _write(work / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+    write_file(
+        work / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n", secret=True, replace=False
+    )
 
 
 def open_bundle(root: Path) -> Bundle:

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ops.natsauth.bundle import write_bundle
-from ops.natsauth.layout import load_layout
 from ops.natsauth.tls import DEFAULT_NAMES
+from transport.parties import load_layout
 
 
 def register(actions: argparse._SubParsersAction) -> None:

@@ -3,7 +3,7 @@
 :func:`connect` is ``nats.connect`` with the party's nkey seed (the server sends a nonce, the
 client signs it), its private inbox prefix (which its permissions allow it to subscribe to) and,
 when the bundle has client TLS, a context that trusts only the bundle's CA. A process that has
-only its own seed file uses :func:`ops.natsauth.credentials.party_options` instead.
+only its own seed file uses :func:`transport.credentials.party_options` instead.
 
 :class:`SecuredServer` and :class:`SecuredCluster` are the embedded server and cluster of
 :mod:`ops.natsserver` running the bundle's ``single.conf`` / ``cluster.conf``; they keep the
@@ -17,17 +17,17 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from ops.natsauth import credentials
 from ops.natsauth.bundle import Bundle, BundleError
-from ops.natsauth.layout import AUDITOR, ORCHESTRATOR
 from ops.natsserver import NatsCluster, NatsServer
+from transport import credentials
+from transport.parties import AUDITOR, ORCHESTRATOR
 
 
 async def connect(
     bundle: Bundle, role: str, party_id: str, servers: str | list[str], **options: Any
 ) -> NATS:
     """A connection as ``role``/``party_id`` of ``bundle``; ``options`` go to ``nats.connect``
-    (see :func:`ops.natsauth.credentials.connect`)."""
+    (see :func:`transport.credentials.connect`)."""
     return await credentials.connect(servers, bundle.connect_options(role, party_id), **options)
 
 

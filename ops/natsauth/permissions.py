@@ -13,7 +13,7 @@ there alone, and nothing another account publishes can land in them. Within ORCH
 orchestrators may create and append to both; auditors may only read the event stream.
 
 Replies. Each party receives answers on its own inbox prefix ``_INBOX.<role>.<id>`` (see
-:attr:`ops.natsauth.layout.Party.inbox`); answers to another account's request travel on the
+:attr:`transport.parties.Party.inbox`); answers to another account's request travel on the
 ``_R_.>`` subjects that the server maps them through. Nodes do not get ``allow_responses``:
 nats-server lets a responder with it publish to any reply subject it was handed, even one its
 deny list names, so a client or a peer could choose the reply subject and make a node publish
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from messages.quorum import ACCEPT, COMMITTED, CONFIG, PHASES, PREPARE, SNAPSHOT
 from messages.subjects import EVENT_STREAM, EVENT_SUBJECTS
 from messages.vault import OPERATIONS
-from ops.natsauth.layout import (
+from orchestrator.lease import BUCKET as LEASE_BUCKET
+from transport.parties import (
     AUDITOR,
     CLIENT,
     COSIGNER,
@@ -38,7 +39,6 @@ from ops.natsauth.layout import (
     ORCHESTRATOR,
     Party,
 )
-from orchestrator.lease import BUCKET as LEASE_BUCKET
 
 ORCHESTRATORS = "ORCHESTRATORS"
 NODES = "NODES"

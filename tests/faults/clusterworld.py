@@ -41,7 +41,6 @@ from messages.verify import OperatorPin, VerifierState, verify_bundle
 from node.daemon import NodeDaemon
 from node.pins import read_pins
 from ops.natsauth.connect import SecuredCluster
-from ops.natsauth.layout import AUDITOR, COSIGNER, NODE, ORCHESTRATOR, parse_layout
 from ops.natsserver import NatsServer
 from orchestrator.config import Settings
 from orchestrator.keys import load_signer, make_operator_key, trust_for
@@ -50,6 +49,7 @@ from orchestrator.logfile import ReplayResult, replay_files
 from orchestrator.store import EventStore
 from tests.replay.fleet import HSMFLEET, OPERATOR_TOKEN, OrchestratorProcess
 from tests.replay.rolloutbed import MEMBERS, SEALING_KEY, SOFTWARE, RolloutBed, SeededHsm
+from transport.parties import AUDITOR, COSIGNER, NODE, ORCHESTRATOR, parse_layout
 
 FLEET = "fleet-1"
 HOLDERS = ("orch-a", "orch-b")

@@ -17,9 +17,9 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 
 from messages.vault_authorization import Authorization
-from messages.vault_client import VaultClient
 from node.quorum.localfleet import LocalFleet
 from node.quorum.member import Member
+from transport.vault_client import VaultClient
 
 _ids = itertools.count(1)
 

@@ -30,7 +30,6 @@ from messages.vault import (
     WrongGuess,
 )
 from messages.vault_authorization import Authorization
-from messages.vault_client import VaultClient
 from node.quorum.localfleet import LocalFleet
 from node.quorum.member import JOURNAL_FILE
 from node.vault.journal import EvaluationJournal
@@ -38,6 +37,7 @@ from tests.faults.fleets import fleet_id
 from tests.faults.linearizability import UNKNOWN, Operation
 from tests.faults.models import WRONG, pin, secret
 from tests.faults.netproxy import NetProxy
+from transport.vault_client import VaultClient
 
 # Member timeouts: short, so that faults turn into answers quickly.
 MEMBER_OPTIONS = {"phase_timeout": 0.3, "deadline": 2.0}

@@ -17,7 +17,6 @@ from nats.aio.client import Client as NATS
 
 from node.quorum.localfleet import LocalFleet
 from ops.natsauth.connect import SecuredCluster
-from ops.natsauth.layout import CLIENT, NODE, parse_layout
 from ops.natsserver import NatsServer
 from tests.faults.clusterworld import (
     SETTLE_S,
@@ -31,6 +30,7 @@ from tests.faults.fleets import FAST, RunningFleet
 from tests.faults.harness import Recorder, owner
 from tests.faults.linearizability import UNKNOWN, check
 from tests.faults.models import VaultUser
+from transport.parties import CLIENT, NODE, parse_layout
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster]
 

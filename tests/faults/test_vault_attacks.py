@@ -25,8 +25,6 @@ import pytest
 
 from messages import subjects
 from messages.envelope import Envelope
-from messages.gate import Gate
-from messages.outbox import Outbox
 from messages.quorum import (
     ACCEPT,
     COMMITTED,
@@ -47,11 +45,10 @@ from messages.vault import (
     MalformedOpaque,
     RegistrationExists,
     ReplacementTooSoon,
-    VaultError,
     WrongGuess,
 )
 from messages.vault_authorization import REPLACE, AccountAuthority
-from messages.vault_client import VaultClient
+from messages.vault_policy import VaultError
 from node.quorum.localfleet import LocalFleet
 from node.quorum.member import VOTE_KEY, open_hsm
 from node.quorum.proposer import Proposer
@@ -60,6 +57,9 @@ from node.quorum.votes import Tally
 from node.vault import record as records
 from node.vault.applet import REGISTERED, SUCCEEDED, Witness
 from node.vault.journal import EvaluationJournal
+from transport.gate import Gate
+from transport.outbox import Outbox
+from transport.vault_client import VaultClient
 
 pytestmark = pytest.mark.faults
 

@@ -28,9 +28,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from messages.vault import KEM_ROLE, OPAQUE_ROLE, STORAGE_ROLE, WrongGuess
+from messages.vault import WrongGuess
 from messages.vault_authorization import AccountAuthority
-from messages.vault_client import VaultClient
+from messages.vault_policy import KEM_ROLE, OPAQUE_ROLE, STORAGE_ROLE
 from node.hsm import keys as hsm_keys
 from node.hsm.sealing import load_operator_key
 from node.hsm.soft import SoftHsm
@@ -38,6 +38,7 @@ from node.quorum.localfleet import LocalFleet, await_device
 from node.quorum.store import SlotStore
 from node.vault import record as records
 from node.vault.record import Registered, SealedBlob, record_aad
+from transport.vault_client import VaultClient
 
 pytestmark = pytest.mark.faults
 

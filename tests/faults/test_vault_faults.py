@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from messages.bus import RequestTimeout
 from messages.vault import NoRecord, VaultUnavailable
 from tests.faults.harness import (
     Nemesis,
@@ -21,6 +20,7 @@ from tests.faults.harness import (
 )
 from tests.faults.linearizability import UNKNOWN, check
 from tests.faults.models import VaultUser
+from transport.bus import RequestTimeout
 
 pytestmark = pytest.mark.faults
 

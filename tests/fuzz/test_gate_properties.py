@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from messages.errors import MessageError
-from messages.gate import Gate
 from messages.schema import REGISTRY
 from messages.signing import Ed25519Signer, TrustStore
+from transport.gate import Gate
 
 SIGNER = Ed25519Signer.from_seed(bytes(range(32)))
 TRUST = TrustStore()

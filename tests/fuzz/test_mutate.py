@@ -10,11 +10,11 @@ from collections import Counter
 
 from messages.attestation import AttestRequest
 from messages.errors import MessageError
-from messages.gate import Gate
-from messages.outbox import Outbox
 from messages.signing import Ed25519Signer, TrustStore
 from ops.fuzz.mutate import MUTATIONS, Mutator, Seed
 from ops.fuzz.oracle import GateModel
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 ROLE = "orchestrator"
 

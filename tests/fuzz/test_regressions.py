@@ -1,5 +1,5 @@
 """Defects the fuzzer found in the shared wire code, each refused now with a typed error and
-counted; and refusals behind :func:`messages.bus.serve` are counted like the gate's."""
+counted; and refusals behind :func:`transport.bus.serve` are counted like the gate's."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from prometheus_client import REGISTRY
 
 from messages import subjects
 from messages.attestation import AttestRequest
-from messages.bus import Rejected, serve
 from messages.canonical import MAX_DEPTH, loads_strict
 from messages.envelope import Envelope
 from messages.errors import MessageError, SchemaViolation
-from messages.gate import Gate
 from messages.ids import format_time
-from messages.outbox import Outbox
+from messages.rejected import Rejected
 from messages.schema import Registry
 from messages.signing import Ed25519Signer, TrustStore
+from transport.bus import serve
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 ROLE = "orchestrator"
 

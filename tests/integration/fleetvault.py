@@ -12,11 +12,9 @@ from typing import Any
 import aiohttp
 
 from messages.events import StartRetirement, StartRollout
-from messages.log_reader import LogReader
 from messages.plan import parse_plan
 from messages.validation import ValidationBundle
 from messages.vault_authorization import AccountAuthority, Authorization
-from messages.vault_client import VaultClient
 from messages.verify import (
     Accepted,
     Pins,
@@ -28,6 +26,8 @@ from messages.verify import (
 from orchestrator.service import Orchestrator
 from tests.replay.fleet import wait_for
 from tests.replay.rolloutbed import RolloutBed
+from transport.log_reader import LogReader
+from transport.vault_client import VaultClient
 
 
 def now_ms() -> int:

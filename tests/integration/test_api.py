@@ -14,9 +14,6 @@ from aiohttp import web
 
 from messages import subjects
 from messages.attestation import NodeAnnounce, NodeHeartbeat
-from messages.bus import publish
-from messages.cosign_client import CheckpointRequest
-from messages.outbox import Outbox
 from messages.signing import Ed25519Signer
 from node.daemon import NodeDaemon
 from node.hsm import SoftHsm
@@ -28,6 +25,9 @@ from orchestrator.api import ORCHESTRATOR, create_app
 from orchestrator.config import Settings
 from orchestrator.keys import load_signer
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for, write_config
+from transport.bus import publish
+from transport.cosign_client import CheckpointRequest
+from transport.outbox import Outbox
 
 OP = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}

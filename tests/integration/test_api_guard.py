@@ -10,9 +10,9 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from ops.httpguard import Limits
 from tests.integration import test_api
 from tests.integration.test_api import OP, READ, call
+from transport.httpguard import Limits
 
 api, server = test_api.api, test_api.server  # the same fixtures, with the limits below
 

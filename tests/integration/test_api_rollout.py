@@ -16,6 +16,7 @@ from messages.bundle import StageBundle, check_chain
 from messages.canonical import b64
 from messages.verify import VerifierState, verify_bundle
 from ops.cli import build_parser
+from ops.verifier_files import save_pins
 from orchestrator.api import ORCHESTRATOR, create_app
 from orchestrator.keys import load_signer, save_rotation_chain
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for
@@ -141,7 +142,7 @@ async def test_a_rollout_through_the_api_and_the_cli(api, tmp_path, capsys):
     assert status == 200 and chain["logged"] == 5
     assert check_chain([StageBundle.from_json(b) for b in chain["bundles"]]).serial == 5
     # The auditor walks both cosigners' logs and cross-checks the orchestrator's evidence.
-    bed.pins().dump(tmp_path / "pins.json")
+    save_pins(tmp_path / "pins.json", bed.pins())
     capsys.readouterr()
     code = await hsmfleet(
         "audit", "--pins", str(tmp_path / "pins.json"), "--orchestrator", base,

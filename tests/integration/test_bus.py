@@ -6,9 +6,11 @@ import threading
 import pytest
 from nats.js.api import StreamConfig
 
-from messages import Ed25519Signer, Gate, Outbox, TrustStore, subjects
-from messages.bus import NoResponder, RequestRejected, RequestTimeout, publish, request, serve
+from messages import Ed25519Signer, TrustStore, subjects
 from tests.unit.sample_messages import Ping, registry
+from transport.bus import NoResponder, RequestRejected, RequestTimeout, publish, request, serve
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from ops.natsauth.credentials import connect, party_options
+from transport.credentials import connect, party_options
 
 HSMFLEET = [sys.executable, "-m", "ops.cli"]
 

@@ -7,8 +7,8 @@ import nats
 import pytest
 
 from messages import subjects
-from ops.natsauth.layout import parse_layout
 from orchestrator.store import EventStore
+from transport.parties import parse_layout
 
 pytestmark = pytest.mark.cluster
 

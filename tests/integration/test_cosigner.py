@@ -16,17 +16,7 @@ from nats.aio.client import Client as NATS
 from cosigner.http import NATS_SERVICE, Server, make_app
 from cosigner.testbed import MEMBERS, init_cosigners, sample_artifact, sample_chain
 from messages import subjects
-from messages.bus import RequestRejected, request
-from messages.cosign_client import (
-    CosignerRefused,
-    CosigningClient,
-    NatsTransport,
-    NotEnoughCosigners,
-    Peer,
-)
 from messages.cosigning import COSIGNER_ROLE, SignRequest
-from messages.gate import Gate
-from messages.outbox import Outbox
 from messages.signing import Ed25519Signer, TrustStore
 from messages.verify import (
     BelowThreshold,
@@ -36,6 +26,16 @@ from messages.verify import (
     verify_bundle,
 )
 from ops.natsserver import NatsServer
+from transport.bus import RequestRejected, request
+from transport.cosign_client import (
+    CosignerRefused,
+    CosigningClient,
+    NatsTransport,
+    NotEnoughCosigners,
+    Peer,
+)
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 NOW = time.time_ns() // 1_000_000
 """The cosigners here date their cosignatures by the wall clock, and a verifier refuses one

@@ -23,14 +23,14 @@ from cosigner.config import ConfigError, CosignerConfig, RequesterPin, load_conf
 from cosigner.engine import Cosigner
 from cosigner.testbed import COSIGNERS, MEMBERS, init_cosigners, sample_artifact, sample_chain
 from messages.canonical import b64
-from messages.cosign_client import CosigningClient, NatsTransport, Peer
 from messages.documents import MalformedDocument
 from messages.ids import format_time
-from messages.outbox import Outbox
 from messages.signing import Ed25519Signer
 from messages.verify import CosignerPin, OperatorPin
 from ops.cli import build_parser
 from ops.natsserver import NatsServer
+from transport.cosign_client import CosigningClient, NatsTransport, Peer
+from transport.outbox import Outbox
 
 HSMFLEET = [sys.executable, "-m", "ops.cli", "--log-json"]
 NOW = format_time(time.time_ns() // 1_000_000)

@@ -18,13 +18,13 @@ from cosigner.testbed import Testbed, sample_artifact, sample_chain
 from cosigner.witness import MalformedWitnessRequest, Witness, WitnessConflict
 from messages.bundle import SerialGap
 from messages.checkpoint import Checkpoint, open_checkpoint
-from messages.cosign_client import CosigningClient, Peer
 from messages.cosigning import Signed
 from messages.ids import format_time, parse_time
 from messages.merkle import Tree, leaf_hash, verify_inclusion
 from messages.note import Ed25519NoteSigner, Ed25519NoteVerifier
 from messages.signing import Ed25519Signer
 from messages.verify import CosignerPin
+from transport.cosign_client import CosigningClient, Peer
 
 NAME = "notary.example/log"
 NOW = parse_time("2026-01-02T00:00:00.000Z")

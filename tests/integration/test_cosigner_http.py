@@ -19,12 +19,12 @@ from messages.canonical import b64, unb64
 from messages.checkpoint import Checkpoint, open_checkpoint
 from messages.cosignature import cosignatures
 from messages.cosigning import Signed
-from messages.log_reader import LogReader, LogUnreachable
 from messages.merkle import leaf_hash, verify_consistency, verify_inclusion
 from messages.note import Ed25519NoteSigner
 from messages.signing import Ed25519Signer
 from messages.validation import with_cosignatures
-from ops.httpguard import Limits
+from transport.httpguard import Limits
+from transport.log_reader import LogReader, LogUnreachable
 
 A, B = "cosigner-a.example/log", "cosigner-b.example/log"
 

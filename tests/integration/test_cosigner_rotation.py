@@ -17,17 +17,18 @@ from nats.aio.client import Client as NATS
 
 from cosigner.testbed import MEMBERS, sample_artifact, sample_chain
 from messages.checkpoint import Checkpoint
-from messages.cosign_client import CosigningClient, NatsTransport, Peer
 from messages.cosignature import Cosignature
 from messages.ids import format_time
 from messages.note import Note
-from messages.outbox import Outbox
 from messages.rotation import KeyRotation
 from messages.signing import Ed25519Signer
 from messages.validation import with_rotations
 from messages.verify import CosignerPin, OperatorPin, Pins
+from ops.verifier_files import save_pins
 from tests.integration import test_cosigner_cli
 from tests.integration.test_cosigner_cli import hsmfleet
+from transport.cosign_client import CosigningClient, NatsTransport, Peer
+from transport.outbox import Outbox
 
 running = test_cosigner_cli.running  # the two cosigner processes
 
@@ -82,7 +83,7 @@ async def test_a_cosigner_process_rotates_its_key_and_a_verifier_follows(running
         operator=OperatorPin(operator.alg, operator.public_key),
         max_checkpoint_age=120,
     )
-    verifier_pins.dump(tmp_path / "pins.json")
+    save_pins(tmp_path / "pins.json", verifier_pins)
 
     first = sample_artifact(members=MEMBERS[:3])
     for bundle in sample_chain(artifact=first):

@@ -20,7 +20,7 @@ import nkeys
 import pytest
 
 from messages.canonical import b64
-from messages.vault import KEM_ROLE, VAULT_KEYS
+from messages.vault_policy import KEM_ROLE, VAULT_KEYS
 from messages.verify import parse_bundle
 
 DEMO = [sys.executable, "-m", "ops.cli", "demo"]

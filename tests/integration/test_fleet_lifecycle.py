@@ -2,7 +2,7 @@
 daemons with software HSMs, two cosigners, the orchestrator) while vault traffic runs.
 
 One fleet is rolled out with a vault; a background task registers and recovers through
-:class:`~messages.vault_client.VaultClient` (made from the validation bundle the client
+:class:`~transport.vault_client.VaultClient` (made from the validation bundle the client
 verified) the whole time, and every operation must succeed. The fleet's keys are rotated: a
 client may keep the old bundle during the overlap, the users take the new bundle and each logs
 in before the overlap ends (a recovery of a record made with the old epoch's OPAQUE setup
@@ -27,16 +27,13 @@ from typing import Any
 
 import pytest
 
-from messages.cosign_client import CosigningClient, NatsTransport
 from messages.documents import time_ms
 from messages.errors import HsmfleetError
 from messages.events import ReplaceMember, RotateFleet
-from messages.outbox import Outbox
 from messages.retirement import FleetRetired
 from messages.rotation import RotationSingleSigned, RotationVersionGap
 from messages.validation import LoggedNotice
 from messages.vault import UnknownVaultKey
-from messages.vault_client import VaultClient
 from messages.verify import (
     LegacyKeyExpired,
     VerifierState,
@@ -58,6 +55,9 @@ from tests.integration.fleetvault import (
 )
 from tests.replay.fleet import running, wait_for
 from tests.replay.rolloutbed import MEMBERS, SPARE, RolloutBed, served_bed
+from transport.cosign_client import CosigningClient, NatsTransport
+from transport.outbox import Outbox
+from transport.vault_client import VaultClient
 
 USERS = 4
 MAX_OPS = 5000

@@ -33,7 +33,6 @@ from nats.aio.msg import Msg
 from messages import subjects
 from messages.events import EnrollNode
 from messages.vault_authorization import Authorization
-from messages.vault_client import VaultClient
 from node.hsm.sealing import new_operator_key
 from node.measurement import measure
 from node.pins import write_pin
@@ -41,11 +40,8 @@ from node.quorum.localfleet import LocalFleet
 from node.quorum.member import Member
 from node.vendor import VendorCA
 from ops.natsauth import connect as natsauth
-from ops.natsauth import credentials
 from ops.natsauth.bundle import Bundle, open_bundle, write_bundle
 from ops.natsauth.connect import SecuredServer
-from ops.natsauth.credentials import CredentialsError
-from ops.natsauth.layout import DEV_LAYOUT, parse_layout
 from ops.natsauth.nkey import user_key
 from ops.natsauth.permissions import LEASE_STREAM
 from ops.natsserver import NatsServer, free_port
@@ -58,6 +54,10 @@ from orchestrator.service import STATUS_SUBJECTS, Orchestrator
 from orchestrator.store import EventStore
 from tests.faults.fleets import FAST
 from tests.replay.fleet import wait_for, write_config
+from transport import credentials
+from transport.credentials import CredentialsError
+from transport.parties import DEV_LAYOUT, parse_layout
+from transport.vault_client import VaultClient
 
 TIMEOUT = 5.0
 

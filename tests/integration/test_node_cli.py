@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from messages import Ed25519Signer, Outbox
-from messages.attestation import load_vendor_roots, request_attestation, verify_attestation
+from messages import Ed25519Signer
+from messages.attestation import load_vendor_roots, verify_attestation
 from messages.signing import ED25519
 from node import cli as node_cli
 from node.daemon import NodeConfigError
@@ -26,9 +26,11 @@ from node.hsm.soft import STATE_FILE, SoftHsm
 from node.measurement import measure
 from node.pins import write_pin
 from node.vendor import VendorCA, provision
+from ops.bench.enrollment import request_attestation
 from ops.cli import build_parser
 from ops.natsserver import free_port
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
+from transport.outbox import Outbox
 
 HSMFLEET = [sys.executable, "-m", "ops.cli"]
 

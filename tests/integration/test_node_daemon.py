@@ -1,6 +1,6 @@
 """Node daemons on a real nats-server: announce, heartbeat, attest, refuse forgeries, restart.
 
-The orchestrator's side here is :func:`messages.attestation.request_attestation` and the pure
+The orchestrator's side here is :func:`ops.bench.enrollment.request_attestation` and the pure
 verifier; recording enrollment events is the orchestrator's own business.
 """
 
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 from structlog.testing import capture_logs
 
-from messages import Ed25519Signer, Outbox, TrustStore, subjects
+from messages import Ed25519Signer, TrustStore, subjects
 from messages.attestation import (
     ECDH_P256,
     Attestation,
@@ -22,12 +22,8 @@ from messages.attestation import (
     AttestRequest,
     NodeAnnounce,
     NodeHeartbeat,
-    request_attestation,
     verify_attestation,
 )
-from messages.bus import RequestRejected, request
-from messages.gate import Gate
-from messages.ids import IdSource
 from messages.signing import ECDSA_P256, ED25519, TrustedKey, verify_envelope
 from node.attest import attest
 from node.daemon import NodeConfigError, NodeDaemon
@@ -38,7 +34,11 @@ from node.identity import IDENTITY, NODE_FILE, NodeIdentityError
 from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
+from ops.bench.enrollment import request_attestation
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
+from transport.bus import RequestRejected, request
+from transport.gate import Gate
+from transport.outbox import IdSource, Outbox
 
 KEY = bytes(range(32))
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import nats
 import pytest
 
-from messages import Ed25519Signer, Outbox, subjects
+from messages import Ed25519Signer, subjects
 from messages.ceremony import Joined, JoinFleet
 from messages.envelope import Envelope
 from messages.quorum import Config, MemberKey
@@ -20,6 +20,7 @@ from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
+from transport.outbox import Outbox
 
 KEY = bytes(range(32))
 

@@ -8,13 +8,14 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from messages import Ed25519Signer, Outbox, TrustStore, subjects
+from messages import Ed25519Signer, TrustStore, subjects
 from messages.attestation import AttestRequest
-from messages.bus import RequestRejected, request
-from messages.gate import Gate
 from node.http import create_app, health
-from ops.httpguard import BadListenAddress, listen_address
 from tests.integration.test_node_daemon import orchestrator, pins, soft_daemon, vendor  # noqa: F401
+from transport.bus import RequestRejected, request
+from transport.gate import Gate
+from transport.httpguard import BadListenAddress, listen_address
+from transport.outbox import Outbox
 
 
 @pytest.fixture

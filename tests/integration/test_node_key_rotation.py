@@ -29,7 +29,6 @@ from messages.node_keys import (
     RotateIdentity,
     RotateNodeKey,
 )
-from messages.outbox import Outbox
 from messages.signing import ECDSA_P256, Ed25519Signer, TrustedKey, TrustStore, verify_envelope
 from node.daemon import NodeDaemon
 from node.hsm import SoftHsm, softhsm
@@ -49,6 +48,7 @@ from orchestrator.service import Orchestrator
 from orchestrator.store import EventStore
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
 from tests.replay.fleet import wait_for, write_config
+from transport.outbox import Outbox
 
 KEY = bytes(range(32))
 SOFTWARE = measure()

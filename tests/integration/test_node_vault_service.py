@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from messages.bus import NoResponder, RequestTimeout
 from messages.events import RotateFleet
 from messages.vault import RecordKeyDestroyed, RegistrationsClosed, UnknownVaultKey, WrongGuess
 from node.vault import record as records
@@ -22,6 +21,7 @@ from tests.integration.fleetvault import (
 )
 from tests.replay.fleet import running, wait_for
 from tests.replay.rolloutbed import served_bed
+from transport.bus import NoResponder, RequestTimeout
 
 ALICE = b"backup key of alice"
 BOB = b"backup key of bob"

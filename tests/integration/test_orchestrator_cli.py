@@ -15,8 +15,6 @@ import pytest
 
 from messages import subjects
 from messages.attestation import NodeAnnounce
-from messages.bus import publish
-from messages.outbox import Outbox
 from node.daemon import NodeDaemon
 from node.hsm import SoftHsm
 from node.measurement import measure
@@ -31,6 +29,8 @@ from tests.replay.fleet import (
     wait_for_health,
     write_config,
 )
+from transport.bus import publish
+from transport.outbox import Outbox
 
 # Measured once: other work in a shared checkout must not change it between
 # the orchestrator's allow-list and the nodes' claims.

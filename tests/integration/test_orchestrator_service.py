@@ -10,8 +10,6 @@ import pytest
 
 from messages import subjects
 from messages.attestation import NodeAnnounce
-from messages.bus import publish
-from messages.outbox import Outbox
 from node.vendor import VendorCA
 from ops.natsserver import NatsServer
 from orchestrator.core import Context, decide
@@ -21,6 +19,8 @@ from orchestrator.log import entry_digest, seal
 from orchestrator.state import Lease, State
 from orchestrator.store import EventStore
 from tests.replay.fleet import audit, running, wait_for, write_config
+from transport.bus import publish
+from transport.outbox import Outbox
 
 MEASUREMENT = "sha256:" + "ab" * 32
 

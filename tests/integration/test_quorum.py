@@ -5,9 +5,10 @@ import asyncio
 import nats
 import pytest
 
-from messages import Ed25519Signer, Outbox, subjects
-from messages.bus import headers_for
+from messages import Ed25519Signer, subjects
+from messages.commit_proof import verify_proof
 from messages.envelope import Envelope
+from messages.membership import plan_join, plan_leave
 from messages.quorum import (
     PREPARE,
     OutcomeUnknown,
@@ -17,11 +18,11 @@ from messages.quorum import (
 )
 from messages.schema import REGISTRY
 from node.quorum.member import VOTE_KEY, open_hsm
-from node.quorum.membership import plan_join, plan_leave
-from node.quorum.proof import verify_proof
 from node.quorum.reconfigure import apply_steps
 from node.quorum.replica import STORE_FILE, StateLost
 from tests.faults.fleets import running_fleet
+from transport.bus import headers_for
+from transport.outbox import Outbox
 
 
 def put(value: bytes):
@@ -258,8 +259,8 @@ def proposer_of(fleet, member):
 
 
 async def test_configuration_changes_need_the_operator_and_a_newer_epoch(tmp_path, nats_server):
-    from messages.bus import RequestRejected, request
-    from messages.gate import Gate
+    from transport.bus import RequestRejected, request
+    from transport.gate import Gate
 
     async with running_fleet(tmp_path, nats_server.url) as fleet:
         current = fleet["m1"].replica.current()
@@ -300,9 +301,9 @@ async def test_stopping_a_proposer_fails_its_changes_instead_of_hanging(tmp_path
 
 
 async def test_requests_of_an_older_configuration_are_refused(tmp_path, nats_server):
-    from messages.bus import RequestRejected, request
-    from messages.gate import Gate
     from messages.quorum import SNAPSHOT, SnapshotRequest
+    from transport.bus import RequestRejected, request
+    from transport.gate import Gate
 
     async with running_fleet(tmp_path, nats_server.url) as fleet:
         await fleet.stop("m3")

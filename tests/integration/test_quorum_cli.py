@@ -14,7 +14,7 @@ import nats
 from messages.artifact import FleetKey
 from messages.signing import Ed25519Signer
 from messages.vault_authorization import AccountAuthority
-from messages.vault_client import VaultClient, VaultKeysInForce
+from transport.vault_client import VaultClient, VaultKeysInForce
 
 HSMFLEET = [sys.executable, "-m", "ops.cli"]
 

@@ -12,18 +12,18 @@ import pytest
 
 from cosigner.http import NATS_SERVICE, Server, make_app
 from cosigner.testbed import init_cosigners, sample_chain
-from messages import Ed25519Signer, Outbox, subjects
+from messages import Ed25519Signer, subjects
 from messages.attestation import AttestRequest
-from messages.bus import RequestRejected, request
 from messages.cosigning import SignRequest
-from messages.gate import Gate
-from messages.ids import IdSource
 from messages.replay import DEFAULT_WINDOW_MS
 from messages.signing import TrustStore
 from node.daemon import NodeDaemon
 from node.hsm import SoftHsm
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
+from transport.bus import RequestRejected, request
+from transport.gate import Gate
+from transport.outbox import IdSource, Outbox
 
 # Each refusal's kind, and how far the message's ``at`` is from the receiver's clock.
 CASES = [

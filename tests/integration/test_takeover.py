@@ -15,7 +15,6 @@ import pytest
 
 from messages import subjects
 from messages.attestation import NodeAnnounce
-from messages.bus import publish
 from messages.events import ChallengeIssued, LeaseTaken, NodeEnrolled, NodeRejected
 from node.daemon import NodeDaemon
 from node.hsm import SoftHsm
@@ -25,6 +24,7 @@ from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
 from orchestrator.keys import load_signer, trust_for
 from tests.replay.fleet import OrchestratorProcess, audit, wait_for_health, write_config
+from transport.bus import publish
 
 SEALING_KEY = bytes(range(32))
 

@@ -16,12 +16,9 @@ import pytest
 from prometheus_client import REGISTRY as METRICS
 
 from messages import subjects
-from messages.bus import Rejected, RequestRejected, request
 from messages.envelope import Envelope
-from messages.gate import Gate
-from messages.ids import IdSource
-from messages.outbox import Outbox
-from messages.quorum import Justification
+from messages.membership import Step
+from messages.quorum import Ballot, Justification
 from messages.schema import REGISTRY
 from messages.signing import Ed25519Signer, TrustStore, key_id
 from messages.vault import (
@@ -36,7 +33,6 @@ from messages.vault import (
     RegistrationExists,
     ReplacementTooSoon,
     VaultBusy,
-    VaultError,
     VaultRequest,
     VaultUnavailable,
     WrongGuess,
@@ -45,15 +41,17 @@ from messages.vault import (
     seal_request,
 )
 from messages.vault_authorization import AccountAuthority
+from messages.vault_policy import VaultError
 from node.quorum import replica as replica_module
 from node.quorum.member import JOURNAL_FILE
-from node.quorum.membership import Step
 from node.quorum.reconfigure import apply_steps
-from node.quorum.rules import Ballot
 from node.vault import record as records
 from node.vault.journal import EvaluationJournal
 from ops.natsserver import NatsServer
 from tests.faults.fleets import running_fleet
+from transport.bus import Rejected, RequestRejected, request
+from transport.gate import Gate
+from transport.outbox import IdSource, Outbox
 
 PIN = b"1234"
 SECRET = b"backup key of alice"
@@ -523,7 +521,7 @@ async def test_without_a_majority_operations_fail_clearly(tmp_path, nats_server,
 
 def test_the_client_needs_nothing_from_node():
     code = (
-        "import sys, messages.vault_client; "
+        "import sys, transport.vault_client; "
         "assert not [m for m in sys.modules if m == 'node' or m.startswith('node.')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

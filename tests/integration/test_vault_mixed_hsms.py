@@ -21,7 +21,6 @@ from pkcs11 import Attribute, ObjectClass
 
 from messages.events import RotateFleet
 from messages.vault_authorization import AccountAuthority
-from messages.vault_client import VaultClient
 from messages.verify import VerifierState, verify_bundle
 from node.hsm import softhsm
 from node.hsm.cryptoki import Pkcs11Hsm
@@ -30,6 +29,7 @@ from tests.integration.fleetvault import roll_out, started
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir  # noqa: F401
 from tests.replay.fleet import running, wait_for
 from tests.replay.rolloutbed import served_bed
+from transport.vault_client import VaultClient
 
 TOKENS = ("node-4", "node-5")
 

@@ -22,10 +22,10 @@ from messages.attestation import (
     statement_signing_bytes,
 )
 from messages.events import LogEntry
-from messages.outbox import Outbox
 from messages.schema import Body
 from messages.signing import Ed25519Signer
 from orchestrator.recorder import Recorder
+from transport.outbox import Outbox
 
 MEASUREMENT = "sha256:" + "ab" * 32
 DAY_MS = 24 * 3600 * 1000

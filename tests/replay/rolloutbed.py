@@ -27,7 +27,6 @@ from nats.aio.client import Client as NATS
 from cosigner.http import Server, make_app
 from cosigner.testbed import COSIGNERS, init_cosigners
 from messages.canonical import b64
-from messages.cosign_client import Peer
 from messages.signing import ECDH_P256, ECDSA_P256, ED25519, Ed25519Signer
 from messages.verify import OperatorPin, Pins, QuorumFloor
 from node.daemon import NodeDaemon
@@ -44,6 +43,7 @@ from ops.natsserver import NatsServer
 from orchestrator.config import Settings
 from orchestrator.keys import load_signer, make_operator_key
 from tests.replay.fleet import write_config
+from transport.cosign_client import Peer
 
 SEALING_KEY = bytes(range(32))
 SOFTWARE = measure()

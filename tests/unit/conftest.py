@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from messages import Ed25519Signer, Outbox, TrustStore
-from messages.gate import Gate
-from ops import logs
+from messages import Ed25519Signer, TrustStore
 from tests.unit.sample_messages import registry
+from transport import logs
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 
 @pytest.fixture

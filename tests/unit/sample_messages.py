@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from messages import Body, Registry
-from messages.bus import Rejected
+from messages.rejected import Rejected
 
 registry = Registry()
 registry.register(Rejected)

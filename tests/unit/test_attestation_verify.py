@@ -20,12 +20,12 @@ from messages.attestation import (
     verify_attestation,
 )
 from messages.canonical import canonical, digest
-from messages.outbox import Outbox
 from messages.signing import ED25519
 from node.attest import BadAttestRequest, attest
 from node.hsm import SoftHsm
 from node.identity import IDENTITY, establish
 from node.vendor import DEVICE, VendorCA, provision
+from transport.outbox import Outbox
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)

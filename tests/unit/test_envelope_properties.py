@@ -5,9 +5,9 @@ from hypothesis import strategies as st
 
 from messages import Ed25519Signer, Envelope, TrustStore
 from messages.errors import MessageError
-from messages.gate import Gate
 from messages.signing import sign_envelope, verify_envelope
 from tests.unit.sample_messages import registry
+from transport.gate import Gate
 
 SIGNER = Ed25519Signer.from_seed(bytes(range(32)))
 TRUST = TrustStore()

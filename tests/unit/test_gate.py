@@ -72,7 +72,7 @@ def test_missing_body_field(gate, outbox, alice):
 
 
 def test_signature_by_an_unknown_key(gate):
-    from messages import Outbox
+    from transport.outbox import Outbox
 
     mallory = Outbox("alice", Ed25519Signer.generate())
     with pytest.raises(UnknownSigner, match="not trusted"):
@@ -82,7 +82,7 @@ def test_signature_by_an_unknown_key(gate):
 def test_key_of_another_party_cannot_speak_for_the_source(gate, trust):
     bob = Ed25519Signer.generate()
     trust.trust("bob", bob, "tester")
-    from messages import Outbox
+    from transport.outbox import Outbox
 
     forged = Outbox("alice", bob).envelope(Ping(count=1, label="x"))
     with pytest.raises(UnknownSigner, match="another party"):
@@ -95,7 +95,7 @@ def test_key_not_trusted_for_the_role(gate, outbox):
 
 
 def test_unsigned_message_where_a_signature_is_required(gate):
-    from messages import Outbox
+    from transport.outbox import Outbox
 
     with pytest.raises(MissingSignature):
         gate.admit(Outbox("alice").envelope(Ping(count=1, label="x")).encode(), "tester")
@@ -116,9 +116,9 @@ def test_replayed_id(gate, outbox):
 
 
 def test_stale_message(trust, alice):
-    from messages import Outbox
-    from messages.gate import Gate
     from tests.unit.sample_messages import registry
+    from transport.gate import Gate
+    from transport.outbox import Outbox
 
     now = 1_800_000_000_000
     gate = Gate(trust, registry=registry, clock_ms=lambda: now)

@@ -15,10 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from messages import Outbox, TrustStore
+from messages import TrustStore
 from messages.attestation import ECDH_P256
 from messages.canonical import b64
-from messages.gate import Gate
 from messages.signing import ECDSA_P256, ED25519, verify_bytes, verify_envelope
 from node.hsm import (
     HsmStateConflict,
@@ -47,6 +46,8 @@ from node.hsm.sealing import KEY_ENV, MAGIC, load_operator_key, new_operator_key
 from node.hsm.soft import STATE_FILE
 from tests.unit.hsm_devices import served
 from tests.unit.sample_messages import Ping, registry
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 KEY = bytes(range(32))
 CONTEXT = b"fleet-1 epoch 1, role vault, for node-a"

@@ -1,7 +1,8 @@
 import pytest
 
 from messages.errors import MalformedMessage
-from messages.ids import IdSource, format_time, id_time_ms, make_id, parse_time
+from messages.ids import format_time, id_time_ms, make_id, parse_time
+from transport.outbox import IdSource
 
 
 def test_ids_sort_by_time_and_carry_it():

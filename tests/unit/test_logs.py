@@ -6,7 +6,7 @@ import json
 
 import structlog
 
-from ops import logs
+from transport import logs
 
 
 class Tty(io.StringIO):

@@ -1,4 +1,4 @@
-"""A party's NATS credentials as a process is given them (``ops.natsauth.credentials``), the
+"""A party's NATS credentials as a process is given them (``transport.credentials``), the
 settings that carry them, and the bundle ``hsmfleet nats up`` keeps between runs."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 
 from messages.quorum import Config
 from messages.signing import ED25519
-from messages.vault import VaultPolicy
+from messages.vault_policy import VaultPolicy
 from node.quorum.member import MemberSettings
 from node.vault.applet import KeySet
 from ops.natsauth.bundle import BundleError, ensure_bundle, write_bundle
-from ops.natsauth.credentials import CredentialsError, party_options
-from ops.natsauth.layout import DEV_LAYOUT, parse_layout
 from orchestrator.config import Settings
+from transport.credentials import CredentialsError, party_options
+from transport.parties import DEV_LAYOUT, parse_layout
 
 LAYOUT = parse_layout({"orchestrators": ["o1"], "nodes": [{"id": "n1", "fleet": "f1"}]})
 

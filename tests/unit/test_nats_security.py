@@ -18,7 +18,6 @@ from messages.vault import OPERATIONS
 from ops import cli
 from ops.natsauth import render
 from ops.natsauth.bundle import BundleError, open_bundle, write_bundle
-from ops.natsauth.layout import LayoutError, Party, load_layout, parse_layout
 from ops.natsauth.nkey import user_key
 from ops.natsauth.permissions import (
     ACCOUNT_OF,
@@ -30,6 +29,7 @@ from ops.natsauth.permissions import (
 )
 from ops.natsauth.tls import issue
 from orchestrator.lease import BUCKET
+from transport.parties import LayoutError, Party, load_layout, parse_layout
 
 LAYOUT_JSON = {
     "orchestrators": ["o1", "o2"],

@@ -9,7 +9,6 @@ import dataclasses
 import pytest
 
 from messages.attestation import Attestation
-from messages.bus import Rejected
 from messages.canonical import digest
 from messages.events import ChallengeIssued, NodeEnrolled
 from messages.node_keys import (
@@ -24,7 +23,7 @@ from messages.node_keys import (
     RotationAnswer,
     RotationProof,
 )
-from messages.outbox import Outbox
+from messages.rejected import Rejected
 from messages.signing import Ed25519Signer
 from orchestrator import node_keys
 from orchestrator.errors import UnknownNode
@@ -33,6 +32,7 @@ from tests.replay.kit import T0, Device, PureLog, Vendor
 from tests.unit.test_core import announce, policy
 from tests.unit.test_enrollment import answer as enrollment_answer
 from tests.unit.test_enrollment import challenge as enrollment_challenge
+from transport.outbox import Outbox
 
 TTL = 30_000
 

@@ -27,9 +27,9 @@ from messages.plan import (
     PlanUnreadable,
     WaveTooLarge,
     describe,
-    load_plan,
     parse_plan,
 )
+from orchestrator.plan_file import load_plan
 
 KEY_A, KEY_B = b64(bytes(range(32))), b64(bytes(range(1, 33)))
 

@@ -3,8 +3,8 @@
 import pytest
 
 from messages import Ed25519Signer
+from messages.membership import Membership, plan_join, plan_leave, quorums_intersect
 from messages.quorum import BadConfig, Config
-from node.quorum.membership import Membership, plan_join, plan_leave, quorums_intersect
 
 
 def members(n):

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messages import Outbox
 from messages.canonical import canonical, loads_strict
 from messages.envelope import Envelope
 from messages.errors import SchemaViolation
 from messages.quorum import Accept, Accepted, Committed, Promise, Refusal, Snapshot
 from messages.schema import REGISTRY
+from transport.outbox import Outbox
 
 keys = st.text(min_size=0, max_size=20)
 ballot = st.integers(0, 2**64 - 1)

@@ -2,11 +2,18 @@
 
 import pytest
 
-from messages import Ed25519Signer, Outbox
-from messages.quorum import Accepted, BadProof, ProofOfAnotherConfiguration, Refusal, value_digest
-from node.quorum.membership import Membership
-from node.quorum.proof import CommitProof, verify_proof
-from node.quorum.rules import Ballot
+from messages import Ed25519Signer
+from messages.commit_proof import CommitProof, verify_proof
+from messages.membership import Membership
+from messages.quorum import (
+    Accepted,
+    BadProof,
+    Ballot,
+    ProofOfAnotherConfiguration,
+    Refusal,
+    value_digest,
+)
+from transport.outbox import Outbox
 
 VALUE = b"record"
 

@@ -3,8 +3,9 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
+from messages.quorum import NO_BALLOT, Ballot
 from node.quorum import rules
-from node.quorum.rules import EMPTY, NO_BALLOT, Ballot, Slot
+from node.quorum.rules import EMPTY, Slot
 
 ballots = st.builds(Ballot, st.integers(0, 20), st.sampled_from(["m1", "m2", "m3"]))
 

@@ -1,6 +1,7 @@
 """The acceptor's durable store: what is saved is there after reopening; WAL with full sync."""
 
-from node.quorum.rules import EMPTY, Ballot, Slot
+from messages.quorum import Ballot
+from node.quorum.rules import EMPTY, Slot
 from node.quorum.store import SlotStore
 
 

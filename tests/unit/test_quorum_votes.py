@@ -4,7 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from messages import Ed25519Signer, Envelope, Gate, Outbox
+from messages import Ed25519Signer, Envelope
+from messages.membership import Membership
 from messages.quorum import (
     Accept,
     Accepted,
@@ -18,8 +19,9 @@ from messages.quorum import (
     VoteWrongValue,
     value_digest,
 )
-from node.quorum.membership import Membership
 from node.quorum.votes import Tally
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 KEYS = ("a", "b")
 

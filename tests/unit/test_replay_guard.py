@@ -7,14 +7,13 @@ from dataclasses import replace
 
 import pytest
 
-from messages import Outbox
 from messages.envelope import Envelope
 from messages.errors import BadSignature, ReplayedMessage, StaleMessage
-from messages.gate import Gate
-from messages.ids import IdSource
 from messages.replay import FutureMessage, ReplayGuard, ReplayWindowFull
 from messages.signing import sign_envelope
 from tests.unit.sample_messages import Ping, registry
+from transport.gate import Gate
+from transport.outbox import IdSource, Outbox
 
 NOW = 1_800_000_000_000
 WINDOW = 60_000

@@ -10,7 +10,6 @@ from dataclasses import replace
 import pytest
 
 from messages.bundle import ABORT, ACTIVATE, CEREMONY, ENROLL, PUBLISH, QUORUM
-from messages.bus import Rejected
 from messages.ceremony import KeyReceipt, key_label
 from messages.events import (
     ArtifactPublished,
@@ -24,8 +23,8 @@ from messages.events import (
     StartRollout,
 )
 from messages.note import Note
-from messages.outbox import Outbox
 from messages.plan import BadQuorum
+from messages.rejected import Rejected
 from messages.signing import Ed25519Signer
 from node.hsm.base import KeyNotFound
 from orchestrator.core import decide
@@ -42,6 +41,7 @@ from orchestrator.log import LogReader
 from orchestrator.replay import Replayer
 from orchestrator.rollout_effects import bundles_to_log, member_commands
 from tests.replay.world import World
+from transport.outbox import Outbox
 
 
 @pytest.fixture

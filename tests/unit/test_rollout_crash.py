@@ -20,10 +20,10 @@ from messages.events import BundleCosigned, StartRollout
 from messages.plan import parse_plan
 from messages.schema import Body
 from messages.signing import Ed25519Signer
+from ops.sim import Drill, SimFleet
 from orchestrator.cosigning import Cosigning
 from orchestrator.recorder import Recorder
 from orchestrator.rollout_effects import ToLog
-from orchestrator.sim import Drill, SimFleet
 from tests.replay.rolloutbed import MEMBERS, SEALING_KEY, SeededHsm
 
 SIGNER = Ed25519Signer.from_seed(hashlib.sha256(b"crash test orchestrator").digest())

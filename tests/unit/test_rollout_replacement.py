@@ -13,14 +13,14 @@ import pytest
 from messages.bundle import ACTIVATE, CEREMONY, ENROLL, PUBLISH, QUORUM, check_chain
 from messages.ceremony import GenerateFleetKeys, JoinFleet, key_label
 from messages.events import MemberCommanded, MemberReconfigured, ReplaceMember
+from messages.membership import Membership
 from node.hsm.base import KeyNotFound
-from node.quorum.membership import Membership
 from node.vendor import VendorCA
+from ops.sim import SimNode
 from orchestrator.errors import RolloutConflict, UnknownNode
 from orchestrator.fleet_errors import AlreadyAMember, FleetNotActive, NotAMember
 from orchestrator.log import LogReader
 from orchestrator.rollout_effects import member_commands
-from orchestrator.sim import SimNode
 from tests.replay.world import MEMBERS, World
 from tests.unit.test_rollout import replays
 

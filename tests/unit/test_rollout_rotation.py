@@ -25,10 +25,10 @@ from messages.verify import (
     verify_bundle,
 )
 from node.hsm.base import KeyNotFound
+from ops.sim import Drill
 from orchestrator.fleet_errors import BadRotationSetting, FleetBusy, FleetNotActive, UnknownFleet
 from orchestrator.recorder import Recorder
 from orchestrator.rollout_effects import member_commands
-from orchestrator.sim import Drill
 from tests.replay.world import World
 from tests.unit.test_rollout import replays
 

@@ -63,6 +63,7 @@ from messages.verify import (
     verify_bundle,
 )
 from ops import cli
+from ops.verifier_files import load_state, save_pins
 from tests.unit.test_small_order_keys import SmallOrderSigner
 
 A, B = "cosigner-a.example/log", "cosigner-b.example/log"
@@ -465,7 +466,7 @@ def _hsmfleet(argv: list[str]) -> int:
 def test_hsmfleet_verify_walks_the_chain_and_ingests_retirements(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    world.pins.dump(tmp_path / "pins.json")
+    save_pins(tmp_path / "pins.json", world.pins)
     (tmp_path / "second.json").write_bytes(world.second.to_bytes())
     (tmp_path / "retired.json").write_bytes(world.retirement.to_bytes())
     now = format_time(world.now)
@@ -485,7 +486,7 @@ def test_hsmfleet_verify_walks_the_chain_and_ingests_retirements(
         "fleet_retired",
         [{"fleet": "fleet-1", "last_epoch": 2}],
     )
-    state = VerifierState.load(tmp_path / "state.json")
+    state = load_state(tmp_path / "state.json")
     assert state.retired == {"fleet-1": 2} and state.epoch == 2
 
 

@@ -12,7 +12,6 @@ import pytest
 from cosigner.engine import Cosigner
 from cosigner.local import LocalTransport
 from cosigner.testbed import DAY_MS, MEMBERS, Testbed, sample_artifact, sample_chain
-from messages.cosign_client import CosigningClient
 from messages.ids import format_time
 from messages.origin import OPERATOR
 from messages.rotation import KeyRotation, RotationWrongOldKey
@@ -29,6 +28,7 @@ from orchestrator.signer_rotation import (
     pending_path,
     rotate_operator_key,
 )
+from transport.cosign_client import CosigningClient
 
 
 def _settings(tmp_path: Path) -> Settings:

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from messages import Outbox
 from messages.attestation import (
     AttestationRejected,
     AttestationStatement,
@@ -20,7 +19,7 @@ from messages.attestation import (
     verify_attestation,
 )
 from messages.documents import MalformedDocument
-from messages.gate import Gate
+from messages.membership import Membership
 from messages.origin import OPERATOR
 from messages.quorum import Prepare, Promise, VoteBadSignature
 from messages.rotation import KeyRotation, RotationBadKey, check_rotation
@@ -29,9 +28,10 @@ from messages.verify import CosignerPin, OperatorPin
 from node.attest import attest
 from node.hsm import SoftHsm
 from node.identity import establish
-from node.quorum.membership import Membership
 from node.quorum.votes import Tally
 from node.vendor import DEVICE, VendorCA, provision
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 IDENTITY_POINT = bytes([1]) + bytes(31)
 """The Ed25519 identity point (order 1); SPEC section 2 lists all eight small-order points."""

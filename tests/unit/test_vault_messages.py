@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from messages.canonical import canonical
-from messages.ids import IdSource, format_time
+from messages.ids import format_time
 from messages.signing import ED25519, Ed25519Signer
 from messages.vault import (
     ANSWER_BYTES,
@@ -34,9 +34,6 @@ from messages.vault import (
     RegisterStart,
     UnreadableAnswer,
     UnreadableRequest,
-    VaultError,
-    VaultPolicy,
-    VaultPolicyError,
     WrongGuess,
     kem_public_key,
     open_answer,
@@ -59,6 +56,8 @@ from messages.vault_authorization import (
     AuthorizationRefused,
 )
 from messages.vault_authorization import REGISTER as REGISTER_KIND
+from messages.vault_policy import VaultError, VaultPolicy, VaultPolicyError
+from transport.outbox import IdSource
 
 NOW = 1_800_000_000_000
 AUTHORITY = Ed25519Signer.from_seed(bytes(range(32)))

@@ -55,6 +55,7 @@ from messages.verify import (
     needed_proofs,
     verify_bundle,
 )
+from ops.verifier_files import load_pins, load_state, save_state
 
 START = parse_time("2026-01-01T00:00:00.000Z")
 NOW = START + DAY_MS
@@ -156,8 +157,8 @@ def test_genuine_bundle_is_accepted_and_the_state_records_it(world: World) -> No
 
 def test_bundle_bytes_and_state_survive_a_round_trip(world: World, tmp_path: Path) -> None:
     accepted = _accept(world, world.first.to_bytes())
-    accepted.state.save(tmp_path / "state.json")
-    state = VerifierState.load(tmp_path / "state.json")
+    save_state(tmp_path / "state.json", accepted.state)
+    state = load_state(tmp_path / "state.json")
     assert state == accepted.state
     again = verify_bundle(world.first.to_bytes(), world.pins, state, NOW)
     assert again.state == state
@@ -404,7 +405,7 @@ def test_one_key_pinned_under_two_names_is_refused(world: World, tmp_path: Path)
     pins["cosigners"].append(alias.to_json())
     (tmp_path / "pins.json").write_text(json.dumps(pins))
     with pytest.raises(PinsError):
-        Pins.load(tmp_path / "pins.json")
+        load_pins(tmp_path / "pins.json")
 
 
 def test_the_operator_key_is_no_cosigner_key(world: World) -> None:
@@ -436,7 +437,7 @@ def test_a_state_file_that_breaks_its_rules_is_refused(tmp_path: Path, state: di
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"format": "hsmfleet/verifier-state/v1"} | state))
     with pytest.raises(StateError):
-        VerifierState.load(path)
+        load_state(path)
 
 
 # --- consistency proofs carried or fetched -------------------------------------------------

@@ -34,6 +34,7 @@ from messages.verify import (
     verify_bundle,
 )
 from ops import cli
+from ops.verifier_files import load_pins, load_state, save_pins
 from tests.unit.test_verify import NOW, World, build_world
 
 A = COSIGNERS[0][1]
@@ -233,7 +234,7 @@ def test_unusable_pins_or_state_have_their_kind_and_verify_nothing(
     kind: str,
 ) -> None:
     paths = {name: tmp_path / f"{name}.json" for name in ("pins", "state", "bundle")}
-    world.pins.dump(paths["pins"])
+    save_pins(paths["pins"], world.pins)
     paths["bundle"].write_bytes(world.first.to_bytes())
     paths[file].write_text(json.dumps(content))
     before = paths["state"].read_bytes() if paths["state"].exists() else None
@@ -244,7 +245,7 @@ def test_unusable_pins_or_state_have_their_kind_and_verify_nothing(
     assert (result["accepted"], result["kind"]) == (False, kind)
     assert (paths["state"].read_bytes() if paths["state"].exists() else None) == before
     with pytest.raises(PinsError if file == "pins" else StateError):
-        (Pins if file == "pins" else VerifierState).load(paths[file])
+        (load_pins if file == "pins" else load_state)(paths[file])
 
 
 def test_an_artifact_whose_vault_policy_is_out_of_range_makes_the_bundle_malformed(

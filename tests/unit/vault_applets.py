@@ -12,35 +12,30 @@ from pathlib import Path
 import opaque_ke_py as opaque
 
 from messages.ceremony import GenerateFleetKeys, ImportFleetKeys, KeyRole, Recipient
-from messages.ids import IdSource
-from messages.outbox import Outbox
-from messages.quorum import Accepted, Justification, MemberKey, Vetting, value_digest
+from messages.membership import Membership
+from messages.quorum import Accepted, Ballot, Justification, MemberKey, Vetting, value_digest
 from messages.signing import ED25519, Ed25519Signer, key_id
 from messages.vault import (
     ANSWER_KEY_BYTES,
-    KEM_ROLE,
-    OPAQUE_ROLE,
-    VAULT_KEYS,
     Outcome,
     PinProof,
     RecoverFinish,
     RecoverStart,
     Register,
     RegisterStart,
-    VaultPolicy,
     VaultRequest,
     kem_public_key,
     open_answer,
     seal_request,
 )
 from messages.vault_authorization import AccountAuthority, Authorization
+from messages.vault_policy import KEM_ROLE, OPAQUE_ROLE, VAULT_KEYS, VaultPolicy
 from node import ceremony
 from node.hsm.soft import SoftHsm
 from node.identity import IDENTITY, TRANSPORT
-from node.quorum.membership import Membership
-from node.quorum.rules import Ballot
 from node.vault.applet import FleetSetup, FleetVault, KeySet, VaultApplet
 from node.vault.journal import EvaluationJournal
+from transport.outbox import IdSource, Outbox
 
 FLEET = "fleet-1"
 ROLLOUT = "r1"

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from messages.attestation import AttestRequest, NodeAnnounce
-from messages.bus import Rejected
 from messages.ceremony import (
     DestroyFleetKeys,
     Drained,
@@ -39,8 +38,8 @@ from messages.ceremony import (
 )
 from messages.errors import HsmfleetError
 from messages.events import AttestationAnswer, LogEntry, MemberAnswer, SetPolicy, Tick
-from messages.outbox import Outbox
 from messages.quorum import Accepted, value_digest
+from messages.rejected import Rejected
 from messages.schema import Body
 from node import ceremony
 from node.attest import attest
@@ -60,6 +59,7 @@ from orchestrator.rollout_effects import (
 from orchestrator.rollout_effects import member_commands as commands_of
 from orchestrator.rollout_notices import log_retirement
 from orchestrator.state import State
+from transport.outbox import Outbox
 
 MEASUREMENT = "sha256:" + "5e" * 32
 SEALING_KEY = bytes(range(32))

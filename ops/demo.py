@@ -43,11 +43,10 @@ from cosigner.config import load_config, load_key, pin_of
 from cosigner.testbed import init_cosigners
 from messages.canonical import b64
 from messages.errors import HsmfleetError
-from messages.plan import describe, load_plan
+from messages.plan import describe
 from messages.signing import Ed25519Signer
-from messages.vault import KEM_ROLE
 from messages.vault_authorization import AccountAuthority
-from messages.vault_client import VaultClient
+from messages.vault_policy import KEM_ROLE
 from messages.verify import (
     Accepted,
     CosignerPin,
@@ -62,15 +61,17 @@ from node.hsm.sealing import create_operator_key
 from node.measurement import measure
 from node.pins import write_pin
 from node.vendor import VendorCA
-from ops import logs
-from ops.natsauth import credentials
 from ops.natsauth.bundle import Bundle, write_bundle
 from ops.natsauth.connect import SecuredServer
-from ops.natsauth.layout import CLIENT as CLIENT_ROLE
-from ops.natsauth.layout import Party, parse_layout
+from ops.verifier_files import save_pins
 from orchestrator.config import Settings
 from orchestrator.keys import generate, make_operator_key
+from orchestrator.plan_file import load_plan
 from orchestrator.rollout_cli import summary
+from transport import credentials, logs
+from transport.parties import CLIENT as CLIENT_ROLE
+from transport.parties import Party, parse_layout
+from transport.vault_client import VaultClient
 
 FLEET = "demo-fleet"
 HOLDER = "orch-a"
@@ -385,7 +386,7 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
             floor=QuorumFloor(min_members=5, min_threshold=3, min_domains=3),
         )
         trust_file = root / "trust.json"
-        trust.dump(trust_file)
+        save_pins(trust_file, trust)
         try:
             accepted = verify_bundle(
                 bundle_file.read_bytes(), trust, VerifierState(), time.time_ns() // 1_000_000

@@ -25,21 +25,16 @@ from nats.aio.client import Client as NATS
 
 from messages import aead, subjects
 from messages.artifact import FleetKey
-from messages.bus import RequestRejected, request
 from messages.envelope import Envelope
 from messages.errors import HsmfleetError
-from messages.gate import Gate
-from messages.ids import IdSource, format_time, id_time_ms
-from messages.outbox import Outbox
+from messages.ids import format_time, id_time_ms
 from messages.signing import TrustStore, key_id
 from messages.vault import (
     ANSWER_KEY_BYTES,
     ERRORS,
     KE2_BYTES,
-    KEM_ROLE,
     MAX_SECRET_BYTES,
     OK,
-    OPAQUE_ROLE,
     RECOVER_FINISH,
     RECOVER_START,
     REGISTER,
@@ -56,7 +51,6 @@ from messages.vault import (
     RegisterStart,
     UnreadableAnswer,
     VaultAnswer,
-    VaultError,
     VaultRequest,
     WrongGuess,
     kem_public_key,
@@ -73,7 +67,11 @@ from messages.vault_authorization import (
     AuthorizationRefused,
 )
 from messages.vault_authorization import REGISTER as REGISTER_KIND
+from messages.vault_policy import KEM_ROLE, OPAQUE_ROLE, VaultError
 from messages.verify import Accepted
+from transport.bus import RequestRejected, request
+from transport.gate import Gate
+from transport.outbox import IdSource, Outbox
 
 # What a member refuses before it opens a request comes back as a bus refusal of this kind.
 _REFUSALS: dict[str, type[HsmfleetError]] = {

@@ -34,7 +34,6 @@ from nats.aio.client import Client as NATS
 
 from messages import subjects
 from messages.artifact import FleetKeyArtifact
-from messages.bus import NoResponder, RequestRejected, RequestTimeout, request
 from messages.checkpoint import Checkpoint
 from messages.cosigning import (
     COSIGNER_ROLE,
@@ -50,9 +49,7 @@ from messages.cosigning import (
     WitnessRequest,
 )
 from messages.errors import HsmfleetError
-from messages.gate import Gate
 from messages.note import Note, NoteError, NoteSignature
-from messages.outbox import Outbox
 from messages.retirement import FleetRetirement
 from messages.rotation import KeyRotation, SignerKey, check_rotation
 from messages.schema import Body
@@ -68,6 +65,9 @@ from messages.validation import (
     with_rotations,
 )
 from messages.verify import CosignerPin, KeyInForce, VerificationError, check_logged
+from transport.bus import NoResponder, RequestRejected, RequestTimeout, request
+from transport.gate import Gate
+from transport.outbox import Outbox
 
 log = structlog.get_logger("hsmfleet.cosign_client")
 

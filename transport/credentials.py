@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 
 from messages import subjects
 from messages.errors import BadSubject, HsmfleetError
-from ops.natsauth.layout import ROLES, Party
+from transport.parties import ROLES, Party
 
 
 class CredentialsError(HsmfleetError):

@@ -15,18 +15,18 @@ from dataclasses import dataclass
 
 from messages.envelope import Envelope
 from messages.errors import MessageError
+from messages.membership import Membership
 from messages.quorum import (
     MEMBER_ROLE,
     Accepted,
     BadProof,
+    Ballot,
     Justification,
     ProofOfAnotherConfiguration,
     value_digest,
 )
 from messages.schema import REGISTRY
 from messages.signing import verify_envelope
-from node.quorum.membership import Membership
-from node.quorum.rules import Ballot
 
 
 @dataclass(frozen=True)

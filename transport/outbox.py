@@ -2,10 +2,45 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
+
 from messages.envelope import Envelope
-from messages.ids import IdSource, format_time, id_time_ms
+from messages.ids import format_time, id_time_ms, make_id
 from messages.schema import Body
 from messages.signing import Signer, sign_envelope
+
+
+class IdSource:
+    """Monotonic ULID generator reading a clock and a random source (the impure shell)."""
+
+    def __init__(
+        self,
+        clock_ms: Callable[[], int] | None = None,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._entropy = entropy
+        self._last_ms = -1
+        self._last_rand = 0
+
+    def now_ms(self) -> int:
+        """The current time of this source's clock, in milliseconds."""
+        return self._clock_ms()
+
+    def new(self) -> str:
+        """A fresh id, strictly greater than every id this source returned before."""
+        ms = max(self._clock_ms(), self._last_ms)
+        if ms == self._last_ms:
+            self._last_rand += 1
+            if self._last_rand >= 1 << 80:
+                ms += 1
+                self._last_rand = int.from_bytes(self._entropy(10), "big") >> 1
+        else:
+            self._last_rand = int.from_bytes(self._entropy(10), "big") >> 1
+        self._last_ms = ms
+        return make_id(ms, self._last_rand.to_bytes(10, "big"))
 
 
 class Outbox:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -15,32 +14,15 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from messages.envelope import Envelope
 from messages.errors import HsmfleetError
-from messages.gate import Gate, Received
-from messages.outbox import Outbox
-from messages.schema import Body, message
+from messages.rejected import Rejected
+from messages.schema import Body
+from transport.gate import Gate, Received
+from transport.outbox import Outbox
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 log = structlog.get_logger("hsmfleet.bus")
 
 Handler = Callable[[Received], Awaitable[Body | None]]
-
-
-@message
-@dataclass(frozen=True)
-class Rejected(Body):
-    """The answer to a request that was refused: the error's kind and what was wrong."""
-
-    TYPE = "rejected"
-    kind: str
-    reason: str
-
-    def __post_init__(self) -> None:
-        # A reason may quote the refused message, lone surrogates included; the answer must
-        # still have canonical bytes, or the refusal could not be sent at all.
-        for name in ("kind", "reason"):
-            text = getattr(self, name)
-            if not text.isascii():
-                object.__setattr__(self, name, text.encode("utf-8", "backslashreplace").decode())
 
 
 _REJECTION = frozenset({Rejected.TYPE})
