@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -215,7 +216,7 @@ def verify_answer_signature(envelope: Envelope, node: Attestation | AttestedNode
 
 
 def verify_attestation(
-    attestation: Attestation | dict | bytes,
+    attestation: Attestation | dict[str, Any] | bytes,
     *,
     nonce: bytes,
     vendor_roots: Iterable[x509.Certificate | bytes],
@@ -273,7 +274,7 @@ def _claims(source: Attestation | AttestationStatement) -> tuple[object, ...]:
     return tuple(getattr(source, name) for name in _CLAIMS)
 
 
-def _decode(attestation: Attestation | dict | bytes) -> Attestation:
+def _decode(attestation: Attestation | dict[str, Any] | bytes) -> Attestation:
     try:
         if isinstance(attestation, bytes):
             attestation = loads_strict(attestation)

@@ -10,7 +10,7 @@ deployment evidence. Format ``hsmfleet/stage-bundle/v1``; see ``messages/SPEC.md
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from messages.documents import Digested, is_digest, is_name, is_role, require, time_ms
@@ -81,7 +81,7 @@ class Evidence(Body):
 # What each known stage must carry: enrollment rests on attestations, the ceremony on receipts,
 # the quorum on a commit proof, publication on the fleet-key artifact, the destruction of an old
 # key epoch, a fleet's draining and its retirement on the members' signed answers.
-_REQUIRED_EVIDENCE = {
+_REQUIRED_EVIDENCE: dict[str, tuple[str, Callable[[Evidence], bool]]] = {
     DRAIN: ("receipts", lambda e: bool(e.receipts)),
     RETIRE: ("receipts", lambda e: bool(e.receipts)),
     ENROLL: ("attestations", lambda e: bool(e.attestations)),

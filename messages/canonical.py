@@ -45,7 +45,7 @@ def _plain(value: Any) -> bool:
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
-        return -_SAFE_INT < value < _SAFE_INT
+        return bool(-_SAFE_INT < value < _SAFE_INT)
     if kind is dict:
         return all(type(k) is str and _plain(v) for k, v in value.items())
     if kind is list or kind is tuple:
@@ -96,7 +96,10 @@ def loads_strict(data: bytes | str) -> Any:
     except RecursionError:
         raise ValueError("JSON is nested too deeply") from None
     text_type = isinstance(data, str)
-    opened = data.count("[" if text_type else b"[") + data.count("{" if text_type else b"{")
+    if isinstance(data, str):
+        opened = data.count("[") + data.count("{")
+    else:
+        opened = data.count(b"[") + data.count(b"{")
     if opened > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise ValueError(f"JSON is nested deeper than {MAX_DEPTH} levels")
     if "\\u" in data if text_type else b"\\u" in data:

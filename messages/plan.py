@@ -68,9 +68,9 @@ from messages.documents import (
     time_ms,
 )
 from messages.errors import HsmfleetError, MessageError
+from messages.origin import is_origin
 from messages.schema import Body
 from messages.signing import ALGORITHMS, ECDSA_P256, ED25519, key_id
-from messages.statement import is_origin
 from messages.vault_policy import VAULT_KEYS, VaultPolicy, VaultPolicyError
 
 FLEET_KEY_ALGORITHMS = (ED25519, ECDSA_P256)

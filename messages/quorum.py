@@ -151,8 +151,10 @@ _CODECS: dict[Any, Codec] = {
 }
 
 
-@functools.cache
-def _layout(cls: type) -> tuple[dict[str, Codec], tuple[tuple[str, Any, bool], ...]]:
+Layout = tuple[dict[str, Codec], tuple[tuple[str, Any, bool], ...]]
+
+
+def _read_layout(cls: type["_Columns"]) -> Layout:
     """The codec of each column of ``cls``, and its other fields (name, type, required)."""
     hints = typing.get_type_hints(cls)
     columns = {name: _CODECS[hints[name]] for name in cls.COLUMNS}
@@ -162,6 +164,10 @@ def _layout(cls: type) -> tuple[dict[str, Codec], tuple[tuple[str, Any, bool], .
         if f.name != "extra" and f.name not in columns
     )
     return columns, others
+
+
+# Cached per class (a class object is hashable, which the cache's typing does not see).
+_layout = typing.cast(Callable[[type["_Columns"]], Layout], functools.cache(_read_layout))
 
 
 def _field(kind: Any, raw: Any, where: str) -> Any:
@@ -238,6 +244,9 @@ class Refusal(Body):
 class _Request(_Columns):
     """A batch request: each record at most once (a second entry would be a second ballot)."""
 
+    if typing.TYPE_CHECKING:
+        keys: tuple[str, ...]
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if len(set(self.keys)) != len(self.keys):
@@ -246,6 +255,10 @@ class _Request(_Columns):
 
 class _Vote(_Columns):
     """A signed answer to a batch: every record is granted except those in ``refusals``."""
+
+    if typing.TYPE_CHECKING:
+        keys: tuple[str, ...]
+        refusals: tuple[Refusal, ...]
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -64,8 +64,10 @@ class Body:
 Converter = Callable[[Any, str, Any], Any]
 
 
-@functools.cache
-def _schema(cls: type[Body]) -> tuple[tuple[tuple[str, Converter, bool], ...], frozenset[str]]:
+Schema = tuple[tuple[tuple[str, Converter, bool], ...], frozenset[str]]
+
+
+def _read_schema(cls: type[Body]) -> Schema:
     """Each declared field of ``cls`` (name, converter, required) and the set of their names.
 
     Resolving postponed annotations and building converters is costly, so it is done once per
@@ -82,6 +84,10 @@ def _schema(cls: type[Body]) -> tuple[tuple[tuple[str, Converter, bool], ...], f
         if f.name != "extra"
     )
     return fields, frozenset(f.name for f in dataclasses.fields(cls))
+
+
+# Cached per class (a class object is hashable, which the cache's typing does not see).
+_schema = typing.cast(Callable[[type[Body]], Schema], functools.cache(_read_schema))
 
 
 def _encode(value: Any) -> Any:

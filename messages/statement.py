@@ -53,7 +53,8 @@ _KINDS = {c.KIND for c in LOGGED}
 def parse_logged(raw: Any) -> LoggedDocument:
     """Decode a document a cosigner logs (stage bundle, fleet-key artifact, key rotation, fleet
     retirement) by its format."""
-    cls = _BY_FORMAT.get(raw.get("format")) if isinstance(raw, dict) else None
+    format_name = raw.get("format") if isinstance(raw, dict) else None
+    cls = _BY_FORMAT.get(format_name) if isinstance(format_name, str) else None
     if cls is None:
         raise UnknownFormat(
             "not a document a cosigner logs",

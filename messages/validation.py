@@ -150,9 +150,9 @@ def with_rotations(bundle: ValidationBundle, chain: Iterable[LoggedNotice]) -> V
     """``bundle`` carrying the rotation notices ``chain`` (in logged order) in its member
     ``rotations``, replacing any it carried; an empty chain leaves the member out. Pure."""
     extra = {k: v for k, v in bundle.extra.items() if k != "rotations"}
-    chain = [n.to_json() for n in chain]
-    if chain:
-        extra["rotations"] = chain
+    notices = [n.to_json() for n in chain]
+    if notices:
+        extra["rotations"] = notices
     return replace(bundle, extra=extra)
 
 

@@ -28,6 +28,7 @@ NATS; what authorizes a request is inside the sealed plaintext.
 
 # No ``from __future__ import annotations``: body field types stay evaluated (see messages.schema).
 from dataclasses import dataclass
+from typing import cast
 
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -341,12 +342,12 @@ def parse_request(op: str, plain: bytes) -> Plaintext:
     if kind is None:
         raise UnreadableRequest("unknown vault operation", op=op)
     try:
-        request = kind.from_json(loads_strict(plain))
+        request = cast(Plaintext, kind.from_json(loads_strict(plain)))
     except (ValueError, SchemaViolation) as exc:
         raise UnreadableRequest(f"request plaintext is malformed: {exc}") from None
     if len(request.answer_key) != ANSWER_KEY_BYTES:
         raise UnreadableRequest("answer key must be 32 bytes")
-    return request  # type: ignore[return-value]
+    return request
 
 
 def _answer_aad(request_id: str) -> bytes:

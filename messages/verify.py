@@ -699,7 +699,9 @@ def parse_notice(data: bytes | str | Any) -> LoggedNotice:
         raise MalformedBundle(f"not a logged notice: {exc}") from exc
 
 
-def needed_proofs(bundle: ValidationBundle, pins: Pins, state: VerifierState) -> list[tuple]:
+def needed_proofs(
+    bundle: ValidationBundle, pins: Pins, state: VerifierState
+) -> list[tuple[str, int, int, str | None]]:
     """``(origin, old size, new size, url)`` of each consistency proof the verifier will need
     and the bundle does not carry; the caller fetches them from the log before verifying."""
     out = []

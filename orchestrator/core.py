@@ -12,9 +12,7 @@ recorded what it waited for.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -62,7 +60,6 @@ from messages.events import (
     TakeLease,
     Tick,
 )
-from messages.ids import make_id
 from messages.rejected import Rejected
 from messages.schema import REGISTRY, Body
 from orchestrator import (
@@ -74,6 +71,7 @@ from orchestrator import (
     rollout_rotation,
     signer_keys,
 )
+from orchestrator.context import Context
 from orchestrator.errors import (
     CommandRefused,
     EnrollmentConflict,
@@ -89,7 +87,6 @@ UNKNOWN = "unknown"
 MAX_ADVANCES = 16
 """Bound on the rounds of :func:`rollout.advance` in one decision (each stage moves at most a
 few steps per round; a rollout that kept moving for longer would be a bug)."""
-_DERIVE = b"hsmfleet/v1/decision\n"
 FLOWS = (rollout, rollout_rotation, rollout_retirement)
 """The fleet flows, each with ``advance`` (after every decision), ``tick`` and ``overdue``
 (the passing of time), in the order their events are emitted."""
@@ -106,25 +103,6 @@ class ReattestationRequired(CommandRefused):
     measurement): that is for a new attestation to establish, not for an announcement."""
 
     kind = "reattestation_required"
-
-
-@dataclass(frozen=True)
-class Context:
-    """What a decision may depend on besides the state and the input."""
-
-    now_ms: int
-    seed: bytes
-    epoch: int
-    holder: str
-
-    def derive(self, label: str, index: int, size: int = 32) -> bytes:
-        """Bytes drawn from the seed, distinct per ``label`` and ``index``."""
-        data = _DERIVE + label.encode() + b"\n" + index.to_bytes(4, "big") + self.seed
-        return hashlib.sha256(data).digest()[:size]
-
-    def new_id(self, label: str, index: int) -> str:
-        """A ULID at this decision's time, drawn from the seed."""
-        return make_id(self.now_ms, self.derive(label, index, 10))
 
 
 def decide(state: State, command: Body, ctx: Context) -> list[LogEntry]:

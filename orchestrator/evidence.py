@@ -29,7 +29,8 @@ from messages.membership import Membership, plan_join, plan_leave
 from messages.quorum import Config, MemberKey, value_digest
 from messages.signing import ED25519
 from messages.statement import LoggedDocument, Statement
-from messages.verify import CosignerPin, KeyInForce, VerificationError, check_logged
+from messages.verification import VerificationError
+from messages.verify import CosignerPin, KeyInForce, check_logged
 from orchestrator.errors import CommandRefused
 from orchestrator.rollout_state import FleetChain, Rollout
 from orchestrator.state import State

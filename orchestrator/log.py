@@ -21,7 +21,7 @@ from messages.events import Decision, LogEntry
 from messages.ids import format_time
 from messages.schema import REGISTRY, Body, Registry
 from messages.signing import Signer, TrustStore, sign_envelope, verify_envelope
-from orchestrator.core import Context
+from orchestrator.context import Context
 from orchestrator.errors import LogCorrupt
 
 GENESIS = bytes(32)

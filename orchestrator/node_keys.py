@@ -48,12 +48,12 @@ from messages.node_keys import (
 from messages.rejected import Rejected
 from messages.schema import REGISTRY
 from messages.signing import TrustStore, verify_envelope
+from orchestrator.context import Context
 from orchestrator.errors import CommandRefused, NoPolicy, UnknownNode
 from orchestrator.state import KeyRotation, Policy, State
 
 if TYPE_CHECKING:
     from messages.events import LogEntry
-    from orchestrator.core import Context
 
 NONCE_BYTES = 32
 

@@ -11,7 +11,8 @@ from messages.envelope import Envelope
 from messages.events import Decision, LogEntry, TakeLease
 from messages.schema import Body
 from messages.signing import Ed25519Signer, TrustStore
-from orchestrator.core import Context, decide
+from orchestrator.context import Context
+from orchestrator.core import decide
 from orchestrator.keys import trust_for
 from orchestrator.log import GENESIS, LogReader, entry_digest, seal
 from orchestrator.replay import Replayer

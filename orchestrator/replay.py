@@ -16,7 +16,8 @@ from messages.envelope import Envelope
 from messages.errors import HsmfleetError, MessageError
 from messages.events import Decision, LogEntry, TakeLease
 from messages.schema import REGISTRY, Body, Registry
-from orchestrator.core import Context, decide
+from orchestrator.context import Context
+from orchestrator.core import decide
 from orchestrator.errors import Fenced, LogCorrupt, ReplayDivergence
 from orchestrator.log import Record
 from orchestrator.state import State, evolve

@@ -69,6 +69,7 @@ from messages.events import (
 )
 from messages.plan import RolloutPlan, check_plan
 from orchestrator import evidence
+from orchestrator.context import Context
 from orchestrator.errors import (
     CommandRefused,
     FleetActive,
@@ -95,7 +96,7 @@ again while its own deadline lasts."""
 # --- starting ------------------------------------------------------------------------------
 
 
-def start(state: State, c: StartRollout, ctx: Any) -> list[LogEntry]:
+def start(state: State, c: StartRollout, ctx: Context) -> list[LogEntry]:
     """Begin a rollout by ``c.plan``; a rollout of the same fleet in progress is superseded."""
     plan = c.plan
     check_plan(plan)
@@ -197,7 +198,7 @@ def _pick(state: State, plan: RolloutPlan) -> list[PlannedMember]:
 # --- operator actions ----------------------------------------------------------------------
 
 
-def operate(state: State, c: OperateRollout, ctx: Any) -> list[LogEntry]:
+def operate(state: State, c: OperateRollout, ctx: Context) -> list[LogEntry]:
     """``pause``, ``resume``, ``abort``, ``retry`` or ``approve`` the fleet's latest rollout.
 
     Repeating an action that already took effect changes nothing; an action that does not fit
@@ -243,7 +244,7 @@ def operate(state: State, c: OperateRollout, ctx: Any) -> list[LogEntry]:
     return [RolloutApproved(rid, fleet, by=by)]
 
 
-def _resumed(rollout: Rollout, by: str, ctx: Any) -> RolloutResumed:
+def _resumed(rollout: Rollout, by: str, ctx: Context) -> RolloutResumed:
     paused_ms = max(0, ctx.now_ms - (rollout.paused_at_ms or ctx.now_ms))
     return RolloutResumed(rollout.rollout_id, rollout.fleet, by=by, paused_ms=paused_ms)
 
@@ -282,7 +283,7 @@ def overdue(state: State, now_ms: int) -> bool:
     return bool(_overdue_members(state, now_ms))
 
 
-def tick(state: State, ctx: Any) -> list[LogEntry]:
+def tick(state: State, ctx: Context) -> list[LogEntry]:
     """Fail every member step (and probe) whose deadline passed."""
     events: list[LogEntry] = []
     for rollout, member in _overdue_members(state, ctx.now_ms):
@@ -298,7 +299,7 @@ def tick(state: State, ctx: Any) -> list[LogEntry]:
 # --- advancing -----------------------------------------------------------------------------------
 
 
-def advance(state: State, ctx: Any) -> list[LogEntry]:
+def advance(state: State, ctx: Context) -> list[LogEntry]:
     """What every rollout does next in ``state`` (empty when none can move)."""
     events: list[LogEntry] = []
     index = 0
@@ -313,17 +314,19 @@ def advance(state: State, ctx: Any) -> list[LogEntry]:
     return events
 
 
-def _deadline(rollout: Rollout, ctx: Any) -> int:
+def _deadline(rollout: Rollout, ctx: Context) -> int:
     return ctx.now_ms + rollout.plan.rollout.member_deadline_s * 1000
 
 
-def member_command(rollout: Rollout, member: RolloutMember, step: str, ctx: Any) -> MemberCommanded:
+def member_command(
+    rollout: Rollout, member: RolloutMember, step: str, ctx: Context
+) -> MemberCommanded:
     return MemberCommanded(
         rollout.rollout_id, rollout.fleet, member.node_id, step, _deadline(rollout, ctx)
     )
 
 
-def _run(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+def _run(state: State, rollout: Rollout, ctx: Context, index: int) -> list[LogEntry]:
     rid, fleet = rollout.rollout_id, rollout.fleet
     failed = [m for m in rollout.in_order() if m.status == "failed"]
     if failed:
@@ -381,7 +384,7 @@ def issue(state: State, rollout: Rollout, stage: str, proof: Any) -> list[LogEnt
     return [StageBundleIssued(rollout.rollout_id, rollout.fleet, bundle)]
 
 
-def _enroll(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+def _enroll(state: State, rollout: Rollout, ctx: Context, index: int) -> list[LogEntry]:
     events: list[LogEntry] = []
     for member in rollout.active_members():
         if member.attestation is not None:
@@ -409,7 +412,7 @@ def _enroll(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEnt
 
 
 def _challenge(
-    state: State, rollout: Rollout, member: RolloutMember, ctx: Any, index: int
+    state: State, rollout: Rollout, member: RolloutMember, ctx: Context, index: int
 ) -> list[LogEntry]:
     """Challenge ``member`` to attest, or adopt the challenge it already has open."""
     deadline = member.deadline_ms if member.deadline_ms is not None else _deadline(rollout, ctx)
@@ -455,7 +458,7 @@ def _key_source(rollout: Rollout) -> RolloutMember:
     return holders[0] if holders else active[0]
 
 
-def _ceremony(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+def _ceremony(state: State, rollout: Rollout, ctx: Context, index: int) -> list[LogEntry]:
     active = rollout.active_members()
     if any(m.step == GENERATE for m in active):
         return []
@@ -468,7 +471,9 @@ def _ceremony(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogE
     return _wave(rollout, waiting, IMPORT, ctx)
 
 
-def _wave(rollout: Rollout, waiting: list[RolloutMember], step: str, ctx: Any) -> list[LogEntry]:
+def _wave(
+    rollout: Rollout, waiting: list[RolloutMember], step: str, ctx: Context
+) -> list[LogEntry]:
     """Open ``step`` on waiting members, no more at once than the plan's wave size."""
     open_now = sum(1 for m in rollout.active_members() if m.step == step)
     room = rollout.plan.rollout.wave_size - open_now
@@ -476,7 +481,7 @@ def _wave(rollout: Rollout, waiting: list[RolloutMember], step: str, ctx: Any) -
     return [member_command(rollout, m, step, ctx) for m in ready[: max(room, 0)]]
 
 
-def _quorum(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+def _quorum(state: State, rollout: Rollout, ctx: Context, index: int) -> list[LogEntry]:
     active = rollout.active_members()
     if rollout.kind == "replacement":
         changing = _membership_change(state, rollout, ctx)
@@ -498,7 +503,7 @@ def _quorum(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEnt
     return [member_command(rollout, joined[rollout.probe_failures % len(joined)], PROBE, ctx)]
 
 
-def _membership_change(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry] | None:
+def _membership_change(state: State, rollout: Rollout, ctx: Context) -> list[LogEntry] | None:
     """The next commands of a replacement's membership change (CASPaxos 2.3 steps, each
     applied by every active member before the next; the newcomer last, once the others serve
     the step it catches up under); None once every step is applied."""
@@ -513,7 +518,7 @@ def _membership_change(state: State, rollout: Rollout, ctx: Any) -> list[LogEntr
     return None
 
 
-def _publish(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+def _publish(state: State, rollout: Rollout, ctx: Context, index: int) -> list[LogEntry]:
     if rollout.awaiting_approval:
         return []
     if rollout.artifact is None:
@@ -524,12 +529,12 @@ def _publish(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEn
     return issue(state, rollout, PUBLISH, Evidence.of(artifact=rollout.artifact.digest))
 
 
-def _activate(state: State, rollout: Rollout, ctx: Any, index: int) -> list[LogEntry]:
+def _activate(state: State, rollout: Rollout, ctx: Context, index: int) -> list[LogEntry]:
     assert rollout.artifact is not None
     return issue(state, rollout, ACTIVATE, Evidence.of(artifact=rollout.artifact.digest))
 
 
-def _clean_up(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry]:
+def _clean_up(state: State, rollout: Rollout, ctx: Context) -> list[LogEntry]:
     """Destroy an ended rollout's keys on its members; an aborted rollout's chain then ends
     with an ``abort`` bundle naming the answers. Every member is asked, not only those on
     record as holding keys: one may hold keys whose receipt never arrived."""

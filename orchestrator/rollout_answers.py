@@ -13,7 +13,7 @@ before the log records them as what was signed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from messages.artifact import FleetKey, FleetKeyArtifact
 from messages.bundle import DESTROY, DRAIN, StageBundle
@@ -56,6 +56,7 @@ from messages.schema import REGISTRY, Body
 from messages.signing import TrustStore, verify_envelope
 from messages.verify import MalformedBundle, parse_bundle
 from orchestrator import evidence
+from orchestrator.context import Context
 from orchestrator.errors import (
     CommandRefused,
     RolloutConflict,
@@ -77,7 +78,7 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def answer(state: State, c: MemberAnswer, ctx: Any) -> list[LogEntry]:
+def answer(state: State, c: MemberAnswer, ctx: Context) -> list[LogEntry]:
     """Judge a member's answer to the command it has open; a late or repeated answer (the
     command is no longer open) changes nothing."""
     rollout = state.book.rollouts.get(c.rollout_id)
@@ -149,6 +150,16 @@ def _expect(condition: bool, reason: str = "bad_answer") -> None:
         raise _Refused(reason)
 
 
+A = TypeVar("A", bound=Body)
+
+
+def _answer(body: Body, kind: type[A]) -> A:
+    """``body`` as the answer a step expects, or refused as a bad answer."""
+    if not isinstance(body, kind):
+        raise _Refused("bad_answer")
+    return body
+
+
 def _public(keys: tuple[FleetKey, ...]) -> tuple[PublicFleetKey, ...]:
     return tuple(PublicFleetKey(k.role, k.alg, k.public_key) for k in keys)
 
@@ -166,51 +177,45 @@ def _judge(
 ) -> LogEntry:
     rid, fleet, node = rollout.rollout_id, rollout.fleet, member.node_id
     if step == GENERATE:
-        _expect(isinstance(body, FleetKeysOffer) and _receipt_ok(body.receipt, rollout, node))
-        receipt = body.receipt
+        offer = _answer(body, FleetKeysOffer)
+        _expect(_receipt_ok(offer.receipt, rollout, node))
+        receipt = offer.receipt
         keys = tuple(FleetKey(k.role, k.alg, k.public_key, None) for k in receipt.keys)
         holders = [m for m in rollout.active_members() if m.holds_keys]
         _expect(not holders or rollout.keys == keys, "keys_changed")
         expected = {(r.node, k.role) for r in recipients(state, rollout, node) for k in keys}
-        wrapped = tuple(w for w in body.wrapped if (w.node, w.role) in expected)
+        wrapped = tuple(w for w in offer.wrapped if (w.node, w.role) in expected)
         _expect({(w.node, w.role) for w in wrapped} == expected and len(wrapped) == len(expected))
         public = {k.role: (k.alg, k.public_key) for k in keys}
         _expect(all(public[w.role] == (w.alg, w.public_key) for w in wrapped))
         return FleetKeysGenerated(rid, fleet, node, keys, wrapped, receipt.digest)
     if step == IMPORT:
-        _expect(_receipt_ok(body, rollout, node) and body.keys == _public(rollout.keys))
-        return MemberKeysImported(rid, fleet, node, receipt=body.digest)
+        imported = _answer(body, KeyReceipt)
+        _expect(_receipt_ok(imported, rollout, node) and imported.keys == _public(rollout.keys))
+        return MemberKeysImported(rid, fleet, node, receipt=imported.digest)
     if step in (JOIN, PROBE):
-        _expect(
-            isinstance(body, Joined)
-            and (body.fleet, body.epoch, body.node) == (fleet, rollout.epoch, node)
-        )
+        joined = _answer(body, Joined)
+        _expect((joined.fleet, joined.epoch, joined.node) == (fleet, rollout.epoch, node))
         if step == JOIN and rollout.kind == "replacement":
             config = evidence.membership_step(state, rollout, node)
             return MemberReconfigured(rid, fleet, node, config_epoch=config.epoch)
         if step == JOIN:
             return MemberJoined(rid, fleet, node)
-        return _proved(rollout, node, body)
+        return _proved(rollout, node, joined)
     if step == DRAIN:
-        _expect(
-            isinstance(body, Drained)
-            and (body.fleet, body.epoch, body.node) == (fleet, rollout.epoch, node)
-        )
-        return MemberDrained(rid, fleet, node, receipt=body.digest)
+        drained = _answer(body, Drained)
+        _expect((drained.fleet, drained.epoch, drained.node) == (fleet, rollout.epoch, node))
+        return MemberDrained(rid, fleet, node, receipt=drained.digest)
     if step == DESTROY and rollout.kind == "rotation":
         old = state.book.rollouts[rollout.predecessor or ""]
-        _expect(
-            isinstance(body, Retired)
-            and (body.fleet, body.epoch, body.node) == (fleet, old.epoch, node)
-        )
+        retired = _answer(body, Retired)
+        _expect((retired.fleet, retired.epoch, retired.node) == (fleet, old.epoch, node))
         return LegacyKeysDestroyed(
-            rid, fleet, node, epoch=old.epoch, roles=body.destroyed, receipt=body.digest
+            rid, fleet, node, epoch=old.epoch, roles=retired.destroyed, receipt=retired.digest
         )
-    _expect(
-        isinstance(body, Retired)
-        and (body.fleet, body.epoch, body.node) == (fleet, rollout.epoch, node)
-    )
-    return MemberKeysDestroyed(rid, fleet, node, roles=body.destroyed, receipt=body.digest)
+    retired = _answer(body, Retired)
+    _expect((retired.fleet, retired.epoch, retired.node) == (fleet, rollout.epoch, node))
+    return MemberKeysDestroyed(rid, fleet, node, roles=retired.destroyed, receipt=retired.digest)
 
 
 def _proved(rollout: Rollout, node: str, joined: Joined) -> QuorumProved:
@@ -234,7 +239,7 @@ def _proved(rollout: Rollout, node: str, joined: Joined) -> QuorumProved:
 # --- cosigners' outcomes ------------------------------------------------------------------------
 
 
-def cosigned(state: State, c: BundleCosigned, ctx: Any) -> list[LogEntry]:
+def cosigned(state: State, c: BundleCosigned, ctx: Context) -> list[LogEntry]:
     """Record what the cosigners signed for the next unlogged bundle of the fleet's chain."""
     chain = state.book.fleets.get(c.fleet)
     if chain is None or not 0 < c.serial <= len(chain.bundles):
@@ -251,7 +256,7 @@ def cosigned(state: State, c: BundleCosigned, ctx: Any) -> list[LogEntry]:
     return [StageBundleLogged(issuer.rollout_id, c.fleet, c.serial, c.digest, c.answers)]
 
 
-def published(state: State, c: ArtifactPublished, ctx: Any) -> list[LogEntry]:
+def published(state: State, c: ArtifactPublished, ctx: Context) -> list[LogEntry]:
     """Record the validation bundle of the artifact a rollout of the fleet prepared."""
     rollout = next(
         (

@@ -16,18 +16,17 @@ a test write at the new epoch; ``publish`` lists the same keys with the new quor
 
 from __future__ import annotations
 
-from typing import Any
-
+from messages.bundle import ENROLL
 from messages.events import LogEntry, PlannedMember, ReplaceMember, ReplacementStarted, StageEntered
 from orchestrator import evidence
+from orchestrator.context import Context
 from orchestrator.errors import UnknownNode
 from orchestrator.fleet_errors import AlreadyAMember, NotAMember
-from orchestrator.rollout import ENROLL
 from orchestrator.rollout_rotation import active_rollout, not_after_ms
 from orchestrator.state import State
 
 
-def replace_member(state: State, c: ReplaceMember, ctx: Any) -> list[LogEntry]:
+def replace_member(state: State, c: ReplaceMember, ctx: Context) -> list[LogEntry]:
     """Begin replacing ``c.node_id`` in the active fleet ``c.fleet`` by ``c.replacement``."""
     active = active_rollout(state, c.fleet)
     members = evidence.fleet_members(active)

@@ -18,8 +18,6 @@ once members stopped taking registrations, the fleet is on its way out.
 
 from __future__ import annotations
 
-from typing import Any
-
 from messages.bundle import DESTROY, DRAIN, RETIRE, Evidence
 from messages.documents import DocumentError
 from messages.errors import MessageError
@@ -36,6 +34,7 @@ from messages.ids import format_time
 from messages.retirement import FleetRetirement
 from messages.verify import MalformedBundle, parse_notice
 from orchestrator import evidence
+from orchestrator.context import Context
 from orchestrator.fleet_errors import BadRetirement, NoActiveSuccessor
 from orchestrator.rollout import issue, member_command
 from orchestrator.rollout_rotation import active_rollout, not_after_ms, planned_members
@@ -45,7 +44,7 @@ from orchestrator.state import State
 MAX_DRAIN_S = 365 * 24 * 3600
 
 
-def start(state: State, c: StartRetirement, ctx: Any) -> list[LogEntry]:
+def start(state: State, c: StartRetirement, ctx: Context) -> list[LogEntry]:
     """Begin retiring the active fleet ``c.fleet``."""
     active = active_rollout(state, c.fleet)  # refuses a fleet retiring already
     if not 0 <= c.drain_s <= MAX_DRAIN_S:
@@ -105,7 +104,7 @@ def to_log(state: State) -> list[Rollout]:
     return out
 
 
-def logged(state: State, c: RetirementLogged, ctx: Any) -> list[LogEntry]:
+def logged(state: State, c: RetirementLogged, ctx: Context) -> list[LogEntry]:
     """Record the logged notice of the fleet's retirement document."""
     retiring = [r for r in to_log(state) if r.fleet == c.fleet]
     chain = state.book.fleets.get(c.fleet)
@@ -161,12 +160,12 @@ def overdue(state: State, now_ms: int) -> bool:
     return bool(_drained_out(state, now_ms))
 
 
-def tick(state: State, ctx: Any) -> list[LogEntry]:
+def tick(state: State, ctx: Context) -> list[LogEntry]:
     """Move each retirement whose drain window is over on to destroying the fleet's keys."""
     return [StageEntered(r.rollout_id, r.fleet, RETIRE) for r in _drained_out(state, ctx.now_ms)]
 
 
-def advance(state: State, ctx: Any) -> list[LogEntry]:
+def advance(state: State, ctx: Context) -> list[LogEntry]:
     """What each running retirement does next."""
     events: list[LogEntry] = []
     for rollout_id in sorted(state.book.rollouts):
@@ -176,7 +175,7 @@ def advance(state: State, ctx: Any) -> list[LogEntry]:
     return events
 
 
-def _run(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry]:
+def _run(state: State, rollout: Rollout, ctx: Context) -> list[LogEntry]:
     if rollout.waiting_for is not None:
         return []  # the tick (drain) or the shell (retirement document) moves it on
     if rollout.stage == DRAIN:

@@ -29,9 +29,7 @@ way. Everything here is decided from the state and the decision's time.
 
 from __future__ import annotations
 
-from typing import Any
-
-from messages.bundle import DESTROY, Evidence
+from messages.bundle import DESTROY, ENROLL, Evidence
 from messages.events import (
     LegacyEpochClosed,
     LegacyWindowOpened,
@@ -44,6 +42,7 @@ from messages.events import (
     StageEntered,
 )
 from orchestrator import evidence
+from orchestrator.context import Context
 from orchestrator.fleet_errors import (
     BadRotationSetting,
     FleetBusy,
@@ -51,7 +50,7 @@ from orchestrator.fleet_errors import (
     FleetRetiring,
     UnknownFleet,
 )
-from orchestrator.rollout import DAY_MS, ENROLL, issue, member_command
+from orchestrator.rollout import DAY_MS, issue, member_command
 from orchestrator.rollout_state import FleetChain, Rollout
 from orchestrator.state import State
 
@@ -105,7 +104,7 @@ def _check_overlap(overlap_s: int) -> None:
         )
 
 
-def rotate(state: State, c: RotateFleet, ctx: Any) -> list[LogEntry]:
+def rotate(state: State, c: RotateFleet, ctx: Context) -> list[LogEntry]:
     """Begin a rotation of the active fleet ``c.fleet`` to its next key epoch."""
     active = active_rollout(state, c.fleet)
     chain = state.book.fleets[c.fleet]
@@ -115,7 +114,7 @@ def rotate(state: State, c: RotateFleet, ctx: Any) -> list[LogEntry]:
 
 
 def _started(
-    state: State, active: Rollout, overlap_s: int, from_activation: bool, by: str, ctx: Any
+    state: State, active: Rollout, overlap_s: int, from_activation: bool, by: str, ctx: Context
 ) -> list[LogEntry]:
     fleet = active.fleet
     rollout_id = ctx.new_id(f"rotation:{fleet}", 0)
@@ -137,7 +136,7 @@ def _started(
     ]
 
 
-def schedule(state: State, c: ScheduleRotation, ctx: Any) -> list[LogEntry]:
+def schedule(state: State, c: ScheduleRotation, ctx: Context) -> list[LogEntry]:
     """Set (or, with ``every_days`` 0, stop) the fleet's rotation schedule."""
     chain = _chain(state, c.fleet)
     if not 0 <= c.every_days <= MAX_EVERY_DAYS:
@@ -203,7 +202,7 @@ def overdue(state: State, now_ms: int) -> bool:
     return bool(_legacy_due(state, now_ms) or _rotations_due(state, now_ms))
 
 
-def tick(state: State, ctx: Any) -> list[LogEntry]:
+def tick(state: State, ctx: Context) -> list[LogEntry]:
     """End the overlap windows that are over; start the rotations that are due."""
     events: list[LogEntry] = [
         StageEntered(r.rollout_id, r.fleet, DESTROY) for r in _legacy_due(state, ctx.now_ms)
@@ -219,7 +218,7 @@ def tick(state: State, ctx: Any) -> list[LogEntry]:
 # --- advancing -----------------------------------------------------------------------------
 
 
-def advance(state: State, ctx: Any) -> list[LogEntry]:
+def advance(state: State, ctx: Context) -> list[LogEntry]:
     """Open the overlap window of every rotation just activated; destroy the old epoch's keys
     of every rotation whose overlap ended."""
     events: list[LogEntry] = []
@@ -235,7 +234,7 @@ def advance(state: State, ctx: Any) -> list[LogEntry]:
     return events
 
 
-def _destroy_legacy(state: State, rollout: Rollout, ctx: Any) -> list[LogEntry]:
+def _destroy_legacy(state: State, rollout: Rollout, ctx: Context) -> list[LogEntry]:
     predecessor = state.book.rollouts[rollout.predecessor or ""]
     if rollout.waiting_for is not None:
         if state.book.fleets[rollout.fleet].logged < rollout.waiting_for:

@@ -46,7 +46,8 @@ from messages.schema import Body
 from messages.signing import Signer, TrustStore, verify_envelope
 from messages.validation import LoggedNotice
 from orchestrator.config import Settings
-from orchestrator.core import Context, decide, open_enrollments, overdue
+from orchestrator.context import Context
+from orchestrator.core import decide, open_enrollments, overdue
 from orchestrator.cosigning import Cosigning
 from orchestrator.errors import (
     AppendConflict,

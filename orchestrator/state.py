@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from immutables import Map
 
@@ -279,7 +279,7 @@ def _node_key_challenged(state: State, e: NodeKeyChallenged) -> State:
 
 
 def _rotation_closed(
-    state: State, rotation_id: str, status: RotationStatus, **outcome: str | None
+    state: State, rotation_id: str, status: RotationStatus, **outcome: Any
 ) -> State:
     rotation = replace(state.rotations[rotation_id], status=status, **outcome)
     waiting = state.open_rotations
@@ -351,7 +351,8 @@ def _decision(state: State, e: Decision) -> State:
     )
 
 
-_FOLDS: dict[type[LogEntry], Callable[[State, LogEntry], State]] = {
+# Each fold takes the event type it is listed under.
+_FOLDS: dict[type[LogEntry], Callable[[State, Any], State]] = {
     Decision: _decision,
     LeaseTaken: _lease_taken,
     PolicySet: _policy_set,

@@ -12,7 +12,8 @@ from messages import subjects
 from messages.attestation import NodeAnnounce
 from node.vendor import VendorCA
 from ops.natsserver import NatsServer
-from orchestrator.core import Context, decide
+from orchestrator.context import Context
+from orchestrator.core import decide
 from orchestrator.errors import Fenced
 from orchestrator.keys import load_signer, trust_for
 from orchestrator.log import entry_digest, seal

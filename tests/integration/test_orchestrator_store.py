@@ -11,7 +11,8 @@ from messages.attestation import NodeAnnounce
 from messages.envelope import Envelope
 from messages.schema import REGISTRY
 from ops.natsserver import NatsServer
-from orchestrator.core import Context, decide
+from orchestrator.context import Context
+from orchestrator.core import decide
 from orchestrator.errors import AppendConflict
 from orchestrator.log import GENESIS, LogReader, Sealed, entry_digest, seal
 from orchestrator.replay import Replayer

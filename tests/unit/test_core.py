@@ -16,7 +16,8 @@ from messages.events import (
     TakeLease,
     Tick,
 )
-from orchestrator.core import Context, decide
+from orchestrator.context import Context
+from orchestrator.core import decide
 from orchestrator.errors import (
     CommandRefused,
     EnrollmentConflict,
