@@ -7,23 +7,30 @@ not a silently ignored setting.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from nats.aio.client import Client as NATS
 
 from messages.attestation import load_vendor_roots
-from messages.errors import HsmfleetError
+from messages.errors import HsmfleetError, SchemaViolation
 from messages.events import SetPolicy
+from messages.schema import Body
 from messages.subjects import token
 from transport import credentials
 from transport.httpguard import BadListenAddress, listen_address
 from transport.parties import ORCHESTRATOR
 
 ROLES = ("read", "operator")
+Role = Literal["read", "operator"]
+_PATHS = ("key_file", "operator_hsm", "operator_hsm_key", "nats_seed", "nats_ca")
 
 
 class ConfigError(HsmfleetError):
@@ -44,7 +51,7 @@ class Settings:
     nonce_ttl_ms: int = 30_000
     auto_enroll: bool = False
     listen: str = "127.0.0.1:8080"
-    tokens: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, Role] = field(default_factory=dict)
     """Bearer token -> role (``read`` or ``operator``)."""
     lease_ttl_s: float = 2.0
     replicas: int = 1
@@ -75,30 +82,26 @@ class Settings:
 
     @classmethod
     def from_json(cls, raw: Any, base: Path) -> Settings:
-        if not isinstance(raw, dict):
-            raise ConfigError("the configuration must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError("unknown settings", unknown=unknown)
+        """Settings from the file's JSON, every value checked against its declared type (a path
+        is a string, relative to ``base``); a bad value raises :class:`ConfigError` naming its
+        key, and so does an unknown key."""
         try:
-            values = dict(raw)
-            values["key_file"] = base / values["key_file"]
-            values["vendor_roots"] = tuple(base / p for p in values["vendor_roots"])
-            values["allowed_measurements"] = tuple(values["allowed_measurements"])
-            for name in ("operator_hsm", "operator_hsm_key", "nats_seed", "nats_ca"):
-                if values.get(name) is not None:
-                    values[name] = base / values[name]
-            settings = cls(**values)
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"a required setting is missing or malformed: {exc}") from None
+            written = _written_form().from_json(raw, "config")
+        except SchemaViolation as exc:
+            raise ConfigError(str(exc)) from None
+        if written.extra:
+            raise ConfigError("unknown settings", unknown=sorted(written.extra))
+        values = {f.name: getattr(written, f.name) for f in fields(cls)}
+        for name in _PATHS:
+            if values[name] is not None:
+                values[name] = base / values[name]
+        values["vendor_roots"] = tuple(base / p for p in values["vendor_roots"])
+        values["tokens"] = dict(values["tokens"])
+        settings = cls(**values)
         try:
             token(settings.holder, "holder")
         except HsmfleetError as exc:
             raise ConfigError(f"holder: {exc}") from None
-        bad_roles = sorted({r for r in settings.tokens.values() if r not in ROLES})
-        if bad_roles:
-            raise ConfigError("token roles must be read or operator", roles=bad_roles)
         return settings
 
     def policy(self) -> SetPolicy:
@@ -123,3 +126,28 @@ class Settings:
             return listen_address(self.listen)
         except BadListenAddress:
             raise ConfigError("listen must be HOST:PORT", listen=self.listen) from None
+
+
+@functools.cache
+def _written_form() -> type[Body]:
+    """:class:`Settings` as the file writes it: the same keys, defaults and types, but a path
+    (or a list of them) is a string, as JSON has no paths."""
+    hints = typing.get_type_hints(Settings)
+
+    def written(hint: Any) -> Any:
+        if hint is Path:
+            return str
+        if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is Path:
+            return tuple[str, ...]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and Path in typing.get_args(
+            hint
+        ):
+            return str | None
+        return hint
+
+    return dataclasses.make_dataclass(
+        "SettingsFile",
+        [(f.name, written(hints[f.name]), f) for f in fields(Settings)],
+        bases=(Body,),
+        frozen=True,
+    )

@@ -43,14 +43,22 @@ def test_good_configuration_yields_the_policy(tmp_path):
     ("raw", "words"),
     [
         ("{not json", "cannot read"),
-        ("[]", "must be a JSON object"),
+        ("[]", "config must be an object"),
         ({**BASE, "auto_enrol": True}, "unknown settings"),
-        ({k: v for k, v in BASE.items() if k != "holder"}, "missing or malformed"),
-        ({**BASE, "tokens": {"t": "admin"}}, "read or operator"),
+        ({k: v for k, v in BASE.items() if k != "holder"}, "config.holder is missing"),
+        ({**BASE, "tokens": {"t": "admin"}}, "config.tokens.t must be one of ['read', 'operator']"),
+        ({**BASE, "tokens": ["t"]}, "config.tokens must be an object"),
         ({**BASE, "holder": "orch a"}, "not a valid subject token"),
+        ({**BASE, "allowed_measurements": "abc"}, "config.allowed_measurements must be a list"),
+        ({**BASE, "vendor_roots": [1]}, "config.vendor_roots[0] must be a string"),
+        ({**BASE, "lease_ttl_s": "fast"}, "config.lease_ttl_s must be a number"),
+        ({**BASE, "replicas": 2.5}, "config.replicas must be an integer"),
+        ({**BASE, "auto_enroll": 1}, "config.auto_enroll must be a boolean"),
+        ({**BASE, "nats_seed": 7}, "config.nats_seed fits none of its types"),
     ],
 )
-def test_bad_configuration_is_refused(tmp_path, raw, words):
+def test_bad_configuration_is_refused_naming_its_key(tmp_path, raw, words):
+    """Each bad value is refused with the key it sits under, before anything is built."""
     with pytest.raises(ConfigError) as exc:
         write(tmp_path, raw)
     assert words in str(exc.value)
