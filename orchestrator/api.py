@@ -26,7 +26,6 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from messages.canonical import loads_strict
 from messages.errors import HsmfleetError
 from messages.events import (
     ROLLOUT_ACTIONS,
@@ -39,6 +38,19 @@ from messages.plan import PlanError, parse_plan
 from messages.retirement import FleetRetired
 from messages.signing import Signer
 from messages.validation import ValidationBundle, with_rotations
+from orchestrator import api_fleets, api_nodes
+from orchestrator.api_requests import (
+    CALLER,
+    ORCHESTRATOR,
+    SETTINGS,
+    SIGNER,
+    BadRequest,
+    UnknownId,
+    command_body,
+    json_body,
+    orchestrator_of,
+    requester,
+)
 from orchestrator.config import Settings
 from orchestrator.errors import (
     CommandRefused,
@@ -74,10 +86,6 @@ from transport.httpguard import (
     stream_slot,
 )
 
-ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)
-SETTINGS = web.AppKey("settings", Settings)
-SIGNER = web.AppKey("signer", Signer)
-CALLER = web.RequestKey("caller", str)
 MAX_PAGE = 1000
 KEEP_ALIVE_S = 15.0
 """Seconds between keep-alive comments on a quiet event stream."""
@@ -87,18 +95,6 @@ PUBLIC = frozenset({"/health", "/metrics", "/openapi.json"})
 log = structlog.get_logger("hsmfleet.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class UnknownId(HsmfleetError):
-    """The path names something that does not exist."""
-
-    kind = "not_found"
-
-
-class BadRequest(HsmfleetError):
-    """The request is malformed: not JSON, unknown fields, bad parameters."""
-
-    kind = "bad_request"
 
 
 class Unauthenticated(HsmfleetError):
@@ -185,12 +181,8 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def _orchestrator(request: web.Request) -> Orchestrator:
-    return request.app[ORCHESTRATOR]
-
-
 async def health(request: web.Request) -> web.Response:
-    orch = _orchestrator(request)
+    orch = orchestrator_of(request)
     lease = orch.state.lease
     return web.json_response(
         {
@@ -204,7 +196,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(_orchestrator(request).metrics.registry)
+    body = generate_latest(orchestrator_of(request).metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -213,13 +205,13 @@ async def openapi(_: web.Request) -> web.Response:
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    orch = _orchestrator(request)
+    orch = orchestrator_of(request)
     nodes = [node_view(n, orch.liveness.get(n.node_id)) for n in orch.state.nodes.values()]
     return web.json_response({"nodes": sorted(nodes, key=lambda n: n["node_id"])})
 
 
 async def get_node(request: web.Request) -> web.Response:
-    orch = _orchestrator(request)
+    orch = orchestrator_of(request)
     node_id = request.match_info["node_id"]
     node = orch.state.nodes.get(node_id)
     if node is None:
@@ -227,20 +219,10 @@ async def get_node(request: web.Request) -> web.Response:
     return web.json_response(node_view(node, orch.liveness.get(node_id)))
 
 
-async def requester(request: web.Request) -> str:
-    """Who a node command is recorded as requested by: the body's ``requested_by`` (its only
-    field), else the caller's token name."""
-    body = await _command_body(request, allowed={"requested_by"})
-    requested_by = body.get("requested_by", request[CALLER])
-    if not isinstance(requested_by, str) or not requested_by:
-        raise BadRequest("requested_by must be a non-empty string")
-    return requested_by
-
-
 async def enroll(request: web.Request) -> web.Response:
     requested_by = await requester(request)
     command = EnrollNode(node_id=request.match_info["node_id"], requested_by=requested_by)
-    orch = _orchestrator(request)
+    orch = orchestrator_of(request)
     events = await orch.submit(command)
     issued = next(e for e in events if isinstance(e, ChallengeIssued))
     return web.json_response(
@@ -250,7 +232,7 @@ async def enroll(request: web.Request) -> web.Response:
 
 async def get_enrollment(request: web.Request) -> web.Response:
     enrollment_id = request.match_info["enrollment_id"]
-    enrollment = _orchestrator(request).state.enrollments.get(enrollment_id)
+    enrollment = orchestrator_of(request).state.enrollments.get(enrollment_id)
     if enrollment is None:
         raise UnknownEnrollment("no enrollment of this id", enrollment_id=enrollment_id)
     return web.json_response(enrollment_view(enrollment))
@@ -266,8 +248,8 @@ def _rollout(orch: Orchestrator, fleet: str) -> dict[str, Any]:
 
 async def start_rollout(request: web.Request) -> web.Response:
     """Start a rollout by the plan in the body (the JSON form of a plan file)."""
-    plan = parse_plan(await _json_body(request))
-    orch = _orchestrator(request)
+    plan = parse_plan(await json_body(request))
+    orch = orchestrator_of(request)
     await orch.submit(StartRollout(plan=plan, requested_by=request[CALLER]))
     return web.json_response(_rollout(orch, plan.fleet), status=202)
 
@@ -276,12 +258,12 @@ async def operate_rollout(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in ROLLOUT_ACTIONS:
         raise UnknownId("no such rollout action", action=action, actions=list(ROLLOUT_ACTIONS))
-    body = await _command_body(request, allowed={"reason"})
+    body = await command_body(request, allowed={"reason"})
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise BadRequest("reason must be a string")
     fleet = request.match_info["fleet_id"]
-    orch = _orchestrator(request)
+    orch = orchestrator_of(request)
     command = OperateRollout(
         fleet=fleet, action=action, requested_by=request[CALLER], reason=reason
     )
@@ -290,25 +272,25 @@ async def operate_rollout(request: web.Request) -> web.Response:
 
 
 async def list_rollouts(request: web.Request) -> web.Response:
-    orch = _orchestrator(request)
+    orch = orchestrator_of(request)
     fleets = sorted(orch.state.book.fleets)
     return web.json_response({"rollouts": [_rollout(orch, f) for f in fleets]})
 
 
 async def get_rollout(request: web.Request) -> web.Response:
-    return web.json_response(_rollout(_orchestrator(request), request.match_info["fleet_id"]))
+    return web.json_response(_rollout(orchestrator_of(request), request.match_info["fleet_id"]))
 
 
 def _chain(request: web.Request) -> Any:
     fleet = request.match_info["fleet_id"]
-    chain = _orchestrator(request).state.book.fleets.get(fleet)
+    chain = orchestrator_of(request).state.book.fleets.get(fleet)
     if chain is None:
         raise UnknownId("no fleet of this id", fleet_id=fleet)
     return chain
 
 
 async def list_fleets(request: web.Request) -> web.Response:
-    book = _orchestrator(request).state.book
+    book = orchestrator_of(request).state.book
     return web.json_response({"fleets": [fleet_view(book.fleets[f]) for f in sorted(book.fleets)]})
 
 
@@ -332,12 +314,12 @@ async def validation_bundle(request: web.Request) -> web.Response:
     if chain.retirement is not None:
         raise FleetRetired("the fleet is retired: clients must refuse it", fleet_id=chain.fleet)
     bundle = chain.validation
-    latest = _orchestrator(request).state.book.of_fleet(chain.fleet)
+    latest = orchestrator_of(request).state.book.of_fleet(chain.fleet)
     if bundle is None and latest is not None and latest.status not in ENDED:
         bundle = latest.validation
     if bundle is None:
         raise UnknownId("the fleet has no published validation bundle yet", fleet_id=chain.fleet)
-    rotations = _orchestrator(request).rotation_chain()
+    rotations = orchestrator_of(request).rotation_chain()
     served = with_rotations(ValidationBundle.from_json(bundle), rotations)
     return web.json_response(served.to_json())
 
@@ -345,7 +327,7 @@ async def validation_bundle(request: web.Request) -> web.Response:
 async def list_events(request: web.Request) -> web.Response:
     from_seq = _int_param(request, "from", 1, minimum=1)
     limit = _int_param(request, "limit", 100, minimum=1, maximum=MAX_PAGE)
-    store = _orchestrator(request).store
+    store = orchestrator_of(request).store
     last = min(await store.last_seq(), from_seq + limit - 1)
     entries = [entry_view(seq, data) for seq, data in await _entries(store, from_seq, last)]
     return web.json_response({"events": entries, "next": from_seq + len(entries)})
@@ -365,7 +347,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     appends only wake the reader. Nothing is buffered per client, so a slow client misses
     nothing and holds no memory. At most ``Limits.max_streams`` streams are open at once.
     """
-    store = _orchestrator(request).store
+    store = orchestrator_of(request).store
     next_seq = _int_param(request, "from", 0, minimum=0)
     count = _int_param(request, "count", 0, minimum=0)
     with stream_slot(request):
@@ -433,28 +415,6 @@ async def _next_append(
             quiet_until = loop.time() + KEEP_ALIVE_S
 
 
-async def _json_body(request: web.Request) -> Any:
-    """The body as JSON, parsed as strictly as messages are (no duplicate member names, no
-    NaN, at most 64 levels deep, no lone surrogate): anything else is :class:`BadRequest`."""
-    try:
-        return loads_strict(await request.read())
-    except ValueError as exc:  # UnicodeDecodeError included
-        raise BadRequest(f"the body is not JSON: {exc}") from None
-
-
-async def _command_body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    """A command's body: empty, or a JSON object with no other fields than ``allowed``."""
-    if not (await request.read()).strip():
-        return {}
-    body = await _json_body(request)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise BadRequest("unknown fields in the command", unknown=unknown)
-    return body
-
-
 def _int_param(
     request: web.Request, name: str, default: int, *, minimum: int, maximum: int | None = None
 ) -> int:
@@ -509,7 +469,6 @@ def create_app(settings: Settings, signer: Signer, limits: Limits | None = None)
     app.router.add_get("/v1/events", list_events)
     app.router.add_get("/v1/events/stream", stream_events)
     # The fleet and node-key flows' routes build on this module's helpers, hence imported here.
-    from orchestrator import api_fleets, api_nodes
 
     app.router.add_routes(api_fleets.routes)
     app.router.add_routes(api_nodes.routes)

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from messages.events import ReplaceMember, RotateFleet, ScheduleRotation, StartRetirement
 from messages.schema import Body
-from orchestrator.api import CALLER, BadRequest, UnknownId, _command_body, _orchestrator
+from orchestrator.api_requests import CALLER, BadRequest, UnknownId, command_body, orchestrator_of
 from orchestrator.fleet_errors import UnknownFleet
 from orchestrator.rollout_state import FleetChain, Rollout
 from orchestrator.service import Orchestrator
@@ -93,7 +93,7 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
 
 @routes.post("/v1/fleets/{fleet_id}/rotate")
 async def rotate(request: web.Request) -> web.Response:
-    body = await _command_body(request, allowed={"overlap_s", "reason"})
+    body = await command_body(request, allowed={"overlap_s", "reason"})
     fleet = request.match_info["fleet_id"]
     command = RotateFleet(
         fleet=fleet,
@@ -106,7 +106,7 @@ async def rotate(request: web.Request) -> web.Response:
 
 @routes.put("/v1/fleets/{fleet_id}/rotation-schedule")
 async def schedule(request: web.Request) -> web.Response:
-    body = await _command_body(request, allowed={"every_days", "overlap_s"})
+    body = await command_body(request, allowed={"every_days", "overlap_s"})
     every_days, overlap_s = (_field(body, name, int, None) for name in ("every_days", "overlap_s"))
     if every_days is None or overlap_s is None:
         raise BadRequest("every_days and overlap_s are required")
@@ -114,14 +114,14 @@ async def schedule(request: web.Request) -> web.Response:
     command = ScheduleRotation(
         fleet=fleet, every_days=every_days, overlap_s=overlap_s, requested_by=request[CALLER]
     )
-    orch = _orchestrator(request)
+    orch = orchestrator_of(request)
     await orch.submit(command)
     return web.json_response(fleet_state(orch.state.book.fleets[fleet]))
 
 
 @routes.post("/v1/fleets/{fleet_id}/replace-member")
 async def replace_member(request: web.Request) -> web.Response:
-    body = await _command_body(request, allowed={"node_id", "replacement"})
+    body = await command_body(request, allowed={"node_id", "replacement"})
     for name in ("node_id", "replacement"):
         if not isinstance(body.get(name), str) or not body[name]:
             raise BadRequest(f"{name} is required: a node id")
@@ -137,7 +137,7 @@ async def replace_member(request: web.Request) -> web.Response:
 
 @routes.post("/v1/fleets/{fleet_id}/retire")
 async def retire(request: web.Request) -> web.Response:
-    body = await _command_body(request, allowed={"successor", "force", "drain_s", "reason"})
+    body = await command_body(request, allowed={"successor", "force", "drain_s", "reason"})
     fleet = request.match_info["fleet_id"]
     command = StartRetirement(
         fleet=fleet,
@@ -152,21 +152,21 @@ async def retire(request: web.Request) -> web.Response:
 
 async def _started(request: web.Request, command: Body, fleet: str) -> web.Response:
     """Submit a command that starts one of ``fleet``'s flows; answer with the flow (202)."""
-    orch = _orchestrator(request)
+    orch = orchestrator_of(request)
     await orch.submit(command)
     return web.json_response(_flow(orch, fleet), status=202)
 
 
 @routes.get("/v1/fleets/{fleet_id}/flow")
 async def get_flow(request: web.Request) -> web.Response:
-    return web.json_response(_flow(_orchestrator(request), request.match_info["fleet_id"]))
+    return web.json_response(_flow(orchestrator_of(request), request.match_info["fleet_id"]))
 
 
 @routes.get("/v1/fleets/{fleet_id}/retirement")
 async def get_retirement(request: web.Request) -> web.Response:
     """The logged notice of the fleet's retirement, as verifiers ingest it."""
     fleet = request.match_info["fleet_id"]
-    chain = _orchestrator(request).state.book.fleets.get(fleet)
+    chain = orchestrator_of(request).state.book.fleets.get(fleet)
     if chain is None or chain.retirement is None:
         raise UnknownId("the fleet is not retired", fleet_id=fleet)
     return web.json_response(chain.retirement)

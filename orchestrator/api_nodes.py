@@ -20,7 +20,7 @@ from aiohttp import web
 
 from messages.canonical import b64
 from messages.node_keys import NodeKeyChallenged, NodeKeyRotationRefused, RotateNodeKey
-from orchestrator.api import UnknownId, _orchestrator, requester
+from orchestrator.api_requests import UnknownId, orchestrator_of, requester
 from orchestrator.state import KeyRotation, Node
 
 routes = web.RouteTableDef()
@@ -52,7 +52,7 @@ def rotation_view(rotation: KeyRotation, node: Node) -> dict[str, Any]:
 @routes.post("/v1/nodes/{node_id}/rotate-key")
 async def rotate_key(request: web.Request) -> web.Response:
     requested_by = await requester(request)
-    orch = _orchestrator(request)
+    orch = orchestrator_of(request)
     command = RotateNodeKey(node_id=request.match_info["node_id"], requested_by=requested_by)
     events = await orch.submit(command)
     started = next(
@@ -66,7 +66,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 @routes.get("/v1/node-key-rotations/{rotation_id}")
 async def get_rotation(request: web.Request) -> web.Response:
     rotation_id = request.match_info["rotation_id"]
-    state = _orchestrator(request).state
+    state = orchestrator_of(request).state
     rotation = state.rotations.get(rotation_id)
     if rotation is None:
         raise UnknownId("no node-key rotation of this id", rotation_id=rotation_id)

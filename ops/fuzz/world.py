@@ -40,7 +40,8 @@ from node.quorum.localfleet import LocalFleet
 from node.quorum.member import VOTE_KEY, Member, open_hsm
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
-from orchestrator.api import ORCHESTRATOR, create_app
+from orchestrator.api import create_app
+from orchestrator.api_requests import ORCHESTRATOR
 from orchestrator.config import Settings
 from orchestrator.keys import generate, load_signer
 from orchestrator.service import Orchestrator

@@ -21,7 +21,8 @@ from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
-from orchestrator.api import ORCHESTRATOR, create_app
+from orchestrator.api import create_app
+from orchestrator.api_requests import ORCHESTRATOR
 from orchestrator.config import Settings
 from orchestrator.keys import load_signer
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for, write_config

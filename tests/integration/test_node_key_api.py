@@ -21,7 +21,8 @@ from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.cli import build_parser
 from ops.natsserver import NatsServer
-from orchestrator.api import ORCHESTRATOR, create_app
+from orchestrator.api import create_app
+from orchestrator.api_requests import ORCHESTRATOR
 from orchestrator.cli import ApiError, _call
 from orchestrator.config import Settings
 from orchestrator.keys import load_signer

@@ -16,7 +16,8 @@ from messages.ids import display_time, parse_time
 from messages.plan import parse_plan
 from messages.verify import parse_notice
 from ops.cli import build_parser
-from orchestrator.api import ORCHESTRATOR, create_app
+from orchestrator.api import create_app
+from orchestrator.api_requests import ORCHESTRATOR
 from orchestrator.cli import ApiError, _call
 from orchestrator.keys import load_signer
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for
