@@ -18,24 +18,19 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from messages import subjects
-from messages.attestation import AttestRequest, NodeAnnounce, NodeHeartbeat
+from messages.attestation import NodeAnnounce, NodeHeartbeat
 from messages.errors import HsmfleetError, MessageError
 from messages.events import (
-    AttestationAnswer,
     LogEntry,
-    MemberAnswer,
     RecordSignerRotation,
     SetPolicy,
     TakeLease,
@@ -49,6 +44,7 @@ from orchestrator.config import Settings
 from orchestrator.context import Context
 from orchestrator.core import decide, open_enrollments, overdue
 from orchestrator.cosigning import Cosigning
+from orchestrator.effects import Effect, attestation, carry_out, member_command, node_key_request
 from orchestrator.errors import (
     AppendConflict,
     Fenced,
@@ -62,12 +58,10 @@ from orchestrator.lease import Lease, LeaseLost
 from orchestrator.log import SOURCE, LogReader, seal
 from orchestrator.metrics import Metrics
 from orchestrator.node_keys import status_trust
-from orchestrator.node_keys_effects import carry_out, node_key_jobs
+from orchestrator.node_keys_effects import node_key_jobs
 from orchestrator.replay import Replayer
 from orchestrator.rollout import NODE_ROLE
-from orchestrator.rollout_answers import AnswerNotForCommand
 from orchestrator.rollout_effects import (
-    MemberCommand,
     ToLog,
     artifacts_to_publish,
     bundles_to_log,
@@ -76,9 +70,8 @@ from orchestrator.rollout_effects import (
 )
 from orchestrator.rollout_notices import log_retirement
 from orchestrator.signer_keys import recorded
-from orchestrator.state import Enrollment, State
+from orchestrator.state import State
 from orchestrator.store import EventStore
-from transport.bus import headers_for
 from transport.cosign_client import NatsTransport
 from transport.gate import Gate
 from transport.outbox import Outbox
@@ -87,9 +80,6 @@ STATUS_SUBJECTS = "fleet.node.*.status"
 NOT_STATUS = "not_status"
 """How the status gate counts an admitted message of another type on a status subject."""
 APPEND_ATTEMPTS = 3
-COMMAND_TIMEOUT_S = 10.0
-"""How long a member may take over one command (a probe waits for its replica to vote, then
-for a quorum round)."""
 COSIGNING_BACKOFF_S = (0.2, 5.0)
 
 
@@ -146,7 +136,8 @@ class Orchestrator:
         )
         self.effect_errors: dict[str, str] = {}
         """What last went wrong with an effect still to do, by fleet (not logged)."""
-        self._clock_ms = clock_ms
+        self.clock_ms = clock_ms
+        """The wall clock this process decides and times its effects by, in milliseconds."""
         self._seed = seed
         self._lock = asyncio.Lock()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -244,7 +235,7 @@ class Orchestrator:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(0.25)
-            if overdue(self.state, self._clock_ms()):
+            if overdue(self.state, self.clock_ms()):
                 try:
                     await self.submit(Tick())
                 except HsmfleetError as exc:
@@ -295,7 +286,7 @@ class Orchestrator:
     def _decide(self, command: Body) -> tuple[Context, list[LogEntry]]:
         if self.lease.epoch is None:
             raise LeaseLost("this orchestrator holds no lease")
-        ctx = Context(self._clock_ms(), self._seed(command), self.lease.epoch, self.holder)
+        ctx = Context(self.clock_ms(), self._seed(command), self.lease.epoch, self.holder)
         started = time.perf_counter()
         try:
             events = decide(self.state, command, ctx)
@@ -366,175 +357,59 @@ class Orchestrator:
     def _kick_effects(self) -> None:
         if not self.active:
             return
-        for enrollment in open_enrollments(self.state):
-            self._start(enrollment.enrollment_id, lambda e=enrollment: self._attest(e))
-        for command in member_commands(self.state):
-            self._start(command.key, lambda c=command: self._command(c))
-        for job in node_key_jobs(self.state):
-            self._start(job.key, lambda j=job: carry_out(self, j, self._clock_ms))
-        if self.cosigning is None:
-            return
-        for job in bundles_to_log(self.state):
-            self._start(job.key, lambda j=job: self._cosign(j, self.cosigning.log_document))
-        for job in artifacts_to_publish(self.state):
-            self._start(job.key, lambda j=job: self._cosign(j, self.cosigning.publish_artifact))
-        for job in retirements_to_log(self.state):
-            self._start(job.key, lambda j=job: self._cosign(j, self._log_retirement))
+        for effect in self._effects():
+            self._start(effect)
 
-    def _start(self, key: str, effect: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run ``effect`` unless one under ``key`` runs already."""
-        if key in self._in_flight:
+    def _effects(self) -> list[Effect]:
+        """Every effect the state calls for now."""
+        nc, outbox = self.nc, self.outbox
+        effects = [attestation(nc, outbox, e) for e in open_enrollments(self.state)]
+        effects += [member_command(nc, outbox, c) for c in member_commands(self.state)]
+        effects += [node_key_request(nc, outbox, j) for j in node_key_jobs(self.state)]
+        if self.cosigning is not None:
+            cosigning = self.cosigning
+            effects += [self._to_log(j, cosigning.log_document) for j in bundles_to_log(self.state)]
+            effects += [
+                self._to_log(j, cosigning.publish_artifact)
+                for j in artifacts_to_publish(self.state)
+            ]
+            effects += [
+                self._to_log(j, lambda j: log_retirement(cosigning, j))
+                for j in retirements_to_log(self.state)
+            ]
+        return effects
+
+    def _to_log(self, job: ToLog, carry: Callable[[ToLog], Awaitable[Body]]) -> Effect:
+        """A document for the cosigners (logged, and countersigned for an artifact), asked
+        for again while they refuse or do not answer: they answer a document they logged
+        already with their receipt for it, so nothing is signed twice."""
+
+        async def perform(_: float) -> Body:
+            await self.follow_rotations()
+            return await carry(job)
+
+        return Effect(
+            key=job.key,
+            stage="cosign",
+            perform=perform,
+            due=lambda state: job.key in _documents_to_log(state),
+            backoff_s=COSIGNING_BACKOFF_S,
+            fleet=job.fleet,
+            context={"fleet": job.fleet, "document": job.key},
+        )
+
+    def _start(self, effect: Effect) -> None:
+        """Carry ``effect`` out unless one under its key runs already."""
+        if effect.key in self._in_flight:
             return
-        task = asyncio.create_task(effect())
-        self._in_flight[key] = task
+        task = asyncio.create_task(carry_out(self, effect))
+        self._in_flight[effect.key] = task
 
         def forget(done: asyncio.Task[None]) -> None:
-            if self._in_flight.get(key) is done:
-                del self._in_flight[key]
+            if self._in_flight.get(effect.key) is done:
+                del self._in_flight[effect.key]
 
         task.add_done_callback(forget)
-
-    async def _command(self, command: MemberCommand) -> None:
-        """Send a rollout command to its member until it answers, the step closes (answered,
-        failed, paused) or its deadline passes (the tick then fails it); record the answer,
-        retrying while the log cannot take it (:meth:`_record_answer`)."""
-        log = self.log.bind(corr=command.rollout_id, node=command.node_id, step=command.step)
-        subject = subjects.node_command(command.node_id, command.verb)
-        started = time.perf_counter()
-        try:
-            while self._command_open(command):
-                remaining = (command.deadline_ms - self._clock_ms()) / 1000
-                if remaining <= 0:
-                    return
-                request = self.outbox.envelope(command.body, corr=command.rollout_id)
-                try:
-                    reply: Msg = await self.nc.request(
-                        subject,
-                        request.encode(),
-                        timeout=min(COMMAND_TIMEOUT_S, max(remaining, 0.1)),
-                        headers=headers_for(request),
-                    )
-                except (NatsTimeout, NoRespondersError):
-                    self.metrics.errors.labels("member_unanswered").inc()
-                    await asyncio.sleep(min(0.5, max(remaining, 0)))
-                    continue
-                answer = MemberAnswer(
-                    command.rollout_id, command.node_id, command.step, reply.data, request.id
-                )
-                try:
-                    events = await self._record_answer(answer, lambda: self._command_open(command))
-                except AnswerNotForCommand as exc:
-                    log.warning("reply to another command; asking again", reason=str(exc))
-                    await asyncio.sleep(min(0.5, max(remaining, 0)))
-                    continue
-                log.info("member answered", events=[e.TYPE for e in events])
-                return
-        except HsmfleetError as exc:
-            self._count(exc)
-            log.warning("member command stopped", reason=str(exc))
-        finally:
-            self.metrics.stage.labels(command.step).observe(time.perf_counter() - started)
-
-    def _command_open(self, command: MemberCommand) -> bool:
-        return self.active and command.key in {c.key for c in member_commands(self.state)}
-
-    def _challenge_open(self, enrollment: Enrollment) -> bool:
-        return self.active and enrollment.enrollment_id in self.state.open_enrollments
-
-    async def _record_answer(self, answer: Body, due: Callable[[], bool]) -> list[LogEntry]:
-        """Record an answer that arrived, retrying with backoff while the log is unavailable
-        or keeps moving (a stream leader election, say) and the answer is still ``due``: it
-        arrived once and is not asked for again. The core's refusal is raised at once."""
-        pause, longest = COSIGNING_BACKOFF_S
-        while True:
-            try:
-                return await self.submit(answer)
-            except (StoreUnavailable, AppendConflict, NatsError) as exc:
-                if isinstance(exc, HsmfleetError):
-                    self._count(exc)
-                else:
-                    self.metrics.errors.labels("nats").inc()
-                if not due():
-                    return []
-                self.log.warning("answer not recorded; retrying", reason=repr(exc), after_s=pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, longest)
-
-    def _documents_to_log(self) -> set[str]:
-        jobs = [
-            *bundles_to_log(self.state),
-            *artifacts_to_publish(self.state),
-            *retirements_to_log(self.state),
-        ]
-        return {j.key for j in jobs}
-
-    async def _log_retirement(self, job: ToLog) -> Body:
-        assert self.cosigning is not None
-        return await log_retirement(self.cosigning, job)
-
-    async def _cosign(self, job: ToLog, carry_out: Callable[[ToLog], Awaitable[Body]]) -> None:
-        """Get ``job``'s document logged (and countersigned, for an artifact), retrying with
-        backoff while the cosigners refuse or do not answer and the job is still to do; record
-        the outcome."""
-        log = self.log.bind(fleet=job.fleet, document=job.key)
-        pause, longest = COSIGNING_BACKOFF_S
-        started = time.perf_counter()
-        while self.active and job.key in self._documents_to_log():
-            await self.follow_rotations()
-            try:
-                outcome = await carry_out(job)
-                await self.submit(outcome)
-            except HsmfleetError as exc:
-                self._count(exc)
-                self.effect_errors[job.fleet] = f"{job.key}: {exc}"
-                log.warning("cosigning failed; retrying", reason=str(exc), after_s=pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, longest)
-                continue
-            self.effect_errors.pop(job.fleet, None)
-            self.metrics.stage.labels("cosign").observe(time.perf_counter() - started)
-            log.info("logged by the cosigners")
-            return
-
-    async def _attest(self, enrollment: Enrollment) -> None:
-        """Send the challenge until the node answers or the nonce expires; record the answer
-        (:meth:`_record_answer`)."""
-        log = self.log.bind(corr=enrollment.enrollment_id, node=enrollment.node_id)
-        subject = subjects.node_command(enrollment.node_id, "attest")
-        started = time.perf_counter()
-        try:
-            while self.active:
-                remaining = (enrollment.expires_ms - self._clock_ms()) / 1000
-                if remaining <= 0:
-                    return  # the tick closes it as unanswered
-                request = self.outbox.envelope(
-                    AttestRequest(nonce=enrollment.nonce, expires_ms=enrollment.expires_ms),
-                    corr=enrollment.enrollment_id,
-                )
-                try:
-                    reply: Msg = await self.nc.request(
-                        subject,
-                        request.encode(),
-                        timeout=min(2.0, remaining),
-                        headers=headers_for(request),
-                    )
-                except (NatsTimeout, NoRespondersError):
-                    self.metrics.errors.labels("attest_unanswered").inc()
-                    await asyncio.sleep(min(0.5, max(remaining, 0)))
-                    continue
-                answer = AttestationAnswer(
-                    enrollment_id=enrollment.enrollment_id,
-                    node_id=enrollment.node_id,
-                    reply=reply.data,
-                )
-                events = await self._record_answer(answer, lambda: self._challenge_open(enrollment))
-                log.info("enrollment decided", events=[e.TYPE for e in events])
-                return
-        except HsmfleetError as exc:
-            self._count(exc)
-            log.warning("attestation effect stopped", reason=str(exc))
-        finally:
-            self.metrics.stage.labels("attest").observe(time.perf_counter() - started)
 
     async def _on_status(self, msg: Msg) -> None:
         """Take a node's status: an announcement or heartbeat on its own subject, signed by
@@ -560,7 +435,7 @@ class Orchestrator:
                 self.log.warning("status refused", node=body.node_id, reason=str(exc))
                 return
         hsm_ok = body.hsm_ok if isinstance(body, NodeHeartbeat) else True
-        self.liveness[body.node_id] = Liveness(self._clock_ms(), hsm_ok)
+        self.liveness[body.node_id] = Liveness(self.clock_ms(), hsm_ok)
         if isinstance(body, NodeAnnounce) or body.node_id not in self.state.nodes:
             try:
                 await self.submit(body)
@@ -573,3 +448,8 @@ def _status_subject(body: NodeAnnounce | NodeHeartbeat) -> str | None:
         return subjects.node_status(body.node_id)
     except HsmfleetError:
         return None
+
+
+def _documents_to_log(state: State) -> set[str]:
+    jobs = [*bundles_to_log(state), *artifacts_to_publish(state), *retirements_to_log(state)]
+    return {j.key for j in jobs}

@@ -57,6 +57,18 @@ async def publish(nc: NATS, subject: str, env: Envelope) -> None:
     await nc.publish(subject, env.encode(), headers=headers_for(env))
 
 
+async def ask(nc: NATS, subject: str, env: Envelope, timeout: float) -> bytes:
+    """Send ``env`` and return the raw answer, for a receiver that judges it itself (the
+    orchestrator's pure core). Raises :class:`RequestTimeout` or :class:`NoResponder`."""
+    try:
+        msg = await nc.request(subject, env.encode(), timeout=timeout, headers=headers_for(env))
+    except NatsTimeout:
+        raise RequestTimeout("no answer in time", subject=subject, id=env.id) from None
+    except NoRespondersError:
+        raise NoResponder("nobody serves this subject", subject=subject) from None
+    return msg.data
+
+
 async def request(
     nc: NATS, subject: str, env: Envelope, gate: Gate, role: str, timeout: float = 2.0
 ) -> Received:
@@ -65,13 +77,7 @@ async def request(
     Raises :class:`RequestTimeout`, :class:`NoResponder`, :class:`RequestRejected`, or the
     gate's error.
     """
-    try:
-        msg = await nc.request(subject, env.encode(), timeout=timeout, headers=headers_for(env))
-    except NatsTimeout:
-        raise RequestTimeout("no answer in time", subject=subject, id=env.id) from None
-    except NoRespondersError:
-        raise NoResponder("nobody serves this subject", subject=subject) from None
-    received = gate.admit(msg.data, role, unsigned_types=_REJECTION)
+    received = gate.admit(await ask(nc, subject, env, timeout), role, unsigned_types=_REJECTION)
     if isinstance(received.body, Rejected):
         raise RequestRejected(received.body.reason, kind=received.body.kind, subject=subject)
     return received

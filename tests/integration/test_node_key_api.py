@@ -4,8 +4,6 @@ added, its orchestrator carrying out the node-key effects as the service hook wo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -27,7 +25,6 @@ from orchestrator.cli import ApiError, _call
 from orchestrator.config import Settings
 from orchestrator.keys import load_signer
 from orchestrator.log import SOURCE
-from orchestrator.node_keys_effects import carry_out, node_key_jobs
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for, write_config
 
 SOFTWARE = measure()
@@ -35,14 +32,6 @@ SOFTWARE = measure()
 
 def clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-async def pump(orch) -> None:
-    """Carry out the node-key jobs of ``orch`` as they appear (the service's effect hook)."""
-    while True:
-        for job in node_key_jobs(orch.state):
-            await carry_out(orch, job, clock_ms)
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -75,15 +64,11 @@ async def api(tmp_path, nats_server):
     nc = await nats.connect(nats_server.url)
     async with TestServer(app) as server:
         orch = app[ORCHESTRATOR]
-        effects = asyncio.create_task(pump(orch))
         try:
             await wait_for(lambda: orch.active, what="the lease")
             await daemon.start(nc)
             yield str(server.make_url("")), orch, daemon
         finally:
-            effects.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await effects
             await daemon.stop()
             await nc.close()
 

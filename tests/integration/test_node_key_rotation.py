@@ -1,9 +1,9 @@
 """Identity-key rotation with real node daemons on a real nats-server.
 
 The orchestrator's side is the pure core (a :class:`Recorder` signing with the orchestrator's
-key) and the effect that carries a rotation out (:func:`ask`, the request the service sends);
-one test runs the whole orchestrator process with the effect hooked into its effects, on
-JetStream, and replays the log it wrote.
+key) and the effect that carries a rotation out (:func:`orchestrator.effects.node_key_request`,
+run by the service's runner); one test runs the whole orchestrator process, on JetStream, and
+replays the log it wrote.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 
 import nats
 import pytest
+import structlog
 from cryptography.hazmat.primitives import serialization
 
+from messages import subjects
 from messages.attestation import ECDH_P256, NODE_ROLE, AttestRequest, NodeAnnounce
 from messages.envelope import Envelope
 from messages.errors import MessageError
@@ -39,15 +41,18 @@ from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
 from orchestrator.config import Settings
+from orchestrator.effects import carry_out, node_key_request
 from orchestrator.keys import load_signer, operator_signer, trust_for
 from orchestrator.log import SOURCE, LogReader
-from orchestrator.node_keys_effects import ask, carry_out, node_key_jobs
+from orchestrator.metrics import Metrics
+from orchestrator.node_keys_effects import node_key_jobs
 from orchestrator.recorder import Recorder
 from orchestrator.replay import Replayer
 from orchestrator.service import Orchestrator
 from orchestrator.store import EventStore
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
 from tests.replay.fleet import wait_for, write_config
+from transport.bus import ask
 from transport.outbox import Outbox
 
 KEY = bytes(range(32))
@@ -100,26 +105,32 @@ def soft_daemon(state, vendor, pins) -> NodeDaemon:
 
 class Core:
     """The orchestrator's pure core on a recorded log, its requests signed by its key; it
-    carries out effects as the service does (:class:`Runner`)."""
+    carries out effects with the service's runner (an :class:`orchestrator.effects.Host`)."""
 
     active = True
 
     def __init__(self, nc, signer: Ed25519Signer, vendor: VendorCA) -> None:
         self.nc = nc
         self.outbox = Outbox(SOURCE, signer)
-        self.log = Recorder(signer)
-        self.log.take_lease(1, now_ms())
-        self.log.decide(policy(vendor), now_ms())
+        self.recorder = Recorder(signer)
+        self.recorder.take_lease(1, now_ms())
+        self.recorder.decide(policy(vendor), now_ms())
+        self.metrics = Metrics()
+        self.effect_errors: dict[str, str] = {}
+        self.log = structlog.get_logger("test")
+
+    def clock_ms(self) -> int:
+        return now_ms()
 
     def decide(self, command):
-        return self.log.decide(command, now_ms())
+        return self.recorder.decide(command, now_ms())
 
     async def submit(self, command):
         return self.decide(command)
 
     @property
     def state(self):
-        return self.log.state
+        return self.recorder.state
 
     async def enroll(self, daemon: NodeDaemon) -> NodeEnrolled:
         self.decide(NodeAnnounce(daemon.node_id, daemon.domain, daemon.hsm.kind, SOFTWARE))
@@ -135,7 +146,7 @@ class Core:
     async def step(self):
         """Carry out the one request the state waits on; the events the answer caused."""
         (job,) = node_key_jobs(self.state)
-        return self.decide(job.answer(await ask(self.nc, self.outbox, job, 5.0)))
+        return self.decide(job.answer(await ask_node(self.nc, self.outbox, job)))
 
     async def attest_reply(self, node_id: str) -> Envelope:
         """The node's answer to an attest request, as it arrived."""
@@ -146,6 +157,12 @@ class Core:
     async def attest_signer_kid(self, node_id: str) -> str:
         """The key id the node's answers are signed with now."""
         return (await self.attest_reply(node_id)).sig.kid
+
+
+async def ask_node(nc, outbox: Outbox, job) -> bytes:
+    """The node's raw answer to ``job``'s request, signed by ``outbox``."""
+    request = outbox.envelope(job.body, corr=job.rotation_id)
+    return await ask(nc, subjects.node_command(job.node_id, "rotate"), request, 5.0)
 
 
 def signed_by(env: Envelope, node_id: str, alg: str, public_key: bytes) -> bool:
@@ -234,7 +251,7 @@ async def test_refused_rotation_leaves_the_node_on_its_old_key(
         (challenged,) = core.decide(RotateNodeKey(node_id="n1", requested_by="test"))
         (job,) = node_key_jobs(core.state)
         forged = RotateIdentity(challenged.nonce, challenged.expires_ms, "0" * 16)
-        reply = await ask(nc, core.outbox, type(job)(**{**job.__dict__, "body": forged}), 5.0)
+        reply = await ask_node(nc, core.outbox, type(job)(**{**job.__dict__, "body": forged}))
         (refused,) = core.decide(job.answer(reply))
         assert isinstance(refused, NodeKeyRotationRefused) and refused.reason == "refused"
         # the next rotation proves the key the node made before, never adopted
@@ -283,7 +300,7 @@ async def test_a_node_that_does_not_answer_is_asked_until_the_nonce_expires(
     (challenged,) = core.decide(RotateNodeKey(node_id="n1", requested_by="test"))
     (job,) = node_key_jobs(core.state)
     started = time.monotonic()
-    await asyncio.wait_for(carry_out(core, job, now_ms), 10)
+    await asyncio.wait_for(carry_out(core, node_key_request(nc, core.outbox, job)), 10)
     assert time.monotonic() - started >= 0.3  # it kept asking until the deadline
     assert core.state.rotations[challenged.rotation_id].status == "open"
     # the node's next rotation closes the unanswered one
