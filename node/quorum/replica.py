@@ -40,6 +40,7 @@ from node.quorum.acceptor import Acceptor, Vote
 from node.quorum.catchup import catch_up
 from node.quorum.proposer import Judge, Proposer
 from node.quorum.store import SlotStore
+from transport.backoff import Backoff
 from transport.bus import serve
 from transport.gate import Gate, Received
 from transport.outbox import Outbox
@@ -214,7 +215,7 @@ class Replica:
 
     async def _catch_up(self, counts_self: bool) -> None:
         """Copy from a majority until it works, then vote. Not a voter: wait for a config."""
-        pause = 0.1
+        backoff = Backoff(0.1, 2.0)
         while self.member in self._membership.voters:
             try:
                 await catch_up(
@@ -227,8 +228,7 @@ class Replica:
                 )
             except (CatchUpFailed, HsmfleetError) as exc:
                 log.warning("catch-up failed; retrying", member=self.member, error=str(exc))
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+                await backoff.wait()
                 continue
             self.store.set_meta(_READY, b"1")
             self.acceptor.voting = True

@@ -50,6 +50,7 @@ from node.quorum.proposer import Commit, Proposer, Step
 from node.vault import metrics
 from node.vault import record as records
 from node.vault.applet import ATTEMPTED, DESTROYED, REGISTERED, SUCCEEDED, RequestInfo
+from transport.backoff import Backoff
 from transport.bus import headers_for
 from transport.gate import Gate
 from transport.outbox import Outbox
@@ -363,15 +364,14 @@ class VaultService:
         :data:`DECIDE_S` passes; raises the last read's :class:`QuorumError`."""
         loop = asyncio.get_running_loop()
         until = loop.time() + DECIDE_S
-        pause = 0.01
+        backoff = Backoff(0.01, 0.5)
         while True:
             try:
                 return await self.proposer.read(key)
             except QuorumError:
-                if loop.time() + pause >= until:
+                if loop.time() >= until:
                     raise
-            await asyncio.sleep(pause)
-            pause = min(0.5, pause * 2)
+            await backoff.wait(until - loop.time())
 
 
 def _registered(record: records.UserRecord | None, registration: str) -> bool | None:
