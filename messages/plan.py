@@ -45,7 +45,7 @@ sends it)::
     member_deadline_s = 60   # time a member has for each step (stopped while paused)
 
 :func:`plan_json` turns the parsed file into the plan's canonical JSON (defaults filled in, the
-files it names read; ``orchestrator.plan_file`` reads a plan file) and :func:`parse_plan` turns
+files it names read; ``orchestrator.cli.plan_file`` reads a plan file) and :func:`parse_plan` turns
 that JSON into a :class:`RolloutPlan`; both refuse unknown settings, so a typo is an error.
 :func:`check_plan` holds the rules every plan must meet; each broken rule is its own typed
 error. What depends on the fleet's current state (which nodes exist) is

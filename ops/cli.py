@@ -13,8 +13,11 @@ from node import cli as node_cli
 from node.hsm.device import cli as device_cli
 from node.quorum import cli as member_cli
 from ops import demo, nats_cli, vault_cli, verify_cli
-from orchestrator import cli as orchestrator_cli
-from orchestrator import fleet_cli, node_keys_cli, rollout_cli, signer_rotation_cli
+from orchestrator.cli import fleet as fleet_cli
+from orchestrator.cli import node_keys as node_keys_cli
+from orchestrator.cli import orchestrator as orchestrator_cli
+from orchestrator.cli import rollout as rollout_cli
+from orchestrator.cli import signer_rotation as signer_rotation_cli
 from transport import logs
 
 # Each part adds its verbs to the parser; the chosen verb's ``run`` gets the parsed arguments

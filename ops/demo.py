@@ -64,10 +64,10 @@ from node.vendor import VendorCA
 from ops.natsauth.bundle import Bundle, write_bundle
 from ops.natsauth.connect import SecuredServer
 from ops.verifier_files import save_pins
-from orchestrator.config import Settings
-from orchestrator.keys import generate, make_operator_key
-from orchestrator.plan_file import load_plan
-from orchestrator.rollout_cli import summary
+from orchestrator.cli.plan_file import load_plan
+from orchestrator.cli.rollout import summary
+from orchestrator.shell.config import Settings
+from orchestrator.shell.keys import generate, make_operator_key
 from transport import credentials, logs
 from transport.parties import CLIENT as CLIENT_ROLE
 from transport.parties import Party, parse_layout

@@ -8,8 +8,8 @@ keys, the votes a quorum of real replicas would send (the integration tests run 
 
 :class:`Drill` carries out a rollout's effects the way the orchestrator's shell does (challenges,
 member commands, bundles to log, the artifact to publish) but one after another, deciding with
-a :class:`~orchestrator.recorder.Recorder` at a clock the caller moves. It counts the time spent
-in the orchestrator's own work (deciding, sealing, folding, reading effects off the state)
+a :class:`~orchestrator.shell.recorder.Recorder` at a clock the caller moves. It counts the time
+spent in the orchestrator's own work (deciding, sealing, folding, reading effects off the state)
 apart from the members' and the cosigners'.
 """
 
@@ -46,19 +46,19 @@ from node.attest import attest
 from node.hsm.soft import SoftHsm
 from node.identity import IDENTITY, establish
 from node.vendor import VendorCA, provision
-from orchestrator.core import open_enrollments, overdue
-from orchestrator.cosigning import Cosigning
-from orchestrator.recorder import Recorder
-from orchestrator.rollout import PROBE
-from orchestrator.rollout_effects import (
+from orchestrator.core.decisions import open_enrollments, overdue
+from orchestrator.core.rollout.decisions import PROBE
+from orchestrator.core.rollout.effects import (
     MemberCommand,
     artifacts_to_publish,
     bundles_to_log,
     retirements_to_log,
 )
-from orchestrator.rollout_effects import member_commands as commands_of
-from orchestrator.rollout_notices import log_retirement
-from orchestrator.state import State
+from orchestrator.core.rollout.effects import member_commands as commands_of
+from orchestrator.core.state import State
+from orchestrator.shell.cosigning import Cosigning
+from orchestrator.shell.recorder import Recorder
+from orchestrator.shell.retirement_document import log_retirement
 from transport.outbox import Outbox
 
 MEASUREMENT = "sha256:" + "5e" * 32

@@ -24,7 +24,7 @@
   when every log passes, 1 otherwise, 2 as for ``verify`` when the pins or state are unusable.
 - ``pins --cosigner PIN... --operator-key FILE --threshold K [--vouching POLICY] [floor options]
   --out FILE``: write a pins file from cosigner pins (``hsmfleet cosigner pin``) and the
-  operator's public key (hex, as ``orchestrator/keys.py`` writes it, or JSON ``{"alg",
+  operator's public key (hex, as ``orchestrator/shell/keys.py`` writes it, or JSON ``{"alg",
   "public_key"}``). ``--vouching logged`` (the default) counts towards K only cosigners that
   logged the artifact; ``witnessed`` also those that cosigned another pinned log's checkpoint.
 """
@@ -83,7 +83,7 @@ from messages.verify import (
     witnesses_of,
 )
 from ops.verifier_files import load_pins, load_state, save_pins, save_state
-from orchestrator.audit import cross_check, fetch_evidence
+from orchestrator.shell.audit import cross_check, fetch_evidence
 from transport.log_reader import LogReader, LogUnreachable
 
 RECEIPT_CONCURRENCY = 8

@@ -35,12 +35,12 @@ from node.daemon import NodeDaemon
 from node.hsm.soft import SoftHsm
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
-from orchestrator.keys import trust_for
-from orchestrator.log import GENESIS, LogReader
-from orchestrator.logfile import Header, replay_files
-from orchestrator.recorder import Recorder
-from orchestrator.replay import Replayer
-from orchestrator.store import EventStore
+from orchestrator.shell.keys import trust_for
+from orchestrator.shell.log import GENESIS, LogReader
+from orchestrator.shell.logfile import Header, replay_files
+from orchestrator.shell.recorder import Recorder
+from orchestrator.shell.replay import Replayer
+from orchestrator.shell.store import EventStore
 from transport import logs
 
 MEASUREMENTS = ("sha256:" + "a1" * 32, "sha256:" + "b2" * 32)

@@ -33,8 +33,8 @@ from messages.plan import parse_plan
 from messages.verify import OperatorPin, Pins, VerifierState, verify_bundle
 from ops.bench.cosign import ed25519_baseline
 from ops.sim import Drill, SimFleet
-from orchestrator.cosigning import Cosigning
-from orchestrator.recorder import Recorder
+from orchestrator.shell.cosigning import Cosigning
+from orchestrator.shell.recorder import Recorder
 
 DOMAINS = ("dc1", "dc2", "dc3", "dc4", "dc5")
 

@@ -40,11 +40,11 @@ from node.quorum.localfleet import LocalFleet
 from node.quorum.member import VOTE_KEY, Member, open_hsm
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
-from orchestrator.api import create_app
-from orchestrator.api_requests import ORCHESTRATOR
-from orchestrator.config import Settings
-from orchestrator.keys import generate, load_signer
-from orchestrator.service import Orchestrator
+from orchestrator.api.app import create_app
+from orchestrator.api.requests import ORCHESTRATOR
+from orchestrator.shell.config import Settings
+from orchestrator.shell.keys import generate, load_signer
+from orchestrator.shell.service import Orchestrator
 
 OPERATOR_TOKEN = "fuzz-operator-token-0123456789"
 READ_TOKEN = "fuzz-read-token-0123456789"
@@ -153,7 +153,7 @@ async def open_world(root: Path) -> AsyncIterator[World]:
         stack.push_async_callback(nc.close)
         await daemon.start(nc)
         stack.push_async_callback(daemon.stop)
-        await _wait(lambda: NODE_ID in orchestrator.state.nodes, "the node's announcement")
+        await _wait(lambda: NODE_ID in orchestrator.core.state.nodes, "the node's announcement")
         node_app = create_node_app(daemon)
         node_runner = web.AppRunner(node_app, access_log=None)
         await node_runner.setup()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from messages.quorum import ACCEPT, COMMITTED, CONFIG, PHASES, PREPARE, SNAPSHOT
 from messages.subjects import EVENT_STREAM, EVENT_SUBJECTS
 from messages.vault import OPERATIONS
-from orchestrator.lease import BUCKET as LEASE_BUCKET
+from orchestrator.shell.lease import BUCKET as LEASE_BUCKET
 from transport.parties import (
     AUDITOR,
     CLIENT,

@@ -42,11 +42,11 @@ from node.daemon import NodeDaemon
 from node.pins import read_pins
 from ops.natsauth.connect import SecuredCluster
 from ops.natsserver import NatsServer
-from orchestrator.config import Settings
-from orchestrator.keys import load_signer, make_operator_key, trust_for
-from orchestrator.log import GENESIS, PREV, entry_digest
-from orchestrator.logfile import ReplayResult, replay_files
-from orchestrator.store import EventStore
+from orchestrator.shell.config import Settings
+from orchestrator.shell.keys import load_signer, make_operator_key, trust_for
+from orchestrator.shell.log import GENESIS, PREV, entry_digest
+from orchestrator.shell.logfile import ReplayResult, replay_files
+from orchestrator.shell.store import EventStore
 from tests.replay.fleet import HSMFLEET, OPERATOR_TOKEN, OrchestratorProcess
 from tests.replay.rolloutbed import MEMBERS, SEALING_KEY, SOFTWARE, RolloutBed, SeededHsm
 from transport.parties import AUDITOR, COSIGNER, NODE, ORCHESTRATOR, parse_layout
@@ -325,7 +325,7 @@ class ClusterWorld:
         headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
         async with (
             aiohttp.ClientSession(headers=headers) as http,
-            http.post(orchestrator.api + "/v1/rollouts", json=self.bed.plan(FLEET)) as resp,
+            http.post(orchestrator.api.app + "/v1/rollouts", json=self.bed.plan(FLEET)) as resp,
         ):
             assert resp.status == 202, await resp.text()
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from messages.envelope import Envelope
 from messages.signing import Ed25519Signer
 from ops.fuzz.mutate import Mutator, Seed
-from orchestrator.errors import LogCorrupt
-from orchestrator.keys import load_trust
-from orchestrator.log import LogReader
+from orchestrator.core.errors import LogCorrupt
+from orchestrator.shell.keys import load_trust
+from orchestrator.shell.log import LogReader
 
 DATA = Path(__file__).parent.parent / "data"
 MUTANTS = 3000

@@ -23,7 +23,7 @@ from messages.verify import (
     parse_bundle,
     verify_bundle,
 )
-from orchestrator.service import Orchestrator
+from orchestrator.shell.service import Orchestrator
 from tests.replay.fleet import wait_for
 from tests.replay.rolloutbed import RolloutBed
 from transport.log_reader import LogReader

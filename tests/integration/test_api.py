@@ -21,10 +21,10 @@ from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
-from orchestrator.api import create_app
-from orchestrator.api_requests import ORCHESTRATOR
-from orchestrator.config import Settings
-from orchestrator.keys import load_signer
+from orchestrator.api.app import create_app
+from orchestrator.api.requests import ORCHESTRATOR
+from orchestrator.shell.config import Settings
+from orchestrator.shell.keys import load_signer
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for, write_config
 from transport.bus import publish
 from transport.cosign_client import CheckpointRequest

@@ -17,9 +17,9 @@ from messages.canonical import b64
 from messages.verify import VerifierState, verify_bundle
 from ops.cli import build_parser
 from ops.verifier_files import save_pins
-from orchestrator.api import create_app
-from orchestrator.api_requests import ORCHESTRATOR
-from orchestrator.keys import load_signer, save_rotation_chain
+from orchestrator.api.app import create_app
+from orchestrator.api.requests import ORCHESTRATOR
+from orchestrator.shell.keys import load_signer, save_rotation_chain
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for
 from tests.replay.rolloutbed import served_bed
 

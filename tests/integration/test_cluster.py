@@ -7,7 +7,7 @@ import nats
 import pytest
 
 from messages import subjects
-from orchestrator.store import EventStore
+from orchestrator.shell.store import EventStore
 from transport.parties import parse_layout
 
 pytestmark = pytest.mark.cluster

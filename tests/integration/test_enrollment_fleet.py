@@ -18,10 +18,10 @@ from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
-from orchestrator.keys import load_signer, trust_for
-from orchestrator.log import LogReader
-from orchestrator.replay import Replayer
-from orchestrator.store import EventStore
+from orchestrator.shell.keys import load_signer, trust_for
+from orchestrator.shell.log import LogReader
+from orchestrator.shell.replay import Replayer
+from orchestrator.shell.store import EventStore
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
 from tests.replay.fleet import running, wait_for, write_config
 

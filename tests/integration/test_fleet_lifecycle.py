@@ -42,9 +42,9 @@ from messages.verify import (
     ingest_rotations,
 )
 from node.http import health
-from orchestrator.keys import load_rotation_chain, load_signer, operator_signer
-from orchestrator.log import SOURCE
-from orchestrator.signer_rotation import log_cosigner_rotation, rotate_operator_key
+from orchestrator.shell.keys import load_rotation_chain, load_signer, operator_signer
+from orchestrator.shell.log import SOURCE
+from orchestrator.shell.signer_rotation import log_cosigner_rotation, rotate_operator_key
 from tests.integration.fleetvault import (
     Follower,
     roll_out,

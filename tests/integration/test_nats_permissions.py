@@ -45,13 +45,13 @@ from ops.natsauth.connect import SecuredServer
 from ops.natsauth.nkey import user_key
 from ops.natsauth.permissions import LEASE_STREAM
 from ops.natsserver import NatsServer, free_port
-from orchestrator.config import Settings
-from orchestrator.errors import AppendConflict
-from orchestrator.keys import load_signer
-from orchestrator.lease import BUCKET, Lease
-from orchestrator.log import Sealed
-from orchestrator.service import STATUS_SUBJECTS, Orchestrator
-from orchestrator.store import EventStore
+from orchestrator.core.errors import AppendConflict
+from orchestrator.shell.config import Settings
+from orchestrator.shell.keys import load_signer
+from orchestrator.shell.lease import BUCKET, Lease
+from orchestrator.shell.log import Sealed
+from orchestrator.shell.service import STATUS_SUBJECTS, Orchestrator
+from orchestrator.shell.store import EventStore
 from tests.faults.fleets import FAST
 from tests.replay.fleet import wait_for, write_config
 from transport import credentials

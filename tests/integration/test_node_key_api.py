@@ -1,5 +1,5 @@
 """``hsmfleet node rotate-key`` over the orchestrator's HTTP API, on a real nats-server with a
-real node daemon: the API app of :func:`orchestrator.api.create_app` with the node-key routes
+real node daemon: the API app of :func:`orchestrator.api.app.create_app` with the node-key routes
 added, its orchestrator carrying out the node-key effects as the service hook would."""
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.cli import build_parser
 from ops.natsserver import NatsServer
-from orchestrator.api import create_app
-from orchestrator.api_requests import ORCHESTRATOR
-from orchestrator.cli import ApiError, _call
-from orchestrator.config import Settings
-from orchestrator.keys import load_signer
-from orchestrator.log import SOURCE
+from orchestrator.api.app import create_app
+from orchestrator.api.requests import ORCHESTRATOR
+from orchestrator.cli.orchestrator import ApiError, _call
+from orchestrator.shell.config import Settings
+from orchestrator.shell.keys import load_signer
+from orchestrator.shell.log import SOURCE
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for, write_config
 
 SOFTWARE = measure()

@@ -1,9 +1,9 @@
 """Identity-key rotation with real node daemons on a real nats-server.
 
-The orchestrator's side is the pure core (a :class:`Recorder` signing with the orchestrator's
-key) and the effect that carries a rotation out (:func:`orchestrator.effects.node_key_request`,
-run by the service's runner); one test runs the whole orchestrator process, on JetStream, and
-replays the log it wrote.
+The orchestrator's side is the pure core (a :class:`Recorder` signing with the orchestrator's key)
+and the effect that carries a rotation out (:func:`orchestrator.shell.effects.node_key_request`, run
+by the service's runner); one test runs the whole orchestrator process, on JetStream, and replays
+the log it wrote.
 """
 
 from __future__ import annotations
@@ -40,16 +40,16 @@ from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
-from orchestrator.config import Settings
-from orchestrator.effects import carry_out, node_key_request
-from orchestrator.keys import load_signer, operator_signer, trust_for
-from orchestrator.log import SOURCE, LogReader
-from orchestrator.metrics import Metrics
-from orchestrator.node_keys_effects import node_key_jobs
-from orchestrator.recorder import Recorder
-from orchestrator.replay import Replayer
-from orchestrator.service import Orchestrator
-from orchestrator.store import EventStore
+from orchestrator.core.node_key_jobs import node_key_jobs
+from orchestrator.shell.config import Settings
+from orchestrator.shell.effects import carry_out, node_key_request
+from orchestrator.shell.keys import load_signer, operator_signer, trust_for
+from orchestrator.shell.log import SOURCE, LogReader
+from orchestrator.shell.metrics import Metrics
+from orchestrator.shell.recorder import Recorder
+from orchestrator.shell.replay import Replayer
+from orchestrator.shell.service import Orchestrator
+from orchestrator.shell.store import EventStore
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
 from tests.replay.fleet import wait_for, write_config
 from transport.bus import ask
@@ -105,7 +105,7 @@ def soft_daemon(state, vendor, pins) -> NodeDaemon:
 
 class Core:
     """The orchestrator's pure core on a recorded log, its requests signed by its key; it
-    carries out effects with the service's runner (an :class:`orchestrator.effects.Host`)."""
+    carries out effects with the service's runner (an :class:`orchestrator.shell.effects.Host`)."""
 
     active = True
 

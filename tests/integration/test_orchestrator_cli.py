@@ -21,7 +21,7 @@ from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
-from orchestrator.keys import load_signer
+from orchestrator.shell.keys import load_signer
 from tests.replay.fleet import (
     OPERATOR_TOKEN,
     READ_TOKEN,

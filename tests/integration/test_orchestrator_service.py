@@ -12,13 +12,13 @@ from messages import subjects
 from messages.attestation import NodeAnnounce
 from node.vendor import VendorCA
 from ops.natsserver import NatsServer
-from orchestrator.context import Context
-from orchestrator.core import decide
-from orchestrator.errors import Fenced
-from orchestrator.keys import load_signer, trust_for
-from orchestrator.log import entry_digest, seal
-from orchestrator.state import Lease, State
-from orchestrator.store import EventStore
+from orchestrator.core.context import Context
+from orchestrator.core.decisions import decide
+from orchestrator.core.errors import Fenced
+from orchestrator.core.state import Lease, State
+from orchestrator.shell.keys import load_signer, trust_for
+from orchestrator.shell.log import entry_digest, seal
+from orchestrator.shell.store import EventStore
 from tests.replay.fleet import audit, running, wait_for, write_config
 from transport.bus import publish
 from transport.outbox import Outbox

@@ -11,12 +11,12 @@ from messages.attestation import NodeAnnounce
 from messages.envelope import Envelope
 from messages.schema import REGISTRY
 from ops.natsserver import NatsServer
-from orchestrator.context import Context
-from orchestrator.core import decide
-from orchestrator.errors import AppendConflict
-from orchestrator.log import GENESIS, LogReader, Sealed, entry_digest, seal
-from orchestrator.replay import Replayer
-from orchestrator.store import EventStore
+from orchestrator.core.context import Context
+from orchestrator.core.decisions import decide
+from orchestrator.core.errors import AppendConflict
+from orchestrator.shell.log import GENESIS, LogReader, Sealed, entry_digest, seal
+from orchestrator.shell.replay import Replayer
+from orchestrator.shell.store import EventStore
 from tests.replay.kit import MEASUREMENT, T0, PureLog
 
 

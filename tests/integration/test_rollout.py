@@ -13,7 +13,7 @@ from messages.ceremony import key_label
 from messages.events import StartRollout
 from messages.plan import parse_plan
 from messages.verify import QuorumFloor, VerifierState, verify_bundle
-from orchestrator.keys import load_signer, trust_for
+from orchestrator.shell.keys import load_signer, trust_for
 from tests.replay.fleet import audit, running, wait_for
 from tests.replay.rolloutbed import served_bed
 

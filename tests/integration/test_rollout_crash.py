@@ -26,10 +26,10 @@ from messages.events import StartRollout
 from messages.plan import parse_plan
 from messages.schema import Body
 from ops.natsserver import NatsServer
-from orchestrator.config import Settings
-from orchestrator.keys import load_signer, operator_signer, trust_for
-from orchestrator.service import Orchestrator
-from orchestrator.store import EventStore
+from orchestrator.shell.config import Settings
+from orchestrator.shell.keys import load_signer, operator_signer, trust_for
+from orchestrator.shell.service import Orchestrator
+from orchestrator.shell.store import EventStore
 from tests.replay.fleet import OPERATOR_TOKEN, OrchestratorProcess, audit, wait_for
 from tests.replay.rolloutbed import RolloutBed, open_bed
 

@@ -19,9 +19,9 @@ from messages.verify import VerifierState, verify_bundle
 from node.daemon import NodeDaemon
 from node.hsm.base import KeyNotFound
 from node.pins import read_pins
-from orchestrator.core import open_enrollments
-from orchestrator.errors import AppendConflict
-from orchestrator.rollout_effects import member_commands
+from orchestrator.core.decisions import open_enrollments
+from orchestrator.core.errors import AppendConflict
+from orchestrator.core.rollout.effects import member_commands
 from tests.replay.fleet import running, wait_for
 from tests.replay.rolloutbed import MEMBERS, SOFTWARE, served_bed
 

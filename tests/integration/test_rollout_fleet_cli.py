@@ -1,5 +1,5 @@
 """``hsmfleet fleet ...`` over the orchestrator's HTTP API (the app of
-:func:`orchestrator.api.create_app` with the fleet-flow routes added), on a real nats-server
+:func:`orchestrator.api.app.create_app` with the fleet-flow routes added), on a real nats-server
 with five node daemons and two cosigners: a rotation followed with ``--watch`` to the end of
 its overlap, a schedule, refusals with exit code 1 and their error kinds, a retirement and its
 notice."""
@@ -16,10 +16,10 @@ from messages.ids import display_time, parse_time
 from messages.plan import parse_plan
 from messages.verify import parse_notice
 from ops.cli import build_parser
-from orchestrator.api import create_app
-from orchestrator.api_requests import ORCHESTRATOR
-from orchestrator.cli import ApiError, _call
-from orchestrator.keys import load_signer
+from orchestrator.api.app import create_app
+from orchestrator.api.requests import ORCHESTRATOR
+from orchestrator.cli.orchestrator import ApiError, _call
+from orchestrator.shell.keys import load_signer
 from tests.replay.fleet import OPERATOR_TOKEN, READ_TOKEN, wait_for
 from tests.replay.rolloutbed import served_bed
 

@@ -19,8 +19,8 @@ from messages.ceremony import key_label
 from messages.events import RotateFleet
 from node.hsm.base import KeyNotFound
 from ops.natsserver import NatsServer
-from orchestrator.keys import load_signer, trust_for
-from orchestrator.store import EventStore
+from orchestrator.shell.keys import load_signer, trust_for
+from orchestrator.shell.store import EventStore
 from tests.integration.fleetvault import roll_out, started
 from tests.integration.test_rollout_crash import Running
 from tests.replay.fleet import OPERATOR_TOKEN, OrchestratorProcess, audit

@@ -22,7 +22,7 @@ from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
-from orchestrator.keys import load_signer, trust_for
+from orchestrator.shell.keys import load_signer, trust_for
 from tests.replay.fleet import OrchestratorProcess, audit, wait_for_health, write_config
 from transport.bus import publish
 

@@ -20,13 +20,13 @@ from nats.aio.client import Client as NATS
 from messages.envelope import Envelope
 from messages.events import LogEntry
 from messages.signing import TrustStore
-from orchestrator.config import Settings
-from orchestrator.keys import generate, load_signer, operator_signer
-from orchestrator.log import LogReader
-from orchestrator.replay import Replayer
-from orchestrator.service import Orchestrator
-from orchestrator.state import State
-from orchestrator.store import EventStore
+from orchestrator.core.state import State
+from orchestrator.shell.config import Settings
+from orchestrator.shell.keys import generate, load_signer, operator_signer
+from orchestrator.shell.log import LogReader
+from orchestrator.shell.replay import Replayer
+from orchestrator.shell.service import Orchestrator
+from orchestrator.shell.store import EventStore
 
 OPERATOR_TOKEN = "op-token-0123456789"
 READ_TOKEN = "read-token-0123456789"

@@ -24,7 +24,7 @@ from messages.attestation import (
 from messages.events import LogEntry
 from messages.schema import Body
 from messages.signing import Ed25519Signer
-from orchestrator.recorder import Recorder
+from orchestrator.shell.recorder import Recorder
 from transport.outbox import Outbox
 
 MEASUREMENT = "sha256:" + "ab" * 32
@@ -153,7 +153,8 @@ class Device:
 
 
 class PureLog(Recorder):
-    """A :class:`~orchestrator.recorder.Recorder` deciding at :data:`T0` unless told otherwise."""
+    """A :class:`~orchestrator.shell.recorder.Recorder` deciding at :data:`T0` unless told
+    otherwise."""
 
     def decide(self, command: Body, now_ms: int = T0) -> list[LogEntry]:
         return super().decide(command, now_ms)

@@ -35,11 +35,11 @@ from messages.events import (
     Tick,
 )
 from messages.signing import Ed25519Signer
-from orchestrator import evidence
-from orchestrator.core import decide, open_enrollments
-from orchestrator.log import GENESIS
-from orchestrator.logfile import Header
-from orchestrator.recorder import Recorder
+from orchestrator.core import evidence
+from orchestrator.core.decisions import decide, open_enrollments
+from orchestrator.shell.log import GENESIS
+from orchestrator.shell.logfile import Header
+from orchestrator.shell.recorder import Recorder
 from tests.replay.kit import MEASUREMENT, T0, PureLog, Vendor
 from tests.replay.world import World
 

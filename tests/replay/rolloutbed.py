@@ -40,8 +40,8 @@ from node.vault.applet import VaultApplet
 from node.vault.journal import EvaluationJournal
 from node.vendor import VendorCA, provision
 from ops.natsserver import NatsServer
-from orchestrator.config import Settings
-from orchestrator.keys import load_signer, make_operator_key
+from orchestrator.shell.config import Settings
+from orchestrator.shell.keys import load_signer, make_operator_key
 from tests.replay.fleet import write_config
 from transport.cosign_client import Peer
 

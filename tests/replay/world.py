@@ -22,9 +22,9 @@ from messages.events import (
 from messages.plan import RolloutPlan, parse_plan
 from messages.signing import Ed25519Signer
 from ops.sim import Drill, HsmFactory, SimFleet, soft_hsm
-from orchestrator.cosigning import Cosigning
-from orchestrator.recorder import Recorder
-from orchestrator.rollout_state import Rollout
+from orchestrator.core.rollout.state import Rollout
+from orchestrator.shell.cosigning import Cosigning
+from orchestrator.shell.recorder import Recorder
 
 MEMBERS = (
     ("node-1", "dc1"),

@@ -16,16 +16,16 @@ from messages.events import (
     TakeLease,
     Tick,
 )
-from orchestrator.context import Context
-from orchestrator.core import decide
-from orchestrator.errors import (
+from orchestrator.core.context import Context
+from orchestrator.core.decisions import decide
+from orchestrator.core.errors import (
     CommandRefused,
     EnrollmentConflict,
     Fenced,
     NoPolicy,
     UnknownNode,
 )
-from orchestrator.state import State
+from orchestrator.core.state import State
 from tests.replay.kit import MEASUREMENT, T0, PureLog, Vendor
 
 

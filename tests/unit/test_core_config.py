@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from messages.errors import HsmfleetError
-from orchestrator.cli import keygen_command
-from orchestrator.config import ConfigError, Settings
-from orchestrator.keys import KeyFileError, generate, load_signer, load_trust
+from orchestrator.cli.orchestrator import keygen_command
+from orchestrator.shell.config import ConfigError, Settings
+from orchestrator.shell.keys import KeyFileError, generate, load_signer, load_trust
 from tests.replay.kit import MEASUREMENT, Vendor
 
 BASE = {

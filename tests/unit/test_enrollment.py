@@ -11,8 +11,8 @@ from messages.attestation import AttestationStatement
 from messages.events import AttestationAnswer, EnrollNode, NodeEnrolled, NodeRejected
 from messages.rejected import Rejected
 from messages.signing import Ed25519Signer
-from orchestrator.core import ReattestationRequired, open_enrollments
-from orchestrator.errors import UnknownEnrollment
+from orchestrator.core.decisions import ReattestationRequired, open_enrollments
+from orchestrator.core.errors import UnknownEnrollment
 from tests.replay.kit import DAY_MS, T0, PureLog, Vendor
 from tests.unit.test_core import announce, policy
 from transport.outbox import Outbox

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import LogCorrupt
-from orchestrator.keys import load_trust
-from orchestrator.log import LogReader
+from orchestrator.core.errors import LogCorrupt
+from orchestrator.shell.keys import load_trust
+from orchestrator.shell.log import LogReader
 
 DATA = Path(__file__).parent.parent / "data"
 LINES = (DATA / "rollout-active.v2.jsonl").read_bytes().splitlines()[1:]

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from messages.events import MemberAnswer
-from orchestrator.rollout_answers import AnswerNotForCommand
-from orchestrator.rollout_effects import member_commands
+from orchestrator.core.rollout.answers import AnswerNotForCommand
+from orchestrator.core.rollout.effects import member_commands
 from tests.replay.world import World
 from tests.unit.test_rollout import replays
 

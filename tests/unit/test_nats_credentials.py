@@ -15,7 +15,7 @@ from messages.vault_policy import VaultPolicy
 from node.quorum.member import MemberSettings
 from node.vault.applet import KeySet
 from ops.natsauth.bundle import BundleError, ensure_bundle, write_bundle
-from orchestrator.config import Settings
+from orchestrator.shell.config import Settings
 from transport.credentials import CredentialsError, party_options
 from transport.parties import DEV_LAYOUT, parse_layout
 

@@ -28,7 +28,7 @@ from ops.natsauth.permissions import (
     grant,
 )
 from ops.natsauth.tls import issue
-from orchestrator.lease import BUCKET
+from orchestrator.shell.lease import BUCKET
 from transport.parties import LayoutError, Party, load_layout, parse_layout
 
 LAYOUT_JSON = {

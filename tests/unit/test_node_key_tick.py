@@ -7,7 +7,7 @@ import pytest
 
 from messages.events import Tick
 from messages.node_keys import NodeKeyRotationRefused, RotateNodeKey
-from orchestrator.core import overdue
+from orchestrator.core.decisions import overdue
 from tests.replay.world import World
 from tests.unit.test_rollout import replays
 

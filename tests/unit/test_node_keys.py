@@ -25,9 +25,9 @@ from messages.node_keys import (
 )
 from messages.rejected import Rejected
 from messages.signing import Ed25519Signer
-from orchestrator import node_keys
-from orchestrator.errors import UnknownNode
-from orchestrator.state import evolve
+from orchestrator.core import node_keys
+from orchestrator.core.errors import UnknownNode
+from orchestrator.core.state import evolve
 from tests.replay.kit import T0, Device, PureLog, Vendor
 from tests.unit.test_core import announce, policy
 from tests.unit.test_enrollment import answer as enrollment_answer

@@ -29,7 +29,7 @@ from messages.plan import (
     describe,
     parse_plan,
 )
-from orchestrator.plan_file import load_plan
+from orchestrator.cli.plan_file import load_plan
 
 KEY_A, KEY_B = b64(bytes(range(32))), b64(bytes(range(1, 33)))
 

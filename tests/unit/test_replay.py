@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from messages.signing import Ed25519Signer
-from orchestrator.errors import Fenced, LogCorrupt, ReplayDivergence
-from orchestrator.keys import load_trust, trust_for
-from orchestrator.log import entry_digest
-from orchestrator.logfile import Header, replay_files
+from orchestrator.core.errors import Fenced, LogCorrupt, ReplayDivergence
+from orchestrator.shell.keys import load_trust, trust_for
+from orchestrator.shell.log import entry_digest
+from orchestrator.shell.logfile import Header, replay_files
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 GOOD = ["enrollment-mixed.v2.jsonl", "enrollment-mixed.v1.jsonl"]

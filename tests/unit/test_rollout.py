@@ -27,8 +27,8 @@ from messages.plan import BadQuorum
 from messages.rejected import Rejected
 from messages.signing import Ed25519Signer
 from node.hsm.base import KeyNotFound
-from orchestrator.core import decide
-from orchestrator.errors import (
+from orchestrator.core.decisions import decide
+from orchestrator.core.errors import (
     CommandRefused,
     FleetActive,
     MembersUnavailable,
@@ -36,10 +36,10 @@ from orchestrator.errors import (
     UnknownNode,
     UnknownRollout,
 )
-from orchestrator.evidence import BadCosignerAnswers
-from orchestrator.log import LogReader
-from orchestrator.replay import Replayer
-from orchestrator.rollout_effects import bundles_to_log, member_commands
+from orchestrator.core.evidence import BadCosignerAnswers
+from orchestrator.core.rollout.effects import bundles_to_log, member_commands
+from orchestrator.shell.log import LogReader
+from orchestrator.shell.replay import Replayer
 from tests.replay.world import World
 from transport.outbox import Outbox
 

@@ -8,7 +8,7 @@ import pytest
 
 from messages.audit import audit_entries
 from messages.checkpoint import open_checkpoint
-from orchestrator.audit import EvidenceMismatch, FleetEvidence, cross_check
+from orchestrator.shell.audit import EvidenceMismatch, FleetEvidence, cross_check
 from tests.replay.world import World
 
 

@@ -21,9 +21,9 @@ from messages.plan import parse_plan
 from messages.schema import Body
 from messages.signing import Ed25519Signer
 from ops.sim import Drill, SimFleet
-from orchestrator.cosigning import Cosigning
-from orchestrator.recorder import Recorder
-from orchestrator.rollout_effects import ToLog
+from orchestrator.core.rollout.effects import ToLog
+from orchestrator.shell.cosigning import Cosigning
+from orchestrator.shell.recorder import Recorder
 from tests.replay.rolloutbed import MEMBERS, SEALING_KEY, SeededHsm
 
 SIGNER = Ed25519Signer.from_seed(hashlib.sha256(b"crash test orchestrator").digest())

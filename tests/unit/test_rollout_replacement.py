@@ -17,10 +17,10 @@ from messages.membership import Membership
 from node.hsm.base import KeyNotFound
 from node.vendor import VendorCA
 from ops.sim import SimNode
-from orchestrator.errors import RolloutConflict, UnknownNode
-from orchestrator.fleet_errors import AlreadyAMember, FleetNotActive, NotAMember
-from orchestrator.log import LogReader
-from orchestrator.rollout_effects import member_commands
+from orchestrator.core.errors import RolloutConflict, UnknownNode
+from orchestrator.core.fleet_errors import AlreadyAMember, FleetNotActive, NotAMember
+from orchestrator.core.rollout.effects import member_commands
+from orchestrator.shell.log import LogReader
 from tests.replay.world import MEMBERS, World
 from tests.unit.test_rollout import replays
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from messages.canonical import canonical
-from orchestrator.errors import ReplayDivergence
-from orchestrator.keys import load_trust
-from orchestrator.logfile import replay_files
+from orchestrator.core.errors import ReplayDivergence
+from orchestrator.shell.keys import load_trust
+from orchestrator.shell.logfile import replay_files
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -14,8 +14,8 @@ from messages.events import OperateRollout, RetirementLogged, RotateFleet, Start
 from messages.retirement import FleetRetired
 from messages.verify import VerifierState, ingest_retirement, parse_notice, verify_bundle
 from node.hsm.base import KeyNotFound
-from orchestrator.errors import RolloutConflict
-from orchestrator.fleet_errors import (
+from orchestrator.core.errors import RolloutConflict
+from orchestrator.core.fleet_errors import (
     BadRetirement,
     FleetBusy,
     FleetNotActive,
@@ -23,7 +23,7 @@ from orchestrator.fleet_errors import (
     NoActiveSuccessor,
     UnknownFleet,
 )
-from orchestrator.rollout_effects import member_commands
+from orchestrator.core.rollout.effects import member_commands
 from tests.replay.world import World
 from tests.unit.test_rollout import replays
 

@@ -26,9 +26,14 @@ from messages.verify import (
 )
 from node.hsm.base import KeyNotFound
 from ops.sim import Drill
-from orchestrator.fleet_errors import BadRotationSetting, FleetBusy, FleetNotActive, UnknownFleet
-from orchestrator.recorder import Recorder
-from orchestrator.rollout_effects import member_commands
+from orchestrator.core.fleet_errors import (
+    BadRotationSetting,
+    FleetBusy,
+    FleetNotActive,
+    UnknownFleet,
+)
+from orchestrator.core.rollout.effects import member_commands
+from orchestrator.shell.recorder import Recorder
 from tests.replay.world import World
 from tests.unit.test_rollout import replays
 

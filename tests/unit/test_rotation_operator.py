@@ -19,10 +19,10 @@ from messages.signing import Ed25519Signer
 from messages.validation import with_rotations
 from messages.verify import OperatorPin, VerifierState, verify_bundle
 from node.hsm.sealing import new_operator_key
-from orchestrator.config import Settings
-from orchestrator.cosigning import Cosigning
-from orchestrator.keys import load_rotation_chain, make_operator_key, operator_signer
-from orchestrator.signer_rotation import (
+from orchestrator.shell.config import Settings
+from orchestrator.shell.cosigning import Cosigning
+from orchestrator.shell.keys import load_rotation_chain, make_operator_key, operator_signer
+from orchestrator.shell.signer_rotation import (
     RotationFailed,
     log_cosigner_rotation,
     pending_path,

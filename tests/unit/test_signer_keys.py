@@ -16,9 +16,9 @@ from messages.ids import format_time
 from messages.rotation import KeyRotation
 from messages.signing import Ed25519Signer
 from messages.validation import LoggedNotice
-from orchestrator.evidence import BadCosignerAnswers
-from orchestrator.rollout_effects import bundles_to_log
-from orchestrator.signer_keys import BadSignerRotation
+from orchestrator.core.evidence import BadCosignerAnswers
+from orchestrator.core.rollout.effects import bundles_to_log
+from orchestrator.core.signer_keys import BadSignerRotation
 from tests.replay.world import World
 from tests.unit.test_rollout import replays
 
