@@ -1,7 +1,7 @@
 """The cosigner (witness): an independent party that checks stage bundles, logs them in its own
 append-only Merkle audit log and signs checkpoints of it.
 
-It imports only :mod:`messages` and shares no state with the orchestrator (DESIGN 2).
+It imports only :mod:`messages` and shares no state with the orchestrator.
 
 - :mod:`cosigner.log`: the durable audit log (RFC 9162 Merkle tree in SQLite);
 - :mod:`cosigner.store`: statements, signed checkpoints and witnessed checkpoints;

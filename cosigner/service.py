@@ -1,4 +1,4 @@
-"""A cosigner on NATS: signed requests on ``cosign.<cosigner_id>.sign`` (DESIGN 6).
+"""A cosigner on NATS: signed requests on ``cosign.<cosigner_id>.sign``.
 
 Every request passes a :class:`~transport.gate.Gate` that trusts only the requester keys pinned in
 the cosigner's configuration; answers are signed with the cosigner's key. Several queue-group

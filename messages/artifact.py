@@ -1,4 +1,4 @@
-"""The fleet-key artifact (DESIGN 5.3): what a client learns about a fleet, once verified.
+"""The fleet-key artifact: what a client learns about a fleet, once verified.
 
 It names the fleet and its key epoch, lists the fleet's public keys with their roles (a key kept
 only for a rotation overlap carries ``legacy_until``), the quorum the fleet replicates with

@@ -1,4 +1,4 @@
-"""Node attestation (DESIGN 5.1): the messages and the pure verifier of an HSM's answer.
+"""Node attestation: the messages and the pure verifier of an HSM's answer.
 
 The orchestrator sends :class:`AttestRequest` with a fresh nonce. The node answers with an
 :class:`Attestation`: the keys it claims (identity, transport), the measurement of its software,

@@ -1,4 +1,4 @@
-"""Stage bundles (DESIGN 5.2): the signed, logged evidence of each completed rollout stage.
+"""Stage bundles: the signed, logged evidence of each completed rollout stage.
 
 A stage bundle names its fleet and stage, carries the stage's evidence by digest, its serial in
 the fleet's chain and ``prev``, the digest of the fleet's previous bundle (``None`` for the first,

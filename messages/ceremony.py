@@ -1,11 +1,11 @@
-"""The rollout's commands to nodes (DESIGN 5.2, subjects ``fleet.node.<id>.cmd.<verb>``).
+"""The rollout's commands to nodes (subjects ``fleet.node.<id>.cmd.<verb>``).
 
 - ``ceremony``: :class:`GenerateFleetKeys` asks one attested member to make the fleet keys inside
   its HSM and wrap them to the other members' attested transport keys; it answers with
   :class:`FleetKeysOffer`. :class:`ImportFleetKeys` gives a member its wrapped keys; it answers
   with a :class:`KeyReceipt`.
-- ``join``: :class:`JoinFleet` makes a member of the fleet's replication group (CASPaxos, DESIGN
-  5.5) with the configuration it carries; with ``probe`` set the member also commits a test
+- ``join``: :class:`JoinFleet` makes a member of the fleet's replication group (CASPaxos) with
+  the configuration it carries; with ``probe`` set the member also commits a test
   record through a quorum and answers with the signed acceptances (:class:`Joined`).
 - ``retire``: :class:`RetireFleet` destroys the keys one rollout made on a member and leaves its
   replication group; the answer :class:`Retired` says what was destroyed.

@@ -1,4 +1,4 @@
-"""The cosigner's request/reply protocol on ``cosign.<cosigner_id>.sign`` (DESIGN 6).
+"""The cosigner's request/reply protocol on ``cosign.<cosigner_id>.sign``.
 
 Requests are envelopes signed by the orchestrator (role :data:`REQUESTER_ROLE`); answers are
 envelopes signed by the cosigner's own key (role :data:`COSIGNER_ROLE`, owner = cosigner id), or

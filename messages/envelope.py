@@ -1,4 +1,4 @@
-"""The envelope every hsmfleet message travels in (DESIGN 3).
+"""The envelope every hsmfleet message travels in.
 
 An envelope is decoded open-world: top-level fields this build does not know are kept in
 ``extra``, are covered by the signature, and are written back unchanged on re-encoding.

@@ -1,4 +1,4 @@
-"""The orchestrator's event log as a protocol (DESIGN 4): what auditors replay.
+"""The orchestrator's event log as a protocol: what auditors replay.
 
 The log holds two kinds of entries, each a signed envelope:
 
@@ -8,7 +8,7 @@ The log holds two kinds of entries, each a signed envelope:
   decision emitted; those events follow it in the same atomic append;
 - the events themselves: :class:`LeaseTaken`, :class:`PolicySet`, :class:`NodeAnnounced`,
   :class:`ChallengeIssued`, :class:`NodeEnrolled`, :class:`NodeRejected`, and the events of
-  fleet rollouts (DESIGN 5.2), appended under ``fleet.evt.rollout.<fleet>`` and correlated by
+  fleet rollouts, appended under ``fleet.evt.rollout.<fleet>`` and correlated by
   the rollout's id: :class:`RolloutStarted` and the stage, member, bundle and operator events
   after it.
 
@@ -42,7 +42,7 @@ ORCHESTRATOR_FLOW = "orchestrator"
 
 
 def _orchestrator_subject(name: str) -> str:
-    # DESIGN 6's flows name no orchestrator flow; its own entries live beside the others
+    # The flows' subjects name no orchestrator flow; its own entries live beside the others
     # under fleet.evt.> so that one stream holds the whole, totally ordered log.
     return f"fleet.evt.{ORCHESTRATOR_FLOW}.{subjects.token(name)}"
 
@@ -183,7 +183,7 @@ class BundleCosigned(Body):
 @dataclass(frozen=True)
 class ArtifactPublished(Body):
     """The fleet-key artifact of ``fleet`` was logged, cosigned and countersigned: the
-    validation bundle (DESIGN 5.3) as JSON."""
+    validation bundle as JSON."""
 
     TYPE = "rollout.artifact_published"
     fleet: str
@@ -760,7 +760,7 @@ class RolloutActivated(_RolloutEvent):
     epoch: int
 
 
-# --- fleet-key rotation (DESIGN 5.6) ---------------------------------------------------------
+# --- fleet-key rotation ---------------------------------------------------------
 
 
 @message

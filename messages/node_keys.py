@@ -1,4 +1,4 @@
-"""Node identity-key rotation (DESIGN 5.6): the node proves a new identity key with its old key
+"""Node identity-key rotation: the node proves a new identity key with its old key
 and a fresh attestation.
 
 The wire, on ``fleet.node.<id>.cmd.rotate``:

@@ -1,4 +1,4 @@
-"""Rollout plans: what an operator asks for when rolling out a fleet (DESIGN 5.2).
+"""Rollout plans: what an operator asks for when rolling out a fleet.
 
 A plan is written in TOML (``hsmfleet rollout plan FILE`` checks one, ``rollout start FILE``
 sends it)::

@@ -1,4 +1,4 @@
-"""Quorum replication messages (DESIGN 5.5, subjects ``fleet.q.<fleet_id>.<phase>``).
+"""Quorum replication messages (subjects ``fleet.q.<fleet_id>.<phase>``).
 
 The protocol is CASPaxos (D. Rystsov, "CASPaxos: Replicated State Machines without logs",
 2018, arXiv:1802.07000): one single-decree register per record, changed by a prepare round and an

@@ -1,4 +1,4 @@
-"""Fleet retirement (DESIGN 5.2 ``retire``, 5.6): the logged notice that a fleet is done.
+"""Fleet retirement: the logged notice that a fleet is done.
 
 A :class:`FleetRetirement` names the fleet, the last key epoch it ever published
 (``last_epoch``), its successor (a fleet id, or null when none takes over), when it was retired

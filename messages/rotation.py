@@ -1,4 +1,4 @@
-"""Signer-key rotation (DESIGN 5.6): the operator's countersigning key and each cosigner's log
+"""Signer-key rotation: the operator's countersigning key and each cosigner's log
 key move to a new key by a statement both keys sign.
 
 A :class:`KeyRotation` names the signer (``operator``, or a cosigner's log origin), the new

@@ -1,4 +1,4 @@
-"""NATS subjects of DESIGN 6, built from validated tokens."""
+"""The NATS subjects every message travels on, built from validated tokens."""
 
 from __future__ import annotations
 

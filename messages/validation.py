@@ -1,4 +1,4 @@
-"""The validation bundle (DESIGN 5.3): what a client receives to learn a fleet's keys.
+"""The validation bundle: what a client receives to learn a fleet's keys.
 
 It holds the fleet-key artifact, its digest, and one :class:`LogProof` per cosigner that logged
 it: that cosigner's :class:`~messages.statement.Statement` and signature, the operator's

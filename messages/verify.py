@@ -1,4 +1,4 @@
-"""Client verification of a validation bundle (DESIGN 5.4, normative; ``messages/SPEC.md``).
+"""Client verification of a validation bundle (normative: ``messages/SPEC.md``).
 
 :func:`verify_bundle` accepts a :class:`~messages.validation.ValidationBundle` only if:
 

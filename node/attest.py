@@ -1,5 +1,5 @@
 """The node's side of attestation: answer a nonce with a statement the device key signs, and
-prove a new identity key (DESIGN 5.6) with a fresh attestation of it and the old key's signature.
+prove a new identity key with a fresh attestation of it and the old key's signature.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The node's part in the fleet-key ceremony (DESIGN 5.2): keys made, wrapped, imported and
+"""The node's part in the fleet-key ceremony: keys made, wrapped, imported and
 destroyed inside the HSM, addressed by labels that name fleet, rollout and role.
 
 - :func:`generate` makes each fleet key inside the HSM as wrappable (or finds the one this

@@ -1,4 +1,4 @@
-"""The node daemon: the process beside each HSM (DESIGN 1).
+"""The node daemon: the process beside each HSM.
 
 On start it announces itself on ``fleet.node.<id>.status``, then heartbeats there and answers
 the orchestrator's signed commands on ``fleet.node.<id>.cmd.<verb>`` (``attest`` and ``rotate``
@@ -6,7 +6,7 @@ here; the rollout's ``ceremony``, ``join`` and ``retire`` in :mod:`node.fleets`)
 the gate against the pinned orchestrator keys; the node's own messages are signed by its identity
 key inside the HSM. Calls to an HSM that may block (PKCS#11) run in a thread, off the event loop.
 
-``rotate`` (DESIGN 5.6) makes a pending identity key and proves it (:func:`prove_rotation`); the
+``rotate`` makes a pending identity key and proves it (:func:`prove_rotation`); the
 answer is signed by that new key. The node keeps signing with the key in force until the
 orchestrator, having recorded the rotation, tells it to adopt the new one (or names it as the key
 in force in its next rotation); from then on every message of the node, and its answers to the

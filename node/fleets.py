@@ -4,13 +4,13 @@
 the daemon's gate (commands signed by a pinned orchestrator key); answers go out signed by the
 node's identity key. Keys are handled by :mod:`node.ceremony`.
 
-A ``join`` starts the node's replica of the fleet's replication group (:class:`Replica`, DESIGN
-5.5) with the configuration the command carries, the identity key that configuration names for
-this node as its vote key (a later configuration naming another switches it), its state
-under ``<state>/fleets/<fleet>/<rollout>/``. What the node joined is recorded in
+A ``join`` starts the node's replica of the fleet's replication group (:class:`Replica`) with the
+configuration the command carries, the identity key that configuration names for this node as its
+vote key (a later configuration naming another switches it), its state under
+``<state>/fleets/<fleet>/<rollout>/``. What the node joined is recorded in
 ``<state>/fleets/<fleet>/fleet.json``, so a restarted daemon serves the group again. A probe
-(``join`` with ``probe``) commits the rollout's test record through a quorum and returns the
-signed acceptances. ``retire`` destroys the rollout's keys and stops its replica.
+(``join`` with ``probe``) commits the rollout's test record through a quorum and returns the signed
+acceptances. ``retire`` destroys the rollout's keys and stops its replica.
 
 A join that names the group it continues (``group``: a key rotation, a member replacement)
 keeps the running replica and its stored records: the same configuration changes nothing, a

@@ -5,7 +5,7 @@ the state directory with the identity key's id and HSM label, so a restarted nod
 node, and a node whose HSM no longer holds the recorded identity refuses to start rather than
 become another.
 
-Identity keys are versioned (DESIGN 5.6): the first is labelled ``identity``, each rotation makes
+Identity keys are versioned: the first is labelled ``identity``, each rotation makes
 the next (``identity.2``, ``identity.3``, ...) as a *pending* key beside the one in force, and the
 node adopts it only once the orchestrator has recorded it (:func:`adopt`). Earlier keys stay in
 the HSM: a fleet's replication configuration names the key each member votes with, and a replica

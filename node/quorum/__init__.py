@@ -1,4 +1,4 @@
-"""Quorum replication of vault records among a fleet's members (DESIGN 5.5).
+"""Quorum replication of vault records among a fleet's members.
 
 CASPaxos (D. Rystsov, "CASPaxos: Replicated State Machines without logs", 2018,
 arXiv:1802.07000, with a safety proof in its appendix): every record is its own rewritable

@@ -6,7 +6,7 @@ processes, or in this process with ``--inline``) in a temporary directory, then 
 - stage bundles cosigned per second by one cosigner, the orchestrator's client waiting for each
   answer (a fleet's chain is sequential), and with ``--fleets`` chains in flight at once;
 - the same with 2-of-2: both cosigners log each bundle and each cosigns the other's checkpoint;
-- validation-bundle verifications per second by the client library (DESIGN 5.4).
+- validation-bundle verifications per second by the client library.
 
 Baselines measured in the same run: bare NATS request/reply per second (an echo responder, one
 request at a time) for the cosigning rates, bare Ed25519 signature verifications per second for

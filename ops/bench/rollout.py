@@ -14,7 +14,7 @@ Measured per size, and as a ratio to the 5-member fleet of the same run (per mem
 - the whole rollout's wall time, members and cosigners included, for scale.
 
 Then the validation bundle the largest rollout published is verified by the client library
-(DESIGN 5.4) over and over: verifications per second, against bare Ed25519 verifications in the
+over and over: verifications per second, against bare Ed25519 verifications in the
 same run (the baseline of ``ops.bench.cosign``, which measures the same for its sample bundle).
 """
 

@@ -1,4 +1,4 @@
-"""Fuzzing every receiver of hsmfleet: each bus subscriber of DESIGN 6 and both HTTP APIs.
+"""Fuzzing every receiver of hsmfleet: each bus subscriber and both HTTP APIs.
 
 A run (:func:`ops.fuzz.run.fuzz`) starts the real receivers in one process on a real
 nats-server (:mod:`ops.fuzz.world`), then sends each of them random and mutated messages

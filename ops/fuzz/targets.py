@@ -1,6 +1,6 @@
 """The subjects the fuzzer aims at: who receives them, what their seeds are, what counts rejects.
 
-One :class:`BusTarget` per subscriber of DESIGN 6 in the :class:`~ops.fuzz.world.World`: the
+One :class:`BusTarget` per bus subscriber in the :class:`~ops.fuzz.world.World`: the
 node daemon's command subjects, the orchestrator's status consumer, the quorum phases (acceptor
 and replica), the vault operations and the cosigner's signing subject. A target's seeds are valid
 envelopes made afresh (new ids, current ``at``) whenever the campaign asks; its ``counted``

@@ -1,4 +1,4 @@
-"""NATS security for a fleet (DESIGN 6): accounts, nkey users and permissions per role.
+"""NATS security for a fleet: accounts, nkey users and permissions per role.
 
 - :mod:`transport.parties`: who is in the fleet (orchestrators, nodes and their fleets,
   cosigners, clients, auditors, operators), read from a JSON layout file;

@@ -1,4 +1,4 @@
-"""What each role may publish and subscribe to, and what the role accounts share (DESIGN 6).
+"""What each role may publish and subscribe to, and what the role accounts share.
 
 Every role has its own account, and every party its own user with allow lists: whatever a
 list does not name is denied. Accounts see each other only through what they export:

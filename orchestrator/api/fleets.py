@@ -1,4 +1,4 @@
-"""The operator HTTP API's fleet flows (DESIGN 5.6): rotate a fleet's keys (now, or every N
+"""The operator HTTP API's fleet flows: rotate a fleet's keys (now, or every N
 days), replace a member, retire a fleet, and follow each.
 
 - ``POST /v1/fleets/{fleet_id}/rotate`` (body ``{"overlap_s", "reason"}``, both optional;

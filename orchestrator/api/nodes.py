@@ -1,4 +1,4 @@
-"""The operator HTTP API's node-key routes (DESIGN 5.6): rotate a node's identity key, and follow
+"""The operator HTTP API's node-key routes: rotate a node's identity key, and follow
 the rotation.
 
 - ``POST /v1/nodes/{node_id}/rotate-key`` (body ``{"requested_by"}`` optional): starts

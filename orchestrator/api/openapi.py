@@ -344,7 +344,7 @@ OPENAPI: dict[str, Any] = {
         ),
         "/v1/fleets/{fleet_id}/bundle": {
             "get": {
-                "summary": "The fleet's validation bundle (DESIGN 5.3)",
+                "summary": "The fleet's validation bundle",
                 "security": _READ,
                 "parameters": [_path_id("fleet_id")],
                 "responses": {

@@ -1,4 +1,4 @@
-"""Node identity-key rotation in the pure core (DESIGN 5.6): its deciders.
+"""Node identity-key rotation in the pure core: its deciders.
 
 A node proves a new identity key with its old key and a fresh attestation; the orchestrator
 records the new key. :data:`DECIDERS` maps each input of this flow to its decider and is merged

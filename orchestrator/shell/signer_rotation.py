@@ -1,4 +1,4 @@
-"""Signer-key rotation on the operator's side (DESIGN 5.6).
+"""Signer-key rotation on the operator's side.
 
 :func:`rotate_operator_key` moves the operator's countersigning key to a new one:
 

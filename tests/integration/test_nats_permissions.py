@@ -1,4 +1,4 @@
-"""NATS security on a real nats-server: each role reaches only its own subjects (DESIGN 6).
+"""NATS security on a real nats-server: each role reaches only its own subjects.
 
 The server runs a config written by ``ops.natsauth``; every party connects with its own nkey.
 A refused publish or subscription comes back from the server as ``-ERR 'Permissions Violation

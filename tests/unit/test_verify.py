@@ -1,4 +1,4 @@
-"""Client verification (DESIGN 5.4) over validation bundles made by the real cosigner code.
+"""Client verification over validation bundles made by the real cosigner code.
 
 Two real cosigners (durable logs, their own keys, witnessing each other) log a fleet's chain and
 artifacts; the operator countersigns; the verifier must accept the genuine bundles and refuse

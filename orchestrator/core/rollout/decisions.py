@@ -1,4 +1,4 @@
-"""Rollouts in the pure core (DESIGN 5.2): deciding on rollout inputs, and advancing rollouts.
+"""Rollouts in the pure core: deciding on rollout inputs, and advancing rollouts.
 
 The deciders here take the operator's commands (:class:`StartRollout`, :class:`OperateRollout`)
 and the passing of time; members' answers and cosigners' outcomes are judged in

@@ -1,4 +1,4 @@
-"""Fleet retirement in the pure core (DESIGN 5.2 ``retire``, 5.6).
+"""Fleet retirement in the pure core.
 
 An operator retires an active fleet, usually once its successor is active. The retirement is a
 rollout of its own over the active rollout's members, in two stages:

@@ -1,4 +1,4 @@
-"""Fleet-key rotation in the pure core (DESIGN 5.6): on an operator's command or by schedule.
+"""Fleet-key rotation in the pure core: on an operator's command or by schedule.
 
 A rotation is a rollout of an active fleet to the next key epoch, by the active rollout's plan,
 over its members, keeping its replication group and stored records: every member attests again
