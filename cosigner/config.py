@@ -24,9 +24,9 @@ from messages.cosigning import REQUESTER_ROLE
 from messages.documents import DocumentError, is_name, load_json, require
 from messages.errors import HsmfleetError, MessageError
 from messages.origin import is_origin
+from messages.pins import CosignerPin, OperatorPin
 from messages.schema import Body
 from messages.signing import ALGORITHMS, Ed25519Signer, TrustedKey, TrustStore
-from messages.verify import CosignerPin, OperatorPin
 from transport.files import write_file
 
 CONFIG_FORMAT = "hsmfleet/cosigner-config/v1"

@@ -28,9 +28,9 @@ from messages.bundle import CEREMONY, ENROLL, PUBLISH, QUORUM, Evidence, NodeRef
 from messages.canonical import canonical
 from messages.documents import hex_digest
 from messages.ids import format_time, parse_time
+from messages.pins import OperatorPin, Pins, QuorumFloor
 from messages.signing import Ed25519Signer, Signer
 from messages.validation import ValidationBundle
-from messages.verify import OperatorPin, Pins, QuorumFloor
 from transport.cosign_client import CosigningClient, NatsTransport, Peer
 from transport.outbox import Outbox
 

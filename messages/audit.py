@@ -27,7 +27,7 @@ from messages.retirement import FleetRetirement
 from messages.rotation import KeyRotation, RotationRefused, SignerKey, check_rotation
 from messages.signing import key_id
 from messages.statement import LoggedDocument, parse_logged_bytes
-from messages.verify import KeyInForce
+from messages.verifier_state import KeyInForce
 
 
 class AuditError(HsmfleetError):

@@ -200,3 +200,12 @@ def load_json(data: bytes | str) -> Any:
         return loads_strict(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedDocument(f"document is not JSON: {exc}") from exc
+
+
+def without_defaults(out: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    """``out`` without the optional members that hold their default (files written before
+    those members existed keep their bytes)."""
+    for name, default in defaults.items():
+        if name in out and out[name] == default:
+            del out[name]
+    return out

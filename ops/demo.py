@@ -43,20 +43,14 @@ from cosigner.config import load_config, load_key, pin_of
 from cosigner.testbed import init_cosigners
 from messages.canonical import b64
 from messages.errors import HsmfleetError
+from messages.pins import CosignerPin, OperatorPin, Pins, QuorumFloor
 from messages.plan import describe
 from messages.signing import Ed25519Signer
 from messages.vault_authorization import AccountAuthority
 from messages.vault_policy import KEM_ROLE
-from messages.verify import (
-    Accepted,
-    CosignerPin,
-    OperatorPin,
-    Pins,
-    QuorumFloor,
-    VerificationError,
-    VerifierState,
-    verify_bundle,
-)
+from messages.verification import VerificationError
+from messages.verifier_state import VerifierState
+from messages.verify import Accepted, verify_bundle
 from node.hsm.sealing import create_operator_key
 from node.measurement import measure
 from node.pins import write_pin

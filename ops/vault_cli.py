@@ -33,7 +33,8 @@ from typing import Any
 from messages.errors import HsmfleetError
 from messages.signing import Ed25519Signer
 from messages.vault_authorization import AccountAuthority
-from messages.verify import PinsError, StateError, VerificationError, parse_bundle
+from messages.verification import PinsError, StateError, VerificationError
+from messages.verify import parse_bundle
 from ops.verifier_files import save_state
 from ops.verify_cli import accept, pins_and_state
 from transport import credentials

@@ -7,7 +7,9 @@ from pathlib import Path
 from messages.canonical import canonical
 from messages.documents import DocumentError, load_json
 from messages.errors import MessageError
-from messages.verify import Pins, PinsError, StateError, VerifierState
+from messages.pins import Pins
+from messages.verification import PinsError, StateError
+from messages.verifier_state import VerifierState
 from transport.files import write_file
 
 

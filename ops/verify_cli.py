@@ -50,37 +50,28 @@ from messages.cosignature import cosignatures
 from messages.documents import DocumentError, load_json
 from messages.errors import HsmfleetError, MessageError
 from messages.ids import parse_time
+from messages.keyring import Keyring, pinned_keys
+from messages.log_proofs import check_extends, check_logged, needed_proofs, witnesses_of
 from messages.note import Ed25519NoteVerifier, Note, NoteError
+from messages.pins import LOGGED, VOUCHING, CosignerPin, OperatorPin, Pins, QuorumFloor
 from messages.rotation import KeyRotation
 from messages.statement import parse_logged_bytes
 from messages.validation import LoggedNotice, ValidationBundle
-from messages.verify import (
-    LOGGED,
-    VOUCHING,
-    Accepted,
+from messages.verification import (
     BadCheckpoint,
-    CosignerPin,
-    KeyInForce,
-    Keyring,
-    OperatorPin,
-    Pins,
     PinsError,
-    QuorumFloor,
     StateError,
     StatementMismatch,
-    TreeHead,
     VerificationError,
-    VerifierState,
-    check_extends,
-    check_logged,
+)
+from messages.verifier_state import KeyInForce, TreeHead, VerifierState
+from messages.verify import (
+    Accepted,
     ingest_retirement,
     ingest_rotations,
-    needed_proofs,
     parse_bundle,
     parse_notice,
-    pinned_keys,
     verify_bundle,
-    witnesses_of,
 )
 from ops.verifier_files import load_pins, load_state, save_pins, save_state
 from orchestrator.shell.audit import cross_check, fetch_evidence

@@ -49,7 +49,9 @@ from messages.cosigning import (
     WitnessRequest,
 )
 from messages.errors import HsmfleetError
+from messages.log_proofs import check_logged
 from messages.note import Note, NoteError, NoteSignature
+from messages.pins import CosignerPin
 from messages.retirement import FleetRetirement
 from messages.rotation import KeyRotation, SignerKey, check_rotation
 from messages.schema import Body
@@ -64,7 +66,8 @@ from messages.validation import (
     notice,
     with_rotations,
 )
-from messages.verify import CosignerPin, KeyInForce, VerificationError, check_logged
+from messages.verification import VerificationError
+from messages.verifier_state import KeyInForce
 from transport.bus import NoResponder, RequestRejected, RequestTimeout, request
 from transport.gate import Gate
 from transport.outbox import Outbox

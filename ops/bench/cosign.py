@@ -34,8 +34,10 @@ from cosigner.testbed import init_cosigners, sample_artifact
 from messages.bundle import Evidence, NodeRef, StageBundle
 from messages.documents import hex_digest
 from messages.ids import format_time
+from messages.pins import OperatorPin, Pins
 from messages.signing import ED25519, Ed25519Signer, verify_bytes
-from messages.verify import OperatorPin, Pins, VerifierState, verify_bundle
+from messages.verifier_state import VerifierState
+from messages.verify import verify_bundle
 from ops.natsserver import NatsServer
 from transport.cosign_client import CosigningClient, NatsTransport
 from transport.outbox import Outbox

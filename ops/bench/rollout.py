@@ -29,8 +29,10 @@ from pathlib import Path
 from cosigner.testbed import ManualClock, Testbed
 from messages.canonical import b64
 from messages.events import StartRollout
+from messages.pins import OperatorPin, Pins
 from messages.plan import parse_plan
-from messages.verify import OperatorPin, Pins, VerifierState, verify_bundle
+from messages.verifier_state import VerifierState
+from messages.verify import verify_bundle
 from ops.bench.cosign import ed25519_baseline
 from ops.sim import Drill, SimFleet
 from orchestrator.shell.cosigning import Cosigning

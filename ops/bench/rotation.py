@@ -27,7 +27,8 @@ from messages.origin import OPERATOR
 from messages.rotation import KeyRotation
 from messages.signing import Ed25519Signer
 from messages.validation import with_rotations
-from messages.verify import VerifierState, ingest_rotations, verify_bundle
+from messages.verifier_state import VerifierState
+from messages.verify import ingest_rotations, verify_bundle
 from ops.bench.cosign import ed25519_baseline
 
 

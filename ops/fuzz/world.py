@@ -153,7 +153,7 @@ async def open_world(root: Path) -> AsyncIterator[World]:
         stack.push_async_callback(nc.close)
         await daemon.start(nc)
         stack.push_async_callback(daemon.stop)
-        await _wait(lambda: NODE_ID in orchestrator.core.state.nodes, "the node's announcement")
+        await _wait(lambda: NODE_ID in orchestrator.state.nodes, "the node's announcement")
         node_app = create_node_app(daemon)
         node_runner = web.AppRunner(node_app, access_log=None)
         await node_runner.setup()

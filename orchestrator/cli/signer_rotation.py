@@ -24,9 +24,9 @@ from typing import Any
 from messages.canonical import canonical
 from messages.documents import DocumentError, load_json
 from messages.errors import HsmfleetError, MessageError
+from messages.pins import CosignerPin
 from messages.rotation import KeyRotation
 from messages.validation import LoggedNotice
-from messages.verify import CosignerPin
 from orchestrator.shell.config import Settings
 from orchestrator.shell.keys import load_signer, operator_signer
 from orchestrator.shell.log import SOURCE

@@ -25,12 +25,14 @@ from messages.documents import DocumentError, hex_digest
 from messages.errors import MessageError
 from messages.events import CosignerAnswer
 from messages.ids import format_time
+from messages.log_proofs import check_logged
 from messages.membership import Membership, plan_join, plan_leave
+from messages.pins import CosignerPin
 from messages.quorum import Config, MemberKey, value_digest
 from messages.signing import ED25519
 from messages.statement import LoggedDocument, Statement
 from messages.verification import VerificationError
-from messages.verify import CosignerPin, KeyInForce, check_logged
+from messages.verifier_state import KeyInForce
 from orchestrator.core.errors import CommandRefused
 from orchestrator.core.rollout.state import FleetChain, Rollout
 from orchestrator.core.state import State

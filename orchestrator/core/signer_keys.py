@@ -17,12 +17,13 @@ from typing import Any
 from messages.documents import DocumentError
 from messages.errors import MessageError
 from messages.events import LogEntry, RecordSignerRotation, SignerKeyRotated
+from messages.log_proofs import check_logged
 from messages.origin import OPERATOR
+from messages.pins import CosignerPin
 from messages.rotation import KeyRotation, SignerKey, check_rotation
 from messages.signing import ED25519
 from messages.validation import LoggedNotice
 from messages.verification import VerificationError
-from messages.verify import CosignerPin, check_logged
 from orchestrator.core.errors import CommandRefused
 from orchestrator.core.state import State, signer_keys_after
 

@@ -35,7 +35,7 @@ from messages.node_keys import (
     NodeKeyRotationRefused,
 )
 from messages.signing import ED25519, TrustedKey, key_id
-from messages.verify import KeyInForce
+from messages.verifier_state import KeyInForce
 from orchestrator.core.rollout.state import ROLLOUT_FOLDS, RolloutBook, attested
 
 NodeStatus = Literal["announced", "enrolling", "enrolled", "rejected"]

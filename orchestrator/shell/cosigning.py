@@ -20,11 +20,11 @@ from messages.artifact import FleetKeyArtifact
 from messages.bundle import StageBundle
 from messages.events import ArtifactPublished, BundleCosigned, CosignerAnswer
 from messages.origin import OPERATOR
+from messages.pins import CosignerPin
 from messages.plan import CosignerPolicy
 from messages.rotation import KeyRotation
 from messages.signing import Signer
 from messages.validation import LoggedNotice, with_cosignatures, with_rotations
-from messages.verify import CosignerPin
 from orchestrator.core.rollout.effects import ToLog
 from transport.cosign_client import CosigningClient, Logged, Peer, Transport
 

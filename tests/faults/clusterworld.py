@@ -36,8 +36,10 @@ from messages.bundle import check_chain
 from messages.canonical import b64
 from messages.errors import HsmfleetError
 from messages.events import LeaseTaken, NodeAnnounced, RolloutActivated, StageEntered
+from messages.pins import OperatorPin
 from messages.subjects import EVENT_STREAM
-from messages.verify import OperatorPin, VerifierState, verify_bundle
+from messages.verifier_state import VerifierState
+from messages.verify import verify_bundle
 from node.daemon import NodeDaemon
 from node.pins import read_pins
 from ops.natsauth.connect import SecuredCluster
@@ -325,7 +327,7 @@ class ClusterWorld:
         headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
         async with (
             aiohttp.ClientSession(headers=headers) as http,
-            http.post(orchestrator.api.app + "/v1/rollouts", json=self.bed.plan(FLEET)) as resp,
+            http.post(orchestrator.api + "/v1/rollouts", json=self.bed.plan(FLEET)) as resp,
         ):
             assert resp.status == 202, await resp.text()
 

@@ -12,17 +12,13 @@ from typing import Any
 import aiohttp
 
 from messages.events import StartRetirement, StartRollout
+from messages.log_proofs import needed_proofs
+from messages.pins import Pins
 from messages.plan import parse_plan
 from messages.validation import ValidationBundle
 from messages.vault_authorization import AccountAuthority, Authorization
-from messages.verify import (
-    Accepted,
-    Pins,
-    VerifierState,
-    needed_proofs,
-    parse_bundle,
-    verify_bundle,
-)
+from messages.verifier_state import VerifierState
+from messages.verify import Accepted, parse_bundle, verify_bundle
 from orchestrator.shell.service import Orchestrator
 from tests.replay.fleet import wait_for
 from tests.replay.rolloutbed import RolloutBed

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from messages.bundle import StageBundle, check_chain
 from messages.canonical import b64
-from messages.verify import VerifierState, verify_bundle
+from messages.verifier_state import VerifierState
+from messages.verify import verify_bundle
 from ops.cli import build_parser
 from ops.verifier_files import save_pins
 from orchestrator.api.app import create_app

@@ -17,14 +17,11 @@ from cosigner.http import NATS_SERVICE, Server, make_app
 from cosigner.testbed import MEMBERS, init_cosigners, sample_artifact, sample_chain
 from messages import subjects
 from messages.cosigning import COSIGNER_ROLE, SignRequest
+from messages.pins import OperatorPin, Pins
 from messages.signing import Ed25519Signer, TrustStore
-from messages.verify import (
-    BelowThreshold,
-    OperatorPin,
-    Pins,
-    VerifierState,
-    verify_bundle,
-)
+from messages.verification import BelowThreshold
+from messages.verifier_state import VerifierState
+from messages.verify import verify_bundle
 from ops.natsserver import NatsServer
 from transport.bus import RequestRejected, request
 from transport.cosign_client import (

@@ -25,8 +25,8 @@ from cosigner.testbed import COSIGNERS, MEMBERS, init_cosigners, sample_artifact
 from messages.canonical import b64
 from messages.documents import MalformedDocument
 from messages.ids import format_time
+from messages.pins import CosignerPin, OperatorPin
 from messages.signing import Ed25519Signer
-from messages.verify import CosignerPin, OperatorPin
 from ops.cli import build_parser
 from ops.natsserver import NatsServer
 from transport.cosign_client import CosigningClient, NatsTransport, Peer

@@ -22,8 +22,8 @@ from messages.cosigning import Signed
 from messages.ids import format_time, parse_time
 from messages.merkle import Tree, leaf_hash, verify_inclusion
 from messages.note import Ed25519NoteSigner, Ed25519NoteVerifier
+from messages.pins import CosignerPin
 from messages.signing import Ed25519Signer
-from messages.verify import CosignerPin
 from transport.cosign_client import CosigningClient, Peer
 
 NAME = "notary.example/log"

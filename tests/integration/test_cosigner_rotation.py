@@ -20,10 +20,10 @@ from messages.checkpoint import Checkpoint
 from messages.cosignature import Cosignature
 from messages.ids import format_time
 from messages.note import Note
+from messages.pins import CosignerPin, OperatorPin, Pins
 from messages.rotation import KeyRotation
 from messages.signing import Ed25519Signer
 from messages.validation import with_rotations
-from messages.verify import CosignerPin, OperatorPin, Pins
 from ops.verifier_files import save_pins
 from tests.integration import test_cosigner_cli
 from tests.integration.test_cosigner_cli import hsmfleet

@@ -34,13 +34,9 @@ from messages.retirement import FleetRetired
 from messages.rotation import RotationSingleSigned, RotationVersionGap
 from messages.validation import LoggedNotice
 from messages.vault import UnknownVaultKey
-from messages.verify import (
-    LegacyKeyExpired,
-    VerifierState,
-    check_fleet_key,
-    ingest_retirement,
-    ingest_rotations,
-)
+from messages.verification import LegacyKeyExpired
+from messages.verifier_state import VerifierState
+from messages.verify import check_fleet_key, ingest_retirement, ingest_rotations
 from node.http import health
 from orchestrator.shell.keys import load_rotation_chain, load_signer, operator_signer
 from orchestrator.shell.log import SOURCE

@@ -11,8 +11,10 @@ import pytest
 from messages.bundle import ACTIVATE, CEREMONY, ENROLL, PUBLISH, QUORUM, check_chain
 from messages.ceremony import key_label
 from messages.events import StartRollout
+from messages.pins import QuorumFloor
 from messages.plan import parse_plan
-from messages.verify import QuorumFloor, VerifierState, verify_bundle
+from messages.verifier_state import VerifierState
+from messages.verify import verify_bundle
 from orchestrator.shell.keys import load_signer, trust_for
 from tests.replay.fleet import audit, running, wait_for
 from tests.replay.rolloutbed import served_bed

@@ -15,7 +15,8 @@ from messages.ceremony import key_label
 from messages.events import OperateRollout, StartRollout
 from messages.plan import parse_plan
 from messages.subjects import EVENT_STREAM
-from messages.verify import VerifierState, verify_bundle
+from messages.verifier_state import VerifierState
+from messages.verify import verify_bundle
 from node.daemon import NodeDaemon
 from node.hsm.base import KeyNotFound
 from node.pins import read_pins

@@ -21,7 +21,8 @@ from pkcs11 import Attribute, ObjectClass
 
 from messages.events import RotateFleet
 from messages.vault_authorization import AccountAuthority
-from messages.verify import VerifierState, verify_bundle
+from messages.verifier_state import VerifierState
+from messages.verify import verify_bundle
 from node.hsm import softhsm
 from node.hsm.cryptoki import Pkcs11Hsm
 from node.vendor import VendorCA, provision

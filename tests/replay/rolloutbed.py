@@ -27,8 +27,8 @@ from nats.aio.client import Client as NATS
 from cosigner.http import Server, make_app
 from cosigner.testbed import COSIGNERS, init_cosigners
 from messages.canonical import b64
+from messages.pins import OperatorPin, Pins, QuorumFloor
 from messages.signing import ECDH_P256, ECDSA_P256, ED25519, Ed25519Signer
-from messages.verify import OperatorPin, Pins, QuorumFloor
 from node.daemon import NodeDaemon
 from node.hsm import keys
 from node.hsm.base import Hsm, PublicKey

@@ -12,7 +12,8 @@ from messages.bundle import ACTIVATE, CEREMONY, DRAIN, ENROLL, PUBLISH, QUORUM, 
 from messages.ceremony import key_label
 from messages.events import OperateRollout, RetirementLogged, RotateFleet, StartRetirement
 from messages.retirement import FleetRetired
-from messages.verify import VerifierState, ingest_retirement, parse_notice, verify_bundle
+from messages.verifier_state import VerifierState
+from messages.verify import ingest_retirement, parse_notice, verify_bundle
 from node.hsm.base import KeyNotFound
 from orchestrator.core.errors import RolloutConflict
 from orchestrator.core.fleet_errors import (

@@ -13,17 +13,11 @@ from messages.ceremony import key_label
 from messages.documents import time_ms
 from messages.envelope import Envelope
 from messages.events import RotateFleet, RotationStarted, Tick
+from messages.log_proofs import needed_proofs
 from messages.schema import REGISTRY
-from messages.verify import (
-    LegacyKeyExpired,
-    Rollback,
-    StaleCheckpoint,
-    VerifierState,
-    check_fleet_key,
-    needed_proofs,
-    parse_bundle,
-    verify_bundle,
-)
+from messages.verification import LegacyKeyExpired, Rollback, StaleCheckpoint
+from messages.verifier_state import VerifierState
+from messages.verify import check_fleet_key, parse_bundle, verify_bundle
 from node.hsm.base import KeyNotFound
 from ops.sim import Drill
 from orchestrator.core.fleet_errors import (

@@ -23,11 +23,15 @@ from messages.checkpoint import Checkpoint
 from messages.cosignature import CosignatureSigner
 from messages.documents import MalformedDocument, time_ms
 from messages.ids import format_time
+from messages.keyring import Keyring, pinned_keys
+from messages.log_proofs import check_logged
 from messages.note import Ed25519NoteSigner, Note, NoteSignature
 from messages.origin import OPERATOR
+from messages.pins import WITNESSED, OperatorPin, Pins
 from messages.retirement import FleetRetired, FleetRetirement, RetirementEpochMismatch
 from messages.rotation import (
     KeyRotation,
+    RotationBadKey,
     RotationSingleSigned,
     RotationVersionGap,
     RotationWrongOldKey,
@@ -36,30 +40,24 @@ from messages.rotation import (
 from messages.signing import Ed25519Signer
 from messages.statement import parse_logged_bytes
 from messages.validation import LoggedNotice, ValidationBundle, with_rotations
-from messages.verify import (
-    WITNESSED,
+from messages.verification import (
     BadCheckpoint,
     BadStatementSignature,
     BelowThreshold,
-    KeyInForce,
-    Keyring,
     LegacyKeyExpired,
     MalformedBundle,
-    OperatorPin,
-    Pins,
-    RotationBadKey,
-    RotationNotLogged,
     StaleView,
     StatePinsMismatch,
     SupersededKey,
     UnknownFleetKey,
-    VerifierState,
+)
+from messages.verifier_state import KeyInForce, VerifierState
+from messages.verify import (
+    RotationNotLogged,
     check_fleet_key,
-    check_logged,
     ingest_retirement,
     ingest_rotations,
     parse_bundle,
-    pinned_keys,
     verify_bundle,
 )
 from ops import cli

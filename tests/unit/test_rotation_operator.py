@@ -14,10 +14,12 @@ from cosigner.local import LocalTransport
 from cosigner.testbed import DAY_MS, MEMBERS, Testbed, sample_artifact, sample_chain
 from messages.ids import format_time
 from messages.origin import OPERATOR
+from messages.pins import OperatorPin
 from messages.rotation import KeyRotation, RotationWrongOldKey
 from messages.signing import Ed25519Signer
 from messages.validation import with_rotations
-from messages.verify import OperatorPin, VerifierState, verify_bundle
+from messages.verifier_state import VerifierState
+from messages.verify import verify_bundle
 from node.hsm.sealing import new_operator_key
 from orchestrator.shell.config import Settings
 from orchestrator.shell.cosigning import Cosigning

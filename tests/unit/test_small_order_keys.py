@@ -21,10 +21,10 @@ from messages.attestation import (
 from messages.documents import MalformedDocument
 from messages.membership import Membership
 from messages.origin import OPERATOR
+from messages.pins import CosignerPin, OperatorPin
 from messages.quorum import Prepare, Promise, VoteBadSignature
 from messages.rotation import KeyRotation, RotationBadKey, check_rotation
 from messages.signing import ED25519, Ed25519Signer, key_id, verify_bytes
-from messages.verify import CosignerPin, OperatorPin
 from node.attest import attest
 from node.hsm import SoftHsm
 from node.identity import establish

@@ -21,40 +21,35 @@ from messages.canonical import b64
 from messages.cosignature import SIG_COSIGNATURE_V1
 from messages.documents import MalformedDocument
 from messages.ids import parse_time
+from messages.log_proofs import needed_proofs
 from messages.note import Note, NoteSignature, key_id
+from messages.pins import WITNESSED, CosignerPin, OperatorPin, Pins, QuorumFloor
 from messages.signing import Ed25519Signer
 from messages.statement import Countersignature
 from messages.validation import Consistency, ValidationBundle
-from messages.verify import (
-    WITNESSED,
-    Accepted,
+from messages.verification import (
     BadCheckpoint,
     BadCountersignature,
     BadInclusionProof,
     BadStatementSignature,
     BelowThreshold,
-    CosignerPin,
     DigestMismatch,
     EpochConflict,
     Expired,
     MalformedBundle,
     MissingConsistencyProof,
     NotYetValid,
-    OperatorPin,
-    Pins,
     PinsError,
     QuorumBelowFloor,
-    QuorumFloor,
     Rollback,
     SplitView,
     StaleCheckpoint,
     StateError,
     StatementMismatch,
     VerificationError,
-    VerifierState,
-    needed_proofs,
-    verify_bundle,
 )
+from messages.verifier_state import VerifierState
+from messages.verify import Accepted, verify_bundle
 from ops.verifier_files import load_pins, load_state, save_state
 
 START = parse_time("2026-01-01T00:00:00.000Z")

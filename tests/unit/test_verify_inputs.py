@@ -19,20 +19,13 @@ from messages.artifact import FleetKeyArtifact
 from messages.canonical import b64
 from messages.documents import MAX_INPUT_BYTES, MalformedDocument, time_ms
 from messages.origin import MAX_ORIGIN_CHARS, OPERATOR, is_origin
+from messages.pins import CosignerPin, Pins, QuorumFloor
 from messages.rotation import KeyRotation
 from messages.signing import ECDSA_P256, Ed25519Signer, verify_bytes
 from messages.statement import Statement
-from messages.verify import (
-    CosignerPin,
-    MalformedBundle,
-    Pins,
-    PinsError,
-    QuorumFloor,
-    StateError,
-    VerifierState,
-    parse_bundle,
-    verify_bundle,
-)
+from messages.verification import MalformedBundle, PinsError, StateError
+from messages.verifier_state import VerifierState
+from messages.verify import parse_bundle, verify_bundle
 from ops import cli
 from ops.verifier_files import load_pins, load_state, save_pins
 from tests.unit.test_verify import NOW, World, build_world

@@ -16,21 +16,14 @@ from cosigner.testbed import COSIGNERS
 from messages.checkpoint import Checkpoint, open_checkpoint
 from messages.cosignature import CosignatureSigner, cosignatures
 from messages.documents import MalformedDocument
+from messages.keyring import Keyring
+from messages.log_proofs import MAX_CLOCK_SKEW_S, witnesses_of
 from messages.note import Ed25519NoteVerifier, Note
+from messages.pins import LOGGED, WITNESSED, Pins
 from messages.signing import Ed25519Signer
-from messages.verify import (
-    LOGGED,
-    MAX_CLOCK_SKEW_S,
-    WITNESSED,
-    BelowThreshold,
-    FutureCosignature,
-    Keyring,
-    Pins,
-    StaleView,
-    VerifierState,
-    verify_bundle,
-    witnesses_of,
-)
+from messages.verification import BelowThreshold, FutureCosignature, StaleView
+from messages.verifier_state import VerifierState
+from messages.verify import verify_bundle
 from ops import cli
 from ops.verifier_files import load_pins
 from tests.unit.test_verify import NOW, World, build_world

@@ -54,7 +54,8 @@ from messages.quorum import Ballot
 from messages.rejected import Rejected
 from messages.schema import REGISTRY, Body
 from messages.signing import TrustStore, verify_envelope
-from messages.verify import MalformedBundle, parse_bundle
+from messages.verification import MalformedBundle
+from messages.verify import parse_bundle
 from orchestrator.core import evidence
 from orchestrator.core.context import Context
 from orchestrator.core.errors import (

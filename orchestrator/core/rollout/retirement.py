@@ -32,7 +32,8 @@ from messages.events import (
 )
 from messages.ids import format_time
 from messages.retirement import FleetRetirement
-from messages.verify import MalformedBundle, parse_notice
+from messages.verification import MalformedBundle
+from messages.verify import parse_notice
 from orchestrator.core import evidence
 from orchestrator.core.context import Context
 from orchestrator.core.fleet_errors import BadRetirement, NoActiveSuccessor
