@@ -37,7 +37,8 @@ from messages.ceremony import (
     probe_value,
 )
 from messages.errors import HsmfleetError
-from messages.events import AttestationAnswer, LogEntry, MemberAnswer, SetPolicy, Tick
+from messages.events import LogEntry
+from messages.inputs import AttestationAnswer, MemberAnswer, SetPolicy, Tick
 from messages.quorum import Accepted, value_digest
 from messages.rejected import Rejected
 from messages.schema import Body

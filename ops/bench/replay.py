@@ -29,7 +29,7 @@ from pathlib import Path
 import nats
 
 from messages.attestation import AttestRequest, NodeAnnounce
-from messages.events import AttestationAnswer, EnrollNode, SetPolicy
+from messages.inputs import AttestationAnswer, EnrollNode, SetPolicy
 from node.attest import attest
 from node.daemon import NodeDaemon
 from node.hsm.soft import SoftHsm

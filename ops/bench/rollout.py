@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cosigner.testbed import ManualClock, Testbed
 from messages.canonical import b64
-from messages.events import StartRollout
+from messages.inputs import StartRollout
 from messages.pins import OperatorPin, Pins
 from messages.plan import parse_plan
 from messages.verifier_state import VerifierState

@@ -27,13 +27,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from messages.errors import HsmfleetError
-from messages.events import (
-    ROLLOUT_ACTIONS,
-    ChallengeIssued,
-    EnrollNode,
-    OperateRollout,
-    StartRollout,
-)
+from messages.events import ChallengeIssued
+from messages.inputs import ROLLOUT_ACTIONS, EnrollNode, OperateRollout, StartRollout
 from messages.plan import PlanError, parse_plan
 from messages.retirement import FleetRetired
 from messages.signing import Signer

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from messages.events import ReplaceMember, RotateFleet, ScheduleRotation, StartRetirement
+from messages.inputs import ReplaceMember, RotateFleet, ScheduleRotation, StartRetirement
 from messages.schema import Body
 from orchestrator.api.requests import CALLER, BadRequest, UnknownId, command_body, orchestrator_of
 from orchestrator.api.views import rollout_view

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from messages.canonical import canonical
-from messages.events import ROLLOUT_ACTIONS
+from messages.inputs import ROLLOUT_ACTIONS
 from messages.plan import PlanError, describe
 from orchestrator.cli.orchestrator import DONE, NEGATIVE, TIMED_OUT, _api_arguments, _call
 from orchestrator.cli.plan_file import load_plan

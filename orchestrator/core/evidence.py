@@ -23,8 +23,8 @@ from messages.ceremony import probe_key, probe_value
 from messages.cosignature import CosignatureVerifier
 from messages.documents import DocumentError, hex_digest
 from messages.errors import MessageError
-from messages.events import CosignerAnswer
 from messages.ids import format_time
+from messages.inputs import CosignerAnswer
 from messages.log_proofs import check_logged
 from messages.membership import Membership, plan_join, plan_leave
 from messages.pins import CosignerPin

@@ -16,7 +16,8 @@ from typing import Any
 
 from messages.documents import DocumentError
 from messages.errors import MessageError
-from messages.events import LogEntry, RecordSignerRotation, SignerKeyRotated
+from messages.events import LogEntry, SignerKeyRotated
+from messages.inputs import RecordSignerRotation
 from messages.log_proofs import check_logged
 from messages.origin import OPERATOR
 from messages.pins import CosignerPin

@@ -17,7 +17,6 @@ from messages.canonical import b64, digest
 from messages.envelope import Envelope
 from messages.errors import MessageError
 from messages.events import (
-    AttestationAnswer,
     ChallengeIssued,
     Decision,
     LeaseTaken,
@@ -28,6 +27,7 @@ from messages.events import (
     PolicySet,
     SignerKeyRotated,
 )
+from messages.inputs import AttestationAnswer
 from messages.node_keys import (
     NodeKeyAdopted,
     NodeKeyChallenged,

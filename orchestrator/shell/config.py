@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 
 from messages.attestation import load_vendor_roots
 from messages.errors import HsmfleetError, SchemaViolation
-from messages.events import SetPolicy
+from messages.inputs import SetPolicy
 from messages.schema import Body
 from messages.subjects import token
 from transport import credentials

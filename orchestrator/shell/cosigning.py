@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from messages.artifact import FleetKeyArtifact
 from messages.bundle import StageBundle
-from messages.events import ArtifactPublished, BundleCosigned, CosignerAnswer
+from messages.inputs import ArtifactPublished, BundleCosigned, CosignerAnswer
 from messages.origin import OPERATOR
 from messages.pins import CosignerPin
 from messages.plan import CosignerPolicy

@@ -22,7 +22,8 @@ from nats.errors import Error as NatsError
 from messages import subjects
 from messages.attestation import AttestRequest
 from messages.errors import HsmfleetError
-from messages.events import AttestationAnswer, LogEntry, MemberAnswer
+from messages.events import LogEntry
+from messages.inputs import AttestationAnswer, MemberAnswer
 from messages.schema import Body
 from orchestrator.core.errors import AppendConflict, StoreUnavailable
 from orchestrator.core.node_key_jobs import ADOPTION_ATTEMPTS, NodeKeyJob, node_key_jobs

@@ -8,7 +8,8 @@ recording is reproducible.
 from __future__ import annotations
 
 from messages.envelope import Envelope
-from messages.events import Decision, LogEntry, TakeLease
+from messages.events import Decision, LogEntry
+from messages.inputs import TakeLease
 from messages.schema import Body
 from messages.signing import Ed25519Signer, TrustStore
 from orchestrator.core.context import Context

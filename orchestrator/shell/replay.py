@@ -14,7 +14,8 @@ from collections import deque
 
 from messages.envelope import Envelope
 from messages.errors import HsmfleetError, MessageError
-from messages.events import Decision, LogEntry, TakeLease
+from messages.events import Decision, LogEntry
+from messages.inputs import TakeLease
 from messages.schema import REGISTRY, Body, Registry
 from orchestrator.core.context import Context
 from orchestrator.core.decisions import decide

@@ -5,7 +5,7 @@ document already answers with its receipt for it."""
 
 from __future__ import annotations
 
-from messages.events import RetirementLogged
+from messages.inputs import RetirementLogged
 from messages.retirement import FleetRetirement
 from orchestrator.core.rollout.effects import ToLog
 from orchestrator.shell.cosigning import Cosigning

@@ -29,13 +29,8 @@ from nats.errors import Error as NatsError
 from messages import subjects
 from messages.attestation import NodeAnnounce, NodeHeartbeat
 from messages.errors import HsmfleetError, MessageError
-from messages.events import (
-    LogEntry,
-    RecordSignerRotation,
-    SetPolicy,
-    TakeLease,
-    Tick,
-)
+from messages.events import LogEntry
+from messages.inputs import RecordSignerRotation, SetPolicy, TakeLease, Tick
 from messages.rotation import KeyRotation
 from messages.schema import Body
 from messages.signing import Signer, TrustStore, verify_envelope

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from messages.events import StartRetirement, StartRollout
+from messages.inputs import StartRetirement, StartRollout
 from messages.log_proofs import needed_proofs
 from messages.pins import Pins
 from messages.plan import parse_plan

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import nats
 import pytest
 
-from messages.events import EnrollNode
+from messages.inputs import EnrollNode
 from messages.signing import ECDSA_P256, ED25519
 from node.daemon import NodeDaemon
 from node.hsm import SoftHsm, softhsm

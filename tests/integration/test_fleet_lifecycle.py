@@ -29,7 +29,7 @@ import pytest
 
 from messages.documents import time_ms
 from messages.errors import HsmfleetError
-from messages.events import ReplaceMember, RotateFleet
+from messages.inputs import ReplaceMember, RotateFleet
 from messages.retirement import FleetRetired
 from messages.rotation import RotationSingleSigned, RotationVersionGap
 from messages.validation import LoggedNotice

@@ -31,7 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from messages import subjects
-from messages.events import EnrollNode
+from messages.inputs import EnrollNode
 from messages.vault_authorization import Authorization
 from node.hsm.sealing import new_operator_key
 from node.measurement import measure

@@ -11,7 +11,7 @@ import nats
 import pytest
 from aiohttp.test_utils import TestServer
 
-from messages.events import EnrollNode
+from messages.inputs import EnrollNode
 from node.daemon import NodeDaemon
 from node.hsm import SoftHsm
 from node.measurement import measure

@@ -22,7 +22,8 @@ from messages import subjects
 from messages.attestation import ECDH_P256, NODE_ROLE, AttestRequest, NodeAnnounce
 from messages.envelope import Envelope
 from messages.errors import MessageError
-from messages.events import AttestationAnswer, EnrollNode, NodeEnrolled, SetPolicy
+from messages.events import NodeEnrolled
+from messages.inputs import AttestationAnswer, EnrollNode, SetPolicy
 from messages.node_keys import (
     NodeKeyAdopted,
     NodeKeyChallenged,

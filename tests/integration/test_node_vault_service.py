@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from messages.events import RotateFleet
+from messages.inputs import RotateFleet
 from messages.vault import RecordKeyDestroyed, RegistrationsClosed, UnknownVaultKey, WrongGuess
 from node.vault import record as records
 from tests.integration.fleetvault import (

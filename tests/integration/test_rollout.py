@@ -10,7 +10,7 @@ import pytest
 
 from messages.bundle import ACTIVATE, CEREMONY, ENROLL, PUBLISH, QUORUM, check_chain
 from messages.ceremony import key_label
-from messages.events import StartRollout
+from messages.inputs import StartRollout
 from messages.pins import QuorumFloor
 from messages.plan import parse_plan
 from messages.verifier_state import VerifierState

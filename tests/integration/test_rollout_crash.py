@@ -22,7 +22,7 @@ import aiohttp
 import nats
 
 from messages.canonical import canonical
-from messages.events import StartRollout
+from messages.inputs import StartRollout
 from messages.plan import parse_plan
 from messages.schema import Body
 from ops.natsserver import NatsServer

@@ -12,7 +12,7 @@ from nats.js.api import DiscardPolicy
 
 from messages.bundle import ABORT
 from messages.ceremony import key_label
-from messages.events import OperateRollout, StartRollout
+from messages.inputs import OperateRollout, StartRollout
 from messages.plan import parse_plan
 from messages.subjects import EVENT_STREAM
 from messages.verifier_state import VerifierState

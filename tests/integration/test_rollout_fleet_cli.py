@@ -11,8 +11,8 @@ import json
 import pytest
 from aiohttp.test_utils import TestServer
 
-from messages.events import StartRollout
 from messages.ids import display_time, parse_time
+from messages.inputs import StartRollout
 from messages.plan import parse_plan
 from messages.verify import parse_notice
 from ops.cli import build_parser

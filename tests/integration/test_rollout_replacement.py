@@ -10,7 +10,7 @@ import pytest
 
 from messages.bundle import ACTIVATE, CEREMONY, ENROLL, PUBLISH, QUORUM, check_chain
 from messages.ceremony import key_label, probe_key, probe_value
-from messages.events import ReplaceMember, StartRollout
+from messages.inputs import ReplaceMember, StartRollout
 from messages.plan import parse_plan
 from tests.replay.fleet import running, wait_for
 from tests.replay.rolloutbed import MEMBERS, SPARE, served_bed

@@ -22,7 +22,7 @@ from messages.bundle import (
     check_chain,
 )
 from messages.ceremony import key_label, probe_key, probe_value
-from messages.events import RotateFleet
+from messages.inputs import RotateFleet
 from messages.verify import parse_notice
 from node.hsm.base import KeyNotFound
 from tests.integration.fleetvault import roll_out, start_retirement, started, until_retired

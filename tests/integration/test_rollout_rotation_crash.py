@@ -16,7 +16,7 @@ import aiohttp
 
 from messages.bundle import check_chain
 from messages.ceremony import key_label
-from messages.events import RotateFleet
+from messages.inputs import RotateFleet
 from node.hsm.base import KeyNotFound
 from ops.natsserver import NatsServer
 from orchestrator.shell.keys import load_signer, trust_for

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from pkcs11 import Attribute, ObjectClass
 
-from messages.events import RotateFleet
+from messages.inputs import RotateFleet
 from messages.vault_authorization import AccountAuthority
 from messages.verifier_state import VerifierState
 from messages.verify import verify_bundle

@@ -24,16 +24,13 @@ from messages.attestation import NodeAnnounce
 from messages.bundle import DESTROY, Evidence, StageBundle
 from messages.events import (
     ArtifactPrepared,
-    AttestationAnswer,
-    EnrollNode,
     LogEntry,
     NodeAnnounced,
     NodeEnrolled,
-    SetPolicy,
     StageBundleIssued,
     StageEntered,
-    Tick,
 )
+from messages.inputs import AttestationAnswer, EnrollNode, SetPolicy, Tick
 from messages.signing import Ed25519Signer
 from orchestrator.core import evidence
 from orchestrator.core.decisions import decide, open_enrollments

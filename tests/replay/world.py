@@ -10,8 +10,8 @@ from typing import Any
 
 from cosigner.testbed import ManualClock, Testbed
 from messages.canonical import b64
-from messages.events import (
-    LogEntry,
+from messages.events import LogEntry
+from messages.inputs import (
     OperateRollout,
     ReplaceMember,
     RotateFleet,

@@ -6,16 +6,8 @@ import pytest
 
 from messages.attestation import NodeAnnounce, NodeHeartbeat
 from messages.errors import BadSubject
-from messages.events import (
-    ChallengeIssued,
-    EnrollNode,
-    LeaseTaken,
-    NodeAnnounced,
-    PolicySet,
-    SetPolicy,
-    TakeLease,
-    Tick,
-)
+from messages.events import ChallengeIssued, LeaseTaken, NodeAnnounced, PolicySet
+from messages.inputs import EnrollNode, SetPolicy, TakeLease, Tick
 from orchestrator.core.context import Context
 from orchestrator.core.decisions import decide
 from orchestrator.core.errors import (

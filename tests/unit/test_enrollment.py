@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 
 from messages.attestation import AttestationStatement
-from messages.events import AttestationAnswer, EnrollNode, NodeEnrolled, NodeRejected
+from messages.events import NodeEnrolled, NodeRejected
+from messages.inputs import AttestationAnswer, EnrollNode
 from messages.rejected import Rejected
 from messages.signing import Ed25519Signer
 from orchestrator.core.decisions import ReattestationRequired, open_enrollments

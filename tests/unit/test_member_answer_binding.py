@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from messages.events import MemberAnswer
+from messages.inputs import MemberAnswer
 from orchestrator.core.rollout.answers import AnswerNotForCommand
 from orchestrator.core.rollout.effects import member_commands
 from tests.replay.world import World

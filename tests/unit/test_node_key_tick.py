@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from messages.events import Tick
+from messages.inputs import Tick
 from messages.node_keys import NodeKeyRotationRefused, RotateNodeKey
 from orchestrator.core.decisions import overdue
 from tests.replay.world import World

@@ -11,15 +11,13 @@ import pytest
 
 from messages.bundle import ABORT, ACTIVATE, CEREMONY, ENROLL, PUBLISH, QUORUM
 from messages.ceremony import KeyReceipt, key_label
-from messages.events import (
+from messages.events import MemberCommanded, MemberFailed, RolloutSuperseded
+from messages.inputs import (
     ArtifactPublished,
     BundleCosigned,
     CosignerAnswer,
     MemberAnswer,
-    MemberCommanded,
-    MemberFailed,
     OperateRollout,
-    RolloutSuperseded,
     StartRollout,
 )
 from messages.note import Note

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cosigner.testbed import ManualClock, Testbed
 from messages.canonical import b64
-from messages.events import BundleCosigned, StartRollout
+from messages.inputs import BundleCosigned, StartRollout
 from messages.plan import parse_plan
 from messages.schema import Body
 from messages.signing import Ed25519Signer

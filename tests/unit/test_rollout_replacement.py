@@ -12,7 +12,8 @@ import pytest
 
 from messages.bundle import ACTIVATE, CEREMONY, ENROLL, PUBLISH, QUORUM, check_chain
 from messages.ceremony import GenerateFleetKeys, JoinFleet, key_label
-from messages.events import MemberCommanded, MemberReconfigured, ReplaceMember
+from messages.events import MemberCommanded, MemberReconfigured
+from messages.inputs import ReplaceMember
 from messages.membership import Membership
 from node.hsm.base import KeyNotFound
 from node.vendor import VendorCA

@@ -10,7 +10,7 @@ import pytest
 
 from messages.bundle import ACTIVATE, CEREMONY, DRAIN, ENROLL, PUBLISH, QUORUM, RETIRE, check_chain
 from messages.ceremony import key_label
-from messages.events import OperateRollout, RetirementLogged, RotateFleet, StartRetirement
+from messages.inputs import OperateRollout, RetirementLogged, RotateFleet, StartRetirement
 from messages.retirement import FleetRetired
 from messages.verifier_state import VerifierState
 from messages.verify import ingest_retirement, parse_notice, verify_bundle

@@ -12,7 +12,8 @@ from messages.bundle import ACTIVATE, CEREMONY, DESTROY, ENROLL, PUBLISH, QUORUM
 from messages.ceremony import key_label
 from messages.documents import time_ms
 from messages.envelope import Envelope
-from messages.events import RotateFleet, RotationStarted, Tick
+from messages.events import RotationStarted
+from messages.inputs import RotateFleet, Tick
 from messages.log_proofs import needed_proofs
 from messages.schema import REGISTRY
 from messages.verification import LegacyKeyExpired, Rollback, StaleCheckpoint

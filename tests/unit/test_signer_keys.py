@@ -11,8 +11,9 @@ import dataclasses
 import pytest
 
 from messages.bundle import check_chain
-from messages.events import RecordSignerRotation, SignerKeyRotated
+from messages.events import SignerKeyRotated
 from messages.ids import format_time
+from messages.inputs import RecordSignerRotation
 from messages.rotation import KeyRotation
 from messages.signing import Ed25519Signer
 from messages.validation import LoggedNotice

@@ -31,13 +31,9 @@ from messages.commit_proof import CommitProof, verify_proof
 from messages.envelope import Envelope
 from messages.errors import HsmfleetError, MessageError
 from messages.events import (
-    ArtifactPublished,
-    BundleCosigned,
-    CosignerAnswer,
     FleetKeysGenerated,
     LegacyKeysDestroyed,
     LogEntry,
-    MemberAnswer,
     MemberDrained,
     MemberFailed,
     MemberJoined,
@@ -49,6 +45,7 @@ from messages.events import (
     StageBundleLogged,
     ValidationBundleIssued,
 )
+from messages.inputs import ArtifactPublished, BundleCosigned, CosignerAnswer, MemberAnswer
 from messages.membership import Membership
 from messages.quorum import Ballot
 from messages.rejected import Rejected

@@ -43,7 +43,6 @@ from messages.documents import time_ms
 from messages.events import (
     NO_ANSWER,
     NONCE_EXPIRED,
-    ROLLOUT_ACTIONS,
     ArtifactPrepared,
     ChallengeIssued,
     ConfigFixed,
@@ -51,7 +50,6 @@ from messages.events import (
     MemberChallenged,
     MemberCommanded,
     MemberFailed,
-    OperateRollout,
     PlannedMember,
     ProbeFailed,
     RolloutAborted,
@@ -65,8 +63,8 @@ from messages.events import (
     RolloutSuperseded,
     StageBundleIssued,
     StageEntered,
-    StartRollout,
 )
+from messages.inputs import ROLLOUT_ACTIONS, OperateRollout, StartRollout
 from messages.plan import RolloutPlan, check_plan
 from orchestrator.core import evidence
 from orchestrator.core.context import Context

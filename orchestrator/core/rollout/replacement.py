@@ -17,7 +17,8 @@ a test write at the new epoch; ``publish`` lists the same keys with the new quor
 from __future__ import annotations
 
 from messages.bundle import ENROLL
-from messages.events import LogEntry, PlannedMember, ReplaceMember, ReplacementStarted, StageEntered
+from messages.events import LogEntry, PlannedMember, ReplacementStarted, StageEntered
+from messages.inputs import ReplaceMember
 from orchestrator.core import evidence
 from orchestrator.core.context import Context
 from orchestrator.core.errors import UnknownNode

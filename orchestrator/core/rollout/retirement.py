@@ -10,7 +10,7 @@ rollout of its own over the active rollout's members, in two stages:
   and leaves its replication group, answering with a signed receipt; a ``retire`` bundle of the
   receipts is logged, then the fleet-retirement document (:class:`~messages.retirement.
   FleetRetirement`), which the shell has the plan's cosigners log; the logged notice it records
-  (:class:`~messages.events.RetirementLogged`) is what verifiers ingest to refuse the fleet.
+  (:class:`~messages.inputs.RetirementLogged`) is what verifiers ingest to refuse the fleet.
 
 A member that does not answer is asked again until it does. A retirement cannot be aborted:
 once members stopped taking registrations, the fleet is on its way out.
@@ -21,16 +21,9 @@ from __future__ import annotations
 from messages.bundle import DESTROY, DRAIN, RETIRE, Evidence
 from messages.documents import DocumentError
 from messages.errors import MessageError
-from messages.events import (
-    CosignerAnswer,
-    FleetRetired,
-    LogEntry,
-    RetirementLogged,
-    RetirementStarted,
-    StageEntered,
-    StartRetirement,
-)
+from messages.events import FleetRetired, LogEntry, RetirementStarted, StageEntered
 from messages.ids import format_time
+from messages.inputs import CosignerAnswer, RetirementLogged, StartRetirement
 from messages.retirement import FleetRetirement
 from messages.verification import MalformedBundle
 from messages.verify import parse_notice

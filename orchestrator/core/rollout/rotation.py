@@ -16,13 +16,13 @@ and activating it (an approval gate, an orchestrator down) does not come out of 
 clients still holding the old bundle. Rotations recorded before (commands of version 1) keep
 the window they had, from the artifact's preparation.
 
-Once a :class:`~messages.events.Tick` finds the overlap over, the rotation enters ``destroy``:
+Once a :class:`~messages.inputs.Tick` finds the overlap over, the rotation enters ``destroy``:
 each member destroys the old epoch's keys (the group stays) and answers with a signed receipt;
 a ``destroy`` bundle of those receipts, chained like every other, closes the rotation. A member
 that does not answer is asked again until it does (a lost one is replaced, then the rotation
 completes).
 
-A fleet's schedule (:class:`~messages.events.ScheduleRotation`) makes a tick start a rotation
+A fleet's schedule (:class:`~messages.inputs.ScheduleRotation`) makes a tick start a rotation
 ``every_days`` after the fleet's latest rollout began, when nothing else of the fleet is under
 way. Everything here is decided from the state and the decision's time.
 """
@@ -35,12 +35,11 @@ from messages.events import (
     LegacyWindowOpened,
     LogEntry,
     PlannedMember,
-    RotateFleet,
     RotationScheduled,
     RotationStarted,
-    ScheduleRotation,
     StageEntered,
 )
+from messages.inputs import RotateFleet, ScheduleRotation
 from orchestrator.core import evidence
 from orchestrator.core.context import Context
 from orchestrator.core.fleet_errors import (
