@@ -250,7 +250,9 @@ def _node_enrolled(state: State, e: NodeEnrolled) -> State:
         reason=None,
     )
     state = _close(state, e.enrollment_id, "enrolled", None)
-    state = attested(state, e.enrollment_id, e.node_id, e.attestation_digest)
+    state = replace(
+        state, book=attested(state.book, e.enrollment_id, e.node_id, e.attestation_digest)
+    )
     return replace(state, nodes=state.nodes.set(e.node_id, node))
 
 
@@ -351,6 +353,11 @@ def _decision(state: State, e: Decision) -> State:
     )
 
 
+def _on_book(fold: Callable[[RolloutBook, Any], RolloutBook]) -> Callable[[State, Any], State]:
+    """A rollout fold, which changes only the rollout part, as a fold of the whole state."""
+    return lambda state, e: replace(state, book=fold(state.book, e))
+
+
 # Each fold takes the event type it is listed under.
 _FOLDS: dict[type[LogEntry], Callable[[State, Any], State]] = {
     Decision: _decision,
@@ -365,8 +372,8 @@ _FOLDS: dict[type[LogEntry], Callable[[State, Any], State]] = {
     NodeKeyRotationRefused: _node_key_rotation_refused,
     NodeKeyAdopted: _node_key_adopted,
     SignerKeyRotated: _signer_key_rotated,
-    **ROLLOUT_FOLDS,
 }
+_FOLDS |= {kind: _on_book(fold) for kind, fold in ROLLOUT_FOLDS.items()}
 
 
 def evolve(state: State, entry: LogEntry) -> State:

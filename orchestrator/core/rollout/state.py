@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from immutables import Map
 
@@ -62,9 +62,6 @@ from messages.events import (
 )
 from messages.plan import RolloutPlan
 from messages.quorum import Config
-
-if TYPE_CHECKING:
-    from orchestrator.core.state import State
 
 RolloutStatus = Literal[
     "running", "paused", "failed", "aborted", "superseded", "active", "rotated", "retired"
@@ -265,32 +262,26 @@ class RolloutBook:
 # --- folds -----------------------------------------------------------------------------------
 
 
-def _with(state: State, book: RolloutBook) -> State:
-    return replace(state, book=book)
+def _put(book: RolloutBook, rollout: Rollout) -> RolloutBook:
+    return replace(book, rollouts=book.rollouts.set(rollout.rollout_id, rollout))
 
 
-def _put(state: State, rollout: Rollout) -> State:
-    book = state.book
-    return _with(state, replace(book, rollouts=book.rollouts.set(rollout.rollout_id, rollout)))
-
-
-def _member(state: State, rollout_id: str, node_id: str, **changes: Any) -> State:
-    rollout = state.book.rollouts[rollout_id]
+def _member(book: RolloutBook, rollout_id: str, node_id: str, **changes: Any) -> RolloutBook:
+    rollout = book.rollouts[rollout_id]
     member = replace(rollout.members[node_id], **changes)
-    return _put(state, replace(rollout, members=rollout.members.set(node_id, member)))
+    return _put(book, replace(rollout, members=rollout.members.set(node_id, member)))
 
 
-def _rollout(state: State, rollout_id: str, **changes: Any) -> State:
-    return _put(state, replace(state.book.rollouts[rollout_id], **changes))
+def _rollout(book: RolloutBook, rollout_id: str, **changes: Any) -> RolloutBook:
+    return _put(book, replace(book.rollouts[rollout_id], **changes))
 
 
-def _chain(state: State, fleet: str, **changes: Any) -> State:
-    book = state.book
+def _chain(book: RolloutBook, fleet: str, **changes: Any) -> RolloutBook:
     chain = replace(book.fleets.get(fleet) or FleetChain(fleet), **changes)
-    return _with(state, replace(book, fleets=book.fleets.set(fleet, chain)))
+    return replace(book, fleets=book.fleets.set(fleet, chain))
 
 
-def _started(state: State, e: RolloutStarted) -> State:
+def _started(book: RolloutBook, e: RolloutStarted) -> RolloutBook:
     members = Map({m.node_id: RolloutMember(m.node_id, m.domain) for m in e.members})
     rollout = Rollout(
         rollout_id=e.rollout_id,
@@ -303,13 +294,13 @@ def _started(state: State, e: RolloutStarted) -> State:
         not_after_ms=e.not_after_ms,
         requested_by=e.requested_by,
     )
-    return _chain(_put(state, rollout), e.fleet, rollout_id=e.rollout_id)
+    return _chain(_put(book, rollout), e.fleet, rollout_id=e.rollout_id)
 
 
-def _later_flow(state: State, e: RotationStarted | RetirementStarted, **kind: Any) -> Rollout:
+def _later_flow(book: RolloutBook, e: RotationStarted | RetirementStarted, **kind: Any) -> Rollout:
     """A flow of an active fleet (rotation, retirement): its predecessor's plan and
     replication group, the members ``e`` names."""
-    predecessor = state.book.rollouts[e.predecessor]
+    predecessor = book.rollouts[e.predecessor]
     return Rollout(
         rollout_id=e.rollout_id,
         fleet=e.fleet,
@@ -326,46 +317,46 @@ def _later_flow(state: State, e: RotationStarted | RetirementStarted, **kind: An
     )
 
 
-def _rotation_started(state: State, e: RotationStarted) -> State:
+def _rotation_started(book: RolloutBook, e: RotationStarted) -> RolloutBook:
     rotation = _later_flow(
-        state,
+        book,
         e,
         overlap_ms=e.overlap_s * 1000,
         overlap_from_activation=e.overlap_from_activation,
         kind="rotation",
     )
-    return _chain(_put(state, rotation), e.fleet, rollout_id=e.rollout_id)
+    return _chain(_put(book, rotation), e.fleet, rollout_id=e.rollout_id)
 
 
-def _window_opened(state: State, e: LegacyWindowOpened) -> State:
-    return _rollout(state, e.rollout_id, window_until_ms=e.until_ms)
+def _window_opened(book: RolloutBook, e: LegacyWindowOpened) -> RolloutBook:
+    return _rollout(book, e.rollout_id, window_until_ms=e.until_ms)
 
 
-def _retirement_started(state: State, e: RetirementStarted) -> State:
+def _retirement_started(book: RolloutBook, e: RetirementStarted) -> RolloutBook:
     retirement = _later_flow(
-        state,
+        book,
         e,
         kind="retirement",
         successor=e.successor,
         drain_until_ms=e.drain_until_ms,
         retire_reason=e.reason,
     )
-    return _chain(_put(state, retirement), e.fleet, rollout_id=e.rollout_id, retiring=True)
+    return _chain(_put(book, retirement), e.fleet, rollout_id=e.rollout_id, retiring=True)
 
 
-def _drained(state: State, e: MemberDrained) -> State:
-    return _done(state, e.rollout_id, e.node_id, drained=e.receipt)
+def _drained(book: RolloutBook, e: MemberDrained) -> RolloutBook:
+    return _done(book, e.rollout_id, e.node_id, drained=e.receipt)
 
 
-def _retired(state: State, e: FleetRetired) -> State:
-    state = _chain(state, e.fleet, retirement=e.notice)
-    return _rollout(state, e.rollout_id, status="retired", stage="retired", waiting_for=None)
+def _retired(book: RolloutBook, e: FleetRetired) -> RolloutBook:
+    book = _chain(book, e.fleet, retirement=e.notice)
+    return _rollout(book, e.rollout_id, status="retired", stage="retired", waiting_for=None)
 
 
-def _replacement_started(state: State, e: ReplacementStarted) -> State:
+def _replacement_started(book: RolloutBook, e: ReplacementStarted) -> RolloutBook:
     """The predecessor's members carry over what they proved (attestation, keys, the
     configuration they serve); the replaced one is lost; the newcomer starts afresh."""
-    predecessor = state.book.rollouts[e.predecessor]
+    predecessor = book.rollouts[e.predecessor]
     assert predecessor.config is not None
     members = {}
     for old in predecessor.in_order():
@@ -404,24 +395,24 @@ def _replacement_started(state: State, e: ReplacementStarted) -> State:
         replaced=e.replaced,
         newcomer=new.node_id,
     )
-    return _chain(_put(state, replacement), e.fleet, rollout_id=e.rollout_id)
+    return _chain(_put(book, replacement), e.fleet, rollout_id=e.rollout_id)
 
 
-def _reconfigured(state: State, e: MemberReconfigured) -> State:
-    return _done(state, e.rollout_id, e.node_id, config_epoch=e.config_epoch, joined=True)
+def _reconfigured(book: RolloutBook, e: MemberReconfigured) -> RolloutBook:
+    return _done(book, e.rollout_id, e.node_id, config_epoch=e.config_epoch, joined=True)
 
 
-def _legacy_destroyed(state: State, e: LegacyKeysDestroyed) -> State:
-    return _done(state, e.rollout_id, e.node_id, legacy_destroyed=e.receipt)
+def _legacy_destroyed(book: RolloutBook, e: LegacyKeysDestroyed) -> RolloutBook:
+    return _done(book, e.rollout_id, e.node_id, legacy_destroyed=e.receipt)
 
 
-def _legacy_closed(state: State, e: LegacyEpochClosed) -> State:
-    return _rollout(state, e.rollout_id, legacy_closed=True, waiting_for=None)
+def _legacy_closed(book: RolloutBook, e: LegacyEpochClosed) -> RolloutBook:
+    return _rollout(book, e.rollout_id, legacy_closed=True, waiting_for=None)
 
 
-def _rotation_scheduled(state: State, e: RotationScheduled) -> State:
+def _rotation_scheduled(book: RolloutBook, e: RotationScheduled) -> RolloutBook:
     return _chain(
-        state,
+        book,
         e.fleet,
         rotate_every_days=e.every_days,
         rotation_overlap_s=e.overlap_s,
@@ -429,89 +420,88 @@ def _rotation_scheduled(state: State, e: RotationScheduled) -> State:
     )
 
 
-def _superseded(state: State, e: RolloutSuperseded) -> State:
-    return _rollout(state, e.rollout_id, status="superseded", superseded_by=e.by)
+def _superseded(book: RolloutBook, e: RolloutSuperseded) -> RolloutBook:
+    return _rollout(book, e.rollout_id, status="superseded", superseded_by=e.by)
 
 
-def _stage_entered(state: State, e: StageEntered) -> State:
-    return _rollout(state, e.rollout_id, stage=e.stage, waiting_for=None)
+def _stage_entered(book: RolloutBook, e: StageEntered) -> RolloutBook:
+    return _rollout(book, e.rollout_id, stage=e.stage, waiting_for=None)
 
 
-def _config_fixed(state: State, e: ConfigFixed) -> State:
-    return _rollout(state, e.rollout_id, config=e.config)
+def _config_fixed(book: RolloutBook, e: ConfigFixed) -> RolloutBook:
+    return _rollout(book, e.rollout_id, config=e.config)
 
 
-def _challenged(state: State, e: MemberChallenged) -> State:
-    book = state.book
+def _challenged(book: RolloutBook, e: MemberChallenged) -> RolloutBook:
     waiting = book.enrollments.get(e.enrollment_id, ())
     if e.rollout_id not in waiting:
         enrollments = book.enrollments.set(e.enrollment_id, (*waiting, e.rollout_id))
-        state = _with(state, replace(book, enrollments=enrollments))
+        book = replace(book, enrollments=enrollments)
     return _member(
-        state, e.rollout_id, e.node_id, enrollment_id=e.enrollment_id, deadline_ms=e.deadline_ms
+        book, e.rollout_id, e.node_id, enrollment_id=e.enrollment_id, deadline_ms=e.deadline_ms
     )
 
 
-def attested(state: State, enrollment_id: str, node_id: str, digest: str) -> State:
+def attested(book: RolloutBook, enrollment_id: str, node_id: str, digest: str) -> RolloutBook:
     """Note an accepted attestation for every rollout waiting on it (a rejected one leaves
     the members as they are: each rollout reads the reason and challenges again or gives the
     member up)."""
-    for rollout_id in state.book.enrollments.get(enrollment_id, ()):
-        state = _member(state, rollout_id, node_id, attestation=digest, deadline_ms=None)
-    return state
+    for rollout_id in book.enrollments.get(enrollment_id, ()):
+        book = _member(book, rollout_id, node_id, attestation=digest, deadline_ms=None)
+    return book
 
 
-def _commanded(state: State, e: MemberCommanded) -> State:
-    return _member(state, e.rollout_id, e.node_id, step=e.step, deadline_ms=e.deadline_ms)
+def _commanded(book: RolloutBook, e: MemberCommanded) -> RolloutBook:
+    return _member(book, e.rollout_id, e.node_id, step=e.step, deadline_ms=e.deadline_ms)
 
 
-def _done(state: State, rollout_id: str, node_id: str, **changes: Any) -> State:
-    return _member(state, rollout_id, node_id, step=None, deadline_ms=None, **changes)
+def _done(book: RolloutBook, rollout_id: str, node_id: str, **changes: Any) -> RolloutBook:
+    return _member(book, rollout_id, node_id, step=None, deadline_ms=None, **changes)
 
 
-def _keys_generated(state: State, e: FleetKeysGenerated) -> State:
-    state = _rollout(state, e.rollout_id, generator=e.generator, keys=e.keys, wrapped=e.wrapped)
-    return _done(state, e.rollout_id, e.generator, receipt=e.receipt)
+def _keys_generated(book: RolloutBook, e: FleetKeysGenerated) -> RolloutBook:
+    book = _rollout(book, e.rollout_id, generator=e.generator, keys=e.keys, wrapped=e.wrapped)
+    return _done(book, e.rollout_id, e.generator, receipt=e.receipt)
 
 
-def _keys_imported(state: State, e: MemberKeysImported) -> State:
-    return _done(state, e.rollout_id, e.node_id, receipt=e.receipt)
+def _keys_imported(book: RolloutBook, e: MemberKeysImported) -> RolloutBook:
+    return _done(book, e.rollout_id, e.node_id, receipt=e.receipt)
 
 
-def _joined(state: State, e: MemberJoined) -> State:
-    return _done(state, e.rollout_id, e.node_id, joined=True)
+def _joined(book: RolloutBook, e: MemberJoined) -> RolloutBook:
+    return _done(book, e.rollout_id, e.node_id, joined=True)
 
 
-def _quorum_proved(state: State, e: QuorumProved) -> State:
-    state = _rollout(state, e.rollout_id, quorum_proof=e.proof)
-    return _done(state, e.rollout_id, e.node_id)
+def _quorum_proved(book: RolloutBook, e: QuorumProved) -> RolloutBook:
+    book = _rollout(book, e.rollout_id, quorum_proof=e.proof)
+    return _done(book, e.rollout_id, e.node_id)
 
 
-def _probe_failed(state: State, e: ProbeFailed) -> State:
-    failures = state.book.rollouts[e.rollout_id].probe_failures + 1
-    return _done(_rollout(state, e.rollout_id, probe_failures=failures), e.rollout_id, e.node_id)
+def _probe_failed(book: RolloutBook, e: ProbeFailed) -> RolloutBook:
+    failures = book.rollouts[e.rollout_id].probe_failures + 1
+    return _done(_rollout(book, e.rollout_id, probe_failures=failures), e.rollout_id, e.node_id)
 
 
-def _member_failed(state: State, e: MemberFailed) -> State:
-    rollout = state.book.rollouts[e.rollout_id]
+def _member_failed(book: RolloutBook, e: MemberFailed) -> RolloutBook:
+    rollout = book.rollouts[e.rollout_id]
     if e.step == "retire":
-        return _done(state, e.rollout_id, e.node_id, destroy_failed=e.reason)
+        return _done(book, e.rollout_id, e.node_id, destroy_failed=e.reason)
     if e.step in (DESTROY, DRAIN):
-        return _done(state, e.rollout_id, e.node_id)  # asked again until it answers
+        return _done(book, e.rollout_id, e.node_id)  # asked again until it answers
     status = "lost" if rollout.plan.rollout.on_member_loss == "continue" else "failed"
-    return _done(state, e.rollout_id, e.node_id, status=status, reason=e.reason)
+    return _done(book, e.rollout_id, e.node_id, status=status, reason=e.reason)
 
 
-def _keys_destroyed(state: State, e: MemberKeysDestroyed) -> State:
-    return _done(state, e.rollout_id, e.node_id, destroyed=e.receipt)
+def _keys_destroyed(book: RolloutBook, e: MemberKeysDestroyed) -> RolloutBook:
+    return _done(book, e.rollout_id, e.node_id, destroyed=e.receipt)
 
 
-def _paused(state: State, e: RolloutPaused) -> State:
-    return _rollout(state, e.rollout_id, status="paused", reason=e.reason, paused_at_ms=e.at_ms)
+def _paused(book: RolloutBook, e: RolloutPaused) -> RolloutBook:
+    return _rollout(book, e.rollout_id, status="paused", reason=e.reason, paused_at_ms=e.at_ms)
 
 
-def _resumed(state: State, e: RolloutResumed) -> State:
-    rollout = state.book.rollouts[e.rollout_id]
+def _resumed(book: RolloutBook, e: RolloutResumed) -> RolloutBook:
+    rollout = book.rollouts[e.rollout_id]
     members = rollout.members
     for member in rollout.in_order():
         changes: dict[str, Any] = {}
@@ -522,13 +512,13 @@ def _resumed(state: State, e: RolloutResumed) -> State:
         if changes:
             members = members.set(member.node_id, replace(member, **changes))
     return _put(
-        state,
+        book,
         replace(rollout, members=members, status="running", reason=None, paused_at_ms=None),
     )
 
 
-def _retried(state: State, e: RolloutRetried) -> State:
-    rollout = state.book.rollouts[e.rollout_id]
+def _retried(book: RolloutBook, e: RolloutRetried) -> RolloutBook:
+    rollout = book.rollouts[e.rollout_id]
     members = rollout.members
     for member in rollout.in_order():
         if member.status != "active":
@@ -536,63 +526,64 @@ def _retried(state: State, e: RolloutRetried) -> State:
             members = members.set(member.node_id, fresh)
     status = "running" if rollout.status == "failed" else rollout.status
     return _put(
-        state,
+        book,
         replace(rollout, members=members, status=status, reason=None, probe_failures=0),
     )
 
 
-def _approved(state: State, e: RolloutApproved) -> State:
-    return _rollout(state, e.rollout_id, approved=True)
+def _approved(book: RolloutBook, e: RolloutApproved) -> RolloutBook:
+    return _rollout(book, e.rollout_id, approved=True)
 
 
-def _failed(state: State, e: RolloutFailed) -> State:
-    return _rollout(state, e.rollout_id, status="failed", reason=e.reason)
+def _failed(book: RolloutBook, e: RolloutFailed) -> RolloutBook:
+    return _rollout(book, e.rollout_id, status="failed", reason=e.reason)
 
 
-def _aborted(state: State, e: RolloutAborted) -> State:
-    return _rollout(state, e.rollout_id, status="aborted", reason=e.reason, paused_at_ms=None)
+def _aborted(book: RolloutBook, e: RolloutAborted) -> RolloutBook:
+    return _rollout(book, e.rollout_id, status="aborted", reason=e.reason, paused_at_ms=None)
 
 
-def _artifact_prepared(state: State, e: ArtifactPrepared) -> State:
-    chain = state.book.fleets.get(e.fleet) or FleetChain(e.fleet)
-    state = _chain(state, e.fleet, artifacts=(*chain.artifacts, e.artifact))
-    return _rollout(state, e.rollout_id, artifact=e.artifact)
+def _artifact_prepared(book: RolloutBook, e: ArtifactPrepared) -> RolloutBook:
+    chain = book.fleets.get(e.fleet) or FleetChain(e.fleet)
+    book = _chain(book, e.fleet, artifacts=(*chain.artifacts, e.artifact))
+    return _rollout(book, e.rollout_id, artifact=e.artifact)
 
 
-def _validation(state: State, e: ValidationBundleIssued) -> State:
-    return _rollout(state, e.rollout_id, validation=e.bundle)
+def _validation(book: RolloutBook, e: ValidationBundleIssued) -> RolloutBook:
+    return _rollout(book, e.rollout_id, validation=e.bundle)
 
 
-def _bundle_issued(state: State, e: StageBundleIssued) -> State:
-    chain = state.book.fleets.get(e.fleet) or FleetChain(e.fleet)
-    state = _chain(
-        state,
+def _bundle_issued(book: RolloutBook, e: StageBundleIssued) -> RolloutBook:
+    chain = book.fleets.get(e.fleet) or FleetChain(e.fleet)
+    book = _chain(
+        book,
         e.fleet,
         bundles=(*chain.bundles, e.bundle),
         issued_by=(*chain.issued_by, e.rollout_id),
     )
-    return _rollout(state, e.rollout_id, waiting_for=e.bundle.serial)
+    return _rollout(book, e.rollout_id, waiting_for=e.bundle.serial)
 
 
-def _bundle_logged(state: State, e: StageBundleLogged) -> State:
-    return _chain(state, e.fleet, logged=e.serial)
+def _bundle_logged(book: RolloutBook, e: StageBundleLogged) -> RolloutBook:
+    return _chain(book, e.fleet, logged=e.serial)
 
 
-def _activated(state: State, e: RolloutActivated) -> State:
-    rollout = state.book.rollouts[e.rollout_id]
-    state = _chain(
-        state,
+def _activated(book: RolloutBook, e: RolloutActivated) -> RolloutBook:
+    rollout = book.rollouts[e.rollout_id]
+    book = _chain(
+        book,
         e.fleet,
         active_epoch=e.epoch,
         validation=rollout.validation,
         active_rollout=e.rollout_id,
     )
     if rollout.predecessor is not None:
-        state = _rollout(state, rollout.predecessor, status="rotated")
-    return _rollout(state, e.rollout_id, status="active", stage="active")
+        book = _rollout(book, rollout.predecessor, status="rotated")
+    return _rollout(book, e.rollout_id, status="active", stage="active")
 
 
-ROLLOUT_FOLDS: dict[type[LogEntry], Callable[[State, Any], State]] = {
+# Each fold takes the event type it is listed under.
+ROLLOUT_FOLDS: dict[type[LogEntry], Callable[[RolloutBook, Any], RolloutBook]] = {
     RolloutStarted: _started,
     RolloutSuperseded: _superseded,
     StageEntered: _stage_entered,
