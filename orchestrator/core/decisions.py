@@ -74,6 +74,7 @@ from orchestrator.core.errors import (
     UnknownEnrollment,
     UnknownNode,
 )
+from orchestrator.core.flow import Flow
 from orchestrator.core.rollout import answers as rollout_answers
 from orchestrator.core.rollout import decisions as rollout
 from orchestrator.core.rollout import replacement as rollout_replacement
@@ -86,9 +87,8 @@ UNKNOWN = "unknown"
 MAX_ADVANCES = 16
 """Bound on the rounds of :func:`rollout.advance` in one decision (each stage moves at most a
 few steps per round; a rollout that kept moving for longer would be a bug)."""
-FLOWS = (rollout, rollout_rotation, rollout_retirement)
-"""The fleet flows, each with ``advance`` (after every decision), ``tick`` and ``overdue``
-(the passing of time), in the order their events are emitted."""
+FLOWS: tuple[Flow, ...] = (node_keys, rollout, rollout_rotation, rollout_retirement)
+"""The flows, in the order their events are emitted."""
 
 
 class DomainChangeRefused(CommandRefused):
@@ -326,18 +326,15 @@ def _tick(state: State, _: Tick, ctx: Context) -> list[LogEntry]:
         for e in open_enrollments(state)
         if e.expires_ms < ctx.now_ms
     ]
-    flows = [event for flow in FLOWS for event in flow.tick(state, ctx)]
-    return closed + node_keys.tick(state, ctx) + flows
+    return closed + [event for flow in FLOWS for event in flow.tick(state, ctx)]
 
 
 def overdue(state: State, now_ms: int) -> bool:
     """Whether a :class:`Tick` at ``now_ms`` would close a challenge (enrollment or node-key
     rotation), fail a member step, end a rotation's overlap window or start a scheduled
     rotation."""
-    return (
-        any(e.expires_ms < now_ms for e in open_enrollments(state))
-        or node_keys.overdue(state, now_ms)
-        or any(flow.overdue(state, now_ms) for flow in FLOWS)
+    return any(e.expires_ms < now_ms for e in open_enrollments(state)) or any(
+        flow.overdue(state, now_ms) for flow in FLOWS
     )
 
 

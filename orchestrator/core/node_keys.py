@@ -210,6 +210,11 @@ def adopted(state: State, c: AdoptionAnswer, _: Context) -> list[LogEntry]:
     return [NodeKeyAdopted(rotation_id=c.rotation_id, node_id=c.node_id)]
 
 
+def advance(state: State, ctx: Context) -> list[LogEntry]:
+    """Nothing: a rotation moves on only when its node answers or its challenge expires."""
+    return []
+
+
 def tick(state: State, ctx: Context) -> list[LogEntry]:
     """Close every rotation challenge whose answer is overdue (``no_answer``)."""
     return [_refused(r, NO_ANSWER) for r in _open(state) if r.expires_ms < ctx.now_ms]
