@@ -210,37 +210,50 @@ class Drill:
         """Carry out effects one at a time until none is left that a node that is up can
         answer, or until ``until`` holds for the state."""
         for _ in range(max_rounds):
-            state = self.recorder.state
-            if until is not None and until(state):
+            if until is not None and until(self.recorder.state):
                 return
-            if self._timed(overdue, state, self.clock()):
-                self.decide(Tick())
-                continue
-            enrollments = self._timed(open_enrollments, state)
-            answerable = [e for e in enrollments if e.node_id not in self.fleet.down]
-            if answerable:
-                e = answerable[0]
-                reply = self.fleet.nodes[e.node_id].attest(e.nonce, e.expires_ms)
-                self.decide(AttestationAnswer(e.enrollment_id, e.node_id, reply))
-                continue
-            commands = self._timed(commands_of, state)
-            up = [c for c in commands if c.node_id not in self.fleet.down]
-            if up:
-                command = up[0]
-                reply = self.fleet.answer(command)
-                self.decide(MemberAnswer(command.rollout_id, command.node_id, command.step, reply))
-                continue
-            bundles = self._timed(bundles_to_log, state)
-            if bundles:
-                self.decide(await self.cosigning.log_document(bundles[0]))
-                continue
-            artifacts = self._timed(artifacts_to_publish, state)
-            if artifacts:
-                self.decide(await self.cosigning.publish_artifact(artifacts[0]))
-                continue
-            retirements = self._timed(retirements_to_log, state)
-            if retirements:
-                self.decide(await log_retirement(self.cosigning, retirements[0]))
-                continue
-            return
+            if not await self.carry_out_one():
+                return
         raise RuntimeError("the rollout did not settle")
+
+    async def carry_out(self, effects: int) -> int:
+        """Carry out at most ``effects`` effects; how many there were."""
+        for done in range(effects):
+            if not await self.carry_out_one():
+                return done
+        return effects
+
+    async def carry_out_one(self) -> bool:
+        """Carry out the first effect due (a tick first, if one is), as the shell would; False
+        when nothing is due that a node that is up can answer."""
+        state = self.recorder.state
+        if self._timed(overdue, state, self.clock()):
+            self.decide(Tick())
+            return True
+        enrollments = self._timed(open_enrollments, state)
+        answerable = [e for e in enrollments if e.node_id not in self.fleet.down]
+        if answerable:
+            e = answerable[0]
+            reply = self.fleet.nodes[e.node_id].attest(e.nonce, e.expires_ms)
+            self.decide(AttestationAnswer(e.enrollment_id, e.node_id, reply))
+            return True
+        commands = self._timed(commands_of, state)
+        up = [c for c in commands if c.node_id not in self.fleet.down]
+        if up:
+            command = up[0]
+            reply = self.fleet.answer(command)
+            self.decide(MemberAnswer(command.rollout_id, command.node_id, command.step, reply))
+            return True
+        bundles = self._timed(bundles_to_log, state)
+        if bundles:
+            self.decide(await self.cosigning.log_document(bundles[0]))
+            return True
+        artifacts = self._timed(artifacts_to_publish, state)
+        if artifacts:
+            self.decide(await self.cosigning.publish_artifact(artifacts[0]))
+            return True
+        retirements = self._timed(retirements_to_log, state)
+        if retirements:
+            self.decide(await log_retirement(self.cosigning, retirements[0]))
+            return True
+        return False

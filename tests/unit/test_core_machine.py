@@ -71,12 +71,12 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(steps=st.integers(min_value=1, max_value=200))
     def members_and_cosigners_answer(self, steps: int) -> None:
-        self.loop.run_until_complete(self.world.drill.settle(max_rounds=steps))
+        self.loop.run_until_complete(self.world.drill.carry_out(steps))
 
     @rule(seconds=st.integers(min_value=1, max_value=120))
     def time_passes(self, seconds: int) -> None:
         self.world.clock.advance(seconds * 1000)
-        self.loop.run_until_complete(self.world.drill.settle(max_rounds=5))
+        self.loop.run_until_complete(self.world.drill.carry_out(5))
 
     @rule(node=st.sampled_from(NODES))
     def node_goes_down(self, node: str) -> None:
