@@ -50,11 +50,11 @@ def flow_view(rollout: Rollout, chain: FleetChain, error: str | None = None) -> 
         predecessor=rollout.predecessor,
         legacy_until_ms=rollout.legacy_until_ms,
         legacy_ends_ms=rollout.legacy_ends_ms,
-        legacy_closed=rollout.legacy_closed,
-        replaced=rollout.replaced,
-        newcomer=rollout.newcomer,
-        successor=rollout.successor,
-        drain_until_ms=rollout.drain_until_ms,
+        legacy_closed=rollout.rotation is not None and rollout.rotation.legacy_closed,
+        replaced=rollout.replacement and rollout.replacement.replaced,
+        newcomer=rollout.replacement and rollout.replacement.newcomer,
+        successor=rollout.retirement and rollout.retirement.successor,
+        drain_until_ms=rollout.retirement and rollout.retirement.drain_until_ms,
         fleet_state=fleet_state(chain),
     )
     return view

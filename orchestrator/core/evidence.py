@@ -121,13 +121,14 @@ def membership_steps(state: State, rollout: Rollout) -> tuple[Config, ...]:
     """A replacement's membership change, from its predecessor's configuration: the CASPaxos
     2.3 steps adding the newcomer (attested: its identity key votes), then those removing the
     replaced member."""
-    assert rollout.newcomer is not None and rollout.replaced is not None
+    replacement = rollout.replacement
+    assert replacement is not None
     before = state.book.rollouts[rollout.predecessor or ""].config
-    identity = state.nodes[rollout.newcomer].identity
+    identity = state.nodes[replacement.newcomer].identity
     assert before is not None and identity is not None
-    key = MemberKey(rollout.newcomer, identity.identity_alg, identity.identity_key)
-    joining = plan_join(Membership.from_config(before), rollout.newcomer, key)
-    leaving = plan_leave(joining[-1].membership, rollout.replaced)
+    key = MemberKey(replacement.newcomer, identity.identity_alg, identity.identity_key)
+    joining = plan_join(Membership.from_config(before), replacement.newcomer, key)
+    leaving = plan_leave(joining[-1].membership, replacement.replaced)
     return tuple(step.membership.to_config() for step in (*joining, *leaving))
 
 
@@ -163,7 +164,7 @@ def artifact(state: State, rollout: Rollout, now_ms: int) -> FleetKeyArtifact:
     return FleetKeyArtifact(
         fleet=rollout.fleet,
         epoch=rollout.epoch,
-        keys=rollout.keys + legacy_keys(state, rollout, now_ms + rollout.overlap_ms),
+        keys=rollout.keys + legacy_keys(state, rollout, now_ms),
         quorum=Quorum(members, rollout.plan.threshold),
         not_before=format_time(rollout.not_before_ms),
         not_after=format_time(rollout.not_after_ms),
@@ -171,13 +172,15 @@ def artifact(state: State, rollout: Rollout, now_ms: int) -> FleetKeyArtifact:
     )
 
 
-def legacy_keys(state: State, rollout: Rollout, until_ms: int) -> tuple[FleetKey, ...]:
-    """The predecessor's current keys, usable until ``until_ms`` (none for a new fleet)."""
-    if rollout.kind != "rotation":
+def legacy_keys(state: State, rollout: Rollout, now_ms: int) -> tuple[FleetKey, ...]:
+    """A rotation's predecessor's current keys, usable until ``now_ms`` + the overlap (none but
+    for a rotation)."""
+    rotation = rollout.rotation
+    if rotation is None:
         return ()
     before = state.book.rollouts[rollout.predecessor or ""].artifact
     assert before is not None  # the predecessor was active
-    until = format_time(until_ms)
+    until = format_time(now_ms + rotation.overlap_ms)
     return tuple(replace(k, legacy_until=until) for k in before.keys if k.legacy_until is None)
 
 

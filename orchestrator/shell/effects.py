@@ -189,9 +189,12 @@ async def _record(host: Host, outcome: Body, due: Callable[[], bool], log: Any) 
 
 
 def _left_s(host: Host, effect: Effect) -> float | None:
+    """Seconds until the effect's deadline has passed: the core takes a deadline as passed once
+    the clock is beyond it, so the runner stops no earlier (else the next decision, in the same
+    millisecond, would still find the effect due)."""
     if effect.deadline_ms is None:
         return None
-    return (effect.deadline_ms - host.clock_ms()) / 1000
+    return (effect.deadline_ms + 1 - host.clock_ms()) / 1000
 
 
 def _failed(host: Host, effect: Effect, exc: Exception) -> None:

@@ -213,12 +213,14 @@ async def test_a_fleet_lives_through_rotation_replacement_signer_rotations_and_r
                 timeout=OVERLAP_S,
                 what="every user to log in with the new bundle",
             )
-            assert not orch.state.book.of_fleet("fleet-1").legacy_closed, "the overlap is over"
+            assert not orch.state.book.of_fleet("fleet-1").rotation.legacy_closed, (
+                "the overlap is over"
+            )
             old_vault = next(k for k in first.artifact.keys if k.role == "vault")
             legacy = next(k for k in rotation.artifact.keys if k.public_key == old_vault.public_key)
             check_fleet_key(rotation.artifact, old_vault.public_key, "vault", now_ms())
             await wait_for(
-                lambda: orch.state.book.of_fleet("fleet-1").legacy_closed,
+                lambda: orch.state.book.of_fleet("fleet-1").rotation.legacy_closed,
                 timeout=60,
                 what="the old keys to be destroyed",
             )

@@ -69,10 +69,10 @@ async def test_daemons_serve_the_vault_through_rotation_drain_and_retirement(bed
         await new.register("bob", b"4321", BOB)
         assert (await old.recover("bob", b"4321")).secret == BOB
         assert (await new.recover("bob", b"4321")).attempt == 2
-        assert not orch.state.book.of_fleet("fleet-1").legacy_closed, "the overlap is over"
+        assert not orch.state.book.of_fleet("fleet-1").rotation.legacy_closed, "the overlap is over"
 
         await wait_for(
-            lambda: orch.state.book.of_fleet("fleet-1").legacy_closed,
+            lambda: orch.state.book.of_fleet("fleet-1").rotation.legacy_closed,
             timeout=60,
             what="the old keys to be destroyed",
         )

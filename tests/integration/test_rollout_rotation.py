@@ -78,7 +78,7 @@ async def test_rotation_keeps_the_group_and_destroys_old_keys_after_the_window(b
         assert (await proposer.read(probe_key(2))).value == probe_value("fleet-1", 2)
 
         await wait_for(
-            lambda: orch.state.book.of_fleet("fleet-1").legacy_closed,
+            lambda: orch.state.book.of_fleet("fleet-1").rotation.legacy_closed,
             timeout=60,
             what="the old keys to be destroyed",
         )

@@ -43,7 +43,7 @@ async def test_killed_again_and_again_a_rotation_ends_the_same(tmp_path, rollout
             store = EventStore(bed.nc)
             next_kill, kills = await store.last_seq() + 4, 0
             deadline = time.monotonic() + 120
-            while not orch.state.book.of_fleet("fleet-1").legacy_closed:
+            while not orch.state.book.of_fleet("fleet-1").rotation.legacy_closed:
                 assert time.monotonic() < deadline, f"not done after {kills} kills"
                 if await store.last_seq() >= next_kill:
                     await running.kill()

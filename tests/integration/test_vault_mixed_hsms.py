@@ -115,7 +115,7 @@ async def test_a_fleet_of_software_and_pkcs11_hsms_serves_its_vault_through_a_ro
             2,
         )
         await wait_for(
-            lambda: orch.state.book.of_fleet("fleet-1").legacy_closed,
+            lambda: orch.state.book.of_fleet("fleet-1").rotation.legacy_closed,
             timeout=60,
             what="the old epoch's keys to be destroyed",
         )

@@ -196,7 +196,7 @@ async def test_after_a_replacement_a_rotation_and_a_retirement_destroy_the_keys_
     assert {m.node_id for m in rotation.in_order()} == {*FIVE[:4], "node-6"}
     assert rotation.config == world.state.book.rollouts[rotation.predecessor].config
     await world.wait_out(61)
-    assert world.rollout().legacy_closed
+    assert world.rollout().rotation.legacy_closed
     for node_id in (*FIVE[:4], "node-6"):
         with pytest.raises(KeyNotFound):
             world.nodes.nodes[node_id].hsm.public_key(label)

@@ -90,7 +90,7 @@ def test_a_log_of_rotation_schedule_and_retirement_replays(trust):
     assert one.logged == len(stages) and one.active_epoch == 2
     assert one.rotate_every_days == 90 and one.retirement is not None
     rotation = book.rollouts[one.active_rollout]
-    assert rotation.kind == "rotation" and rotation.legacy_closed
+    assert rotation.kind == "rotation" and rotation.rotation.legacy_closed
     assert book.of_fleet("fleet-1").status == "retired"
     assert two.active_epoch == 1
     rebuilt = [b.to_bytes() for f in ("fleet-1", "fleet-2") for b in book.fleets[f].bundles]

@@ -107,7 +107,7 @@ async def test_rotation_lists_old_keys_until_the_overlap_ends_then_destroys_them
     world.clock.advance(until - world.clock())
     await world.settle()
     rotation = world.rollout()
-    assert rotation.legacy_closed and stages(world) == [*FIRST, *FIRST, DESTROY]
+    assert rotation.rotation.legacy_closed and stages(world) == [*FIRST, *FIRST, DESTROY]
     assert holds(world, first.rollout_id, "vault") == set()
     assert holds(world, first.rollout_id, "signing") == set()
     assert holds(world, rotation.rollout_id, "vault") == everyone
@@ -127,7 +127,7 @@ async def test_a_second_rotation_follows_the_first(world):
         await world.settle()
         await world.wait_out(61)
         rotation = world.rollout()
-        assert rotation.epoch == epoch and rotation.legacy_closed
+        assert rotation.epoch == epoch and rotation.rotation.legacy_closed
     artifact = world.rollout().artifact
     assert [k.legacy_until is None for k in artifact.keys] == [True, True, False, False]
     assert stages(world) == [*FIRST, *FIRST, DESTROY, *FIRST, DESTROY]
@@ -143,13 +143,15 @@ async def test_a_member_down_when_the_window_ends_destroys_when_it_returns(world
     world.nodes.down.add("node-4")
     await world.wait_out(61)
     rotation = world.rollout()
-    assert not rotation.legacy_closed and rotation.stage == DESTROY
+    assert not rotation.rotation.legacy_closed and rotation.stage == DESTROY
     assert holds(world, first.rollout_id, "vault") == {"node-4"}
     await world.wait_out(11)  # its deadline passes: it is asked again, not given up
     assert [c.node_id for c in member_commands(world.state)] == ["node-4"]
     world.nodes.down.clear()
     await world.settle()
-    assert world.rollout().legacy_closed and holds(world, first.rollout_id, "vault") == set()
+    assert (
+        world.rollout().rotation.legacy_closed and holds(world, first.rollout_id, "vault") == set()
+    )
     replays(world)
 
 
@@ -167,7 +169,7 @@ async def test_scheduled_rotation_starts_from_a_tick_when_due(world):
     assert started[0].overlap_s == HOUR_S
     await world.settle()
     await world.wait_out(HOUR_S)
-    assert world.rollout().legacy_closed and world.rollout().epoch == 2
+    assert world.rollout().rotation.legacy_closed and world.rollout().epoch == 2
     # The next one is due 30 days after this rotation began, not before.
     await world.wait_out(29 * 24 * 3600)
     assert world.rollout().epoch == 2
@@ -257,7 +259,7 @@ async def test_orchestrator_restarted_at_every_point_of_a_rotation_ends_the_same
     await world.wait_out(61)
     rotation = world.rollout()
     assert world.drill.restarts > 20
-    assert rotation.legacy_closed and stages(world) == [*FIRST, *FIRST, DESTROY]
+    assert rotation.rotation.legacy_closed and stages(world) == [*FIRST, *FIRST, DESTROY]
     assert holds(world, first.rollout_id, "vault") == set()
     assert holds(world, rotation.rollout_id, "vault") == set(world.nodes.nodes)
     check_chain(world.state.book.fleets["fleet-1"].bundles)
@@ -328,7 +330,7 @@ async def test_a_member_down_at_any_step_of_a_rotation_ends_the_same(world, step
     await world.settle()
     await world.wait_out(61)
     rotation = world.rollout()
-    assert rotation.status == "active" and rotation.legacy_closed
+    assert rotation.status == "active" and rotation.rotation.legacy_closed
     assert stages(world) == [*FIRST, *FIRST, DESTROY]
     assert {m.id for m in rotation.artifact.quorum.members} == set(world.nodes.nodes)
     assert holds(world, first.rollout_id, "vault") == set()
@@ -349,7 +351,7 @@ async def test_a_member_down_past_its_deadline_pauses_and_retry_ends_the_same(wo
     await world.settle()
     await world.wait_out(61)
     rotation = world.rollout()
-    assert rotation.legacy_closed and stages(world) == [*FIRST, *FIRST, DESTROY]
+    assert rotation.rotation.legacy_closed and stages(world) == [*FIRST, *FIRST, DESTROY]
     assert {m.id for m in rotation.artifact.quorum.members} == set(world.nodes.nodes)
     replays(world)
 
@@ -374,7 +376,9 @@ async def test_time_lost_before_activation_does_not_shorten_the_overlap(world):
     assert holds(world, first.rollout_id, "vault") == everyone
     assert stages(world) == FIRST + FIRST
     await world.wait_out(1)
-    assert world.rollout().legacy_closed and holds(world, first.rollout_id, "vault") == set()
+    assert (
+        world.rollout().rotation.legacy_closed and holds(world, first.rollout_id, "vault") == set()
+    )
     replays(world)
 
 
@@ -399,6 +403,6 @@ async def test_rotations_recorded_before_keep_their_window_from_preparation(worl
     world.clock.advance(120_000)
     await world.settle()
     rotation = world.rollout()
-    assert rotation.legacy_closed and rotation.window_until_ms is None
+    assert rotation.rotation.legacy_closed and rotation.rotation.window_until_ms is None
     assert until is not None and until < world.clock()
     replays(world)

@@ -360,7 +360,8 @@ def shortfall(rollout: Rollout) -> str | None:
     """Why the members still active cannot make the planned fleet, if they cannot."""
     plan = rollout.plan
     active = rollout.active_members()
-    newcomer = rollout.members.get(rollout.newcomer) if rollout.newcomer else None
+    replacement = rollout.replacement
+    newcomer = rollout.members.get(replacement.newcomer) if replacement else None
     if newcomer is not None and newcomer.status != "active":
         return f"the replacement node {newcomer.node_id} was not admitted ({newcomer.reason})"
     if len(active) < plan.threshold:
@@ -511,7 +512,9 @@ def _membership_change(state: State, rollout: Rollout, ctx: Context) -> list[Log
         behind = [m for m in active if m.node_id in named and m.config_epoch < config.epoch]
         if not behind:
             continue
-        first = [m for m in behind if m.node_id != rollout.newcomer] or behind
+        replacement = rollout.replacement
+        newcomer = replacement.newcomer if replacement else None
+        first = [m for m in behind if m.node_id != newcomer] or behind
         return [member_command(rollout, m, JOIN, ctx) for m in first if m.step is None]
     return None
 

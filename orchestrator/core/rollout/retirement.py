@@ -74,13 +74,14 @@ def start(state: State, c: StartRetirement, ctx: Context) -> list[LogEntry]:
 
 def document(rollout: Rollout) -> FleetRetirement:
     """The fleet-retirement document of ``rollout`` (a retirement), from the state alone."""
-    assert rollout.drain_until_ms is not None
+    retirement = rollout.retirement
+    assert retirement is not None
     return FleetRetirement(
         fleet=rollout.fleet,
         last_epoch=rollout.epoch,
-        successor=rollout.successor,
-        retired_at=format_time(rollout.drain_until_ms),
-        reason=rollout.retire_reason,
+        successor=retirement.successor,
+        retired_at=format_time(retirement.drain_until_ms),
+        reason=retirement.reason,
     )
 
 
@@ -140,11 +141,12 @@ def _drained_out(state: State, now_ms: int) -> list[Rollout]:
     out = []
     for rollout_id in sorted(state.book.rollouts):
         rollout = state.book.rollouts[rollout_id]
-        if rollout.kind != "retirement" or rollout.status != "running" or rollout.stage != DRAIN:
+        retirement = rollout.retirement
+        if retirement is None or rollout.status != "running" or rollout.stage != DRAIN:
             continue
         waiting = rollout.waiting_for
         logged_all = waiting is not None and state.book.fleets[rollout.fleet].logged >= waiting
-        if logged_all and now_ms >= (rollout.drain_until_ms or 0):
+        if logged_all and now_ms >= retirement.drain_until_ms:
             out.append(rollout)
     return out
 

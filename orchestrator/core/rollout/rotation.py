@@ -171,7 +171,10 @@ def _legacy_due(state: State, now_ms: int) -> list[Rollout]:
     out = []
     for rollout_id in sorted(state.book.rollouts):
         rollout = state.book.rollouts[rollout_id]
-        if rollout.status != "active" or rollout.predecessor is None or rollout.legacy_closed:
+        rotation = rollout.rotation
+        if rollout.status != "active" or rollout.predecessor is None:
+            continue
+        if rotation is not None and rotation.legacy_closed:
             continue
         until = rollout.legacy_ends_ms
         if rollout.stage != DESTROY and until is not None and now_ms >= until:
@@ -223,10 +226,11 @@ def advance(state: State, ctx: Context) -> list[LogEntry]:
     events: list[LogEntry] = []
     for rollout_id in sorted(state.book.rollouts):
         rollout = state.book.rollouts[rollout_id]
-        if rollout.status != "active" or rollout.legacy_closed:
+        rotation = rollout.rotation
+        if rollout.status != "active" or (rotation is not None and rotation.legacy_closed):
             continue
-        if rollout.overlap_from_activation and rollout.window_until_ms is None:
-            until = ctx.now_ms + rollout.overlap_ms
+        if rotation and rotation.overlap_from_activation and rotation.window_until_ms is None:
+            until = ctx.now_ms + rotation.overlap_ms
             events.append(LegacyWindowOpened(rollout.rollout_id, rollout.fleet, until_ms=until))
         elif rollout.stage == DESTROY:
             events += _destroy_legacy(state, rollout, ctx)

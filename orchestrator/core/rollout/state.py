@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from immutables import Map
 
@@ -104,8 +104,46 @@ class RolloutMember:
 
 
 @dataclass(frozen=True)
+class Rotation:
+    """What a fleet-key rotation adds to its rollout: how long the old epoch's keys stay usable
+    and whether the old epoch is closed (its keys destroyed everywhere, the bundle logged)."""
+
+    KIND: ClassVar[RolloutKind] = "rotation"
+    overlap_ms: int
+    overlap_from_activation: bool = False
+    """The overlap counts from activation (false in rotations recorded before windows did,
+    which counted from when the artifact was prepared)."""
+    window_until_ms: int | None = None
+    """Activation time + overlap, once activated (a window counted from activation)."""
+    legacy_closed: bool = False
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """What a fleet's retirement adds: the fleet its users move to, when the members destroy
+    the fleet's keys, and why."""
+
+    KIND: ClassVar[RolloutKind] = "retirement"
+    successor: str | None
+    drain_until_ms: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """What a member replacement adds: the member replaced, the node that takes its place, and
+    the rollout whose key labels hold the keys it wraps (its predecessor's)."""
+
+    KIND: ClassVar[RolloutKind] = "replacement"
+    replaced: str
+    newcomer: str
+    keys_of: str
+
+
+@dataclass(frozen=True)
 class Rollout:
-    """One plan being carried out."""
+    """One plan being carried out: what every rollout has, and in :attr:`later` what a later
+    flow of the fleet (rotation, retirement, replacement) adds."""
 
     rollout_id: str
     fleet: str
@@ -138,27 +176,8 @@ class Rollout:
     its keys legacy, a retirement destroys them)."""
     group: str | None = None
     """The rollout whose replication group this one continues (None: its own)."""
-    overlap_ms: int = 0
-    overlap_from_activation: bool = False
-    """A rotation: its overlap window counts from its activation (false in rotations recorded
-    before windows did, which counted from when the artifact was prepared)."""
-    window_until_ms: int | None = None
-    """A rotation whose window counts from its activation: activation time + overlap, once
-    activated."""
-    legacy_closed: bool = False
-    """A rotation: the old epoch's keys are destroyed everywhere and the bundle logged."""
-    kind: RolloutKind = "rollout"
-    successor: str | None = None
-    """A retirement: the fleet users move to."""
-    drain_until_ms: int | None = None
-    """A retirement: when the members destroy the fleet's keys."""
-    retire_reason: str = ""
-    keys_of: str | None = None
-    """The rollout whose key labels hold this one's keys (None: its own); a replacement
-    wraps the keys its predecessor holds."""
-    replaced: str | None = None
-    newcomer: str | None = None
-    """A replacement: the member replaced, and the node that takes its place."""
+    later: Rotation | Retirement | Replacement | None = None
+    """What a later flow of the fleet adds (None: the fleet's first rollout)."""
 
     def in_order(self) -> list[RolloutMember]:
         return [self.members[m] for m in self.order]
@@ -171,9 +190,26 @@ class Rollout:
         return self.stage == "publish" and self.plan.rollout.approve_publish and not self.approved
 
     @property
+    def kind(self) -> RolloutKind:
+        return "rollout" if self.later is None else self.later.KIND
+
+    @property
+    def rotation(self) -> Rotation | None:
+        return self.later if isinstance(self.later, Rotation) else None
+
+    @property
+    def retirement(self) -> Retirement | None:
+        return self.later if isinstance(self.later, Retirement) else None
+
+    @property
+    def replacement(self) -> Replacement | None:
+        return self.later if isinstance(self.later, Replacement) else None
+
+    @property
     def key_rollout(self) -> str:
         """The rollout id in the labels of this rollout's keys."""
-        return self.keys_of or self.rollout_id
+        replacement = self.replacement
+        return self.rollout_id if replacement is None else replacement.keys_of
 
     @property
     def replication_group(self) -> str:
@@ -194,10 +230,10 @@ class Rollout:
     def legacy_ends_ms(self) -> int | None:
         """When the old epoch's keys may be destroyed: once the overlap after activation is
         over, and not before the artifact's ``legacy_until`` (None: not known yet)."""
-        until = self.legacy_until_ms
-        if not self.overlap_from_activation or until is None:
+        until, rotation = self.legacy_until_ms, self.rotation
+        if rotation is None or not rotation.overlap_from_activation or until is None:
             return until
-        return None if self.window_until_ms is None else max(until, self.window_until_ms)
+        return None if rotation.window_until_ms is None else max(until, rotation.window_until_ms)
 
     @property
     def settled(self) -> bool:
@@ -205,7 +241,8 @@ class Rollout:
         left to destroy."""
         if self.status not in TERMINAL:
             return False
-        return self.status != "active" or self.kind != "rotation" or self.legacy_closed
+        rotation = self.rotation
+        return self.status != "active" or rotation is None or rotation.legacy_closed
 
 
 @dataclass(frozen=True)
@@ -276,6 +313,12 @@ def _rollout(book: RolloutBook, rollout_id: str, **changes: Any) -> RolloutBook:
     return _put(book, replace(book.rollouts[rollout_id], **changes))
 
 
+def _rotation(book: RolloutBook, rollout_id: str, **changes: Any) -> RolloutBook:
+    rollout = book.rollouts[rollout_id]
+    assert rollout.rotation is not None
+    return _put(book, replace(rollout, later=replace(rollout.rotation, **changes)))
+
+
 def _chain(book: RolloutBook, fleet: str, **changes: Any) -> RolloutBook:
     chain = replace(book.fleets.get(fleet) or FleetChain(fleet), **changes)
     return replace(book, fleets=book.fleets.set(fleet, chain))
@@ -297,7 +340,9 @@ def _started(book: RolloutBook, e: RolloutStarted) -> RolloutBook:
     return _chain(_put(book, rollout), e.fleet, rollout_id=e.rollout_id)
 
 
-def _later_flow(book: RolloutBook, e: RotationStarted | RetirementStarted, **kind: Any) -> Rollout:
+def _later_flow(
+    book: RolloutBook, e: RotationStarted | RetirementStarted, later: Rotation | Retirement
+) -> Rollout:
     """A flow of an active fleet (rotation, retirement): its predecessor's plan and
     replication group, the members ``e`` names."""
     predecessor = book.rollouts[e.predecessor]
@@ -313,34 +358,23 @@ def _later_flow(book: RolloutBook, e: RotationStarted | RetirementStarted, **kin
         requested_by=e.requested_by,
         predecessor=e.predecessor,
         group=predecessor.replication_group,
-        **kind,
+        later=later,
     )
 
 
 def _rotation_started(book: RolloutBook, e: RotationStarted) -> RolloutBook:
     rotation = _later_flow(
-        book,
-        e,
-        overlap_ms=e.overlap_s * 1000,
-        overlap_from_activation=e.overlap_from_activation,
-        kind="rotation",
+        book, e, Rotation(e.overlap_s * 1000, overlap_from_activation=e.overlap_from_activation)
     )
     return _chain(_put(book, rotation), e.fleet, rollout_id=e.rollout_id)
 
 
 def _window_opened(book: RolloutBook, e: LegacyWindowOpened) -> RolloutBook:
-    return _rollout(book, e.rollout_id, window_until_ms=e.until_ms)
+    return _rotation(book, e.rollout_id, window_until_ms=e.until_ms)
 
 
 def _retirement_started(book: RolloutBook, e: RetirementStarted) -> RolloutBook:
-    retirement = _later_flow(
-        book,
-        e,
-        kind="retirement",
-        successor=e.successor,
-        drain_until_ms=e.drain_until_ms,
-        retire_reason=e.reason,
-    )
+    retirement = _later_flow(book, e, Retirement(e.successor, e.drain_until_ms, e.reason))
     return _chain(_put(book, retirement), e.fleet, rollout_id=e.rollout_id, retiring=True)
 
 
@@ -389,11 +423,8 @@ def _replacement_started(book: RolloutBook, e: ReplacementStarted) -> RolloutBoo
         requested_by=e.requested_by,
         predecessor=e.predecessor,
         group=predecessor.replication_group,
-        kind="replacement",
         keys=predecessor.keys,
-        keys_of=predecessor.key_rollout,
-        replaced=e.replaced,
-        newcomer=new.node_id,
+        later=Replacement(e.replaced, new.node_id, predecessor.key_rollout),
     )
     return _chain(_put(book, replacement), e.fleet, rollout_id=e.rollout_id)
 
@@ -407,7 +438,8 @@ def _legacy_destroyed(book: RolloutBook, e: LegacyKeysDestroyed) -> RolloutBook:
 
 
 def _legacy_closed(book: RolloutBook, e: LegacyEpochClosed) -> RolloutBook:
-    return _rollout(book, e.rollout_id, legacy_closed=True, waiting_for=None)
+    book = _rotation(book, e.rollout_id, legacy_closed=True)
+    return _rollout(book, e.rollout_id, waiting_for=None)
 
 
 def _rotation_scheduled(book: RolloutBook, e: RotationScheduled) -> RolloutBook:
