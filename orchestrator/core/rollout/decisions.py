@@ -37,7 +37,11 @@ from messages.bundle import (
     Evidence,
 )
 from messages.ceremony import (
+    GenerateFleetKeys,
+    ImportFleetKeys,
+    JoinFleet,
     Recipient,
+    RetireFleet,
 )
 from messages.documents import time_ms
 from messages.events import (
@@ -66,6 +70,7 @@ from messages.events import (
 )
 from messages.inputs import ROLLOUT_ACTIONS, OperateRollout, StartRollout
 from messages.plan import RolloutPlan, check_plan
+from messages.schema import Body
 from orchestrator.core import evidence
 from orchestrator.core.context import Context
 from orchestrator.core.errors import (
@@ -77,6 +82,7 @@ from orchestrator.core.errors import (
     UnknownRollout,
 )
 from orchestrator.core.rollout.state import ENDED, TERMINAL, Rollout, RolloutMember
+from orchestrator.core.rollout.step import Step
 from orchestrator.core.state import State
 
 DAY_MS = 24 * 3600 * 1000
@@ -480,6 +486,23 @@ def _wave(
     return [member_command(rollout, m, step, ctx) for m in ready[: max(room, 0)]]
 
 
+def _generate_command(state: State, rollout: Rollout, member: RolloutMember) -> Body:
+    """Make the plan's keys on ``member`` and wrap them to every other member."""
+    to = tuple(recipients(state, rollout, member.node_id))
+    plan = rollout.plan
+    return GenerateFleetKeys(
+        rollout.fleet, rollout.epoch, rollout.key_rollout, plan.keys, to, plan.vault
+    )
+
+
+def _import_command(state: State, rollout: Rollout, member: RolloutMember) -> Body:
+    """Import the keys wrapped to ``member``."""
+    keys = tuple(w for w in rollout.wrapped if w.node == member.node_id)
+    return ImportFleetKeys(
+        rollout.fleet, rollout.epoch, rollout.key_rollout, keys, rollout.plan.vault
+    )
+
+
 def _quorum(state: State, rollout: Rollout, ctx: Context, index: int) -> list[LogEntry]:
     active = rollout.active_members()
     if rollout.kind == "replacement":
@@ -519,6 +542,32 @@ def _membership_change(state: State, rollout: Rollout, ctx: Context) -> list[Log
     return None
 
 
+def _join_command(state: State, rollout: Rollout, member: RolloutMember) -> Body:
+    """Join the replication group: the rollout's configuration, or for a replacement the
+    membership-change step ``member`` is to apply next."""
+    if rollout.kind == "replacement":
+        config = evidence.membership_step(state, rollout, member.node_id)
+    else:
+        assert rollout.config is not None
+        config = rollout.config
+    return JoinFleet(
+        rollout.fleet, rollout.epoch, rollout.rollout_id, config, probe=False, group=rollout.group
+    )
+
+
+def _probe_command(state: State, rollout: Rollout, member: RolloutMember) -> Body:
+    """Commit the rollout's test record through a quorum."""
+    assert rollout.config is not None
+    return JoinFleet(
+        rollout.fleet,
+        rollout.epoch,
+        rollout.rollout_id,
+        rollout.config,
+        probe=True,
+        group=rollout.group,
+    )
+
+
 def _publish(state: State, rollout: Rollout, ctx: Context, index: int) -> list[LogEntry]:
     if rollout.awaiting_approval:
         return []
@@ -551,3 +600,18 @@ def _clean_up(state: State, rollout: Rollout, ctx: Context) -> list[LogEntry]:
         for b, by in zip(chain.bundles, chain.issued_by, strict=True)
     )
     return [] if issued else issue(state, rollout, ABORT, evidence.abort_evidence(rollout))
+
+
+def _retire_command(state: State, rollout: Rollout, member: RolloutMember) -> Body:
+    """Destroy the keys this rollout made on ``member`` and leave its replication group."""
+    return RetireFleet(rollout.fleet, rollout.epoch, rollout.rollout_id)
+
+
+STEPS = {
+    GENERATE: Step("ceremony", _generate_command),
+    IMPORT: Step("ceremony", _import_command),
+    JOIN: Step("join", _join_command),
+    PROBE: Step("join", _probe_command),
+    RETIRE: Step("retire", _retire_command),
+}
+"""The member steps a rollout's own stages open."""

@@ -16,33 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from messages.artifact import FleetKeyArtifact
-from messages.bundle import DESTROY, DRAIN, StageBundle
-from messages.ceremony import (
-    DestroyFleetKeys,
-    DrainFleet,
-    GenerateFleetKeys,
-    ImportFleetKeys,
-    JoinFleet,
-    RetireFleet,
-)
+from messages.bundle import DESTROY, StageBundle
 from messages.retirement import FleetRetirement
 from messages.schema import Body
-from orchestrator.core import evidence
+from orchestrator.core.rollout import decisions as rollout
 from orchestrator.core.rollout import retirement as rollout_retirement
-from orchestrator.core.rollout.decisions import GENERATE, IMPORT, JOIN, PROBE, RETIRE, recipients
+from orchestrator.core.rollout import rotation as rollout_rotation
+from orchestrator.core.rollout.decisions import RETIRE
 from orchestrator.core.rollout.state import ENDED, Rollout, RolloutMember
 from orchestrator.core.state import State
 
-VERBS = {
-    GENERATE: "ceremony",
-    IMPORT: "ceremony",
-    JOIN: "join",
-    PROBE: "join",
-    RETIRE: "retire",
-    DESTROY: "retire",
-    DRAIN: "retire",
-}
-"""The node command subject each step is sent on."""
+STEPS = {**rollout.STEPS, **rollout_rotation.STEPS, **rollout_retirement.STEPS}
+"""Every member step, by name."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +62,8 @@ def member_commands(state: State) -> list[MemberCommand]:
                     rollout.fleet,
                     member.node_id,
                     step,
-                    VERBS[step],
-                    _command_body(state, rollout, member),
+                    STEPS[step].verb,
+                    STEPS[step].command(state, rollout, member),
                     member.deadline_ms or 0,
                 )
             )
@@ -95,32 +80,6 @@ def _open(rollout: Rollout, member: RolloutMember) -> bool:
     if rollout.status in ENDED:
         return member.step == RETIRE
     return rollout.status == "active" and member.step == DESTROY
-
-
-def _command_body(state: State, rollout: Rollout, member: RolloutMember) -> Body:
-    rid, fleet, epoch, step = rollout.rollout_id, rollout.fleet, rollout.epoch, member.step
-    labels = rollout.key_rollout
-    if step == GENERATE:
-        to = tuple(recipients(state, rollout, member.node_id))
-        return GenerateFleetKeys(fleet, epoch, labels, rollout.plan.keys, to, rollout.plan.vault)
-    if step == IMPORT:
-        keys = tuple(w for w in rollout.wrapped if w.node == member.node_id)
-        return ImportFleetKeys(fleet, epoch, labels, keys, rollout.plan.vault)
-    if step == JOIN and rollout.kind == "replacement":
-        config = evidence.membership_step(state, rollout, member.node_id)
-        return JoinFleet(fleet, epoch, rid, config, probe=False, group=rollout.group)
-    if step in (JOIN, PROBE):
-        assert rollout.config is not None
-        return JoinFleet(
-            fleet, epoch, rid, rollout.config, probe=step == PROBE, group=rollout.group
-        )
-    if step == DRAIN:
-        return DrainFleet(fleet, epoch)
-    if step == DESTROY:
-        old = state.book.rollouts[rollout.predecessor or ""]
-        retiring = rollout.kind == "retirement"
-        return DestroyFleetKeys(fleet, old.epoch, old.key_rollout, leave=retiring)
-    return RetireFleet(fleet, epoch, rid)
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,14 @@ once members stopped taking registrations, the fleet is on its way out.
 from __future__ import annotations
 
 from messages.bundle import DESTROY, DRAIN, RETIRE, Evidence
+from messages.ceremony import DrainFleet
 from messages.documents import DocumentError
 from messages.errors import MessageError
 from messages.events import FleetRetired, LogEntry, RetirementStarted, StageEntered
 from messages.ids import format_time
 from messages.inputs import CosignerAnswer, RetirementLogged, StartRetirement
 from messages.retirement import FleetRetirement
+from messages.schema import Body
 from messages.verification import MalformedBundle
 from messages.verify import parse_notice
 from orchestrator.core import evidence
@@ -32,7 +34,8 @@ from orchestrator.core.context import Context
 from orchestrator.core.fleet_errors import BadRetirement, NoActiveSuccessor
 from orchestrator.core.rollout.decisions import issue, member_command
 from orchestrator.core.rollout.rotation import active_rollout, not_after_ms, planned_members
-from orchestrator.core.rollout.state import Rollout
+from orchestrator.core.rollout.state import Rollout, RolloutMember
+from orchestrator.core.rollout.step import Step
 from orchestrator.core.state import State
 
 MAX_DRAIN_S = 365 * 24 * 3600
@@ -183,3 +186,12 @@ def _run(state: State, rollout: Rollout, ctx: Context) -> list[LogEntry]:
         return [member_command(rollout, m, step, ctx) for m in pending if m.step is None]
     receipts = evidence.refs(done.items())
     return issue(state, rollout, rollout.stage, Evidence.of(receipts=receipts))
+
+
+def _drain_command(state: State, rollout: Rollout, member: RolloutMember) -> Body:
+    """Stop taking new registrations in the retiring fleet."""
+    return DrainFleet(rollout.fleet, rollout.epoch)
+
+
+STEPS = {DRAIN: Step("retire", _drain_command)}
+"""The member step that drains a retiring fleet."""

@@ -30,6 +30,7 @@ way. Everything here is decided from the state and the decision's time.
 from __future__ import annotations
 
 from messages.bundle import DESTROY, ENROLL, Evidence
+from messages.ceremony import DestroyFleetKeys
 from messages.events import (
     LegacyEpochClosed,
     LegacyWindowOpened,
@@ -40,6 +41,7 @@ from messages.events import (
     StageEntered,
 )
 from messages.inputs import RotateFleet, ScheduleRotation
+from messages.schema import Body
 from orchestrator.core import evidence
 from orchestrator.core.context import Context
 from orchestrator.core.fleet_errors import (
@@ -50,7 +52,8 @@ from orchestrator.core.fleet_errors import (
     UnknownFleet,
 )
 from orchestrator.core.rollout.decisions import DAY_MS, issue, member_command
-from orchestrator.core.rollout.state import FleetChain, Rollout
+from orchestrator.core.rollout.state import FleetChain, Rollout, RolloutMember
+from orchestrator.core.rollout.step import Step
 from orchestrator.core.state import State
 
 MAX_EVERY_DAYS = 3650
@@ -237,6 +240,14 @@ def advance(state: State, ctx: Context) -> list[LogEntry]:
     return events
 
 
+def _destroy_command(state: State, rollout: Rollout, member: RolloutMember) -> Body:
+    """Destroy the keys of the epoch before ``rollout`` (a rotation's legacy keys, or a retiring
+    fleet's keys, leaving its replication group too)."""
+    old = state.book.rollouts[rollout.predecessor or ""]
+    retiring = rollout.kind == "retirement"
+    return DestroyFleetKeys(rollout.fleet, old.epoch, old.key_rollout, leave=retiring)
+
+
 def _destroy_legacy(state: State, rollout: Rollout, ctx: Context) -> list[LogEntry]:
     predecessor = state.book.rollouts[rollout.predecessor or ""]
     if rollout.waiting_for is not None:
@@ -248,3 +259,7 @@ def _destroy_legacy(state: State, rollout: Rollout, ctx: Context) -> list[LogEnt
         return [member_command(rollout, m, DESTROY, ctx) for m in pending if m.step is None]
     receipts = evidence.refs((m.node_id, m.legacy_destroyed) for m in rollout.in_order())
     return issue(state, rollout, DESTROY, Evidence.of(receipts=receipts))
+
+
+STEPS = {DESTROY: Step("retire", _destroy_command)}
+"""The member step that destroys an old epoch's keys (a rotation's, a retirement's)."""
