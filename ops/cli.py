@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 
 from cosigner import cli as cosigner_cli
 from messages.errors import HsmfleetError
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hsmfleet",
         description="Orchestrate fleets of HSM nodes: enrollment, rollout, rotation, quorum.",
     )
+    parser.add_argument("--version", action="version", version=f"hsmfleet {version('hsmfleet')}")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
     parser.add_argument(
         "--log-json",

@@ -412,6 +412,10 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
             f" with {auth.seed_file(Party('client', CLIENT))}"
         )
         _say(f"  check it:   hsmfleet verify {bundle_file} --trust {trust_file}")
+        if args.exit:
+            _say("the processes stop now; without --exit the demo also prints how to recover")
+            _say("the secret and audit the logs, which need the fleet running")
+            return 0
         _say(
             f"  recover it: hsmfleet vault recover {DEMO_USER} --bundle {bundle_file}"
             f" --trust {trust_file} --nats {nats.url}"
@@ -423,9 +427,8 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
             f"  audit it:   hsmfleet audit --pins {trust_file} --orchestrator {orch['api']}"
             f" --token {TOKEN}"
         )
-        if not args.exit:
-            _say("\nthe fleet keeps running; Ctrl-C stops every process the demo started")
-            await asyncio.Event().wait()
+        _say("\nthe fleet keeps running; Ctrl-C stops every process the demo started")
+        await asyncio.Event().wait()
         return 0
     finally:
         await processes.stop()
@@ -444,10 +447,22 @@ async def _await_nodes(api: Api) -> None:
         await asyncio.sleep(0.2)
 
 
+def working_directory(path: Path) -> Path:
+    """``path``, made if it does not exist; an empty directory will do too. Anything else
+    (a file, a directory with something in it, say an earlier demo's) raises
+    :class:`DemoFailed`: a demo never writes over another's keys and logs."""
+    path = path.resolve()
+    if path.exists() and not path.is_dir():
+        raise DemoFailed("--dir names a file, not a directory", dir=str(path))
+    if path.is_dir() and any(path.iterdir()):
+        raise DemoFailed("--dir must be a new or empty directory", dir=str(path))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 async def demo_command(args: argparse.Namespace) -> int:
     root = args.dir or Path("hsmfleet-demo") / datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
-    root = root.resolve()
-    root.mkdir(parents=True, exist_ok=False)
+    root = working_directory(root)
     (root / "logs").mkdir()
     own_log = open(root / "logs" / "demo.log", "a")  # noqa: SIM115, ASYNC230
     logs.configure(json=True, stream=own_log)

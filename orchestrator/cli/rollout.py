@@ -96,7 +96,11 @@ async def start_command(args: argparse.Namespace) -> int:
         print(f"plan refused ({exc.kind}): {exc}")
         return NEGATIVE
     view = await _call(args, "POST", "/v1/rollouts", json=plan.to_json())
-    print(f"rollout {view['rollout_id']} of {view['fleet']} started (epoch {view['epoch']})")
+    if args.json:
+        # One JSON document, or with --watch one per line like the views that follow.
+        print(json.dumps(view) if args.watch else json.dumps(view, indent=2), flush=True)
+    else:
+        print(f"rollout {view['rollout_id']} of {view['fleet']} started (epoch {view['epoch']})")
     if not args.watch:
         return DONE
     return await _watch(args, plan.fleet)

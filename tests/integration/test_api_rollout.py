@@ -189,7 +189,14 @@ async def test_status_watch_exits_non_zero_when_the_rollout_is_aborted(api, tmp_
     plan_toml(bed, tmp_path / "plan.toml", fleet="fleet-2")
     assert await hsmfleet("rollout", "plan", str(tmp_path / "plan.toml")) == 0
     assert "plan is valid" in capsys.readouterr().out
-    assert await hsmfleet("rollout", "start", str(tmp_path / "plan.toml"), *common) == 0
+    capsys.readouterr()
+    assert await hsmfleet("rollout", "start", str(tmp_path / "plan.toml"), "--json", *common) == 0
+    # The orchestrator runs in this process and logs to the same stdout; the verb's own output
+    # is the JSON view alone, no human line before it (so `| jq` works).
+    printed = capsys.readouterr().out
+    started = json.loads(printed[printed.index("{\n") :])
+    assert "started (epoch" not in printed
+    assert (started["fleet"], started["status"]) == ("fleet-2", "running")
     assert await hsmfleet("rollout", "pause", "fleet-2", "--reason", "hold on", *common) == 0
     assert await hsmfleet("rollout", "abort", "fleet-2", *common) == 0
     code = await hsmfleet("rollout", "status", "fleet-2", "--watch", "--interval", "0.1", *common)

@@ -5,11 +5,13 @@ import os
 import signal
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import nats
 import pytest
 
+from ops.demo import working_directory
 from transport.credentials import connect, party_options
 
 HSMFLEET = [sys.executable, "-m", "ops.cli"]
@@ -19,6 +21,29 @@ def test_help_lists_the_verbs():
     out = subprocess.run([*HSMFLEET, "--help"], capture_output=True, text=True, check=True)
     assert "nats" in out.stdout
     assert "usage: hsmfleet" in out.stdout
+
+
+def test_version_names_the_installed_release():
+    out = subprocess.run([*HSMFLEET, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"hsmfleet {version('hsmfleet')}"
+
+
+def test_demo_refuses_a_working_directory_in_use_and_takes_an_empty_one(tmp_path):
+    """A demo never writes over another's keys and logs: a directory with anything in it, or a
+    file, is one line and exit code 2, with nothing written; an empty directory will do."""
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "trust.json").write_text("{}")
+    for path in (used, used / "trust.json"):
+        out = subprocess.run(
+            [*HSMFLEET, "demo", "--dir", str(path)], capture_output=True, text=True
+        )
+        assert out.returncode == 2
+        assert out.stderr.startswith("hsmfleet: --dir") and "Traceback" not in out.stderr
+    assert [p.name for p in used.iterdir()] == ["trust.json"]
+    (tmp_path / "empty").mkdir()
+    assert working_directory(tmp_path / "empty") == (tmp_path / "empty").resolve()
+    assert working_directory(tmp_path / "new" / "run").is_dir()
 
 
 def test_console_script_is_installed():

@@ -72,6 +72,8 @@ async def test_the_demo_rolls_out_a_fleet_to_a_verified_bundle(tmp_path):
         " (OPAQUE: the PIN never left the client)"
     ) in text
     assert f"sealed to the bundle's {KEM_ROLE} key {b64(keys[KEM_ROLE].public_key)}" in text
+    # With --exit every process stops: no command that needs them running is offered.
+    assert "check it:" in text and "recover it:" not in text and "audit it:" not in text
     # A whole rollout with no refused subscription or publish: each role's grants cover its work.
     server_log = (root / "nats" / "nats-server.log").read_text()
     assert "Violation" not in server_log
