@@ -19,17 +19,31 @@ from typing import Any
 
 import nats
 import nkeys
+import structlog
 from nats.aio.client import Client as NATS
 
 from messages import subjects
 from messages.errors import BadSubject, HsmfleetError
 from transport.parties import ROLES, Party
 
+log = structlog.get_logger("hsmfleet.nats")
+
 
 class CredentialsError(HsmfleetError):
     """A party's NATS seed or CA file is missing, unreadable, or not what it should be."""
 
     kind = "nats_credentials"
+
+
+class NatsUnreachable(HsmfleetError):
+    """No NATS server answered a first connection in time."""
+
+    kind = "nats_unreachable"
+
+
+FIRST_CONNECT_S = 30.0
+"""How long a party keeps trying to reach NATS the first time before giving up with an error
+(after that, nats-py reconnects on its own)."""
 
 
 def _check_seed(seed_file: Path) -> None:
@@ -123,12 +137,19 @@ def _refusal(exc: BaseException) -> bool:
     return "authorization violation" in str(exc).lower()
 
 
-async def connect(servers: str | list[str], party: Mapping[str, Any], **options: Any) -> NATS:
+async def connect(
+    servers: str | list[str],
+    party: Mapping[str, Any],
+    *,
+    first_connect_s: float = FIRST_CONNECT_S,
+    **options: Any,
+) -> NATS:
     """``nats.connect`` with a party's options (:func:`party_options`) and any others.
 
-    nats-py keeps retrying a first connection that the server refuses; a refusal (the servers
-    do not know the party's key) raises :class:`CredentialsError` at once instead. Later
-    refusals, on reconnects, go to the ``error_cb`` as any other error.
+    nats-py keeps retrying a first connection for ever. Here a refusal (the servers do not know
+    the party's key) raises :class:`CredentialsError` at once; every failed try is logged as it
+    happens, and no answer within ``first_connect_s`` raises :class:`NatsUnreachable`. Later
+    refusals and failures, on reconnects, go to the ``error_cb`` as any other error.
     """
     refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
     report = options.pop("error_cb", None)
@@ -136,16 +157,25 @@ async def connect(servers: str | list[str], party: Mapping[str, Any], **options:
     async def on_error(exc: Exception) -> None:
         if _refusal(exc) and not refused.done():
             refused.set_result(exc)
+        elif not nc.is_connected:
+            log.warning("NATS not reachable yet; retrying", servers=servers, error=repr(exc))
         if report is not None:
             await report(exc)
 
     nc = NATS()
     connecting = asyncio.ensure_future(nc.connect(servers, error_cb=on_error, **party, **options))
     try:
-        await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {connecting, refused}, timeout=first_connect_s, return_when=asyncio.FIRST_COMPLETED
+        )
     except asyncio.CancelledError:
         await _abandon(nc, connecting)
         raise
+    if not connecting.done() and not refused.done():
+        await _abandon(nc, connecting)
+        raise NatsUnreachable(
+            f"no NATS server answered within {first_connect_s:g}s", servers=servers
+        )
     if connecting.done():
         error = connecting.exception()
         if error is None:

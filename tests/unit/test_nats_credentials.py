@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 
 import nkeys
 import pytest
+from structlog.testing import capture_logs
 
 from messages.quorum import Config
 from messages.signing import ED25519
@@ -16,7 +19,7 @@ from node.quorum.member import MemberSettings
 from node.vault.applet import KeySet
 from ops.natsauth.bundle import BundleError, ensure_bundle, write_bundle
 from orchestrator.shell.config import Settings
-from transport.credentials import CredentialsError, party_options
+from transport.credentials import CredentialsError, NatsUnreachable, connect, party_options
 from transport.parties import DEV_LAYOUT, parse_layout
 
 LAYOUT = parse_layout({"orchestrators": ["o1"], "nodes": [{"id": "n1", "fleet": "f1"}]})
@@ -137,3 +140,17 @@ def test_nats_up_keeps_its_bundle_and_never_regenerates_another(tmp_path):
     with pytest.raises(BundleError, match="another layout or TLS choice"):
         ensure_bundle(root, DEV_LAYOUT, tls=True)
     assert (root / "keys" / "node-node-1.nk").read_bytes() == seed
+
+
+async def test_a_dead_server_is_a_typed_error_in_bounded_time_with_progress_on_the_way():
+    """Against nothing listening, a first connection says it is retrying and gives up with
+    one typed error instead of waiting for ever."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nobody listens on it once the socket is closed
+    started = time.monotonic()
+    with capture_logs() as logged, pytest.raises(NatsUnreachable) as info:
+        await connect(f"nats://127.0.0.1:{port}", {}, first_connect_s=1.5)
+    assert 1.5 <= time.monotonic() - started < 10
+    assert info.value.kind == "nats_unreachable" and "1.5s" in str(info.value)
+    assert any(e["event"] == "NATS not reachable yet; retrying" for e in logged)
