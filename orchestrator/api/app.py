@@ -202,7 +202,10 @@ async def openapi(_: web.Request) -> web.Response:
 
 async def list_nodes(request: web.Request) -> web.Response:
     orch = orchestrator_of(request)
-    nodes = [node_view(n, orch.liveness.get(n.node_id)) for n in orch.state.nodes.values()]
+    nodes = [
+        node_view(n, orch.liveness.get(n.node_id), orch.reachable(n.node_id))
+        for n in orch.state.nodes.values()
+    ]
     return web.json_response({"nodes": sorted(nodes, key=lambda n: n["node_id"])})
 
 
@@ -212,7 +215,7 @@ async def get_node(request: web.Request) -> web.Response:
     node = orch.state.nodes.get(node_id)
     if node is None:
         raise UnknownNode("no node of this id has announced itself", node_id=node_id)
-    return web.json_response(node_view(node, orch.liveness.get(node_id)))
+    return web.json_response(node_view(node, orch.liveness.get(node_id), orch.reachable(node_id)))
 
 
 async def enroll(request: web.Request) -> web.Response:

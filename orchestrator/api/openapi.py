@@ -106,6 +106,10 @@ OPENAPI: dict[str, Any] = {
                     "reason": {"type": ["string", "null"]},
                     "last_seen_ms": {"type": ["integer", "null"]},
                     "hsm_ok": {"type": ["boolean", "null"]},
+                    "reachable": {
+                        "type": ["boolean", "null"],
+                        "description": "heard from within unreachable_after_s; null if never",
+                    },
                     "identity": {"type": "object"},
                 },
             },

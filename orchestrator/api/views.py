@@ -10,8 +10,9 @@ from orchestrator.core.rollout.state import FleetChain, Rollout
 from orchestrator.core.state import Enrollment, Node
 
 
-def node_view(node: Node, liveness: Any = None) -> dict[str, Any]:
-    """A node: where it runs, how far its enrollment got, and what it proved."""
+def node_view(node: Node, liveness: Any = None, reachable: bool | None = None) -> dict[str, Any]:
+    """A node: where it runs, how far its enrollment got, what it proved, and whether it was
+    heard from lately (``reachable``; null if never)."""
     view: dict[str, Any] = {
         "node_id": node.node_id,
         "domain": node.domain,
@@ -22,6 +23,7 @@ def node_view(node: Node, liveness: Any = None) -> dict[str, Any]:
         "reason": node.reason,
         "last_seen_ms": liveness.seen_ms if liveness is not None else None,
         "hsm_ok": liveness.hsm_ok if liveness is not None else None,
+        "reachable": reachable,
     }
     if node.identity is not None:
         view["identity"] = {

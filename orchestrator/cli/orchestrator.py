@@ -29,6 +29,7 @@ from aiohttp import web
 
 from messages.canonical import b64
 from messages.errors import HsmfleetError
+from messages.ids import display_time
 from orchestrator.api.app import create_app
 from orchestrator.core.errors import Fenced, ReplayDivergence
 from orchestrator.shell.config import Settings
@@ -168,15 +169,29 @@ async def _call(args: argparse.Namespace, method: str, path: str, **kw: Any) -> 
         raise ApiError(f"cannot reach the orchestrator API: {exc}", api=args.api) from None
 
 
+def _seen(reachable: bool | None, last_seen_ms: int | None) -> str:
+    """A node's liveness for people: ``reachable``, or ``unreachable`` with when it was last
+    heard from, or ``never seen``."""
+    if last_seen_ms is None:
+        return "never seen"
+    if reachable:
+        return "reachable"
+    return f"unreachable since {display_time(last_seen_ms)}"
+
+
 async def nodes_command(args: argparse.Namespace) -> int:
     nodes = (await _call(args, "GET", "/v1/nodes"))["nodes"]
     if args.json:
         print(json.dumps(nodes, indent=2))
         return DONE
-    print(f"{'NODE':<28} {'DOMAIN':<12} {'HSM':<8} {'STATUS':<10} REASON")
+    print(f"{'NODE':<28} {'DOMAIN':<12} {'HSM':<8} {'STATUS':<10} {'SEEN':<24} REASON")
     for n in nodes:
         reason = n["reason"] or ""
-        print(f"{n['node_id']:<28} {n['domain']:<12} {n['hsm']:<8} {n['status']:<10} {reason}")
+        seen = _seen(n.get("reachable"), n.get("last_seen_ms"))
+        print(
+            f"{n['node_id']:<28} {n['domain']:<12} {n['hsm']:<8} {n['status']:<10} {seen:<24}"
+            f" {reason}"
+        )
     return DONE
 
 

@@ -54,6 +54,9 @@ class Settings:
     tokens: dict[str, Role] = field(default_factory=dict)
     """Bearer token -> role (``read`` or ``operator``)."""
     lease_ttl_s: float = 2.0
+    unreachable_after_s: float = 15.0
+    """A node not heard from (announcement, heartbeat) for this long is unreachable: three of
+    the node daemon's default heartbeats."""
     replicas: int = 1
     operator_hsm: Path | None = None
     """State directory of the software HSM holding the operator's countersigning key."""

@@ -48,6 +48,11 @@ class Metrics:
             "1 while this orchestrator holds the lease",
             registry=self.registry,
         )
+        self.unreachable = Gauge(
+            "hsmfleet_nodes_unreachable",
+            "Nodes on record not heard from within unreachable_after_s",
+            registry=self.registry,
+        )
         self.last_seq = Gauge(
             "hsmfleet_log_last_seq",
             "Last log sequence this orchestrator has read",

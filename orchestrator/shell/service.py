@@ -131,6 +131,9 @@ class Orchestrator:
         self.outbox = Outbox(SOURCE, signer)
         self.status_gate = Gate(TrustStore())
         self.liveness: dict[str, Liveness] = {}
+        self.metrics.unreachable.set_function(
+            lambda: sum(1 for n in self.state.nodes if self.reachable(n) is False)
+        )
         self.active = False
         self.cosigning = (
             Cosigning(NatsTransport(nc, self.outbox), operator) if operator is not None else None
@@ -154,6 +157,14 @@ class Orchestrator:
     @property
     def holder(self) -> str:
         return self.settings.holder
+
+    def reachable(self, node_id: str) -> bool | None:
+        """Whether ``node_id`` was heard from lately (``unreachable_after_s``); None if this
+        orchestrator never heard from it."""
+        seen = self.liveness.get(node_id)
+        if seen is None:
+            return None
+        return self.clock_ms() - seen.seen_ms <= self.settings.unreachable_after_s * 1000
 
     # --- lifecycle ---------------------------------------------------------------------
 

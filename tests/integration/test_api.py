@@ -14,12 +14,14 @@ from aiohttp import web
 
 from messages import subjects
 from messages.attestation import NodeAnnounce, NodeHeartbeat
+from messages.ids import display_time
 from messages.signing import Ed25519Signer
 from node.daemon import NodeDaemon
 from node.hsm import SoftHsm
 from node.measurement import measure
 from node.pins import read_pins, write_pin
 from node.vendor import VendorCA, provision
+from ops.cli import build_parser
 from ops.natsserver import NatsServer
 from orchestrator.api.app import create_app
 from orchestrator.api.requests import ORCHESTRATOR
@@ -60,7 +62,13 @@ def late_routes():
 async def api(request, tmp_path, server, limits, late_routes):
     """The API app served on a free port, its orchestrator active, one node announced."""
     VendorCA.init(tmp_path / "vendor", datetime.now(UTC))
-    config = write_config(tmp_path / "orch", server.url, tmp_path / "vendor" / "root.pem", SOFTWARE)
+    config = write_config(
+        tmp_path / "orch",
+        server.url,
+        tmp_path / "vendor" / "root.pem",
+        SOFTWARE,
+        unreachable_after_s=1.0,
+    )
     settings = Settings.load(config)
     signer = load_signer(settings.key_file)
     app = create_app(settings, signer, limits)
@@ -76,7 +84,12 @@ async def api(request, tmp_path, server, limits, late_routes):
     hsm = SoftHsm(tmp_path / "node" / "hsm", bytes(32))
     provision(hsm, VendorCA.open(tmp_path / "vendor"), datetime.now(UTC))
     daemon = NodeDaemon(
-        hsm, tmp_path / "node", "dc-7", read_pins(tmp_path / "pins.json"), measurement=SOFTWARE
+        hsm,
+        tmp_path / "node",
+        "dc-7",
+        read_pins(tmp_path / "pins.json"),
+        measurement=SOFTWARE,
+        heartbeat_s=0.2,
     )
     nc = await nats.connect(server.url)
     await daemon.start(nc)
@@ -140,6 +153,29 @@ async def test_an_enrolled_nodes_status_must_be_signed_by_its_identity_key(reque
         assert orch.state.nodes[node_id] == node and orch.last_seq == seq
     finally:
         await bus.close()
+
+
+async def test_a_node_that_stops_turns_unreachable_in_every_view_and_the_gauge(
+    api, request, capsys
+):
+    """A killed node daemon stops heartbeating: the API, ``hsmfleet nodes`` and the metrics
+    say it is unreachable and since when, instead of showing it as it was."""
+    http, orch, node_id = api
+    base = f"http://{request.node.address[0]}:{request.node.address[1]}"
+    await wait_for(lambda: orch.reachable(node_id), what="a heartbeat")
+    status, view = await call(http, "GET", f"/v1/nodes/{node_id}", READ)
+    assert (status, view["reachable"]) == (200, True)
+    await request.node.daemon.stop()
+    await wait_for(lambda: orch.reachable(node_id) is False, what="the silence", timeout=10)
+    status, view = await call(http, "GET", f"/v1/nodes/{node_id}", READ)
+    assert view["reachable"] is False and view["last_seen_ms"] <= orch.clock_ms() - 1000
+    async with http.get("/metrics") as resp:
+        assert "hsmfleet_nodes_unreachable 1.0" in await resp.text()
+    capsys.readouterr()
+    args = build_parser().parse_args(["nodes", "--api", base, "--token", READ_TOKEN])
+    assert await args.run(args) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if node_id in line]
+    assert f"unreachable since {display_time(view['last_seen_ms'])}" in line
 
 
 async def test_nodes_and_enrollment(api):
