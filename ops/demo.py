@@ -427,6 +427,11 @@ async def _run(root: Path, processes: Processes, args: argparse.Namespace) -> in
             f"  audit it:   hsmfleet audit --pins {trust_file} --orchestrator {orch['api']}"
             f" --token {TOKEN}"
         )
+        script = Path(sys.executable).parent / "hsmfleet"
+        _say("\nto steer it from another shell (hsmfleet nodes, rollout status, fleet status):")
+        _say(
+            f"  export PATH={script.parent}:$PATH HSMFLEET_API={orch['api']} HSMFLEET_TOKEN={TOKEN}"
+        )
         _say("\nthe fleet keeps running; Ctrl-C stops every process the demo started")
         await asyncio.Event().wait()
         return 0

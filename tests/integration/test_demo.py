@@ -103,6 +103,16 @@ async def test_ctrl_c_stops_every_process_the_demo_started(tmp_path):
     started = _children(proc.pid)
     assert len(started) >= 13  # nats-server, 2 cosigners, the orchestrator, 5 nodes, 5 HSMs
     await _every_party_connects_as_itself(tmp_path / "demo")
+    # The lines the demo prints to steer it from another shell work as printed.
+    (export,) = [line.split("export ")[1] for line in seen if line.strip().startswith("export ")]
+    env = dict(os.environ) | dict(v.split("=", 1) for v in export.split())
+    env["PATH"] = env["PATH"].replace("$PATH", os.environ["PATH"])
+    listed = await asyncio.create_subprocess_exec(
+        "hsmfleet", "nodes", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(listed.communicate(), 60)
+    assert listed.returncode == 0, err.decode()
+    assert sum(f"node-{i} " in out.decode() for i in range(1, 6)) == 5
     (command,) = [line.split("recover it: ")[1] for line in seen if "recover it: " in line]
     await _the_vault_command_recovers_and_registers(tmp_path, command)
     proc.send_signal(signal.SIGINT)
