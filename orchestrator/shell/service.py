@@ -76,6 +76,7 @@ from orchestrator.shell.store import EventStore
 from transport.cosign_client import NatsTransport
 from transport.gate import Gate
 from transport.outbox import Outbox
+from transport.tasks import cancel_all
 
 STATUS_SUBJECTS = "fleet.node.*.status"
 NOT_STATUS = "not_status"
@@ -220,9 +221,7 @@ class Orchestrator:
             if self._lost.is_set():
                 raise LeaseLost("the log shows another orchestrator holds the lease")
         finally:
-            for task in keepers:
-                task.cancel()
-            await asyncio.gather(*keepers, return_exceptions=True)
+            await cancel_all(keepers)
             with contextlib.suppress(Exception):
                 await status.unsubscribe()
 
@@ -231,10 +230,7 @@ class Orchestrator:
             self.log.info("standing down", epoch=self.lease.epoch)
         self.active = False
         self.metrics.active.set(0)
-        tasks = list(self._in_flight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(list(self._in_flight.values()))
         self._in_flight.clear()
         if self._stop.is_set():
             await self.lease.release()

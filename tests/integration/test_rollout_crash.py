@@ -32,6 +32,7 @@ from orchestrator.shell.service import Orchestrator
 from orchestrator.shell.store import EventStore
 from tests.replay.fleet import OPERATOR_TOKEN, OrchestratorProcess, audit, wait_for
 from tests.replay.rolloutbed import RolloutBed, open_bed
+from transport.tasks import cancel_all
 
 NOT_BEFORE = "2026-06-01T00:00:00.000Z"
 
@@ -62,11 +63,7 @@ class Running:
         return self.orch
 
     async def kill(self) -> None:
-        # Python 3.11's asyncio.wait_for can swallow a cancellation that arrives as the task
-        # it waits on ends, so one cancel may leave the orchestrator running: cancel again.
-        while not self.task.done():
-            self.task.cancel()
-            await asyncio.wait({self.task}, timeout=1)
+        await cancel_all([self.task])
         await asyncio.gather(self.task, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.nc.close()
