@@ -28,7 +28,14 @@ from typing import Any
 from messages.canonical import canonical
 from messages.inputs import ROLLOUT_ACTIONS
 from messages.plan import PlanError, describe
-from orchestrator.cli.orchestrator import DONE, NEGATIVE, TIMED_OUT, _api_arguments, _call
+from orchestrator.cli.orchestrator import (
+    DONE,
+    NEGATIVE,
+    TIMED_OUT,
+    ApiError,
+    _api_arguments,
+    _call,
+)
 from orchestrator.cli.plan_file import load_plan
 
 ENDED = ("aborted", "failed", "superseded")
@@ -74,6 +81,12 @@ def watch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", action="store_true", help="follow it until it ends")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds of running time")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between looks")
+    parser.add_argument(
+        "--reconnect",
+        type=float,
+        default=30.0,
+        help="seconds to keep trying while the orchestrator cannot be reached (default 30)",
+    )
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -160,7 +173,7 @@ async def follow(
     last: list[str] = []
     running_s, seen = 0.0, time.monotonic()
     while True:
-        view = await _call(args, "GET", path)
+        view = await _reconnecting(args, path)
         now = time.monotonic()
         if view["status"] != "paused":
             running_s += now - seen
@@ -177,6 +190,30 @@ async def follow(
             print(f"still {view['status']} in stage {view['stage']} after {args.timeout}s")
             return TIMED_OUT
         await asyncio.sleep(args.interval)
+
+
+async def _reconnecting(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    """GET ``path``; while the orchestrator cannot be reached or is between holders (a 503:
+    standby, log unavailable), say so once and try again every ``--interval`` for up to
+    ``--reconnect`` seconds; then, or on any other refusal, raise the :class:`ApiError`."""
+    outage: float | None = None
+    while True:
+        try:
+            view: dict[str, Any] = await _call(args, "GET", path)
+        except ApiError as exc:
+            if exc.detail.get("status") not in (None, 503):
+                raise
+            now = time.monotonic()
+            if outage is None:
+                outage = now
+                print(f"reconnecting to {args.api}: {exc}", file=sys.stderr, flush=True)
+            if now - outage > args.reconnect:
+                raise
+            await asyncio.sleep(args.interval)
+            continue
+        if outage is not None:
+            print(f"reconnected to {args.api}", file=sys.stderr, flush=True)
+        return view
 
 
 def summary(view: dict[str, Any]) -> list[str]:

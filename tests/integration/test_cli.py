@@ -3,8 +3,10 @@
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -98,3 +100,25 @@ def test_busy_port_is_a_clear_error(tmp_path, nats_server):
     assert out.returncode == 2
     assert "nats-server exited on start" in out.stderr
     assert "address already in use" in out.stderr
+
+
+def test_watch_says_it_is_reconnecting_and_gives_up_at_its_deadline():
+    """A watch that cannot reach the orchestrator says so on stderr and keeps trying for
+    ``--reconnect`` seconds (an orchestrator restarting is back within a few), then stops with
+    one line and exit code 2, instead of giving up on the first failed look."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nobody listens on it once the socket is closed
+    argv = ["rollout", "status", "fleet-1", "--watch", "--reconnect", "1", "--interval", "0.1"]
+    started = time.monotonic()
+    out = subprocess.run(
+        [*HSMFLEET, *argv, "--api", f"http://127.0.0.1:{port}", "--token", "t"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - started >= 1
+    assert out.returncode == 2
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith(f"reconnecting to http://127.0.0.1:{port}")
+    assert lines[-1].startswith("hsmfleet: cannot reach the orchestrator API")
