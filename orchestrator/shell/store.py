@@ -26,11 +26,14 @@ from nats.js.errors import NotFoundError
 from messages.subjects import EVENT_STREAM, EVENT_SUBJECTS
 from orchestrator.core.errors import AppendConflict, StoreUnavailable
 from orchestrator.shell.log import Sealed
+from transport.backoff import Backoff
 from transport.bus import MSG_ID_HEADER
 
 WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_IN_BATCH = 10201
 MAX_BATCH = 1000
+LEADER_WAIT_S = 15.0
+"""How long :meth:`EventStore.ensure` waits for a new replicated stream to elect a leader."""
 
 
 class EventStore:
@@ -43,12 +46,28 @@ class EventStore:
         self.timeout = timeout
 
     async def ensure(self, replicas: int = 1) -> None:
-        """Create the stream if it does not exist (file storage, append-only, atomic batches)."""
+        """Create the stream if it does not exist (file storage, append-only, atomic batches),
+        and wait until it has a leader to take appends: a replicated stream just created
+        elects one first, and an append before that goes unanswered."""
         try:
             await self.js.stream_info(self.stream)
-            return
         except NotFoundError:
-            pass
+            await self._create(replicas)
+        await self._led()
+
+    async def _led(self, within_s: float = LEADER_WAIT_S) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        backoff = Backoff(0.05, 0.5)
+        while True:
+            info = await self.js.stream_info(self.stream)
+            if info.cluster is None or info.cluster.leader:
+                return
+            if loop.time() > deadline:
+                raise StoreUnavailable("the event stream elected no leader", stream=self.stream)
+            await backoff.wait(deadline - loop.time())
+
+    async def _create(self, replicas: int) -> None:
         await self.js.add_stream(
             StreamConfig(
                 name=self.stream,
