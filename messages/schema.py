@@ -83,7 +83,7 @@ def _read_schema(cls: type[Body]) -> Schema:
         for f in dataclasses.fields(cls)
         if f.name != "extra"
     )
-    return fields, frozenset(f.name for f in dataclasses.fields(cls))
+    return fields, frozenset(name for name, _, _ in fields)
 
 
 # Cached per class (a class object is hashable, which the cache's typing does not see).
