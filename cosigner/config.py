@@ -27,7 +27,7 @@ from messages.origin import is_origin
 from messages.pins import CosignerPin, OperatorPin
 from messages.schema import Body
 from messages.signing import ALGORITHMS, Ed25519Signer, TrustedKey, TrustStore
-from transport.files import write_file
+from transport.files import write_file, write_seed
 
 CONFIG_FORMAT = "hsmfleet/cosigner-config/v1"
 KEY_FILE = "key"
@@ -149,13 +149,6 @@ def load_key(state: Path, name: str = KEY_FILE) -> Ed25519Signer:
     if len(seed) != 32:
         raise ConfigError("the cosigner key must be 32 bytes of hex", path=str(path))
     return Ed25519Signer.from_seed(seed)
-
-
-def write_seed(path: Path, seed: bytes) -> None:
-    """Create ``path`` (0600) holding ``seed`` as hex, fsynced; ``FileExistsError`` if it exists:
-    a key file is never overwritten. The file appears whole or not at all, so a crash or a
-    concurrent reader never sees it empty."""
-    write_file(path, seed.hex().encode() + b"\n", secret=True, replace=False)
 
 
 def pin_of(config: CosignerConfig, signer: Ed25519Signer, url: str | None = None) -> CosignerPin:

@@ -15,9 +15,9 @@ import contextlib
 import os
 from pathlib import Path
 
-from cosigner.config import KEY_FILE, ConfigError, load_key, write_seed
+from cosigner.config import KEY_FILE, ConfigError, load_key
 from messages.signing import Ed25519Signer
-from transport.files import fsync_directory, write_file
+from transport.files import fsync_directory, write_file, write_seed
 
 NEXT_FILE = "key.next"
 VERSION_FILE = "key.version"

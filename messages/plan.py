@@ -74,8 +74,8 @@ from messages.signing import ALGORITHMS, ECDSA_P256, ED25519, key_id
 from messages.vault_policy import VAULT_KEYS, VaultPolicy, VaultPolicyError
 
 FLEET_KEY_ALGORITHMS = (ED25519, ECDSA_P256)
-"""The algorithms of a fleet's signing keys; a vault's keys (:data:`messages.vault.VAULT_KEYS`)
-come with its ``[vault]`` section."""
+"""The algorithms of a fleet's signing keys; a vault's keys
+(:data:`messages.vault_policy.VAULT_KEYS`) come with its ``[vault]`` section."""
 MAX_KEYS = 16
 MAX_DAYS = 3650
 MAX_DEADLINE_S = 86_400

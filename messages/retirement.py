@@ -8,7 +8,7 @@ and why. It is a digested document, format ``hsmfleet/fleet-retirement/v1``, kin
 the fleet is not retired yet; from then on it logs no artifact or stage bundle of that fleet
 (:class:`FleetRetired`). A verifier that ingests the logged retirement
 (:func:`messages.verify.ingest_retirement`) refuses every later bundle of the fleet with
-:class:`messages.verify.FleetRetiredError` (kind ``fleet_retired``).
+:class:`messages.retirement.FleetRetired` (kind ``fleet_retired``).
 
 How the orchestrator builds and submits one (``transport.cosign_client``)::
 

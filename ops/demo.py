@@ -63,6 +63,7 @@ from orchestrator.cli.rollout import summary
 from orchestrator.shell.config import Settings
 from orchestrator.shell.keys import generate, make_operator_key
 from transport import credentials, logs
+from transport.files import write_seed
 from transport.parties import CLIENT as CLIENT_ROLE
 from transport.parties import Party, parse_layout
 from transport.vault_client import VaultClient
@@ -213,9 +214,7 @@ def _lay_out(root: Path, bundle: Bundle, nats_url: str, measurement: str) -> dic
     seed = os.urandom(32)
     authority = Ed25519Signer.from_seed(seed)
     (root / AUTHORITY_KEY).write_text(b64(authority.public_key) + "\n")
-    fd = os.open(root / AUTHORITY_SEED, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(seed.hex() + "\n")
+    write_seed(root / AUTHORITY_SEED, seed)
     for node_id, _ in NODES:
         (root / "nodes" / node_id).mkdir(parents=True)
     return {"operator": operator_pin, "authority": authority}

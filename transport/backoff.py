@@ -18,7 +18,6 @@ class Backoff:
     ) -> None:
         if not 0 < first <= longest:
             raise ValueError("a backoff needs 0 < first <= longest")
-        self.first = first
         self.longest = longest
         self._ceiling = first
         self._draw = draw

@@ -33,6 +33,12 @@ def write_file(path: Path, data: bytes, *, secret: bool = False, replace: bool =
     fsync_directory(path.parent)
 
 
+def write_seed(path: Path, seed: bytes) -> None:
+    """Create the key file ``path`` holding ``seed`` as hex (mode 0600); ``FileExistsError``
+    if one is there: a key file is never overwritten."""
+    write_file(path, seed.hex().encode() + b"\n", secret=True, replace=False)
+
+
 def fsync_directory(path: Path) -> None:
     """Make the entries of directory ``path`` (a file created, renamed) durable."""
     fd = os.open(path, os.O_RDONLY)

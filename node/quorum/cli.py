@@ -11,6 +11,7 @@ from messages.signing import Ed25519Signer
 from messages.vault_policy import DEFAULT_LIMIT
 from node.quorum import member
 from node.quorum.localfleet import LocalFleet
+from transport.files import write_seed
 
 CLIENT_FILE = "client.json"
 """What a vault client of a local fleet needs, written beside the members' directories."""
@@ -46,9 +47,7 @@ def local_fleet(args: argparse.Namespace) -> int:
         args.dir, args.fleet, args.size, [args.nats], limit=args.limit, authority=authority
     )
     key_file = Path(args.dir) / AUTHORITY_FILE
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(seed.hex() + "\n")
+    write_seed(key_file, seed)
     keys = fleet.vault_keys
     client = {
         "fleet": fleet.fleet,

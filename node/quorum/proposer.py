@@ -85,6 +85,7 @@ from node.quorum.votes import Tally
 from transport.bus import headers_for
 from transport.gate import Gate, Received
 from transport.outbox import Outbox
+from transport.tasks import cancel_all
 
 log = structlog.get_logger("hsmfleet.quorum.proposer")
 
@@ -211,11 +212,8 @@ class Proposer:
     async def stop(self) -> None:
         """Stop taking changes; queued ones fail with :class:`QuorumUnavailable`."""
         if self._pump_task is not None:
-            self._pump_task.cancel()
-            await asyncio.gather(self._pump_task, return_exceptions=True)
-        for task in list(self._rounds):
-            task.cancel()
-        await asyncio.gather(*self._rounds, return_exceptions=True)
+            await cancel_all([self._pump_task])
+        await cancel_all(list(self._rounds))
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():

@@ -54,6 +54,7 @@ from transport.backoff import Backoff
 from transport.bus import headers_for
 from transport.gate import Gate
 from transport.outbox import Outbox
+from transport.tasks import cancel_all
 
 log = structlog.get_logger("hsmfleet.vault")
 
@@ -158,9 +159,7 @@ class VaultService:
                     await sub.unsubscribe()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - loop.time()))
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(list(self._tasks))
 
     def drain(self) -> None:
         """Take no new registrations from now on (the fleet is retiring)."""

@@ -28,7 +28,6 @@ from transport import credentials
 from transport.httpguard import BadListenAddress, listen_address
 from transport.parties import ORCHESTRATOR
 
-ROLES = ("read", "operator")
 Role = Literal["read", "operator"]
 _PATHS = ("key_file", "operator_hsm", "operator_hsm_key", "nats_seed", "nats_ca")
 

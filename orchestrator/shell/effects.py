@@ -34,8 +34,14 @@ from transport.backoff import Backoff
 from transport.bus import ask
 from transport.outbox import Outbox
 
-ATTEMPT_TIMEOUT_S = 10.0
-"""The longest one attempt may take (a member's probe waits for its replica, then a round)."""
+COMMAND_TIMEOUT_S = 10.0
+"""How long a member may take over one command (a probe waits for its replica, then a round)."""
+ATTESTATION_TIMEOUT_S = 2.0
+"""How long a node may take to attest (asked again within the challenge's life)."""
+NODE_KEY_TIMEOUT_S = 5.0
+"""How long a node may take over an identity-key request (a PKCS#11 token makes a key)."""
+SLOW_BACKOFF_S = (0.2, 5.0)
+"""Pauses between tries of what waits on others' logs: recording an outcome, cosigning."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class Effect:
     due: Callable[[State], bool]
     deadline_ms: int | None = None
     attempts: int | None = None
+    attempt_s: float = COMMAND_TIMEOUT_S
+    """The longest one attempt may take."""
     backoff_s: tuple[float, float] = (0.2, 2.0)
     fleet: str | None = None
     context: Mapping[str, str] = field(default_factory=dict)
@@ -95,6 +103,7 @@ def attestation(nc: NATS, outbox: Outbox, enrollment: Enrollment) -> Effect:
         perform=perform,
         due=lambda state: enrollment.enrollment_id in state.open_enrollments,
         deadline_ms=enrollment.expires_ms,
+        attempt_s=ATTESTATION_TIMEOUT_S,
         context={"corr": enrollment.enrollment_id, "node": enrollment.node_id},
     )
 
@@ -135,6 +144,7 @@ def node_key_request(nc: NATS, outbox: Outbox, job: NodeKeyJob) -> Effect:
         due=lambda state: job.key in {j.key for j in node_key_jobs(state)},
         deadline_ms=job.deadline_ms,
         attempts=None if job.deadline_ms is not None else ADOPTION_ATTEMPTS,
+        attempt_s=NODE_KEY_TIMEOUT_S,
         context={"corr": job.rotation_id, "node": job.node_id},
     )
 
@@ -157,7 +167,7 @@ async def carry_out(host: Host, effect: Effect) -> None:
             tries += 1
             try:
                 outcome = await effect.perform(
-                    ATTEMPT_TIMEOUT_S if left is None else max(min(left, ATTEMPT_TIMEOUT_S), 0.1)
+                    effect.attempt_s if left is None else max(min(left, effect.attempt_s), 0.1)
                 )
                 events = await _record(host, outcome, lambda: effect.due(host.state), log)
             except (HsmfleetError, NatsError) as exc:
@@ -176,7 +186,7 @@ async def carry_out(host: Host, effect: Effect) -> None:
 async def _record(host: Host, outcome: Body, due: Callable[[], bool], log: Any) -> list[LogEntry]:
     """Record an outcome that arrived, again and again while the log cannot take it and it is
     still due; the core's refusal is raised at once."""
-    backoff = Backoff(0.2, 5.0)
+    backoff = Backoff(*SLOW_BACKOFF_S)
     while True:
         try:
             return await host.submit(outcome)

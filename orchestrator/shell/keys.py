@@ -29,7 +29,7 @@ from node.hsm.sealing import load_operator_key
 from node.hsm.soft import SoftHsm
 from orchestrator.shell.config import Settings
 from orchestrator.shell.log import ROLE, SOURCE
-from transport.files import write_file
+from transport.files import write_file, write_seed
 
 
 class KeyFileError(HsmfleetError):
@@ -69,7 +69,7 @@ def trust_for(signer: Ed25519Signer) -> TrustStore:
 def generate(key_path: Path, public_path: Path) -> Ed25519Signer:
     """Create a new signing key (file mode 0600) and its public key file."""
     seed = os.urandom(32)
-    write_file(key_path, seed.hex().encode() + b"\n", secret=True, replace=False)
+    write_seed(key_path, seed)
     signer = Ed25519Signer.from_seed(seed)
     Path(public_path).write_text(signer.public_key.hex() + "\n")
     return signer

@@ -60,6 +60,7 @@ from orchestrator.core.state import State
 from orchestrator.shell.config import Settings
 from orchestrator.shell.cosigning import Cosigning
 from orchestrator.shell.effects import (
+    SLOW_BACKOFF_S,
     Effect,
     attestation,
     carry_out,
@@ -82,7 +83,6 @@ STATUS_SUBJECTS = "fleet.node.*.status"
 NOT_STATUS = "not_status"
 """How the status gate counts an admitted message of another type on a status subject."""
 APPEND_ATTEMPTS = 3
-COSIGNING_BACKOFF_S = (0.2, 5.0)
 
 
 @dataclass(frozen=True)
@@ -401,7 +401,7 @@ class Orchestrator:
             stage="cosign",
             perform=perform,
             due=lambda state: job.key in _documents_to_log(state),
-            backoff_s=COSIGNING_BACKOFF_S,
+            backoff_s=SLOW_BACKOFF_S,
             fleet=job.fleet,
             context={"fleet": job.fleet, "document": job.key},
         )

@@ -21,7 +21,6 @@ run it with the orchestrator stopped (a software HSM's state is one process's).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from orchestrator.shell.keys import (
     save_rotation_chain,
 )
 from transport.cosign_client import CosigningClient
+from transport.files import write_file
 
 Progress = Callable[..., None]
 
@@ -73,13 +73,7 @@ def _pending(settings: Settings, version: int) -> KeyRotation | None:
 
 
 def _keep_pending(settings: Settings, rotation: KeyRotation) -> None:
-    path = pending_path(settings)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(canonical(rotation.to_json()) + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_file(pending_path(settings), canonical(rotation.to_json()) + b"\n")
 
 
 async def rotate_operator_key(

@@ -18,7 +18,6 @@ import pytest
 import structlog
 from cryptography.hazmat.primitives import serialization
 
-from messages import subjects
 from messages.attestation import ECDH_P256, NODE_ROLE, AttestRequest, NodeAnnounce
 from messages.envelope import Envelope
 from messages.errors import MessageError
@@ -53,7 +52,6 @@ from orchestrator.shell.service import Orchestrator
 from orchestrator.shell.store import EventStore
 from tests.integration.test_pkcs11_backend import PIN, softhsm_dir, token_label  # noqa: F401
 from tests.replay.fleet import wait_for, write_config
-from transport.bus import ask
 from transport.outbox import Outbox
 
 KEY = bytes(range(32))
@@ -147,7 +145,7 @@ class Core:
     async def step(self):
         """Carry out the one request the state waits on; the events the answer caused."""
         (job,) = node_key_jobs(self.state)
-        return self.decide(job.answer(await ask_node(self.nc, self.outbox, job)))
+        return self.decide(await ask_node(self.nc, self.outbox, job))
 
     async def attest_reply(self, node_id: str) -> Envelope:
         """The node's answer to an attest request, as it arrived."""
@@ -160,10 +158,10 @@ class Core:
         return (await self.attest_reply(node_id)).sig.kid
 
 
-async def ask_node(nc, outbox: Outbox, job) -> bytes:
-    """The node's raw answer to ``job``'s request, signed by ``outbox``."""
-    request = outbox.envelope(job.body, corr=job.rotation_id)
-    return await ask(nc, subjects.node_command(job.node_id, "rotate"), request, 5.0)
+async def ask_node(nc, outbox: Outbox, job):
+    """The core's input for the node's answer to ``job``'s request, sent as the service sends
+    it (one attempt of :func:`orchestrator.shell.effects.node_key_request`)."""
+    return await node_key_request(nc, outbox, job).perform(5.0)
 
 
 def signed_by(env: Envelope, node_id: str, alg: str, public_key: bytes) -> bool:
@@ -252,8 +250,8 @@ async def test_refused_rotation_leaves_the_node_on_its_old_key(
         (challenged,) = core.decide(RotateNodeKey(node_id="n1", requested_by="test"))
         (job,) = node_key_jobs(core.state)
         forged = RotateIdentity(challenged.nonce, challenged.expires_ms, "0" * 16)
-        reply = await ask_node(nc, core.outbox, type(job)(**{**job.__dict__, "body": forged}))
-        (refused,) = core.decide(job.answer(reply))
+        forged_job = type(job)(**{**job.__dict__, "body": forged})
+        (refused,) = core.decide(await ask_node(nc, core.outbox, forged_job))
         assert isinstance(refused, NodeKeyRotationRefused) and refused.reason == "refused"
         # the next rotation proves the key the node made before, never adopted
         core.decide(RotateNodeKey(node_id="n1", requested_by="test"))

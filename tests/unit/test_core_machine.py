@@ -1,8 +1,8 @@
 """The pure core under interleavings nobody wrote by hand: operator commands, members answering
 (or down), time passing, and the orchestrator crashing and coming back from its log, in any
-order Hypothesis finds. After every step: at most one active epoch per fleet, each fleet's
-stage bundles numbered without a gap, a refused command changes nothing, and the log replays to
-the very state the orchestrator holds."""
+order Hypothesis finds. After every step: at most one active epoch per fleet and each fleet's
+stage bundles numbered without a gap; after every command, a refusal changes nothing; at every
+restart and at the end, the log replays to the very state the orchestrator holds."""
 
 from __future__ import annotations
 

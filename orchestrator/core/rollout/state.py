@@ -438,8 +438,10 @@ def _legacy_destroyed(book: RolloutBook, e: LegacyKeysDestroyed) -> RolloutBook:
 
 
 def _legacy_closed(book: RolloutBook, e: LegacyEpochClosed) -> RolloutBook:
-    book = _rotation(book, e.rollout_id, legacy_closed=True)
-    return _rollout(book, e.rollout_id, waiting_for=None)
+    rollout = book.rollouts[e.rollout_id]
+    assert rollout.rotation is not None
+    closed = replace(rollout.rotation, legacy_closed=True)
+    return _put(book, replace(rollout, later=closed, waiting_for=None))
 
 
 def _rotation_scheduled(book: RolloutBook, e: RotationScheduled) -> RolloutBook:
