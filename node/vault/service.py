@@ -120,6 +120,8 @@ class VaultService:
         self._gate = Gate(TrustStore())
         self._outbox = Outbox(member)
         self._slots = asyncio.Semaphore(concurrency)
+        self._records: dict[str, tuple[asyncio.Lock, int]] = {}
+        """A lock per user record with changes under way here, and how many hold or wait."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Subscription] = []
         self._nc: NATS | None = None
@@ -312,6 +314,28 @@ class VaultService:
         ) from outdated
 
     async def _commit(
+        self,
+        key: str,
+        step: Step,
+        applied: Callable[[records.UserRecord | None], bool | None],
+    ) -> Commit:
+        """:meth:`_commit_now`, one change of a record at a time on this member: changes of one
+        user's record made here at once would only compete with each other for its ballots,
+        and a change whose outcome is unknown must get to read the record before the next
+        one, or it may stay unknown while the attempt it made counts."""
+        lock, users = self._records.get(key) or (asyncio.Lock(), 0)
+        self._records[key] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._commit_now(key, step, applied)
+        finally:
+            lock, users = self._records[key]
+            if users == 1:
+                del self._records[key]
+            else:
+                self._records[key] = (lock, users - 1)
+
+    async def _commit_now(
         self,
         key: str,
         step: Step,
